@@ -1,0 +1,226 @@
+//! The command line: `cotrackpro-voice [--env-file PATH] <command>`. Parsing is by hand (a few
+//! flags do not need a crate); each command is one function reached from [`run`].
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use crate::config::{Config, ConfigError, Env};
+
+const USAGE: &str = "\
+cotrackpro-voice: phone a CoTrackPro persona (Twilio, ElevenLabs, Anthropic Claude)
+
+Usage: cotrackpro-voice [--env-file PATH] <command>
+
+Commands:
+  serve          run the webhook server (HTTP_PORT)
+  check-config   validate the configuration and print it, secrets redacted
+  help           print this help
+  version        print the version
+
+Options:
+  --env-file PATH   read KEY=value lines (systemd EnvironmentFile= format) before the
+                    environment; variables already in the environment win
+
+Configuration is read from the environment; see README.md for every variable.
+";
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Command {
+    Serve,
+    CheckConfig,
+    Help,
+    Version,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct Args {
+    pub command: Command,
+    pub env_file: Option<PathBuf>,
+}
+
+/// Parses the arguments after the program name.
+pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
+    let mut command = None;
+    let mut env_file = None;
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        let arg = arg
+            .into_string()
+            .map_err(|arg| format!("argument {arg:?} is not UTF-8"))?;
+        let (flag, inline_value) = match arg.split_once('=') {
+            Some((flag, value)) if flag.starts_with("--") => {
+                (flag.to_string(), Some(value.to_string()))
+            }
+            _ => (arg.clone(), None),
+        };
+        match flag.as_str() {
+            "--env-file" => {
+                let value = match inline_value {
+                    Some(value) => value,
+                    None => args
+                        .next()
+                        .and_then(|v| v.into_string().ok())
+                        .ok_or("--env-file needs a path")?,
+                };
+                env_file = Some(PathBuf::from(value));
+            }
+            "-h" | "--help" => command = Some(Command::Help),
+            "-V" | "--version" => command = Some(Command::Version),
+            other if other.starts_with('-') => return Err(format!("unknown option {other}")),
+            name => {
+                if command.is_some() {
+                    return Err(format!("unexpected argument {name:?}"));
+                }
+                command = Some(match name {
+                    "serve" => Command::Serve,
+                    "check-config" => Command::CheckConfig,
+                    "help" => Command::Help,
+                    "version" => Command::Version,
+                    _ => return Err(format!("unknown command {name:?}")),
+                });
+            }
+        }
+    }
+    Ok(Args {
+        command: command.ok_or("no command given")?,
+        env_file,
+    })
+}
+
+/// Runs the command line and returns the process exit code: 0 on success, 1 when the command
+/// failed, 2 for a usage or configuration error.
+pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
+    let args = match parse(args) {
+        Ok(args) => args,
+        Err(message) => {
+            eprintln!("error: {message}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match args.command {
+        Command::Help => {
+            print!("{USAGE}");
+            ExitCode::SUCCESS
+        }
+        Command::Version => {
+            println!("cotrackpro-voice {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Command::CheckConfig => match load_config(&args) {
+            Ok(config) => {
+                print_config(&config);
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::Serve => {
+            let config = match load_config(&args) {
+                Ok(config) => config,
+                Err(code) => return code,
+            };
+            crate::logging::init(&config.log);
+            for warning in &config.warnings {
+                log::warn!("{warning}");
+            }
+            match crate::serve::run(config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    log::error!("{err}");
+                    print_error(&err);
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}
+
+/// Loads and validates the configuration, printing every problem on failure.
+fn load_config(args: &Args) -> Result<Config, ExitCode> {
+    let errors = match Env::load(args.env_file.as_deref()) {
+        Ok(env) => match Config::from_env(&env) {
+            Ok(config) => return Ok(config),
+            Err(errors) => errors,
+        },
+        Err(errors) => errors,
+    };
+    print_config_errors(&errors);
+    Err(ExitCode::from(2))
+}
+
+fn print_config_errors(errors: &[ConfigError]) {
+    let mut stderr = std::io::stderr().lock();
+    let plural = if errors.len() == 1 { "" } else { "s" };
+    let _ = writeln!(
+        stderr,
+        "error: the configuration has {} problem{plural}:",
+        errors.len()
+    );
+    for error in errors {
+        let _ = writeln!(stderr, "  - {error}");
+    }
+}
+
+fn print_config(config: &Config) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "# effective configuration (secrets redacted)");
+    for (key, value) in config.effective() {
+        let _ = writeln!(stdout, "{key}={value}");
+    }
+    for warning in &config.warnings {
+        let _ = writeln!(stdout, "# warning: {warning}");
+    }
+    let _ = writeln!(stdout, "# configuration OK");
+}
+
+/// Prints an error with its chain of causes, for the person at the terminal.
+fn print_error(err: &dyn std::error::Error) {
+    let mut message = format!("error: {err}");
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(&format!("\n  caused by: {text}"));
+        }
+        source = cause.source();
+    }
+    eprintln!("{message}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Result<Args, String> {
+        parse(list.iter().map(OsString::from))
+    }
+
+    #[test]
+    fn commands_and_env_file_in_any_order() {
+        let expected = Args {
+            command: Command::Serve,
+            env_file: Some(PathBuf::from("/etc/x.env")),
+        };
+        assert_eq!(args(&["serve", "--env-file", "/etc/x.env"]), Ok(expected));
+        let parsed = args(&["--env-file=/etc/x.env", "check-config"]).unwrap();
+        assert_eq!(parsed.command, Command::CheckConfig);
+        assert_eq!(parsed.env_file, Some(PathBuf::from("/etc/x.env")));
+        assert_eq!(args(&["--help"]).unwrap().command, Command::Help);
+    }
+
+    #[test]
+    fn usage_errors_are_explained() {
+        assert_eq!(args(&[]), Err("no command given".to_string()));
+        assert!(args(&["launch"]).unwrap_err().contains("unknown command"));
+        assert!(args(&["serve", "--env-file"])
+            .unwrap_err()
+            .contains("needs a path"));
+        assert!(args(&["serve", "--verbose"])
+            .unwrap_err()
+            .contains("unknown option"));
+        assert!(args(&["serve", "serve"])
+            .unwrap_err()
+            .contains("unexpected"));
+    }
+}

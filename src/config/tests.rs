@@ -1,0 +1,557 @@
+//! One test per validation rule of [`Config::from_env`], and the all-problems-at-once report.
+
+use super::*;
+
+fn base() -> Vec<(&'static str, &'static str)> {
+    vec![("SERVER_DOMAIN", "voice.example.com")]
+}
+
+fn load(extra: &[(&str, &str)]) -> Result<Config, Vec<ConfigError>> {
+    let mut env = Env::from_pairs(base());
+    for (k, v) in extra {
+        env.set(k, v);
+    }
+    Config::from_env(&env)
+}
+
+#[track_caller]
+fn ok(extra: &[(&str, &str)]) -> Config {
+    match load(extra) {
+        Ok(config) => config,
+        Err(errors) => panic!("expected a valid config, got {errors:?}"),
+    }
+}
+
+/// Asserts that loading fails with an error on `key` whose message contains `needle`.
+#[track_caller]
+fn fails(extra: &[(&str, &str)], key: &str, needle: &str) {
+    let errors = load(extra).expect_err("expected the config to be refused");
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.key == key && e.message.contains(needle)),
+        "no error on {key} containing {needle:?} in {errors:#?}"
+    );
+}
+
+#[test]
+fn defaults_of_a_minimal_development_config() {
+    let config = ok(&[]);
+    assert_eq!(config.app_env, AppEnv::Development);
+    assert_eq!(config.bind_addr.to_string(), "127.0.0.1");
+    assert_eq!((config.http_port, config.media_port), (8080, 8081));
+    assert_eq!(config.domains.api.as_str(), "voice.example.com");
+    assert_eq!(config.domains.ws.as_str(), "voice.example.com");
+    assert!(!config.twilio.validate_signature);
+    assert_eq!(config.twilio.api_base.to_string(), "https://api.twilio.com");
+    assert_eq!(
+        config.elevenlabs.ws_base.to_string(),
+        "wss://api.elevenlabs.io"
+    );
+    assert_eq!(config.elevenlabs.model_id, "eleven_flash_v2_5");
+    assert_eq!(config.anthropic.max_tokens, 512);
+    assert_eq!(config.anthropic.max_history_messages, 40);
+    assert_eq!(
+        config.outbound.rate_limits,
+        RateLimits {
+            per_minute: 30,
+            per_hour: 500
+        }
+    );
+    assert_eq!(
+        config.records.rate_limits,
+        RateLimits {
+            per_minute: 120,
+            per_hour: 2000
+        }
+    );
+    assert_eq!(
+        config.outbound.allowed_countries,
+        CountryAllowList::Only(vec!["US".into(), "CA".into()])
+    );
+    assert_eq!(config.records.ttl_days, 365.0);
+    assert_eq!(config.records.dir, PathBuf::from("./data"));
+    assert_eq!(config.calls.max_concurrent, 200);
+    assert_eq!(config.calls.default_role, Role::Parent);
+    assert_eq!(config.prices.claude_output_per_mtok, 15.0);
+    assert!(config.warnings.is_empty());
+}
+
+#[test]
+fn api_and_ws_domains_override_the_server_domain() {
+    let config = ok(&[
+        ("API_DOMAIN", "api.example.com"),
+        ("WS_DOMAIN", "ws.example.com"),
+    ]);
+    assert_eq!(config.domains.api.as_str(), "api.example.com");
+    assert_eq!(config.domains.ws.as_str(), "ws.example.com");
+    assert!(config.domains.is_ours("WS.example.com"));
+    assert!(!config.domains.is_ours("voice.example.com"));
+}
+
+#[test]
+fn a_domain_is_required() {
+    let errors = Config::from_env(&Env::default()).unwrap_err();
+    let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(keys, vec!["API_DOMAIN", "WS_DOMAIN"]);
+    assert!(errors[0].message.contains("SERVER_DOMAIN"));
+}
+
+#[test]
+fn a_domain_with_a_scheme_is_refused() {
+    fails(
+        &[("SERVER_DOMAIN", "https://voice.example.com")],
+        "SERVER_DOMAIN",
+        "scheme",
+    );
+}
+
+#[test]
+fn numbers_are_validated_with_their_range() {
+    // The original's trap: parseInt("3O") was NaN and silently switched the limit off.
+    fails(
+        &[("OUTBOUND_RATE_LIMIT_PER_MIN", "3O")],
+        "OUTBOUND_RATE_LIMIT_PER_MIN",
+        "whole number",
+    );
+    fails(
+        &[("OUTBOUND_RATE_LIMIT_PER_HOUR", "-1")],
+        "OUTBOUND_RATE_LIMIT_PER_HOUR",
+        "0 to",
+    );
+    fails(
+        &[("RECORDS_RATE_LIMIT_PER_MIN", "1e3")],
+        "RECORDS_RATE_LIMIT_PER_MIN",
+        "whole number",
+    );
+    fails(&[("HTTP_PORT", "70000")], "HTTP_PORT", "0 to 65535");
+    fails(&[("MEDIA_PORT", "http")], "MEDIA_PORT", "whole number");
+    fails(&[("HTTP_WORKERS", "0")], "HTTP_WORKERS", "1 to 256");
+    fails(
+        &[("HTTP_MAX_BODY_BYTES", "10")],
+        "HTTP_MAX_BODY_BYTES",
+        "1024",
+    );
+    fails(
+        &[("MAX_CONCURRENT_CALLS", "0")],
+        "MAX_CONCURRENT_CALLS",
+        "1 to",
+    );
+    fails(
+        &[("ANTHROPIC_MAX_TOKENS", "5")],
+        "ANTHROPIC_MAX_TOKENS",
+        "16 to",
+    );
+    fails(
+        &[("ANTHROPIC_STREAM_TIMEOUT_MS", "45s")],
+        "ANTHROPIC_STREAM_TIMEOUT_MS",
+        "whole number",
+    );
+    fails(
+        &[("ELEVENLABS_CONNECT_TIMEOUT_MS", "99")],
+        "ELEVENLABS_CONNECT_TIMEOUT_MS",
+        "100 to",
+    );
+}
+
+#[test]
+fn an_explicit_zero_turns_a_rate_window_off() {
+    let config = ok(&[("OUTBOUND_RATE_LIMIT_PER_MIN", "0")]);
+    assert_eq!(config.outbound.rate_limits.per_minute, 0);
+}
+
+#[test]
+fn an_empty_value_counts_as_unset() {
+    let config = ok(&[("HTTP_PORT", ""), ("OUTBOUND_API_KEY", "  ")]);
+    assert_eq!(config.http_port, 8080);
+    assert!(config.outbound.api_key.is_none());
+}
+
+#[test]
+fn fractional_ttl_days_are_allowed_but_not_nonsense() {
+    assert_eq!(ok(&[("RECORDS_TTL_DAYS", "0.5")]).records.ttl_days, 0.5);
+    fails(&[("RECORDS_TTL_DAYS", "NaN")], "RECORDS_TTL_DAYS", "number");
+    fails(&[("RECORDS_TTL_DAYS", "0")], "RECORDS_TTL_DAYS", "number");
+    fails(&[("RECORDS_TTL_DAYS", "inf")], "RECORDS_TTL_DAYS", "number");
+}
+
+#[test]
+fn prices_must_be_non_negative_numbers() {
+    assert_eq!(
+        ok(&[("CLAUDE_INPUT_PRICE_PER_MTOK", "2.5")])
+            .prices
+            .claude_input_per_mtok,
+        2.5
+    );
+    fails(
+        &[("CLAUDE_INPUT_PRICE_PER_MTOK", "-3")],
+        "CLAUDE_INPUT_PRICE_PER_MTOK",
+        "number",
+    );
+    fails(
+        &[("ELEVENLABS_STT_PRICE_PER_MIN", "$0.008")],
+        "ELEVENLABS_STT_PRICE_PER_MIN",
+        "number",
+    );
+}
+
+#[test]
+fn enums_and_flags() {
+    fails(
+        &[("APP_ENV", "prod")],
+        "APP_ENV",
+        "development or production",
+    );
+    fails(&[("LOG_FORMAT", "yaml")], "LOG_FORMAT", "text or json");
+    fails(&[("LOG_LEVEL", "loud")], "LOG_LEVEL", "one of");
+    fails(
+        &[("VALIDATE_TWILIO_SIGNATURE", "maybe")],
+        "VALIDATE_TWILIO_SIGNATURE",
+        "true or false",
+    );
+    fails(&[("BIND_ADDR", "localhost")], "BIND_ADDR", "IP address");
+    fails(
+        &[("DEFAULT_ROLE", "wizard")],
+        "DEFAULT_ROLE",
+        "parent, attorney",
+    );
+    assert_eq!(ok(&[("LOG_LEVEL", "silent")]).log.level, LevelFilter::Off);
+    assert_eq!(ok(&[("LOG_FORMAT", "json")]).log.format, LogFormat::Json);
+    assert_eq!(ok(&[("DEFAULT_ROLE", "gal")]).calls.default_role, Role::Gal);
+}
+
+#[test]
+fn signature_checking_needs_the_auth_token() {
+    fails(
+        &[("VALIDATE_TWILIO_SIGNATURE", "true")],
+        "TWILIO_AUTH_TOKEN",
+        "required",
+    );
+    let config = ok(&[
+        ("VALIDATE_TWILIO_SIGNATURE", "yes"),
+        ("TWILIO_AUTH_TOKEN", "t0k3n"),
+    ]);
+    assert!(config.twilio.validate_signature);
+}
+
+#[test]
+fn twilio_identifiers_are_checked() {
+    fails(
+        &[("TWILIO_ACCOUNT_SID", "AC123")],
+        "TWILIO_ACCOUNT_SID",
+        "32 hex",
+    );
+    fails(
+        &[("TWILIO_PHONE_NUMBER", "555-1234")],
+        "TWILIO_PHONE_NUMBER",
+        "E.164",
+    );
+    let config = ok(&[
+        ("TWILIO_ACCOUNT_SID", "AC0123456789abcdef0123456789abcdef"),
+        ("TWILIO_PHONE_NUMBER", "+1 (555) 123-4567"),
+    ]);
+    assert_eq!(config.twilio.phone_number.as_deref(), Some("+15551234567"));
+}
+
+#[test]
+fn provider_base_urls() {
+    let config = ok(&[
+        ("ANTHROPIC_BASE_URL", "http://127.0.0.1:9000/"),
+        ("ELEVENLABS_WS_BASE", "ws://127.0.0.1:9001"),
+        ("COTRACKPRO_MCP_URL", "http://127.0.0.1:9002/mcp"),
+    ]);
+    assert_eq!(
+        config.anthropic.base_url.to_string(),
+        "http://127.0.0.1:9000"
+    );
+    assert_eq!(
+        config.mcp.url.unwrap().to_string(),
+        "http://127.0.0.1:9002/mcp"
+    );
+    fails(
+        &[("ELEVENLABS_WS_BASE", "https://api.elevenlabs.io")],
+        "ELEVENLABS_WS_BASE",
+        "wss or ws",
+    );
+    fails(
+        &[("TWILIO_API_BASE", "api.twilio.com")],
+        "TWILIO_API_BASE",
+        "not a URL",
+    );
+}
+
+#[test]
+fn the_outbound_key_must_not_be_guessable() {
+    fails(
+        &[("OUTBOUND_API_KEY", "secret")],
+        "OUTBOUND_API_KEY",
+        "at least 16",
+    );
+}
+
+#[test]
+fn country_allow_list() {
+    assert_eq!(
+        ok(&[("OUTBOUND_ALLOWED_COUNTRY_CODES", "*")])
+            .outbound
+            .allowed_countries,
+        CountryAllowList::Any
+    );
+    assert_eq!(
+        ok(&[("OUTBOUND_ALLOWED_COUNTRY_CODES", " us, gb ,US")])
+            .outbound
+            .allowed_countries,
+        CountryAllowList::Only(vec!["US".into(), "GB".into()])
+    );
+    fails(
+        &[("OUTBOUND_ALLOWED_COUNTRY_CODES", "USA")],
+        "OUTBOUND_ALLOWED_COUNTRY_CODES",
+        "two-letter",
+    );
+    fails(
+        &[("OUTBOUND_ALLOWED_COUNTRY_CODES", ",")],
+        "OUTBOUND_ALLOWED_COUNTRY_CODES",
+        "no country",
+    );
+}
+
+#[test]
+fn voice_map_is_merged_and_validated() {
+    let config = ok(&[("VOICE_MAP", r#"{"attorney":"2ydcbtd5sJZRYFMNgMVZ"}"#)]);
+    assert_eq!(
+        config.calls.voice_for(Role::Attorney),
+        "2ydcbtd5sJZRYFMNgMVZ"
+    );
+    assert_eq!(
+        config.calls.voice_for(Role::Parent),
+        Role::Parent.default_voice_id()
+    );
+    fails(&[("VOICE_MAP", "{not json")], "VOICE_MAP", "JSON object");
+    fails(
+        &[("VOICE_MAP", r#"{"wizard":"2ydcbtd5sJZRYFMNgMVZ"}"#)],
+        "VOICE_MAP",
+        "unknown role",
+    );
+    fails(
+        &[("VOICE_MAP", r#"{"parent":"../etc/passwd"}"#)],
+        "VOICE_MAP",
+        "16-32",
+    );
+}
+
+#[test]
+fn number_overrides_are_normalized_and_validated() {
+    let config = ok(&[(
+        "INBOUND_PHONE_VOICE_MAP",
+        r#"{"+1 (555) 000-1111":{"role":"judge"},"+15550002222":{"voiceId":"2ydcbtd5sJZRYFMNgMVZ"}}"#,
+    )]);
+    let overrides = &config.calls.number_overrides;
+    assert_eq!(overrides["+15550001111"].role, Some(Role::Judge));
+    assert_eq!(
+        overrides["+15550002222"].voice_id.as_deref(),
+        Some("2ydcbtd5sJZRYFMNgMVZ")
+    );
+    fails(
+        &[("INBOUND_PHONE_VOICE_MAP", r#"{"555":{"role":"judge"}}"#)],
+        "INBOUND_PHONE_VOICE_MAP",
+        "E.164",
+    );
+    fails(
+        &[("INBOUND_PHONE_VOICE_MAP", r#"{"+15550001111":{}}"#)],
+        "INBOUND_PHONE_VOICE_MAP",
+        "role, a voiceId",
+    );
+    fails(
+        &[(
+            "INBOUND_PHONE_VOICE_MAP",
+            r#"{"+15550001111":{"role":"x"},"+1555000-1111":{"role":"judge"}}"#,
+        )],
+        "INBOUND_PHONE_VOICE_MAP",
+        "unknown role",
+    );
+    fails(
+        &[(
+            "INBOUND_PHONE_VOICE_MAP",
+            r#"{"+15550001111":{"role":"gal"},"+1555000-1111":{"role":"judge"}}"#,
+        )],
+        "INBOUND_PHONE_VOICE_MAP",
+        "listed twice",
+    );
+}
+
+#[test]
+fn the_original_session_cap_name_is_accepted() {
+    assert_eq!(
+        ok(&[("MAX_CONCURRENT_SESSIONS", "50")])
+            .calls
+            .max_concurrent,
+        50
+    );
+    assert_eq!(
+        ok(&[("MAX_CONCURRENT_CALLS", "60")]).calls.max_concurrent,
+        60
+    );
+    fails(
+        &[
+            ("MAX_CONCURRENT_CALLS", "60"),
+            ("MAX_CONCURRENT_SESSIONS", "50"),
+        ],
+        "MAX_CONCURRENT_CALLS",
+        "disagree",
+    );
+}
+
+#[test]
+fn records_dir_defaults_to_the_systemd_state_directory() {
+    let config = ok(&[(
+        "STATE_DIRECTORY",
+        "/var/lib/cotrackpro-voice:/var/lib/other",
+    )]);
+    assert_eq!(
+        config.records.dir,
+        PathBuf::from("/var/lib/cotrackpro-voice")
+    );
+    let config = ok(&[("STATE_DIRECTORY", "/x"), ("RECORDS_DIR", "/srv/records")]);
+    assert_eq!(config.records.dir, PathBuf::from("/srv/records"));
+}
+
+#[test]
+fn timestamps_are_left_to_journald_under_systemd() {
+    assert!(ok(&[]).log.timestamps);
+    assert!(!ok(&[("JOURNAL_STREAM", "8:12345")]).log.timestamps);
+}
+
+fn production_ready() -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("APP_ENV", "production"),
+        ("TWILIO_ACCOUNT_SID", "AC0123456789abcdef0123456789abcdef"),
+        ("TWILIO_AUTH_TOKEN", "twilio-token"),
+        ("TWILIO_PHONE_NUMBER", "+15551230000"),
+        ("ELEVENLABS_API_KEY", "el-key"),
+        ("ANTHROPIC_API_KEY", "an-key"),
+        ("OUTBOUND_API_KEY", "outbound-key-4f9a2c7e1b"),
+        ("CRON_SECRET", "cron-secret"),
+    ]
+}
+
+#[test]
+fn production_forces_signature_checking() {
+    let mut vars = production_ready();
+    vars.push(("VALIDATE_TWILIO_SIGNATURE", "false"));
+    let config = ok(&vars);
+    assert!(config.twilio.validate_signature);
+    assert!(config
+        .warnings
+        .iter()
+        .any(|w| w.contains("VALIDATE_TWILIO_SIGNATURE=false is ignored")));
+}
+
+#[test]
+fn production_requires_the_provider_credentials() {
+    let errors = load(&[("APP_ENV", "production")]).unwrap_err();
+    for key in [
+        "TWILIO_AUTH_TOKEN",
+        "TWILIO_ACCOUNT_SID",
+        "TWILIO_PHONE_NUMBER",
+        "ELEVENLABS_API_KEY",
+        "ANTHROPIC_API_KEY",
+    ] {
+        assert!(
+            errors.iter().any(|e| e.key == key),
+            "{key} missing from {errors:#?}"
+        );
+    }
+}
+
+#[test]
+fn production_warns_when_the_apis_will_refuse_to_run() {
+    let vars: Vec<_> = production_ready()
+        .into_iter()
+        .filter(|(k, _)| *k != "OUTBOUND_API_KEY" && *k != "CRON_SECRET")
+        .collect();
+    let config = ok(&vars);
+    assert!(config
+        .warnings
+        .iter()
+        .any(|w| w.contains("OUTBOUND_API_KEY is not set")));
+    assert!(config
+        .warnings
+        .iter()
+        .any(|w| w.contains("CRON_SECRET is not set")));
+}
+
+#[test]
+fn production_refuses_plain_text_provider_urls_except_to_loopback() {
+    let mut vars = production_ready();
+    vars.push(("ANTHROPIC_BASE_URL", "http://llm-proxy.internal:8080"));
+    vars.push(("ELEVENLABS_WS_BASE", "ws://127.0.0.1:9001"));
+    let errors = load(&vars).unwrap_err();
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert_eq!(errors[0].key, "ANTHROPIC_BASE_URL");
+    assert!(errors[0].message.contains("not encrypted"));
+}
+
+#[test]
+fn variables_of_the_original_that_do_not_apply_are_named() {
+    let config = ok(&[("DYNAMO_ENABLED", "true"), ("PORT", "3000")]);
+    assert!(config
+        .warnings
+        .iter()
+        .any(|w| w.starts_with("DYNAMO_ENABLED is ignored")));
+    assert!(config
+        .warnings
+        .iter()
+        .any(|w| w.starts_with("PORT is ignored") && w.contains("HTTP_PORT")));
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let errors = Config::from_env(&Env::from_pairs([
+        ("HTTP_PORT", "eighty"),
+        ("APP_ENV", "staging"),
+        ("RECORDS_TTL_DAYS", "-2"),
+        ("VOICE_MAP", "[]"),
+        ("OUTBOUND_RATE_LIMIT_PER_MIN", "lots"),
+    ]))
+    .unwrap_err();
+    let mut keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        vec![
+            "API_DOMAIN",
+            "APP_ENV",
+            "HTTP_PORT",
+            "OUTBOUND_RATE_LIMIT_PER_MIN",
+            "RECORDS_TTL_DAYS",
+            "VOICE_MAP",
+            "WS_DOMAIN",
+        ]
+    );
+}
+
+#[test]
+fn secrets_are_redacted_in_debug_and_in_the_effective_listing() {
+    let vars = production_ready();
+    let config = ok(&vars);
+    let debug = format!("{config:?}");
+    let listing = format!("{:?}", config.effective());
+    for (key, value) in &vars {
+        if key.contains("KEY") || key.contains("TOKEN") || key.contains("SECRET") {
+            assert!(!debug.contains(value), "{key} leaked into Debug");
+            assert!(!listing.contains(value), "{key} leaked into the listing");
+        }
+    }
+    assert!(listing.contains("[set, redacted]"));
+}
+
+#[test]
+fn the_effective_listing_names_every_setting_once() {
+    let rows = ok(&[]).effective();
+    let mut keys: Vec<&str> = rows.iter().map(|(k, _)| *k).collect();
+    let count = keys.len();
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys.len(), count);
+    assert!(keys.contains(&"OUTBOUND_RATE_LIMIT_PER_MIN"));
+}

@@ -1,0 +1,168 @@
+//! The webhook and API listener on `HTTP_PORT`: tiny_http accepting connections, a fixed pool of
+//! named worker threads answering them, and [`route`], one table from method and path to handler.
+//!
+//! Every response carries `X-Request-Id`, every request gets one access-log line, and a handler
+//! that panics answers 500 instead of taking its worker down. tiny_http sets no socket timeouts,
+//! so the listener is meant to sit behind a TLS reverse proxy that buffers requests (README).
+
+mod health;
+pub mod request;
+pub mod response;
+mod twilio;
+
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crate::app::App;
+use crate::ids::RequestId;
+
+pub use request::Incoming;
+pub use response::Reply;
+
+/// Handlers are short (no handler blocks on a provider), so a small stack is plenty.
+const WORKER_STACK_BYTES: usize = 256 * 1024;
+
+/// The running HTTP listener. [`HttpServer::shutdown`] stops it; dropping it without that leaves
+/// the workers running until the process exits.
+pub struct HttpServer {
+    server: Arc<tiny_http::Server>,
+    workers: Vec<JoinHandle<()>>,
+    stopping: Arc<AtomicBool>,
+    local_addr: SocketAddr,
+}
+
+impl HttpServer {
+    /// Serves `listener` with `app.config.http.workers` worker threads.
+    pub fn start(app: Arc<App>, listener: TcpListener) -> io::Result<HttpServer> {
+        let local_addr = listener.local_addr()?;
+        let server = tiny_http::Server::from_listener(listener, None)
+            .map_err(|err| io::Error::other(format!("cannot serve HTTP: {err}")))?;
+        let server = Arc::new(server);
+        let stopping = Arc::new(AtomicBool::new(false));
+        let mut workers = Vec::new();
+        for idx in 0..app.config.http.workers {
+            let (app, server, stopping) = (app.clone(), server.clone(), stopping.clone());
+            let worker = thread::Builder::new()
+                .name(format!("http-{idx}"))
+                .stack_size(WORKER_STACK_BYTES)
+                .spawn(move || worker_loop(&app, &server, &stopping))?;
+            workers.push(worker);
+        }
+        Ok(HttpServer {
+            server,
+            workers,
+            stopping,
+            local_addr,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Lets requests in progress finish, then stops every worker and closes the listener.
+    pub fn shutdown(self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        // `unblock` wakes one blocked `recv` each time.
+        for _ in &self.workers {
+            self.server.unblock();
+        }
+        for worker in self.workers {
+            if worker.join().is_err() {
+                log::error!("an HTTP worker thread panicked");
+            }
+        }
+    }
+
+    /// Blocks until every worker has ended (they end only through [`HttpServer::shutdown`]
+    /// from another handle, or with the process).
+    pub fn join(self) {
+        for worker in self.workers {
+            let _ = worker.join();
+        }
+    }
+}
+
+fn worker_loop(app: &App, server: &tiny_http::Server, stopping: &AtomicBool) {
+    loop {
+        match server.recv() {
+            Ok(request) => handle(app, request),
+            Err(_) if stopping.load(Ordering::SeqCst) => return,
+            Err(err) => {
+                // An accept error (e.g. out of file descriptors): log, breathe, go on.
+                log::warn!(error:% = err; "HTTP listener error");
+                thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+fn handle(app: &App, mut request: tiny_http::Request) {
+    let started = Instant::now();
+    let request_id = RequestId::from_header(
+        request
+            .headers()
+            .iter()
+            .find(|h| h.field.equiv("X-Request-Id"))
+            .map(|h| h.value.as_str()),
+    );
+    let method = request.method().as_str().to_string();
+    // Only the path is logged: query strings may carry data that does not belong in logs.
+    let path = request.url().split('?').next().unwrap_or("").to_string();
+    let forwarded_for = request
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("X-Forwarded-For"))
+        .map(|h| h.value.as_str().to_string());
+
+    let reply = match Incoming::read(&mut request, app.config.http.max_body_bytes) {
+        Err(reply) => reply,
+        Ok(incoming) => {
+            catch_unwind(AssertUnwindSafe(|| route(app, &incoming))).unwrap_or_else(|_| {
+                log::error!(requestId:% = request_id, path = path.as_str(); "handler panicked");
+                Reply::error(500, "Internal error")
+            })
+        }
+    };
+
+    let status = reply.status;
+    let bytes = reply.body.len();
+    let client = forwarded_for
+        .or_else(|| request.remote_addr().map(|a| a.ip().to_string()))
+        .unwrap_or_default();
+    if let Err(err) = request.respond(reply.into_tiny(&request_id)) {
+        log::debug!(requestId:% = request_id, error:% = err; "client went away before the response was sent");
+    }
+    log::info!(
+        target: "access",
+        requestId:% = request_id,
+        durationMs = started.elapsed().as_secs_f64() * 1000.0,
+        bytes = bytes,
+        client = client.as_str();
+        "{method} {path} {status}"
+    );
+}
+
+/// Every route: method and path to handler. Unknown paths answer 404, known paths with another
+/// method 405 with `Allow`.
+pub fn route(app: &App, req: &Incoming) -> Reply {
+    let allowed: &[&str] = match req.path.as_str() {
+        "/health" => &["GET"],
+        "/call/incoming" | "/call/status" => &["POST"],
+        _ => return Reply::error(404, "Not found"),
+    };
+    if !allowed.contains(&req.method.as_str()) {
+        return Reply::error(405, "Method not allowed").with_header("Allow", allowed.join(", "));
+    }
+    match req.path.as_str() {
+        "/health" => health::health(app),
+        "/call/incoming" => twilio::incoming(app, req),
+        "/call/status" => twilio::status(app, req),
+        _ => Reply::error(404, "Not found"),
+    }
+}

@@ -1,0 +1,97 @@
+//! What a route answers, as plain data: status, content type, body, extra headers. Turned into a
+//! tiny_http response (with `X-Request-Id`) in one place, [`Reply::into_tiny`].
+
+use crate::ids::RequestId;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: Vec<u8>,
+    pub headers: Vec<(&'static str, String)>,
+}
+
+pub const JSON: &str = "application/json; charset=utf-8";
+pub const XML: &str = "text/xml; charset=utf-8";
+
+impl Reply {
+    pub fn json(status: u16, value: &serde_json::Value) -> Reply {
+        Reply {
+            status,
+            content_type: JSON,
+            body: value.to_string().into_bytes(),
+            headers: Vec::new(),
+        }
+    }
+
+    /// The small JSON error every failing route answers with: `{"error": "…"}`.
+    pub fn error(status: u16, message: &str) -> Reply {
+        Reply::json(status, &serde_json::json!({ "error": message }))
+    }
+
+    /// `{"error": "…", "details": "…"}`, for errors that need an explanation.
+    pub fn error_with_details(status: u16, message: &str, details: &str) -> Reply {
+        Reply::json(
+            status,
+            &serde_json::json!({ "error": message, "details": details }),
+        )
+    }
+
+    pub fn xml(body: String) -> Reply {
+        Reply {
+            status: 200,
+            content_type: XML,
+            body: body.into_bytes(),
+            headers: Vec::new(),
+        }
+    }
+
+    /// A reply without a body (204 and the like).
+    pub fn empty(status: u16) -> Reply {
+        Reply {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            body: Vec::new(),
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Reply {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    /// The body as UTF-8 text (tests and logs).
+    pub fn body_text(&self) -> &str {
+        std::str::from_utf8(&self.body).unwrap_or("")
+    }
+
+    pub fn into_tiny(
+        self,
+        request_id: &RequestId,
+    ) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
+        let mut response = tiny_http::Response::from_data(self.body).with_status_code(self.status);
+        // Nothing we answer is meant to be cached unless the route says otherwise.
+        let cache_control = (!self
+            .headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("Cache-Control")))
+        .then(|| ("Cache-Control", "no-store".to_string()));
+        let headers = [
+            ("Content-Type", self.content_type.to_string()),
+            ("X-Request-Id", request_id.to_string()),
+        ]
+        .into_iter()
+        .chain(cache_control)
+        .chain(self.headers);
+        for (name, value) in headers {
+            // Our header values are ASCII we built or checked; one that is not is dropped
+            // rather than answered with a broken response.
+            match tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()) {
+                Ok(header) => response.add_header(header),
+                Err(()) => log::warn!(header = name; "dropped an invalid response header"),
+            }
+        }
+        response
+    }
+}

@@ -1,0 +1,180 @@
+//! Twilio's webhooks: `POST /call/incoming` (answer a call with TwiML that opens the media
+//! stream) and `POST /call/status` (call progress callbacks), both behind the signature gate.
+
+use super::{Incoming, Reply};
+use crate::app::App;
+use crate::config::Config;
+use crate::ids::CallSid;
+use crate::personas::Role;
+use crate::{phone, twilio_signature, twiml};
+
+/// The statuses Twilio reports in `CallStatus`.
+const CALL_STATUSES: &[&str] = &[
+    "queued",
+    "initiated",
+    "ringing",
+    "in-progress",
+    "completed",
+    "busy",
+    "failed",
+    "no-answer",
+    "canceled",
+];
+
+/// `POST /call/incoming`: TwiML connecting the call to `wss://{WS_DOMAIN}/call/stream`. The
+/// persona comes from the dialled number's override, else `?role=`, else the default role; a
+/// caller never hears an error because of a bad role.
+pub fn incoming(app: &App, req: &Incoming) -> Reply {
+    let params = match signed_params(&app.config, req) {
+        Ok(params) => params,
+        Err(reply) => return reply,
+    };
+    let config = &app.config;
+    let param = |name: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let number_override = param("To")
+        .and_then(phone::normalize)
+        .and_then(|to| config.calls.number_overrides.get(&to));
+    let requested = req.query_param("role");
+    let role = match (number_override.and_then(|o| o.role), requested.as_deref()) {
+        (Some(role), _) => role,
+        (None, None) => config.calls.default_role,
+        (None, Some(name)) => Role::parse(name).unwrap_or_else(|| {
+            log::warn!(
+                requested = name,
+                fallback = config.calls.default_role.as_str();
+                "Unknown role requested; using the default persona"
+            );
+            config.calls.default_role
+        }),
+    };
+
+    log::info!(
+        callSid = param("CallSid").unwrap_or("unknown"),
+        from = phone::mask(param("From").unwrap_or("unknown")).as_str(),
+        role = role.as_str();
+        "Incoming call"
+    );
+
+    let stream_url = format!("wss://{}/call/stream", config.domains.ws);
+    let mut stream_params = vec![("role", role.as_str()), ("direction", "inbound")];
+    if let Some(voice) = number_override.and_then(|o| o.voice_id.as_deref()) {
+        stream_params.push(("voiceId", voice));
+    }
+    Reply::xml(twiml::connect_stream(&stream_url, &stream_params))
+}
+
+/// `POST /call/status`: checks and logs Twilio's status callback, then answers 204.
+pub fn status(app: &App, req: &Incoming) -> Reply {
+    let params = match signed_params(&app.config, req) {
+        Ok(params) => params,
+        Err(reply) => return reply,
+    };
+    let param = |name: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let Some(call_sid) = param("CallSid").and_then(CallSid::parse) else {
+        return Reply::error(400, "Missing or malformed CallSid");
+    };
+    let Some(call_status) = param("CallStatus").filter(|s| CALL_STATUSES.contains(s)) else {
+        return Reply::error_with_details(
+            400,
+            "Missing or unknown CallStatus",
+            &format!("expected one of {}", CALL_STATUSES.join(", ")),
+        );
+    };
+    let duration_secs = match param("CallDuration").map(str::parse::<u64>) {
+        None => None,
+        Some(Ok(secs)) => Some(secs),
+        Some(Err(_)) => return Reply::error(400, "CallDuration is not a whole number of seconds"),
+    };
+    log::info!(
+        callSid:% = call_sid,
+        callStatus = call_status,
+        callDuration:? = duration_secs,
+        sequenceNumber = param("SequenceNumber").unwrap_or("");
+        "Call status update"
+    );
+    Reply::empty(204)
+}
+
+/// The form parameters of a Twilio webhook, after checking its signature when that is on.
+fn signed_params(config: &Config, req: &Incoming) -> Result<Vec<(String, String)>, Reply> {
+    let params = req.form()?;
+    if !config.twilio.validate_signature {
+        return Ok(params);
+    }
+    let Some(token) = &config.twilio.auth_token else {
+        // Config validation makes this unreachable; refuse rather than let a request through.
+        log::error!("signature validation is on but TWILIO_AUTH_TOKEN is missing");
+        return Err(Reply::error(500, "Server misconfigured"));
+    };
+    let result = match twilio_signature::declared_algorithm(
+        req.header("X-Twilio-Webhooks-Signature-Settings"),
+    ) {
+        Some(alg) if !alg.eq_ignore_ascii_case("HMAC_SHA1") => {
+            Err(twilio_signature::SignatureError::UnsupportedAlgorithm(alg))
+        }
+        _ => twilio_signature::verify(
+            token.expose(),
+            req.header("X-Twilio-Signature"),
+            &signed_url_candidates(config, req),
+            &params,
+        ),
+    };
+    result.map(|()| params).map_err(|err| {
+        log::warn!(
+            path = req.path.as_str(),
+            reason:% = err;
+            "Invalid Twilio signature"
+        );
+        Reply::error(403, "Forbidden")
+    })
+}
+
+/// The URLs Twilio may have signed for this request. Twilio signs the public URL it called,
+/// which a TLS proxy hides from us: the host is taken from `X-Forwarded-Host` or `Host` only
+/// when it is one of our configured domains (a request signed for somebody else's host must
+/// not verify here), else the configured `API_DOMAIN`; the scheme is https unless the proxy
+/// says the request came in over plain http. Path and query are used exactly as received.
+pub fn signed_url_candidates(config: &Config, req: &Incoming) -> Vec<String> {
+    let first_value = |name: &str| {
+        req.header(name)
+            .and_then(|v| v.split(',').next())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+    };
+    let mut hosts: Vec<String> = Vec::new();
+    for host in [first_value("X-Forwarded-Host"), first_value("Host")]
+        .into_iter()
+        .flatten()
+    {
+        let host = host.to_ascii_lowercase();
+        if config.domains.is_ours(&host) && !hosts.contains(&host) {
+            hosts.push(host);
+        }
+    }
+    let api = config.domains.api.to_string();
+    if !hosts.contains(&api) {
+        hosts.push(api);
+    }
+    let mut schemes = vec!["https"];
+    if first_value("X-Forwarded-Proto").is_some_and(|p| p.eq_ignore_ascii_case("http")) {
+        schemes.push("http");
+    }
+    let path = req.path_and_query();
+    let mut urls = Vec::new();
+    for scheme in schemes {
+        for host in &hosts {
+            urls.push(format!("{scheme}://{host}{path}"));
+        }
+    }
+    urls
+}

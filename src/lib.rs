@@ -1,0 +1,20 @@
+//! cotrackpro-voice: a phone line to the CoTrackPro personas. Twilio calls in, the caller's
+//! speech is transcribed by ElevenLabs, answered by Anthropic Claude in the persona's voice,
+//! and spoken back by ElevenLabs; one OS thread per call, no async runtime.
+//!
+//! Modules in reading order; `ARCHITECTURE.md` has the picture and the invariants.
+
+pub mod cli;
+pub mod config;
+pub mod logging;
+pub mod serve;
+
+pub mod app;
+pub mod calls;
+pub mod http;
+
+pub mod ids;
+pub mod personas;
+pub mod phone;
+pub mod twilio_signature;
+pub mod twiml;
