@@ -1,1 +1,8 @@
+//! The one integration-test binary: each module covers an area of the running server.
 
+mod support;
+
+mod cli;
+mod http_routes;
+mod signatures;
+mod twiml_interop;

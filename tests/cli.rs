@@ -1,0 +1,223 @@
+//! The real binary: `check-config` reporting every problem at once and never printing a
+//! secret, `--env-file`, and `serve` starting, logging JSON and refusing a bad signature with a
+//! log line that says why.
+
+use std::io::Write;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::support::{binary, send_raw, Spawned, AUTH_TOKEN, DOMAIN};
+
+fn run(mut command: Command) -> (i32, String, String) {
+    let output = command.output().expect("run the binary");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn check_config(vars: &[(&str, &str)]) -> (i32, String, String) {
+    let mut command = binary();
+    command
+        .arg("check-config")
+        .env_clear()
+        .envs(vars.iter().copied());
+    run(command)
+}
+
+#[test]
+fn check_config_lists_every_problem_and_exits_2() {
+    let (code, stdout, stderr) = check_config(&[
+        ("HTTP_PORT", "eighty"),
+        ("OUTBOUND_RATE_LIMIT_PER_MIN", "3O"),
+        ("APP_ENV", "prod"),
+    ]);
+    assert_eq!(code, 2);
+    assert_eq!(stdout, "");
+    assert!(
+        stderr.contains("the configuration has 5 problems"),
+        "{stderr}"
+    );
+    for key in [
+        "HTTP_PORT",
+        "OUTBOUND_RATE_LIMIT_PER_MIN",
+        "APP_ENV",
+        "API_DOMAIN",
+        "WS_DOMAIN",
+    ] {
+        assert!(
+            stderr.contains(&format!("  - {key}: ")),
+            "{key} missing from:\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn check_config_prints_the_effective_configuration_without_secrets() {
+    let (code, stdout, stderr) = check_config(&[
+        ("SERVER_DOMAIN", DOMAIN),
+        ("TWILIO_AUTH_TOKEN", AUTH_TOKEN),
+        ("ANTHROPIC_API_KEY", "sk-ant-very-secret"),
+        ("OUTBOUND_API_KEY", "outbound-secret-0123456789"),
+        ("DYNAMO_ENABLED", "true"),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("API_DOMAIN=voice.example.com"));
+    assert!(stdout.contains("HTTP_PORT=8080"));
+    assert!(stdout.contains("TWILIO_AUTH_TOKEN=[set, redacted]"));
+    assert!(stdout.contains("ELEVENLABS_API_KEY=[not set]"));
+    assert!(stdout.contains("# warning: DYNAMO_ENABLED is ignored"));
+    assert!(stdout.ends_with("# configuration OK\n"));
+    for secret in [
+        AUTH_TOKEN,
+        "sk-ant-very-secret",
+        "outbound-secret-0123456789",
+    ] {
+        assert!(
+            !stdout.contains(secret) && !stderr.contains(secret),
+            "{secret} was printed"
+        );
+    }
+}
+
+#[test]
+fn env_file_is_read_and_the_environment_wins() {
+    let dir = std::env::temp_dir().join(format!("cotrackpro-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("voice.env");
+    let mut file = std::fs::File::create(&path).unwrap();
+    writeln!(file, "# written by the test\nSERVER_DOMAIN=file.example.com\nHTTP_PORT=9000\nLOG_FORMAT=\"json\"").unwrap();
+    drop(file);
+
+    let mut command = binary();
+    command
+        .args(["check-config", "--env-file"])
+        .arg(&path)
+        .env_clear()
+        .env("HTTP_PORT", "9100");
+    let (code, stdout, stderr) = run(command);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("API_DOMAIN=file.example.com"));
+    assert!(stdout.contains("LOG_FORMAT=json"));
+    assert!(
+        stdout.contains("HTTP_PORT=9100"),
+        "the process environment wins:\n{stdout}"
+    );
+
+    std::fs::write(&path, "SERVER_DOMAIN=ok.example.com\nthis line is wrong\n").unwrap();
+    let mut command = binary();
+    command
+        .arg("check-config")
+        .arg(format!("--env-file={}", path.display()))
+        .env_clear();
+    let (code, _, stderr) = run(command);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("line 2: expected KEY=value"), "{stderr}");
+
+    let mut command = binary();
+    command
+        .args(["check-config", "--env-file", "/nonexistent/voice.env"])
+        .env_clear();
+    let (code, _, stderr) = run(command);
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("cannot read /nonexistent/voice.env"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn usage_errors_exit_2_with_help() {
+    let mut command = binary();
+    command.arg("launch");
+    let (code, _, stderr) = run(command);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("unknown command \"launch\""));
+    assert!(stderr.contains("Usage: cotrackpro-voice"));
+}
+
+#[test]
+fn serve_logs_json_and_says_why_a_signature_was_refused_without_the_token() {
+    let mut command = binary();
+    command.arg("serve").env_clear().envs([
+        ("SERVER_DOMAIN", DOMAIN),
+        ("HTTP_PORT", "0"),
+        ("MEDIA_PORT", "0"),
+        ("LOG_FORMAT", "json"),
+        ("VALIDATE_TWILIO_SIGNATURE", "true"),
+        ("TWILIO_AUTH_TOKEN", AUTH_TOKEN),
+    ]);
+    let server = Spawned::spawn(command);
+    let started = server.wait_for_line("the listening line", |l| l.contains("listening"));
+    let started: serde_json::Value = serde_json::from_str(&started).expect("a JSON log line");
+    assert_eq!(started["level"], "INFO");
+    let addr: std::net::SocketAddr = started["http"].as_str().unwrap().parse().unwrap();
+
+    let forged = send_raw(
+        addr,
+        "POST",
+        "/call/incoming",
+        &[
+            ("Host".into(), DOMAIN.into()),
+            (
+                "X-Twilio-Signature".into(),
+                cotrackpro_voice::twilio_signature::compute(
+                    "not-the-token",
+                    "https://voice.example.com/call/incoming",
+                    &[],
+                ),
+            ),
+            (
+                "Content-Type".into(),
+                "application/x-www-form-urlencoded".into(),
+            ),
+        ],
+        b"CallSid=CA0123456789abcdef0123456789abcdef",
+    );
+    assert_eq!(forged.status, 403);
+
+    let warning = server.wait_for_line("the signature warning", |l| {
+        l.contains("Invalid Twilio signature")
+    });
+    let warning: serde_json::Value = serde_json::from_str(&warning).unwrap();
+    assert_eq!(warning["level"], "WARN");
+    assert_eq!(warning["path"], "/call/incoming");
+    let reason = warning["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("does not match")
+            && reason.contains("https://voice.example.com/call/incoming"),
+        "{reason}"
+    );
+
+    let access = server.wait_for_line("the access line", |l| l.contains("\"target\":\"access\""));
+    let access: serde_json::Value = serde_json::from_str(&access).unwrap();
+    assert_eq!(access["message"], "POST /call/incoming 403");
+    assert_eq!(access["requestId"], forged.header("X-Request-Id").unwrap());
+
+    let rest = server.drain(Duration::from_millis(200));
+    assert!(
+        rest.iter().all(|l| !l.contains(AUTH_TOKEN)),
+        "the token reached a log line"
+    );
+}
+
+#[test]
+fn serve_refuses_to_start_on_a_busy_port() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let mut command = binary();
+    command
+        .arg("serve")
+        .env_clear()
+        .envs([("SERVER_DOMAIN", DOMAIN), ("HTTP_PORT", port.as_str())]);
+    let (code, _, stderr) = run(command);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains(&format!(
+            "cannot listen for webhooks (HTTP_PORT) on 127.0.0.1:{port}"
+        )),
+        "{stderr}"
+    );
+}

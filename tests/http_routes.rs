@@ -1,0 +1,216 @@
+//! The HTTP tier over real sockets: health, errors, request ids, body limits, TwiML and the
+//! status callback, against a server started on an ephemeral loopback port.
+
+use crate::support::{TestServer, DOMAIN};
+
+#[test]
+fn health_reports_status_uptime_calls_and_version() {
+    let server = TestServer::start(&[("MAX_CONCURRENT_CALLS", "7")]);
+    let res = server.request("GET", "/health").send();
+    assert_eq!(res.status, 200);
+    assert_eq!(
+        res.header("Content-Type"),
+        Some("application/json; charset=utf-8")
+    );
+    let body = res.json();
+    assert_eq!(body["status"], "ok");
+    assert_eq!(body["tier"], "single-host");
+    assert_eq!(body["activeCalls"], 0);
+    assert_eq!(body["maxConcurrentCalls"], 7);
+    assert_eq!(body["version"], env!("CARGO_PKG_VERSION"));
+    assert!(body["uptime"].as_f64().unwrap() >= 0.0);
+}
+
+#[test]
+fn unknown_paths_are_404_json() {
+    let server = TestServer::start(&[]);
+    let res = server.request("GET", "/nope").send();
+    assert_eq!(res.status, 404);
+    assert_eq!(res.json()["error"], "Not found");
+}
+
+#[test]
+fn wrong_methods_are_405_with_allow() {
+    let server = TestServer::start(&[]);
+    let res = server.request("GET", "/call/incoming").send();
+    assert_eq!(res.status, 405);
+    assert_eq!(res.header("Allow"), Some("POST"));
+    assert_eq!(res.json()["error"], "Method not allowed");
+    let res = server.request("DELETE", "/health").send();
+    assert_eq!((res.status, res.header("Allow")), (405, Some("GET")));
+}
+
+#[test]
+fn every_response_carries_a_request_id() {
+    let server = TestServer::start(&[]);
+    let echoed = server
+        .request("GET", "/health")
+        .header("X-Request-Id", "trace-abc-123")
+        .send();
+    assert_eq!(echoed.header("X-Request-Id"), Some("trace-abc-123"));
+
+    let generated = server.request("GET", "/nope").send();
+    let id = generated.header("X-Request-Id").expect("a generated id");
+    assert_eq!(id.len(), 16);
+    assert!(id.bytes().all(|b| b.is_ascii_hexdigit()));
+
+    let too_long = "x".repeat(129);
+    let replaced = server
+        .request("GET", "/health")
+        .header("X-Request-Id", &too_long)
+        .send();
+    assert_eq!(replaced.header("X-Request-Id").unwrap().len(), 16);
+}
+
+#[test]
+fn bodies_over_the_limit_are_413() {
+    let server = TestServer::start(&[("HTTP_MAX_BODY_BYTES", "2048")]);
+    let big = "a=".to_string() + &"x".repeat(4096);
+    let res = server
+        .request("POST", "/call/status")
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body(big.as_bytes())
+        .send();
+    assert_eq!(res.status, 413);
+    assert!(res.json()["error"].as_str().unwrap().contains("2048"));
+    // The server is still healthy afterwards.
+    assert_eq!(server.request("GET", "/health").send().status, 200);
+}
+
+fn incoming_twiml(server: &TestServer, query: &str, form: &[(&str, &str)]) -> String {
+    let res = server
+        .request("POST", &format!("/call/incoming{query}"))
+        .form(form)
+        .send();
+    assert_eq!(res.status, 200, "{}", res.body);
+    assert_eq!(res.header("Content-Type"), Some("text/xml; charset=utf-8"));
+    res.body
+}
+
+fn parameter(xml: &str, name: &str) -> Option<String> {
+    let needle = format!("<Parameter name=\"{name}\" value=\"");
+    let start = xml.find(&needle)? + needle.len();
+    Some(xml[start..].split('"').next()?.to_string())
+}
+
+const CALL: &[(&str, &str)] = &[
+    ("CallSid", "CA0123456789abcdef0123456789abcdef"),
+    ("From", "+15551234567"),
+    ("To", "+15557654321"),
+];
+
+#[test]
+fn incoming_call_connects_the_stream_with_the_requested_persona() {
+    let server = TestServer::start(&[]);
+    let xml = incoming_twiml(&server, "?role=attorney", CALL);
+    assert!(xml.contains(&format!("<Stream url=\"wss://{DOMAIN}/call/stream\">")));
+    assert_eq!(parameter(&xml, "role").as_deref(), Some("attorney"));
+    assert_eq!(parameter(&xml, "direction").as_deref(), Some("inbound"));
+    // The caller's number is not handed around in the TwiML.
+    assert!(!xml.contains("5551234567"));
+}
+
+#[test]
+fn incoming_call_falls_back_to_the_configured_default_role() {
+    let server = TestServer::start(&[("DEFAULT_ROLE", "advocate")]);
+    for query in [
+        "",
+        "?role=",
+        "?role=wizard",
+        "?role=%22%3E%3CHangup%2F%3E",
+        "?role=%zz",
+    ] {
+        let xml = incoming_twiml(&server, query, CALL);
+        assert_eq!(
+            parameter(&xml, "role").as_deref(),
+            Some("advocate"),
+            "{query}"
+        );
+        assert!(!xml.contains("Hangup"), "{query}");
+    }
+}
+
+#[test]
+fn the_ws_domain_is_used_for_the_stream() {
+    let server = TestServer::start(&[("WS_DOMAIN", "media.example.com")]);
+    let xml = incoming_twiml(&server, "", CALL);
+    assert!(xml.contains("wss://media.example.com/call/stream"));
+}
+
+#[test]
+fn a_number_override_beats_the_query_role_and_adds_a_voice() {
+    let server = TestServer::start(&[(
+        "INBOUND_PHONE_VOICE_MAP",
+        r#"{"+1 555 765 4321":{"role":"judge","voiceId":"2ydcbtd5sJZRYFMNgMVZ"}}"#,
+    )]);
+    let xml = incoming_twiml(&server, "?role=attorney", CALL);
+    assert_eq!(parameter(&xml, "role").as_deref(), Some("judge"));
+    assert_eq!(
+        parameter(&xml, "voiceId").as_deref(),
+        Some("2ydcbtd5sJZRYFMNgMVZ")
+    );
+    let other = incoming_twiml(&server, "?role=attorney", &[("To", "+15550000000")]);
+    assert_eq!(parameter(&other, "role").as_deref(), Some("attorney"));
+    assert_eq!(parameter(&other, "voiceId"), None);
+}
+
+#[test]
+fn incoming_call_refuses_a_body_that_is_not_a_form() {
+    let server = TestServer::start(&[]);
+    let res = server
+        .request("POST", "/call/incoming")
+        .header("Content-Type", "application/json")
+        .body(b"{}")
+        .send();
+    assert_eq!(res.status, 415);
+}
+
+#[test]
+fn status_callbacks_are_validated() {
+    let server = TestServer::start(&[]);
+    let ok = server
+        .request("POST", "/call/status")
+        .form(&[
+            ("CallSid", "CA0123456789abcdef0123456789abcdef"),
+            ("CallStatus", "completed"),
+            ("CallDuration", "42"),
+            ("SequenceNumber", "3"),
+        ])
+        .send();
+    assert_eq!(ok.status, 204);
+    assert_eq!(ok.body, "");
+
+    let cases: &[(&[(&str, &str)], &str)] = &[
+        (&[("CallStatus", "completed")], "CallSid"),
+        (
+            &[
+                ("CallSid", "CA../../etc/passwd"),
+                ("CallStatus", "completed"),
+            ],
+            "CallSid",
+        ),
+        (
+            &[
+                ("CallSid", "CA0123456789abcdef0123456789abcdef"),
+                ("CallStatus", "exploded"),
+            ],
+            "CallStatus",
+        ),
+        (
+            &[
+                ("CallSid", "CA0123456789abcdef0123456789abcdef"),
+                ("CallStatus", "completed"),
+                ("CallDuration", "forty"),
+            ],
+            "CallDuration",
+        ),
+    ];
+    for (form, field) in cases {
+        let res = server.request("POST", "/call/status").form(form).send();
+        assert_eq!(res.status, 400, "{form:?}");
+        assert!(
+            res.json()["error"].as_str().unwrap().contains(field),
+            "{form:?}"
+        );
+    }
+}
