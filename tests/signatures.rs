@@ -56,91 +56,79 @@ fn our_signatures_are_twilios() {
     }
 }
 
+/// What was signed (token, URL, parameters), what arrived, and the verdict Twilio gives.
+struct VerdictCase {
+    name: &'static str,
+    token: &'static str,
+    signed_url: &'static str,
+    signed: Vec<(String, String)>,
+    received: Vec<(String, String)>,
+    expected: bool,
+}
+
 #[test]
 fn our_verdicts_are_twilios() {
     let form = owned(CALL_FORM);
     let mut changed = form.clone();
     changed[4].1 = "completed".into();
+    let mut added = form.clone();
+    added.push(("Extra".into(), "1".into()));
     let url = "https://voice.example.com/call/incoming?role=judge&direction=inbound";
-    // (what was signed: token, url, params) vs (what arrived: url, params), and the expected verdict.
-    let cases: Vec<(
-        &str,
-        &str,
-        &str,
-        Vec<(String, String)>,
-        Vec<(String, String)>,
-        bool,
-    )> = vec![
-        (
-            "right token",
-            AUTH_TOKEN,
-            url,
-            form.clone(),
-            form.clone(),
-            true,
-        ),
-        (
-            "wrong token",
-            "not-the-token",
-            url,
-            form.clone(),
-            form.clone(),
-            false,
-        ),
-        (
-            "changed parameter",
-            AUTH_TOKEN,
-            url,
-            form.clone(),
-            changed.clone(),
-            false,
-        ),
-        (
-            "added parameter",
-            AUTH_TOKEN,
-            url,
-            form.clone(),
-            {
-                let mut more = form.clone();
-                more.push(("Extra".into(), "1".into()));
-                more
-            },
-            false,
-        ),
-        (
+    let case =
+        |name, token, signed_url, signed: &Vec<_>, received: &Vec<_>, expected| VerdictCase {
+            name,
+            token,
+            signed_url,
+            signed: signed.clone(),
+            received: received.clone(),
+            expected,
+        };
+    let cases = [
+        case("right token", AUTH_TOKEN, url, &form, &form, true),
+        case("wrong token", "not-the-token", url, &form, &form, false),
+        case("changed parameter", AUTH_TOKEN, url, &form, &changed, false),
+        case("added parameter", AUTH_TOKEN, url, &form, &added, false),
+        case(
             "reordered query",
             AUTH_TOKEN,
             "https://voice.example.com/call/incoming?direction=inbound&role=judge",
-            form.clone(),
-            form.clone(),
+            &form,
+            &form,
             false,
         ),
-        (
+        case(
             "explicit :443 signed, none received",
             AUTH_TOKEN,
             "https://voice.example.com:443/call/incoming?role=judge&direction=inbound",
-            form.clone(),
-            form.clone(),
+            &form,
+            &form,
             true,
         ),
-        ("empty body", AUTH_TOKEN, url, vec![], vec![], true),
+        case("empty body", AUTH_TOKEN, url, &vec![], &vec![], true),
     ];
-    let input = json!({ "cases": cases.iter().map(|(_, token, signed_url, signed, received, _)| json!({
+    let signature = |c: &VerdictCase| twilio_signature::compute(c.token, c.signed_url, &c.signed);
+    let input = json!({ "cases": cases.iter().map(|c| json!({
         "token": AUTH_TOKEN,
         "url": url,
-        "validate_url": url,
-        "params": received,
-        "signature": twilio_signature::compute(token, signed_url, signed),
+        "params": c.received,
+        "signature": signature(c),
     })).collect::<Vec<_>>() });
     let output = run_interop("signatures", &input);
-    for (idx, (name, token, signed_url, signed, received, expected)) in cases.iter().enumerate() {
-        let signature = twilio_signature::compute(token, signed_url, signed);
-        let ours =
-            twilio_signature::verify(AUTH_TOKEN, Some(&signature), &[url.to_string()], received)
-                .is_ok();
+    for (idx, c) in cases.iter().enumerate() {
+        let ours = twilio_signature::verify(
+            AUTH_TOKEN,
+            Some(&signature(c)),
+            &[url.to_string()],
+            &c.received,
+        )
+        .is_ok();
         let theirs = output["results"][idx]["valid"].as_bool().unwrap();
-        assert_eq!(theirs, *expected, "twilio's verdict on {name}");
-        assert_eq!(ours, theirs, "our verdict on {name} differs from twilio's");
+        assert_eq!(theirs, c.expected, "twilio's verdict on {}", c.name);
+        assert_eq!(
+            ours, theirs,
+            "our verdict on {} differs from twilio's",
+            c.name
+        );
     }
 }
 
