@@ -141,7 +141,7 @@ fn handle(app: &App, mut request: tiny_http::Request) {
     log::info!(
         target: "access",
         requestId:% = request_id,
-        durationMs = started.elapsed().as_secs_f64() * 1000.0,
+        durationMs = (started.elapsed().as_micros() as f64 / 1000.0),
         bytes = bytes,
         client = client.as_str();
         "{method} {path} {status}"
