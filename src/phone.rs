@@ -22,17 +22,18 @@ pub fn normalize(text: &str) -> Option<String> {
     valid.then(|| format!("+{digits}"))
 }
 
-/// Masks a phone number for logs and records, keeping only what helps an operator tell calls
-/// apart: the first two characters and the last four (`+15551234567` → `+1******4567`).
-/// Short or odd values are masked entirely.
+/// Masks a phone number for logs and records the way the original did, keeping only what
+/// helps an operator tell calls apart: the first two characters and the last four
+/// (`+15551234567` → `+1***4567`; the fixed `***` also hides the length). Values too short to
+/// keep anything back are masked entirely.
 pub fn mask(text: &str) -> String {
     let chars: Vec<char> = text.chars().collect();
-    if chars.len() < 8 {
-        return "*".repeat(chars.len().max(3));
+    if chars.len() <= 6 {
+        return "***".to_string();
     }
     let head: String = chars[..2].iter().collect();
     let tail: String = chars[chars.len() - 4..].iter().collect();
-    format!("{head}{}{tail}", "*".repeat(chars.len() - 6))
+    format!("{head}***{tail}")
 }
 
 #[cfg(test)]
@@ -55,8 +56,9 @@ mod tests {
 
     #[test]
     fn masks_keep_only_the_edges() {
-        assert_eq!(mask("+15551234567"), "+1******4567");
-        assert_eq!(mask("unknown"), "*******");
+        assert_eq!(mask("+15551234567"), "+1***4567");
+        assert_eq!(mask("unknown"), "un***nown");
+        assert_eq!(mask("+12345"), "***");
         assert_eq!(mask(""), "***");
         assert!(!mask("+15551234567").contains("555123"));
     }
