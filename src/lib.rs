@@ -16,5 +16,6 @@ pub mod http;
 pub mod ids;
 pub mod personas;
 pub mod phone;
+pub mod timestamp;
 pub mod twilio_signature;
 pub mod twiml;
