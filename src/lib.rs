@@ -12,6 +12,7 @@ pub mod serve;
 pub mod app;
 pub mod calls;
 pub mod http;
+pub mod records;
 
 pub mod ids;
 pub mod personas;

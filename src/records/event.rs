@@ -1,0 +1,488 @@
+//! What the records files hold: one [`Event`] per line, each a thing that happened to a call,
+//! and [`CallRecord`], a call's current state folded from its events. Pure: no files here.
+//!
+//! Every event carries the call SID and its own `ttl`, so a record whose `created` event was
+//! never written still expires (the original's blind upserts left such records forever).
+
+use serde::{Deserialize, Serialize};
+
+/// The kinds of event, as the `event` field of a line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum EventKind {
+    /// The call was answered (inbound) or placed (outbound).
+    Created,
+    /// Twilio reported progress (status callback).
+    Status,
+    /// The call ended; carries the transcript and the cost summary.
+    Completed,
+    /// Deleted through the records API; the call is gone from then on.
+    Deleted,
+}
+
+/// A call's state in the records, the original's four values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CallStatus {
+    Active,
+    Completed,
+    Failed,
+    ForceReaped,
+}
+
+impl CallStatus {
+    pub const ALL: [CallStatus; 4] = [
+        CallStatus::Active,
+        CallStatus::Completed,
+        CallStatus::Failed,
+        CallStatus::ForceReaped,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallStatus::Active => "active",
+            CallStatus::Completed => "completed",
+            CallStatus::Failed => "failed",
+            CallStatus::ForceReaped => "force-reaped",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<CallStatus> {
+        CallStatus::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+
+    /// Whether the call is over; a final status never changes again.
+    pub fn is_final(self) -> bool {
+        self != CallStatus::Active
+    }
+
+    /// Our status for a Twilio `CallStatus`, or `None` for a value Twilio does not send.
+    pub fn from_twilio(twilio: &str) -> Option<CallStatus> {
+        match twilio {
+            "queued" | "initiated" | "ringing" | "in-progress" => Some(CallStatus::Active),
+            "completed" => Some(CallStatus::Completed),
+            "busy" | "failed" | "no-answer" | "canceled" => Some(CallStatus::Failed),
+            _ => None,
+        }
+    }
+}
+
+/// How far along Twilio's call progress a `CallStatus` is. Callbacks can arrive out of order
+/// and be retried: the recorded Twilio status only ever moves forward.
+pub fn twilio_progress(twilio: &str) -> u8 {
+    match twilio {
+        "queued" => 1,
+        "initiated" => 2,
+        "ringing" => 3,
+        "in-progress" => 4,
+        "completed" | "busy" | "failed" | "no-answer" | "canceled" => 5,
+        _ => 0,
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Inbound,
+    Outbound,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        }
+    }
+}
+
+/// One line of what was said, as the caller heard it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TranscriptEntry {
+    /// `user` or `assistant`.
+    pub role: String,
+    pub text: String,
+    pub timestamp: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ToolCallRecord {
+    pub tool_name: String,
+    pub duration_ms: u64,
+    pub timestamp: String,
+    pub success: bool,
+}
+
+/// What a call cost, with the raw usage behind the estimate (the original's fields).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct CostSummary {
+    pub claude_input_tokens: u64,
+    pub claude_output_tokens: u64,
+    pub claude_cache_creation_tokens: u64,
+    pub claude_cache_read_tokens: u64,
+    pub tts_chars: u64,
+    pub tts_chars_cached: u64,
+    pub stt_secs: f64,
+    pub estimated_cost_usd: f64,
+}
+
+/// One line of a records file. Fields other than the first four are present only on the events
+/// that carry them; absent ones are not written.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Event {
+    pub event: EventKind,
+    pub call_sid: String,
+    /// When the event was written (RFC 3339 UTC).
+    pub at: String,
+    /// Epoch seconds after which the call may be dropped.
+    pub ttl: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direction: Option<Direction>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caller_number: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<CallStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub twilio_status: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sequence_number: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_secs: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub turn_count: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transcript: Option<Vec<TranscriptEntry>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallRecord>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_summary: Option<CostSummary>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub barge_ins: Option<u64>,
+}
+
+impl Event {
+    /// An event with only the fields every event has.
+    pub fn new(event: EventKind, call_sid: &str, at: &str, ttl: i64) -> Event {
+        Event {
+            event,
+            call_sid: call_sid.to_string(),
+            at: at.to_string(),
+            ttl,
+            role: None,
+            direction: None,
+            caller_number: None,
+            started_at: None,
+            status: None,
+            twilio_status: None,
+            sequence_number: None,
+            ended_at: None,
+            duration_secs: None,
+            turn_count: None,
+            transcript: None,
+            tool_calls: None,
+            cost_summary: None,
+            barge_ins: None,
+        }
+    }
+}
+
+/// A call's current state: the records API's JSON shape (the original's `CallRecord`, plus
+/// `twilioStatus` and `bargeIns`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CallRecord {
+    pub call_sid: String,
+    pub role: String,
+    pub direction: Direction,
+    pub caller_number: String,
+    pub started_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_secs: Option<u64>,
+    pub status: CallStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub twilio_status: Option<String>,
+    pub turn_count: u64,
+    pub transcript: Vec<TranscriptEntry>,
+    pub safety_events: Vec<serde_json::Value>,
+    pub tool_calls: Vec<ToolCallRecord>,
+    pub barge_ins: u64,
+    pub ttl: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost_summary: Option<CostSummary>,
+    /// Set by a `deleted` event; such a record is never shown.
+    #[serde(skip)]
+    pub deleted: bool,
+    /// The highest Twilio `SequenceNumber` applied (retried callbacks are not applied twice).
+    #[serde(skip)]
+    pub last_sequence: Option<u64>,
+}
+
+impl CallRecord {
+    /// The empty state a call's first event is applied to.
+    pub fn empty(call_sid: &str) -> CallRecord {
+        CallRecord {
+            call_sid: call_sid.to_string(),
+            role: "unknown".to_string(),
+            direction: Direction::Inbound,
+            caller_number: "unknown".to_string(),
+            started_at: String::new(),
+            ended_at: None,
+            duration_secs: None,
+            status: CallStatus::Active,
+            twilio_status: None,
+            turn_count: 0,
+            transcript: Vec::new(),
+            safety_events: Vec::new(),
+            tool_calls: Vec::new(),
+            barge_ins: 0,
+            ttl: 0,
+            cost_summary: None,
+            deleted: false,
+            last_sequence: None,
+        }
+    }
+
+    /// Applies one event. The rules: a deleted call stays deleted; a final status is never
+    /// changed; the Twilio status never moves backwards; identity fields (role, direction,
+    /// caller, start) are set once; the record expires with its latest event.
+    pub fn apply(&mut self, event: &Event) {
+        if self.deleted {
+            return;
+        }
+        self.ttl = self.ttl.max(event.ttl);
+        if event.event == EventKind::Deleted {
+            self.deleted = true;
+            return;
+        }
+        let first_event = self.started_at.is_empty();
+        if first_event || event.event == EventKind::Created {
+            if let Some(role) = &event.role {
+                self.role.clone_from(role);
+            }
+            if let Some(direction) = event.direction {
+                self.direction = direction;
+            }
+            if let Some(caller) = &event.caller_number {
+                self.caller_number.clone_from(caller);
+            }
+        }
+        match (&event.started_at, first_event) {
+            (Some(started), _) if first_event || event.event == EventKind::Created => {
+                self.started_at.clone_from(started)
+            }
+            (_, true) => self.started_at.clone_from(&event.at),
+            _ => {}
+        }
+        if let Some(status) = event.status {
+            if !self.status.is_final() {
+                self.status = status;
+            }
+        }
+        if let Some(twilio) = &event.twilio_status {
+            let current = self.twilio_status.as_deref().map_or(0, twilio_progress);
+            if twilio_progress(twilio) > current {
+                self.twilio_status = Some(twilio.clone());
+            }
+        }
+        if let Some(seq) = event.sequence_number {
+            self.last_sequence = Some(self.last_sequence.map_or(seq, |s| s.max(seq)));
+        }
+        if let Some(ended) = &event.ended_at {
+            self.ended_at.get_or_insert_with(|| ended.clone());
+        }
+        if let Some(secs) = event.duration_secs {
+            self.duration_secs = Some(secs);
+        }
+        if let Some(turns) = event.turn_count {
+            self.turn_count = turns;
+        }
+        if let Some(transcript) = &event.transcript {
+            self.transcript.clone_from(transcript);
+        }
+        if let Some(tools) = &event.tool_calls {
+            self.tool_calls.clone_from(tools);
+        }
+        if let Some(cost) = &event.cost_summary {
+            self.cost_summary = Some(cost.clone());
+        }
+        if let Some(barge_ins) = event.barge_ins {
+            self.barge_ins = barge_ins;
+        }
+    }
+
+    /// Whether the record's time is up at `now_secs`.
+    pub fn is_expired(&self, now_secs: i64) -> bool {
+        self.ttl <= now_secs
+    }
+
+    /// The record as one `completed`-style line that folds back into exactly this state
+    /// (what compaction writes).
+    pub fn to_event(&self, at: &str) -> Event {
+        Event {
+            role: Some(self.role.clone()),
+            direction: Some(self.direction),
+            caller_number: Some(self.caller_number.clone()),
+            started_at: Some(self.started_at.clone()),
+            status: Some(self.status),
+            twilio_status: self.twilio_status.clone(),
+            sequence_number: self.last_sequence,
+            ended_at: self.ended_at.clone(),
+            duration_secs: self.duration_secs,
+            turn_count: Some(self.turn_count),
+            transcript: Some(self.transcript.clone()),
+            tool_calls: Some(self.tool_calls.clone()),
+            cost_summary: self.cost_summary.clone(),
+            barge_ins: Some(self.barge_ins),
+            ..Event::new(EventKind::Created, &self.call_sid, at, self.ttl)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SID: &str = "CA0123456789abcdef0123456789abcdef";
+
+    fn created() -> Event {
+        Event {
+            role: Some("attorney".into()),
+            direction: Some(Direction::Outbound),
+            caller_number: Some("+1***4567".into()),
+            started_at: Some("2026-11-24T10:00:00.000Z".into()),
+            status: Some(CallStatus::Active),
+            ..Event::new(EventKind::Created, SID, "2026-11-24T10:00:00.000Z", 100)
+        }
+    }
+
+    fn status(twilio: &str, seq: u64, ttl: i64) -> Event {
+        Event {
+            twilio_status: Some(twilio.into()),
+            status: CallStatus::from_twilio(twilio),
+            sequence_number: Some(seq),
+            ..Event::new(EventKind::Status, SID, "2026-11-24T10:01:00.000Z", ttl)
+        }
+    }
+
+    fn fold(events: &[Event]) -> CallRecord {
+        let mut record = CallRecord::empty(SID);
+        for event in events {
+            record.apply(event);
+        }
+        record
+    }
+
+    #[test]
+    fn created_sets_identity_and_starts_active() {
+        let record = fold(&[created()]);
+        assert_eq!(record.role, "attorney");
+        assert_eq!(record.direction, Direction::Outbound);
+        assert_eq!(record.caller_number, "+1***4567");
+        assert_eq!(record.status, CallStatus::Active);
+        assert_eq!(record.ttl, 100);
+    }
+
+    #[test]
+    fn a_final_status_is_never_moved_back() {
+        let record = fold(&[
+            created(),
+            status("completed", 3, 100),
+            status("in-progress", 2, 100),
+            status("ringing", 1, 100),
+        ]);
+        assert_eq!(record.status, CallStatus::Completed);
+        assert_eq!(record.twilio_status.as_deref(), Some("completed"));
+        assert_eq!(record.last_sequence, Some(3));
+    }
+
+    #[test]
+    fn the_first_final_status_wins() {
+        let reaped = Event {
+            status: Some(CallStatus::ForceReaped),
+            ..Event::new(EventKind::Completed, SID, "2026-11-24T12:00:00.000Z", 100)
+        };
+        let record = fold(&[created(), reaped, status("completed", 9, 100)]);
+        assert_eq!(record.status, CallStatus::ForceReaped);
+    }
+
+    #[test]
+    fn events_without_a_created_one_still_make_an_expiring_record() {
+        let record = fold(&[status("ringing", 0, 500)]);
+        assert_eq!(record.started_at, "2026-11-24T10:01:00.000Z");
+        assert_eq!(record.role, "unknown");
+        assert_eq!(record.ttl, 500);
+        assert!(record.is_expired(500) && !record.is_expired(499));
+    }
+
+    #[test]
+    fn deleted_is_final() {
+        let deleted = Event::new(EventKind::Deleted, SID, "2026-11-24T11:00:00.000Z", 100);
+        let record = fold(&[created(), deleted, status("completed", 4, 900)]);
+        assert!(record.deleted);
+        assert_eq!(record.status, CallStatus::Active);
+    }
+
+    #[test]
+    fn twilio_statuses_map_onto_ours() {
+        assert_eq!(
+            CallStatus::from_twilio("in-progress"),
+            Some(CallStatus::Active)
+        );
+        assert_eq!(
+            CallStatus::from_twilio("no-answer"),
+            Some(CallStatus::Failed)
+        );
+        assert_eq!(
+            CallStatus::from_twilio("completed"),
+            Some(CallStatus::Completed)
+        );
+        assert_eq!(CallStatus::from_twilio("exploded"), None);
+    }
+
+    #[test]
+    fn compaction_line_folds_back_to_the_same_record() {
+        let completed = Event {
+            ended_at: Some("2026-11-24T10:05:00.000Z".into()),
+            duration_secs: Some(300),
+            turn_count: Some(4),
+            status: Some(CallStatus::Completed),
+            transcript: Some(vec![TranscriptEntry {
+                role: "user".into(),
+                text: "hello".into(),
+                timestamp: "2026-11-24T10:00:05.000Z".into(),
+            }]),
+            cost_summary: Some(CostSummary {
+                claude_input_tokens: 10,
+                estimated_cost_usd: 0.01,
+                ..CostSummary::default()
+            }),
+            barge_ins: Some(1),
+            ..Event::new(EventKind::Completed, SID, "2026-11-24T10:05:00.000Z", 120)
+        };
+        let record = fold(&[created(), status("in-progress", 2, 100), completed]);
+        let line = serde_json::to_string(&record.to_event("2026-11-25T00:00:00.000Z")).unwrap();
+        let again = fold(&[serde_json::from_str(&line).unwrap()]);
+        assert_eq!(again, record);
+    }
+
+    #[test]
+    fn lines_omit_absent_fields() {
+        let line = serde_json::to_string(&Event::new(EventKind::Deleted, SID, "t", 5)).unwrap();
+        assert_eq!(
+            line,
+            format!(r#"{{"event":"deleted","callSid":"{SID}","at":"t","ttl":5}}"#)
+        );
+    }
+}

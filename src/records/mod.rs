@@ -1,0 +1,492 @@
+//! Call records as a JSON-lines file, `RECORDS_DIR/calls.jsonl`: one line per event of a call
+//! (created, status change, completed with its cost summary, deleted), so `tail -f | jq` shows
+//! a call as it happens. The records API answers from an in-memory [`index::Index`] rebuilt
+//! at start-up.
+//!
+//! **Durability rule.** Every event is one `write(2)` of a whole line, made under an exclusive
+//! lock on `calls.lock`, so lines from many threads and processes never interleave and a
+//! crash of this process loses nothing already written. `completed` and `deleted` events are
+//! also fsync'd before the append returns: they carry what cannot be rebuilt (the transcript and
+//! the cost of a call, and a person's request to delete it). `created` and `status` events are
+//! not: a power loss may lose the last of them, and Twilio's next callback restates a status.
+//!
+//! **Torn lines.** A line cut short by a crash (or a hand edit gone wrong) is reported with its
+//! file and line number and skipped; nothing before or after it is lost. A file that does not
+//! end in a newline gets one before the next append, so the torn fragment stays alone.
+//!
+//! **Compaction** ([`RecordStore::compact`], `cotrackpro-voice compact`) rewrites the file with
+//! one line per live call, dropping deleted and expired ones: a temporary file is written,
+//! fsync'd and renamed over the old one, and the directory fsync'd. It holds the same lock as
+//! appends for its whole run, so an append waits and then lands in the new file. A store that
+//! notices its file was replaced by another process reloads its index.
+
+pub mod event;
+pub mod index;
+
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use base64::Engine as _;
+
+use event::{CallRecord, Event, EventKind};
+use index::{Filter, Index, OrderKey, SidKey, Summary};
+
+use crate::timestamp;
+
+pub const RECORDS_FILE: &str = "calls.jsonl";
+const LOCK_FILE: &str = "calls.lock";
+
+/// A records operation that failed. `Display` names the file.
+#[derive(Debug)]
+pub enum RecordsError {
+    Io { path: PathBuf, source: io::Error },
+}
+
+impl RecordsError {
+    fn io(path: &Path, source: io::Error) -> RecordsError {
+        RecordsError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+impl fmt::Display for RecordsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RecordsError::Io { path, source } => {
+                write!(f, "records file {}: {source}", path.display())
+            }
+        }
+    }
+}
+
+impl std::error::Error for RecordsError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            RecordsError::Io { source, .. } => Some(source),
+        }
+    }
+}
+
+/// A line that could not be read back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BadLine {
+    pub path: PathBuf,
+    /// 1-based.
+    pub line: usize,
+    pub reason: String,
+}
+
+impl fmt::Display for BadLine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}: skipped: {}",
+            self.path.display(),
+            self.line,
+            self.reason
+        )
+    }
+}
+
+/// What compaction did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CompactionReport {
+    pub lines_before: usize,
+    pub calls_kept: usize,
+    pub calls_dropped: usize,
+    pub bad_lines: usize,
+}
+
+struct Inner {
+    file: File,
+    /// (device, inode) of `file`, to notice a replacement by another process.
+    identity: (u64, u64),
+    index: Index,
+}
+
+/// The records store of one directory. Cheap to share behind an `Arc`; every method is safe
+/// from many threads.
+pub struct RecordStore {
+    dir: PathBuf,
+    path: PathBuf,
+    lock_path: PathBuf,
+    inner: Mutex<Inner>,
+}
+
+/// A page of a listing.
+pub struct Page {
+    pub records: Vec<serde_json::Value>,
+    pub cursor: Option<String>,
+}
+
+impl RecordStore {
+    /// Opens (creating if needed) the store in `dir` and rebuilds the index. Lines that cannot
+    /// be read are logged and returned.
+    pub fn open(dir: &Path) -> Result<(RecordStore, Vec<BadLine>), RecordsError> {
+        fs::create_dir_all(dir).map_err(|e| RecordsError::io(dir, e))?;
+        let path = dir.join(RECORDS_FILE);
+        let lock_path = dir.join(LOCK_FILE);
+        let lock = open_lock(&lock_path)?;
+        lock.lock().map_err(|e| RecordsError::io(&lock_path, e))?;
+        // Read first: opening for append ends a torn last line, which would hide that it was torn.
+        let (index, bad) = if path.exists() {
+            rebuild(&path)?
+        } else {
+            (Index::default(), Vec::new())
+        };
+        let (file, identity) = open_append(&path)?;
+        drop(lock);
+        for line in &bad {
+            log::warn!("{line}");
+        }
+        let store = RecordStore {
+            dir: dir.to_path_buf(),
+            path,
+            lock_path,
+            inner: Mutex::new(Inner {
+                file,
+                identity,
+                index,
+            }),
+        };
+        Ok((store, bad))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Appends `event` (see the module's durability rule) and applies it to the index.
+    pub fn append(&self, event: &Event) -> Result<(), RecordsError> {
+        let mut line =
+            serde_json::to_vec(event).map_err(|e| RecordsError::io(&self.path, e.into()))?;
+        line.push(b'\n');
+        let durable = matches!(event.event, EventKind::Completed | EventKind::Deleted);
+
+        let mut inner = self.lock_inner();
+        let lock = self.cross_process_lock()?;
+        self.reload_if_replaced(&mut inner)?;
+        let offset = inner
+            .file
+            .metadata()
+            .map_err(|e| RecordsError::io(&self.path, e))?
+            .len();
+        inner
+            .file
+            .write_all(&line)
+            .map_err(|e| RecordsError::io(&self.path, e))?;
+        if durable {
+            inner
+                .file
+                .sync_data()
+                .map_err(|e| RecordsError::io(&self.path, e))?;
+        }
+        drop(lock);
+        inner.index.apply(event, offset);
+        Ok(())
+    }
+
+    /// The full record of a live call (transcript included), read from the file.
+    pub fn get(&self, key: &SidKey) -> Result<Option<CallRecord>, RecordsError> {
+        let mut inner = self.lock_inner();
+        self.reload_if_replaced(&mut inner)?;
+        let now_secs = timestamp::now_ms() / 1000;
+        let Some(summary) = inner
+            .index
+            .get(key)
+            .filter(|s| !s.deleted && s.ttl > now_secs)
+        else {
+            return Ok(None);
+        };
+        let mut record = CallRecord::empty(&index::sid_string(key));
+        for &offset in &summary.offsets {
+            let line =
+                read_line_at(&inner.file, offset).map_err(|e| RecordsError::io(&self.path, e))?;
+            match serde_json::from_slice::<Event>(&line) {
+                Ok(event) => record.apply(&event),
+                Err(err) => {
+                    log::warn!(offset = offset; "records line changed under the index: {err}")
+                }
+            }
+        }
+        Ok(Some(record))
+    }
+
+    /// The summary of a live call from the index (no file read).
+    pub fn summary(&self, key: &SidKey) -> Option<Summary> {
+        let inner = self.lock_inner();
+        let now_secs = timestamp::now_ms() / 1000;
+        inner
+            .index
+            .get(key)
+            .filter(|s| !s.deleted && s.ttl > now_secs)
+            .cloned()
+    }
+
+    /// A page of live calls, newest first. `cursor` is a previous page's; an undecodable one
+    /// starts from the top.
+    pub fn list(
+        &self,
+        filter: Filter,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Page, RecordsError> {
+        let mut inner = self.lock_inner();
+        self.reload_if_replaced(&mut inner)?;
+        let after = cursor.and_then(decode_cursor);
+        let now_secs = timestamp::now_ms() / 1000;
+        let (page, next) = inner.index.list(filter, after, limit, now_secs);
+        Ok(Page {
+            records: page.iter().map(|(key, s)| s.to_list_json(key)).collect(),
+            cursor: next.map(|key| encode_cursor(&key)),
+        })
+    }
+
+    /// Every live call's summary (for rollups and totals).
+    pub fn summaries(&self) -> Vec<(SidKey, Summary)> {
+        let inner = self.lock_inner();
+        let now_secs = timestamp::now_ms() / 1000;
+        inner
+            .index
+            .live(now_secs)
+            .map(|(k, s)| (*k, s.clone()))
+            .collect()
+    }
+
+    /// Rewrites the file with one line per live call (see the module docs).
+    pub fn compact(&self) -> Result<CompactionReport, RecordsError> {
+        let mut inner = self.lock_inner();
+        let lock = self.cross_process_lock()?;
+        self.reload_if_replaced(&mut inner)?;
+        let now_secs = timestamp::now_ms() / 1000;
+        let lines_before = inner.index.line_count();
+        let known = inner.index.len();
+        let (report, new_offsets) =
+            write_compacted(&self.path, &inner.file, &inner.index, now_secs)?;
+        let (file, identity) = open_append(&self.path)?;
+        inner.file = file;
+        inner.identity = identity;
+        inner
+            .index
+            .retain(|k, _| new_offsets.iter().any(|(key, _)| key == k));
+        for (key, offset) in new_offsets {
+            inner.index.set_offsets(&key, vec![offset]);
+        }
+        drop(lock);
+        Ok(CompactionReport {
+            lines_before,
+            calls_dropped: known - report.calls_kept,
+            ..report
+        })
+    }
+
+    fn lock_inner(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves consistent data (the index is updated after the
+        // write), so a poisoned lock is recovered.
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn cross_process_lock(&self) -> Result<File, RecordsError> {
+        let lock = open_lock(&self.lock_path)?;
+        lock.lock()
+            .map_err(|e| RecordsError::io(&self.lock_path, e))?;
+        Ok(lock)
+    }
+
+    /// Reopens the file and rebuilds the index if another process replaced it (compaction).
+    fn reload_if_replaced(&self, inner: &mut Inner) -> Result<(), RecordsError> {
+        let current = match fs::metadata(&self.path) {
+            Ok(meta) => (meta.dev(), meta.ino()),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => (0, 0),
+            Err(err) => return Err(RecordsError::io(&self.path, err)),
+        };
+        if current == inner.identity {
+            return Ok(());
+        }
+        log::info!(path:% = self.path.display(); "records file was replaced (compacted elsewhere); reloading the index");
+        let (index, bad) = if self.path.exists() {
+            rebuild(&self.path)?
+        } else {
+            (Index::default(), Vec::new())
+        };
+        let (file, identity) = open_append(&self.path)?;
+        for line in &bad {
+            log::warn!("{line}");
+        }
+        inner.file = file;
+        inner.identity = identity;
+        inner.index = index;
+        Ok(())
+    }
+}
+
+fn open_lock(path: &Path) -> Result<File, RecordsError> {
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| RecordsError::io(path, e))
+}
+
+/// Opens `path` for appending (creating it), ending a torn last line with a newline first.
+fn open_append(path: &Path) -> Result<(File, (u64, u64)), RecordsError> {
+    let mut file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .read(true)
+        .open(path)
+        .map_err(|e| RecordsError::io(path, e))?;
+    let meta = file.metadata().map_err(|e| RecordsError::io(path, e))?;
+    if meta.len() > 0 {
+        let mut last = [0u8; 1];
+        file.read_exact_at(&mut last, meta.len() - 1)
+            .map_err(|e| RecordsError::io(path, e))?;
+        if last[0] != b'\n' {
+            file.write_all(b"\n")
+                .map_err(|e| RecordsError::io(path, e))?;
+        }
+    }
+    Ok((file, (meta.dev(), meta.ino())))
+}
+
+/// Reads `path` line by line into an index, collecting the lines that could not be read.
+fn rebuild(path: &Path) -> Result<(Index, Vec<BadLine>), RecordsError> {
+    let file = File::open(path).map_err(|e| RecordsError::io(path, e))?;
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let mut index = Index::default();
+    let mut bad = Vec::new();
+    let mut buf = Vec::new();
+    let mut offset = 0u64;
+    let mut line_no = 0usize;
+    loop {
+        buf.clear();
+        let n = reader
+            .read_until(b'\n', &mut buf)
+            .map_err(|e| RecordsError::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        line_no += 1;
+        let line_offset = offset;
+        offset += n as u64;
+        let content = buf.strip_suffix(b"\n").unwrap_or(&buf);
+        if content.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let reason = match serde_json::from_slice::<Event>(content) {
+            Ok(event) if index.apply(&event, line_offset) => continue,
+            Ok(event) => format!("malformed callSid {:?}", event.call_sid),
+            Err(err) if buf.last() != Some(&b'\n') => format!("torn last line ({err})"),
+            Err(err) => err.to_string(),
+        };
+        bad.push(BadLine {
+            path: path.to_path_buf(),
+            line: line_no,
+            reason,
+        });
+    }
+    Ok((index, bad))
+}
+
+/// Reads the line starting at `offset`.
+fn read_line_at(file: &File, offset: u64) -> io::Result<Vec<u8>> {
+    let mut line = Vec::new();
+    let mut chunk = vec![0u8; 4096];
+    let mut pos = offset;
+    loop {
+        let n = file.read_at(&mut chunk, pos)?;
+        if n == 0 {
+            return Ok(line);
+        }
+        if let Some(end) = chunk[..n].iter().position(|b| *b == b'\n') {
+            line.extend_from_slice(&chunk[..end]);
+            return Ok(line);
+        }
+        line.extend_from_slice(&chunk[..n]);
+        pos += n as u64;
+    }
+}
+
+/// Writes one line per live call into a temporary file, oldest first, then renames it over
+/// `path`. Returns the report and each kept call's new offset.
+fn write_compacted(
+    path: &Path,
+    file: &File,
+    index: &Index,
+    now_secs: i64,
+) -> Result<(CompactionReport, Vec<(SidKey, u64)>), RecordsError> {
+    let tmp_path = path.with_extension("jsonl.tmp");
+    let tmp = File::create(&tmp_path).map_err(|e| RecordsError::io(&tmp_path, e))?;
+    let mut out = io::BufWriter::with_capacity(1 << 20, tmp);
+    let mut live: Vec<(&SidKey, &Summary)> = index.live(now_secs).collect();
+    live.sort_by_key(|(key, s)| (s.started_at_ms, **key));
+    let at = timestamp::format_ms(timestamp::now_ms());
+    let mut report = CompactionReport::default();
+    let mut offsets = Vec::with_capacity(live.len());
+    let mut written = 0u64;
+    for (key, summary) in live {
+        let mut record = CallRecord::empty(&index::sid_string(key));
+        for &offset in &summary.offsets {
+            let line = read_line_at(file, offset).map_err(|e| RecordsError::io(path, e))?;
+            match serde_json::from_slice::<Event>(&line) {
+                Ok(event) => record.apply(&event),
+                Err(_) => report.bad_lines += 1,
+            }
+        }
+        let mut line = serde_json::to_vec(&record.to_event(&at))
+            .map_err(|e| RecordsError::io(path, e.into()))?;
+        line.push(b'\n');
+        out.write_all(&line)
+            .map_err(|e| RecordsError::io(&tmp_path, e))?;
+        offsets.push((*key, written));
+        written += line.len() as u64;
+        report.calls_kept += 1;
+    }
+    let tmp = out
+        .into_inner()
+        .map_err(|e| RecordsError::io(&tmp_path, e.into_error()))?;
+    tmp.sync_all().map_err(|e| RecordsError::io(&tmp_path, e))?;
+    drop(tmp);
+    fs::rename(&tmp_path, path).map_err(|e| RecordsError::io(path, e))?;
+    if let Some(dir) = path.parent() {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| RecordsError::io(dir, e))?;
+    }
+    Ok((report, offsets))
+}
+
+fn encode_cursor(key: &OrderKey) -> String {
+    let text = format!("{}:{}", key.0 .0, index::sid_string(&key.1));
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
+}
+
+fn decode_cursor(cursor: &str) -> Option<OrderKey> {
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()?;
+    let text = String::from_utf8(bytes).ok()?;
+    let (ms, sid) = text.split_once(':')?;
+    Some((std::cmp::Reverse(ms.parse().ok()?), index::sid_key(sid)?))
+}
+
+/// A `ttl` (epoch seconds) `ttl_days` after `now_ms`.
+pub fn ttl_from(now_ms: i64, ttl_days: f64) -> i64 {
+    now_ms / 1000 + (ttl_days * 86_400.0).floor() as i64
+}
+
+#[cfg(test)]
+mod tests;

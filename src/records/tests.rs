@@ -1,0 +1,280 @@
+//! The store against real files in a temporary directory.
+
+use std::sync::Arc;
+
+use super::event::{CallStatus, CostSummary, Direction, TranscriptEntry};
+use super::*;
+use crate::personas::Role;
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!(
+            "cotrackpro-records-{name}-{}-{}",
+            std::process::id(),
+            timestamp::now_ms()
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn sid(n: u32) -> String {
+    format!("CA{n:032x}")
+}
+
+fn far_ttl() -> i64 {
+    ttl_from(timestamp::now_ms(), 365.0)
+}
+
+fn created(n: u32, role: &str, started_ms: i64) -> Event {
+    Event {
+        role: Some(role.into()),
+        direction: Some(Direction::Inbound),
+        caller_number: Some("+1***4567".into()),
+        started_at: Some(timestamp::format_ms(started_ms)),
+        status: Some(CallStatus::Active),
+        ..Event::new(
+            EventKind::Created,
+            &sid(n),
+            &timestamp::format_ms(started_ms),
+            far_ttl(),
+        )
+    }
+}
+
+fn completed(n: u32) -> Event {
+    Event {
+        status: Some(CallStatus::Completed),
+        ended_at: Some(timestamp::format_ms(timestamp::now_ms())),
+        duration_secs: Some(61),
+        turn_count: Some(2),
+        transcript: Some(vec![TranscriptEntry {
+            role: "user".into(),
+            text: "I need to write down what happened on Friday.".into(),
+            timestamp: timestamp::format_ms(timestamp::now_ms()),
+        }]),
+        cost_summary: Some(CostSummary {
+            claude_input_tokens: 100,
+            estimated_cost_usd: 0.0123,
+            ..CostSummary::default()
+        }),
+        ..Event::new(EventKind::Completed, &sid(n), "t", far_ttl())
+    }
+}
+
+fn key(n: u32) -> index::SidKey {
+    index::sid_key(&sid(n)).unwrap()
+}
+
+#[test]
+fn appended_events_are_read_back_and_survive_a_reopen() {
+    let dir = TempDir::new("reopen");
+    let (store, bad) = RecordStore::open(&dir.0).unwrap();
+    assert!(bad.is_empty());
+    store.append(&created(1, "judge", 1_000_000)).unwrap();
+    store.append(&completed(1)).unwrap();
+    let record = store.get(&key(1)).unwrap().unwrap();
+    assert_eq!(record.role, "judge");
+    assert_eq!(record.status, CallStatus::Completed);
+    assert_eq!(record.transcript.len(), 1);
+    drop(store);
+
+    let (store, bad) = RecordStore::open(&dir.0).unwrap();
+    assert!(bad.is_empty());
+    assert_eq!(store.get(&key(1)).unwrap().unwrap(), record);
+    let text = fs::read_to_string(dir.0.join(RECORDS_FILE)).unwrap();
+    assert_eq!(text.lines().count(), 2, "one line per event");
+}
+
+#[test]
+fn a_torn_last_line_is_reported_and_skipped_and_later_appends_are_whole() {
+    let dir = TempDir::new("torn");
+    let (store, _) = RecordStore::open(&dir.0).unwrap();
+    store.append(&created(1, "parent", 1_000)).unwrap();
+    store.append(&created(2, "parent", 2_000)).unwrap();
+    drop(store);
+    let path = dir.0.join(RECORDS_FILE);
+    let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+    file.write_all(br#"{"event":"created","callSid":"CA000"#)
+        .unwrap();
+    drop(file);
+
+    let (store, bad) = RecordStore::open(&dir.0).unwrap();
+    assert_eq!(bad.len(), 1);
+    assert_eq!(bad[0].line, 3);
+    assert!(bad[0].reason.contains("torn"), "{}", bad[0].reason);
+    assert!(bad[0].to_string().contains("calls.jsonl:3: skipped"));
+    store.append(&created(3, "parent", 3_000)).unwrap();
+    drop(store);
+
+    let (store, bad) = RecordStore::open(&dir.0).unwrap();
+    assert_eq!(bad.len(), 1, "only the torn fragment is bad: {bad:?}");
+    for n in 1..=3 {
+        assert!(store.get(&key(n)).unwrap().is_some(), "call {n}");
+    }
+}
+
+#[test]
+fn a_corrupt_middle_line_loses_nothing_around_it() {
+    let dir = TempDir::new("corrupt");
+    let path = dir.0.join(RECORDS_FILE);
+    let good = |n| serde_json::to_string(&created(n, "gal", n as i64 * 1000)).unwrap();
+    fs::write(
+        &path,
+        format!("{}\nthis is not json\n{}\n{{\"event\":\"created\",\"callSid\":\"nope\",\"at\":\"t\",\"ttl\":1}}\n{}\n", good(1), good(2), good(3)),
+    )
+    .unwrap();
+    let (store, bad) = RecordStore::open(&dir.0).unwrap();
+    assert_eq!(bad.iter().map(|b| b.line).collect::<Vec<_>>(), vec![2, 4]);
+    assert!(bad[1].reason.contains("malformed callSid"));
+    let page = store.list(Filter::All, None, 10).unwrap();
+    assert_eq!(page.records.len(), 3);
+}
+
+#[test]
+fn lists_are_newest_first_paged_and_filtered() {
+    let dir = TempDir::new("list");
+    let (store, _) = RecordStore::open(&dir.0).unwrap();
+    for n in 0..25u32 {
+        let role = Role::ALL[n as usize % 3].as_str();
+        store.append(&created(n, role, 1_000 * n as i64)).unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = store.list(Filter::All, cursor.as_deref(), 10).unwrap();
+        seen.extend(
+            page.records
+                .iter()
+                .map(|r| r["callSid"].as_str().unwrap().to_string()),
+        );
+        match page.cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    let expected: Vec<String> = (0..25u32).rev().map(sid).collect();
+    assert_eq!(seen, expected, "every record exactly once, newest first");
+
+    let attorneys = store.list(Filter::Role(Role::Attorney), None, 100).unwrap();
+    assert_eq!(attorneys.records.len(), 8);
+    assert!(attorneys.records.iter().all(|r| r["role"] == "attorney"));
+    assert!(
+        attorneys.records[0].get("transcript").is_none(),
+        "lists carry summaries"
+    );
+
+    let garbage = store.list(Filter::All, Some("%%%not-a-cursor"), 5).unwrap();
+    assert_eq!(
+        garbage.records[0]["callSid"],
+        sid(24),
+        "a bad cursor starts from the top"
+    );
+}
+
+#[test]
+fn compaction_folds_calls_and_drops_deleted_and_expired_ones() {
+    let dir = TempDir::new("compact");
+    let (store, _) = RecordStore::open(&dir.0).unwrap();
+    store.append(&created(1, "judge", 1_000)).unwrap();
+    store.append(&completed(1)).unwrap();
+    store.append(&created(2, "judge", 2_000)).unwrap();
+    store
+        .append(&Event::new(EventKind::Deleted, &sid(2), "t", far_ttl()))
+        .unwrap();
+    let mut expired = created(3, "judge", 3_000);
+    expired.ttl = timestamp::now_ms() / 1000 - 1;
+    store.append(&expired).unwrap();
+    let before = store.get(&key(1)).unwrap().unwrap();
+
+    let report = store.compact().unwrap();
+    assert_eq!(report.lines_before, 5);
+    assert_eq!((report.calls_kept, report.calls_dropped), (1, 2));
+    let text = fs::read_to_string(dir.0.join(RECORDS_FILE)).unwrap();
+    assert_eq!(text.lines().count(), 1);
+    assert_eq!(store.get(&key(1)).unwrap().unwrap(), before);
+    assert!(store.get(&key(2)).unwrap().is_none());
+
+    // Appends after compaction land in the new file and are indexed.
+    store.append(&created(4, "cps", 4_000)).unwrap();
+    drop(store);
+    let (store, bad) = RecordStore::open(&dir.0).unwrap();
+    assert!(bad.is_empty());
+    assert_eq!(store.get(&key(1)).unwrap().unwrap(), before);
+    assert!(store.get(&key(4)).unwrap().is_some());
+}
+
+#[test]
+fn fractional_ttl_days_expire_on_time() {
+    let now = timestamp::now_ms();
+    assert_eq!(ttl_from(now, 0.5), now / 1000 + 43_200);
+    let dir = TempDir::new("ttl");
+    let (store, _) = RecordStore::open(&dir.0).unwrap();
+    let mut short = created(1, "parent", now);
+    short.ttl = ttl_from(now, 0.00001); // 0.864 s → 0 whole seconds: already due
+    store.append(&short).unwrap();
+    assert!(store.get(&key(1)).unwrap().is_none());
+    assert_eq!(store.compact().unwrap().calls_kept, 0);
+}
+
+#[test]
+fn a_compaction_by_another_store_is_noticed() {
+    let dir = TempDir::new("external");
+    let (server, _) = RecordStore::open(&dir.0).unwrap();
+    server.append(&created(1, "parent", 1_000)).unwrap();
+    server.append(&completed(1)).unwrap();
+    let (operator, _) = RecordStore::open(&dir.0).unwrap();
+    operator.compact().unwrap();
+    // The server's handle points at the replaced file; it must reload, not write into it.
+    server.append(&created(2, "parent", 2_000)).unwrap();
+    assert!(server.get(&key(1)).unwrap().is_some());
+    drop((server, operator));
+    let (fresh, _) = RecordStore::open(&dir.0).unwrap();
+    assert!(fresh.get(&key(1)).unwrap().is_some());
+    assert!(
+        fresh.get(&key(2)).unwrap().is_some(),
+        "the append after compaction was not lost"
+    );
+}
+
+#[test]
+fn appends_from_many_threads_never_interleave() {
+    let dir = TempDir::new("threads");
+    let (store, _) = RecordStore::open(&dir.0).unwrap();
+    let store = Arc::new(store);
+    let threads: Vec<_> = (0..8u32)
+        .map(|t| {
+            let store = store.clone();
+            std::thread::Builder::new()
+                .name(format!("append-{t}"))
+                .spawn(move || {
+                    for i in 0..100u32 {
+                        let n = t * 1000 + i;
+                        store.append(&created(n, "mediator", n as i64)).unwrap();
+                        store.append(&completed(n)).unwrap();
+                    }
+                })
+                .unwrap()
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    drop(store);
+    let (store, bad) = RecordStore::open(&dir.0).unwrap();
+    assert!(bad.is_empty(), "{bad:?}");
+    let all = store.summaries();
+    assert_eq!(all.len(), 800);
+    assert!(all
+        .iter()
+        .all(|(_, s)| s.status == CallStatus::Completed && s.offsets.len() == 2));
+}
