@@ -5,4 +5,5 @@ mod support;
 mod cli;
 mod http_routes;
 mod signatures;
+mod systemd_units;
 mod twiml_interop;
