@@ -1,24 +1,30 @@
 //! The state every request handler and call thread shares: the configuration, when the process
-//! started, and the live-call registry.
+//! started, the live-call registry, the call records and the API rate limiter.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use crate::calls::CallRegistry;
 use crate::config::Config;
+use crate::rate_limit::{InMemoryRateLimiter, RateLimiter};
+use crate::records::RecordStore;
 
 pub struct App {
     pub config: Config,
     pub started_at: Instant,
     pub calls: Arc<CallRegistry>,
+    pub records: Arc<RecordStore>,
+    pub rate_limiter: Box<dyn RateLimiter>,
 }
 
 impl App {
-    pub fn new(config: Config) -> App {
+    pub fn new(config: Config, records: Arc<RecordStore>) -> App {
         App {
             config,
             started_at: Instant::now(),
             calls: Arc::new(CallRegistry::default()),
+            records,
+            rate_limiter: Box::new(InMemoryRateLimiter::default()),
         }
     }
 }

@@ -16,6 +16,8 @@ Usage: cotrackpro-voice [--env-file PATH] <command>
 Commands:
   serve          run the webhook server (HTTP_PORT)
   check-config   validate the configuration and print it, secrets redacted
+  compact        compact the call records now (drop expired and deleted calls, one line
+                 per call); safe while the server runs
   help           print this help
   version        print the version
 
@@ -30,6 +32,7 @@ Configuration is read from the environment; see README.md for every variable.
 pub enum Command {
     Serve,
     CheckConfig,
+    Compact,
     Help,
     Version,
 }
@@ -76,6 +79,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
                 command = Some(match name {
                     "serve" => Command::Serve,
                     "check-config" => Command::CheckConfig,
+                    "compact" => Command::Compact,
                     "help" => Command::Help,
                     "version" => Command::Version,
                     _ => return Err(format!("unknown command {name:?}")),
@@ -115,6 +119,20 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
             }
             Err(code) => code,
         },
+        Command::Compact => {
+            let config = match load_config(&args) {
+                Ok(config) => config,
+                Err(code) => return code,
+            };
+            crate::logging::init(&config.log);
+            match compact(&config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    print_error(&err);
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Serve => {
             let config = match load_config(&args) {
                 Ok(config) => config,
@@ -134,6 +152,23 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
             }
         }
     }
+}
+
+/// `compact`: one compaction of `RECORDS_DIR`, reported on stdout as JSON.
+fn compact(config: &Config) -> Result<(), crate::records::RecordsError> {
+    let (store, bad) = crate::records::RecordStore::open(&config.records.dir)?;
+    let report = store.compact()?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "path": store.path().display().to_string(),
+            "linesBefore": report.lines_before,
+            "callsKept": report.calls_kept,
+            "callsDropped": report.calls_dropped,
+            "unreadableLinesDropped": bad.len(),
+        })
+    );
+    Ok(())
 }
 
 /// Loads and validates the configuration, printing every problem on failure.

@@ -10,8 +10,10 @@ pub mod logging;
 pub mod serve;
 
 pub mod app;
+pub mod auth;
 pub mod calls;
 pub mod http;
+pub mod rate_limit;
 pub mod records;
 
 pub mod ids;

@@ -3,11 +3,14 @@
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
 
 use crate::app::App;
 use crate::config::Config;
 use crate::http::HttpServer;
+use crate::records::{RecordStore, RecordsError};
 
 /// A server that failed to start.
 #[derive(Debug)]
@@ -20,6 +23,8 @@ pub enum ServeError {
     },
     /// Worker threads could not be started.
     Spawn(io::Error),
+    /// The records directory could not be opened.
+    Records(RecordsError),
 }
 
 impl fmt::Display for ServeError {
@@ -29,6 +34,7 @@ impl fmt::Display for ServeError {
                 write!(f, "cannot listen for {what} on {addr}: {source}")
             }
             ServeError::Spawn(source) => write!(f, "cannot start worker threads: {source}"),
+            ServeError::Records(source) => write!(f, "cannot open the call records: {source}"),
         }
     }
 }
@@ -37,14 +43,19 @@ impl std::error::Error for ServeError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             ServeError::Bind { source, .. } | ServeError::Spawn(source) => Some(source),
+            ServeError::Records(source) => Some(source),
         }
     }
 }
 
-/// A started server: its shared state and its listeners.
+/// How often the running server compacts the records (it also does at start-up).
+const COMPACTION_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+
+/// A started server: its shared state, its listeners and its housekeeping thread.
 pub struct Server {
     pub app: Arc<App>,
     pub http: HttpServer,
+    compactor: Option<(mpsc::SyncSender<()>, JoinHandle<()>)>,
 }
 
 impl Server {
@@ -57,18 +68,57 @@ impl Server {
             addr,
             source,
         })?;
-        let app = Arc::new(App::new(config));
+        let (records, _bad_lines) =
+            RecordStore::open(&config.records.dir).map_err(ServeError::Records)?;
+        let records = Arc::new(records);
+        compact_and_log(&records);
+        let app = Arc::new(App::new(config, records.clone()));
         let http = HttpServer::start(app.clone(), listener).map_err(ServeError::Spawn)?;
-        Ok(Server { app, http })
+        // Capacity 1: the only message is "stop", and dropping the sender says it too.
+        let (stop, stopped) = mpsc::sync_channel::<()>(1);
+        let compactor = thread::Builder::new()
+            .name("records-compactor".into())
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                while let Err(mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(COMPACTION_INTERVAL)
+                {
+                    compact_and_log(&records);
+                }
+            })
+            .map_err(ServeError::Spawn)?;
+        Ok(Server {
+            app,
+            http,
+            compactor: Some((stop, compactor)),
+        })
     }
 
     pub fn http_addr(&self) -> SocketAddr {
         self.http.local_addr()
     }
 
-    /// Stops the listeners after the requests in progress.
-    pub fn shutdown(self) {
+    /// Stops the listeners after the requests in progress, and the housekeeping.
+    pub fn shutdown(mut self) {
         self.http.shutdown();
+        if let Some((stop, compactor)) = self.compactor.take() {
+            drop(stop);
+            let _ = compactor.join();
+        }
+    }
+}
+
+/// Compacts the records; a failure is logged and the server runs on with the old file
+/// (compaction is housekeeping, not a reason to stop answering calls).
+pub fn compact_and_log(records: &RecordStore) {
+    match records.compact() {
+        Ok(report) => log::info!(
+            linesBefore = report.lines_before,
+            callsKept = report.calls_kept,
+            callsDropped = report.calls_dropped;
+            "records.compaction"
+        ),
+        Err(err) => log::error!("records compaction failed: {err}"),
     }
 }
 

@@ -6,6 +6,7 @@
 //! so the listener is meant to sit behind a TLS reverse proxy that buffers requests (README).
 
 mod health;
+pub mod records;
 pub mod request;
 pub mod response;
 mod twilio;
@@ -148,21 +149,55 @@ fn handle(app: &App, mut request: tiny_http::Request) {
     );
 }
 
+/// The routes, by path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Route<'a> {
+    Health,
+    CallIncoming,
+    CallStatus,
+    Records(records::RecordsRoute<'a>),
+}
+
+impl<'a> Route<'a> {
+    fn resolve(path: &'a str) -> Option<Route<'a>> {
+        use records::RecordsRoute;
+        let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        Some(match segments.as_slice() {
+            ["health"] => Route::Health,
+            ["call", "incoming"] => Route::CallIncoming,
+            ["call", "status"] => Route::CallStatus,
+            ["records"] => Route::Records(RecordsRoute::List),
+            ["records", "by-role", role] => Route::Records(RecordsRoute::ByRole(role)),
+            ["records", "by-status", status] => Route::Records(RecordsRoute::ByStatus(status)),
+            ["records", sid] => Route::Records(RecordsRoute::One(sid)),
+            _ => return None,
+        })
+    }
+
+    fn methods(self) -> &'static [&'static str] {
+        match self {
+            Route::Health => &["GET"],
+            Route::CallIncoming | Route::CallStatus => &["POST"],
+            Route::Records(records::RecordsRoute::One(_)) => &["GET", "DELETE"],
+            Route::Records(_) => &["GET"],
+        }
+    }
+}
+
 /// Every route: method and path to handler. Unknown paths answer 404, known paths with another
 /// method 405 with `Allow`.
 pub fn route(app: &App, req: &Incoming) -> Reply {
-    let allowed: &[&str] = match req.path.as_str() {
-        "/health" => &["GET"],
-        "/call/incoming" | "/call/status" => &["POST"],
-        _ => return Reply::error(404, "Not found"),
+    let Some(route) = Route::resolve(&req.path) else {
+        return Reply::error(404, "Not found");
     };
+    let allowed = route.methods();
     if !allowed.contains(&req.method.as_str()) {
         return Reply::error(405, "Method not allowed").with_header("Allow", allowed.join(", "));
     }
-    match req.path.as_str() {
-        "/health" => health::health(app),
-        "/call/incoming" => twilio::incoming(app, req),
-        "/call/status" => twilio::status(app, req),
-        _ => Reply::error(404, "Not found"),
+    match route {
+        Route::Health => health::health(app),
+        Route::CallIncoming => twilio::incoming(app, req),
+        Route::CallStatus => twilio::status(app, req),
+        Route::Records(which) => records::handle(app, req, which),
     }
 }

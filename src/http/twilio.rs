@@ -6,7 +6,9 @@ use crate::app::App;
 use crate::config::Config;
 use crate::ids::CallSid;
 use crate::personas::Role;
-use crate::{phone, twilio_signature, twiml};
+use crate::records::event::{CallStatus, Direction, Event, EventKind};
+use crate::records::ttl_from;
+use crate::{phone, timestamp, twilio_signature, twiml};
 
 /// The statuses Twilio reports in `CallStatus`.
 const CALL_STATUSES: &[&str] = &[
@@ -60,15 +62,43 @@ pub fn incoming(app: &App, req: &Incoming) -> Reply {
         "Incoming call"
     );
 
+    // Twilio fetches this TwiML for calls we place too; its Direction says which it is.
+    let direction = match param("Direction") {
+        Some(d) if d.starts_with("outbound") => Direction::Outbound,
+        _ => Direction::Inbound,
+    };
+    if let Some(call_sid) = param("CallSid").and_then(CallSid::parse) {
+        let now = timestamp::now_ms();
+        let event = Event {
+            role: Some(role.as_str().to_string()),
+            direction: Some(direction),
+            caller_number: Some(phone::mask(param("From").unwrap_or("unknown"))),
+            started_at: Some(timestamp::format_ms(now)),
+            status: Some(CallStatus::Active),
+            twilio_status: param("CallStatus").map(str::to_string),
+            ..Event::new(
+                EventKind::Created,
+                call_sid.as_str(),
+                &timestamp::format_ms(now),
+                ttl_from(now, config.records.ttl_days),
+            )
+        };
+        // The caller still gets their call if the record cannot be written.
+        if let Err(err) = app.records.append_if_changed(&event) {
+            log::error!(callSid:% = call_sid, error:% = err; "records.createCallRecord.failed");
+        }
+    }
+
     let stream_url = format!("wss://{}/call/stream", config.domains.ws);
-    let mut stream_params = vec![("role", role.as_str()), ("direction", "inbound")];
+    let mut stream_params = vec![("role", role.as_str()), ("direction", direction.as_str())];
     if let Some(voice) = number_override.and_then(|o| o.voice_id.as_deref()) {
         stream_params.push(("voiceId", voice));
     }
     Reply::xml(twiml::connect_stream(&stream_url, &stream_params))
 }
 
-/// `POST /call/status`: checks and logs Twilio's status callback, then answers 204.
+/// `POST /call/status`: checks Twilio's status callback and records it (a retried or stale
+/// callback changes nothing), then answers 204.
 pub fn status(app: &App, req: &Incoming) -> Reply {
     let params = match signed_params(&app.config, req) {
         Ok(params) => params,
@@ -95,11 +125,36 @@ pub fn status(app: &App, req: &Incoming) -> Reply {
         Some(Ok(secs)) => Some(secs),
         Some(Err(_)) => return Reply::error(400, "CallDuration is not a whole number of seconds"),
     };
+    let now = timestamp::now_ms();
+    let status = CallStatus::from_twilio(call_status);
+    let event = Event {
+        status,
+        twilio_status: Some(call_status.to_string()),
+        sequence_number: param("SequenceNumber").and_then(|s| s.parse().ok()),
+        duration_secs,
+        ended_at: status
+            .filter(|s| s.is_final())
+            .map(|_| timestamp::format_ms(now)),
+        ..Event::new(
+            EventKind::Status,
+            call_sid.as_str(),
+            &timestamp::format_ms(now),
+            ttl_from(now, app.config.records.ttl_days),
+        )
+    };
+    let recorded = match app.records.append_if_changed(&event) {
+        Ok(recorded) => recorded,
+        Err(err) => {
+            log::error!(callSid:% = call_sid, error:% = err; "records.updateCallStatus.failed");
+            return Reply::error(500, "Could not record the status");
+        }
+    };
     log::info!(
         callSid:% = call_sid,
         callStatus = call_status,
         callDuration:? = duration_secs,
-        sequenceNumber = param("SequenceNumber").unwrap_or("");
+        sequenceNumber = param("SequenceNumber").unwrap_or(""),
+        recorded = recorded;
         "Call status update"
     );
     Reply::empty(204)

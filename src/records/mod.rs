@@ -168,14 +168,39 @@ impl RecordStore {
 
     /// Appends `event` (see the module's durability rule) and applies it to the index.
     pub fn append(&self, event: &Event) -> Result<(), RecordsError> {
+        let mut inner = self.lock_inner();
+        self.write_event(&mut inner, event)
+    }
+
+    /// Appends `event` unless it would change nothing: a retried webhook or a callback that
+    /// arrives after a later one. Returns whether a line was written.
+    pub fn append_if_changed(&self, event: &Event) -> Result<bool, RecordsError> {
+        let mut inner = self.lock_inner();
+        self.reload_if_replaced(&mut inner)?;
+        if let Some(key) = index::sid_key(&event.call_sid) {
+            if let Some(summary) = inner.index.get(&key) {
+                let before = summary.to_record(&key);
+                let mut after = before.clone();
+                after.apply(event);
+                // A later expiry or sequence number alone is not news.
+                after.ttl = before.ttl;
+                after.last_sequence = before.last_sequence;
+                if after == before && event.transcript.is_none() && event.tool_calls.is_none() {
+                    return Ok(false);
+                }
+            }
+        }
+        self.write_event(&mut inner, event)?;
+        Ok(true)
+    }
+
+    fn write_event(&self, inner: &mut Inner, event: &Event) -> Result<(), RecordsError> {
         let mut line =
             serde_json::to_vec(event).map_err(|e| RecordsError::io(&self.path, e.into()))?;
         line.push(b'\n');
         let durable = matches!(event.event, EventKind::Completed | EventKind::Deleted);
-
-        let mut inner = self.lock_inner();
         let lock = self.cross_process_lock()?;
-        self.reload_if_replaced(&mut inner)?;
+        self.reload_if_replaced(inner)?;
         let offset = inner
             .file
             .metadata()

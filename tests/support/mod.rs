@@ -22,6 +22,7 @@ pub const AUTH_TOKEN: &str = "test-auth-token-9f8e7d";
 pub struct TestServer {
     server: Option<Server>,
     pub addr: SocketAddr,
+    pub records_dir: TempDir,
 }
 
 impl TestServer {
@@ -34,6 +35,8 @@ impl TestServer {
             ("HTTP_WORKERS", "4"),
             ("LOG_LEVEL", "off"),
         ]);
+        let records_dir = TempDir::new("server");
+        env.set("RECORDS_DIR", &records_dir.path().display().to_string());
         for (k, v) in extra {
             env.set(k, v);
         }
@@ -43,6 +46,7 @@ impl TestServer {
         TestServer {
             server: Some(server),
             addr,
+            records_dir,
         }
     }
 
@@ -62,6 +66,34 @@ impl TestServer {
             headers: Vec::new(),
             body: Vec::new(),
         }
+    }
+}
+
+/// A directory under the system temp dir, removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(label: &str) -> TempDir {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "cotrackpro-test-{label}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create a temp dir");
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

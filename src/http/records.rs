@@ -1,0 +1,167 @@
+//! The records API: `GET /records`, `GET|DELETE /records/{callSid}`,
+//! `GET /records/by-role/{role}`, `GET /records/by-status/{status}`. Bearer
+//! `OUTBOUND_API_KEY` first (so unauthenticated floods cannot spend a real key's budget), then
+//! the per-key rate limit, then validation before anything touches the store.
+
+use serde_json::json;
+
+use super::{Incoming, Reply};
+use crate::app::App;
+use crate::auth::{check_bearer, BearerCheck};
+use crate::personas::Role;
+use crate::records::event::{CallStatus, Event, EventKind};
+use crate::records::index::{sid_key, Filter};
+use crate::records::ttl_from;
+use crate::timestamp;
+
+/// The most records one page may hold, whatever `limit` asks for.
+pub const MAX_LIMIT: usize = 100;
+
+/// Which records route was asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordsRoute<'a> {
+    List,
+    ByRole(&'a str),
+    ByStatus(&'a str),
+    One(&'a str),
+}
+
+pub fn handle(app: &App, req: &Incoming, route: RecordsRoute<'_>) -> Reply {
+    if let Some(refusal) = gate(app, req, "records") {
+        return refusal;
+    }
+    let store = &app.records;
+    let result = match route {
+        RecordsRoute::List => list(app, req, Filter::All, 25),
+        RecordsRoute::ByRole(name) => match Role::parse(name) {
+            Some(role) => list(app, req, Filter::Role(role), 50),
+            None => Ok(Reply::error_with_details(
+                400,
+                &format!("Unknown role: {name}"),
+                &format!("expected one of {}", Role::allowed_list()),
+            )),
+        },
+        RecordsRoute::ByStatus(name) => match CallStatus::parse(name) {
+            Some(status) => list(app, req, Filter::Status(status), 50),
+            None => Ok(Reply::error_with_details(
+                400,
+                &format!("Unknown status: {name}"),
+                &format!(
+                    "expected one of {}",
+                    CallStatus::ALL.map(CallStatus::as_str).join(", ")
+                ),
+            )),
+        },
+        RecordsRoute::One(sid) => {
+            let Some(key) = sid_key(sid) else {
+                return Reply::error_with_details(
+                    400,
+                    "Invalid callSid",
+                    "expected CA followed by 32 hex digits",
+                );
+            };
+            match req.method.as_str() {
+                "DELETE" => delete(app, sid, &key),
+                _ => store.get(&key).map(|record| match record {
+                    Some(record) => Reply::json(200, &json!(record)),
+                    None => Reply::error(404, "Call record not found"),
+                }),
+            }
+        }
+    };
+    result.unwrap_or_else(|err| {
+        log::error!("records API: {err}");
+        Reply::error(500, "Records are unavailable")
+    })
+}
+
+/// Authentication, then the per-key rate limit of `namespace`; `Some` is the refusal to send.
+pub fn gate(app: &App, req: &Incoming, namespace: &str) -> Option<Reply> {
+    let config = &app.config;
+    let authorization = req.header("Authorization");
+    match check_bearer(
+        authorization,
+        config.outbound.api_key.as_ref(),
+        config.app_env,
+        "OUTBOUND_API_KEY",
+    ) {
+        BearerCheck::Refused(reply) => return Some(reply),
+        BearerCheck::Allowed | BearerCheck::OpenInDevelopment => {}
+    }
+    let now_secs = (timestamp::now_ms() / 1000) as u64;
+    let decision = app.rate_limiter.check(
+        namespace,
+        authorization.unwrap_or("anonymous"),
+        config.records.rate_limits,
+        now_secs,
+    );
+    let reply = decision.into_reply()?;
+    log::warn!(namespace = namespace; "/records rate-limited");
+    Some(reply)
+}
+
+fn list(
+    app: &App,
+    req: &Incoming,
+    filter: Filter,
+    default_limit: usize,
+) -> Result<Reply, crate::records::RecordsError> {
+    let limit = parse_limit(req.query_param("limit").as_deref(), default_limit);
+    let cursor = req.query_param("cursor");
+    let page = app.records.list(filter, cursor.as_deref(), limit)?;
+    Ok(Reply::json(
+        200,
+        &json!({ "records": page.records, "cursor": page.cursor }),
+    ))
+}
+
+fn delete(
+    app: &App,
+    sid: &str,
+    key: &crate::records::index::SidKey,
+) -> Result<Reply, crate::records::RecordsError> {
+    if app.records.summary(key).is_none() {
+        return Ok(Reply::error(404, "Call record not found"));
+    }
+    let now = timestamp::now_ms();
+    let event = Event::new(
+        EventKind::Deleted,
+        sid,
+        &timestamp::format_ms(now),
+        ttl_from(now, app.config.records.ttl_days),
+    );
+    app.records.append(&event)?;
+    log::info!(callSid = sid; "Call record deleted");
+    Ok(Reply::empty(204))
+}
+
+/// The original's `parseLimit`: leading digits count (`"25abc"` is 25); missing, zero or
+/// unreadable gives the default; never more than [`MAX_LIMIT`].
+pub fn parse_limit(raw: Option<&str>, default: usize) -> usize {
+    let digits: String = raw
+        .unwrap_or("")
+        .trim()
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    match digits.parse::<usize>() {
+        Ok(n) if n > 0 => n.min(MAX_LIMIT),
+        _ => default.min(MAX_LIMIT),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_follow_the_original() {
+        assert_eq!(parse_limit(None, 25), 25);
+        assert_eq!(parse_limit(Some("10"), 25), 10);
+        assert_eq!(parse_limit(Some("25abc"), 50), 25);
+        assert_eq!(parse_limit(Some("0"), 25), 25);
+        assert_eq!(parse_limit(Some("-5"), 25), 25);
+        assert_eq!(parse_limit(Some("1000"), 25), 100);
+        assert_eq!(parse_limit(Some("99999999999999999999999"), 25), 25);
+    }
+}
