@@ -4,6 +4,7 @@ mod support;
 
 mod cli;
 mod http_routes;
+mod records_api;
 mod signatures;
 mod systemd_units;
 mod twiml_interop;

@@ -6,6 +6,9 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The role of a record whose `created` event has not been read (yet).
+pub const UNKNOWN_ROLE: &str = "unknown";
+
 /// The kinds of event, as the `event` field of a line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -234,7 +237,7 @@ impl CallRecord {
     pub fn empty(call_sid: &str) -> CallRecord {
         CallRecord {
             call_sid: call_sid.to_string(),
-            role: "unknown".to_string(),
+            role: UNKNOWN_ROLE.to_string(),
             direction: Direction::Inbound,
             caller_number: "unknown".to_string(),
             started_at: String::new(),
@@ -266,8 +269,11 @@ impl CallRecord {
             self.deleted = true;
             return;
         }
+        // Identity comes from the first `created` event; a later one is a retried webhook.
+        // Events that arrive before any `created` stand in with what they carry.
         let first_event = self.started_at.is_empty();
-        if first_event || event.event == EventKind::Created {
+        let identity_unset = self.role == UNKNOWN_ROLE;
+        if first_event || (event.event == EventKind::Created && identity_unset) {
             if let Some(role) = &event.role {
                 self.role.clone_from(role);
             }
@@ -277,13 +283,11 @@ impl CallRecord {
             if let Some(caller) = &event.caller_number {
                 self.caller_number.clone_from(caller);
             }
-        }
-        match (&event.started_at, first_event) {
-            (Some(started), _) if first_event || event.event == EventKind::Created => {
-                self.started_at.clone_from(started)
+            match &event.started_at {
+                Some(started) => self.started_at.clone_from(started),
+                None if first_event => self.started_at.clone_from(&event.at),
+                None => {}
             }
-            (_, true) => self.started_at.clone_from(&event.at),
-            _ => {}
         }
         if let Some(status) = event.status {
             if !self.status.is_final() {
@@ -424,6 +428,23 @@ mod tests {
         assert_eq!(record.role, "unknown");
         assert_eq!(record.ttl, 500);
         assert!(record.is_expired(500) && !record.is_expired(499));
+    }
+
+    #[test]
+    fn a_retried_created_event_changes_nothing_but_a_late_first_one_sets_identity() {
+        let mut retry = created();
+        retry.started_at = Some("2026-11-24T10:00:09.000Z".into());
+        retry.role = Some("judge".into());
+        let record = fold(&[created(), retry]);
+        assert_eq!(
+            (record.role.as_str(), record.started_at.as_str()),
+            ("attorney", "2026-11-24T10:00:00.000Z")
+        );
+
+        let record = fold(&[status("ringing", 0, 100), created()]);
+        assert_eq!(record.role, "attorney");
+        assert_eq!(record.started_at, "2026-11-24T10:00:00.000Z");
+        assert_eq!(record.direction, Direction::Outbound);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use serde_json::{json, Value};
 
-use super::event::{CallRecord, CallStatus, CostSummary, Direction, Event};
+use super::event::{CallRecord, CallStatus, CostSummary, Direction, Event, UNKNOWN_ROLE};
 use crate::personas::Role;
 use crate::timestamp;
 
@@ -108,7 +108,7 @@ impl Summary {
     pub fn to_record(&self, key: &SidKey) -> CallRecord {
         CallRecord {
             call_sid: sid_string(key),
-            role: self.role.map_or("unknown", Role::as_str).to_string(),
+            role: self.role.map_or(UNKNOWN_ROLE, Role::as_str).to_string(),
             direction: self.direction,
             caller_number: self.caller_number.to_string(),
             started_at: timestamp::format_ms(self.started_at_ms),
