@@ -5,6 +5,7 @@ mod support;
 mod cli;
 mod http_routes;
 mod records_api;
+mod records_durability;
 mod signatures;
 mod systemd_units;
 mod twiml_interop;

@@ -17,8 +17,10 @@
 //! **Compaction** ([`RecordStore::compact`], `cotrackpro-voice compact`) rewrites the file with
 //! one line per live call, dropping deleted and expired ones: a temporary file is written,
 //! fsync'd and renamed over the old one, and the directory fsync'd. It holds the same lock as
-//! appends for its whole run, so an append waits and then lands in the new file. A store that
-//! notices its file was replaced by another process reloads its index.
+//! appends for its whole run, so an append waits and then lands in the new file. Before it reads
+//! or writes, a store brings its index up to date with the file: it reloads the index when
+//! another process replaced the file, and reads the lines other processes appended since (so a
+//! `compact` process started before the server's last appends still keeps them).
 
 pub mod event;
 pub mod index;
@@ -107,6 +109,8 @@ struct Inner {
     file: File,
     /// (device, inode) of `file`, to notice a replacement by another process.
     identity: (u64, u64),
+    /// Bytes of the file the index has read; lines past it were appended by another process.
+    indexed_len: u64,
     index: Index,
 }
 
@@ -134,26 +138,13 @@ impl RecordStore {
         let lock_path = dir.join(LOCK_FILE);
         let lock = open_lock(&lock_path)?;
         lock.lock().map_err(|e| RecordsError::io(&lock_path, e))?;
-        // Read first: opening for append ends a torn last line, which would hide that it was torn.
-        let (index, bad) = if path.exists() {
-            rebuild(&path)?
-        } else {
-            (Index::default(), Vec::new())
-        };
-        let (file, identity) = open_append(&path)?;
+        let (inner, bad) = load(&path)?;
         drop(lock);
-        for line in &bad {
-            log::warn!("{line}");
-        }
         let store = RecordStore {
             dir: dir.to_path_buf(),
             path,
             lock_path,
-            inner: Mutex::new(Inner {
-                file,
-                identity,
-                index,
-            }),
+            inner: Mutex::new(inner),
         };
         Ok((store, bad))
     }
@@ -176,7 +167,7 @@ impl RecordStore {
     /// arrives after a later one. Returns whether a line was written.
     pub fn append_if_changed(&self, event: &Event) -> Result<bool, RecordsError> {
         let mut inner = self.lock_inner();
-        self.reload_if_replaced(&mut inner)?;
+        self.refresh(&mut inner, false)?;
         if let Some(key) = index::sid_key(&event.call_sid) {
             if let Some(summary) = inner.index.get(&key) {
                 let before = summary.to_record(&key);
@@ -200,12 +191,8 @@ impl RecordStore {
         line.push(b'\n');
         let durable = matches!(event.event, EventKind::Completed | EventKind::Deleted);
         let lock = self.cross_process_lock()?;
-        self.reload_if_replaced(inner)?;
-        let offset = inner
-            .file
-            .metadata()
-            .map_err(|e| RecordsError::io(&self.path, e))?
-            .len();
+        self.refresh(inner, true)?;
+        let offset = inner.indexed_len;
         inner
             .file
             .write_all(&line)
@@ -218,13 +205,14 @@ impl RecordStore {
         }
         drop(lock);
         inner.index.apply(event, offset);
+        inner.indexed_len = offset + line.len() as u64;
         Ok(())
     }
 
     /// The full record of a live call (transcript included), read from the file.
     pub fn get(&self, key: &SidKey) -> Result<Option<CallRecord>, RecordsError> {
         let mut inner = self.lock_inner();
-        self.reload_if_replaced(&mut inner)?;
+        self.refresh(&mut inner, false)?;
         let now_secs = timestamp::now_ms() / 1000;
         let Some(summary) = inner
             .index
@@ -267,7 +255,7 @@ impl RecordStore {
         limit: usize,
     ) -> Result<Page, RecordsError> {
         let mut inner = self.lock_inner();
-        self.reload_if_replaced(&mut inner)?;
+        self.refresh(&mut inner, false)?;
         let after = cursor.and_then(decode_cursor);
         let now_secs = timestamp::now_ms() / 1000;
         let (page, next) = inner.index.list(filter, after, limit, now_secs);
@@ -292,19 +280,19 @@ impl RecordStore {
     pub fn compact(&self) -> Result<CompactionReport, RecordsError> {
         let mut inner = self.lock_inner();
         let lock = self.cross_process_lock()?;
-        self.reload_if_replaced(&mut inner)?;
+        self.refresh(&mut inner, true)?;
         let now_secs = timestamp::now_ms() / 1000;
         let lines_before = inner.index.line_count();
         let known = inner.index.len();
         let (report, new_offsets) =
             write_compacted(&self.path, &inner.file, &inner.index, now_secs)?;
-        let (file, identity) = open_append(&self.path)?;
+        let (file, identity, len) = open_append(&self.path)?;
         inner.file = file;
         inner.identity = identity;
-        inner
-            .index
-            .retain(|k, _| new_offsets.iter().any(|(key, _)| key == k));
-        for (key, offset) in new_offsets {
+        inner.indexed_len = len;
+        let kept: std::collections::HashMap<SidKey, u64> = new_offsets.into_iter().collect();
+        inner.index.retain(|key, _| kept.contains_key(key));
+        for (key, offset) in kept {
             inner.index.set_offsets(&key, vec![offset]);
         }
         drop(lock);
@@ -330,31 +318,69 @@ impl RecordStore {
         Ok(lock)
     }
 
-    /// Reopens the file and rebuilds the index if another process replaced it (compaction).
-    fn reload_if_replaced(&self, inner: &mut Inner) -> Result<(), RecordsError> {
-        let current = match fs::metadata(&self.path) {
-            Ok(meta) => (meta.dev(), meta.ino()),
-            Err(err) if err.kind() == io::ErrorKind::NotFound => (0, 0),
+    /// Brings the index up to date with the file: reloads it if another process replaced the
+    /// file (compaction), and reads lines other processes appended since. `locked`: the caller
+    /// holds the cross-process lock, so a line without its newline is torn (a writer died), not
+    /// still being written.
+    fn refresh(&self, inner: &mut Inner, locked: bool) -> Result<(), RecordsError> {
+        let meta = match fs::metadata(&self.path) {
+            Ok(meta) => meta,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                log::warn!(path:% = self.path.display(); "records file disappeared; starting a new one");
+                let (fresh, _) = load(&self.path)?;
+                *inner = fresh;
+                return Ok(());
+            }
             Err(err) => return Err(RecordsError::io(&self.path, err)),
         };
-        if current == inner.identity {
+        if (meta.dev(), meta.ino()) != inner.identity {
+            log::info!(path:% = self.path.display(); "records file was replaced (compacted elsewhere); reloading the index");
+            let (fresh, bad) = load(&self.path)?;
+            for line in &bad {
+                log::warn!("{line}");
+            }
+            *inner = fresh;
             return Ok(());
         }
-        log::info!(path:% = self.path.display(); "records file was replaced (compacted elsewhere); reloading the index");
-        let (index, bad) = if self.path.exists() {
-            rebuild(&self.path)?
-        } else {
-            (Index::default(), Vec::new())
-        };
-        let (file, identity) = open_append(&self.path)?;
-        for line in &bad {
-            log::warn!("{line}");
+        if meta.len() > inner.indexed_len {
+            let (consumed, bad) = read_lines(&self.path, inner.indexed_len, &mut inner.index)?;
+            for line in &bad {
+                log::warn!("{line}");
+            }
+            inner.indexed_len = consumed;
+            if locked && consumed < meta.len() {
+                // A writer died mid-line: end the fragment so our line stays whole.
+                log::warn!(path:% = self.path.display(), offset = consumed; "records file ends in a torn line; closing it");
+                inner
+                    .file
+                    .write_all(b"\n")
+                    .map_err(|e| RecordsError::io(&self.path, e))?;
+                inner.indexed_len = meta.len() + 1;
+            }
         }
-        inner.file = file;
-        inner.identity = identity;
-        inner.index = index;
         Ok(())
     }
+}
+
+/// Reads `path` into a fresh index and opens it for appending. The caller holds the lock.
+fn load(path: &Path) -> Result<(Inner, Vec<BadLine>), RecordsError> {
+    let mut index = Index::default();
+    // Read first: opening for append ends a torn last line, which would hide that it was torn.
+    let bad = if path.exists() {
+        read_lines(path, 0, &mut index)?.1
+    } else {
+        Vec::new()
+    };
+    let (file, identity, len) = open_append(path)?;
+    Ok((
+        Inner {
+            file,
+            identity,
+            indexed_len: len,
+            index,
+        },
+        bad,
+    ))
 }
 
 fn open_lock(path: &Path) -> Result<File, RecordsError> {
@@ -367,7 +393,8 @@ fn open_lock(path: &Path) -> Result<File, RecordsError> {
 }
 
 /// Opens `path` for appending (creating it), ending a torn last line with a newline first.
-fn open_append(path: &Path) -> Result<(File, (u64, u64)), RecordsError> {
+/// Returns the file, its identity and its length.
+fn open_append(path: &Path) -> Result<(File, (u64, u64), u64), RecordsError> {
     let mut file = OpenOptions::new()
         .create(true)
         .append(true)
@@ -375,26 +402,35 @@ fn open_append(path: &Path) -> Result<(File, (u64, u64)), RecordsError> {
         .open(path)
         .map_err(|e| RecordsError::io(path, e))?;
     let meta = file.metadata().map_err(|e| RecordsError::io(path, e))?;
-    if meta.len() > 0 {
+    let mut len = meta.len();
+    if len > 0 {
         let mut last = [0u8; 1];
-        file.read_exact_at(&mut last, meta.len() - 1)
+        file.read_exact_at(&mut last, len - 1)
             .map_err(|e| RecordsError::io(path, e))?;
         if last[0] != b'\n' {
             file.write_all(b"\n")
                 .map_err(|e| RecordsError::io(path, e))?;
+            len += 1;
         }
     }
-    Ok((file, (meta.dev(), meta.ino())))
+    Ok((file, (meta.dev(), meta.ino()), len))
 }
 
-/// Reads `path` line by line into an index, collecting the lines that could not be read.
-fn rebuild(path: &Path) -> Result<(Index, Vec<BadLine>), RecordsError> {
-    let file = File::open(path).map_err(|e| RecordsError::io(path, e))?;
+/// Reads the whole lines of `path` from byte `from` into `index`. Returns the offset after
+/// the last whole line and the lines that could not be read. A last line without its newline
+/// is left unread (it is torn, or still being written by another process) unless it is the
+/// end of a file read from the start, where it is reported as torn.
+fn read_lines(
+    path: &Path,
+    from: u64,
+    index: &mut Index,
+) -> Result<(u64, Vec<BadLine>), RecordsError> {
+    let mut file = File::open(path).map_err(|e| RecordsError::io(path, e))?;
+    io::Seek::seek(&mut file, io::SeekFrom::Start(from)).map_err(|e| RecordsError::io(path, e))?;
     let mut reader = BufReader::with_capacity(1 << 20, file);
-    let mut index = Index::default();
     let mut bad = Vec::new();
     let mut buf = Vec::new();
-    let mut offset = 0u64;
+    let mut offset = from;
     let mut line_no = 0usize;
     loop {
         buf.clear();
@@ -405,6 +441,10 @@ fn rebuild(path: &Path) -> Result<(Index, Vec<BadLine>), RecordsError> {
             break;
         }
         line_no += 1;
+        let torn = buf.last() != Some(&b'\n');
+        if torn && from > 0 {
+            break;
+        }
         let line_offset = offset;
         offset += n as u64;
         let content = buf.strip_suffix(b"\n").unwrap_or(&buf);
@@ -414,16 +454,17 @@ fn rebuild(path: &Path) -> Result<(Index, Vec<BadLine>), RecordsError> {
         let reason = match serde_json::from_slice::<Event>(content) {
             Ok(event) if index.apply(&event, line_offset) => continue,
             Ok(event) => format!("malformed callSid {:?}", event.call_sid),
-            Err(err) if buf.last() != Some(&b'\n') => format!("torn last line ({err})"),
+            Err(err) if torn => format!("torn last line ({err})"),
             Err(err) => err.to_string(),
         };
         bad.push(BadLine {
             path: path.to_path_buf(),
-            line: line_no,
+            // Line numbers count from the start only when reading from the start.
+            line: if from == 0 { line_no } else { 0 },
             reason,
         });
     }
-    Ok((index, bad))
+    Ok((offset, bad))
 }
 
 /// Reads the line starting at `offset`.

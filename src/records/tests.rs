@@ -278,3 +278,20 @@ fn appends_from_many_threads_never_interleave() {
         .iter()
         .all(|(_, s)| s.status == CallStatus::Completed && s.offsets.len() == 2));
 }
+
+#[test]
+fn a_store_catches_up_on_lines_another_store_appended() {
+    let dir = TempDir::new("catch-up");
+    let (compactor, _) = RecordStore::open(&dir.0).unwrap();
+    let (server, _) = RecordStore::open(&dir.0).unwrap();
+    server.append(&created(1, "judge", 1_000)).unwrap();
+    server.append(&completed(1)).unwrap();
+    // The compactor opened before those lines were written; it must not drop them.
+    assert!(compactor.get(&key(1)).unwrap().is_some(), "reads see them");
+    assert_eq!(compactor.compact().unwrap().calls_kept, 1);
+    let (fresh, _) = RecordStore::open(&dir.0).unwrap();
+    assert_eq!(
+        fresh.get(&key(1)).unwrap().unwrap().status,
+        CallStatus::Completed
+    );
+}
