@@ -18,6 +18,9 @@ Commands:
   check-config   validate the configuration and print it, secrets redacted
   compact        compact the call records now (drop expired and deleted calls, one line
                  per call); safe while the server runs
+  rollup [--date YYYY-MM-DD]
+                 the daily cost rollup of one UTC day (default: yesterday); prints the
+                 JSON and writes RECORDS_DIR/rollups/DATE.json
   help           print this help
   version        print the version
 
@@ -33,6 +36,7 @@ pub enum Command {
     Serve,
     CheckConfig,
     Compact,
+    Rollup,
     Help,
     Version,
 }
@@ -41,12 +45,15 @@ pub enum Command {
 pub struct Args {
     pub command: Command,
     pub env_file: Option<PathBuf>,
+    /// `rollup --date`, as days since the epoch.
+    pub date: Option<i64>,
 }
 
 /// Parses the arguments after the program name.
 pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
     let mut command = None;
     let mut env_file = None;
+    let mut date = None;
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         let arg = arg
@@ -69,6 +76,19 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
                 };
                 env_file = Some(PathBuf::from(value));
             }
+            "--date" => {
+                let value = match inline_value {
+                    Some(value) => value,
+                    None => args
+                        .next()
+                        .and_then(|v| v.into_string().ok())
+                        .ok_or("--date needs a date (YYYY-MM-DD)")?,
+                };
+                date =
+                    Some(crate::timestamp::parse_date(&value).ok_or_else(|| {
+                        format!("--date {value:?} is not a date like 2026-11-23")
+                    })?);
+            }
             "-h" | "--help" => command = Some(Command::Help),
             "-V" | "--version" => command = Some(Command::Version),
             other if other.starts_with('-') => return Err(format!("unknown option {other}")),
@@ -80,6 +100,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
                     "serve" => Command::Serve,
                     "check-config" => Command::CheckConfig,
                     "compact" => Command::Compact,
+                    "rollup" => Command::Rollup,
                     "help" => Command::Help,
                     "version" => Command::Version,
                     _ => return Err(format!("unknown command {name:?}")),
@@ -87,9 +108,14 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
             }
         }
     }
+    let command = command.ok_or("no command given")?;
+    if date.is_some() && command != Command::Rollup {
+        return Err("--date goes with the rollup command".to_string());
+    }
     Ok(Args {
-        command: command.ok_or("no command given")?,
+        command,
         env_file,
+        date,
     })
 }
 
@@ -133,6 +159,21 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
                 }
             }
         }
+        Command::Rollup => {
+            let config = match load_config(&args) {
+                Ok(config) => config,
+                Err(code) => return code,
+            };
+            crate::logging::init(&config.log);
+            let day = args.date.unwrap_or_else(crate::rollup::yesterday);
+            match rollup(&config, day) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    print_error(err.as_ref());
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Serve => {
             let config = match load_config(&args) {
                 Ok(config) => config,
@@ -168,6 +209,14 @@ fn compact(config: &Config) -> Result<(), crate::records::RecordsError> {
             "unreadableLinesDropped": bad.len(),
         })
     );
+    Ok(())
+}
+
+/// `rollup`: one day's cost rollup, printed as JSON and written under `RECORDS_DIR/rollups`.
+fn rollup(config: &Config, day: i64) -> Result<(), Box<dyn std::error::Error>> {
+    let (store, _) = crate::records::RecordStore::open(&config.records.dir)?;
+    let (rollup, _path) = crate::rollup::run(&store, &config.prices, day)?;
+    println!("{}", serde_json::to_string_pretty(&rollup)?);
     Ok(())
 }
 
@@ -236,6 +285,7 @@ mod tests {
         let expected = Args {
             command: Command::Serve,
             env_file: Some(PathBuf::from("/etc/x.env")),
+            date: None,
         };
         assert_eq!(args(&["serve", "--env-file", "/etc/x.env"]), Ok(expected));
         let parsed = args(&["--env-file=/etc/x.env", "check-config"]).unwrap();

@@ -15,7 +15,9 @@ pub mod calls;
 pub mod http;
 pub mod rate_limit;
 pub mod records;
+pub mod rollup;
 
+pub mod cost;
 pub mod ids;
 pub mod personas;
 pub mod phone;

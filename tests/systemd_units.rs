@@ -6,22 +6,23 @@ use std::process::Command;
 
 fn verify(unit_name: &str) {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let unit = std::fs::read_to_string(root.join("systemd").join(unit_name)).unwrap();
-    assert!(
-        unit.contains("/usr/local/bin/cotrackpro-voice"),
-        "{unit_name} runs the installed binary"
-    );
-    let dir = std::env::temp_dir().join(format!("cotrackpro-units-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!(
+        "cotrackpro-units-{}-{unit_name}",
+        std::process::id()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
+    // Every unit is copied, so a timer is verified with the service it starts beside it.
+    for entry in std::fs::read_dir(root.join("systemd")).unwrap() {
+        let name = entry.unwrap().file_name();
+        let unit = std::fs::read_to_string(root.join("systemd").join(&name)).unwrap();
+        let binary = env!("CARGO_BIN_EXE_cotrackpro-voice");
+        std::fs::write(
+            dir.join(&name),
+            unit.replace("/usr/local/bin/cotrackpro-voice", binary),
+        )
+        .unwrap();
+    }
     let copy = dir.join(unit_name);
-    std::fs::write(
-        &copy,
-        unit.replace(
-            "/usr/local/bin/cotrackpro-voice",
-            env!("CARGO_BIN_EXE_cotrackpro-voice"),
-        ),
-    )
-    .unwrap();
     let output = Command::new("systemd-analyze")
         .arg("verify")
         .arg(&copy)
@@ -53,6 +54,35 @@ fn the_service_unit_verifies() {
 }
 
 #[test]
+fn the_rollup_units_verify() {
+    verify("cotrackpro-voice-rollup.service");
+    verify("cotrackpro-voice-rollup.timer");
+}
+
+#[test]
+fn the_rollup_runs_daily_at_six_utc_and_catches_up() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let timer =
+        std::fs::read_to_string(root.join("systemd/cotrackpro-voice-rollup.timer")).unwrap();
+    assert!(timer.lines().any(|l| l == "OnCalendar=*-*-* 06:00:00 UTC"));
+    assert!(timer.lines().any(|l| l == "Persistent=true"));
+    let next = Command::new("systemd-analyze")
+        .args(["calendar", "*-*-* 06:00:00 UTC"])
+        .output()
+        .unwrap();
+    assert!(next.status.success(), "the calendar expression parses");
+    let service =
+        std::fs::read_to_string(root.join("systemd/cotrackpro-voice-rollup.service")).unwrap();
+    assert!(service.contains("ExecStart=/usr/local/bin/cotrackpro-voice rollup"));
+    for shared in ["User=cotrackpro-voice", "StateDirectory=cotrackpro-voice"] {
+        assert!(
+            service.lines().any(|l| l == shared),
+            "the rollup shares {shared} with the server"
+        );
+    }
+}
+
+#[test]
 fn the_service_is_sandboxed_and_keeps_state() {
     let unit = std::fs::read_to_string(
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("systemd/cotrackpro-voice.service"),
@@ -60,6 +90,7 @@ fn the_service_is_sandboxed_and_keeps_state() {
     .unwrap();
     for line in [
         "DynamicUser=yes",
+        "User=cotrackpro-voice",
         "StateDirectory=cotrackpro-voice",
         "EnvironmentFile=/etc/cotrackpro-voice/cotrackpro-voice.env",
         "Restart=on-failure",

@@ -5,6 +5,7 @@
 //! that panics answers 500 instead of taking its worker down. tiny_http sets no socket timeouts,
 //! so the listener is meant to sit behind a TLS reverse proxy that buffers requests (README).
 
+mod cron;
 mod health;
 pub mod records;
 pub mod request;
@@ -156,6 +157,7 @@ enum Route<'a> {
     CallIncoming,
     CallStatus,
     Records(records::RecordsRoute<'a>),
+    CronCostRollup,
 }
 
 impl<'a> Route<'a> {
@@ -166,6 +168,7 @@ impl<'a> Route<'a> {
             ["health"] => Route::Health,
             ["call", "incoming"] => Route::CallIncoming,
             ["call", "status"] => Route::CallStatus,
+            ["api", "cron", "cost-rollup"] => Route::CronCostRollup,
             ["records"] => Route::Records(RecordsRoute::List),
             ["records", "by-role", role] => Route::Records(RecordsRoute::ByRole(role)),
             ["records", "by-status", status] => Route::Records(RecordsRoute::ByStatus(status)),
@@ -176,7 +179,7 @@ impl<'a> Route<'a> {
 
     fn methods(self) -> &'static [&'static str] {
         match self {
-            Route::Health => &["GET"],
+            Route::Health | Route::CronCostRollup => &["GET"],
             Route::CallIncoming | Route::CallStatus => &["POST"],
             Route::Records(records::RecordsRoute::One(_)) => &["GET", "DELETE"],
             Route::Records(_) => &["GET"],
@@ -199,5 +202,6 @@ pub fn route(app: &App, req: &Incoming) -> Reply {
         Route::CallIncoming => twilio::incoming(app, req),
         Route::CallStatus => twilio::status(app, req),
         Route::Records(which) => records::handle(app, req, which),
+        Route::CronCostRollup => cron::cost_rollup(app, req),
     }
 }
