@@ -6,6 +6,7 @@ mod cli;
 mod http_routes;
 mod records_api;
 mod records_durability;
+mod rollup;
 mod signatures;
 mod systemd_units;
 mod twiml_interop;

@@ -58,6 +58,11 @@ impl TestServer {
         ])
     }
 
+    /// The running server's records store (to seed records the call pipeline would write).
+    pub fn records(&self) -> &cotrackpro_voice::records::RecordStore {
+        &self.server.as_ref().expect("server is running").app.records
+    }
+
     pub fn request(&self, method: &str, path: &str) -> RequestBuilder {
         RequestBuilder {
             addr: self.addr,
