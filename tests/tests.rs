@@ -3,6 +3,7 @@
 mod support;
 
 mod cli;
+mod dashboard;
 mod http_routes;
 mod records_api;
 mod records_durability;

@@ -6,6 +6,7 @@
 //! so the listener is meant to sit behind a TLS reverse proxy that buffers requests (README).
 
 mod cron;
+mod dashboard;
 mod health;
 pub mod records;
 pub mod request;
@@ -158,6 +159,7 @@ enum Route<'a> {
     CallStatus,
     Records(records::RecordsRoute<'a>),
     CronCostRollup,
+    Dashboard,
 }
 
 impl<'a> Route<'a> {
@@ -169,6 +171,7 @@ impl<'a> Route<'a> {
             ["call", "incoming"] => Route::CallIncoming,
             ["call", "status"] => Route::CallStatus,
             ["api", "cron", "cost-rollup"] => Route::CronCostRollup,
+            ["dashboard"] => Route::Dashboard,
             ["records"] => Route::Records(RecordsRoute::List),
             ["records", "by-role", role] => Route::Records(RecordsRoute::ByRole(role)),
             ["records", "by-status", status] => Route::Records(RecordsRoute::ByStatus(status)),
@@ -179,7 +182,7 @@ impl<'a> Route<'a> {
 
     fn methods(self) -> &'static [&'static str] {
         match self {
-            Route::Health | Route::CronCostRollup => &["GET"],
+            Route::Health | Route::CronCostRollup | Route::Dashboard => &["GET"],
             Route::CallIncoming | Route::CallStatus => &["POST"],
             Route::Records(records::RecordsRoute::One(_)) => &["GET", "DELETE"],
             Route::Records(_) => &["GET"],
@@ -203,5 +206,6 @@ pub fn route(app: &App, req: &Incoming) -> Reply {
         Route::CallStatus => twilio::status(app, req),
         Route::Records(which) => records::handle(app, req, which),
         Route::CronCostRollup => cron::cost_rollup(app, req),
+        Route::Dashboard => dashboard::dashboard(),
     }
 }

@@ -1,0 +1,25 @@
+//! `GET /dashboard`: one self-contained page (no external assets) listing recent calls. It holds
+//! no data itself: the browser fetches `/records` with the key the operator pastes, so the real
+//! gate stays the records API. Values from records are rendered as text only.
+
+use super::Reply;
+
+const PAGE: &str = include_str!("dashboard.html");
+
+pub fn dashboard() -> Reply {
+    Reply {
+        status: 200,
+        content_type: "text/html; charset=utf-8",
+        body: PAGE.as_bytes().to_vec(),
+        headers: Vec::new(),
+    }
+    // The page needs its own inline script and style and to call this origin; nothing else.
+    .with_header(
+        "Content-Security-Policy",
+        "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+         connect-src 'self'; img-src 'none'; base-uri 'none'; form-action 'none'; \
+         frame-ancestors 'none'",
+    )
+    .with_header("X-Content-Type-Options", "nosniff")
+    .with_header("Referrer-Policy", "no-referrer")
+}
