@@ -18,6 +18,9 @@ Commands:
   check-config   validate the configuration and print it, secrets redacted
   compact        compact the call records now (drop expired and deleted calls, one line
                  per call); safe while the server runs
+  bench-records [--count N] [--dir PATH]
+                 the records benchmark: N synthetic calls (default 1000000) in PATH
+                 (default: a fresh directory under the system temp dir)
   rollup [--date YYYY-MM-DD]
                  the daily cost rollup of one UTC day (default: yesterday); prints the
                  JSON and writes RECORDS_DIR/rollups/DATE.json
@@ -37,6 +40,7 @@ pub enum Command {
     CheckConfig,
     Compact,
     Rollup,
+    BenchRecords,
     Help,
     Version,
 }
@@ -47,6 +51,10 @@ pub struct Args {
     pub env_file: Option<PathBuf>,
     /// `rollup --date`, as days since the epoch.
     pub date: Option<i64>,
+    /// `bench-records --count`.
+    pub count: Option<u64>,
+    /// `bench-records --dir`.
+    pub dir: Option<PathBuf>,
 }
 
 /// Parses the arguments after the program name.
@@ -54,6 +62,8 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
     let mut command = None;
     let mut env_file = None;
     let mut date = None;
+    let mut count = None;
+    let mut dir = None;
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         let arg = arg
@@ -89,6 +99,26 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
                         format!("--date {value:?} is not a date like 2026-11-23")
                     })?);
             }
+            "--count" | "--dir" => {
+                let value = match inline_value {
+                    Some(value) => value,
+                    None => args
+                        .next()
+                        .and_then(|v| v.into_string().ok())
+                        .ok_or_else(|| format!("{flag} needs a value"))?,
+                };
+                if flag == "--dir" {
+                    dir = Some(PathBuf::from(value));
+                } else {
+                    count = Some(
+                        value
+                            .parse::<u64>()
+                            .ok()
+                            .filter(|n| *n > 0)
+                            .ok_or_else(|| format!("--count {value:?} is not a positive number"))?,
+                    );
+                }
+            }
             "-h" | "--help" => command = Some(Command::Help),
             "-V" | "--version" => command = Some(Command::Version),
             other if other.starts_with('-') => return Err(format!("unknown option {other}")),
@@ -101,6 +131,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
                     "check-config" => Command::CheckConfig,
                     "compact" => Command::Compact,
                     "rollup" => Command::Rollup,
+                    "bench-records" => Command::BenchRecords,
                     "help" => Command::Help,
                     "version" => Command::Version,
                     _ => return Err(format!("unknown command {name:?}")),
@@ -112,10 +143,15 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
     if date.is_some() && command != Command::Rollup {
         return Err("--date goes with the rollup command".to_string());
     }
+    if (count.is_some() || dir.is_some()) && command != Command::BenchRecords {
+        return Err("--count and --dir go with the bench-records command".to_string());
+    }
     Ok(Args {
         command,
         env_file,
         date,
+        count,
+        dir,
     })
 }
 
@@ -152,6 +188,23 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
             };
             crate::logging::init(&config.log);
             match compact(&config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    print_error(&err);
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::BenchRecords => {
+            let dir = args.dir.clone().unwrap_or_else(|| {
+                std::env::temp_dir()
+                    .join(format!("cotrackpro-bench-records-{}", std::process::id()))
+            });
+            let result = crate::records::bench::run(&dir, args.count.unwrap_or(1_000_000));
+            if args.dir.is_none() {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
                     print_error(&err);
@@ -286,6 +339,8 @@ mod tests {
             command: Command::Serve,
             env_file: Some(PathBuf::from("/etc/x.env")),
             date: None,
+            count: None,
+            dir: None,
         };
         assert_eq!(args(&["serve", "--env-file", "/etc/x.env"]), Ok(expected));
         let parsed = args(&["--env-file=/etc/x.env", "check-config"]).unwrap();

@@ -40,10 +40,10 @@ pub struct Totals {
 impl Totals {
     fn add(&mut self, summary: &Summary, usage: &CostSummary, prices: &Prices) {
         self.call_count += 1;
-        let secs = summary.duration_secs.unwrap_or(0);
+        let secs = summary.duration_secs().unwrap_or(0);
         self.total_duration_secs += secs;
         self.total_minutes = cost::round6(self.total_duration_secs as f64 / 60.0);
-        self.total_turns += summary.turn_count;
+        self.total_turns += summary.turn_count();
         self.claude_input_tokens += usage.claude_input_tokens;
         self.claude_output_tokens += usage.claude_output_tokens;
         self.claude_cache_creation_tokens += usage.claude_cache_creation_tokens;
@@ -95,7 +95,7 @@ pub fn compute<'a>(
         if !(start_ms..end_ms).contains(&summary.started_at_ms) {
             continue;
         }
-        let Some(usage) = summary.cost.as_deref() else {
+        let Some(usage) = summary.cost() else {
             rollup.skipped.without_cost_summary += 1;
             *rollup
                 .skipped
@@ -104,13 +104,13 @@ pub fn compute<'a>(
                 .or_default() += 1;
             continue;
         };
-        rollup.totals.add(summary, usage, prices);
+        rollup.totals.add(summary, &usage, prices);
         let role = summary.role.map_or("unknown", |r| r.as_str()).to_string();
         rollup
             .by_role
             .entry(role)
             .or_default()
-            .add(summary, usage, prices);
+            .add(summary, &usage, prices);
     }
     rollup
 }
@@ -187,7 +187,7 @@ pub fn log(rollup: &Rollup) {
 mod tests {
     use super::*;
     use crate::personas::Role;
-    use crate::records::event::{CallStatus, Direction};
+    use crate::records::event::{fold, CallStatus, Event, EventKind};
 
     const PRICES: Prices = Prices {
         claude_input_per_mtok: 3.0,
@@ -199,28 +199,26 @@ mod tests {
     };
 
     fn call(day: i64, offset_ms: i64, role: Option<Role>, cost: Option<CostSummary>) -> Summary {
-        Summary {
-            started_at_ms: day * MS_PER_DAY + offset_ms,
-            ended_at_ms: None,
-            ttl: i64::MAX,
-            duration_secs: Some(90),
-            turn_count: 4,
-            barge_ins: 0,
-            tool_call_count: 0,
-            last_sequence: None,
-            role,
-            status: if cost.is_some() {
-                CallStatus::Completed
-            } else {
-                CallStatus::Active
-            },
-            direction: Direction::Inbound,
-            twilio_status: 0,
-            deleted: false,
-            caller_number: "+1***4567".into(),
-            cost: cost.map(Box::new),
-            offsets: vec![0],
+        let started = timestamp::format_ms(day * MS_PER_DAY + offset_ms);
+        let mut summary = Summary::default();
+        let created = Event {
+            role: Some(role.map_or("no-such-role", Role::as_str).to_string()),
+            started_at: Some(started.clone()),
+            status: Some(CallStatus::Active),
+            ..Event::new(EventKind::Created, "CA0", &started, i64::MAX)
+        };
+        fold(&mut summary, &created);
+        if let Some(cost) = cost {
+            let completed = Event {
+                status: Some(CallStatus::Completed),
+                duration_secs: Some(90),
+                turn_count: Some(4),
+                cost_summary: Some(cost),
+                ..Event::new(EventKind::Completed, "CA0", &started, i64::MAX)
+            };
+            fold(&mut summary, &completed);
         }
+        summary
     }
 
     fn usage(input: u64, tts: u64) -> CostSummary {

@@ -257,73 +257,9 @@ impl CallRecord {
         }
     }
 
-    /// Applies one event. The rules: a deleted call stays deleted; a final status is never
-    /// changed; the Twilio status never moves backwards; identity fields (role, direction,
-    /// caller, start) are set once; the record expires with its latest event.
+    /// Applies one event (see [`fold`] for the rules).
     pub fn apply(&mut self, event: &Event) {
-        if self.deleted {
-            return;
-        }
-        self.ttl = self.ttl.max(event.ttl);
-        if event.event == EventKind::Deleted {
-            self.deleted = true;
-            return;
-        }
-        // Identity comes from the first `created` event; a later one is a retried webhook.
-        // Events that arrive before any `created` stand in with what they carry.
-        let first_event = self.started_at.is_empty();
-        let identity_unset = self.role == UNKNOWN_ROLE;
-        if first_event || (event.event == EventKind::Created && identity_unset) {
-            if let Some(role) = &event.role {
-                self.role.clone_from(role);
-            }
-            if let Some(direction) = event.direction {
-                self.direction = direction;
-            }
-            if let Some(caller) = &event.caller_number {
-                self.caller_number.clone_from(caller);
-            }
-            match &event.started_at {
-                Some(started) => self.started_at.clone_from(started),
-                None if first_event => self.started_at.clone_from(&event.at),
-                None => {}
-            }
-        }
-        if let Some(status) = event.status {
-            if !self.status.is_final() {
-                self.status = status;
-            }
-        }
-        if let Some(twilio) = &event.twilio_status {
-            let current = self.twilio_status.as_deref().map_or(0, twilio_progress);
-            if twilio_progress(twilio) > current {
-                self.twilio_status = Some(twilio.clone());
-            }
-        }
-        if let Some(seq) = event.sequence_number {
-            self.last_sequence = Some(self.last_sequence.map_or(seq, |s| s.max(seq)));
-        }
-        if let Some(ended) = &event.ended_at {
-            self.ended_at.get_or_insert_with(|| ended.clone());
-        }
-        if let Some(secs) = event.duration_secs {
-            self.duration_secs = Some(secs);
-        }
-        if let Some(turns) = event.turn_count {
-            self.turn_count = turns;
-        }
-        if let Some(transcript) = &event.transcript {
-            self.transcript.clone_from(transcript);
-        }
-        if let Some(tools) = &event.tool_calls {
-            self.tool_calls.clone_from(tools);
-        }
-        if let Some(cost) = &event.cost_summary {
-            self.cost_summary = Some(cost.clone());
-        }
-        if let Some(barge_ins) = event.barge_ins {
-            self.barge_ins = barge_ins;
-        }
+        fold(self, event);
     }
 
     /// Whether the record's time is up at `now_secs`.
@@ -350,6 +286,146 @@ impl CallRecord {
             cost_summary: self.cost_summary.clone(),
             barge_ins: Some(self.barge_ins),
             ..Event::new(EventKind::Created, &self.call_sid, at, self.ttl)
+        }
+    }
+}
+
+/// What a fold needs to read and change of a call's state. Implemented by the full
+/// [`CallRecord`] and by the index's compact summary, so both follow the one set of rules in
+/// [`fold`].
+pub trait CallState {
+    fn is_deleted(&self) -> bool;
+    fn mark_deleted(&mut self);
+    fn extend_ttl(&mut self, ttl: i64);
+    /// Whether any event has been applied yet.
+    fn has_started(&self) -> bool;
+    /// Whether a `created` event has set the identity.
+    fn has_identity(&self) -> bool;
+    /// Takes role, direction, caller and start time from `event` (start: `started_at`, else
+    /// the event's own time when `use_event_time`).
+    fn set_identity(&mut self, event: &Event, use_event_time: bool);
+    fn status(&self) -> CallStatus;
+    fn set_status(&mut self, status: CallStatus);
+    fn twilio_progress(&self) -> u8;
+    fn set_twilio_status(&mut self, twilio: &str);
+    fn note_sequence(&mut self, sequence: u64);
+    /// Takes what a `completed` event (or a status callback's duration) carries.
+    fn set_outcome(&mut self, event: &Event);
+}
+
+/// Applies one event to a call's state. The rules: a deleted call stays deleted; identity
+/// (role, direction, caller, start) comes from the first `created` event — a later one is a
+/// retried webhook — and events arriving before it stand in with what they carry; a final
+/// status is never changed; the Twilio status never moves backwards; the record expires with
+/// its latest event.
+pub fn fold(state: &mut impl CallState, event: &Event) {
+    if state.is_deleted() {
+        return;
+    }
+    state.extend_ttl(event.ttl);
+    if event.event == EventKind::Deleted {
+        state.mark_deleted();
+        return;
+    }
+    let first_event = !state.has_started();
+    if first_event || (event.event == EventKind::Created && !state.has_identity()) {
+        state.set_identity(event, first_event);
+    }
+    if let Some(status) = event.status {
+        if !state.status().is_final() {
+            state.set_status(status);
+        }
+    }
+    if let Some(twilio) = &event.twilio_status {
+        if twilio_progress(twilio) > state.twilio_progress() {
+            state.set_twilio_status(twilio);
+        }
+    }
+    if let Some(sequence) = event.sequence_number {
+        state.note_sequence(sequence);
+    }
+    state.set_outcome(event);
+}
+
+impl CallState for CallRecord {
+    fn is_deleted(&self) -> bool {
+        self.deleted
+    }
+
+    fn mark_deleted(&mut self) {
+        self.deleted = true;
+    }
+
+    fn extend_ttl(&mut self, ttl: i64) {
+        self.ttl = self.ttl.max(ttl);
+    }
+
+    fn has_started(&self) -> bool {
+        !self.started_at.is_empty()
+    }
+
+    fn has_identity(&self) -> bool {
+        self.role != UNKNOWN_ROLE
+    }
+
+    fn set_identity(&mut self, event: &Event, use_event_time: bool) {
+        if let Some(role) = &event.role {
+            self.role.clone_from(role);
+        }
+        if let Some(direction) = event.direction {
+            self.direction = direction;
+        }
+        if let Some(caller) = &event.caller_number {
+            self.caller_number.clone_from(caller);
+        }
+        match &event.started_at {
+            Some(started) => self.started_at.clone_from(started),
+            None if use_event_time => self.started_at.clone_from(&event.at),
+            None => {}
+        }
+    }
+
+    fn status(&self) -> CallStatus {
+        self.status
+    }
+
+    fn set_status(&mut self, status: CallStatus) {
+        self.status = status;
+    }
+
+    fn twilio_progress(&self) -> u8 {
+        self.twilio_status.as_deref().map_or(0, twilio_progress)
+    }
+
+    fn set_twilio_status(&mut self, twilio: &str) {
+        self.twilio_status = Some(twilio.to_string());
+    }
+
+    fn note_sequence(&mut self, sequence: u64) {
+        self.last_sequence = Some(self.last_sequence.map_or(sequence, |s| s.max(sequence)));
+    }
+
+    fn set_outcome(&mut self, event: &Event) {
+        if let Some(ended) = &event.ended_at {
+            self.ended_at.get_or_insert_with(|| ended.clone());
+        }
+        if let Some(secs) = event.duration_secs {
+            self.duration_secs = Some(secs);
+        }
+        if let Some(turns) = event.turn_count {
+            self.turn_count = turns;
+        }
+        if let Some(transcript) = &event.transcript {
+            self.transcript.clone_from(transcript);
+        }
+        if let Some(tools) = &event.tool_calls {
+            self.tool_calls.clone_from(tools);
+        }
+        if let Some(cost) = &event.cost_summary {
+            self.cost_summary = Some(cost.clone());
+        }
+        if let Some(barge_ins) = event.barge_ins {
+            self.barge_ins = barge_ins;
         }
     }
 }

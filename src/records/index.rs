@@ -10,15 +10,15 @@ use std::collections::{BTreeSet, HashMap};
 
 use serde_json::{json, Value};
 
-use super::event::{CallRecord, CallStatus, CostSummary, Direction, Event, UNKNOWN_ROLE};
+use super::event::{
+    fold, twilio_progress, CallRecord, CallState, CallStatus, CostSummary, Direction, Event,
+    UNKNOWN_ROLE,
+};
 use crate::personas::Role;
 use crate::timestamp;
 
 /// A call SID in 16 bytes (`CA` + 32 hex digits, the hex decoded).
 pub type SidKey = [u8; 16];
-
-/// Newest first: by start time descending, then by SID.
-pub type OrderKey = (Reverse<i64>, SidKey);
 
 const TWILIO_STATUSES: [&str; 9] = [
     "queued",
@@ -54,54 +54,248 @@ pub fn sid_string(key: &SidKey) -> String {
     sid
 }
 
-/// What the index keeps of a call: everything a list shows, nothing of the transcript.
+/// "Absent" for the index's compact integer fields.
+const NONE_U32: u32 = u32::MAX;
+const NONE_MS: i64 = i64::MIN;
+
+/// A masked caller number without a heap allocation when it is short (it nearly always is).
+#[derive(Clone, Debug)]
+pub enum ShortText {
+    Inline { len: u8, bytes: [u8; 22] },
+    Heap(Box<str>),
+}
+
+impl ShortText {
+    fn new(text: &str) -> ShortText {
+        if text.len() <= 22 {
+            let mut bytes = [0u8; 22];
+            bytes[..text.len()].copy_from_slice(text.as_bytes());
+            ShortText::Inline {
+                len: text.len() as u8,
+                bytes,
+            }
+        } else {
+            ShortText::Heap(text.into())
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            // Built from a &str cut at its own length, so always UTF-8.
+            ShortText::Inline { len, bytes } => {
+                std::str::from_utf8(&bytes[..*len as usize]).unwrap_or("")
+            }
+            ShortText::Heap(text) => text,
+        }
+    }
+}
+
+/// A cost summary in 40 bytes (per-call token counts fit in 32 bits).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CompactCost {
+    pub claude_input_tokens: u32,
+    pub claude_output_tokens: u32,
+    pub claude_cache_creation_tokens: u32,
+    pub claude_cache_read_tokens: u32,
+    pub tts_chars: u32,
+    pub tts_chars_cached: u32,
+    pub stt_secs: f64,
+    pub estimated_cost_usd: f64,
+}
+
+fn clamp_u32(n: u64) -> u32 {
+    n.min(u32::MAX as u64 - 1) as u32
+}
+
+impl CompactCost {
+    fn new(cost: &CostSummary) -> CompactCost {
+        CompactCost {
+            claude_input_tokens: clamp_u32(cost.claude_input_tokens),
+            claude_output_tokens: clamp_u32(cost.claude_output_tokens),
+            claude_cache_creation_tokens: clamp_u32(cost.claude_cache_creation_tokens),
+            claude_cache_read_tokens: clamp_u32(cost.claude_cache_read_tokens),
+            tts_chars: clamp_u32(cost.tts_chars),
+            tts_chars_cached: clamp_u32(cost.tts_chars_cached),
+            stt_secs: cost.stt_secs,
+            estimated_cost_usd: cost.estimated_cost_usd,
+        }
+    }
+
+    pub fn to_summary(self) -> CostSummary {
+        CostSummary {
+            claude_input_tokens: self.claude_input_tokens.into(),
+            claude_output_tokens: self.claude_output_tokens.into(),
+            claude_cache_creation_tokens: self.claude_cache_creation_tokens.into(),
+            claude_cache_read_tokens: self.claude_cache_read_tokens.into(),
+            tts_chars: self.tts_chars.into(),
+            tts_chars_cached: self.tts_chars_cached.into(),
+            stt_secs: self.stt_secs,
+            estimated_cost_usd: self.estimated_cost_usd,
+        }
+    }
+}
+
+/// What the index keeps of a call: everything a list shows, nothing of the transcript, in
+/// compact form (integers with sentinels instead of options, no strings on the heap).
 #[derive(Clone, Debug)]
 pub struct Summary {
     pub started_at_ms: i64,
-    pub ended_at_ms: Option<i64>,
+    ended_at_ms: i64,
     pub ttl: i64,
-    pub duration_secs: Option<u64>,
-    pub turn_count: u64,
-    pub barge_ins: u64,
+    duration_secs: u32,
+    turn_count: u32,
+    barge_ins: u32,
     pub tool_call_count: u32,
-    pub last_sequence: Option<u64>,
-    /// `None`: a role name that is not one of ours (kept as "unknown").
+    last_sequence: u32,
+    /// `None`: a role name that is not one of ours (shown as "unknown").
     pub role: Option<Role>,
     pub status: CallStatus,
     pub direction: Direction,
     /// 1-based index into Twilio's statuses; 0 = none reported.
-    pub twilio_status: u8,
+    twilio_status: u8,
     pub deleted: bool,
-    pub caller_number: Box<str>,
-    pub cost: Option<Box<CostSummary>>,
+    has_started: bool,
+    has_identity: bool,
+    has_cost: bool,
+    caller_number: ShortText,
+    cost: CompactCost,
     /// Byte offsets of this call's lines in the records file, in file order.
-    pub offsets: Vec<u64>,
+    pub offsets: Box<[u64]>,
+}
+
+impl Default for Summary {
+    fn default() -> Summary {
+        Summary {
+            started_at_ms: 0,
+            ended_at_ms: NONE_MS,
+            ttl: 0,
+            duration_secs: NONE_U32,
+            turn_count: 0,
+            barge_ins: 0,
+            tool_call_count: 0,
+            last_sequence: NONE_U32,
+            role: None,
+            status: CallStatus::Active,
+            direction: Direction::Inbound,
+            twilio_status: 0,
+            deleted: false,
+            has_started: false,
+            has_identity: false,
+            has_cost: false,
+            caller_number: ShortText::new("unknown"),
+            cost: CompactCost::default(),
+            offsets: Box::new([]),
+        }
+    }
+}
+
+impl CallState for Summary {
+    fn is_deleted(&self) -> bool {
+        self.deleted
+    }
+
+    fn mark_deleted(&mut self) {
+        self.deleted = true;
+    }
+
+    fn extend_ttl(&mut self, ttl: i64) {
+        self.ttl = self.ttl.max(ttl);
+    }
+
+    fn has_started(&self) -> bool {
+        self.has_started
+    }
+
+    fn has_identity(&self) -> bool {
+        self.has_identity
+    }
+
+    fn set_identity(&mut self, event: &Event, use_event_time: bool) {
+        self.has_started = true;
+        if let Some(role) = &event.role {
+            self.role = Role::parse(role);
+            self.has_identity |= role != UNKNOWN_ROLE;
+        }
+        if let Some(direction) = event.direction {
+            self.direction = direction;
+        }
+        if let Some(caller) = &event.caller_number {
+            self.caller_number = ShortText::new(caller);
+        }
+        let started = match &event.started_at {
+            Some(started) => Some(started),
+            None if use_event_time => Some(&event.at),
+            None => None,
+        };
+        if let Some(started) = started {
+            self.started_at_ms = timestamp::parse_ms(started).unwrap_or(0);
+        }
+    }
+
+    fn status(&self) -> CallStatus {
+        self.status
+    }
+
+    fn set_status(&mut self, status: CallStatus) {
+        self.status = status;
+    }
+
+    fn twilio_progress(&self) -> u8 {
+        self.twilio_status
+            .checked_sub(1)
+            .map_or(0, |i| twilio_progress(TWILIO_STATUSES[i as usize]))
+    }
+
+    fn set_twilio_status(&mut self, twilio: &str) {
+        self.twilio_status = TWILIO_STATUSES
+            .iter()
+            .position(|t| *t == twilio)
+            .map_or(0, |i| i as u8 + 1);
+    }
+
+    fn note_sequence(&mut self, sequence: u64) {
+        let sequence = clamp_u32(sequence);
+        if self.last_sequence == NONE_U32 || sequence > self.last_sequence {
+            self.last_sequence = sequence;
+        }
+    }
+
+    fn set_outcome(&mut self, event: &Event) {
+        if let Some(ended) = &event.ended_at {
+            if self.ended_at_ms == NONE_MS {
+                self.ended_at_ms = timestamp::parse_ms(ended).unwrap_or(NONE_MS);
+            }
+        }
+        if let Some(secs) = event.duration_secs {
+            self.duration_secs = clamp_u32(secs);
+        }
+        if let Some(turns) = event.turn_count {
+            self.turn_count = clamp_u32(turns);
+        }
+        if let Some(tools) = &event.tool_calls {
+            self.tool_call_count = clamp_u32(tools.len() as u64);
+        }
+        if let Some(cost) = &event.cost_summary {
+            self.cost = CompactCost::new(cost);
+            self.has_cost = true;
+        }
+        if let Some(barge_ins) = event.barge_ins {
+            self.barge_ins = clamp_u32(barge_ins);
+        }
+    }
 }
 
 impl Summary {
-    fn from_record(record: &CallRecord, tool_call_count: u32, offsets: Vec<u64>) -> Summary {
-        Summary {
-            started_at_ms: timestamp::parse_ms(&record.started_at).unwrap_or(0),
-            ended_at_ms: record.ended_at.as_deref().and_then(timestamp::parse_ms),
-            ttl: record.ttl,
-            duration_secs: record.duration_secs,
-            turn_count: record.turn_count,
-            barge_ins: record.barge_ins,
-            tool_call_count,
-            last_sequence: record.last_sequence,
-            role: Role::parse(&record.role),
-            status: record.status,
-            direction: record.direction,
-            twilio_status: record
-                .twilio_status
-                .as_deref()
-                .and_then(|s| TWILIO_STATUSES.iter().position(|t| *t == s))
-                .map_or(0, |i| i as u8 + 1),
-            deleted: record.deleted,
-            caller_number: record.caller_number.clone().into_boxed_str(),
-            cost: record.cost_summary.clone().map(Box::new),
-            offsets,
-        }
+    pub fn duration_secs(&self) -> Option<u64> {
+        (self.duration_secs != NONE_U32).then_some(self.duration_secs.into())
+    }
+
+    pub fn turn_count(&self) -> u64 {
+        self.turn_count.into()
+    }
+
+    pub fn cost(&self) -> Option<CostSummary> {
+        self.has_cost.then(|| self.cost.to_summary())
     }
 
     /// The record this summary stands for, without transcript and tool calls.
@@ -110,24 +304,24 @@ impl Summary {
             call_sid: sid_string(key),
             role: self.role.map_or(UNKNOWN_ROLE, Role::as_str).to_string(),
             direction: self.direction,
-            caller_number: self.caller_number.to_string(),
+            caller_number: self.caller_number.as_str().to_string(),
             started_at: timestamp::format_ms(self.started_at_ms),
-            ended_at: self.ended_at_ms.map(timestamp::format_ms),
-            duration_secs: self.duration_secs,
+            ended_at: (self.ended_at_ms != NONE_MS).then(|| timestamp::format_ms(self.ended_at_ms)),
+            duration_secs: self.duration_secs(),
             status: self.status,
             twilio_status: self
                 .twilio_status
                 .checked_sub(1)
                 .map(|i| TWILIO_STATUSES[i as usize].to_string()),
-            turn_count: self.turn_count,
+            turn_count: self.turn_count(),
             transcript: Vec::new(),
             safety_events: Vec::new(),
             tool_calls: Vec::new(),
-            barge_ins: self.barge_ins,
+            barge_ins: self.barge_ins.into(),
             ttl: self.ttl,
-            cost_summary: self.cost.as_deref().cloned(),
+            cost_summary: self.cost(),
             deleted: self.deleted,
-            last_sequence: self.last_sequence,
+            last_sequence: (self.last_sequence != NONE_U32).then_some(self.last_sequence.into()),
         }
     }
 
@@ -143,19 +337,25 @@ impl Summary {
         }
         value
     }
-
-    fn order_key(&self, key: &SidKey) -> OrderKey {
-        (Reverse(self.started_at_ms), *key)
-    }
 }
+
+/// A slot number in the index (u32 keeps the orderings' keys small).
+type Slot = u32;
+
+/// Newest first: start time descending, then slot.
+type SlotOrder = (Reverse<i64>, Slot);
+
+/// A position in a listing, stable across index changes: start time and SID.
+pub type OrderKey = (Reverse<i64>, SidKey);
 
 /// All calls in the current records file.
 #[derive(Debug, Default)]
 pub struct Index {
-    calls: HashMap<SidKey, Summary>,
-    by_time: BTreeSet<OrderKey>,
-    by_role: HashMap<Option<Role>, BTreeSet<OrderKey>>,
-    by_status: HashMap<CallStatus, BTreeSet<OrderKey>>,
+    slots: Vec<(SidKey, Summary)>,
+    by_sid: HashMap<SidKey, Slot>,
+    by_time: BTreeSet<SlotOrder>,
+    by_role: HashMap<Option<Role>, BTreeSet<SlotOrder>>,
+    by_status: HashMap<CallStatus, BTreeSet<SlotOrder>>,
 }
 
 /// Which calls a listing walks.
@@ -173,35 +373,33 @@ impl Index {
         let Some(key) = sid_key(&event.call_sid) else {
             return false;
         };
-        let (mut record, tool_calls, mut offsets) = match self.calls.get(&key) {
-            Some(_) => {
-                self.unlink(&key);
-                let summary = &self.calls[&key];
-                (
-                    summary.to_record(&key),
-                    summary.tool_call_count,
-                    summary.offsets.clone(),
-                )
+        let slot = match self.by_sid.get(&key) {
+            Some(&slot) => {
+                self.unlink(slot);
+                slot
             }
-            None => (CallRecord::empty(&event.call_sid), 0, Vec::new()),
+            None => {
+                let slot = self.slots.len() as Slot;
+                self.slots.push((key, Summary::default()));
+                self.by_sid.insert(key, slot);
+                slot
+            }
         };
-        record.apply(event);
-        let tool_calls = event
-            .tool_calls
-            .as_ref()
-            .map_or(tool_calls, |t| t.len() as u32);
+        let summary = &mut self.slots[slot as usize].1;
+        fold(summary, event);
+        let mut offsets = std::mem::take(&mut summary.offsets).into_vec();
         offsets.push(offset);
-        let summary = Summary::from_record(&record, tool_calls, offsets);
-        self.link(&key, &summary);
-        self.calls.insert(key, summary);
+        summary.offsets = offsets.into_boxed_slice();
+        self.link(slot);
         true
     }
 
-    fn link(&mut self, key: &SidKey, summary: &Summary) {
+    fn link(&mut self, slot: Slot) {
+        let summary = &self.slots[slot as usize].1;
         if summary.deleted {
             return;
         }
-        let order = summary.order_key(key);
+        let order = (Reverse(summary.started_at_ms), slot);
         self.by_time.insert(order);
         self.by_role.entry(summary.role).or_default().insert(order);
         self.by_status
@@ -210,11 +408,9 @@ impl Index {
             .insert(order);
     }
 
-    fn unlink(&mut self, key: &SidKey) {
-        let Some(summary) = self.calls.get(key) else {
-            return;
-        };
-        let order = summary.order_key(key);
+    fn unlink(&mut self, slot: Slot) {
+        let summary = &self.slots[slot as usize].1;
+        let order = (Reverse(summary.started_at_ms), slot);
         self.by_time.remove(&order);
         if let Some(set) = self.by_role.get_mut(&summary.role) {
             set.remove(&order);
@@ -225,28 +421,31 @@ impl Index {
     }
 
     pub fn get(&self, key: &SidKey) -> Option<&Summary> {
-        self.calls.get(key)
+        self.by_sid
+            .get(key)
+            .map(|&slot| &self.slots[slot as usize].1)
     }
 
     /// Calls that are neither deleted nor expired at `now_secs`.
     pub fn live(&self, now_secs: i64) -> impl Iterator<Item = (&SidKey, &Summary)> {
-        self.calls
+        self.slots
             .iter()
             .filter(move |(_, s)| !s.deleted && s.ttl > now_secs)
+            .map(|(k, s)| (k, s))
     }
 
     /// Number of calls known (deleted and expired included, until compaction).
     pub fn len(&self) -> usize {
-        self.calls.len()
+        self.slots.len()
     }
 
     /// Lines of the file the index accounts for (every call's offsets).
     pub fn line_count(&self) -> usize {
-        self.calls.values().map(|s| s.offsets.len()).sum()
+        self.slots.iter().map(|(_, s)| s.offsets.len()).sum()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.calls.is_empty()
+        self.slots.is_empty()
     }
 
     /// Up to `limit` live calls newest first, after `after` (the previous page's last key).
@@ -264,48 +463,42 @@ impl Index {
             Filter::Role(role) => self.by_role.get(&Some(role)).unwrap_or(&empty),
             Filter::Status(status) => self.by_status.get(&status).unwrap_or(&empty),
         };
-        let range = match after {
-            Some(after) => {
-                set.range((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded))
-            }
-            None => set.range(..),
+        // Resume after the cursor's call; if that call is gone, after its start time.
+        let start = match after {
+            None => std::ops::Bound::Unbounded,
+            Some((time, key)) => match self.by_sid.get(&key) {
+                Some(&slot) => std::ops::Bound::Excluded((time, slot)),
+                None => std::ops::Bound::Excluded((time, Slot::MAX)),
+            },
         };
         let mut page = Vec::new();
         let mut last = None;
-        for order in range {
-            let Some(summary) = self.calls.get(&order.1) else {
-                continue;
-            };
+        for order in set.range((start, std::ops::Bound::Unbounded)) {
+            let (key, summary) = &self.slots[order.1 as usize];
             if summary.ttl <= now_secs {
                 continue;
             }
             if page.len() == limit {
                 return (page, last);
             }
-            last = Some(*order);
-            page.push((order.1, summary));
+            last = Some((order.0, *key));
+            page.push((*key, summary));
         }
         (page, None)
     }
 
-    /// Replaces every call's offsets (after compaction rewrote the file).
-    pub fn set_offsets(&mut self, key: &SidKey, offsets: Vec<u64>) {
-        if let Some(summary) = self.calls.get_mut(key) {
-            summary.offsets = offsets;
-        }
-    }
-
-    /// Forgets calls that compaction dropped.
-    pub fn retain(&mut self, keep: impl Fn(&SidKey, &Summary) -> bool) {
-        let dropped: Vec<SidKey> = self
-            .calls
-            .iter()
-            .filter(|(k, s)| !keep(k, s))
-            .map(|(k, _)| *k)
-            .collect();
-        for key in dropped {
-            self.unlink(&key);
-            self.calls.remove(&key);
+    /// Keeps only the calls compaction kept, with their new offsets, and rebuilds the orderings.
+    pub fn replace_after_compaction(&mut self, kept: &HashMap<SidKey, u64>) {
+        let slots = std::mem::take(&mut self.slots);
+        *self = Index::default();
+        for (key, mut summary) in slots {
+            if let Some(&offset) = kept.get(&key) {
+                summary.offsets = Box::new([offset]);
+                let slot = self.slots.len() as Slot;
+                self.slots.push((key, summary));
+                self.by_sid.insert(key, slot);
+                self.link(slot);
+            }
         }
     }
 }
@@ -373,7 +566,7 @@ mod tests {
             .0
             .is_empty());
         let (completed, _) = index.list(Filter::Status(CallStatus::Completed), None, 10, 0);
-        assert_eq!(completed[0].1.offsets, vec![0, 50]);
+        assert_eq!(&*completed[0].1.offsets, &[0, 50]);
     }
 
     #[test]

@@ -22,6 +22,7 @@
 //! another process replaced the file, and reads the lines other processes appended since (so a
 //! `compact` process started before the server's last appends still keeps them).
 
+pub mod bench;
 pub mod event;
 pub mod index;
 
@@ -291,10 +292,7 @@ impl RecordStore {
         inner.identity = identity;
         inner.indexed_len = len;
         let kept: std::collections::HashMap<SidKey, u64> = new_offsets.into_iter().collect();
-        inner.index.retain(|key, _| kept.contains_key(key));
-        for (key, offset) in kept {
-            inner.index.set_offsets(&key, vec![offset]);
-        }
+        inner.index.replace_after_compaction(&kept);
         drop(lock);
         Ok(CompactionReport {
             lines_before,
