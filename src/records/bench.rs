@@ -83,15 +83,19 @@ pub fn run(dir: &Path, calls: u64) -> io::Result<()> {
         &format!("limit=100&cursor={cursor}"),
     );
 
-    let started = Instant::now();
-    let report = store.compact().map_err(io::Error::other)?;
-    println!(
-        "compaction      {:.2} s: {} lines -> {} calls kept, {} dropped",
-        started.elapsed().as_secs_f64(),
-        report.lines_before,
-        report.calls_kept,
-        report.calls_dropped
-    );
+    // First every call is three lines (the worst case); then, as on every later day, each is
+    // one line already and is copied without parsing.
+    for label in ["compaction", "compaction again"] {
+        let started = Instant::now();
+        let report = store.compact().map_err(io::Error::other)?;
+        println!(
+            "{label:<17}{:.2} s: {} lines -> {} calls kept, {} dropped",
+            started.elapsed().as_secs_f64(),
+            report.lines_before,
+            report.calls_kept,
+            report.calls_dropped
+        );
+    }
     Ok(())
 }
 

@@ -267,25 +267,28 @@ impl CallRecord {
         self.ttl <= now_secs
     }
 
-    /// The record as one `completed`-style line that folds back into exactly this state
-    /// (what compaction writes).
-    pub fn to_event(&self, at: &str) -> Event {
+    /// The record as one line that folds back into exactly this state (what compaction
+    /// writes for a call of several lines).
+    pub fn into_event(self, at: &str) -> Event {
         Event {
-            role: Some(self.role.clone()),
+            event: EventKind::Created,
+            call_sid: self.call_sid,
+            at: at.to_string(),
+            ttl: self.ttl,
+            role: Some(self.role),
             direction: Some(self.direction),
-            caller_number: Some(self.caller_number.clone()),
-            started_at: Some(self.started_at.clone()),
+            caller_number: Some(self.caller_number),
+            started_at: Some(self.started_at),
             status: Some(self.status),
-            twilio_status: self.twilio_status.clone(),
+            twilio_status: self.twilio_status,
             sequence_number: self.last_sequence,
-            ended_at: self.ended_at.clone(),
+            ended_at: self.ended_at,
             duration_secs: self.duration_secs,
             turn_count: Some(self.turn_count),
-            transcript: Some(self.transcript.clone()),
-            tool_calls: Some(self.tool_calls.clone()),
-            cost_summary: self.cost_summary.clone(),
+            transcript: Some(self.transcript),
+            tool_calls: Some(self.tool_calls),
+            cost_summary: self.cost_summary,
             barge_ins: Some(self.barge_ins),
-            ..Event::new(EventKind::Created, &self.call_sid, at, self.ttl)
         }
     }
 }
@@ -569,7 +572,8 @@ mod tests {
             ..Event::new(EventKind::Completed, SID, "2026-11-24T10:05:00.000Z", 120)
         };
         let record = fold(&[created(), status("in-progress", 2, 100), completed]);
-        let line = serde_json::to_string(&record.to_event("2026-11-25T00:00:00.000Z")).unwrap();
+        let line =
+            serde_json::to_string(&record.clone().into_event("2026-11-25T00:00:00.000Z")).unwrap();
         let again = fold(&[serde_json::from_str(&line).unwrap()]);
         assert_eq!(again, record);
     }

@@ -46,10 +46,12 @@ pub fn sid_key(sid: &str) -> Option<SidKey> {
 }
 
 pub fn sid_string(key: &SidKey) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut sid = String::with_capacity(34);
     sid.push_str("CA");
     for b in key {
-        sid.push_str(&format!("{b:02x}"));
+        sid.push(HEX[(b >> 4) as usize] as char);
+        sid.push(HEX[(b & 15) as usize] as char);
     }
     sid
 }
@@ -352,6 +354,8 @@ pub type OrderKey = (Reverse<i64>, SidKey);
 #[derive(Debug, Default)]
 pub struct Index {
     slots: Vec<(SidKey, Summary)>,
+    /// Slots of calls compaction dropped, reused for new calls.
+    free: Vec<Slot>,
     by_sid: HashMap<SidKey, Slot>,
     by_time: BTreeSet<SlotOrder>,
     by_role: HashMap<Option<Role>, BTreeSet<SlotOrder>>,
@@ -379,8 +383,16 @@ impl Index {
                 slot
             }
             None => {
-                let slot = self.slots.len() as Slot;
-                self.slots.push((key, Summary::default()));
+                let slot = match self.free.pop() {
+                    Some(slot) => {
+                        self.slots[slot as usize] = (key, Summary::default());
+                        slot
+                    }
+                    None => {
+                        self.slots.push((key, Summary::default()));
+                        (self.slots.len() - 1) as Slot
+                    }
+                };
                 self.by_sid.insert(key, slot);
                 slot
             }
@@ -430,13 +442,13 @@ impl Index {
     pub fn live(&self, now_secs: i64) -> impl Iterator<Item = (&SidKey, &Summary)> {
         self.slots
             .iter()
-            .filter(move |(_, s)| !s.deleted && s.ttl > now_secs)
+            .filter(move |(_, s)| !s.deleted && s.ttl > now_secs && !s.offsets.is_empty())
             .map(|(k, s)| (k, s))
     }
 
     /// Number of calls known (deleted and expired included, until compaction).
     pub fn len(&self) -> usize {
-        self.slots.len()
+        self.by_sid.len()
     }
 
     /// Lines of the file the index accounts for (every call's offsets).
@@ -445,7 +457,7 @@ impl Index {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
+        self.by_sid.is_empty()
     }
 
     /// Up to `limit` live calls newest first, after `after` (the previous page's last key).
@@ -487,18 +499,23 @@ impl Index {
         (page, None)
     }
 
-    /// Keeps only the calls compaction kept, with their new offsets, and rebuilds the orderings.
+    /// Keeps only the calls compaction kept, each now one line at its new offset; the slots of
+    /// the others are freed for reuse.
     pub fn replace_after_compaction(&mut self, kept: &HashMap<SidKey, u64>) {
-        let slots = std::mem::take(&mut self.slots);
-        *self = Index::default();
-        for (key, mut summary) in slots {
-            if let Some(&offset) = kept.get(&key) {
-                summary.offsets = Box::new([offset]);
-                let slot = self.slots.len() as Slot;
-                self.slots.push((key, summary));
-                self.by_sid.insert(key, slot);
-                self.link(slot);
+        for slot in 0..self.slots.len() as Slot {
+            let (key, summary) = &mut self.slots[slot as usize];
+            if summary.offsets.is_empty() {
+                continue; // already free
             }
+            if let Some(&offset) = kept.get(key) {
+                summary.offsets = Box::new([offset]);
+                continue;
+            }
+            let key = *key;
+            self.unlink(slot);
+            self.by_sid.remove(&key);
+            self.slots[slot as usize].1 = Summary::default();
+            self.free.push(slot);
         }
     }
 }

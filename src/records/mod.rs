@@ -286,7 +286,7 @@ impl RecordStore {
         let lines_before = inner.index.line_count();
         let known = inner.index.len();
         let (report, new_offsets) =
-            write_compacted(&self.path, &inner.file, &inner.index, now_secs)?;
+            write_compacted(&self.path, &inner.index, inner.indexed_len, now_secs)?;
         let (file, identity, len) = open_append(&self.path)?;
         inner.file = file;
         inner.identity = identity;
@@ -484,53 +484,191 @@ fn read_line_at(file: &File, offset: u64) -> io::Result<Vec<u8>> {
     }
 }
 
-/// Writes one line per live call into a temporary file, oldest first, then renames it over
-/// `path`. Returns the report and each kept call's new offset.
+/// Threads compaction folds calls on (each takes every n-th call).
+const COMPACTION_WORKERS: usize = 2;
+
+/// Writes one line per live call into a temporary file, then renames it over `path`.
+/// Returns the report and each kept call's new offset.
+///
+/// The live calls are shared out between [`COMPACTION_WORKERS`] threads. Each reads the file
+/// once from the start (cheap: it is in the page cache) but parses only its own calls' lines,
+/// matched by offset: a call of one line is copied as it is, a call of several is folded as
+/// its lines go by and written at its last one, into the thread's own part file. The parts are
+/// then joined. Only calls whose lines are still ahead are held in memory, never the file.
 fn write_compacted(
     path: &Path,
-    file: &File,
     index: &Index,
+    indexed_len: u64,
     now_secs: i64,
 ) -> Result<(CompactionReport, Vec<(SidKey, u64)>), RecordsError> {
-    let tmp_path = path.with_extension("jsonl.tmp");
-    let tmp = File::create(&tmp_path).map_err(|e| RecordsError::io(&tmp_path, e))?;
-    let mut out = io::BufWriter::with_capacity(1 << 20, tmp);
-    let mut live: Vec<(&SidKey, &Summary)> = index.live(now_secs).collect();
-    live.sort_by_key(|(key, s)| (s.started_at_ms, **key));
+    let live: Vec<(&SidKey, &Summary)> = index.live(now_secs).collect();
+    let mut plan: Vec<(u64, u32)> = Vec::with_capacity(live.len() * 3);
+    for (idx, (_, summary)) in live.iter().enumerate() {
+        plan.extend(summary.offsets.iter().map(|&offset| (offset, idx as u32)));
+    }
+    plan.sort_unstable();
     let at = timestamp::format_ms(timestamp::now_ms());
+    let part_path = |part: usize| path.with_extension(format!("jsonl.tmp{part}"));
+
+    let parts: Vec<io::Result<CompactedPart>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..COMPACTION_WORKERS)
+            .map(|part| {
+                let job = PartJob {
+                    source: path,
+                    indexed_len,
+                    live: &live,
+                    plan: &plan,
+                    part,
+                    at: &at,
+                };
+                let out = part_path(part);
+                std::thread::Builder::new()
+                    .name(format!("compact-{part}"))
+                    .spawn_scoped(scope, move || compact_part(&job, &out))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|handle| match handle {
+                Ok(thread) => thread
+                    .join()
+                    .unwrap_or_else(|_| Err(io::Error::other("a compaction thread panicked"))),
+                Err(err) => Err(err),
+            })
+            .collect()
+    });
+
+    // Join the parts into the first one, shifting each part's offsets by what came before.
+    let tmp_path = part_path(0);
     let mut report = CompactionReport::default();
-    let mut offsets = Vec::with_capacity(live.len());
-    let mut written = 0u64;
-    for (key, summary) in live {
-        let mut record = CallRecord::empty(&index::sid_string(key));
-        for &offset in &summary.offsets {
-            let line = read_line_at(file, offset).map_err(|e| RecordsError::io(path, e))?;
-            match serde_json::from_slice::<Event>(&line) {
-                Ok(event) => record.apply(&event),
-                Err(_) => report.bad_lines += 1,
+    let mut new_offsets = Vec::with_capacity(live.len());
+    let mut joined: Option<File> = None;
+    let mut base = 0u64;
+    for (part, result) in parts.into_iter().enumerate() {
+        let done = result.map_err(|e| RecordsError::io(&part_path(part), e))?;
+        report.bad_lines += done.bad_lines;
+        new_offsets.extend(
+            done.offsets
+                .into_iter()
+                .map(|(key, offset)| (key, base + offset)),
+        );
+        base += done.bytes;
+        match &mut joined {
+            None => joined = Some(done.file),
+            Some(first) => {
+                let mut from = File::open(part_path(part))
+                    .map_err(|e| RecordsError::io(&part_path(part), e))?;
+                io::copy(&mut from, first).map_err(|e| RecordsError::io(&tmp_path, e))?;
+                let _ = fs::remove_file(part_path(part));
             }
         }
-        let mut line = serde_json::to_vec(&record.to_event(&at))
-            .map_err(|e| RecordsError::io(path, e.into()))?;
-        line.push(b'\n');
-        out.write_all(&line)
-            .map_err(|e| RecordsError::io(&tmp_path, e))?;
-        offsets.push((*key, written));
-        written += line.len() as u64;
-        report.calls_kept += 1;
     }
-    let tmp = out
-        .into_inner()
-        .map_err(|e| RecordsError::io(&tmp_path, e.into_error()))?;
-    tmp.sync_all().map_err(|e| RecordsError::io(&tmp_path, e))?;
-    drop(tmp);
+    if new_offsets.len() != live.len() {
+        // Never replace the file with one that lacks a live call.
+        return Err(RecordsError::io(
+            &tmp_path,
+            io::Error::other(format!(
+                "compaction wrote {} of {} calls; the records file was left as it was",
+                new_offsets.len(),
+                live.len()
+            )),
+        ));
+    }
+    if let Some(file) = joined {
+        file.sync_all()
+            .map_err(|e| RecordsError::io(&tmp_path, e))?;
+    }
     fs::rename(&tmp_path, path).map_err(|e| RecordsError::io(path, e))?;
     if let Some(dir) = path.parent() {
         File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(|e| RecordsError::io(dir, e))?;
     }
-    Ok((report, offsets))
+    report.calls_kept = new_offsets.len();
+    Ok((report, new_offsets))
+}
+
+/// One compaction thread's share of the work.
+struct PartJob<'a> {
+    source: &'a Path,
+    indexed_len: u64,
+    live: &'a [(&'a SidKey, &'a Summary)],
+    /// Every live call's line offsets, sorted: (offset, index into `live`).
+    plan: &'a [(u64, u32)],
+    part: usize,
+    at: &'a str,
+}
+
+/// What a compaction thread wrote.
+struct CompactedPart {
+    file: File,
+    bytes: u64,
+    offsets: Vec<(SidKey, u64)>,
+    bad_lines: usize,
+}
+
+fn compact_part(job: &PartJob<'_>, out_path: &Path) -> io::Result<CompactedPart> {
+    let mine = |idx: u32| idx as usize % COMPACTION_WORKERS == job.part;
+    let source = File::open(job.source)?;
+    let mut reader = BufReader::with_capacity(1 << 20, io::Read::take(source, job.indexed_len));
+    let mut out = io::BufWriter::with_capacity(1 << 20, File::create(out_path)?);
+    let mut pending: std::collections::HashMap<u32, (CallRecord, usize)> =
+        std::collections::HashMap::new();
+    let mut offsets = Vec::new();
+    let mut bad_lines = 0;
+    let mut written = 0u64;
+    let mut offset = 0u64;
+    let mut buf = Vec::new();
+    let mut plan = job.plan.iter().filter(|(_, idx)| mine(*idx)).peekable();
+    while let Some(&&(wanted, idx)) = plan.peek() {
+        buf.clear();
+        let n = reader.read_until(b'\n', &mut buf)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the records file is shorter than its index",
+            ));
+        }
+        let line_offset = offset;
+        offset += n as u64;
+        if line_offset != wanted {
+            continue; // another thread's call, or a line no live call needs
+        }
+        plan.next();
+        let (key, summary) = job.live[idx as usize];
+        let line = buf.strip_suffix(b"\n").unwrap_or(&buf);
+        let folded;
+        let line: &[u8] = if summary.offsets.len() == 1 {
+            line
+        } else {
+            let entry = pending
+                .entry(idx)
+                .or_insert_with(|| (CallRecord::empty(&index::sid_string(key)), 0));
+            match serde_json::from_slice::<Event>(line) {
+                Ok(event) => entry.0.apply(&event),
+                Err(_) => bad_lines += 1,
+            }
+            entry.1 += 1;
+            if entry.1 < summary.offsets.len() {
+                continue;
+            }
+            let Some((record, _)) = pending.remove(&idx) else {
+                continue;
+            };
+            folded = serde_json::to_vec(&record.into_event(job.at)).map_err(io::Error::other)?;
+            &folded
+        };
+        out.write_all(line)?;
+        out.write_all(b"\n")?;
+        offsets.push((*key, written));
+        written += line.len() as u64 + 1;
+    }
+    Ok(CompactedPart {
+        file: out.into_inner().map_err(|e| e.into_error())?,
+        bytes: written,
+        offsets,
+        bad_lines,
+    })
 }
 
 fn encode_cursor(key: &OrderKey) -> String {

@@ -295,3 +295,56 @@ fn a_store_catches_up_on_lines_another_store_appended() {
         CallStatus::Completed
     );
 }
+
+#[test]
+fn compaction_keeps_every_live_call_exactly_whatever_its_lines() {
+    let dir = TempDir::new("mixed");
+    let (store, _) = RecordStore::open(&dir.0).unwrap();
+    for n in 0..60u32 {
+        store
+            .append(&created(
+                n,
+                Role::ALL[n as usize % 13].as_str(),
+                n as i64 * 10,
+            ))
+            .unwrap();
+        if n % 3 != 0 {
+            store.append(&completed(n)).unwrap();
+        }
+        if n % 7 == 0 {
+            store
+                .append(&Event::new(EventKind::Deleted, &sid(n), "t", far_ttl()))
+                .unwrap();
+        }
+    }
+    let before: Vec<_> = (0..60u32).map(|n| store.get(&key(n)).unwrap()).collect();
+    for round in 0..2 {
+        let report = store.compact().unwrap();
+        assert_eq!(
+            report.calls_kept,
+            before.iter().flatten().count(),
+            "round {round}"
+        );
+        for n in 0..60u32 {
+            assert_eq!(
+                store.get(&key(n)).unwrap(),
+                before[n as usize],
+                "round {round}, call {n}"
+            );
+        }
+    }
+    let (fresh, bad) = RecordStore::open(&dir.0).unwrap();
+    assert!(bad.is_empty());
+    for n in 0..60u32 {
+        assert_eq!(
+            fresh.get(&key(n)).unwrap(),
+            before[n as usize],
+            "after reopening, call {n}"
+        );
+    }
+    let lines = fs::read_to_string(dir.0.join(RECORDS_FILE))
+        .unwrap()
+        .lines()
+        .count();
+    assert_eq!(lines, before.iter().flatten().count(), "one line per call");
+}
