@@ -295,3 +295,48 @@ fn the_stream_parameters_say_which_way_the_call_went() {
         "outbound"
     );
 }
+
+#[test]
+fn lists_can_be_limited_to_a_time_window() {
+    let server = server(&[]);
+    let records = server.records();
+    let day = cotrackpro_voice::timestamp::parse_date("2026-11-20").unwrap() * 86_400_000;
+    for (n, offset_h) in [(1u32, 1i64), (2, 23), (3, 25), (4, 49)] {
+        let at = cotrackpro_voice::timestamp::format_ms(day + offset_h * 3_600_000);
+        records
+            .append(&cotrackpro_voice::records::event::Event {
+                role: Some("judge".into()),
+                started_at: Some(at.clone()),
+                ..cotrackpro_voice::records::event::Event::new(
+                    cotrackpro_voice::records::event::EventKind::Created,
+                    &sid(n),
+                    &at,
+                    i64::MAX,
+                )
+            })
+            .unwrap();
+    }
+    let sids = |path: &str| -> Vec<String> {
+        get(&server, path).json()["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["callSid"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        sids("/records/by-role/judge?startDate=2026-11-20&endDate=2026-11-20"),
+        vec![sid(2), sid(1)]
+    );
+    assert_eq!(
+        sids("/records/by-role/judge?startDate=2026-11-21"),
+        vec![sid(4), sid(3)]
+    );
+    assert_eq!(
+        sids("/records?endDate=2026-11-21T01:00:00Z"),
+        vec![sid(3), sid(2), sid(1)]
+    );
+    let bad = get(&server, "/records?startDate=last-week");
+    assert_eq!(bad.status, 400);
+    assert_eq!(bad.json()["error"], "Invalid startDate");
+}

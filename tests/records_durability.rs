@@ -102,9 +102,10 @@ fn a_killed_server_loses_no_acknowledged_record() {
         }
 
         let (store, bad) = RecordStore::open(records.path()).unwrap();
+        // The server compacted at its start, so only this round's kill can have torn a line.
         assert!(
-            bad.len() <= round + 1,
-            "round {round}: at most one torn line per kill, got {bad:?}"
+            bad.len() <= 1,
+            "round {round}: at most the torn last line, got {bad:?}"
         );
         let acknowledged = acknowledged.lock().unwrap();
         assert!(

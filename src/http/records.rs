@@ -1,5 +1,6 @@
 //! The records API: `GET /records`, `GET|DELETE /records/{callSid}`,
-//! `GET /records/by-role/{role}`, `GET /records/by-status/{status}`. Bearer
+//! `GET /records/by-role/{role}`, `GET /records/by-status/{status}` (lists take `limit`,
+//! `cursor`, `startDate` and `endDate`). Bearer
 //! `OUTBOUND_API_KEY` first (so unauthenticated floods cannot spend a real key's budget), then
 //! the per-key rate limit, then validation before anything touches the store.
 
@@ -10,7 +11,7 @@ use crate::app::App;
 use crate::auth::{check_bearer, BearerCheck};
 use crate::personas::Role;
 use crate::records::event::{CallStatus, Event, EventKind};
-use crate::records::index::{sid_key, Filter};
+use crate::records::index::{sid_key, Filter, Window};
 use crate::records::ttl_from;
 use crate::timestamp;
 
@@ -108,7 +109,11 @@ fn list(
 ) -> Result<Reply, crate::records::RecordsError> {
     let limit = parse_limit(req.query_param("limit").as_deref(), default_limit);
     let cursor = req.query_param("cursor");
-    let page = app.records.list(filter, cursor.as_deref(), limit)?;
+    let window = match parse_window(req) {
+        Ok(window) => window,
+        Err(reply) => return Ok(reply),
+    };
+    let page = app.records.list(filter, window, cursor.as_deref(), limit)?;
     Ok(Reply::json(
         200,
         &json!({ "records": page.records, "cursor": page.cursor }),
@@ -133,6 +138,32 @@ fn delete(
     app.records.append(&event)?;
     log::info!(callSid = sid; "Call record deleted");
     Ok(Reply::empty(204))
+}
+
+/// `startDate` and `endDate` (both optional, both included): a date (`2026-11-23`, the whole
+/// day) or an RFC 3339 time.
+fn parse_window(req: &Incoming) -> Result<Window, Reply> {
+    let bound = |name: &str, end_of_day: bool| -> Result<Option<i64>, Reply> {
+        let Some(text) = req.query_param(name) else {
+            return Ok(None);
+        };
+        let ms = match timestamp::parse_date(&text) {
+            Some(day) if end_of_day => Some((day + 1) * timestamp::MS_PER_DAY - 1),
+            Some(day) => Some(day * timestamp::MS_PER_DAY),
+            None => timestamp::parse_ms(&text),
+        };
+        ms.map(Some).ok_or_else(|| {
+            Reply::error_with_details(
+                400,
+                &format!("Invalid {name}"),
+                "expected a date (2026-11-23) or a time (2026-11-23T06:00:00Z)",
+            )
+        })
+    };
+    Ok(Window {
+        from_ms: bound("startDate", false)?,
+        to_ms: bound("endDate", true)?,
+    })
 }
 
 /// The original's `parseLimit`: leading digits count (`"25abc"` is 25); missing, zero or

@@ -370,6 +370,13 @@ pub enum Filter {
     Status(CallStatus),
 }
 
+/// Start times a listing is limited to, in epoch milliseconds, both ends included.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Window {
+    pub from_ms: Option<i64>,
+    pub to_ms: Option<i64>,
+}
+
 impl Index {
     /// Applies `event`, written at byte `offset`. Returns `false` (and changes nothing) when
     /// the event's call SID is malformed.
@@ -465,27 +472,37 @@ impl Index {
     pub fn list(
         &self,
         filter: Filter,
+        window: Window,
         after: Option<OrderKey>,
         limit: usize,
         now_secs: i64,
     ) -> (Vec<(SidKey, &Summary)>, Option<OrderKey>) {
+        use std::ops::Bound::{Excluded, Included, Unbounded};
         let empty = BTreeSet::new();
         let set = match filter {
             Filter::All => &self.by_time,
             Filter::Role(role) => self.by_role.get(&Some(role)).unwrap_or(&empty),
             Filter::Status(status) => self.by_status.get(&status).unwrap_or(&empty),
         };
-        // Resume after the cursor's call; if that call is gone, after its start time.
-        let start = match after {
-            None => std::ops::Bound::Unbounded,
-            Some((time, key)) => match self.by_sid.get(&key) {
-                Some(&slot) => std::ops::Bound::Excluded((time, slot)),
-                None => std::ops::Bound::Excluded((time, Slot::MAX)),
-            },
+        // Resume after the cursor's call (if that call is gone, after its start time), and not
+        // before the window's end; whichever comes later in newest-first order.
+        let cursor = after.map(|(time, key)| match self.by_sid.get(&key) {
+            Some(&slot) => Excluded((time, slot)),
+            None => Excluded((time, Slot::MAX)),
+        });
+        let window_end = window.to_ms.map(|to| Included((Reverse(to), 0)));
+        let start = match (cursor, window_end) {
+            (Some(Excluded(c)), Some(Included(w))) if w > c => Included(w),
+            (Some(c), _) => c,
+            (None, Some(w)) => w,
+            (None, None) => Unbounded,
         };
         let mut page = Vec::new();
         let mut last = None;
-        for order in set.range((start, std::ops::Bound::Unbounded)) {
+        for order in set.range((start, Unbounded)) {
+            if window.from_ms.is_some_and(|from| order.0 .0 < from) {
+                break; // everything after is older still
+            }
             let (key, summary) = &self.slots[order.1 as usize];
             if summary.ttl <= now_secs {
                 continue;
@@ -557,16 +574,45 @@ mod tests {
             let role = if n % 2 == 0 { "parent" } else { "judge" };
             assert!(index.apply(&created(n, role, 1_000 + n as i64), n as u64 * 100));
         }
-        let (page, next) = index.list(Filter::All, None, 4, 0);
+        let (page, next) = index.list(Filter::All, Window::default(), None, 4, 0);
         let got: Vec<String> = page.iter().map(|(k, _)| sid_string(k)).collect();
         assert_eq!(got, vec![sid(9), sid(8), sid(7), sid(6)]);
-        let (page2, _) = index.list(Filter::All, next, 4, 0);
+        let (page2, _) = index.list(Filter::All, Window::default(), next, 4, 0);
         assert_eq!(sid_string(&page2[0].0), sid(5));
 
-        let (judges, next) = index.list(Filter::Role(Role::Judge), None, 10, 0);
+        let (judges, next) = index.list(Filter::Role(Role::Judge), Window::default(), None, 10, 0);
         assert_eq!(judges.len(), 5);
         assert!(next.is_none());
         assert!(judges.iter().all(|(_, s)| s.role == Some(Role::Judge)));
+    }
+
+    #[test]
+    fn a_window_limits_start_times_and_works_with_pages() {
+        let mut index = Index::default();
+        for n in 0..10u32 {
+            index.apply(&created(n, "parent", 1_000 + n as i64), n as u64);
+        }
+        let window = Window {
+            from_ms: Some(1_002),
+            to_ms: Some(1_007),
+        };
+        let (page, next) = index.list(Filter::All, window, None, 4, 0);
+        let got: Vec<String> = page.iter().map(|(k, _)| sid_string(k)).collect();
+        assert_eq!(got, vec![sid(7), sid(6), sid(5), sid(4)]);
+        let (page, next) = index.list(Filter::All, window, next, 4, 0);
+        let got: Vec<String> = page.iter().map(|(k, _)| sid_string(k)).collect();
+        assert_eq!(got, vec![sid(3), sid(2)]);
+        assert!(next.is_none());
+        let only_from = Window {
+            from_ms: Some(1_008),
+            to_ms: None,
+        };
+        assert_eq!(index.list(Filter::All, only_from, None, 10, 0).0.len(), 2);
+        let only_to = Window {
+            from_ms: None,
+            to_ms: Some(1_000),
+        };
+        assert_eq!(index.list(Filter::All, only_to, None, 10, 0).0.len(), 1);
     }
 
     #[test]
@@ -579,10 +625,22 @@ mod tests {
         };
         index.apply(&done, 50);
         assert!(index
-            .list(Filter::Status(CallStatus::Active), None, 10, 0)
+            .list(
+                Filter::Status(CallStatus::Active),
+                Window::default(),
+                None,
+                10,
+                0
+            )
             .0
             .is_empty());
-        let (completed, _) = index.list(Filter::Status(CallStatus::Completed), None, 10, 0);
+        let (completed, _) = index.list(
+            Filter::Status(CallStatus::Completed),
+            Window::default(),
+            None,
+            10,
+            0,
+        );
         assert_eq!(&*completed[0].1.offsets, &[0, 50]);
     }
 
@@ -592,10 +650,13 @@ mod tests {
         index.apply(&created(1, "parent", 5), 0);
         index.apply(&created(2, "parent", 6), 10);
         index.apply(&Event::new(EventKind::Deleted, &sid(1), "t", 1000), 20);
-        let (page, _) = index.list(Filter::All, None, 10, 0);
+        let (page, _) = index.list(Filter::All, Window::default(), None, 10, 0);
         assert_eq!(page.len(), 1);
         assert!(
-            index.list(Filter::All, None, 10, 1000).0.is_empty(),
+            index
+                .list(Filter::All, Window::default(), None, 10, 1000)
+                .0
+                .is_empty(),
             "expired at ttl"
         );
         assert_eq!(index.live(0).count(), 1);

@@ -36,7 +36,7 @@ use std::sync::Mutex;
 use base64::Engine as _;
 
 use event::{CallRecord, Event, EventKind};
-use index::{Filter, Index, OrderKey, SidKey, Summary};
+use index::{Filter, Index, OrderKey, SidKey, Summary, Window};
 
 use crate::timestamp;
 
@@ -80,20 +80,31 @@ impl std::error::Error for RecordsError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BadLine {
     pub path: PathBuf,
-    /// 1-based.
-    pub line: usize,
+    /// 1-based line number, when the file was read from its start (at start-up); lines read
+    /// later (appended by another process) are placed by `offset`.
+    pub line: Option<usize>,
+    /// Byte offset of the line in the file.
+    pub offset: u64,
     pub reason: String,
 }
 
 impl fmt::Display for BadLine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}: skipped: {}",
-            self.path.display(),
-            self.line,
-            self.reason
-        )
+        match self.line {
+            Some(line) => write!(
+                f,
+                "{}:{line}: skipped: {}",
+                self.path.display(),
+                self.reason
+            ),
+            None => write!(
+                f,
+                "{} (byte {}): skipped: {}",
+                self.path.display(),
+                self.offset,
+                self.reason
+            ),
+        }
     }
 }
 
@@ -252,6 +263,7 @@ impl RecordStore {
     pub fn list(
         &self,
         filter: Filter,
+        window: Window,
         cursor: Option<&str>,
         limit: usize,
     ) -> Result<Page, RecordsError> {
@@ -259,7 +271,7 @@ impl RecordStore {
         self.refresh(&mut inner, false)?;
         let after = cursor.and_then(decode_cursor);
         let now_secs = timestamp::now_ms() / 1000;
-        let (page, next) = inner.index.list(filter, after, limit, now_secs);
+        let (page, next) = inner.index.list(filter, window, after, limit, now_secs);
         Ok(Page {
             records: page.iter().map(|(key, s)| s.to_list_json(key)).collect(),
             cursor: next.map(|key| encode_cursor(&key)),
@@ -457,8 +469,8 @@ fn read_lines(
         };
         bad.push(BadLine {
             path: path.to_path_buf(),
-            // Line numbers count from the start only when reading from the start.
-            line: if from == 0 { line_no } else { 0 },
+            line: (from == 0).then_some(line_no),
+            offset: line_offset,
             reason,
         });
     }

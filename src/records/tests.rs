@@ -110,7 +110,7 @@ fn a_torn_last_line_is_reported_and_skipped_and_later_appends_are_whole() {
 
     let (store, bad) = RecordStore::open(&dir.0).unwrap();
     assert_eq!(bad.len(), 1);
-    assert_eq!(bad[0].line, 3);
+    assert_eq!(bad[0].line, Some(3));
     assert!(bad[0].reason.contains("torn"), "{}", bad[0].reason);
     assert!(bad[0].to_string().contains("calls.jsonl:3: skipped"));
     store.append(&created(3, "parent", 3_000)).unwrap();
@@ -134,9 +134,14 @@ fn a_corrupt_middle_line_loses_nothing_around_it() {
     )
     .unwrap();
     let (store, bad) = RecordStore::open(&dir.0).unwrap();
-    assert_eq!(bad.iter().map(|b| b.line).collect::<Vec<_>>(), vec![2, 4]);
+    assert_eq!(
+        bad.iter().map(|b| b.line).collect::<Vec<_>>(),
+        vec![Some(2), Some(4)]
+    );
     assert!(bad[1].reason.contains("malformed callSid"));
-    let page = store.list(Filter::All, None, 10).unwrap();
+    let page = store
+        .list(Filter::All, Window::default(), None, 10)
+        .unwrap();
     assert_eq!(page.records.len(), 3);
 }
 
@@ -151,7 +156,9 @@ fn lists_are_newest_first_paged_and_filtered() {
     let mut seen = Vec::new();
     let mut cursor = None;
     loop {
-        let page = store.list(Filter::All, cursor.as_deref(), 10).unwrap();
+        let page = store
+            .list(Filter::All, Window::default(), cursor.as_deref(), 10)
+            .unwrap();
         seen.extend(
             page.records
                 .iter()
@@ -165,7 +172,9 @@ fn lists_are_newest_first_paged_and_filtered() {
     let expected: Vec<String> = (0..25u32).rev().map(sid).collect();
     assert_eq!(seen, expected, "every record exactly once, newest first");
 
-    let attorneys = store.list(Filter::Role(Role::Attorney), None, 100).unwrap();
+    let attorneys = store
+        .list(Filter::Role(Role::Attorney), Window::default(), None, 100)
+        .unwrap();
     assert_eq!(attorneys.records.len(), 8);
     assert!(attorneys.records.iter().all(|r| r["role"] == "attorney"));
     assert!(
@@ -173,7 +182,9 @@ fn lists_are_newest_first_paged_and_filtered() {
         "lists carry summaries"
     );
 
-    let garbage = store.list(Filter::All, Some("%%%not-a-cursor"), 5).unwrap();
+    let garbage = store
+        .list(Filter::All, Window::default(), Some("%%%not-a-cursor"), 5)
+        .unwrap();
     assert_eq!(
         garbage.records[0]["callSid"],
         sid(24),
