@@ -10,7 +10,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::event::{CallStatus, CostSummary, Direction, Event, EventKind, TranscriptEntry};
+use super::event::{
+    CallStatus, CostSummary, Direction, Event, EventKind, Transcript, TranscriptEntry,
+};
 use super::{RecordStore, RECORDS_FILE};
 use crate::app::App;
 use crate::config::{Config, Env};
@@ -164,7 +166,7 @@ fn generate(path: &Path, calls: u64) -> io::Result<(u64, u64)> {
                 ended_at: Some(ended.clone()),
                 duration_secs: Some(180),
                 turn_count: Some(4),
-                transcript: Some(vec![
+                transcript: Some(Transcript::from_entries(&[
                     TranscriptEntry {
                         role: "user".into(),
                         text: "I need help writing down what happened at the exchange.".into(),
@@ -175,7 +177,7 @@ fn generate(path: &Path, calls: u64) -> io::Result<(u64, u64)> {
                         text: "Of course. Let's start with when and where it happened.".into(),
                         timestamp: ended.clone(),
                     },
-                ]),
+                ])),
                 tool_calls: Some(Vec::new()),
                 cost_summary: Some(CostSummary {
                     claude_input_tokens: 1250,

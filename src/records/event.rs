@@ -109,6 +109,37 @@ pub struct TranscriptEntry {
     pub timestamp: String,
 }
 
+/// A call's transcript (a JSON array of [`TranscriptEntry`]) kept as the JSON text it was
+/// written as: the index never looks inside it and compaction copies it, so neither pays for
+/// parsing every line of every conversation.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Transcript(Box<serde_json::value::RawValue>);
+
+impl Transcript {
+    pub fn from_entries(entries: &[TranscriptEntry]) -> Transcript {
+        let raw =
+            serde_json::value::to_raw_value(entries).unwrap_or_else(|_| Transcript::empty().0);
+        Transcript(raw)
+    }
+
+    pub fn empty() -> Transcript {
+        // "[]" is valid JSON, so this cannot fail; the default (null) keeps it panic-free anyway.
+        Transcript(serde_json::value::RawValue::from_string("[]".to_string()).unwrap_or_default())
+    }
+
+    /// The entries, parsed (an unreadable transcript reads as none).
+    pub fn entries(&self) -> Vec<TranscriptEntry> {
+        serde_json::from_str(self.0.get()).unwrap_or_default()
+    }
+}
+
+impl PartialEq for Transcript {
+    fn eq(&self, other: &Transcript) -> bool {
+        self.0.get() == other.0.get()
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ToolCallRecord {
@@ -164,7 +195,7 @@ pub struct Event {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub turn_count: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub transcript: Option<Vec<TranscriptEntry>>,
+    pub transcript: Option<Transcript>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_calls: Option<Vec<ToolCallRecord>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -217,7 +248,7 @@ pub struct CallRecord {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub twilio_status: Option<String>,
     pub turn_count: u64,
-    pub transcript: Vec<TranscriptEntry>,
+    pub transcript: Transcript,
     pub safety_events: Vec<serde_json::Value>,
     pub tool_calls: Vec<ToolCallRecord>,
     pub barge_ins: u64,
@@ -246,7 +277,7 @@ impl CallRecord {
             status: CallStatus::Active,
             twilio_status: None,
             turn_count: 0,
-            transcript: Vec::new(),
+            transcript: Transcript::empty(),
             safety_events: Vec::new(),
             tool_calls: Vec::new(),
             barge_ins: 0,
@@ -558,11 +589,11 @@ mod tests {
             duration_secs: Some(300),
             turn_count: Some(4),
             status: Some(CallStatus::Completed),
-            transcript: Some(vec![TranscriptEntry {
+            transcript: Some(Transcript::from_entries(&[TranscriptEntry {
                 role: "user".into(),
                 text: "hello".into(),
                 timestamp: "2026-11-24T10:00:05.000Z".into(),
-            }]),
+            }])),
             cost_summary: Some(CostSummary {
                 claude_input_tokens: 10,
                 estimated_cost_usd: 0.01,

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use super::event::{
     fold, twilio_progress, CallRecord, CallState, CallStatus, CostSummary, Direction, Event,
-    UNKNOWN_ROLE,
+    Transcript, UNKNOWN_ROLE,
 };
 use crate::personas::Role;
 use crate::timestamp;
@@ -316,7 +316,7 @@ impl Summary {
                 .checked_sub(1)
                 .map(|i| TWILIO_STATUSES[i as usize].to_string()),
             turn_count: self.turn_count(),
-            transcript: Vec::new(),
+            transcript: Transcript::empty(),
             safety_events: Vec::new(),
             tool_calls: Vec::new(),
             barge_ins: self.barge_ins.into(),
@@ -342,7 +342,7 @@ impl Summary {
 }
 
 /// A slot number in the index (u32 keeps the orderings' keys small).
-type Slot = u32;
+pub type Slot = u32;
 
 /// Newest first: start time descending, then slot.
 type SlotOrder = (Reverse<i64>, Slot);
@@ -453,6 +453,21 @@ impl Index {
             .map(|(k, s)| (k, s))
     }
 
+    /// Like [`Index::live`], with each call's slot number.
+    pub fn live_slots(&self, now_secs: i64) -> Vec<(Slot, &SidKey, &Summary)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, s))| !s.deleted && s.ttl > now_secs && !s.offsets.is_empty())
+            .map(|(slot, (k, s))| (slot as Slot, k, s))
+            .collect()
+    }
+
+    /// Number of slots (for per-slot tables).
+    pub fn slot_count(&self) -> usize {
+        self.slots.len()
+    }
+
     /// Number of calls known (deleted and expired included, until compaction).
     pub fn len(&self) -> usize {
         self.by_sid.len()
@@ -516,16 +531,16 @@ impl Index {
         (page, None)
     }
 
-    /// Keeps only the calls compaction kept, each now one line at its new offset; the slots of
-    /// the others are freed for reuse.
-    pub fn replace_after_compaction(&mut self, kept: &HashMap<SidKey, u64>) {
+    /// Keeps only the calls compaction kept, each now one line at its new offset (indexed by
+    /// slot; `None`: dropped); the slots of the others are freed for reuse.
+    pub fn replace_after_compaction(&mut self, new_offsets: &[Option<u64>]) {
         for slot in 0..self.slots.len() as Slot {
             let (key, summary) = &mut self.slots[slot as usize];
             if summary.offsets.is_empty() {
                 continue; // already free
             }
-            if let Some(&offset) = kept.get(key) {
-                summary.offsets = Box::new([offset]);
+            if let Some(Some(offset)) = new_offsets.get(slot as usize) {
+                summary.offsets = Box::new([*offset]);
                 continue;
             }
             let key = *key;

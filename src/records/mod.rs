@@ -303,8 +303,7 @@ impl RecordStore {
         inner.file = file;
         inner.identity = identity;
         inner.indexed_len = len;
-        let kept: std::collections::HashMap<SidKey, u64> = new_offsets.into_iter().collect();
-        inner.index.replace_after_compaction(&kept);
+        inner.index.replace_after_compaction(&new_offsets);
         drop(lock);
         Ok(CompactionReport {
             lines_before,
@@ -499,28 +498,35 @@ fn read_line_at(file: &File, offset: u64) -> io::Result<Vec<u8>> {
 /// Threads compaction folds calls on (each takes every n-th call).
 const COMPACTION_WORKERS: usize = 2;
 
+/// Bytes a compaction thread gathers before writing them at a region it reserves.
+const CHUNK_BYTES: usize = 1 << 20;
+
 /// Writes one line per live call into a temporary file, then renames it over `path`.
-/// Returns the report and each kept call's new offset.
+/// Returns the report and each kept call's new offset, indexed by slot.
 ///
 /// The live calls are shared out between [`COMPACTION_WORKERS`] threads. Each reads the file
 /// once from the start (cheap: it is in the page cache) but parses only its own calls' lines,
 /// matched by offset: a call of one line is copied as it is, a call of several is folded as
-/// its lines go by and written at its last one, into the thread's own part file. The parts are
-/// then joined. Only calls whose lines are still ahead are held in memory, never the file.
+/// its lines go by and written at its last one. A thread gathers lines in a chunk and writes it
+/// at a region of the temporary file it reserves with an atomic counter, so the threads share
+/// one file without waiting for each other. Only calls whose lines are still ahead are held in
+/// memory, never the file.
 fn write_compacted(
     path: &Path,
     index: &Index,
     indexed_len: u64,
     now_secs: i64,
-) -> Result<(CompactionReport, Vec<(SidKey, u64)>), RecordsError> {
-    let live: Vec<(&SidKey, &Summary)> = index.live(now_secs).collect();
+) -> Result<(CompactionReport, Vec<Option<u64>>), RecordsError> {
+    let live = index.live_slots(now_secs);
     let mut plan: Vec<(u64, u32)> = Vec::with_capacity(live.len() * 3);
-    for (idx, (_, summary)) in live.iter().enumerate() {
+    for (idx, (_, _, summary)) in live.iter().enumerate() {
         plan.extend(summary.offsets.iter().map(|&offset| (offset, idx as u32)));
     }
     plan.sort_unstable();
     let at = timestamp::format_ms(timestamp::now_ms());
-    let part_path = |part: usize| path.with_extension(format!("jsonl.tmp{part}"));
+    let tmp_path = path.with_extension("jsonl.tmp");
+    let tmp = File::create(&tmp_path).map_err(|e| RecordsError::io(&tmp_path, e))?;
+    let reserved = std::sync::atomic::AtomicU64::new(0);
 
     let parts: Vec<io::Result<CompactedPart>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..COMPACTION_WORKERS)
@@ -532,11 +538,12 @@ fn write_compacted(
                     plan: &plan,
                     part,
                     at: &at,
+                    out: &tmp,
+                    reserved: &reserved,
                 };
-                let out = part_path(part);
                 std::thread::Builder::new()
                     .name(format!("compact-{part}"))
-                    .spawn_scoped(scope, move || compact_part(&job, &out))
+                    .spawn_scoped(scope, move || compact_part(&job))
             })
             .collect();
         handles
@@ -550,53 +557,35 @@ fn write_compacted(
             .collect()
     });
 
-    // Join the parts into the first one, shifting each part's offsets by what came before.
-    let tmp_path = part_path(0);
     let mut report = CompactionReport::default();
-    let mut new_offsets = Vec::with_capacity(live.len());
-    let mut joined: Option<File> = None;
-    let mut base = 0u64;
-    for (part, result) in parts.into_iter().enumerate() {
-        let done = result.map_err(|e| RecordsError::io(&part_path(part), e))?;
+    let mut new_offsets = vec![None; index.slot_count()];
+    for result in parts {
+        let done = result.map_err(|e| RecordsError::io(&tmp_path, e))?;
         report.bad_lines += done.bad_lines;
-        new_offsets.extend(
-            done.offsets
-                .into_iter()
-                .map(|(key, offset)| (key, base + offset)),
-        );
-        base += done.bytes;
-        match &mut joined {
-            None => joined = Some(done.file),
-            Some(first) => {
-                let mut from = File::open(part_path(part))
-                    .map_err(|e| RecordsError::io(&part_path(part), e))?;
-                io::copy(&mut from, first).map_err(|e| RecordsError::io(&tmp_path, e))?;
-                let _ = fs::remove_file(part_path(part));
-            }
+        for (slot, offset) in done.offsets {
+            new_offsets[slot as usize] = Some(offset);
+            report.calls_kept += 1;
         }
     }
-    if new_offsets.len() != live.len() {
+    if report.calls_kept != live.len() {
         // Never replace the file with one that lacks a live call.
         return Err(RecordsError::io(
             &tmp_path,
             io::Error::other(format!(
                 "compaction wrote {} of {} calls; the records file was left as it was",
-                new_offsets.len(),
+                report.calls_kept,
                 live.len()
             )),
         ));
     }
-    if let Some(file) = joined {
-        file.sync_all()
-            .map_err(|e| RecordsError::io(&tmp_path, e))?;
-    }
+    tmp.sync_all().map_err(|e| RecordsError::io(&tmp_path, e))?;
+    drop(tmp);
     fs::rename(&tmp_path, path).map_err(|e| RecordsError::io(path, e))?;
     if let Some(dir) = path.parent() {
         File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(|e| RecordsError::io(dir, e))?;
     }
-    report.calls_kept = new_offsets.len();
     Ok((report, new_offsets))
 }
 
@@ -604,31 +593,62 @@ fn write_compacted(
 struct PartJob<'a> {
     source: &'a Path,
     indexed_len: u64,
-    live: &'a [(&'a SidKey, &'a Summary)],
+    live: &'a [(index::Slot, &'a SidKey, &'a Summary)],
     /// Every live call's line offsets, sorted: (offset, index into `live`).
     plan: &'a [(u64, u32)],
     part: usize,
     at: &'a str,
+    out: &'a File,
+    /// End of the regions of `out` reserved so far.
+    reserved: &'a std::sync::atomic::AtomicU64,
 }
 
-/// What a compaction thread wrote.
+/// What a compaction thread wrote: each call's slot and new offset.
 struct CompactedPart {
-    file: File,
-    bytes: u64,
-    offsets: Vec<(SidKey, u64)>,
+    offsets: Vec<(index::Slot, u64)>,
     bad_lines: usize,
 }
 
-fn compact_part(job: &PartJob<'_>, out_path: &Path) -> io::Result<CompactedPart> {
+/// Lines gathered for one write, with where each starts in the chunk.
+struct Chunk {
+    bytes: Vec<u8>,
+    lines: Vec<(index::Slot, usize)>,
+}
+
+impl Chunk {
+    /// Writes the chunk at a freshly reserved region and records its lines' offsets.
+    fn flush(&mut self, job: &PartJob<'_>, done: &mut CompactedPart) -> io::Result<()> {
+        if self.bytes.is_empty() {
+            return Ok(());
+        }
+        let base = job
+            .reserved
+            .fetch_add(self.bytes.len() as u64, std::sync::atomic::Ordering::SeqCst);
+        job.out.write_all_at(&self.bytes, base)?;
+        done.offsets.extend(
+            self.lines
+                .drain(..)
+                .map(|(slot, at)| (slot, base + at as u64)),
+        );
+        self.bytes.clear();
+        Ok(())
+    }
+}
+
+fn compact_part(job: &PartJob<'_>) -> io::Result<CompactedPart> {
     let mine = |idx: u32| idx as usize % COMPACTION_WORKERS == job.part;
     let source = File::open(job.source)?;
     let mut reader = BufReader::with_capacity(1 << 20, io::Read::take(source, job.indexed_len));
-    let mut out = io::BufWriter::with_capacity(1 << 20, File::create(out_path)?);
     let mut pending: std::collections::HashMap<u32, (CallRecord, usize)> =
         std::collections::HashMap::new();
-    let mut offsets = Vec::new();
-    let mut bad_lines = 0;
-    let mut written = 0u64;
+    let mut done = CompactedPart {
+        offsets: Vec::new(),
+        bad_lines: 0,
+    };
+    let mut chunk = Chunk {
+        bytes: Vec::with_capacity(CHUNK_BYTES + 4096),
+        lines: Vec::new(),
+    };
     let mut offset = 0u64;
     let mut buf = Vec::new();
     let mut plan = job.plan.iter().filter(|(_, idx)| mine(*idx)).peekable();
@@ -647,7 +667,7 @@ fn compact_part(job: &PartJob<'_>, out_path: &Path) -> io::Result<CompactedPart>
             continue; // another thread's call, or a line no live call needs
         }
         plan.next();
-        let (key, summary) = job.live[idx as usize];
+        let (slot, key, summary) = job.live[idx as usize];
         let line = buf.strip_suffix(b"\n").unwrap_or(&buf);
         let folded;
         let line: &[u8] = if summary.offsets.len() == 1 {
@@ -658,7 +678,7 @@ fn compact_part(job: &PartJob<'_>, out_path: &Path) -> io::Result<CompactedPart>
                 .or_insert_with(|| (CallRecord::empty(&index::sid_string(key)), 0));
             match serde_json::from_slice::<Event>(line) {
                 Ok(event) => entry.0.apply(&event),
-                Err(_) => bad_lines += 1,
+                Err(_) => done.bad_lines += 1,
             }
             entry.1 += 1;
             if entry.1 < summary.offsets.len() {
@@ -670,17 +690,15 @@ fn compact_part(job: &PartJob<'_>, out_path: &Path) -> io::Result<CompactedPart>
             folded = serde_json::to_vec(&record.into_event(job.at)).map_err(io::Error::other)?;
             &folded
         };
-        out.write_all(line)?;
-        out.write_all(b"\n")?;
-        offsets.push((*key, written));
-        written += line.len() as u64 + 1;
+        chunk.lines.push((slot, chunk.bytes.len()));
+        chunk.bytes.extend_from_slice(line);
+        chunk.bytes.push(b'\n');
+        if chunk.bytes.len() >= CHUNK_BYTES {
+            chunk.flush(job, &mut done)?;
+        }
     }
-    Ok(CompactedPart {
-        file: out.into_inner().map_err(|e| e.into_error())?,
-        bytes: written,
-        offsets,
-        bad_lines,
-    })
+    chunk.flush(job, &mut done)?;
+    Ok(done)
 }
 
 fn encode_cursor(key: &OrderKey) -> String {

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use super::event::{CallStatus, CostSummary, Direction, TranscriptEntry};
+use super::event::{CallStatus, CostSummary, Direction, Transcript, TranscriptEntry};
 use super::*;
 use crate::personas::Role;
 
@@ -57,11 +57,11 @@ fn completed(n: u32) -> Event {
         ended_at: Some(timestamp::format_ms(timestamp::now_ms())),
         duration_secs: Some(61),
         turn_count: Some(2),
-        transcript: Some(vec![TranscriptEntry {
+        transcript: Some(Transcript::from_entries(&[TranscriptEntry {
             role: "user".into(),
             text: "I need to write down what happened on Friday.".into(),
             timestamp: timestamp::format_ms(timestamp::now_ms()),
-        }]),
+        }])),
         cost_summary: Some(CostSummary {
             claude_input_tokens: 100,
             estimated_cost_usd: 0.0123,
@@ -85,7 +85,7 @@ fn appended_events_are_read_back_and_survive_a_reopen() {
     let record = store.get(&key(1)).unwrap().unwrap();
     assert_eq!(record.role, "judge");
     assert_eq!(record.status, CallStatus::Completed);
-    assert_eq!(record.transcript.len(), 1);
+    assert_eq!(record.transcript.entries().len(), 1);
     drop(store);
 
     let (store, bad) = RecordStore::open(&dir.0).unwrap();
