@@ -21,6 +21,7 @@ pub mod cost;
 pub mod ids;
 pub mod personas;
 pub mod phone;
+pub mod providers;
 pub mod timestamp;
 pub mod twilio_signature;
 pub mod twiml;

@@ -1,0 +1,7 @@
+//! Clients for the providers a call talks to — Anthropic (the persona's words), ElevenLabs
+//! (speech in and out), the CoTrackPro MCP server (tools) and Twilio's REST API — each
+//! speaking the provider's real wire protocol. Pure parts (parsing, request building) are kept
+//! apart from the sockets so they are tested without any.
+
+pub mod anthropic;
+pub mod sse;

@@ -1,0 +1,250 @@
+//! Server-sent events, parsed from any `BufRead` (the Anthropic stream, MCP answers over SSE).
+//! Follows the WHATWG event-stream rules: `event:` and `data:` fields (several `data:` lines
+//! joined with `\n`), `:` comments ignored, a blank line ends an event, CR, LF and CRLF all end a
+//! line. Lines are bounded so a broken peer cannot grow memory without limit.
+
+use std::fmt;
+use std::io::{self, BufRead};
+
+/// One event: its type (`message` when the stream names none) and its data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SseEvent {
+    pub event: String,
+    pub data: String,
+}
+
+/// Why a stream could not be read.
+#[derive(Debug)]
+pub enum SseError {
+    /// Reading the underlying stream failed (including a read timeout).
+    Io(io::Error),
+    /// A line longer than the limit: the peer is not speaking SSE, or is broken.
+    LineTooLong { limit: usize },
+    /// A line that is not UTF-8.
+    NotUtf8,
+}
+
+impl fmt::Display for SseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SseError::Io(err) => write!(f, "reading the event stream failed: {err}"),
+            SseError::LineTooLong { limit } => {
+                write!(f, "event stream line longer than {limit} bytes")
+            }
+            SseError::NotUtf8 => f.write_str("event stream line is not UTF-8"),
+        }
+    }
+}
+
+impl std::error::Error for SseError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SseError::Io(err) => Some(err),
+            _ => None,
+        }
+    }
+}
+
+/// Reads events one at a time.
+pub struct SseReader<R> {
+    reader: R,
+    max_line_bytes: usize,
+    line: Vec<u8>,
+    /// A CR ended the last line; an LF right after it belongs to it.
+    after_cr: bool,
+}
+
+impl<R: BufRead> SseReader<R> {
+    pub fn new(reader: R, max_line_bytes: usize) -> SseReader<R> {
+        SseReader {
+            reader,
+            max_line_bytes,
+            line: Vec::new(),
+            after_cr: false,
+        }
+    }
+
+    /// The next event, or `None` at the end of the stream. An event cut off by the end of the
+    /// stream (no blank line after it) is dropped, as the specification says.
+    pub fn next_event(&mut self) -> Result<Option<SseEvent>, SseError> {
+        let mut event_type = String::new();
+        let mut data = String::new();
+        let mut has_data = false;
+        loop {
+            let Some(line) = self.next_line()? else {
+                return Ok(None);
+            };
+            if line.is_empty() {
+                if has_data {
+                    let event = if event_type.is_empty() {
+                        "message".to_string()
+                    } else {
+                        event_type
+                    };
+                    return Ok(Some(SseEvent { event, data }));
+                }
+                event_type = String::new();
+                continue;
+            }
+            if line.starts_with(':') {
+                continue; // a comment (keep-alive)
+            }
+            let (field, value) = match line.split_once(':') {
+                Some((field, value)) => (field, value.strip_prefix(' ').unwrap_or(value)),
+                None => (line.as_str(), ""),
+            };
+            match field {
+                "event" => event_type = value.to_string(),
+                "data" => {
+                    if has_data {
+                        data.push('\n');
+                    }
+                    data.push_str(value);
+                    has_data = true;
+                }
+                // `id` and `retry` only matter to reconnecting browsers.
+                _ => {}
+            }
+        }
+    }
+
+    fn next_line(&mut self) -> Result<Option<String>, SseError> {
+        self.line.clear();
+        loop {
+            let buf = match self.reader.fill_buf() {
+                Ok(buf) => buf,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) => return Err(SseError::Io(err)),
+            };
+            if buf.is_empty() {
+                if self.line.is_empty() {
+                    return Ok(None);
+                }
+                break;
+            }
+            if self.after_cr {
+                self.after_cr = false;
+                if buf[0] == b'\n' {
+                    self.reader.consume(1);
+                    continue;
+                }
+            }
+            match buf.iter().position(|b| *b == b'\n' || *b == b'\r') {
+                Some(end) => {
+                    self.after_cr = buf[end] == b'\r';
+                    self.line.extend_from_slice(&buf[..end]);
+                    self.reader.consume(end + 1);
+                    break;
+                }
+                None => {
+                    let n = buf.len();
+                    self.line.extend_from_slice(buf);
+                    self.reader.consume(n);
+                }
+            }
+            if self.line.len() > self.max_line_bytes {
+                return Err(SseError::LineTooLong {
+                    limit: self.max_line_bytes,
+                });
+            }
+        }
+        if self.line.len() > self.max_line_bytes {
+            return Err(SseError::LineTooLong {
+                limit: self.max_line_bytes,
+            });
+        }
+        String::from_utf8(std::mem::take(&mut self.line))
+            .map(Some)
+            .map_err(|_| SseError::NotUtf8)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn events(text: &str) -> Vec<SseEvent> {
+        let mut reader = SseReader::new(text.as_bytes(), 1024);
+        let mut out = Vec::new();
+        while let Some(event) = reader.next_event().unwrap() {
+            out.push(event);
+        }
+        out
+    }
+
+    fn ev(event: &str, data: &str) -> SseEvent {
+        SseEvent {
+            event: event.into(),
+            data: data.into(),
+        }
+    }
+
+    #[test]
+    fn anthropic_style_events() {
+        let text = "event: message_start\ndata: {\"type\":\"message_start\"}\n\nevent: ping\ndata: {\"type\": \"ping\"}\n\n";
+        assert_eq!(
+            events(text),
+            vec![
+                ev("message_start", "{\"type\":\"message_start\"}"),
+                ev("ping", "{\"type\": \"ping\"}")
+            ]
+        );
+    }
+
+    #[test]
+    fn multi_line_data_comments_and_defaults() {
+        let text = ": keep-alive\ndata: first\ndata:second\nid: 7\nretry: 100\n\ndata\n\n";
+        assert_eq!(
+            events(text),
+            vec![ev("message", "first\nsecond"), ev("message", "")]
+        );
+    }
+
+    #[test]
+    fn every_line_ending() {
+        let text = "event: a\r\ndata: 1\r\n\r\nevent: b\rdata: 2\r\rdata: 3\n\n";
+        assert_eq!(
+            events(text),
+            vec![ev("a", "1"), ev("b", "2"), ev("message", "3")]
+        );
+    }
+
+    #[test]
+    fn an_event_type_without_data_is_not_an_event() {
+        assert_eq!(
+            events("event: lonely\n\ndata: x\n\n"),
+            vec![ev("message", "x")]
+        );
+    }
+
+    #[test]
+    fn an_unfinished_event_at_the_end_is_dropped() {
+        assert_eq!(
+            events("data: whole\n\ndata: cut"),
+            vec![ev("message", "whole")]
+        );
+    }
+
+    #[test]
+    fn a_line_split_across_reads_is_joined() {
+        // A reader that hands out one byte at a time.
+        let text = "event: x\r\ndata: hello\r\n\r\n";
+        let reader = std::io::BufReader::with_capacity(1, text.as_bytes());
+        let mut sse = SseReader::new(reader, 1024);
+        assert_eq!(sse.next_event().unwrap(), Some(ev("x", "hello")));
+        assert_eq!(sse.next_event().unwrap(), None);
+    }
+
+    #[test]
+    fn overlong_lines_and_bad_utf8_are_errors() {
+        let long = format!("data: {}\n\n", "x".repeat(2000));
+        let mut reader = SseReader::new(long.as_bytes(), 1024);
+        assert!(matches!(
+            reader.next_event(),
+            Err(SseError::LineTooLong { limit: 1024 })
+        ));
+        let bad: &[u8] = b"data: \xff\n\n";
+        let mut reader = SseReader::new(bad, 1024);
+        assert!(matches!(reader.next_event(), Err(SseError::NotUtf8)));
+    }
+}
