@@ -16,6 +16,7 @@ pub mod http;
 pub mod rate_limit;
 pub mod records;
 pub mod rollup;
+pub mod sim;
 
 pub mod cost;
 pub mod ids;

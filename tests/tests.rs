@@ -2,6 +2,7 @@
 
 mod support;
 
+mod anthropic;
 mod cli;
 mod dashboard;
 mod http_routes;

@@ -179,7 +179,10 @@ pub struct AnthropicConfig {
     pub api_key: Option<Secret>,
     pub model: String,
     pub base_url: BaseUrl,
+    /// Cap on a whole response.
     pub stream_timeout: Duration,
+    /// Longest wait for the first words of a response, and for any read of the stream.
+    pub first_token_timeout: Duration,
     pub max_tokens: u32,
     pub max_history_messages: usize,
 }
@@ -428,6 +431,7 @@ impl Config {
                 &["https", "http"],
             ),
             stream_timeout: r.millis("ANTHROPIC_STREAM_TIMEOUT_MS", 45_000, 1_000, 600_000),
+            first_token_timeout: r.millis("ANTHROPIC_FIRST_TOKEN_TIMEOUT_MS", 10_000, 200, 120_000),
             max_tokens: r.whole("ANTHROPIC_MAX_TOKENS", 512, 16, 8192) as u32,
             max_history_messages: r.whole("ANTHROPIC_MAX_HISTORY_MESSAGES", 40, 2, 400) as usize,
         };
@@ -648,6 +652,10 @@ impl Config {
             (
                 "ANTHROPIC_STREAM_TIMEOUT_MS",
                 ms(self.anthropic.stream_timeout),
+            ),
+            (
+                "ANTHROPIC_FIRST_TOKEN_TIMEOUT_MS",
+                ms(self.anthropic.first_token_timeout),
             ),
             (
                 "ANTHROPIC_MAX_TOKENS",

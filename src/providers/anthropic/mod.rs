@@ -2,6 +2,7 @@
 //! request built from it ([`request`]), and the streamed answer assembled from its server-sent
 //! events ([`stream`]).
 
+pub mod client;
 pub mod request;
 pub mod stream;
 

@@ -1,0 +1,349 @@
+//! The streaming Messages client: `POST {ANTHROPIC_BASE_URL}/v1/messages` over ureq, the answer
+//! read as server-sent events and assembled as it arrives.
+//!
+//! - **Retries** only before the first token: HTTP 429, 529 and 5xx, a connection that fails,
+//!   and an `error` event that arrives before any words — with exponential backoff, honouring
+//!   `retry-after-ms` / `retry-after` within 0–60 s as the official SDK does. Once words have been
+//!   spoken to the caller, a failure is returned, never replayed.
+//! - **Timeouts**: no words within `first_token_timeout` is an error, and so is any single read
+//!   that waits longer than it (a stalled stream); `stream_timeout` caps the whole response.
+//! - **Cancellation** (barge-in): the flag is checked between events and between retries; the
+//!   connection is dropped, which closes it.
+
+use std::io::{BufReader, Read};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::stream::{Assembler, StreamItem, Usage};
+use super::Block;
+use crate::config::{AnthropicConfig, Secret};
+use crate::providers::sse::{SseError, SseReader};
+
+/// The API version this client speaks.
+pub const ANTHROPIC_VERSION: &str = "2023-06-01";
+
+/// Longest SSE line accepted (a text delta is a few hundred bytes).
+const MAX_SSE_LINE: usize = 1 << 20;
+
+/// Largest error body read from a failed request.
+const MAX_ERROR_BODY: u64 = 64 * 1024;
+
+/// Why a response could not be had. `Display` is for the operator's log.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LlmError {
+    /// The API answered with an error status (after any retries).
+    Http {
+        status: u16,
+        kind: String,
+        message: String,
+    },
+    /// An `error` event inside the stream (e.g. `overloaded_error`) after words were spoken,
+    /// or on the last attempt.
+    Stream { kind: String, message: String },
+    /// No words within the first-token timeout.
+    FirstTokenTimeout(Duration),
+    /// The stream went quiet, or the whole response took too long.
+    Timeout(String),
+    /// The connection failed (after any retries).
+    Transport(String),
+    /// The stream was not what the API sends.
+    Malformed(String),
+}
+
+impl std::fmt::Display for LlmError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LlmError::Http {
+                status,
+                kind,
+                message,
+            } => write!(f, "anthropic answered {status} {kind}: {message}"),
+            LlmError::Stream { kind, message } => {
+                write!(f, "anthropic stream failed with {kind}: {message}")
+            }
+            LlmError::FirstTokenTimeout(after) => {
+                write!(f, "anthropic sent no words within {} ms", after.as_millis())
+            }
+            LlmError::Timeout(what) => write!(f, "anthropic stream timed out: {what}"),
+            LlmError::Transport(what) => write!(f, "cannot reach anthropic: {what}"),
+            LlmError::Malformed(what) => write!(f, "anthropic stream not understood: {what}"),
+        }
+    }
+}
+
+impl std::error::Error for LlmError {}
+
+/// How a response ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    pub usage: Usage,
+    /// `end_turn`, `tool_use`, `max_tokens`, …; `None` when cancelled.
+    pub stop_reason: Option<String>,
+    /// What the assistant said, text and tool uses, for the history.
+    pub content: Vec<Block>,
+    /// Stopped by the cancel flag (barge-in) before the end.
+    pub cancelled: bool,
+    /// HTTP attempts made (1 without retries).
+    pub attempts: u32,
+}
+
+/// A client for one configuration; cheap to clone (the agent shares its connection pool).
+#[derive(Clone)]
+pub struct AnthropicClient {
+    agent: ureq::Agent,
+    url: String,
+    api_key: Secret,
+    first_token_timeout: Duration,
+    stream_timeout: Duration,
+    /// Retries after the first attempt.
+    max_retries: u32,
+    /// First backoff step (doubles each retry) when the API gives no `retry-after`.
+    backoff: Duration,
+}
+
+impl AnthropicClient {
+    pub fn new(config: &AnthropicConfig, api_key: Secret) -> AnthropicClient {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(Duration::from_secs(5)))
+            .timeout_per_read(Some(config.first_token_timeout))
+            .timeout_global(Some(config.stream_timeout))
+            .build()
+            .into();
+        AnthropicClient {
+            agent,
+            url: format!("{}/v1/messages", config.base_url),
+            api_key,
+            first_token_timeout: config.first_token_timeout,
+            stream_timeout: config.stream_timeout,
+            max_retries: 2,
+            backoff: Duration::from_millis(500),
+        }
+    }
+
+    /// Changes the retry policy (tests use short backoffs).
+    pub fn with_retries(mut self, max_retries: u32, backoff: Duration) -> AnthropicClient {
+        self.max_retries = max_retries;
+        self.backoff = backoff;
+        self
+    }
+
+    /// Streams the response to `body` (see [`super::request::build`]), handing every item to
+    /// `on_item` as it arrives.
+    pub fn stream(
+        &self,
+        body: &Value,
+        cancel: &AtomicBool,
+        mut on_item: impl FnMut(&StreamItem),
+    ) -> Result<Outcome, LlmError> {
+        let body = serde_json::to_vec(body).map_err(|e| LlmError::Malformed(e.to_string()))?;
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let started = Instant::now();
+            let (error, retry_after) = match self.attempt(&body, cancel, started, &mut on_item) {
+                Ok(mut outcome) => {
+                    outcome.attempts = attempt;
+                    return Ok(outcome);
+                }
+                Err(Failure::Final(error)) => return Err(error),
+                Err(Failure::Retryable { error, retry_after }) => (error, retry_after),
+            };
+            if attempt > self.max_retries {
+                return Err(error);
+            }
+            let wait = retry_after.unwrap_or(self.backoff * 2u32.pow(attempt - 1));
+            log::warn!(
+                attempt = attempt,
+                waitMs = wait.as_millis() as u64,
+                error:% = error;
+                "anthropic.retry"
+            );
+            if !sleep_unless_cancelled(wait, cancel) {
+                return Ok(Outcome {
+                    usage: Usage::default(),
+                    stop_reason: None,
+                    content: Vec::new(),
+                    cancelled: true,
+                    attempts: attempt,
+                });
+            }
+        }
+    }
+
+    fn attempt(
+        &self,
+        body: &[u8],
+        cancel: &AtomicBool,
+        started: Instant,
+        on_item: &mut impl FnMut(&StreamItem),
+    ) -> Result<Outcome, Failure> {
+        let response = self
+            .agent
+            .post(&self.url)
+            .header("x-api-key", self.api_key.expose())
+            .header("anthropic-version", ANTHROPIC_VERSION)
+            .header("content-type", "application/json")
+            .header("accept", "text/event-stream")
+            .send(body)
+            .map_err(|err| match err {
+                ureq::Error::Timeout(what) => Failure::Retryable {
+                    error: LlmError::Timeout(what.to_string()),
+                    retry_after: None,
+                },
+                other => Failure::Retryable {
+                    error: LlmError::Transport(other.to_string()),
+                    retry_after: None,
+                },
+            })?;
+        let status = response.status().as_u16();
+        if status != 200 {
+            let retry_after = retry_after(response.headers());
+            let mut text = String::new();
+            let _ = response
+                .into_body()
+                .into_reader()
+                .take(MAX_ERROR_BODY)
+                .read_to_string(&mut text);
+            let parsed: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            let error = LlmError::Http {
+                status,
+                kind: parsed["error"]["type"]
+                    .as_str()
+                    .unwrap_or("http_error")
+                    .to_string(),
+                message: parsed["error"]["message"]
+                    .as_str()
+                    .unwrap_or(text.trim())
+                    .chars()
+                    .take(500)
+                    .collect(),
+            };
+            return Err(match status {
+                429 | 500..=599 => Failure::Retryable { error, retry_after },
+                _ => Failure::Final(error),
+            });
+        }
+
+        let reader = BufReader::new(response.into_body().into_reader());
+        let mut events = SseReader::new(reader, MAX_SSE_LINE);
+        let mut assembler = Assembler::new();
+        let mut spoke = false;
+        loop {
+            if cancel.load(Ordering::SeqCst) {
+                return Ok(finish(&assembler, true));
+            }
+            if !spoke && started.elapsed() > self.first_token_timeout {
+                return Err(Failure::Final(LlmError::FirstTokenTimeout(
+                    self.first_token_timeout,
+                )));
+            }
+            let event = match events.next_event() {
+                Ok(Some(event)) => event,
+                Ok(None) => {
+                    return Err(self.failure(
+                        spoke,
+                        LlmError::Malformed("the stream ended before message_stop".into()),
+                    ))
+                }
+                Err(SseError::Io(err)) => {
+                    let error = match ureq::Error::from(err) {
+                        ureq::Error::Timeout(what) if !spoke => {
+                            if started.elapsed() >= self.stream_timeout {
+                                LlmError::Timeout(what.to_string())
+                            } else {
+                                LlmError::FirstTokenTimeout(self.first_token_timeout)
+                            }
+                        }
+                        ureq::Error::Timeout(what) => LlmError::Timeout(what.to_string()),
+                        other => LlmError::Transport(other.to_string()),
+                    };
+                    return Err(Failure::Final(error));
+                }
+                Err(other) => return Err(Failure::Final(LlmError::Malformed(other.to_string()))),
+            };
+            for item in assembler.push(&event) {
+                match &item {
+                    StreamItem::Text(_) | StreamItem::ToolUse { .. } => spoke = true,
+                    StreamItem::Error { kind, message } if kind == "malformed_stream" => {
+                        return Err(Failure::Final(LlmError::Malformed(message.clone())))
+                    }
+                    StreamItem::Error { kind, message } => {
+                        return Err(self.failure(
+                            spoke,
+                            LlmError::Stream {
+                                kind: kind.clone(),
+                                message: message.clone(),
+                            },
+                        ))
+                    }
+                    StreamItem::Stop { .. } => {
+                        on_item(&item);
+                        return Ok(finish(&assembler, false));
+                    }
+                }
+                on_item(&item);
+            }
+        }
+    }
+
+    /// A failure is retried only while nothing has been said.
+    fn failure(&self, spoke: bool, error: LlmError) -> Failure {
+        if spoke {
+            Failure::Final(error)
+        } else {
+            Failure::Retryable {
+                error,
+                retry_after: None,
+            }
+        }
+    }
+}
+
+enum Failure {
+    Final(LlmError),
+    Retryable {
+        error: LlmError,
+        retry_after: Option<Duration>,
+    },
+}
+
+fn finish(assembler: &Assembler, cancelled: bool) -> Outcome {
+    Outcome {
+        usage: assembler.usage(),
+        stop_reason: if cancelled {
+            None
+        } else {
+            assembler.stop_reason().map(str::to_string)
+        },
+        content: assembler.content().to_vec(),
+        cancelled,
+        attempts: 1,
+    }
+}
+
+/// `retry-after-ms`, else `retry-after` (seconds), honoured within 0–60 s like the SDK.
+fn retry_after(headers: &ureq::http::HeaderMap) -> Option<Duration> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let wait = match header("retry-after-ms").and_then(|v| v.trim().parse::<f64>().ok()) {
+        Some(ms) => Duration::from_secs_f64(ms.max(0.0) / 1000.0),
+        None => {
+            Duration::from_secs_f64(header("retry-after")?.trim().parse::<f64>().ok()?.max(0.0))
+        }
+    };
+    (wait <= Duration::from_secs(60)).then_some(wait)
+}
+
+/// Sleeps for `wait` in short steps; false if `cancel` was set meanwhile.
+fn sleep_unless_cancelled(wait: Duration, cancel: &AtomicBool) -> bool {
+    let deadline = Instant::now() + wait;
+    while Instant::now() < deadline {
+        if cancel.load(Ordering::SeqCst) {
+            return false;
+        }
+        std::thread::sleep((deadline - Instant::now()).min(Duration::from_millis(20)));
+    }
+    !cancel.load(Ordering::SeqCst)
+}

@@ -1,0 +1,371 @@
+//! A simulated Anthropic Messages API: `POST /v1/messages` with `stream: true`, answered as
+//! server-sent events in the real API's shapes, with a realistic time to first token and token
+//! rate, tool calls, and injectable failures. It also checks requests the way the API does —
+//! headers, alternating roles starting with the user, no empty turns, every `tool_use`
+//! answered, at most four cache breakpoints — and refuses a bad one with a 400, so a client
+//! cannot drift into agreeing with a wrong simulator.
+
+use std::collections::VecDeque;
+use std::io;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use super::http::{Responder, SimRequest, SimServer};
+use crate::providers::anthropic::client::ANTHROPIC_VERSION;
+use crate::providers::anthropic::request::count_breakpoints;
+
+/// What the simulator answers the next request with.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Reply {
+    /// Speak this text.
+    Text(String),
+    /// Say `preface`, then call the tool.
+    ToolUse {
+        preface: String,
+        name: String,
+        input: Value,
+    },
+    /// Answer with an HTTP error before any stream (429, 529, 500 …).
+    Status {
+        status: u16,
+        kind: String,
+        retry_after_secs: Option<u64>,
+    },
+    /// Speak `text`, then an `overloaded_error` event inside the stream.
+    OverloadedMidStream { text: String },
+    /// Send `message_start`, then go quiet for this long.
+    Stall(Duration),
+    /// Send data that is not JSON.
+    Malformed,
+}
+
+/// How fast the simulated model speaks.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    pub first_token: Duration,
+    pub per_token: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Timing {
+        // Roughly Sonnet's: a few hundred ms to the first token, ~60 tokens a second.
+        Timing {
+            first_token: Duration::from_millis(350),
+            per_token: Duration::from_millis(16),
+        }
+    }
+}
+
+#[derive(Default)]
+struct State {
+    script: VecDeque<Reply>,
+    requests: Vec<Value>,
+}
+
+/// A running simulator.
+pub struct AnthropicSim {
+    server: SimServer,
+    state: Arc<Mutex<State>>,
+}
+
+impl AnthropicSim {
+    pub fn start(timing: Timing) -> io::Result<AnthropicSim> {
+        let state = Arc::new(Mutex::new(State::default()));
+        let shared = state.clone();
+        let server = SimServer::start("sim-anthropic", move |req, res| {
+            handle(req, res, &shared, timing)
+        })?;
+        Ok(AnthropicSim { server, state })
+    }
+
+    /// The base URL to set as `ANTHROPIC_BASE_URL`.
+    pub fn base_url(&self) -> String {
+        self.server.base_url()
+    }
+
+    /// Queues replies for the next requests (afterwards: a default spoken reply).
+    pub fn push(&self, replies: impl IntoIterator<Item = Reply>) {
+        lock(&self.state).script.extend(replies);
+    }
+
+    /// Every valid request body received so far.
+    pub fn requests(&self) -> Vec<Value> {
+        lock(&self.state).requests.clone()
+    }
+}
+
+fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn handle(
+    req: &SimRequest,
+    res: &mut Responder,
+    state: &Mutex<State>,
+    timing: Timing,
+) -> io::Result<()> {
+    let json = [("Content-Type", "application/json")];
+    if req.method != "POST" || req.path() != "/v1/messages" {
+        return res.send(
+            404,
+            &json,
+            error_body("not_found_error", "Not found").as_bytes(),
+        );
+    }
+    if req.header("x-api-key").is_none_or(str::is_empty) {
+        let body = error_body("authentication_error", "x-api-key header is required");
+        return res.send(401, &json, body.as_bytes());
+    }
+    let body: Value = match serde_json::from_slice(&req.body) {
+        Ok(body) => body,
+        Err(err) => {
+            let body = error_body("invalid_request_error", &format!("body is not JSON: {err}"));
+            return res.send(400, &json, body.as_bytes());
+        }
+    };
+    if let Err(problem) = check_request(req, &body) {
+        let body = error_body("invalid_request_error", &problem);
+        return res.send(400, &json, body.as_bytes());
+    }
+    let reply = {
+        let mut state = lock(state);
+        state.requests.push(body.clone());
+        state.script.pop_front()
+    }
+    .unwrap_or_else(|| Reply::Text(default_reply(&body)));
+
+    let (text, tool) = match reply {
+        Reply::Status {
+            status,
+            kind,
+            retry_after_secs,
+        } => {
+            let retry = retry_after_secs.map(|s| s.to_string());
+            let mut headers = vec![("Content-Type", "application/json")];
+            if let Some(retry) = &retry {
+                headers.push(("retry-after", retry.as_str()));
+            }
+            let body = error_body(&kind, "simulated failure");
+            return res.send(status, &headers, body.as_bytes());
+        }
+        Reply::Text(text) => (text, None),
+        Reply::ToolUse {
+            preface,
+            name,
+            input,
+        } => (preface, Some((name, input))),
+        Reply::OverloadedMidStream { text } => {
+            stream_start(res, &body)?;
+            speak(res, 0, &text, timing)?;
+            return event(
+                res,
+                "error",
+                &json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}),
+            );
+        }
+        Reply::Stall(quiet) => {
+            stream_start(res, &body)?;
+            thread::sleep(quiet);
+            return Ok(());
+        }
+        Reply::Malformed => {
+            stream_start(res, &body)?;
+            return res.chunk(b"event: content_block_delta\ndata: {\"type\": nope\n\n");
+        }
+    };
+
+    stream_start(res, &body)?;
+    thread::sleep(timing.first_token);
+    let mut index = 0;
+    let mut output_tokens = 1;
+    if !text.is_empty() {
+        output_tokens += speak(res, index, &text, timing)?;
+        index += 1;
+    }
+    let stop_reason = match tool {
+        Some((name, input)) => {
+            event(
+                res,
+                "content_block_start",
+                &json!({"type": "content_block_start", "index": index,
+                        "content_block": {"type": "tool_use", "id": format!("toolu_sim_{index}"), "name": name, "input": {}}}),
+            )?;
+            // Input JSON arrives in pieces, as the API sends it.
+            let input = input.to_string();
+            let (first, second) = input.split_at(input.len() / 2);
+            for part in ["", first, second] {
+                event(
+                    res,
+                    "content_block_delta",
+                    &json!({"type": "content_block_delta", "index": index,
+                            "delta": {"type": "input_json_delta", "partial_json": part}}),
+                )?;
+            }
+            event(
+                res,
+                "content_block_stop",
+                &json!({"type": "content_block_stop", "index": index}),
+            )?;
+            output_tokens += 20;
+            "tool_use"
+        }
+        None => "end_turn",
+    };
+    event(
+        res,
+        "message_delta",
+        &json!({"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": null},
+                "usage": {"output_tokens": output_tokens}}),
+    )?;
+    event(res, "message_stop", &json!({"type": "message_stop"}))
+}
+
+/// The request checks the real API makes (those a client of ours could get wrong).
+fn check_request(req: &SimRequest, body: &Value) -> Result<(), String> {
+    if req.header("anthropic-version") != Some(ANTHROPIC_VERSION) {
+        return Err(format!("anthropic-version must be {ANTHROPIC_VERSION}"));
+    }
+    if body["stream"] != json!(true) {
+        return Err("this simulator only streams: stream must be true".into());
+    }
+    if !body["model"].is_string() || !body["max_tokens"].is_u64() {
+        return Err("model and max_tokens are required".into());
+    }
+    let breakpoints = count_breakpoints(body);
+    if breakpoints > 4 {
+        return Err(format!(
+            "A maximum of 4 blocks with cache_control may be provided. Found {breakpoints}."
+        ));
+    }
+    let Some(messages) = body["messages"].as_array().filter(|m| !m.is_empty()) else {
+        return Err("messages: at least one message is required".into());
+    };
+    let mut pending_tool_uses: Vec<String> = Vec::new();
+    for (idx, message) in messages.iter().enumerate() {
+        let role = message["role"].as_str().unwrap_or("");
+        let expected = if idx % 2 == 0 { "user" } else { "assistant" };
+        if role != expected {
+            return Err(format!(
+                "messages.{idx}: roles must alternate starting with user, found {role:?}"
+            ));
+        }
+        let blocks: Vec<Value> = match &message["content"] {
+            Value::String(text) => vec![json!({"type": "text", "text": text})],
+            Value::Array(blocks) => blocks.clone(),
+            _ => {
+                return Err(format!(
+                    "messages.{idx}: content must be a string or blocks"
+                ))
+            }
+        };
+        let says_something = blocks.iter().any(|b| match b["type"].as_str() {
+            Some("text") => !b["text"].as_str().unwrap_or("").trim().is_empty(),
+            _ => true,
+        });
+        if !says_something {
+            return Err(format!(
+                "messages.{idx}: all messages must have non-empty content"
+            ));
+        }
+        if role == "user" {
+            for id in pending_tool_uses.drain(..) {
+                let answered = blocks
+                    .iter()
+                    .any(|b| b["type"] == "tool_result" && b["tool_use_id"] == json!(id));
+                if !answered {
+                    return Err(format!(
+                        "messages.{idx}: tool_use ids were found without tool_result blocks: {id}"
+                    ));
+                }
+            }
+        }
+        for block in &blocks {
+            if block["type"] == "tool_use" {
+                pending_tool_uses.push(block["id"].as_str().unwrap_or("").to_string());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn stream_start(res: &mut Responder, body: &Value) -> io::Result<()> {
+    res.start_stream(
+        200,
+        &[
+            ("Content-Type", "text/event-stream; charset=utf-8"),
+            ("Cache-Control", "no-cache"),
+        ],
+    )?;
+    // Cached prefix tokens are reported like the API does: a write the first time a prefix is
+    // seen, reads after; the simulator approximates with the request size.
+    let input_tokens = (body.to_string().len() / 4) as u64;
+    event(
+        res,
+        "message_start",
+        &json!({"type": "message_start", "message": {
+            "id": "msg_sim", "type": "message", "role": "assistant", "content": [],
+            "model": body["model"], "stop_reason": null, "stop_sequence": null,
+            "usage": {"input_tokens": input_tokens.min(200), "output_tokens": 1,
+                      "cache_creation_input_tokens": input_tokens.saturating_sub(200),
+                      "cache_read_input_tokens": 0}}}),
+    )?;
+    event(res, "ping", &json!({"type": "ping"}))
+}
+
+/// Streams `text` as a text block, a word at a time; returns the tokens spoken.
+fn speak(res: &mut Responder, index: u64, text: &str, timing: Timing) -> io::Result<u64> {
+    event(
+        res,
+        "content_block_start",
+        &json!({"type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""}}),
+    )?;
+    let mut tokens = 0;
+    for word in text.split_inclusive(' ') {
+        event(
+            res,
+            "content_block_delta",
+            &json!({"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": word}}),
+        )?;
+        tokens += 1;
+        thread::sleep(timing.per_token);
+    }
+    event(
+        res,
+        "content_block_stop",
+        &json!({"type": "content_block_stop", "index": index}),
+    )?;
+    Ok(tokens)
+}
+
+fn event(res: &mut Responder, name: &str, data: &Value) -> io::Result<()> {
+    res.chunk(format!("event: {name}\ndata: {data}\n\n").as_bytes())
+}
+
+fn error_body(kind: &str, message: &str) -> String {
+    json!({"type": "error", "error": {"type": kind, "message": message}}).to_string()
+}
+
+/// What the simulator says when nothing was scripted: a calm acknowledgement of the caller's
+/// last words, so a demo conversation reads naturally.
+fn default_reply(body: &Value) -> String {
+    let last_user_text = body["messages"]
+        .as_array()
+        .and_then(|m| m.last())
+        .and_then(|m| match &m["content"] {
+            Value::String(text) => Some(text.clone()),
+            Value::Array(blocks) => blocks
+                .iter()
+                .rev()
+                .find_map(|b| b["text"].as_str().map(str::to_string)),
+            _ => None,
+        })
+        .unwrap_or_default();
+    if last_user_text.trim().is_empty() {
+        "I'm here with you. Take your time.".to_string()
+    } else {
+        "Thank you for telling me. We can write that down together, one step at a time. What happened first?".to_string()
+    }
+}

@@ -1,0 +1,231 @@
+//! A small HTTP/1.1 server for the simulators, on a loopback port. It exists because the
+//! simulators must stream: each server-sent event goes out as its own chunk the moment it is
+//! written (tiny_http buffers chunked output, which would hide exactly the latency the tests
+//! and the demo measure). One named thread per connection; every read has a timeout.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+/// Largest request body a simulator reads.
+const MAX_BODY: usize = 4 << 20;
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A request as a simulator sees it.
+#[derive(Debug, Clone)]
+pub struct SimRequest {
+    pub method: String,
+    /// Path and query.
+    pub target: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl SimRequest {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn path(&self) -> &str {
+        self.target.split('?').next().unwrap_or("")
+    }
+}
+
+/// Writes one response: either whole ([`Responder::send`]) or as a stream of chunks.
+pub struct Responder {
+    stream: TcpStream,
+    started: bool,
+}
+
+impl Responder {
+    /// A complete response with a body.
+    pub fn send(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]) -> io::Result<()> {
+        let mut head = format!("HTTP/1.1 {status} {}\r\n", reason(status));
+        for (k, v) in headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str(&format!(
+            "Content-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        ));
+        self.stream.write_all(head.as_bytes())?;
+        self.stream.write_all(body)?;
+        self.stream.flush()
+    }
+
+    /// Starts a chunked response; follow with [`Responder::chunk`] and [`Responder::finish`].
+    pub fn start_stream(&mut self, status: u16, headers: &[(&str, &str)]) -> io::Result<()> {
+        let mut head = format!("HTTP/1.1 {status} {}\r\n", reason(status));
+        for (k, v) in headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n");
+        self.started = true;
+        self.stream.write_all(head.as_bytes())?;
+        self.stream.flush()
+    }
+
+    /// Sends `data` as one chunk, now.
+    pub fn chunk(&mut self, data: &[u8]) -> io::Result<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.stream
+            .write_all(format!("{:x}\r\n", data.len()).as_bytes())?;
+        self.stream.write_all(data)?;
+        self.stream.write_all(b"\r\n")?;
+        self.stream.flush()
+    }
+
+    /// Ends a chunked response (done for the handler if it does not).
+    pub fn finish(&mut self) -> io::Result<()> {
+        self.started = false;
+        self.stream.write_all(b"0\r\n\r\n")?;
+        self.stream.flush()
+    }
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        204 => "No Content",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        406 => "Not Acceptable",
+        429 => "Too Many Requests",
+        500 => "Internal Server Error",
+        529 => "Overloaded",
+        _ => "Status",
+    }
+}
+
+/// A running simulator server; stops (and joins its accept thread) on drop.
+pub struct SimServer {
+    addr: SocketAddr,
+    stopping: Arc<AtomicBool>,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+impl SimServer {
+    /// Serves `handler` on 127.0.0.1 at an ephemeral port; `name` names the threads.
+    pub fn start<H>(name: &str, handler: H) -> io::Result<SimServer>
+    where
+        H: Fn(&SimRequest, &mut Responder) -> io::Result<()> + Send + Sync + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let stopping = Arc::new(AtomicBool::new(false));
+        let handler = Arc::new(handler);
+        let (flag, thread_name) = (stopping.clone(), name.to_string());
+        let acceptor = thread::Builder::new()
+            .name(format!("{name}-accept"))
+            .spawn(move || {
+                for stream in listener.incoming() {
+                    if flag.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    let Ok(stream) = stream else { continue };
+                    let handler = handler.clone();
+                    let spawned = thread::Builder::new()
+                        .name(format!("{thread_name}-conn"))
+                        .stack_size(256 * 1024)
+                        .spawn(move || {
+                            if let Err(err) = serve_connection(stream, handler.as_ref()) {
+                                log::debug!("simulator connection ended: {err}");
+                            }
+                        });
+                    if let Err(err) = spawned {
+                        log::warn!("simulator could not start a connection thread: {err}");
+                    }
+                }
+            })?;
+        Ok(SimServer {
+            addr,
+            stopping,
+            acceptor: Some(acceptor),
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for SimServer {
+    fn drop(&mut self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        // Wake the blocked accept so the thread sees the flag.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        if let Some(acceptor) = self.acceptor.take() {
+            let _ = acceptor.join();
+        }
+    }
+}
+
+fn serve_connection<H>(stream: TcpStream, handler: &H) -> io::Result<()>
+where
+    H: Fn(&SimRequest, &mut Responder) -> io::Result<()>,
+{
+    stream.set_read_timeout(Some(READ_TIMEOUT))?;
+    stream.set_nodelay(true)?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let mut parts = line.split_whitespace();
+    let (Some(method), Some(target)) = (parts.next(), parts.next()) else {
+        return Ok(()); // not HTTP (or the drop-time wake-up connection)
+    };
+    let (method, target) = (method.to_string(), target.to_string());
+    let mut headers = Vec::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let trimmed = line.trim_end();
+        if trimmed.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = trimmed.split_once(':') {
+            headers.push((k.trim().to_string(), v.trim().to_string()));
+        }
+    }
+    let length = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("Content-Length"))
+        .and_then(|(_, v)| v.parse::<usize>().ok())
+        .unwrap_or(0)
+        .min(MAX_BODY);
+    let mut body = vec![0u8; length];
+    reader.read_exact(&mut body)?;
+    let request = SimRequest {
+        method,
+        target,
+        headers,
+        body,
+    };
+    let mut responder = Responder {
+        stream,
+        started: false,
+    };
+    handler(&request, &mut responder)?;
+    if responder.started {
+        responder.finish()?;
+    }
+    Ok(())
+}

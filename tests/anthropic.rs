@@ -1,0 +1,313 @@
+//! The Anthropic client against the simulator over real sockets: streamed text, tool calls,
+//! retries before the first token (and only then), in-stream errors, a stalled stream, malformed
+//! data, cancellation, and the API's own request checks.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use cotrackpro_voice::config::{Config, Env, Secret};
+use cotrackpro_voice::providers::anthropic::client::{AnthropicClient, LlmError};
+use cotrackpro_voice::providers::anthropic::request::{build, RequestParts};
+use cotrackpro_voice::providers::anthropic::stream::StreamItem;
+use cotrackpro_voice::providers::anthropic::{Block, Speaker, ToolDefinition, Turn};
+use cotrackpro_voice::sim::anthropic::{AnthropicSim, Reply, Timing};
+
+fn fast() -> Timing {
+    Timing {
+        first_token: Duration::from_millis(20),
+        per_token: Duration::from_millis(5),
+    }
+}
+
+fn client(sim: &AnthropicSim, first_token_ms: u64) -> AnthropicClient {
+    let env = Env::from_pairs([
+        ("SERVER_DOMAIN", "voice.example.com"),
+        ("ANTHROPIC_BASE_URL", sim.base_url().as_str()),
+        (
+            "ANTHROPIC_FIRST_TOKEN_TIMEOUT_MS",
+            &first_token_ms.to_string(),
+        ),
+        ("ANTHROPIC_STREAM_TIMEOUT_MS", "10000"),
+    ]);
+    let config = Config::from_env(&env).unwrap();
+    AnthropicClient::new(&config.anthropic, Secret::new("sk-ant-test"))
+        .with_retries(2, Duration::from_millis(10))
+}
+
+fn tools() -> Vec<ToolDefinition> {
+    vec![ToolDefinition {
+        name: "check_safety".into(),
+        description: "Safety triage".into(),
+        input_schema: json!({"type": "object", "properties": {"context": {"type": "string"}}}),
+    }]
+}
+
+fn body(history: &[Turn]) -> serde_json::Value {
+    let tools = tools();
+    build(&RequestParts {
+        model: "claude-sonnet-4-5",
+        max_tokens: 512,
+        system: "You are a calm CoTrackPro assistant on a phone call.",
+        tools: &tools,
+        history,
+        max_history_messages: 40,
+    })
+}
+
+fn hello() -> serde_json::Value {
+    body(&[Turn::user("Hi, I need help writing down what happened.")])
+}
+
+/// Streams `body`, collecting items with the time each arrived.
+fn collect(
+    client: &AnthropicClient,
+    body: &serde_json::Value,
+) -> (
+    Result<cotrackpro_voice::providers::anthropic::client::Outcome, LlmError>,
+    Vec<(Duration, StreamItem)>,
+) {
+    let started = Instant::now();
+    let cancel = AtomicBool::new(false);
+    let mut items = Vec::new();
+    let result = client.stream(body, &cancel, |item| {
+        items.push((started.elapsed(), item.clone()))
+    });
+    (result, items)
+}
+
+#[test]
+fn text_streams_as_it_is_spoken() {
+    let sim = AnthropicSim::start(Timing {
+        first_token: Duration::from_millis(20),
+        per_token: Duration::from_millis(30),
+    })
+    .unwrap();
+    sim.push([Reply::Text(
+        "I'm here with you. Let's take it one step at a time.".into(),
+    )]);
+    let (result, items) = collect(&client(&sim, 2000), &hello());
+    let outcome = result.unwrap();
+    let text: String = items
+        .iter()
+        .filter_map(|(_, item)| match item {
+            StreamItem::Text(t) => Some(t.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(text, "I'm here with you. Let's take it one step at a time.");
+    let (first_at, _) = items.first().unwrap();
+    let (last_at, last) = items.last().unwrap();
+    assert_eq!(
+        last,
+        &StreamItem::Stop {
+            reason: "end_turn".into()
+        }
+    );
+    // Eleven words at 30 ms each: the first must arrive well before the end.
+    assert!(
+        *last_at - *first_at >= Duration::from_millis(200),
+        "{first_at:?} .. {last_at:?}"
+    );
+    assert_eq!(outcome.stop_reason.as_deref(), Some("end_turn"));
+    assert_eq!(outcome.attempts, 1);
+    assert!(outcome.usage.input_tokens > 0 && outcome.usage.output_tokens > 1);
+    assert_eq!(outcome.content, vec![Block::Text(text)]);
+    // What reached the simulator is the request we built, breakpoints and all.
+    let seen = sim.requests();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0]["system"][0]["cache_control"]["type"], "ephemeral");
+}
+
+#[test]
+fn a_tool_call_arrives_whole_and_its_result_goes_back() {
+    let sim = AnthropicSim::start(fast()).unwrap();
+    sim.push([Reply::ToolUse {
+        preface: "Let me check that for you.".into(),
+        name: "check_safety".into(),
+        input: json!({"context": "he said he has a gun"}),
+    }]);
+    let client = client(&sim, 2000);
+    let (result, items) = collect(&client, &hello());
+    let outcome = result.unwrap();
+    assert_eq!(outcome.stop_reason.as_deref(), Some("tool_use"));
+    let Some(StreamItem::ToolUse { id, name, input }) = items
+        .iter()
+        .map(|(_, i)| i)
+        .find(|i| matches!(i, StreamItem::ToolUse { .. }))
+        .cloned()
+    else {
+        panic!("no tool call in {items:?}");
+    };
+    assert_eq!(name, "check_safety");
+    assert_eq!(input, json!({"context": "he said he has a gun"}));
+
+    // The follow-up with the tool result passes the API's checks.
+    let history = vec![
+        Turn::user("Hi, I need help writing down what happened."),
+        Turn {
+            speaker: Speaker::Assistant,
+            blocks: outcome.content.clone(),
+        },
+        Turn {
+            speaker: Speaker::User,
+            blocks: vec![Block::ToolResult {
+                tool_use_id: id,
+                content: "tier 1".into(),
+                is_error: false,
+            }],
+        },
+    ];
+    let (result, _) = collect(&client, &body(&history));
+    assert_eq!(result.unwrap().stop_reason.as_deref(), Some("end_turn"));
+}
+
+#[test]
+fn overload_before_the_stream_is_retried_honouring_retry_after() {
+    let sim = AnthropicSim::start(fast()).unwrap();
+    sim.push([
+        Reply::Status {
+            status: 529,
+            kind: "overloaded_error".into(),
+            retry_after_secs: Some(1),
+        },
+        Reply::Text("Still here.".into()),
+    ]);
+    let started = Instant::now();
+    let (result, _) = collect(&client(&sim, 2000), &hello());
+    let outcome = result.unwrap();
+    assert_eq!(outcome.attempts, 2);
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "retry-after was honoured"
+    );
+    assert_eq!(sim.requests().len(), 2);
+}
+
+#[test]
+fn retries_give_up_after_the_limit() {
+    let sim = AnthropicSim::start(fast()).unwrap();
+    let limited = Reply::Status {
+        status: 429,
+        kind: "rate_limit_error".into(),
+        retry_after_secs: None,
+    };
+    sim.push([limited.clone(), limited.clone(), limited]);
+    let (result, _) = collect(&client(&sim, 2000), &hello());
+    match result {
+        Err(LlmError::Http {
+            status: 429, kind, ..
+        }) => assert_eq!(kind, "rate_limit_error"),
+        other => panic!("expected a 429 after the retries, got {other:?}"),
+    }
+    assert_eq!(sim.requests().len(), 3);
+}
+
+#[test]
+fn a_bad_request_is_not_retried_and_says_why() {
+    let sim = AnthropicSim::start(fast()).unwrap();
+    let mut bad = hello();
+    bad["messages"] = json!([{"role": "assistant", "content": "Welcome."}]);
+    let (result, _) = collect(&client(&sim, 2000), &bad);
+    match result {
+        Err(LlmError::Http {
+            status: 400,
+            kind,
+            message,
+        }) => {
+            assert_eq!(kind, "invalid_request_error");
+            assert!(message.contains("starting with user"), "{message}");
+        }
+        other => panic!("expected a 400, got {other:?}"),
+    }
+    // The simulator enforces the breakpoint limit the original broke.
+    let mut five = hello();
+    let block = json!({"type": "text", "text": "x", "cache_control": {"type": "ephemeral"}});
+    five["messages"][0]["content"] = json!([block.clone(), block.clone(), block]);
+    let (result, _) = collect(&client(&sim, 2000), &five);
+    assert!(
+        matches!(result, Err(LlmError::Http { status: 400, ref message, .. }) if message.contains("maximum of 4"))
+    );
+}
+
+#[test]
+fn an_error_after_words_were_spoken_is_returned_not_replayed() {
+    let sim = AnthropicSim::start(fast()).unwrap();
+    sim.push([Reply::OverloadedMidStream {
+        text: "I understand, and".into(),
+    }]);
+    let (result, items) = collect(&client(&sim, 2000), &hello());
+    assert!(items.iter().any(|(_, i)| matches!(i, StreamItem::Text(_))));
+    assert_eq!(
+        result.unwrap_err(),
+        LlmError::Stream {
+            kind: "overloaded_error".into(),
+            message: "Overloaded".into()
+        }
+    );
+    assert_eq!(
+        sim.requests().len(),
+        1,
+        "not retried once words were spoken"
+    );
+}
+
+#[test]
+fn a_stalled_stream_fails_at_the_first_token_timeout() {
+    let sim = AnthropicSim::start(fast()).unwrap();
+    sim.push([Reply::Stall(Duration::from_secs(4))]);
+    let started = Instant::now();
+    let (result, _) = collect(&client(&sim, 300).with_retries(0, Duration::ZERO), &hello());
+    let took = started.elapsed();
+    assert_eq!(
+        result.unwrap_err(),
+        LlmError::FirstTokenTimeout(Duration::from_millis(300))
+    );
+    // Pins ureq's per-read timeout: the stall is noticed at ~300 ms, not at the 4 s stall end.
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_millis(2000),
+        "{took:?}"
+    );
+}
+
+#[test]
+fn malformed_data_is_an_error() {
+    let sim = AnthropicSim::start(fast()).unwrap();
+    sim.push([Reply::Malformed]);
+    let (result, _) = collect(&client(&sim, 2000), &hello());
+    assert!(matches!(result, Err(LlmError::Malformed(_))), "{result:?}");
+}
+
+#[test]
+fn cancelling_stops_the_stream_at_the_next_event() {
+    let sim = AnthropicSim::start(Timing {
+        first_token: Duration::from_millis(10),
+        per_token: Duration::from_millis(100),
+    })
+    .unwrap();
+    let words = "one two three four five six seven eight nine ten eleven twelve";
+    sim.push([Reply::Text(words.into())]);
+    let client = client(&sim, 2000);
+    let cancel = AtomicBool::new(false);
+    let mut texts = 0;
+    let started = Instant::now();
+    let outcome = client
+        .stream(&hello(), &cancel, |item| {
+            if matches!(item, StreamItem::Text(_)) {
+                texts += 1;
+                if texts == 2 {
+                    cancel.store(true, Ordering::SeqCst);
+                }
+            }
+        })
+        .unwrap();
+    assert!(outcome.cancelled);
+    assert_eq!(outcome.stop_reason, None);
+    assert_eq!(texts, 2, "nothing is delivered after the cancel");
+    assert!(
+        started.elapsed() < Duration::from_millis(800),
+        "{:?}",
+        started.elapsed()
+    );
+}
