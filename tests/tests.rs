@@ -11,4 +11,5 @@ mod records_durability;
 mod rollup;
 mod signatures;
 mod systemd_units;
+mod twilio_rest;
 mod twiml_interop;

@@ -5,3 +5,4 @@
 
 pub mod anthropic;
 pub mod sse;
+pub mod twilio_rest;

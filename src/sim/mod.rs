@@ -4,3 +4,4 @@
 
 pub mod anthropic;
 pub mod http;
+pub mod twilio;
