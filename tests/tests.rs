@@ -6,6 +6,7 @@ mod anthropic;
 mod cli;
 mod dashboard;
 mod http_routes;
+mod mcp;
 mod records_api;
 mod records_durability;
 mod rollup;

@@ -4,5 +4,6 @@
 //! apart from the sockets so they are tested without any.
 
 pub mod anthropic;
+pub mod mcp;
 pub mod sse;
 pub mod twilio_rest;

@@ -4,4 +4,5 @@
 
 pub mod anthropic;
 pub mod http;
+pub mod mcp;
 pub mod twilio;
