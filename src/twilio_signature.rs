@@ -6,7 +6,7 @@
 //! https, `:80` otherwise), because Twilio's side is inconsistent about explicit ports.
 
 use base64::Engine as _;
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use sha1::Sha1;
 
 type HmacSha1 = Hmac<Sha1>;

@@ -4,6 +4,8 @@
 //! apart from the sockets so they are tested without any.
 
 pub mod anthropic;
+pub mod elevenlabs_tts;
 pub mod mcp;
 pub mod sse;
 pub mod twilio_rest;
+pub mod ws;

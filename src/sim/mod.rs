@@ -3,6 +3,8 @@
 //! not test fixtures: a newcomer's first call runs against them.
 
 pub mod anthropic;
+pub mod elevenlabs_tts;
 pub mod http;
 pub mod mcp;
 pub mod twilio;
+pub mod voice;

@@ -1,0 +1,315 @@
+//! A simulated ElevenLabs text-to-speech `stream-input` WebSocket. It checks the handshake
+//! (path, `output_format=ulaw_8000`, the `xi-api-key` header) and the opening message, speaks
+//! flushed text — or text past the 50-character schedule — after a configurable time to first
+//! byte, ends with `isFinal` and a close after `{"text":""}`, and closes an idle socket the way
+//! the service does (`input_timeout_exceeded`, close code 1008). Every message received is kept
+//! for tests.
+
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde_json::{json, Value};
+use tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tungstenite::Message;
+
+use super::voice;
+
+/// Audio bytes per message sent (a quarter second).
+const AUDIO_CHUNK: usize = 2000;
+const TICK: Duration = Duration::from_millis(20);
+
+#[derive(Clone, Debug)]
+pub struct TtsSimOptions {
+    pub api_key: String,
+    pub first_byte: Duration,
+    /// Used when the URL does not set `inactivity_timeout` (the service's default, 20 s).
+    pub inactivity: Duration,
+}
+
+impl Default for TtsSimOptions {
+    fn default() -> TtsSimOptions {
+        TtsSimOptions {
+            api_key: "sim-elevenlabs-key".into(),
+            // Flash v2.5's published time to first byte is about 75 ms.
+            first_byte: Duration::from_millis(75),
+            inactivity: Duration::from_secs(20),
+        }
+    }
+}
+
+#[derive(Default)]
+struct State {
+    /// Per connection: the voice and every text message received.
+    sessions: Vec<(String, Vec<Value>)>,
+    closed_by_client: usize,
+}
+
+pub struct TtsSim {
+    addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    stopping: Arc<AtomicBool>,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+impl TtsSim {
+    pub fn start(options: TtsSimOptions) -> io::Result<TtsSim> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(Mutex::new(State::default()));
+        let stopping = Arc::new(AtomicBool::new(false));
+        let (shared, flag) = (state.clone(), stopping.clone());
+        let acceptor = thread::Builder::new()
+            .name("sim-tts-accept".into())
+            .spawn(move || {
+                for stream in listener.incoming() {
+                    if flag.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    let Ok(stream) = stream else { continue };
+                    let (state, options) = (shared.clone(), options.clone());
+                    let _ = thread::Builder::new()
+                        .name("sim-tts-conn".into())
+                        .stack_size(256 * 1024)
+                        .spawn(move || {
+                            if let Err(err) = serve(stream, &options, &state) {
+                                log::debug!("tts simulator connection ended: {err}");
+                            }
+                        });
+                }
+            })?;
+        Ok(TtsSim {
+            addr,
+            state,
+            stopping,
+            acceptor: Some(acceptor),
+        })
+    }
+
+    /// The base URL to set as `ELEVENLABS_WS_BASE`.
+    pub fn base_url(&self) -> String {
+        format!("ws://{}", self.addr)
+    }
+
+    /// Per connection: the voice id and the messages received.
+    pub fn sessions(&self) -> Vec<(String, Vec<Value>)> {
+        lock(&self.state).sessions.clone()
+    }
+
+    /// Connections the client closed before the end of its input.
+    pub fn closed_by_client(&self) -> usize {
+        lock(&self.state).closed_by_client
+    }
+}
+
+impl Drop for TtsSim {
+    fn drop(&mut self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        if let Some(acceptor) = self.acceptor.take() {
+            let _ = acceptor.join();
+        }
+    }
+}
+
+fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn query_value<'a>(query: &'a str, name: &str) -> Option<&'a str> {
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+fn refuse(status: u16, message: &str) -> ErrorResponse {
+    let mut response =
+        ErrorResponse::new(Some(json!({"detail": {"message": message}}).to_string()));
+    *response.status_mut() = tungstenite::http::StatusCode::from_u16(status)
+        .unwrap_or(tungstenite::http::StatusCode::BAD_REQUEST);
+    response
+}
+
+fn serve(stream: TcpStream, options: &TtsSimOptions, state: &Mutex<State>) -> io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.set_nodelay(true)?;
+    let mut voice_id = String::new();
+    let mut inactivity = options.inactivity;
+    // The signature is tungstenite's handshake Callback; its error type is not ours to shrink.
+    #[allow(clippy::result_large_err)]
+    let check = |request: &Request, response: Response| -> Result<Response, ErrorResponse> {
+        let path = request.uri().path();
+        let voice = path
+            .strip_prefix("/v1/text-to-speech/")
+            .and_then(|rest| rest.strip_suffix("/stream-input"))
+            .ok_or_else(|| refuse(404, "not found"))?;
+        let query = request.uri().query().unwrap_or("");
+        if query_value(query, "output_format") != Some("ulaw_8000") {
+            return Err(refuse(
+                400,
+                "this simulator speaks output_format=ulaw_8000 only",
+            ));
+        }
+        let key = request
+            .headers()
+            .get("xi-api-key")
+            .and_then(|v| v.to_str().ok());
+        if key != Some(options.api_key.as_str()) {
+            return Err(refuse(401, "Invalid API key"));
+        }
+        voice_id = voice.to_string();
+        if let Some(secs) = query_value(query, "inactivity_timeout").and_then(|s| s.parse().ok()) {
+            inactivity = Duration::from_secs(secs);
+        }
+        Ok(response)
+    };
+    let config = WebSocketConfig::default()
+        .read_buffer_size(8 * 1024)
+        .write_buffer_size(0);
+    let mut socket = tungstenite::accept_hdr_with_config(stream, check, Some(config))
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    socket.get_ref().set_read_timeout(Some(TICK))?;
+    let session = {
+        let mut state = lock(state);
+        state.sessions.push((voice_id.clone(), Vec::new()));
+        state.sessions.len() - 1
+    };
+    let pitch = 120.0 + (voice_id.bytes().map(u32::from).sum::<u32>() % 80) as f32;
+    let mut buffered = String::new();
+    let mut opened = false;
+    let mut last_text = Instant::now();
+    let send = |socket: &mut tungstenite::WebSocket<TcpStream>, value: Value| {
+        socket
+            .send(Message::text(value.to_string()))
+            .map_err(|e| io::Error::other(e.to_string()))
+    };
+    loop {
+        let message = match socket.read() {
+            Ok(message) => message,
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                if last_text.elapsed() >= inactivity {
+                    let seconds = inactivity.as_secs();
+                    send(
+                        &mut socket,
+                        json!({
+                            "message": format!("Have not received new text in {seconds} seconds. Closing the socket."),
+                            "error": "input_timeout_exceeded",
+                            "code": 1008,
+                        }),
+                    )?;
+                    let _ = socket.close(Some(CloseFrame {
+                        code: CloseCode::Policy,
+                        reason: "input_timeout_exceeded".into(),
+                    }));
+                    let _ = socket.flush();
+                    return Ok(());
+                }
+                continue;
+            }
+            Err(_) => {
+                lock(state).closed_by_client += 1;
+                return Ok(());
+            }
+        };
+        let text = match message {
+            Message::Text(text) => text,
+            Message::Close(_) => {
+                lock(state).closed_by_client += 1;
+                return Ok(());
+            }
+            _ => continue,
+        };
+        let Ok(value) = serde_json::from_str::<Value>(text.as_str()) else {
+            send(
+                &mut socket,
+                json!({"message": "Invalid JSON", "error": "invalid_request", "code": 1008}),
+            )?;
+            return Ok(());
+        };
+        lock(state).sessions[session].1.push(value.clone());
+        last_text = Instant::now();
+        let chunk = value["text"].as_str().unwrap_or("");
+        if !opened {
+            // The opening message must be a single space with the voice settings.
+            if chunk != " " || !value["voice_settings"].is_object() {
+                send(
+                    &mut socket,
+                    json!({"message": "The first message must be {\"text\": \" \", \"voice_settings\": …}", "error": "invalid_request", "code": 1008}),
+                )?;
+                return Ok(());
+            }
+            opened = true;
+            continue;
+        }
+        if chunk.is_empty() {
+            // End of input: speak the rest, then isFinal and close.
+            if speak(&mut socket, &buffered, pitch, options.first_byte).is_err() {
+                lock(state).closed_by_client += 1;
+                return Ok(());
+            }
+            send(&mut socket, json!({"isFinal": true}))?;
+            let _ = socket.close(None);
+            // Drain until the client's close arrives (or it goes away).
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while Instant::now() < deadline {
+                match socket.read() {
+                    Ok(_) => {}
+                    Err(tungstenite::Error::Io(e))
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                        ) => {}
+                    Err(_) => break,
+                }
+            }
+            return Ok(());
+        }
+        buffered.push_str(chunk);
+        if value["flush"] == json!(true) || buffered.chars().count() >= 50 {
+            // A send that fails means the client went away mid-sentence (barge-in).
+            if speak(&mut socket, &buffered, pitch, options.first_byte).is_err() {
+                lock(state).closed_by_client += 1;
+                return Ok(());
+            }
+            buffered.clear();
+        }
+    }
+}
+
+fn speak(
+    socket: &mut tungstenite::WebSocket<TcpStream>,
+    text: &str,
+    pitch: f32,
+    first_byte: Duration,
+) -> io::Result<()> {
+    if text.trim().is_empty() {
+        return Ok(());
+    }
+    thread::sleep(first_byte);
+    let audio = voice::speak(text, pitch);
+    for chunk in audio.chunks(AUDIO_CHUNK) {
+        let message = json!({
+            "audio": base64::engine::general_purpose::STANDARD.encode(chunk),
+            "isFinal": false,
+            "normalizedAlignment": null,
+            "alignment": null,
+        });
+        socket
+            .send(Message::text(message.to_string()))
+            .map_err(|e| io::Error::other(e.to_string()))?;
+    }
+    Ok(())
+}
