@@ -102,7 +102,10 @@ mod tests {
                 error <= (i32::from(sample).abs() / 16).max(8),
                 "{sample} -> {back}"
             );
-            assert_eq!(back.signum(), sample.signum(), "{sample}");
+            // The smallest magnitudes quantize to zero (0x7F is μ-law's "negative zero").
+            if sample.abs() >= 8 {
+                assert_eq!(back.signum(), sample.signum(), "{sample}");
+            }
         }
         // Every byte decodes and re-encodes to itself (except the two zeros).
         for byte in 0..=255u8 {
