@@ -6,10 +6,9 @@
 //! for tests.
 
 use std::io;
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::net::TcpStream;
 use std::sync::{Arc, Mutex};
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -19,6 +18,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tungstenite::Message;
 
+use super::listener::Listener;
 use super::voice;
 
 /// Audio bytes per message sent (a quarter second).
@@ -52,49 +52,21 @@ struct State {
 }
 
 pub struct TtsSim {
-    addr: SocketAddr,
+    listener: Listener,
     state: Arc<Mutex<State>>,
-    stopping: Arc<AtomicBool>,
-    acceptor: Option<JoinHandle<()>>,
 }
 
 impl TtsSim {
     pub fn start(options: TtsSimOptions) -> io::Result<TtsSim> {
-        let listener = TcpListener::bind("127.0.0.1:0")?;
-        let addr = listener.local_addr()?;
         let state = Arc::new(Mutex::new(State::default()));
-        let stopping = Arc::new(AtomicBool::new(false));
-        let (shared, flag) = (state.clone(), stopping.clone());
-        let acceptor = thread::Builder::new()
-            .name("sim-tts-accept".into())
-            .spawn(move || {
-                for stream in listener.incoming() {
-                    if flag.load(Ordering::SeqCst) {
-                        return;
-                    }
-                    let Ok(stream) = stream else { continue };
-                    let (state, options) = (shared.clone(), options.clone());
-                    let _ = thread::Builder::new()
-                        .name("sim-tts-conn".into())
-                        .stack_size(256 * 1024)
-                        .spawn(move || {
-                            if let Err(err) = serve(stream, &options, &state) {
-                                log::debug!("tts simulator connection ended: {err}");
-                            }
-                        });
-                }
-            })?;
-        Ok(TtsSim {
-            addr,
-            state,
-            stopping,
-            acceptor: Some(acceptor),
-        })
+        let shared = state.clone();
+        let listener = Listener::start("sim-tts", move |stream| serve(stream, &options, &shared))?;
+        Ok(TtsSim { listener, state })
     }
 
     /// The base URL to set as `ELEVENLABS_WS_BASE`.
     pub fn base_url(&self) -> String {
-        format!("ws://{}", self.addr)
+        format!("ws://{}", self.listener.addr())
     }
 
     /// Per connection: the voice id and the messages received.
@@ -105,16 +77,6 @@ impl TtsSim {
     /// Connections the client closed before the end of its input.
     pub fn closed_by_client(&self) -> usize {
         lock(&self.state).closed_by_client
-    }
-}
-
-impl Drop for TtsSim {
-    fn drop(&mut self) {
-        self.stopping.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
-        if let Some(acceptor) = self.acceptor.take() {
-            let _ = acceptor.join();
-        }
     }
 }
 

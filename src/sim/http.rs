@@ -1,14 +1,14 @@
 //! A small HTTP/1.1 server for the simulators, on a loopback port. It exists because the
 //! simulators must stream: each server-sent event goes out as its own chunk the moment it is
 //! written (tiny_http buffers chunked output, which would hide exactly the latency the tests
-//! and the demo measure). One named thread per connection; every read has a timeout.
+//! and the demo measure). One named thread per connection ([`Listener`]); every read has a
+//! timeout.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::{self, JoinHandle};
+use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
+
+use super::listener::Listener;
 
 /// Largest request body a simulator reads.
 const MAX_BODY: usize = 4 << 20;
@@ -109,11 +109,9 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-/// A running simulator server; stops (and joins its accept thread) on drop.
+/// A running simulator server; stops on drop.
 pub struct SimServer {
-    addr: SocketAddr,
-    stopping: Arc<AtomicBool>,
-    acceptor: Option<JoinHandle<()>>,
+    listener: Listener,
 }
 
 impl SimServer {
@@ -122,58 +120,17 @@ impl SimServer {
     where
         H: Fn(&SimRequest, &mut Responder) -> io::Result<()> + Send + Sync + 'static,
     {
-        let listener = TcpListener::bind("127.0.0.1:0")?;
-        let addr = listener.local_addr()?;
-        let stopping = Arc::new(AtomicBool::new(false));
-        let handler = Arc::new(handler);
-        let (flag, thread_name) = (stopping.clone(), name.to_string());
-        let acceptor = thread::Builder::new()
-            .name(format!("{name}-accept"))
-            .spawn(move || {
-                for stream in listener.incoming() {
-                    if flag.load(Ordering::SeqCst) {
-                        return;
-                    }
-                    let Ok(stream) = stream else { continue };
-                    let handler = handler.clone();
-                    let spawned = thread::Builder::new()
-                        .name(format!("{thread_name}-conn"))
-                        .stack_size(256 * 1024)
-                        .spawn(move || {
-                            if let Err(err) = serve_connection(stream, handler.as_ref()) {
-                                log::debug!("simulator connection ended: {err}");
-                            }
-                        });
-                    if let Err(err) = spawned {
-                        log::warn!("simulator could not start a connection thread: {err}");
-                    }
-                }
-            })?;
-        Ok(SimServer {
-            addr,
-            stopping,
-            acceptor: Some(acceptor),
-        })
+        let listener = Listener::start(name, move |stream| serve_connection(stream, &handler))?;
+        Ok(SimServer { listener })
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.listener.addr()
     }
 
     /// `http://127.0.0.1:PORT`.
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-}
-
-impl Drop for SimServer {
-    fn drop(&mut self) {
-        self.stopping.store(true, Ordering::SeqCst);
-        // Wake the blocked accept so the thread sees the flag.
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
-        if let Some(acceptor) = self.acceptor.take() {
-            let _ = acceptor.join();
-        }
+        format!("http://{}", self.addr())
     }
 }
 

@@ -5,6 +5,7 @@
 pub mod anthropic;
 pub mod elevenlabs_tts;
 pub mod http;
+pub mod listener;
 pub mod mcp;
 pub mod twilio;
 pub mod voice;
