@@ -5,6 +5,7 @@ mod support;
 mod anthropic;
 mod cli;
 mod dashboard;
+mod elevenlabs_stt;
 mod elevenlabs_tts;
 mod http_routes;
 mod mcp;

@@ -3,6 +3,7 @@
 //! not test fixtures: a newcomer's first call runs against them.
 
 pub mod anthropic;
+pub mod elevenlabs_stt;
 pub mod elevenlabs_tts;
 pub mod http;
 pub mod listener;

@@ -1,0 +1,283 @@
+//! ElevenLabs realtime speech-to-text (Scribe v2 realtime) over its WebSocket.
+//!
+//! The session is configured by the URL's query string only — μ-law 8 kHz, the language, VAD
+//! commits and their silence threshold. (The original sent a `session_config` message, which
+//! the service rejects with `input_error`; the session kept its defaults and never transcribed
+//! a word.) The caller's audio goes out as the base64 Twilio sent, untouched. Every message
+//! type containing `error`, and each documented error type, is an error; an unknown type is
+//! logged once per session and ignored.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tungstenite::Message;
+
+use super::ws::{self, ConnectError, Socket};
+use crate::config::{BaseUrl, Secret};
+
+/// The error message types the service documents (besides any type containing "error").
+const ERROR_TYPES: &[&str] = &[
+    "auth_error",
+    "quota_exceeded",
+    "commit_throttled",
+    "transcriber_error",
+    "unaccepted_terms",
+    "rate_limited",
+    "input_error",
+    "queue_overflow",
+    "resource_exhausted",
+    "session_time_limit_exceeded",
+    "chunk_size_exceeded",
+    "insufficient_audio_activity",
+    "invalid_request",
+];
+
+/// Audio forwarded without a single committed transcript after which a session is suspicious
+/// (the original's lesson: a misconfigured session stays silent, it does not fail).
+pub const SILENT_SESSION_WARNING_SECS: f64 = 10.0;
+
+#[derive(Clone, Debug)]
+pub struct SttSettings {
+    pub ws_base: BaseUrl,
+    pub api_key: Secret,
+    pub model_id: String,
+    pub language_code: String,
+    /// Silence that ends an utterance, 0.3–3.0 s.
+    pub vad_silence_secs: f64,
+    pub connect_timeout: Duration,
+    /// How long one read waits (a worker's tick).
+    pub tick: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SttError {
+    Connect(ConnectError),
+    /// The service reported an error (`quota_exceeded`, `input_error`, …).
+    Service {
+        kind: String,
+        message: String,
+    },
+    /// The socket closed.
+    Closed(String),
+    Protocol(String),
+}
+
+impl std::fmt::Display for SttError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SttError::Connect(err) => write!(f, "stt: {err}"),
+            SttError::Service { kind, message } => {
+                write!(f, "stt websocket closed by elevenlabs: {kind}: {message}")
+            }
+            SttError::Closed(why) => write!(f, "stt websocket closed: {why}"),
+            SttError::Protocol(what) => write!(f, "stt protocol: {what}"),
+        }
+    }
+}
+
+impl std::error::Error for SttError {}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SttEvent {
+    SessionStarted(String),
+    /// What the caller is saying so far (barge-in listens to these).
+    Partial(String),
+    /// A finished utterance: the turn's input.
+    Committed(String),
+}
+
+/// What a session did, reported when it ends (for cost and diagnosis).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SttSummary {
+    /// Seconds of audio forwarded (what ElevenLabs bills).
+    pub audio_secs: f64,
+    pub partials: u64,
+    pub committed: u64,
+    pub unknown_types: Vec<String>,
+}
+
+impl SttSummary {
+    /// A long session that produced no transcript: the audio format or session config is off.
+    pub fn looks_silent(&self) -> bool {
+        self.committed == 0 && self.audio_secs >= SILENT_SESSION_WARNING_SECS
+    }
+}
+
+pub struct SttStream {
+    socket: Socket,
+    audio_bytes: u64,
+    partials: u64,
+    committed: u64,
+    unknown_types: BTreeSet<String>,
+}
+
+impl SttStream {
+    pub fn url(settings: &SttSettings) -> String {
+        format!(
+            "{}/v1/speech-to-text/realtime?model_id={}&audio_format=ulaw_8000&language_code={}&commit_strategy=vad&vad_silence_threshold_secs={:.1}",
+            settings.ws_base,
+            settings.model_id,
+            settings.language_code,
+            settings.vad_silence_secs.clamp(0.3, 3.0)
+        )
+    }
+
+    pub fn open(settings: &SttSettings) -> Result<SttStream, SttError> {
+        let socket = ws::connect(
+            &SttStream::url(settings),
+            &[("xi-api-key", settings.api_key.expose())],
+            settings.connect_timeout,
+            settings.tick,
+        )
+        .map_err(SttError::Connect)?;
+        Ok(SttStream {
+            socket,
+            audio_bytes: 0,
+            partials: 0,
+            committed: 0,
+            unknown_types: BTreeSet::new(),
+        })
+    }
+
+    /// Opens a session, trying up to `attempts` times with a doubling pause from `backoff`;
+    /// gives up early when `cancel` is set. A refused key is not retried.
+    pub fn open_retrying(
+        settings: &SttSettings,
+        attempts: u32,
+        backoff: Duration,
+        cancel: &AtomicBool,
+    ) -> Result<SttStream, SttError> {
+        let mut wait = backoff;
+        let mut last = SttError::Closed("never tried".into());
+        for attempt in 1..=attempts.max(1) {
+            match SttStream::open(settings) {
+                Ok(stream) => return Ok(stream),
+                Err(
+                    err @ SttError::Connect(ConnectError::Refused {
+                        status: 401 | 403, ..
+                    }),
+                ) => return Err(err),
+                Err(err) => {
+                    log::warn!(attempt = attempt, error:% = err; "stt.connect.retry");
+                    last = err;
+                }
+            }
+            if attempt < attempts {
+                let deadline = Instant::now() + wait;
+                while Instant::now() < deadline {
+                    if cancel.load(Ordering::SeqCst) {
+                        return Err(last);
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                wait *= 2;
+            }
+        }
+        Err(last)
+    }
+
+    /// Forwards one chunk of the caller's audio: the base64 μ-law exactly as Twilio sent it.
+    pub fn send_audio(&mut self, base64_ulaw: &str) -> Result<(), SttError> {
+        let message = json!({
+            "message_type": "input_audio_chunk",
+            "audio_base_64": base64_ulaw,
+            "commit": false,
+            "sample_rate": 8000,
+        });
+        self.socket
+            .send(Message::text(message.to_string()))
+            .map_err(|e| SttError::Closed(e.to_string()))?;
+        // Base64 without decoding: every 4 characters are 3 bytes, minus the padding.
+        let padding = base64_ulaw.bytes().rev().take_while(|b| *b == b'=').count();
+        self.audio_bytes += (base64_ulaw.len() / 4 * 3).saturating_sub(padding) as u64;
+        Ok(())
+    }
+
+    /// The next transcript event, or `None` if nothing arrived within a tick.
+    pub fn next_event(&mut self) -> Result<Option<SttEvent>, SttError> {
+        let message = match self.socket.read() {
+            Ok(message) => message,
+            Err(err) if ws::is_tick(&err) => return Ok(None),
+            Err(err) => return Err(SttError::Closed(err.to_string())),
+        };
+        let text = match message {
+            Message::Text(text) => text,
+            Message::Close(frame) => {
+                return Err(SttError::Closed(frame.map_or_else(
+                    || "no reason".to_string(),
+                    |f| format!("{} {}", u16::from(f.code), f.reason),
+                )))
+            }
+            _ => return Ok(None),
+        };
+        let value: Value = serde_json::from_str(text.as_str())
+            .map_err(|e| SttError::Protocol(format!("message is not JSON: {e}")))?;
+        let kind = value["message_type"].as_str().unwrap_or("(absent)");
+        let words = || value["text"].as_str().unwrap_or("").trim().to_string();
+        match kind {
+            "session_started" => Ok(Some(SttEvent::SessionStarted(
+                value["session_id"].as_str().unwrap_or("").to_string(),
+            ))),
+            "partial_transcript" => {
+                let text = words();
+                if text.is_empty() {
+                    return Ok(None);
+                }
+                self.partials += 1;
+                Ok(Some(SttEvent::Partial(text)))
+            }
+            "committed_transcript" | "committed_transcript_with_timestamps" => {
+                let text = words();
+                if text.is_empty() {
+                    return Ok(None);
+                }
+                self.committed += 1;
+                Ok(Some(SttEvent::Committed(text)))
+            }
+            kind if kind.contains("error") || ERROR_TYPES.contains(&kind) => {
+                Err(SttError::Service {
+                    kind: kind.to_string(),
+                    message: value["error"]
+                        .as_str()
+                        .or(value["message"].as_str())
+                        .unwrap_or("")
+                        .to_string(),
+                })
+            }
+            kind => {
+                // final_transcript*, committed_transcript_entities and types added later.
+                if self.unknown_types.insert(kind.to_string()) {
+                    log::warn!(messageType = kind; "stt.message.unknown_type");
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    /// Ends the session and says what it did; warns about a long session with no transcript.
+    pub fn close(mut self) -> SttSummary {
+        let _ = self.socket.close(None);
+        let _ = self.socket.flush();
+        let summary = SttSummary {
+            audio_secs: self.audio_bytes as f64 / 8000.0,
+            partials: self.partials,
+            committed: self.committed,
+            unknown_types: self.unknown_types.into_iter().collect(),
+        };
+        if summary.looks_silent() {
+            log::warn!(
+                audioSecs = summary.audio_secs,
+                partials = summary.partials;
+                "STT produced NO committed transcripts despite receiving audio ({})",
+                if summary.partials > 0 {
+                    "partials arrived: suspect the VAD or commit settings"
+                } else {
+                    "nothing arrived: suspect the audio format or session settings"
+                }
+            );
+        }
+        summary
+    }
+}

@@ -1,0 +1,310 @@
+//! A simulated ElevenLabs realtime speech-to-text WebSocket. Its voice-activity detector works
+//! on the μ-law it receives: while the caller's audio is loud it sends partial transcripts of
+//! the utterance being spoken, and after `vad_silence_threshold_secs` of quiet (audio time, not
+//! wall time) it commits the whole utterance. The words come from a script the simulated caller
+//! shares. Like the service, it is configured by the URL only: any client message other than
+//! `input_audio_chunk` — the original's `session_config` — is an `input_error`. Errors and
+//! dropped connections can be injected.
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::TcpStream;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+use serde_json::{json, Value};
+use tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tungstenite::protocol::WebSocketConfig;
+use tungstenite::Message;
+
+use super::listener::Listener;
+use super::voice;
+
+/// Loudness (RMS of decoded samples) above which audio counts as speech.
+const SPEECH_RMS: f32 = 500.0;
+/// Audio between two partial transcripts while the caller speaks.
+const PARTIAL_EVERY_SECS: f64 = 0.3;
+
+#[derive(Clone, Debug)]
+pub struct SttSimOptions {
+    pub api_key: String,
+    /// Wall-clock delay before a commit is sent (the service's processing time).
+    pub commit_latency: Duration,
+}
+
+impl Default for SttSimOptions {
+    fn default() -> SttSimOptions {
+        SttSimOptions {
+            api_key: "sim-elevenlabs-key".into(),
+            commit_latency: Duration::from_millis(50),
+        }
+    }
+}
+
+/// Something to do to the next session instead of transcribing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Send this error message type (e.g. `quota_exceeded`) after this many audio chunks.
+    Error {
+        message_type: String,
+        after_chunks: u32,
+    },
+    /// Drop the connection without a word after this many audio chunks.
+    Drop { after_chunks: u32 },
+    /// Send two messages of a type the client does not know, then carry on normally.
+    UnknownType(String),
+}
+
+#[derive(Default)]
+struct State {
+    utterances: VecDeque<String>,
+    faults: VecDeque<Fault>,
+    sessions: u32,
+    /// Every client message, per session.
+    received: Vec<Vec<Value>>,
+}
+
+pub struct SttSim {
+    listener: Listener,
+    state: Arc<Mutex<State>>,
+}
+
+impl SttSim {
+    pub fn start(options: SttSimOptions) -> io::Result<SttSim> {
+        let state = Arc::new(Mutex::new(State::default()));
+        let shared = state.clone();
+        let listener = Listener::start("sim-stt", move |stream| serve(stream, &options, &shared))?;
+        Ok(SttSim { listener, state })
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("ws://{}", self.listener.addr())
+    }
+
+    /// What the caller will say, in order (shared with the simulated caller).
+    pub fn push_utterances(&self, utterances: impl IntoIterator<Item = String>) {
+        lock(&self.state).utterances.extend(utterances);
+    }
+
+    /// Faults for the next sessions, one each.
+    pub fn push_fault(&self, fault: Fault) {
+        lock(&self.state).faults.push_back(fault);
+    }
+
+    pub fn sessions(&self) -> u32 {
+        lock(&self.state).sessions
+    }
+
+    /// Client messages of session `n` (0-based), audio payloads included.
+    pub fn received(&self, n: usize) -> Vec<Value> {
+        lock(&self.state)
+            .received
+            .get(n)
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn refuse(status: u16, message: &str) -> ErrorResponse {
+    let mut response = ErrorResponse::new(Some(json!({"detail": message}).to_string()));
+    *response.status_mut() = tungstenite::http::StatusCode::from_u16(status)
+        .unwrap_or(tungstenite::http::StatusCode::BAD_REQUEST);
+    response
+}
+
+/// What the URL asked for.
+struct Session {
+    silence_secs: f64,
+}
+
+fn serve(stream: TcpStream, options: &SttSimOptions, state: &Mutex<State>) -> io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.set_nodelay(true)?;
+    let mut session = Session { silence_secs: 1.5 };
+    // The signature is tungstenite's handshake Callback; its error type is not ours to shrink.
+    #[allow(clippy::result_large_err)]
+    let check = |request: &Request, response: Response| -> Result<Response, ErrorResponse> {
+        if request.uri().path() != "/v1/speech-to-text/realtime" {
+            return Err(refuse(404, "not found"));
+        }
+        let key = request
+            .headers()
+            .get("xi-api-key")
+            .and_then(|v| v.to_str().ok());
+        if key != Some(options.api_key.as_str()) {
+            return Err(refuse(401, "Invalid API key"));
+        }
+        let query = request.uri().query().unwrap_or("");
+        let param = |name: &str| {
+            query
+                .split('&')
+                .filter_map(|p| p.split_once('='))
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        };
+        // The service's defaults are pcm_16000 and manual commits: a client that forgets to
+        // ask for μ-law and VAD gets a session that never transcribes Twilio's audio.
+        if param("audio_format").as_deref() != Some("ulaw_8000") {
+            return Err(refuse(
+                400,
+                "this simulator transcribes audio_format=ulaw_8000 only",
+            ));
+        }
+        if param("commit_strategy").as_deref() != Some("vad") {
+            return Err(refuse(
+                400,
+                "this simulator commits by VAD only (commit_strategy=vad)",
+            ));
+        }
+        if let Some(secs) = param("vad_silence_threshold_secs").and_then(|s| s.parse::<f64>().ok())
+        {
+            if !(0.3..=3.0).contains(&secs) {
+                return Err(refuse(
+                    400,
+                    "vad_silence_threshold_secs must be within 0.3 and 3.0",
+                ));
+            }
+            session.silence_secs = secs;
+        }
+        Ok(response)
+    };
+    let config = WebSocketConfig::default()
+        .read_buffer_size(8 * 1024)
+        .write_buffer_size(0);
+    let mut socket = tungstenite::accept_hdr_with_config(stream, check, Some(config))
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    let (index, fault) = {
+        let mut state = lock(state);
+        state.sessions += 1;
+        state.received.push(Vec::new());
+        (state.received.len() - 1, state.faults.pop_front())
+    };
+    let send = |socket: &mut tungstenite::WebSocket<TcpStream>, value: Value| {
+        socket
+            .send(Message::text(value.to_string()))
+            .map_err(|e| io::Error::other(e.to_string()))
+    };
+    send(
+        &mut socket,
+        json!({"message_type": "session_started", "session_id": format!("sim-stt-{index}"),
+               "config": {"audio_format": "ulaw_8000", "commit_strategy": "vad",
+                          "vad_silence_threshold_secs": session.silence_secs}}),
+    )?;
+
+    if let Some(Fault::UnknownType(kind)) = &fault {
+        for _ in 0..2 {
+            send(&mut socket, json!({"message_type": kind, "text": "?"}))?;
+        }
+    }
+
+    let mut chunks = 0u32;
+    let mut speaking = false;
+    let mut speech_secs = 0.0f64;
+    let mut silence_secs = 0.0f64;
+    let mut since_partial = 0.0f64;
+    let mut utterance: Option<String> = None;
+    loop {
+        let message = match socket.read() {
+            Ok(message) => message,
+            Err(_) => return Ok(()),
+        };
+        let Message::Text(text) = message else {
+            if let Message::Close(_) = message {
+                return Ok(());
+            }
+            continue;
+        };
+        let value: Value = serde_json::from_str(text.as_str()).unwrap_or(Value::Null);
+        lock(state).received[index].push(value.clone());
+        let kind = value["message_type"].as_str().unwrap_or("");
+        if kind != "input_audio_chunk" {
+            send(
+                &mut socket,
+                json!({"message_type": "input_error",
+                "error": format!("Unexpected message type: {kind}")}),
+            )?;
+            continue;
+        }
+        if value.get("commit").is_none() || value["sample_rate"] != json!(8000) {
+            send(
+                &mut socket,
+                json!({"message_type": "input_error",
+                "error": "input_audio_chunk needs commit and sample_rate (8000 for ulaw_8000)"}),
+            )?;
+            continue;
+        }
+        let Ok(audio) = base64::engine::general_purpose::STANDARD
+            .decode(value["audio_base_64"].as_str().unwrap_or(""))
+        else {
+            send(
+                &mut socket,
+                json!({"message_type": "input_error", "error": "audio_base_64 is not base64"}),
+            )?;
+            continue;
+        };
+        chunks += 1;
+        match &fault {
+            Some(Fault::Error {
+                message_type,
+                after_chunks,
+            }) if chunks >= *after_chunks => {
+                send(
+                    &mut socket,
+                    json!({"message_type": message_type, "error": format!("simulated {message_type}")}),
+                )?;
+                let _ = socket.close(None);
+                let _ = socket.flush();
+                return Ok(());
+            }
+            Some(Fault::Drop { after_chunks }) if chunks >= *after_chunks => return Ok(()),
+            _ => {}
+        }
+
+        let secs = audio.len() as f64 / f64::from(voice::SAMPLE_RATE);
+        if voice::rms(&audio) > SPEECH_RMS {
+            if !speaking {
+                speaking = true;
+                speech_secs = 0.0;
+                since_partial = 0.0;
+                utterance.get_or_insert_with(|| {
+                    lock(state)
+                        .utterances
+                        .pop_front()
+                        .unwrap_or_else(|| "(inaudible)".to_string())
+                });
+            }
+            silence_secs = 0.0;
+            speech_secs += secs;
+            since_partial += secs;
+            if since_partial >= PARTIAL_EVERY_SECS {
+                since_partial = 0.0;
+                if let Some(words) = &utterance {
+                    // As much of the utterance as has been "heard": about 3 words a second.
+                    let heard = ((speech_secs * 3.0).ceil() as usize).max(1);
+                    let partial: Vec<&str> = words.split_whitespace().take(heard).collect();
+                    send(
+                        &mut socket,
+                        json!({"message_type": "partial_transcript", "text": partial.join(" ")}),
+                    )?;
+                }
+            }
+        } else if speaking {
+            silence_secs += secs;
+            if silence_secs >= session.silence_secs {
+                speaking = false;
+                if let Some(words) = utterance.take() {
+                    std::thread::sleep(options.commit_latency);
+                    send(
+                        &mut socket,
+                        json!({"message_type": "committed_transcript", "text": words}),
+                    )?;
+                }
+            }
+        }
+    }
+}
