@@ -16,6 +16,8 @@ Usage: cotrackpro-voice [--env-file PATH] <command>
 Commands:
   serve          run the webhook server (HTTP_PORT)
   check-config   validate the configuration and print it, secrets redacted
+  sim            run the simulated providers (Anthropic, ElevenLabs, MCP, Twilio) on loopback
+                 ports and print the variables that point a server at them
   compact        compact the call records now (drop expired and deleted calls, one line
                  per call); safe while the server runs
   bench-records [--count N] [--dir PATH]
@@ -41,6 +43,7 @@ pub enum Command {
     Compact,
     Rollup,
     BenchRecords,
+    Sim,
     Help,
     Version,
 }
@@ -132,6 +135,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
                     "compact" => Command::Compact,
                     "rollup" => Command::Rollup,
                     "bench-records" => Command::BenchRecords,
+                    "sim" => Command::Sim,
                     "help" => Command::Help,
                     "version" => Command::Version,
                     _ => return Err(format!("unknown command {name:?}")),
@@ -195,6 +199,13 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
                 }
             }
         }
+        Command::Sim => match crate::sim::run() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                print_error(&err);
+                ExitCode::from(1)
+            }
+        },
         Command::BenchRecords => {
             let dir = args.dir.clone().unwrap_or_else(|| {
                 std::env::temp_dir()

@@ -13,6 +13,7 @@ mod records_api;
 mod records_durability;
 mod rollup;
 mod signatures;
+mod sim_command;
 mod systemd_units;
 mod twilio_rest;
 mod twiml_interop;

@@ -18,6 +18,7 @@ use tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::Message;
 
+use super::elevenlabs_tts::ConnectionServer;
 use super::listener::Listener;
 use super::voice;
 
@@ -66,20 +67,38 @@ struct State {
 }
 
 pub struct SttSim {
-    listener: Listener,
+    /// `None` when it is served by [`super::elevenlabs::ElevenLabsSim`]'s listener.
+    listener: Option<Listener>,
     state: Arc<Mutex<State>>,
 }
 
 impl SttSim {
+    /// An STT simulator on its own port.
     pub fn start(options: SttSimOptions) -> io::Result<SttSim> {
-        let state = Arc::new(Mutex::new(State::default()));
-        let shared = state.clone();
-        let listener = Listener::start("sim-stt", move |stream| serve(stream, &options, &shared))?;
-        Ok(SttSim { listener, state })
+        let (mut sim, serve) = SttSim::detached(options);
+        sim.listener = Some(Listener::start("sim-stt", serve)?);
+        Ok(sim)
     }
 
+    /// The simulator without a listener, and what serves a connection for it.
+    pub fn detached(options: SttSimOptions) -> (SttSim, ConnectionServer) {
+        let state = Arc::new(Mutex::new(State::default()));
+        let shared = state.clone();
+        let serve: ConnectionServer = Box::new(move |stream| serve(stream, &options, &shared));
+        (
+            SttSim {
+                listener: None,
+                state,
+            },
+            serve,
+        )
+    }
+
+    /// The base URL to set as `ELEVENLABS_WS_BASE` (empty when detached).
     pub fn base_url(&self) -> String {
-        format!("ws://{}", self.listener.addr())
+        self.listener
+            .as_ref()
+            .map_or_else(String::new, |l| format!("ws://{}", l.addr()))
     }
 
     /// What the caller will say, in order (shared with the simulated caller).

@@ -52,21 +52,41 @@ struct State {
 }
 
 pub struct TtsSim {
-    listener: Listener,
+    /// `None` when it is served by [`super::elevenlabs::ElevenLabsSim`]'s listener.
+    listener: Option<Listener>,
     state: Arc<Mutex<State>>,
 }
 
+/// Serves one WebSocket connection of a simulator.
+pub type ConnectionServer = Box<dyn Fn(TcpStream) -> io::Result<()> + Send + Sync>;
+
 impl TtsSim {
+    /// A TTS simulator on its own port.
     pub fn start(options: TtsSimOptions) -> io::Result<TtsSim> {
-        let state = Arc::new(Mutex::new(State::default()));
-        let shared = state.clone();
-        let listener = Listener::start("sim-tts", move |stream| serve(stream, &options, &shared))?;
-        Ok(TtsSim { listener, state })
+        let (mut sim, serve) = TtsSim::detached(options);
+        sim.listener = Some(Listener::start("sim-tts", serve)?);
+        Ok(sim)
     }
 
-    /// The base URL to set as `ELEVENLABS_WS_BASE`.
+    /// The simulator without a listener, and what serves a connection for it.
+    pub fn detached(options: TtsSimOptions) -> (TtsSim, ConnectionServer) {
+        let state = Arc::new(Mutex::new(State::default()));
+        let shared = state.clone();
+        let serve: ConnectionServer = Box::new(move |stream| serve(stream, &options, &shared));
+        (
+            TtsSim {
+                listener: None,
+                state,
+            },
+            serve,
+        )
+    }
+
+    /// The base URL to set as `ELEVENLABS_WS_BASE` (empty when detached).
     pub fn base_url(&self) -> String {
-        format!("ws://{}", self.listener.addr())
+        self.listener
+            .as_ref()
+            .map_or_else(String::new, |l| format!("ws://{}", l.addr()))
     }
 
     /// Per connection: the voice id and the messages received.

@@ -3,6 +3,7 @@
 //! not test fixtures: a newcomer's first call runs against them.
 
 pub mod anthropic;
+pub mod elevenlabs;
 pub mod elevenlabs_stt;
 pub mod elevenlabs_tts;
 pub mod http;
@@ -10,3 +11,65 @@ pub mod listener;
 pub mod mcp;
 pub mod twilio;
 pub mod voice;
+
+use std::io;
+use std::time::Duration;
+
+/// The account the Twilio simulator accepts (printed by `sim`; not a real credential).
+pub const SIM_TWILIO_ACCOUNT_SID: &str = "AC00000000000000000000000000000000";
+pub const SIM_TWILIO_AUTH_TOKEN: &str = "sim-twilio-auth-token";
+/// The key the Anthropic simulator is happy with (it checks that one is sent).
+pub const SIM_ANTHROPIC_API_KEY: &str = "sim-anthropic-key";
+
+/// Every simulated provider, running.
+pub struct Simulators {
+    pub anthropic: anthropic::AnthropicSim,
+    pub elevenlabs: elevenlabs::ElevenLabsSim,
+    pub mcp: mcp::McpSim,
+    pub twilio: twilio::TwilioSim,
+}
+
+impl Simulators {
+    /// Starts them all with realistic timing.
+    pub fn start() -> io::Result<Simulators> {
+        Ok(Simulators {
+            anthropic: anthropic::AnthropicSim::start(anthropic::Timing::default())?,
+            elevenlabs: elevenlabs::ElevenLabsSim::start(
+                elevenlabs_tts::TtsSimOptions::default(),
+                elevenlabs_stt::SttSimOptions::default(),
+            )?,
+            mcp: mcp::McpSim::start(mcp::Framing::Sse)?,
+            twilio: twilio::TwilioSim::start(SIM_TWILIO_ACCOUNT_SID, SIM_TWILIO_AUTH_TOKEN)?,
+        })
+    }
+
+    /// The variables that point a server at these simulators.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("ANTHROPIC_BASE_URL", self.anthropic.base_url()),
+            ("ANTHROPIC_API_KEY", SIM_ANTHROPIC_API_KEY.to_string()),
+            ("ELEVENLABS_WS_BASE", self.elevenlabs.ws_base_url()),
+            (
+                "ELEVENLABS_API_KEY",
+                elevenlabs_tts::TtsSimOptions::default().api_key,
+            ),
+            ("COTRACKPRO_MCP_URL", self.mcp.url()),
+            ("TWILIO_API_BASE", self.twilio.base_url()),
+            ("TWILIO_ACCOUNT_SID", SIM_TWILIO_ACCOUNT_SID.to_string()),
+            ("TWILIO_AUTH_TOKEN", SIM_TWILIO_AUTH_TOKEN.to_string()),
+        ]
+    }
+}
+
+/// `cotrackpro-voice sim`: starts the simulators, prints their variables (an env file a server
+/// can read with `--env-file`), and serves until the process is stopped.
+pub fn run() -> io::Result<()> {
+    let sims = Simulators::start()?;
+    println!("# cotrackpro-voice simulated providers; stop with Ctrl-C");
+    for (key, value) in sims.env() {
+        println!("{key}={value}");
+    }
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
