@@ -182,3 +182,35 @@ fn the_official_python_mcp_server_understands_us() {
     let missing_args = client.call_tool("check_safety", &json!({}));
     assert!(missing_args.is_error, "{missing_args:?}");
 }
+
+#[test]
+fn the_tool_catalog_never_waits_for_a_slow_server() {
+    use cotrackpro_voice::providers::mcp::{default_tools, ToolCatalog};
+    use std::sync::Arc;
+
+    let sim = McpSim::start(Framing::Sse).unwrap();
+    sim.set_delay(Duration::from_millis(500));
+    let catalog = ToolCatalog::new(vec![default_tools()[0].clone()]);
+    let started = Instant::now();
+    let refresh =
+        ToolCatalog::refresh_in_background(&catalog, Arc::new(client(&sim.url(), 5000))).unwrap();
+    // The call can start now, with the built-in tools.
+    assert_eq!(catalog.current().len(), 1);
+    assert!(!catalog.is_refreshed());
+    assert!(started.elapsed() < Duration::from_millis(100));
+    refresh.join().unwrap();
+    assert!(catalog.is_refreshed());
+    assert_eq!(catalog.current().len(), 4);
+
+    // An absent server leaves the built-ins in place.
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/mcp", closed.local_addr().unwrap());
+    drop(closed);
+    let catalog = ToolCatalog::new(default_tools());
+    ToolCatalog::refresh_in_background(&catalog, Arc::new(client(&url, 500)))
+        .unwrap()
+        .join()
+        .unwrap();
+    assert!(!catalog.is_refreshed());
+    assert_eq!(catalog.current().len(), 4);
+}

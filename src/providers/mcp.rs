@@ -9,8 +9,8 @@
 //! the server forgot the session: the client initializes again, once, and retries.
 
 use std::io::{BufReader, Read};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -369,4 +369,53 @@ pub fn default_tools() -> Vec<ToolDefinition> {
                 "required": ["sessionId", "artifact_type"]}),
         ),
     ]
+}
+
+/// The tools offered to the model: the built-in definitions at once, replaced by the server's
+/// `tools/list` when a background refresh succeeds. Reading it never waits on the network.
+pub struct ToolCatalog {
+    tools: RwLock<Arc<Vec<ToolDefinition>>>,
+    refreshed: AtomicBool,
+}
+
+impl ToolCatalog {
+    pub fn new(initial: Vec<ToolDefinition>) -> Arc<ToolCatalog> {
+        Arc::new(ToolCatalog {
+            tools: std::sync::RwLock::new(Arc::new(initial)),
+            refreshed: AtomicBool::new(false),
+        })
+    }
+
+    /// The current tools (a cheap shared copy).
+    pub fn current(&self) -> Arc<Vec<ToolDefinition>> {
+        self.tools.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Whether a refresh from the server has succeeded.
+    pub fn is_refreshed(&self) -> bool {
+        self.refreshed.load(Ordering::SeqCst)
+    }
+
+    /// Asks `client` for its tools on a named background thread; on success (and a non-empty
+    /// list) they replace the current ones. A failure is logged and the built-ins stay.
+    pub fn refresh_in_background(
+        catalog: &Arc<ToolCatalog>,
+        client: Arc<McpClient>,
+    ) -> std::io::Result<std::thread::JoinHandle<()>> {
+        let catalog = catalog.clone();
+        std::thread::Builder::new()
+            .name("mcp-tools-refresh".into())
+            .stack_size(256 * 1024)
+            .spawn(move || match client.list_tools() {
+                Ok(tools) if !tools.is_empty() => {
+                    log::info!(count = tools.len(); "mcp.tools.refreshed");
+                    *catalog.tools.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(tools);
+                    catalog.refreshed.store(true, Ordering::SeqCst);
+                }
+                Ok(_) => log::warn!("mcp server lists no tools; keeping the built-in ones"),
+                Err(err) => {
+                    log::warn!(error:% = err; "mcp.tools.refresh_failed; keeping the built-in ones")
+                }
+            })
+    }
 }

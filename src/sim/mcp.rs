@@ -54,7 +54,7 @@ impl McpSim {
         lock(&self.state).calls.clone()
     }
 
-    /// Makes every tool call take this long.
+    /// Makes every `tools/list` and `tools/call` take this long.
     pub fn set_delay(&self, delay: Duration) {
         lock(&self.state).delay = delay;
     }
@@ -143,8 +143,10 @@ fn handle(
         // A notification (notifications/initialized, cancellations): accepted, no body.
         return res.send(202, &plain, b"");
     }
+    let delay = lock(state).delay;
     let result = match method {
         "tools/list" => {
+            std::thread::sleep(delay);
             let tools: Vec<Value> = default_tools()
                 .into_iter()
                 .map(|t| json!({"name": t.name, "description": t.description, "inputSchema": t.input_schema}))
@@ -154,11 +156,7 @@ fn handle(
         "tools/call" => {
             let name = message["params"]["name"].as_str().unwrap_or("").to_string();
             let arguments = message["params"]["arguments"].clone();
-            let delay = {
-                let mut state = lock(state);
-                state.calls.push((name.clone(), arguments.clone()));
-                state.delay
-            };
+            lock(state).calls.push((name.clone(), arguments.clone()));
             std::thread::sleep(delay);
             call_tool(&name, &arguments)
         }
