@@ -311,3 +311,38 @@ fn cancelling_stops_the_stream_at_the_next_event() {
         started.elapsed()
     );
 }
+
+#[test]
+fn replies_follow_the_persona_of_the_system_prompt() {
+    use cotrackpro_voice::personas::Role;
+    let sim = AnthropicSim::start(fast()).unwrap();
+    sim.push_for_role(
+        Role::KidTeen,
+        [Reply::Text("You can stop any time you want.".into())],
+    );
+    let with_system = |system: &str| {
+        let mut body = hello();
+        body["system"][0]["text"] = json!(system);
+        body
+    };
+    let spoken = |body: &serde_json::Value| -> String {
+        let (result, items) = collect(&client(&sim, 2000), body);
+        result.unwrap();
+        items
+            .iter()
+            .filter_map(|(_, i)| match i {
+                StreamItem::Text(t) => Some(t.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let kid = with_system("You are a CoTrackPro assistant.\nCALLER ROLE: kid_teen (a minor)");
+    assert_eq!(spoken(&kid), "You can stop any time you want.");
+    assert!(
+        spoken(&kid).contains("not in trouble"),
+        "then the persona's default"
+    );
+    let attorney = with_system("Core rules.\nCALLER ROLE: Attorney — concise legal language");
+    assert!(spoken(&attorney).contains("facts in order"));
+    assert!(spoken(&hello()).contains("I'm here with you"));
+}

@@ -14,6 +14,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use super::http::{Responder, SimRequest, SimServer};
+use crate::personas::Role;
 use crate::providers::anthropic::client::ANTHROPIC_VERSION;
 use crate::providers::anthropic::request::count_breakpoints;
 
@@ -62,6 +63,8 @@ impl Default for Timing {
 #[derive(Default)]
 struct State {
     script: VecDeque<Reply>,
+    /// Replies for one persona, taken before the general script.
+    by_role: std::collections::HashMap<Role, VecDeque<Reply>>,
     requests: Vec<Value>,
 }
 
@@ -86,9 +89,18 @@ impl AnthropicSim {
         self.server.base_url()
     }
 
-    /// Queues replies for the next requests (afterwards: a default spoken reply).
+    /// Queues replies for the next requests (afterwards: the persona's default reply).
     pub fn push(&self, replies: impl IntoIterator<Item = Reply>) {
         lock(&self.state).script.extend(replies);
+    }
+
+    /// Queues replies for requests whose system prompt is `role`'s (its `CALLER ROLE:` line).
+    pub fn push_for_role(&self, role: Role, replies: impl IntoIterator<Item = Reply>) {
+        lock(&self.state)
+            .by_role
+            .entry(role)
+            .or_default()
+            .extend(replies);
     }
 
     /// Every valid request body received so far.
@@ -130,12 +142,14 @@ fn handle(
         let body = error_body("invalid_request_error", &problem);
         return res.send(400, &json, body.as_bytes());
     }
+    let role = persona(&body);
     let reply = {
         let mut state = lock(state);
         state.requests.push(body.clone());
-        state.script.pop_front()
+        let for_role = role.and_then(|r| state.by_role.get_mut(&r).and_then(VecDeque::pop_front));
+        for_role.or_else(|| state.script.pop_front())
     }
-    .unwrap_or_else(|| Reply::Text(default_reply(&body)));
+    .unwrap_or_else(|| Reply::Text(default_reply(&body, role)));
 
     let (text, tool) = match reply {
         Reply::Status {
@@ -348,24 +362,42 @@ fn error_body(kind: &str, message: &str) -> String {
     json!({"type": "error", "error": {"type": kind, "message": message}}).to_string()
 }
 
-/// What the simulator says when nothing was scripted: a calm acknowledgement of the caller's
-/// last words, so a demo conversation reads naturally.
-fn default_reply(body: &Value) -> String {
-    let last_user_text = body["messages"]
-        .as_array()
-        .and_then(|m| m.last())
-        .and_then(|m| match &m["content"] {
-            Value::String(text) => Some(text.clone()),
-            Value::Array(blocks) => blocks
-                .iter()
-                .rev()
-                .find_map(|b| b["text"].as_str().map(str::to_string)),
-            _ => None,
-        })
-        .unwrap_or_default();
-    if last_user_text.trim().is_empty() {
-        "I'm here with you. Take your time.".to_string()
-    } else {
-        "Thank you for telling me. We can write that down together, one step at a time. What happened first?".to_string()
-    }
+/// The persona a request is for: the role named on its system prompt's `CALLER ROLE:` line.
+pub fn persona(body: &Value) -> Option<Role> {
+    let system = match &body["system"] {
+        Value::String(text) => text.clone(),
+        Value::Array(blocks) => blocks
+            .iter()
+            .filter_map(|b| b["text"].as_str())
+            .collect::<Vec<_>>()
+            .join("\n"),
+        _ => return None,
+    };
+    system.lines().find_map(|line| {
+        let rest = line.trim().strip_prefix("CALLER ROLE:")?;
+        let word = rest
+            .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+            .find(|w| !w.is_empty())?;
+        Role::parse(word)
+    })
+}
+
+/// What the simulator says when nothing was scripted: a calm reply in the persona's register,
+/// so a demo conversation reads naturally.
+fn default_reply(body: &Value, role: Option<Role>) -> String {
+    let first_turn = body["messages"].as_array().is_none_or(|m| m.len() <= 1);
+    let reply = match role {
+        Some(Role::KidTeen) => "Thanks for telling me. You're not in trouble. Do you want to tell me what happened?",
+        Some(Role::Attorney | Role::Judge | Role::Gal | Role::Evaluator) => {
+            "Understood. Let's put the facts in order: the date, what was observed, and who was present."
+        }
+        Some(Role::Therapist | Role::SocialWorker | Role::SchoolCounselor | Role::Cps) => {
+            "Thank you. Let's record what you observed, in the child's own words where you can."
+        }
+        Some(Role::LawEnforcement) => "Understood. Start with the time and the location, and we'll build the report from there.",
+        Some(Role::Mediator) => "Thank you. Let's note what each side agreed to, in neutral words.",
+        _ if first_turn => "I'm here with you. Take your time, and tell me what's on your mind.",
+        _ => "Thank you for telling me. We can write that down together, one step at a time. What happened first?",
+    };
+    reply.to_string()
 }
