@@ -14,6 +14,7 @@ mod records_durability;
 mod rollup;
 mod signatures;
 mod sim_command;
+mod simulator_golden;
 mod systemd_units;
 mod twilio_rest;
 mod twiml_interop;
