@@ -16,7 +16,8 @@ Usage: cotrackpro-voice [--env-file PATH] <command>
 Commands:
   serve          run the webhook server (HTTP_PORT)
   check-config   validate the configuration and print it, secrets redacted
-  sim            run the simulated providers (Anthropic, ElevenLabs, MCP, Twilio) on loopback
+  sim [--first-token-ms N] [--token-ms N] [--tts-first-byte-ms N] [--stt-commit-ms N]
+                 run the simulated providers (Anthropic, ElevenLabs, MCP, Twilio) on loopback
                  ports and print the variables that point a server at them
   compact        compact the call records now (drop expired and deleted calls, one line
                  per call); safe while the server runs
@@ -58,6 +59,8 @@ pub struct Args {
     pub count: Option<u64>,
     /// `bench-records --dir`.
     pub dir: Option<PathBuf>,
+    /// `sim` timing flags.
+    pub sim_timing: crate::sim::SimTiming,
 }
 
 /// Parses the arguments after the program name.
@@ -67,6 +70,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
     let mut date = None;
     let mut count = None;
     let mut dir = None;
+    let mut sim_timing = crate::sim::SimTiming::default();
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         let arg = arg
@@ -122,6 +126,27 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
                     );
                 }
             }
+            "--first-token-ms" | "--token-ms" | "--tts-first-byte-ms" | "--stt-commit-ms" => {
+                let value = match inline_value {
+                    Some(value) => value,
+                    None => args
+                        .next()
+                        .and_then(|v| v.into_string().ok())
+                        .ok_or_else(|| format!("{flag} needs milliseconds"))?,
+                };
+                let ms = value
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|ms| *ms <= 60_000)
+                    .ok_or_else(|| format!("{flag} {value:?} is not milliseconds (0 to 60000)"))?;
+                let slot = match flag.as_str() {
+                    "--first-token-ms" => &mut sim_timing.first_token_ms,
+                    "--token-ms" => &mut sim_timing.token_ms,
+                    "--tts-first-byte-ms" => &mut sim_timing.tts_first_byte_ms,
+                    _ => &mut sim_timing.stt_commit_ms,
+                };
+                *slot = Some(ms);
+            }
             "-h" | "--help" => command = Some(Command::Help),
             "-V" | "--version" => command = Some(Command::Version),
             other if other.starts_with('-') => return Err(format!("unknown option {other}")),
@@ -150,12 +175,16 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
     if (count.is_some() || dir.is_some()) && command != Command::BenchRecords {
         return Err("--count and --dir go with the bench-records command".to_string());
     }
+    if sim_timing != crate::sim::SimTiming::default() && command != Command::Sim {
+        return Err("the timing flags go with the sim command".to_string());
+    }
     Ok(Args {
         command,
         env_file,
         date,
         count,
         dir,
+        sim_timing,
     })
 }
 
@@ -199,7 +228,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
                 }
             }
         }
-        Command::Sim => match crate::sim::run() {
+        Command::Sim => match crate::sim::run(args.sim_timing) {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
                 print_error(&err);
@@ -352,6 +381,7 @@ mod tests {
             date: None,
             count: None,
             dir: None,
+            sim_timing: crate::sim::SimTiming::default(),
         };
         assert_eq!(args(&["serve", "--env-file", "/etc/x.env"]), Ok(expected));
         let parsed = args(&["--env-file=/etc/x.env", "check-config"]).unwrap();

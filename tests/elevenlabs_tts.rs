@@ -172,3 +172,35 @@ fn abandoning_mid_sentence_closes_the_socket_at_once() {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+#[test]
+fn the_tls_path_fails_cleanly_when_the_peer_is_not_tls() {
+    // Exercises rustls (crypto provider, roots) without the internet: a plain TCP peer that
+    // answers garbage must give an error, never a panic over provider selection.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let peer = std::thread::Builder::new()
+        .name("test-not-tls".into())
+        .spawn(move || {
+            if let Ok((mut stream, _)) = listener.accept() {
+                use std::io::Write;
+                let _ = stream.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n");
+            }
+        })
+        .unwrap();
+    let result = cotrackpro_voice::providers::ws::connect(
+        &format!(
+            "wss://localhost:{}/v1/text-to-speech/x/stream-input",
+            addr.port()
+        ),
+        &[("xi-api-key", "k")],
+        Duration::from_secs(3),
+        Duration::from_millis(20),
+    );
+    assert!(
+        matches!(result, Err(ConnectError::Failed(_))),
+        "{:?}",
+        result.map(|_| ())
+    );
+    peer.join().unwrap();
+}

@@ -32,7 +32,7 @@ impl Drop for Killed {
 #[test]
 fn the_sim_command_serves_every_provider() {
     let mut child = binary()
-        .arg("sim")
+        .args(["sim", "--first-token-ms", "5", "--token-ms", "1"])
         .env_clear()
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

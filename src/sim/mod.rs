@@ -21,6 +21,15 @@ pub const SIM_TWILIO_AUTH_TOKEN: &str = "sim-twilio-auth-token";
 /// The key the Anthropic simulator is happy with (it checks that one is sent).
 pub const SIM_ANTHROPIC_API_KEY: &str = "sim-anthropic-key";
 
+/// How fast the simulated providers answer; `None` keeps each one's realistic default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SimTiming {
+    pub first_token_ms: Option<u64>,
+    pub token_ms: Option<u64>,
+    pub tts_first_byte_ms: Option<u64>,
+    pub stt_commit_ms: Option<u64>,
+}
+
 /// Every simulated provider, running.
 pub struct Simulators {
     pub anthropic: anthropic::AnthropicSim,
@@ -32,11 +41,29 @@ pub struct Simulators {
 impl Simulators {
     /// Starts them all with realistic timing.
     pub fn start() -> io::Result<Simulators> {
+        Simulators::start_with(SimTiming::default())
+    }
+
+    /// Starts them all, with `timing` overriding the defaults it names.
+    pub fn start_with(timing: SimTiming) -> io::Result<Simulators> {
+        let ms = Duration::from_millis;
+        let llm = anthropic::Timing::default();
+        let tts = elevenlabs_tts::TtsSimOptions::default();
+        let stt = elevenlabs_stt::SttSimOptions::default();
         Ok(Simulators {
-            anthropic: anthropic::AnthropicSim::start(anthropic::Timing::default())?,
+            anthropic: anthropic::AnthropicSim::start(anthropic::Timing {
+                first_token: timing.first_token_ms.map_or(llm.first_token, ms),
+                per_token: timing.token_ms.map_or(llm.per_token, ms),
+            })?,
             elevenlabs: elevenlabs::ElevenLabsSim::start(
-                elevenlabs_tts::TtsSimOptions::default(),
-                elevenlabs_stt::SttSimOptions::default(),
+                elevenlabs_tts::TtsSimOptions {
+                    first_byte: timing.tts_first_byte_ms.map_or(tts.first_byte, ms),
+                    ..tts
+                },
+                elevenlabs_stt::SttSimOptions {
+                    commit_latency: timing.stt_commit_ms.map_or(stt.commit_latency, ms),
+                    ..stt
+                },
             )?,
             mcp: mcp::McpSim::start(mcp::Framing::Sse)?,
             twilio: twilio::TwilioSim::start(SIM_TWILIO_ACCOUNT_SID, SIM_TWILIO_AUTH_TOKEN)?,
@@ -63,8 +90,8 @@ impl Simulators {
 
 /// `cotrackpro-voice sim`: starts the simulators, prints their variables (an env file a server
 /// can read with `--env-file`), and serves until the process is stopped.
-pub fn run() -> io::Result<()> {
-    let sims = Simulators::start()?;
+pub fn run(timing: SimTiming) -> io::Result<()> {
+    let sims = Simulators::start_with(timing)?;
     println!("# cotrackpro-voice simulated providers; stop with Ctrl-C");
     for (key, value) in sims.env() {
         println!("{key}={value}");
