@@ -6,7 +6,7 @@ use std::io::Write;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::support::{binary, send_raw, Spawned, TempDir, AUTH_TOKEN, DOMAIN};
+use crate::support::{binary, send_raw, serve_binary, TempDir, AUTH_TOKEN, DOMAIN};
 
 fn run(mut command: Command) -> (i32, String, String) {
     let output = command.output().expect("run the binary");
@@ -141,24 +141,14 @@ fn usage_errors_exit_2_with_help() {
 #[test]
 fn serve_logs_json_and_says_why_a_signature_was_refused_without_the_token() {
     let records = TempDir::new("cli-serve");
-    let mut command = binary();
-    command
-        .arg("serve")
-        .env_clear()
-        .env("RECORDS_DIR", records.path())
-        .envs([
-            ("SERVER_DOMAIN", DOMAIN),
-            ("HTTP_PORT", "0"),
-            ("MEDIA_PORT", "0"),
-            ("LOG_FORMAT", "json"),
+    let (server, addr, started) = serve_binary(
+        &records,
+        &[
             ("VALIDATE_TWILIO_SIGNATURE", "true"),
             ("TWILIO_AUTH_TOKEN", AUTH_TOKEN),
-        ]);
-    let server = Spawned::spawn(command);
-    let started = server.wait_for_line("the listening line", |l| l.contains("listening"));
-    let started: serde_json::Value = serde_json::from_str(&started).expect("a JSON log line");
+        ],
+    );
     assert_eq!(started["level"], "INFO");
-    let addr: std::net::SocketAddr = started["http"].as_str().unwrap().parse().unwrap();
 
     let forged = send_raw(
         addr,

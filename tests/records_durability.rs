@@ -12,25 +12,10 @@ use std::time::Duration;
 
 use cotrackpro_voice::records::{index, RecordStore};
 
-use crate::support::{binary, encode_form, send_raw, Spawned, TempDir, DOMAIN};
+use crate::support::{binary, encode_form, send_raw, serve_binary, Spawned, TempDir, DOMAIN};
 
 fn start_server(records: &TempDir) -> (Spawned, SocketAddr) {
-    let mut command = binary();
-    command
-        .arg("serve")
-        .env_clear()
-        .env("RECORDS_DIR", records.path())
-        .envs([
-            ("SERVER_DOMAIN", DOMAIN),
-            ("HTTP_PORT", "0"),
-            ("MEDIA_PORT", "0"),
-            ("LOG_FORMAT", "json"),
-            ("HTTP_WORKERS", "4"),
-        ]);
-    let server = Spawned::spawn(command);
-    let line = server.wait_for_line("the listening line", |l| l.contains("listening"));
-    let line: serde_json::Value = serde_json::from_str(&line).unwrap();
-    let addr = line["http"].as_str().unwrap().parse().unwrap();
+    let (server, addr, _) = serve_binary(records, &[]);
     (server, addr)
 }
 

@@ -6,22 +6,9 @@ use crate::app::App;
 use crate::config::Config;
 use crate::ids::CallSid;
 use crate::personas::Role;
-use crate::records::event::{CallStatus, Direction, Event, EventKind};
+use crate::records::event::{CallStatus, Direction, Event, EventKind, TWILIO_STATUSES};
 use crate::records::ttl_from;
 use crate::{phone, timestamp, twilio_signature, twiml};
-
-/// The statuses Twilio reports in `CallStatus`.
-const CALL_STATUSES: &[&str] = &[
-    "queued",
-    "initiated",
-    "ringing",
-    "in-progress",
-    "completed",
-    "busy",
-    "failed",
-    "no-answer",
-    "canceled",
-];
 
 /// `POST /call/incoming`: TwiML connecting the call to `wss://{WS_DOMAIN}/call/stream`. The
 /// persona comes from the dialled number's override, else `?role=`, else the default role; a
@@ -113,11 +100,11 @@ pub fn status(app: &App, req: &Incoming) -> Reply {
     let Some(call_sid) = param("CallSid").and_then(CallSid::parse) else {
         return Reply::error(400, "Missing or malformed CallSid");
     };
-    let Some(call_status) = param("CallStatus").filter(|s| CALL_STATUSES.contains(s)) else {
+    let Some(call_status) = param("CallStatus").filter(|s| TWILIO_STATUSES.contains(s)) else {
         return Reply::error_with_details(
             400,
             "Missing or unknown CallStatus",
-            &format!("expected one of {}", CALL_STATUSES.join(", ")),
+            &format!("expected one of {}", TWILIO_STATUSES.join(", ")),
         );
     };
     let duration_secs = match param("CallDuration").map(str::parse::<u64>) {

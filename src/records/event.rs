@@ -70,6 +70,19 @@ impl CallStatus {
     }
 }
 
+/// Every `CallStatus` Twilio reports, in the order a call goes through them.
+pub const TWILIO_STATUSES: [&str; 9] = [
+    "queued",
+    "initiated",
+    "ringing",
+    "in-progress",
+    "completed",
+    "busy",
+    "failed",
+    "no-answer",
+    "canceled",
+];
+
 /// How far along Twilio's call progress a `CallStatus` is. Callbacks can arrive out of order
 /// and be retried: the recorded Twilio status only ever moves forward.
 pub fn twilio_progress(twilio: &str) -> u8 {

@@ -12,25 +12,13 @@ use serde_json::{json, Value};
 
 use super::event::{
     fold, twilio_progress, CallRecord, CallState, CallStatus, CostSummary, Direction, Event,
-    Transcript, UNKNOWN_ROLE,
+    Transcript, TWILIO_STATUSES, UNKNOWN_ROLE,
 };
 use crate::personas::Role;
 use crate::timestamp;
 
 /// A call SID in 16 bytes (`CA` + 32 hex digits, the hex decoded).
 pub type SidKey = [u8; 16];
-
-const TWILIO_STATUSES: [&str; 9] = [
-    "queued",
-    "initiated",
-    "ringing",
-    "in-progress",
-    "completed",
-    "busy",
-    "failed",
-    "no-answer",
-    "canceled",
-];
 
 pub fn sid_key(sid: &str) -> Option<SidKey> {
     if !crate::config::is_sid(sid, "CA") {

@@ -249,6 +249,36 @@ pub fn binary() -> Command {
     Command::new(env!("CARGO_BIN_EXE_cotrackpro-voice"))
 }
 
+/// `cotrackpro-voice serve` as a child process on ephemeral ports with JSON logs, records in
+/// `records`, and `extra` variables. Returns it once it logged its listening line, with that
+/// line and the HTTP address.
+pub fn serve_binary(
+    records: &TempDir,
+    extra: &[(&str, &str)],
+) -> (Spawned, SocketAddr, serde_json::Value) {
+    let mut command = binary();
+    command
+        .arg("serve")
+        .env_clear()
+        .env("RECORDS_DIR", records.path())
+        .envs([
+            ("SERVER_DOMAIN", DOMAIN),
+            ("HTTP_PORT", "0"),
+            ("MEDIA_PORT", "0"),
+            ("LOG_FORMAT", "json"),
+            ("HTTP_WORKERS", "4"),
+        ])
+        .envs(extra.iter().copied());
+    let server = Spawned::spawn(command);
+    let line = server.wait_for_line("the listening line", |l| l.contains("listening"));
+    let line: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
+    let addr = line["http"]
+        .as_str()
+        .and_then(|a| a.parse().ok())
+        .expect("the listening line names the HTTP address");
+    (server, addr, line)
+}
+
 /// A child process whose stderr lines arrive on a channel; killed on drop.
 pub struct Spawned {
     pub child: Child,
