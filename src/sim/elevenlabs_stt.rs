@@ -9,7 +9,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::net::TcpStream;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -18,8 +18,7 @@ use tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::Message;
 
-use super::elevenlabs_tts::ConnectionServer;
-use super::listener::Listener;
+use super::listener::{ConnectionServer, WsSimCore};
 use super::voice;
 
 /// Loudness (RMS of decoded samples) above which audio counts as speech.
@@ -67,57 +66,48 @@ struct State {
 }
 
 pub struct SttSim {
-    /// `None` when it is served by [`super::elevenlabs::ElevenLabsSim`]'s listener.
-    listener: Option<Listener>,
-    state: Arc<Mutex<State>>,
+    core: WsSimCore<State>,
 }
 
 impl SttSim {
     /// An STT simulator on its own port.
     pub fn start(options: SttSimOptions) -> io::Result<SttSim> {
-        let (mut sim, serve) = SttSim::detached(options);
-        sim.listener = Some(Listener::start("sim-stt", serve)?);
-        Ok(sim)
+        let (sim, server) = SttSim::detached(options);
+        Ok(SttSim {
+            core: sim.core.listen("sim-stt", server)?,
+        })
     }
 
     /// The simulator without a listener, and what serves a connection for it.
     pub fn detached(options: SttSimOptions) -> (SttSim, ConnectionServer) {
-        let state = Arc::new(Mutex::new(State::default()));
-        let shared = state.clone();
-        let serve: ConnectionServer = Box::new(move |stream| serve(stream, &options, &shared));
-        (
-            SttSim {
-                listener: None,
-                state,
-            },
-            serve,
-        )
+        let (core, server) =
+            WsSimCore::detached(move |stream, state| serve(stream, &options, state));
+        (SttSim { core }, server)
     }
 
     /// The base URL to set as `ELEVENLABS_WS_BASE` (empty when detached).
     pub fn base_url(&self) -> String {
-        self.listener
-            .as_ref()
-            .map_or_else(String::new, |l| format!("ws://{}", l.addr()))
+        self.core.base_url()
     }
 
     /// What the caller will say, in order (shared with the simulated caller).
     pub fn push_utterances(&self, utterances: impl IntoIterator<Item = String>) {
-        lock(&self.state).utterances.extend(utterances);
+        self.core.lock().utterances.extend(utterances);
     }
 
     /// Faults for the next sessions, one each.
     pub fn push_fault(&self, fault: Fault) {
-        lock(&self.state).faults.push_back(fault);
+        self.core.lock().faults.push_back(fault);
     }
 
     pub fn sessions(&self) -> u32 {
-        lock(&self.state).sessions
+        self.core.lock().sessions
     }
 
     /// Client messages of session `n` (0-based), audio payloads included.
     pub fn received(&self, n: usize) -> Vec<Value> {
-        lock(&self.state)
+        self.core
+            .lock()
             .received
             .get(n)
             .cloned()

@@ -7,7 +7,7 @@
 
 use std::io;
 use std::net::TcpStream;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -18,7 +18,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tungstenite::Message;
 
-use super::listener::Listener;
+use super::listener::{ConnectionServer, WsSimCore};
 use super::voice;
 
 /// Audio bytes per message sent (a quarter second).
@@ -52,51 +52,38 @@ struct State {
 }
 
 pub struct TtsSim {
-    /// `None` when it is served by [`super::elevenlabs::ElevenLabsSim`]'s listener.
-    listener: Option<Listener>,
-    state: Arc<Mutex<State>>,
+    core: WsSimCore<State>,
 }
-
-/// Serves one WebSocket connection of a simulator.
-pub type ConnectionServer = Box<dyn Fn(TcpStream) -> io::Result<()> + Send + Sync>;
 
 impl TtsSim {
     /// A TTS simulator on its own port.
     pub fn start(options: TtsSimOptions) -> io::Result<TtsSim> {
-        let (mut sim, serve) = TtsSim::detached(options);
-        sim.listener = Some(Listener::start("sim-tts", serve)?);
-        Ok(sim)
+        let (sim, server) = TtsSim::detached(options);
+        Ok(TtsSim {
+            core: sim.core.listen("sim-tts", server)?,
+        })
     }
 
     /// The simulator without a listener, and what serves a connection for it.
     pub fn detached(options: TtsSimOptions) -> (TtsSim, ConnectionServer) {
-        let state = Arc::new(Mutex::new(State::default()));
-        let shared = state.clone();
-        let serve: ConnectionServer = Box::new(move |stream| serve(stream, &options, &shared));
-        (
-            TtsSim {
-                listener: None,
-                state,
-            },
-            serve,
-        )
+        let (core, server) =
+            WsSimCore::detached(move |stream, state| serve(stream, &options, state));
+        (TtsSim { core }, server)
     }
 
     /// The base URL to set as `ELEVENLABS_WS_BASE` (empty when detached).
     pub fn base_url(&self) -> String {
-        self.listener
-            .as_ref()
-            .map_or_else(String::new, |l| format!("ws://{}", l.addr()))
+        self.core.base_url()
     }
 
     /// Per connection: the voice id and the messages received.
     pub fn sessions(&self) -> Vec<(String, Vec<Value>)> {
-        lock(&self.state).sessions.clone()
+        self.core.lock().sessions.clone()
     }
 
     /// Connections the client closed before the end of its input.
     pub fn closed_by_client(&self) -> usize {
-        lock(&self.state).closed_by_client
+        self.core.lock().closed_by_client
     }
 }
 

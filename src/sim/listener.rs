@@ -71,3 +71,49 @@ impl Drop for Listener {
         }
     }
 }
+
+/// Serves one connection of a simulator.
+pub type ConnectionServer = Box<dyn Fn(TcpStream) -> io::Result<()> + Send + Sync>;
+
+/// A WebSocket simulator's shared state, with a port of its own or served through another
+/// simulator's listener (both ElevenLabs sockets share one port).
+pub struct WsSimCore<S> {
+    listener: Option<Listener>,
+    state: std::sync::Arc<std::sync::Mutex<S>>,
+}
+
+impl<S: Default + Send + 'static> WsSimCore<S> {
+    /// The core without a listener, and what serves a connection with its state.
+    pub fn detached<F>(serve: F) -> (WsSimCore<S>, ConnectionServer)
+    where
+        F: Fn(TcpStream, &std::sync::Mutex<S>) -> io::Result<()> + Send + Sync + 'static,
+    {
+        let state = std::sync::Arc::new(std::sync::Mutex::new(S::default()));
+        let shared = state.clone();
+        let server: ConnectionServer = Box::new(move |stream| serve(stream, &shared));
+        (
+            WsSimCore {
+                listener: None,
+                state,
+            },
+            server,
+        )
+    }
+
+    /// Gives the core a port of its own, served by `server`.
+    pub fn listen(mut self, name: &str, server: ConnectionServer) -> io::Result<WsSimCore<S>> {
+        self.listener = Some(Listener::start(name, server)?);
+        Ok(self)
+    }
+
+    /// `ws://127.0.0.1:PORT`, or empty when served through another listener.
+    pub fn base_url(&self) -> String {
+        self.listener
+            .as_ref()
+            .map_or_else(String::new, |l| format!("ws://{}", l.addr()))
+    }
+
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, S> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
