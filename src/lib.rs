@@ -13,6 +13,7 @@ pub mod app;
 pub mod auth;
 pub mod calls;
 pub mod http;
+pub mod media;
 pub mod rate_limit;
 pub mod records;
 pub mod rollup;
