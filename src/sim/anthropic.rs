@@ -401,3 +401,18 @@ fn default_reply(body: &Value, role: Option<Role>) -> String {
     };
     reply.to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::personas::prompts::system_prompt;
+
+    #[test]
+    fn the_persona_is_read_from_our_own_system_prompts() {
+        for role in Role::ALL {
+            let body = json!({"system": [{"type": "text", "text": system_prompt(role)}]});
+            assert_eq!(persona(&body), Some(role));
+        }
+        assert_eq!(persona(&json!({"system": "no role here"})), None);
+    }
+}

@@ -1,6 +1,8 @@
-//! The thirteen CoTrackPro personas a caller can reach, and the ElevenLabs voice each one speaks
-//! with by default. A role that is unknown or missing never becomes an error the caller hears:
+//! The thirteen CoTrackPro personas a caller can reach, the ElevenLabs voice each one speaks
+//! with by default, and (in [`prompts`]) what each is told and says. A role that is unknown or missing never becomes an error the caller hears:
 //! callers of [`Role::parse`] fall back to the configured default role.
+
+pub mod prompts;
 
 use std::fmt;
 
