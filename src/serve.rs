@@ -71,7 +71,6 @@ impl Server {
         let (records, _bad_lines) =
             RecordStore::open(&config.records.dir).map_err(ServeError::Records)?;
         let records = Arc::new(records);
-        compact_and_log(&records);
         let app = Arc::new(App::new(config, records.clone()));
         let http = HttpServer::start(app.clone(), listener).map_err(ServeError::Spawn)?;
         // Capacity 1: the only message is "stop", and dropping the sender says it too.
@@ -80,6 +79,9 @@ impl Server {
             .name("records-compactor".into())
             .stack_size(256 * 1024)
             .spawn(move || {
+                // Once at start-up, off the serving path (a large store takes seconds, and
+                // Twilio's webhooks must be answered meanwhile), then daily.
+                compact_and_log(&records);
                 while let Err(mpsc::RecvTimeoutError::Timeout) =
                     stopped.recv_timeout(COMPACTION_INTERVAL)
                 {
