@@ -24,14 +24,7 @@ pub fn round6(x: f64) -> f64 {
 mod tests {
     use super::*;
 
-    const PRICES: Prices = Prices {
-        claude_input_per_mtok: 3.0,
-        claude_output_per_mtok: 15.0,
-        claude_cache_write_per_mtok: 3.75,
-        claude_cache_read_per_mtok: 0.30,
-        tts_per_1k_chars: 0.10,
-        stt_per_min: 0.008,
-    };
+    const PRICES: Prices = crate::config::DEFAULT_PRICES;
 
     #[test]
     fn the_readme_example_call() {

@@ -189,14 +189,7 @@ mod tests {
     use crate::personas::Role;
     use crate::records::event::{fold, CallStatus, Event, EventKind};
 
-    const PRICES: Prices = Prices {
-        claude_input_per_mtok: 3.0,
-        claude_output_per_mtok: 15.0,
-        claude_cache_write_per_mtok: 3.75,
-        claude_cache_read_per_mtok: 0.30,
-        tts_per_1k_chars: 0.10,
-        stt_per_min: 0.008,
-    };
+    const PRICES: Prices = crate::config::DEFAULT_PRICES;
 
     fn call(day: i64, offset_ms: i64, role: Option<Role>, cost: Option<CostSummary>) -> Summary {
         let started = timestamp::format_ms(day * MS_PER_DAY + offset_ms);

@@ -263,6 +263,17 @@ pub struct Prices {
     pub stt_per_min: f64,
 }
 
+/// The prices the estimates use unless the environment says otherwise (the original's: Claude
+/// Sonnet and ElevenLabs Flash v2.5 list prices).
+pub const DEFAULT_PRICES: Prices = Prices {
+    claude_input_per_mtok: 3.00,
+    claude_output_per_mtok: 15.00,
+    claude_cache_write_per_mtok: 3.75,
+    claude_cache_read_per_mtok: 0.30,
+    tts_per_1k_chars: 0.10,
+    stt_per_min: 0.008,
+};
+
 /// The HTTP listener's limits.
 #[derive(Clone, Copy, Debug)]
 pub struct HttpLimits {
@@ -504,23 +515,39 @@ impl Config {
             ),
         };
 
+        let d = DEFAULT_PRICES;
         let prices = Prices {
-            claude_input_per_mtok: r.float("CLAUDE_INPUT_PRICE_PER_MTOK", 3.00, 0.0, 1000.0),
-            claude_output_per_mtok: r.float("CLAUDE_OUTPUT_PRICE_PER_MTOK", 15.00, 0.0, 1000.0),
+            claude_input_per_mtok: r.float(
+                "CLAUDE_INPUT_PRICE_PER_MTOK",
+                d.claude_input_per_mtok,
+                0.0,
+                1000.0,
+            ),
+            claude_output_per_mtok: r.float(
+                "CLAUDE_OUTPUT_PRICE_PER_MTOK",
+                d.claude_output_per_mtok,
+                0.0,
+                1000.0,
+            ),
             claude_cache_write_per_mtok: r.float(
                 "CLAUDE_CACHE_WRITE_PRICE_PER_MTOK",
-                3.75,
+                d.claude_cache_write_per_mtok,
                 0.0,
                 1000.0,
             ),
             claude_cache_read_per_mtok: r.float(
                 "CLAUDE_CACHE_READ_PRICE_PER_MTOK",
-                0.30,
+                d.claude_cache_read_per_mtok,
                 0.0,
                 1000.0,
             ),
-            tts_per_1k_chars: r.float("ELEVENLABS_TTS_PRICE_PER_1K_CHARS", 0.10, 0.0, 100.0),
-            stt_per_min: r.float("ELEVENLABS_STT_PRICE_PER_MIN", 0.008, 0.0, 100.0),
+            tts_per_1k_chars: r.float(
+                "ELEVENLABS_TTS_PRICE_PER_1K_CHARS",
+                d.tts_per_1k_chars,
+                0.0,
+                100.0,
+            ),
+            stt_per_min: r.float("ELEVENLABS_STT_PRICE_PER_MIN", d.stt_per_min, 0.0, 100.0),
         };
 
         if production {
