@@ -20,6 +20,74 @@ pub fn round6(x: f64) -> f64 {
     (x * 1e6).round() / 1e6
 }
 
+/// What one call used, added up as it happens; [`CallUsage::summary`] prices it at the end.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CallUsage {
+    usage: CostSummary,
+}
+
+impl CallUsage {
+    /// One model response's tokens (every response of every turn, tool rounds included).
+    pub fn add_claude(&mut self, input: u64, output: u64, cache_write: u64, cache_read: u64) {
+        let u = &mut self.usage;
+        u.claude_input_tokens += input;
+        u.claude_output_tokens += output;
+        u.claude_cache_creation_tokens += cache_write;
+        u.claude_cache_read_tokens += cache_read;
+    }
+
+    /// Characters sent to live text-to-speech (billed).
+    pub fn add_tts_chars(&mut self, chars: u64) {
+        self.usage.tts_chars += chars;
+    }
+
+    /// Characters played from pre-rendered audio (free, but reported).
+    pub fn add_cached_chars(&mut self, chars: u64) {
+        self.usage.tts_chars_cached += chars;
+    }
+
+    /// Seconds of the caller's audio sent to speech-to-text.
+    pub fn add_stt_secs(&mut self, secs: f64) {
+        self.usage.stt_secs += secs;
+    }
+
+    /// The usage with its estimated price.
+    pub fn summary(&self, prices: &Prices) -> CostSummary {
+        CostSummary {
+            stt_secs: round6(self.usage.stt_secs),
+            estimated_cost_usd: estimate_usd(&self.usage, prices),
+            ..self.usage.clone()
+        }
+    }
+}
+
+/// The `cost.call.summary` log line, with the original's field names (dashboards match them).
+pub fn log_call_summary(
+    call_sid: &str,
+    duration_secs: u64,
+    turn_count: u64,
+    barge_ins: u64,
+    tool_calls: u64,
+    cost: &CostSummary,
+) {
+    log::info!(
+        callSid = call_sid,
+        durationSecs = duration_secs,
+        turnCount = turn_count,
+        bargeIns = barge_ins,
+        toolCalls = tool_calls,
+        claudeInputTokens = cost.claude_input_tokens,
+        claudeOutputTokens = cost.claude_output_tokens,
+        claudeCacheCreationTokens = cost.claude_cache_creation_tokens,
+        claudeCacheReadTokens = cost.claude_cache_read_tokens,
+        ttsChars = cost.tts_chars,
+        ttsCharsCached = cost.tts_chars_cached,
+        sttSecs = cost.stt_secs,
+        estimatedCostUsd = cost.estimated_cost_usd;
+        "cost.call.summary"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -41,6 +109,29 @@ mod tests {
         };
         // 0.00375 + 0.01275 + 0.00703125 + 0.00555 + 0.22 + 0.018986667
         assert_eq!(estimate_usd(&usage, &PRICES), 0.268068);
+    }
+
+    #[test]
+    fn a_calls_usage_adds_up_and_is_priced_once() {
+        let mut usage = CallUsage::default();
+        usage.add_claude(1000, 200, 1875, 0);
+        usage.add_claude(250, 650, 0, 18_500);
+        usage.add_tts_chars(2200);
+        usage.add_cached_chars(195);
+        for _ in 0..7120 {
+            usage.add_stt_secs(0.02); // 7,120 Twilio frames of 20 ms
+        }
+        let summary = usage.summary(&PRICES);
+        assert_eq!(summary.claude_input_tokens, 1250);
+        assert_eq!(summary.claude_output_tokens, 850);
+        assert_eq!(summary.claude_cache_creation_tokens, 1875);
+        assert_eq!(summary.claude_cache_read_tokens, 18_500);
+        assert_eq!(summary.tts_chars_cached, 195);
+        assert_eq!(
+            summary.stt_secs, 142.4,
+            "sums of 0.02 are rounded back to whole frames"
+        );
+        assert_eq!(summary.estimated_cost_usd, 0.268068);
     }
 
     #[test]
