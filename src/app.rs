@@ -4,8 +4,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::call::Setup;
 use crate::calls::CallRegistry;
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::rate_limit::{InMemoryRateLimiter, RateLimiter};
 use crate::records::RecordStore;
 
@@ -15,16 +17,21 @@ pub struct App {
     pub calls: Arc<CallRegistry>,
     pub records: Arc<RecordStore>,
     pub rate_limiter: Box<dyn RateLimiter>,
+    /// The providers calls use (clients, settings, pre-rendered clips).
+    pub voice: Setup,
+    pub metrics: Metrics,
 }
 
 impl App {
     pub fn new(config: Config, records: Arc<RecordStore>) -> App {
         App {
-            config,
             started_at: Instant::now(),
             calls: Arc::new(CallRegistry::default()),
             records,
             rate_limiter: Box::new(InMemoryRateLimiter::default()),
+            voice: Setup::from_config(&config),
+            metrics: Metrics::default(),
+            config,
         }
     }
 }

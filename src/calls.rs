@@ -1,13 +1,15 @@
 //! The process-wide count of live calls, read by `/health` and `/metrics` and used for the
 //! admission cap. A call holds a [`CallSlot`]; dropping it (however the call ends) frees it.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 #[derive(Debug, Default)]
 pub struct CallRegistry {
     active: AtomicUsize,
     peak: AtomicUsize,
+    /// Set when the server's shutdown drain is over: live calls end within a tick.
+    ending: AtomicBool,
 }
 
 /// A live call's place in the registry; released on drop.
@@ -36,6 +38,15 @@ impl CallRegistry {
 
     pub fn active(&self) -> usize {
         self.active.load(Ordering::Acquire)
+    }
+
+    /// Tells every live call to end now.
+    pub fn end_all(&self) {
+        self.ending.store(true, Ordering::SeqCst);
+    }
+
+    pub fn must_end(&self) -> bool {
+        self.ending.load(Ordering::SeqCst)
     }
 
     /// The most calls that were ever live at once since start-up.

@@ -7,10 +7,12 @@
 pub mod cli;
 pub mod config;
 pub mod logging;
+pub mod metrics;
 pub mod serve;
 
 pub mod app;
 pub mod auth;
+pub mod call;
 pub mod calls;
 pub mod http;
 pub mod media;

@@ -10,6 +10,7 @@ use std::time::Duration;
 use crate::app::App;
 use crate::config::Config;
 use crate::http::HttpServer;
+use crate::media::server::MediaServer;
 use crate::records::{RecordStore, RecordsError};
 
 /// A server that failed to start.
@@ -55,6 +56,7 @@ const COMPACTION_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 pub struct Server {
     pub app: Arc<App>,
     pub http: HttpServer,
+    pub media: MediaServer,
     compactor: Option<(mpsc::SyncSender<()>, JoinHandle<()>)>,
 }
 
@@ -68,11 +70,18 @@ impl Server {
             addr,
             source,
         })?;
+        let media_addr = SocketAddr::new(config.bind_addr, config.media_port);
+        let media_listener = TcpListener::bind(media_addr).map_err(|source| ServeError::Bind {
+            what: "media streams (MEDIA_PORT)",
+            addr: media_addr,
+            source,
+        })?;
         let (records, _bad_lines) =
             RecordStore::open(&config.records.dir).map_err(ServeError::Records)?;
         let records = Arc::new(records);
         let app = Arc::new(App::new(config, records.clone()));
         let http = HttpServer::start(app.clone(), listener).map_err(ServeError::Spawn)?;
+        let media = MediaServer::start(app.clone(), media_listener).map_err(ServeError::Spawn)?;
         // Capacity 1: the only message is "stop", and dropping the sender says it too.
         let (stop, stopped) = mpsc::sync_channel::<()>(1);
         let compactor = thread::Builder::new()
@@ -92,6 +101,7 @@ impl Server {
         Ok(Server {
             app,
             http,
+            media,
             compactor: Some((stop, compactor)),
         })
     }
@@ -100,8 +110,27 @@ impl Server {
         self.http.local_addr()
     }
 
-    /// Stops the listeners after the requests in progress, and the housekeeping.
+    pub fn media_addr(&self) -> SocketAddr {
+        self.media.local_addr()
+    }
+
+    /// Stops taking calls, gives live calls `SHUTDOWN_DRAIN_SECS` to end (then ends them),
+    /// stops the webhooks after the requests in progress, and the housekeeping.
     pub fn shutdown(mut self) {
+        self.media.stop_accepting();
+        let drain = self.app.config.calls.tuning.shutdown_drain;
+        let deadline = std::time::Instant::now() + drain;
+        if self.app.calls.active() > 0 {
+            log::info!(calls = self.app.calls.active(), drainSecs = drain.as_secs(); "shutdown: waiting for live calls");
+        }
+        while self.app.calls.active() > 0 && std::time::Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(50));
+        }
+        self.app.calls.end_all();
+        let ended_by = std::time::Instant::now() + Duration::from_secs(3);
+        while self.app.calls.active() > 0 && std::time::Instant::now() < ended_by {
+            thread::sleep(Duration::from_millis(20));
+        }
         self.http.shutdown();
         if let Some((stop, compactor)) = self.compactor.take() {
             drop(stop);
@@ -130,6 +159,7 @@ pub fn run(config: Config) -> Result<(), ServeError> {
     let config = &server.app.config;
     log::info!(
         http:% = server.http_addr(),
+        media:% = server.media_addr(),
         env = config.app_env.as_str(),
         apiDomain:% = config.domains.api,
         wsDomain:% = config.domains.ws,

@@ -3,6 +3,7 @@
 mod support;
 
 mod anthropic;
+mod call;
 mod cli;
 mod dashboard;
 mod elevenlabs_stt;

@@ -242,6 +242,37 @@ pub struct CallsConfig {
     /// Voice per role: the defaults with `VOICE_MAP` applied.
     pub voices: BTreeMap<Role, String>,
     pub number_overrides: BTreeMap<String, NumberOverride>,
+    pub tuning: CallTuning,
+}
+
+/// How a live call behaves: barge-in, silence, limits. Every value is validated at start-up.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CallTuning {
+    /// A partial transcript longer than this many characters, while assistant audio plays,
+    /// interrupts it (the original's rule: more than 3).
+    pub barge_in_min_chars: usize,
+    /// Caller silence after the assistant finished before "are you still there?".
+    pub reprompt_after: Duration,
+    /// Reprompts without an answer before a polite hang-up.
+    pub max_reprompts: u32,
+    /// The longest call; then a closing phrase and hang-up (the original's 2 hours).
+    pub max_duration: Duration,
+    /// No message from Twilio for this long means the connection is dead (it sends a media
+    /// frame every 20 ms for the whole call).
+    pub media_read_timeout: Duration,
+    /// Tool rounds one reply may take before the model must answer in words.
+    pub max_tool_rounds: u32,
+    /// Speech-to-text: the silence that ends the caller's utterance, and the language.
+    pub vad_silence_secs: f64,
+    pub stt_language: String,
+    /// Speech-to-text reconnects within one call before it is given up as lost.
+    pub stt_reconnects: u32,
+    /// Buffered text spoken anyway when the model pauses this long mid-sentence.
+    pub sentence_idle_flush: Duration,
+    /// Pre-rendered phrases (`generate-audio`); missing ones are spoken live.
+    pub audio_dir: PathBuf,
+    /// How long a shutdown waits for live calls to end.
+    pub shutdown_drain: Duration,
 }
 
 impl CallsConfig {
@@ -513,6 +544,30 @@ impl Config {
                 BTreeMap::new(),
                 parse_number_overrides,
             ),
+            tuning: CallTuning {
+                barge_in_min_chars: r.whole("BARGE_IN_MIN_CHARS", 3, 0, 200) as usize,
+                reprompt_after: r.millis("REPROMPT_AFTER_MS", 12_000, 1_000, 600_000),
+                max_reprompts: r.whole("MAX_REPROMPTS", 2, 0, 20) as u32,
+                max_duration: Duration::from_secs(r.whole("MAX_CALL_SECS", 7200, 10, 86_400)),
+                media_read_timeout: r.millis("MEDIA_READ_TIMEOUT_MS", 5_000, 500, 120_000),
+                max_tool_rounds: r.whole("MAX_TOOL_ROUNDS", 3, 0, 10) as u32,
+                vad_silence_secs: r.float("STT_VAD_SILENCE_SECS", 0.8, 0.3, 3.0),
+                stt_language: r.parse("STT_LANGUAGE_CODE", "en".to_string(), |v| {
+                    let ok = (2..=8).contains(&v.len())
+                        && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+                    if ok {
+                        Ok(v.to_string())
+                    } else {
+                        Err(format!(
+                            "must be a language code such as en or es, got {v:?}"
+                        ))
+                    }
+                }),
+                stt_reconnects: r.whole("STT_MAX_RECONNECTS", 3, 0, 20) as u32,
+                sentence_idle_flush: r.millis("SENTENCE_IDLE_FLUSH_MS", 500, 50, 10_000),
+                audio_dir: PathBuf::from(r.string("AUDIO_DIR", "audio")),
+                shutdown_drain: Duration::from_secs(r.whole("SHUTDOWN_DRAIN_SECS", 30, 0, 3600)),
+            },
         };
 
         let d = DEFAULT_PRICES;
@@ -727,6 +782,45 @@ impl Config {
                 self.calls.max_concurrent.to_string(),
             ),
             ("DEFAULT_ROLE", self.calls.default_role.to_string()),
+            (
+                "BARGE_IN_MIN_CHARS",
+                self.calls.tuning.barge_in_min_chars.to_string(),
+            ),
+            ("REPROMPT_AFTER_MS", ms(self.calls.tuning.reprompt_after)),
+            ("MAX_REPROMPTS", self.calls.tuning.max_reprompts.to_string()),
+            (
+                "MAX_CALL_SECS",
+                self.calls.tuning.max_duration.as_secs().to_string(),
+            ),
+            (
+                "MEDIA_READ_TIMEOUT_MS",
+                ms(self.calls.tuning.media_read_timeout),
+            ),
+            (
+                "MAX_TOOL_ROUNDS",
+                self.calls.tuning.max_tool_rounds.to_string(),
+            ),
+            (
+                "STT_VAD_SILENCE_SECS",
+                self.calls.tuning.vad_silence_secs.to_string(),
+            ),
+            ("STT_LANGUAGE_CODE", self.calls.tuning.stt_language.clone()),
+            (
+                "STT_MAX_RECONNECTS",
+                self.calls.tuning.stt_reconnects.to_string(),
+            ),
+            (
+                "SENTENCE_IDLE_FLUSH_MS",
+                ms(self.calls.tuning.sentence_idle_flush),
+            ),
+            (
+                "AUDIO_DIR",
+                self.calls.tuning.audio_dir.display().to_string(),
+            ),
+            (
+                "SHUTDOWN_DRAIN_SECS",
+                self.calls.tuning.shutdown_drain.as_secs().to_string(),
+            ),
             ("VOICE_MAP", voices),
             (
                 "INBOUND_PHONE_VOICE_MAP",

@@ -3,4 +3,5 @@
 //! thread and its state machine are being built on these.
 
 pub mod sentences;
+pub mod server;
 pub mod twilio_messages;

@@ -3,6 +3,7 @@
 //! not test fixtures: a newcomer's first call runs against them.
 
 pub mod anthropic;
+pub mod caller;
 pub mod elevenlabs;
 pub mod elevenlabs_stt;
 pub mod elevenlabs_tts;

@@ -22,6 +22,7 @@ pub const AUTH_TOKEN: &str = "test-auth-token-9f8e7d";
 pub struct TestServer {
     server: Option<Server>,
     pub addr: SocketAddr,
+    pub media_addr: SocketAddr,
     pub records_dir: TempDir,
 }
 
@@ -43,9 +44,11 @@ impl TestServer {
         let config = Config::from_env(&env).expect("test config is valid");
         let server = Server::start(config).expect("server starts");
         let addr = server.http_addr();
+        let media_addr = server.media_addr();
         TestServer {
             server: Some(server),
             addr,
+            media_addr,
             records_dir,
         }
     }
@@ -56,6 +59,11 @@ impl TestServer {
             ("VALIDATE_TWILIO_SIGNATURE", "true"),
             ("TWILIO_AUTH_TOKEN", AUTH_TOKEN),
         ])
+    }
+
+    /// The running server's shared state.
+    pub fn app(&self) -> &cotrackpro_voice::app::App {
+        &self.server.as_ref().expect("server is running").app
     }
 
     /// The running server's records store (to seed records the call pipeline would write).

@@ -1,0 +1,225 @@
+//! What the caller has heard, tracked by the marks Twilio echoes back, and the barge-in rule.
+//! Pure: the call thread feeds it and acts on what it answers.
+//!
+//! Everything the call speaks — the model's sentences, fixed phrases, the greeting — is a
+//! [`Piece`] with a mark sent after its last audio frame. Twilio echoes a mark when the audio
+//! before it has played, and also echoes every pending mark at once when we send `clear`; so a
+//! mark echoed after a `clear` proves nothing, and [`Playback::clear`] forgets the pieces it
+//! cut off before their echoes come back. (The original never listened to marks: after its
+//! first reply every short partial sent `clear`.)
+
+use std::collections::VecDeque;
+
+/// What a piece of speech is, for the history and the record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// The persona's greeting.
+    Greeting,
+    /// A sentence of the model's reply: it goes back into the conversation when heard.
+    Reply,
+    /// A fixed phrase (hold, apology, reprompt, goodbye).
+    Phrase,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Piece {
+    pub turn: u64,
+    pub seq: u32,
+    pub kind: Kind,
+    pub text: String,
+    /// Audio frames sent to Twilio so far.
+    pub frames: u64,
+    /// Its mark has been sent (all its audio is with Twilio).
+    pub marked: bool,
+}
+
+impl Piece {
+    pub fn mark_name(&self) -> String {
+        format!("{}-{}", self.turn, self.seq)
+    }
+}
+
+/// The pieces sent or being sent, oldest first, until Twilio reports them played.
+#[derive(Debug, Default)]
+pub struct Playback {
+    queue: VecDeque<Piece>,
+    /// Marks cut off by a `clear`, whose echoes are to be ignored.
+    cleared: Vec<String>,
+}
+
+impl Playback {
+    /// A piece whose audio is about to be sent.
+    pub fn begin(&mut self, piece: Piece) {
+        self.queue.push_back(piece);
+    }
+
+    /// The piece of `turn`/`seq`, while its audio is being sent.
+    pub fn piece_mut(&mut self, turn: u64, seq: u32) -> Option<&mut Piece> {
+        self.queue
+            .iter_mut()
+            .find(|p| p.turn == turn && p.seq == seq && !p.marked)
+    }
+
+    /// Marks the end of a piece's audio; returns the mark's name to send.
+    pub fn end(&mut self, turn: u64, seq: u32) -> Option<String> {
+        let piece = self.piece_mut(turn, seq)?;
+        piece.marked = true;
+        Some(piece.mark_name())
+    }
+
+    /// Twilio echoed `name`. Returns the piece if the caller heard it (it was not cleared).
+    pub fn echoed(&mut self, name: &str) -> Option<Piece> {
+        if let Some(pos) = self.cleared.iter().position(|c| c == name) {
+            self.cleared.swap_remove(pos);
+            return None;
+        }
+        let pos = self
+            .queue
+            .iter()
+            .position(|p| p.marked && p.mark_name() == name)?;
+        // Marks are echoed in order: anything before this one has played too.
+        let mut heard: Vec<Piece> = self.queue.drain(..=pos).collect();
+        heard.pop()
+    }
+
+    /// Whether assistant audio may still be playing (or about to be).
+    pub fn is_speaking(&self) -> bool {
+        !self.queue.is_empty()
+    }
+
+    /// The text of what is playing now (the oldest unheard piece), for telling echo from speech.
+    pub fn current_text(&self) -> Option<&str> {
+        self.queue.front().map(|p| p.text.as_str())
+    }
+
+    /// `clear` was sent: every piece in flight is cut off. Returns them (none was heard).
+    pub fn clear(&mut self) -> Vec<Piece> {
+        let cut: Vec<Piece> = self.queue.drain(..).collect();
+        self.cleared
+            .extend(cut.iter().filter(|p| p.marked).map(Piece::mark_name));
+        // Echoes come back at once; a bounded memory of them is plenty.
+        if self.cleared.len() > 256 {
+            let excess = self.cleared.len() - 256;
+            self.cleared.drain(..excess);
+        }
+        cut
+    }
+}
+
+/// Words that are only sounds of listening: on their own they never interrupt the assistant.
+const FILLERS: &[&str] = &[
+    "um", "umm", "uh", "uhh", "hmm", "hm", "mm", "mmm", "mhm", "uh-huh", "ah", "er", "oh", "okay",
+    "ok", "yeah", "right",
+];
+
+/// Whether a partial transcript heard while the assistant speaks is the caller talking over
+/// it: longer than `min_chars` (the original's rule, more than 3), not only filler words, and
+/// not the assistant's own words coming back through the phone (echo).
+pub fn is_barge_in(partial: &str, min_chars: usize, playing_text: Option<&str>) -> bool {
+    let words = normalize(partial);
+    if words.chars().count() <= min_chars {
+        return false;
+    }
+    if words.split(' ').all(|w| FILLERS.contains(&w)) {
+        return false;
+    }
+    match playing_text {
+        Some(playing) => !normalize(playing).contains(&words),
+        None => true,
+    }
+}
+
+/// Lower case, letters, digits, apostrophes and hyphens, single spaces.
+fn normalize(text: &str) -> String {
+    text.to_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_alphanumeric() || c == '\'' || c == '-' {
+                c
+            } else {
+                ' '
+            }
+        })
+        .collect::<String>()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn piece(turn: u64, seq: u32, text: &str) -> Piece {
+        Piece {
+            turn,
+            seq,
+            kind: Kind::Reply,
+            text: text.into(),
+            frames: 0,
+            marked: false,
+        }
+    }
+
+    #[test]
+    fn an_echoed_mark_means_heard_and_earlier_pieces_too() {
+        let mut playback = Playback::default();
+        playback.begin(piece(1, 0, "One."));
+        playback.begin(piece(1, 1, "Two."));
+        assert_eq!(playback.end(1, 0).as_deref(), Some("1-0"));
+        assert_eq!(playback.end(1, 1).as_deref(), Some("1-1"));
+        assert!(playback.is_speaking());
+        assert_eq!(playback.current_text(), Some("One."));
+        let heard = playback.echoed("1-1").map(|p| p.text);
+        assert_eq!(heard.as_deref(), Some("Two."));
+        assert!(!playback.is_speaking());
+    }
+
+    #[test]
+    fn marks_echoed_because_of_a_clear_are_not_heard() {
+        let mut playback = Playback::default();
+        playback.begin(piece(2, 0, "Played."));
+        playback.begin(piece(2, 1, "Cut off."));
+        playback.end(2, 0);
+        playback.end(2, 1);
+        assert_eq!(playback.echoed("2-0").map(|p| p.seq), Some(0));
+        let cut = playback.clear();
+        assert_eq!(cut.len(), 1);
+        assert!(!playback.is_speaking());
+        // Twilio echoes the cleared mark at once: it must not count as heard.
+        assert_eq!(playback.echoed("2-1"), None);
+        // An unknown mark is ignored.
+        assert_eq!(playback.echoed("9-9"), None);
+    }
+
+    #[test]
+    fn a_piece_still_being_sent_counts_as_speaking() {
+        let mut playback = Playback::default();
+        playback.begin(piece(3, 0, "Half sent"));
+        assert!(playback.is_speaking());
+        assert!(playback.piece_mut(3, 0).is_some());
+        assert_eq!(playback.end(3, 5), None);
+    }
+
+    #[test]
+    fn barge_in_needs_real_words_that_are_not_an_echo() {
+        assert!(is_barge_in(
+            "wait, stop",
+            3,
+            Some("Let me explain the process.")
+        ));
+        assert!(is_barge_in("hold on please", 3, None));
+        // The original's threshold: more than three characters.
+        assert!(!is_barge_in("no", 3, Some("Anything.")));
+        assert!(!is_barge_in("okay", 3, Some("Anything.")));
+        assert!(!is_barge_in("um, uh, hmm", 3, Some("Anything.")));
+        // The assistant's own words coming back through the line.
+        assert!(!is_barge_in(
+            "explain the process",
+            3,
+            Some("Let me explain the process.")
+        ));
+        assert!(is_barge_in("stop", 0, Some("Anything.")));
+        assert!(!is_barge_in("stop", 4, Some("Anything.")));
+    }
+}

@@ -1,0 +1,318 @@
+//! The media-stream listener on `MEDIA_PORT`: our own `TcpListener`, so each Twilio socket is a
+//! `TcpStream` we own — `TCP_NODELAY`, a read timeout that notices a dead peer, and
+//! `try_clone` to read on one thread and write on another (tiny_http's upgrade offers none of
+//! these; see the design notes in `ARCHITECTURE.md`).
+//!
+//! Each connection gets one named thread (`call-N`) that does the WebSocket handshake itself
+//! (only `GET /call/stream`, Twilio's signature checked when validation is on), takes a place
+//! under `MAX_CONCURRENT_CALLS` — over it the stream is closed with 1013 "try again later", as
+//! the original did — and then runs the call ([`crate::call`]).
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::{CloseFrame, Role, WebSocket, WebSocketConfig};
+
+use crate::app::App;
+use crate::calls::CallRegistry;
+
+/// Longest handshake request accepted.
+const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// How long a client may take to send its handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest message accepted from Twilio (a media frame is about 300 bytes; `start` a few KiB).
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// How often the idle acceptor looks at the stop flag.
+const ACCEPT_POLL: Duration = Duration::from_millis(25);
+/// Stack of a call's threads: they hold small buffers, never deep recursion.
+pub const CALL_STACK: usize = 256 * 1024;
+
+/// The socket settings for both halves of a Twilio connection: small buffers (three sockets per
+/// call must fit the memory budget) and no write buffering (a 160-byte frame goes out at once).
+pub fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(8 * 1024)
+        .write_buffer_size(0)
+        .max_message_size(Some(MAX_MESSAGE_BYTES))
+        .max_frame_size(Some(MAX_MESSAGE_BYTES))
+}
+
+/// The reading half of a Twilio socket. tungstenite writes pongs and close replies from inside
+/// `read()`; those writes go nowhere here, so they can never interleave with the frames the call
+/// thread writes through the other half. (Twilio does not ping; a close is answered by the
+/// call thread closing its half.)
+pub struct ReadHalf(pub TcpStream);
+
+impl Read for ReadHalf {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl Write for ReadHalf {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A Twilio connection after the handshake: the two halves of one socket.
+pub struct TwilioSocket {
+    pub reader: WebSocket<ReadHalf>,
+    pub writer: WebSocket<TcpStream>,
+    pub peer: SocketAddr,
+}
+
+/// The running listener.
+pub struct MediaServer {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+impl MediaServer {
+    /// Serves `listener` on a named acceptor thread.
+    pub fn start(app: Arc<App>, listener: TcpListener) -> io::Result<MediaServer> {
+        let addr = listener.local_addr()?;
+        listener.set_nonblocking(true)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let acceptor = thread::Builder::new()
+            .name("media-accept".into())
+            .stack_size(CALL_STACK)
+            .spawn(move || accept_loop(&app, &listener, &flag))?;
+        Ok(MediaServer {
+            addr,
+            stop,
+            acceptor: Some(acceptor),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting; live calls are not touched (see [`crate::serve::Server::shutdown`]).
+    pub fn stop_accepting(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(acceptor) = self.acceptor.take() {
+            let _ = acceptor.join();
+        }
+    }
+}
+
+impl Drop for MediaServer {
+    fn drop(&mut self) {
+        self.stop_accepting();
+    }
+}
+
+fn accept_loop(app: &Arc<App>, listener: &TcpListener, stop: &AtomicBool) {
+    static CONNECTION: AtomicU64 = AtomicU64::new(1);
+    while !stop.load(Ordering::SeqCst) {
+        match listener.accept() {
+            Ok((stream, peer)) => {
+                let n = CONNECTION.fetch_add(1, Ordering::Relaxed);
+                let app = app.clone();
+                let spawned = thread::Builder::new()
+                    .name(format!("call-{n}"))
+                    .stack_size(CALL_STACK)
+                    .spawn(move || serve_connection(&app, stream, peer, n));
+                if let Err(err) = spawned {
+                    log::error!(error:% = err; "media.spawn_failed: connection dropped");
+                }
+            }
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => thread::sleep(ACCEPT_POLL),
+            Err(err) => {
+                // EMFILE and friends: back off rather than spin.
+                log::error!(error:% = err; "media.accept_failed");
+                thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+}
+
+fn serve_connection(app: &Arc<App>, stream: TcpStream, peer: SocketAddr, n: u64) {
+    let socket = match handshake(app, stream, peer) {
+        Ok(Some(socket)) => socket,
+        Ok(None) => return,
+        Err(err) => {
+            log::warn!(peer:% = peer, error:% = err; "media.handshake_failed");
+            return;
+        }
+    };
+    let limit = app.config.calls.max_concurrent;
+    let Some(slot) = CallRegistry::try_admit(&app.calls, limit) else {
+        log::warn!(
+            peer:% = peer,
+            active = app.calls.active(),
+            limit = limit;
+            "call.refused: MAX_CONCURRENT_CALLS reached; stream closed with 1013"
+        );
+        let mut writer = socket.writer;
+        let _ = writer.close(Some(CloseFrame {
+            code: CloseCode::Again,
+            reason: "server at capacity, try again later".into(),
+        }));
+        let _ = writer.flush();
+        return;
+    };
+    crate::call::run(app, socket, slot, n);
+}
+
+/// A handshake request, as far as we need it.
+struct Head {
+    method: String,
+    path: String,
+    headers: Vec<(String, String)>,
+}
+
+impl Head {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Reads the request head; returns it and any bytes read past it.
+fn read_head(stream: &mut TcpStream) -> io::Result<(Head, Vec<u8>)> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    let end = loop {
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "closed during the handshake",
+            ));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break pos + 4;
+        }
+        if buf.len() > MAX_HEAD_BYTES {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "handshake request too large",
+            ));
+        }
+    };
+    let leftover = buf.split_off(end);
+    let text = String::from_utf8_lossy(&buf);
+    let mut lines = text.split("\r\n");
+    let mut request_line = lines.next().unwrap_or("").split_whitespace();
+    let method = request_line.next().unwrap_or("").to_string();
+    let target = request_line.next().unwrap_or("");
+    let path = target.split('?').next().unwrap_or("").to_string();
+    let headers = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    Ok((
+        Head {
+            method,
+            path,
+            headers,
+        },
+        leftover,
+    ))
+}
+
+fn refuse(stream: &mut TcpStream, status: &str, body: &str) -> io::Result<()> {
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(response.as_bytes())?;
+    stream.flush()
+}
+
+/// Performs the server side of the WebSocket handshake; `None` when the request was refused
+/// (and answered).
+fn handshake(
+    app: &App,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+) -> io::Result<Option<TwilioSocket>> {
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
+    stream.set_write_timeout(Some(HANDSHAKE_TIMEOUT))?;
+    let (head, leftover) = read_head(&mut stream)?;
+    if head.path != "/call/stream" {
+        log::warn!(peer:% = peer, path = head.path.as_str(); "media.refused: unknown path");
+        refuse(
+            &mut stream,
+            "404 Not Found",
+            "only /call/stream is served here\n",
+        )?;
+        return Ok(None);
+    }
+    let key = head.header("Sec-WebSocket-Key").map(str::to_string);
+    let upgrade = head
+        .header("Upgrade")
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let (Some(key), true, "GET") = (key, upgrade, head.method.as_str()) else {
+        refuse(
+            &mut stream,
+            "400 Bad Request",
+            "a WebSocket upgrade (GET with Upgrade: websocket) is expected\n",
+        )?;
+        return Ok(None);
+    };
+    if head.header("Sec-WebSocket-Version") != Some("13") {
+        let response = "HTTP/1.1 426 Upgrade Required\r\nSec-WebSocket-Version: 13\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+        stream.write_all(response.as_bytes())?;
+        return Ok(None);
+    }
+    let config = &app.config;
+    if config.twilio.validate_signature {
+        // Twilio signs the upgrade over the stream URL exactly as our TwiML gave it, with no
+        // parameters. A missing token with validation on is refused by `check-config`.
+        let url = format!("wss://{}/call/stream", config.domains.ws);
+        let token = config.twilio.auth_token.as_ref().map(|t| t.expose());
+        let verdict = match token {
+            Some(token) => crate::twilio_signature::verify(
+                token,
+                head.header("X-Twilio-Signature"),
+                &[url],
+                &[],
+            )
+            .map_err(|e| e.to_string()),
+            None => Err("TWILIO_AUTH_TOKEN is not set".to_string()),
+        };
+        if let Err(why) = verdict {
+            log::warn!(peer:% = peer, reason = why.as_str(); "media.refused: bad Twilio signature");
+            refuse(&mut stream, "403 Forbidden", "signature check failed\n")?;
+            return Ok(None);
+        }
+    }
+    let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let response = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+    );
+    stream.write_all(response.as_bytes())?;
+    stream.flush()?;
+    // From here Twilio sends a frame every 20 ms: a long quiet read means it is gone.
+    stream.set_read_timeout(Some(config.calls.tuning.media_read_timeout))?;
+    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+    let read_half = ReadHalf(stream.try_clone()?);
+    Ok(Some(TwilioSocket {
+        reader: WebSocket::from_partially_read(
+            read_half,
+            leftover,
+            Role::Server,
+            Some(ws_config()),
+        ),
+        writer: WebSocket::from_raw_socket(stream, Role::Server, Some(ws_config())),
+        peer,
+    }))
+}

@@ -1,0 +1,436 @@
+//! A simulated Twilio Media Stream: the phone side of a call, for the `demo` command and the
+//! end-to-end tests. It connects to our media server as Twilio does (`connected`, `start` with
+//! custom parameters, then a `media` frame every 20 ms for the whole call — speech when the
+//! script says something, silence otherwise), and it plays what it receives like Twilio's
+//! buffer does: audio at real-time speed (or faster, for tests), marks echoed when the audio
+//! before them has played, and on `clear` the buffer dropped and every pending mark echoed at
+//! once. Everything received is logged with its time, and both sides of the call are kept as
+//! audio (the demo writes them to a WAV file).
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::{SocketAddr, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde_json::{json, Value};
+use tungstenite::client::IntoClientRequest;
+use tungstenite::protocol::WebSocketConfig;
+use tungstenite::{Message, WebSocket};
+
+use super::voice;
+
+const FRAME: usize = 160;
+
+/// How the simulated phone behaves.
+#[derive(Clone, Debug)]
+pub struct CallerOptions {
+    pub call_sid: String,
+    pub stream_sid: String,
+    /// `<Parameter>`s of the stream (`role`, …).
+    pub parameters: Vec<(String, String)>,
+    /// `X-Twilio-Signature` for the upgrade, when the server checks it.
+    pub signature: Option<String>,
+    /// Twilio plays received audio this many times faster than real time (1 is a real phone;
+    /// tests use more so a long greeting does not take its full length).
+    pub playback_speed: usize,
+    /// The voice of the caller's speech.
+    pub pitch: f32,
+}
+
+impl Default for CallerOptions {
+    fn default() -> CallerOptions {
+        CallerOptions {
+            call_sid: format!("CA{}", hex(&crate::ids::random_bytes::<16>())),
+            stream_sid: format!("MZ{}", hex(&crate::ids::random_bytes::<16>())),
+            parameters: vec![("role".into(), "parent".into())],
+            signature: None,
+            playback_speed: 1,
+            pitch: 210.0,
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What the phone received, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Heard {
+    /// Audio for the caller (bytes of μ-law).
+    Media(usize),
+    /// A mark arrived; it is echoed when its audio has played.
+    Mark(String),
+    /// We echoed this mark back.
+    Echoed(String),
+    Clear,
+    /// The server closed the stream (with this close code).
+    Closed(Option<u16>),
+}
+
+#[derive(Default)]
+struct Shared {
+    log: Vec<(Instant, Heard)>,
+    to_say: VecDeque<u8>,
+    /// When the last queued speech finished being sent.
+    speech_done_at: Option<Instant>,
+    outgoing: VecDeque<String>,
+    hang_up: bool,
+    closed: bool,
+    caller_track: Vec<u8>,
+    assistant_track: Vec<u8>,
+}
+
+/// A connected simulated caller.
+pub struct SimCaller {
+    shared: Arc<Mutex<Shared>>,
+    thread: Option<JoinHandle<()>>,
+    options: CallerOptions,
+}
+
+fn lock(shared: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
+    shared.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl SimCaller {
+    /// Connects to the media server at `addr` and starts the stream.
+    pub fn connect(addr: SocketAddr, options: CallerOptions) -> io::Result<SimCaller> {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut request = format!("ws://{addr}/call/stream")
+            .into_client_request()
+            .map_err(io::Error::other)?;
+        if let Some(signature) = &options.signature {
+            let value = signature.parse().map_err(io::Error::other)?;
+            request.headers_mut().insert("X-Twilio-Signature", value);
+        }
+        let config = WebSocketConfig::default()
+            .read_buffer_size(16 * 1024)
+            .write_buffer_size(0);
+        let (mut socket, _) =
+            tungstenite::client::client_with_config(request, stream, Some(config))
+                .map_err(|e| io::Error::other(e.to_string()))?;
+        let send = |socket: &mut WebSocket<TcpStream>, value: Value| {
+            socket
+                .send(Message::text(value.to_string()))
+                .map_err(|e| io::Error::other(e.to_string()))
+        };
+        send(
+            &mut socket,
+            json!({"event": "connected", "protocol": "Call", "version": "1.0.0"}),
+        )?;
+        let parameters: serde_json::Map<String, Value> = options
+            .parameters
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect();
+        send(
+            &mut socket,
+            json!({"event": "start", "sequenceNumber": "1", "streamSid": options.stream_sid,
+                   "start": {"accountSid": super::SIM_TWILIO_ACCOUNT_SID,
+                             "streamSid": options.stream_sid, "callSid": options.call_sid,
+                             "tracks": ["inbound"],
+                             "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+                             "customParameters": parameters}}),
+        )?;
+        socket
+            .get_ref()
+            .set_read_timeout(Some(Duration::from_millis(2)))?;
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        let thread_shared = shared.clone();
+        let thread_options = options.clone();
+        let thread = thread::Builder::new()
+            .name("sim-caller".into())
+            .stack_size(256 * 1024)
+            .spawn(move || phone(socket, &thread_options, &thread_shared))?;
+        Ok(SimCaller {
+            shared,
+            thread: Some(thread),
+            options,
+        })
+    }
+
+    pub fn call_sid(&self) -> &str {
+        &self.options.call_sid
+    }
+
+    /// Speaks `text` (after anything still being said), then silence.
+    pub fn say(&self, text: &str) {
+        let audio = voice::speak(text, self.options.pitch);
+        let mut shared = lock(&self.shared);
+        shared.to_say.extend(audio);
+        shared.speech_done_at = None;
+    }
+
+    /// Presses a key.
+    pub fn press(&self, digit: char) {
+        let message = json!({"event": "dtmf", "streamSid": self.options.stream_sid,
+                             "sequenceNumber": "0",
+                             "dtmf": {"track": "inbound_track", "digit": digit.to_string()}});
+        lock(&self.shared).outgoing.push_back(message.to_string());
+    }
+
+    /// Sends a raw text frame (tests send invalid ones).
+    pub fn send_raw(&self, text: &str) {
+        lock(&self.shared).outgoing.push_back(text.to_string());
+    }
+
+    /// When the caller last finished speaking (None while speaking or before speaking).
+    pub fn speech_done_at(&self) -> Option<Instant> {
+        lock(&self.shared).speech_done_at
+    }
+
+    /// Whether the caller is still saying something.
+    pub fn is_speaking(&self) -> bool {
+        !lock(&self.shared).to_say.is_empty()
+    }
+
+    /// Everything received so far, with when.
+    pub fn log(&self) -> Vec<(Instant, Heard)> {
+        lock(&self.shared).log.clone()
+    }
+
+    pub fn is_closed(&self) -> bool {
+        lock(&self.shared).closed
+    }
+
+    /// Waits until `done` holds for the log, up to `timeout`.
+    pub fn wait_for(&self, timeout: Duration, done: impl Fn(&[(Instant, Heard)]) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if done(&lock(&self.shared).log) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits until the marks echoed so far number `n` (each piece of speech heard in full).
+    pub fn wait_for_echoes(&self, n: usize, timeout: Duration) -> bool {
+        self.wait_for(timeout, |log| {
+            log.iter()
+                .filter(|(_, h)| matches!(h, Heard::Echoed(_)))
+                .count()
+                >= n
+        })
+    }
+
+    /// Waits until nothing has been received for `quiet` (the assistant finished), up to
+    /// `timeout`.
+    pub fn wait_until_quiet(&self, quiet: Duration, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let last = lock(&self.shared).log.last().map(|(at, _)| *at);
+            let playing = {
+                let shared = lock(&self.shared);
+                pending_marks(&shared.log) > 0
+            };
+            if !playing && last.is_some_and(|at| at.elapsed() >= quiet) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Both sides of the call so far: (caller, assistant as played), μ-law, aligned in time.
+    pub fn tracks(&self) -> (Vec<u8>, Vec<u8>) {
+        let shared = lock(&self.shared);
+        (shared.caller_track.clone(), shared.assistant_track.clone())
+    }
+
+    /// Sends `stop` and closes, as Twilio does when the caller hangs up.
+    pub fn hang_up(mut self) -> Vec<(Instant, Heard)> {
+        lock(&self.shared).hang_up = true;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        self.log()
+    }
+
+    /// Waits for the server to close the stream.
+    pub fn wait_closed(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.is_closed() {
+                return true;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
+}
+
+impl Drop for SimCaller {
+    fn drop(&mut self) {
+        lock(&self.shared).hang_up = true;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn pending_marks(log: &[(Instant, Heard)]) -> usize {
+    let marks = log
+        .iter()
+        .filter(|(_, h)| matches!(h, Heard::Mark(_)))
+        .count();
+    let echoed = log
+        .iter()
+        .filter(|(_, h)| matches!(h, Heard::Echoed(_)))
+        .count();
+    marks.saturating_sub(echoed)
+}
+
+/// The phone's loop: one frame out every 20 ms, playback, and whatever came in.
+fn phone(mut socket: WebSocket<TcpStream>, options: &CallerOptions, shared: &Mutex<Shared>) {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let started = Instant::now();
+    let mut next = Instant::now();
+    let mut chunk = 0u64;
+    let mut buffer: VecDeque<u8> = VecDeque::new();
+    let mut received_total = 0u64;
+    let mut played_total = 0u64;
+    let mut marks: VecDeque<(u64, String)> = VecDeque::new();
+    let speed = options.playback_speed.max(1);
+    let stream_sid = options.stream_sid.clone();
+    let echo = |socket: &mut WebSocket<TcpStream>, name: &str| {
+        let message = json!({"event": "mark", "streamSid": stream_sid, "sequenceNumber": "0",
+                             "mark": {"name": name}});
+        socket.send(Message::text(message.to_string()))
+    };
+    'call: loop {
+        let (frame, outgoing, hang_up) = {
+            let mut s = lock(shared);
+            let was_speaking = !s.to_say.is_empty();
+            let n = s.to_say.len().min(FRAME);
+            let mut frame: Vec<u8> = s.to_say.drain(..n).collect();
+            frame.resize(FRAME, voice::ULAW_SILENCE);
+            if was_speaking && s.to_say.is_empty() {
+                s.speech_done_at = Some(Instant::now());
+            }
+            s.caller_track.extend_from_slice(&frame);
+            (frame, std::mem::take(&mut s.outgoing), s.hang_up)
+        };
+        if hang_up {
+            let stop = json!({"event": "stop", "streamSid": stream_sid, "sequenceNumber": "0",
+                              "stop": {"accountSid": super::SIM_TWILIO_ACCOUNT_SID,
+                                       "callSid": options.call_sid}});
+            let _ = socket.send(Message::text(stop.to_string()));
+            let _ = socket.close(None);
+            let _ = socket.flush();
+            break;
+        }
+        chunk += 1;
+        let media = json!({"event": "media", "sequenceNumber": (chunk + 1).to_string(),
+                           "streamSid": stream_sid,
+                           "media": {"track": "inbound", "chunk": chunk.to_string(),
+                                     "timestamp": started.elapsed().as_millis().to_string(),
+                                     "payload": b64.encode(&frame)}});
+        let mut failed = socket.send(Message::text(media.to_string())).is_err();
+        for text in outgoing {
+            failed |= socket.send(Message::text(text)).is_err();
+        }
+        // Playback: real time (times the speed) out of the buffer.
+        let n = buffer.len().min(FRAME * speed);
+        let played: Vec<u8> = buffer.drain(..n).collect();
+        played_total += n as u64;
+        {
+            let mut s = lock(shared);
+            let mut track: Vec<u8> = played.iter().take(FRAME).copied().collect();
+            track.resize(FRAME, voice::ULAW_SILENCE);
+            s.assistant_track.extend_from_slice(&track);
+        }
+        while marks.front().is_some_and(|(at, _)| *at <= played_total) {
+            if let Some((_, name)) = marks.pop_front() {
+                failed |= echo(&mut socket, &name).is_err();
+                lock(shared).log.push((Instant::now(), Heard::Echoed(name)));
+            }
+        }
+        // Whatever arrived since the last frame.
+        loop {
+            let message = match socket.read() {
+                Ok(message) => message,
+                Err(tungstenite::Error::Io(err))
+                    if matches!(
+                        err.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    break
+                }
+                Err(_) => {
+                    let mut s = lock(shared);
+                    s.log.push((Instant::now(), Heard::Closed(None)));
+                    s.closed = true;
+                    break 'call;
+                }
+            };
+            match message {
+                Message::Text(text) => {
+                    let value: Value = serde_json::from_str(text.as_str()).unwrap_or(Value::Null);
+                    match value["event"].as_str() {
+                        Some("media") => {
+                            let audio = b64
+                                .decode(value["media"]["payload"].as_str().unwrap_or(""))
+                                .unwrap_or_default();
+                            received_total += audio.len() as u64;
+                            let len = audio.len();
+                            buffer.extend(audio);
+                            lock(shared).log.push((Instant::now(), Heard::Media(len)));
+                        }
+                        Some("mark") => {
+                            let name = value["mark"]["name"].as_str().unwrap_or("").to_string();
+                            lock(shared)
+                                .log
+                                .push((Instant::now(), Heard::Mark(name.clone())));
+                            marks.push_back((received_total, name));
+                        }
+                        Some("clear") => {
+                            buffer.clear();
+                            played_total = received_total;
+                            lock(shared).log.push((Instant::now(), Heard::Clear));
+                            while let Some((_, name)) = marks.pop_front() {
+                                failed |= echo(&mut socket, &name).is_err();
+                                lock(shared).log.push((Instant::now(), Heard::Echoed(name)));
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                Message::Close(frame) => {
+                    let mut s = lock(shared);
+                    s.log.push((
+                        Instant::now(),
+                        Heard::Closed(frame.map(|f| u16::from(f.code))),
+                    ));
+                    s.closed = true;
+                    break 'call;
+                }
+                _ => {}
+            }
+        }
+        if failed {
+            let mut s = lock(shared);
+            s.log.push((Instant::now(), Heard::Closed(None)));
+            s.closed = true;
+            break;
+        }
+        next += Duration::from_millis(20);
+        let now = Instant::now();
+        if next > now {
+            thread::sleep(next - now);
+        } else {
+            next = now;
+        }
+    }
+}
