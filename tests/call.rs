@@ -259,3 +259,547 @@ fn a_call_with_two_turns_is_heard_recorded_and_costed() {
         "every call thread ended"
     );
 }
+
+fn media_between(log: &[(Instant, Heard)], from: Instant, to: Instant) -> usize {
+    log.iter()
+        .filter(|(at, h)| *at > from && *at < to && matches!(h, Heard::Media(_)))
+        .count()
+}
+
+fn wait_threads_gone() -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !call_threads().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    call_threads()
+}
+
+const FIRST: &str = "The first thing to do is write down the date and the time it happened.";
+const SECOND: &str = "The second thing is to note who was there and what each person said to you.";
+const THIRD: &str = "The third thing is to keep any messages, photos or school notes that show it.";
+
+#[test]
+fn barge_in_clears_twilio_cancels_the_turn_and_keeps_only_what_was_heard() {
+    let rig = Rig::start(&[]);
+    rig.sims.anthropic.push([
+        Reply::Text(format!("{FIRST} {SECOND} {THIRD}")),
+        Reply::Text("Of course. Go ahead, I'm listening.".into()),
+    ]);
+    rig.script(&["How do I document this", "wait a moment please"]);
+    let caller = rig.caller();
+    assert!(caller.wait_for_echoes(1, WAIT), "the greeting played");
+    caller.set_playback_speed(1);
+    caller.say("How do I document this");
+    // Once the first sentence has been heard in full, the caller talks over the second.
+    assert!(
+        caller.wait_for(WAIT, |log| log
+            .iter()
+            .any(|(_, h)| *h == Heard::Echoed("1-0".into()))),
+        "the first sentence played: {:?}",
+        shape(&caller.log())
+    );
+    caller.say("wait a moment please");
+    assert!(
+        caller.wait_for(WAIT, |log| log.iter().any(|(_, h)| *h == Heard::Clear)),
+        "the server cleared Twilio's buffer: {:?}",
+        shape(&caller.log())
+    );
+    caller.set_playback_speed(25);
+    assert!(
+        caller.wait_for(WAIT, |log| log.iter().any(
+            |(_, h)| matches!(h, Heard::Echoed(name) if name.starts_with("3-"))
+        )),
+        "the answer to the interruption played: {:?}",
+        shape(&caller.log())
+    );
+    let done_speaking = caller
+        .speech_done_at()
+        .expect("the caller finished speaking");
+    let call_sid = caller.call_sid().to_string();
+    let log = caller.hang_up();
+
+    let clear_at = log
+        .iter()
+        .find(|(_, h)| *h == Heard::Clear)
+        .map(|(at, _)| *at)
+        .expect("a clear");
+    assert_eq!(
+        media_between(&log, clear_at, done_speaking),
+        0,
+        "no audio of the cancelled turn after the clear: {:?}",
+        shape(&log)
+    );
+    let after_clear: Vec<String> = shape(&log)
+        .into_iter()
+        .skip_while(|s| s != "clear")
+        .filter(|s| s.starts_with("mark"))
+        .collect();
+    assert!(
+        !after_clear.is_empty() && after_clear.iter().all(|m| m.starts_with("mark 3-")),
+        "no mark of the cancelled turn after the clear: {after_clear:?}"
+    );
+
+    // The model is told what the caller heard, and that they cut in — not the whole reply.
+    let requests = rig.sims.anthropic.requests();
+    assert_eq!(requests.len(), 2);
+    let messages = requests[1]["messages"].as_array().expect("messages");
+    let interrupted = &messages[messages.len() - 2];
+    assert_eq!(interrupted["role"], json!("assistant"));
+    assert_eq!(
+        interrupted["content"][0]["text"],
+        json!(format!("{FIRST} [interrupted by the caller]"))
+    );
+
+    let record = rig.record_after_end(&call_sid);
+    assert_eq!(record.barge_ins, 1);
+    let said: Vec<String> = record
+        .transcript
+        .entries()
+        .into_iter()
+        .map(|e| e.text)
+        .collect();
+    assert!(said.contains(&FIRST.to_string()), "{said:?}");
+    assert!(
+        !said.contains(&SECOND.to_string()),
+        "the cut-off sentence was not heard: {said:?}"
+    );
+    assert!(!said.contains(&THIRD.to_string()), "{said:?}");
+    assert_eq!(wait_threads_gone(), Vec::<String>::new());
+}
+
+#[test]
+fn a_tool_call_plays_the_hold_phrase_and_feeds_the_result_back() {
+    let rig = Rig::start(&[]);
+    rig.sims.anthropic.push([
+        Reply::ToolUse {
+            preface: "Let me look that up for you.".into(),
+            name: "check_safety".into(),
+            input: json!({"context": "custody exchange went badly"}),
+        },
+        Reply::Text("Here is what I found about exchange logs.".into()),
+    ]);
+    rig.script(&["How do I keep an exchange log"]);
+    let caller = rig.caller();
+    assert!(caller.wait_for_echoes(1, WAIT));
+    caller.say("How do I keep an exchange log");
+    assert!(
+        caller.wait_for_echoes(4, WAIT),
+        "{:?}",
+        shape(&caller.log())
+    );
+    let call_sid = caller.call_sid().to_string();
+    let log = caller.hang_up();
+    assert_eq!(
+        shape(&log),
+        ["media", "mark 0-0", "media", "mark 1-0", "media", "mark 1-1", "media", "mark 1-2"],
+    );
+    let calls = rig.sims.mcp.calls();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].0, "check_safety");
+    assert_eq!(
+        calls[0].1,
+        json!({"context": "custody exchange went badly"})
+    );
+
+    let requests = rig.sims.anthropic.requests();
+    assert_eq!(
+        requests.len(),
+        2,
+        "one round for the tool, one for the answer"
+    );
+    let last = requests[1]["messages"]
+        .as_array()
+        .expect("messages")
+        .last()
+        .cloned();
+    let result = &last.expect("a last message")["content"][0];
+    assert_eq!(result["type"], json!("tool_result"));
+    assert!(result.get("is_error").is_none(), "{result}");
+    assert!(
+        result["content"]
+            .as_str()
+            .is_some_and(|c| c.contains("Tier 3")),
+        "{result}"
+    );
+
+    let record = rig.record_after_end(&call_sid);
+    assert_eq!(record.tool_calls.len(), 1);
+    assert!(record.tool_calls[0].success);
+    let said: Vec<String> = record
+        .transcript
+        .entries()
+        .into_iter()
+        .map(|e| e.text)
+        .collect();
+    assert!(
+        said.iter().any(|t| t.contains("working on that")),
+        "the hold phrase is in the record: {said:?}"
+    );
+}
+
+#[test]
+fn an_unreachable_tool_server_becomes_an_error_result_the_model_talks_about() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}/mcp", closed.local_addr().expect("addr"));
+    drop(closed);
+    let rig = Rig::start(&[("COTRACKPRO_MCP_URL", &url), ("MCP_TOOL_TIMEOUT_MS", "500")]);
+    rig.sims.anthropic.push([
+        Reply::ToolUse {
+            preface: "Let me check.".into(),
+            name: "search_docs".into(),
+            input: json!({"query": "x"}),
+        },
+        Reply::Text("I couldn't reach the documents just now.".into()),
+    ]);
+    rig.script(&["Can you look something up"]);
+    let caller = rig.caller();
+    assert!(caller.wait_for_echoes(1, WAIT));
+    caller.say("Can you look something up");
+    assert!(
+        caller.wait_for_echoes(4, WAIT),
+        "{:?}",
+        shape(&caller.log())
+    );
+    let call_sid = caller.call_sid().to_string();
+    drop(caller);
+    let requests = rig.sims.anthropic.requests();
+    let last = requests[1]["messages"]
+        .as_array()
+        .expect("messages")
+        .last()
+        .cloned();
+    let result = &last.expect("a last message")["content"][0];
+    assert_eq!(result["type"], json!("tool_result"));
+    assert_eq!(result["is_error"], json!(true));
+    let record = rig.record_after_end(&call_sid);
+    assert_eq!(record.tool_calls.len(), 1);
+    assert!(!record.tool_calls[0].success);
+    assert_eq!(record.status, CallStatus::Completed);
+}
+
+#[test]
+fn a_failing_model_is_an_apology_and_the_call_goes_on() {
+    let rig = Rig::start(&[]);
+    let overloaded = || Reply::Status {
+        status: 529,
+        kind: "overloaded_error".into(),
+        retry_after_secs: Some(0),
+    };
+    rig.sims.anthropic.push([
+        overloaded(),
+        overloaded(),
+        overloaded(),
+        Reply::Text("Thank you for waiting. I'm here now.".into()),
+    ]);
+    rig.script(&["Are you there", "Hello again"]);
+    let caller = rig.caller();
+    assert!(caller.wait_for_echoes(1, WAIT));
+    caller.say("Are you there");
+    assert!(
+        caller.wait_for_echoes(2, WAIT),
+        "{:?}",
+        shape(&caller.log())
+    );
+    caller.say("Hello again");
+    assert!(
+        caller.wait_for_echoes(4, WAIT),
+        "{:?}",
+        shape(&caller.log())
+    );
+    let call_sid = caller.call_sid().to_string();
+    drop(caller);
+    let record = rig.record_after_end(&call_sid);
+    let said: Vec<String> = record
+        .transcript
+        .entries()
+        .into_iter()
+        .map(|e| e.text)
+        .collect();
+    assert!(
+        said[2].contains("technical hiccup"),
+        "the apology was heard: {said:?}"
+    );
+    assert_eq!(said[4..], ["Thank you for waiting.", "I'm here now."]);
+    assert_eq!(record.turn_count, 2);
+}
+
+#[test]
+fn a_failing_voice_is_retried_once_then_the_prerecorded_apology_plays() {
+    let audio = crate::support::TempDir::new("clips");
+    let voice = "EXAVITQu4vr4xnSDxMaL";
+    std::fs::create_dir_all(audio.path().join(voice)).expect("dir");
+    let clip = cotrackpro_voice::sim::voice::speak("sorry", 150.0);
+    std::fs::write(audio.path().join(voice).join("apology.ulaw"), &clip).expect("clip");
+    let manifest = json!({"format": "ulaw_8000", "clips": [{
+        "voice": voice, "name": "apology",
+        "text": cotrackpro_voice::personas::prompts::Phrase::Apology.text(),
+        "file": format!("{voice}/apology.ulaw")}]});
+    std::fs::write(audio.path().join("manifest.json"), manifest.to_string()).expect("manifest");
+    let dir = audio.path().display().to_string();
+    let rig = Rig::start(&[("AUDIO_DIR", &dir)]);
+    rig.sims
+        .anthropic
+        .push([Reply::Text("This reply cannot be voiced today.".into())]);
+    rig.script(&["Say something"]);
+    let caller = rig.caller();
+    assert!(caller.wait_for_echoes(1, WAIT));
+    let sessions_before = rig.sims.elevenlabs.tts().sessions().len();
+    rig.sims.elevenlabs.tts().fail_next(2);
+    caller.say("Say something");
+    assert!(
+        caller.wait_for_echoes(3, WAIT),
+        "{:?}",
+        shape(&caller.log())
+    );
+    let call_sid = caller.call_sid().to_string();
+    let log = caller.hang_up();
+    // The failed sentence's mark, then the clip (its audio is exactly the file's).
+    assert_eq!(shape(&log)[2..], ["mark 1-0", "media", "mark 1-1"]);
+    let clip_bytes: usize = log
+        .iter()
+        .skip_while(|(_, h)| *h != Heard::Mark("1-0".into()))
+        .filter_map(|(_, h)| match h {
+            Heard::Media(n) => Some(*n),
+            _ => None,
+        })
+        .sum();
+    assert_eq!(clip_bytes, clip.len());
+    let texts: Vec<String> = rig.sims.elevenlabs.tts().sessions()[sessions_before..]
+        .iter()
+        .filter_map(|(_, messages)| {
+            messages
+                .get(1)
+                .and_then(|m| m["text"].as_str().map(str::to_string))
+        })
+        .collect();
+    assert_eq!(
+        texts
+            .iter()
+            .filter(|t| t.starts_with("This reply cannot"))
+            .count(),
+        2,
+        "one try and one retry: {texts:?}"
+    );
+    let record = rig.record_after_end(&call_sid);
+    let cost = record.cost_summary.expect("cost");
+    assert_eq!(
+        cost.tts_chars_cached,
+        cotrackpro_voice::personas::prompts::Phrase::Apology
+            .text()
+            .chars()
+            .count() as u64
+    );
+}
+
+#[test]
+fn losing_speech_to_text_ends_the_call_with_a_goodbye() {
+    use cotrackpro_voice::sim::elevenlabs_stt::Fault;
+    let rig = Rig::start(&[("STT_MAX_RECONNECTS", "1")]);
+    // The session drops after 2 s of audio; the one reconnect allowed fails at once.
+    let stt = rig.sims.elevenlabs.stt();
+    stt.push_fault(Fault::Drop { after_chunks: 100 });
+    stt.push_fault(Fault::Error {
+        message_type: "transcriber_error".into(),
+        after_chunks: 1,
+    });
+    let caller = rig.caller();
+    assert!(caller.wait_for_echoes(1, WAIT));
+    assert!(
+        caller.wait_closed(Duration::from_secs(20)),
+        "{:?}",
+        shape(&caller.log())
+    );
+    let call_sid = caller.call_sid().to_string();
+    let log = caller.log();
+    drop(caller);
+    let record = rig.record_after_end(&call_sid);
+    assert_eq!(record.status, CallStatus::Failed);
+    let said: Vec<String> = record
+        .transcript
+        .entries()
+        .into_iter()
+        .map(|e| e.text)
+        .collect();
+    assert!(
+        said.last()
+            .is_some_and(|t| t.contains("trouble hearing you")),
+        "the goodbye was heard before the hang-up: {said:?} {:?}",
+        shape(&log)
+    );
+    assert_eq!(wait_threads_gone(), Vec::<String>::new());
+}
+
+#[test]
+fn hanging_up_mid_reply_ends_every_thread_and_keeps_the_record() {
+    let rig = Rig::start(&[]);
+    rig.sims
+        .anthropic
+        .push([Reply::Text(format!("{FIRST} {SECOND} {THIRD}"))]);
+    rig.script(&["Tell me everything"]);
+    let caller = rig.caller();
+    assert!(caller.wait_for_echoes(1, WAIT));
+    caller.set_playback_speed(1);
+    caller.say("Tell me everything");
+    assert!(caller.wait_for(WAIT, |log| log
+        .iter()
+        .any(|(_, h)| *h == Heard::Mark("1-0".into()))));
+    let call_sid = caller.call_sid().to_string();
+    caller.hang_up();
+    let record = rig.record_after_end(&call_sid);
+    assert_eq!(record.status, CallStatus::Completed);
+    assert_eq!(record.turn_count, 1);
+    assert_eq!(wait_threads_gone(), Vec::<String>::new());
+}
+
+#[test]
+fn over_the_cap_a_stream_is_closed_with_1013() {
+    let rig = Rig::start(&[("MAX_CONCURRENT_CALLS", "1")]);
+    let first = rig.caller();
+    assert!(first.wait_for_echoes(1, WAIT));
+    let second = rig.caller();
+    assert!(second.wait_closed(WAIT));
+    assert_eq!(
+        second.log().last().map(|(_, h)| h.clone()),
+        Some(Heard::Closed(Some(1013)))
+    );
+    assert_eq!(rig.server.app().calls.active(), 1, "the first call goes on");
+}
+
+#[test]
+fn a_flood_of_invalid_messages_ends_the_call_cleanly() {
+    let rig = Rig::start(&[]);
+    let caller = rig.caller();
+    assert!(caller.wait_for_echoes(1, WAIT));
+    caller.send_raw("{not json");
+    caller.send_raw(r#"{"event":"media","media":{"payload":"***"}}"#);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!caller.is_closed(), "a few bad messages are skipped");
+    for _ in 0..60 {
+        caller.send_raw(r#"{"event":"bogus"}"#);
+    }
+    assert!(caller.wait_closed(WAIT));
+    let record = rig.record_after_end(caller.call_sid());
+    assert_eq!(record.status, CallStatus::Failed);
+}
+
+#[test]
+fn silence_brings_a_reprompt_then_a_goodbye_and_keys_are_recorded() {
+    let rig = Rig::start(&[("REPROMPT_AFTER_MS", "1000"), ("MAX_REPROMPTS", "1")]);
+    let caller = rig.caller();
+    assert!(caller.wait_for_echoes(1, WAIT));
+    caller.press('5');
+    assert!(caller.wait_closed(WAIT), "{:?}", shape(&caller.log()));
+    let log = caller.log();
+    assert_eq!(
+        shape(&log),
+        [
+            "media",
+            "mark 0-0",
+            "media",
+            "mark 0-1",
+            "media",
+            "mark 0-2",
+            "closed Some(1000)"
+        ]
+    );
+    let record = rig.record_after_end(caller.call_sid());
+    assert_eq!(record.status, CallStatus::Completed);
+    let said: Vec<String> = record
+        .transcript
+        .entries()
+        .into_iter()
+        .map(|e| e.text)
+        .collect();
+    assert_eq!(said[1], "[keypad: 5]");
+    assert!(said[2].contains("whenever you're ready"), "{said:?}");
+    assert!(said[3].contains("end the call now"), "{said:?}");
+}
+
+#[test]
+fn the_maximum_call_length_ends_with_a_closing_phrase() {
+    let rig = Rig::start(&[("MAX_CALL_SECS", "2")]);
+    let caller = rig.caller();
+    assert!(caller.wait_closed(WAIT), "{:?}", shape(&caller.log()));
+    let record = rig.record_after_end(caller.call_sid());
+    assert_eq!(record.status, CallStatus::Completed);
+    let said: Vec<String> = record
+        .transcript
+        .entries()
+        .into_iter()
+        .map(|e| e.text)
+        .collect();
+    assert!(
+        said.last().is_some_and(|t| t.contains("time limit")),
+        "{said:?}"
+    );
+}
+
+#[test]
+fn the_stream_handshake_is_checked() {
+    use std::io::{Read, Write};
+    let rig = Rig::start(&[
+        ("VALIDATE_TWILIO_SIGNATURE", "true"),
+        ("TWILIO_AUTH_TOKEN", crate::support::AUTH_TOKEN),
+    ]);
+    let raw = |request: &str| {
+        let mut stream = std::net::TcpStream::connect(rig.server.media_addr).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        stream.write_all(request.as_bytes()).expect("write");
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer);
+        answer
+    };
+    let upgrade = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n";
+    let answer = raw(&format!("GET /other HTTP/1.1\r\nHost: x\r\n{upgrade}\r\n"));
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+    let answer = raw("GET /call/stream HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    let answer = raw(&format!(
+        "GET /call/stream HTTP/1.1\r\nHost: x\r\n{upgrade}\r\n"
+    ));
+    assert!(answer.starts_with("HTTP/1.1 403"), "no signature: {answer}");
+
+    let url = format!("wss://{}/call/stream", crate::support::DOMAIN);
+    let signature =
+        cotrackpro_voice::twilio_signature::compute(crate::support::AUTH_TOKEN, &url, &[]);
+    let caller = SimCaller::connect(
+        rig.server.media_addr,
+        CallerOptions {
+            signature: Some(signature),
+            playback_speed: 25,
+            ..CallerOptions::default()
+        },
+    )
+    .expect("a signed stream is accepted");
+    assert!(caller.wait_for_echoes(1, WAIT));
+}
+
+#[test]
+fn a_silent_dead_connection_is_noticed_by_the_read_timeout() {
+    use std::io::{Read, Write};
+    let rig = Rig::start(&[("MEDIA_READ_TIMEOUT_MS", "600")]);
+    let mut stream = std::net::TcpStream::connect(rig.server.media_addr).expect("connect");
+    stream
+        .write_all(b"GET /call/stream HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        .expect("write");
+    let mut head = [0u8; 12];
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    stream.read_exact(&mut head).expect("answer");
+    assert_eq!(&head, b"HTTP/1.1 101");
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while rig.server.app().calls.active() == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(rig.server.app().calls.active(), 1);
+    // Nothing more is sent: the server gives up on its own.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while rig.server.app().calls.active() > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(rig.server.app().calls.active(), 0);
+    assert_eq!(wait_threads_gone(), Vec::<String>::new());
+}

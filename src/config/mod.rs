@@ -548,7 +548,7 @@ impl Config {
                 barge_in_min_chars: r.whole("BARGE_IN_MIN_CHARS", 3, 0, 200) as usize,
                 reprompt_after: r.millis("REPROMPT_AFTER_MS", 12_000, 1_000, 600_000),
                 max_reprompts: r.whole("MAX_REPROMPTS", 2, 0, 20) as u32,
-                max_duration: Duration::from_secs(r.whole("MAX_CALL_SECS", 7200, 10, 86_400)),
+                max_duration: Duration::from_secs(r.whole("MAX_CALL_SECS", 7200, 1, 86_400)),
                 media_read_timeout: r.millis("MEDIA_READ_TIMEOUT_MS", 5_000, 500, 120_000),
                 max_tool_rounds: r.whole("MAX_TOOL_ROUNDS", 3, 0, 10) as u32,
                 vad_silence_secs: r.float("STT_VAD_SILENCE_SECS", 0.8, 0.3, 3.0),

@@ -82,6 +82,8 @@ struct Shared {
     closed: bool,
     caller_track: Vec<u8>,
     assistant_track: Vec<u8>,
+    /// Playback speed now (starts as the options say).
+    speed: usize,
 }
 
 /// A connected simulated caller.
@@ -140,7 +142,10 @@ impl SimCaller {
         socket
             .get_ref()
             .set_read_timeout(Some(Duration::from_millis(2)))?;
-        let shared = Arc::new(Mutex::new(Shared::default()));
+        let shared = Arc::new(Mutex::new(Shared {
+            speed: options.playback_speed.max(1),
+            ..Shared::default()
+        }));
         let thread_shared = shared.clone();
         let thread_options = options.clone();
         let thread = thread::Builder::new()
@@ -164,6 +169,11 @@ impl SimCaller {
         let mut shared = lock(&self.shared);
         shared.to_say.extend(audio);
         shared.speech_done_at = None;
+    }
+
+    /// Changes how fast received audio plays (1 is real time).
+    pub fn set_playback_speed(&self, speed: usize) {
+        lock(&self.shared).speed = speed.max(1);
     }
 
     /// Presses a key.
@@ -301,7 +311,6 @@ fn phone(mut socket: WebSocket<TcpStream>, options: &CallerOptions, shared: &Mut
     let mut received_total = 0u64;
     let mut played_total = 0u64;
     let mut marks: VecDeque<(u64, String)> = VecDeque::new();
-    let speed = options.playback_speed.max(1);
     let stream_sid = options.stream_sid.clone();
     let echo = |socket: &mut WebSocket<TcpStream>, name: &str| {
         let message = json!({"event": "mark", "streamSid": stream_sid, "sequenceNumber": "0",
@@ -309,7 +318,7 @@ fn phone(mut socket: WebSocket<TcpStream>, options: &CallerOptions, shared: &Mut
         socket.send(Message::text(message.to_string()))
     };
     'call: loop {
-        let (frame, outgoing, hang_up) = {
+        let (frame, outgoing, hang_up, speed) = {
             let mut s = lock(shared);
             let was_speaking = !s.to_say.is_empty();
             let n = s.to_say.len().min(FRAME);
@@ -319,7 +328,7 @@ fn phone(mut socket: WebSocket<TcpStream>, options: &CallerOptions, shared: &Mut
                 s.speech_done_at = Some(Instant::now());
             }
             s.caller_track.extend_from_slice(&frame);
-            (frame, std::mem::take(&mut s.outgoing), s.hang_up)
+            (frame, std::mem::take(&mut s.outgoing), s.hang_up, s.speed)
         };
         if hang_up {
             let stop = json!({"event": "stop", "streamSid": stream_sid, "sequenceNumber": "0",

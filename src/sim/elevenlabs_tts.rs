@@ -49,6 +49,8 @@ struct State {
     /// Per connection: the voice and every text message received.
     sessions: Vec<(String, Vec<Value>)>,
     closed_by_client: usize,
+    /// Sessions still to fail (an error message in answer to their first text).
+    failing: u32,
 }
 
 pub struct TtsSim {
@@ -79,6 +81,12 @@ impl TtsSim {
     /// Per connection: the voice id and the messages received.
     pub fn sessions(&self) -> Vec<(String, Vec<Value>)> {
         self.core.lock().sessions.clone()
+    }
+
+    /// Makes the next `n` sessions fail: their first text is answered with an error message
+    /// and the socket closed, as the service does when it cannot generate.
+    pub fn fail_next(&self, n: u32) {
+        self.core.lock().failing += n;
     }
 
     /// Connections the client closed before the end of its input.
@@ -146,10 +154,12 @@ fn serve(stream: TcpStream, options: &TtsSimOptions, state: &Mutex<State>) -> io
     let mut socket = tungstenite::accept_hdr_with_config(stream, check, Some(config))
         .map_err(|e| io::Error::other(e.to_string()))?;
     socket.get_ref().set_read_timeout(Some(TICK))?;
-    let session = {
+    let (session, failing) = {
         let mut state = lock(state);
         state.sessions.push((voice_id.clone(), Vec::new()));
-        state.sessions.len() - 1
+        let failing = state.failing > 0;
+        state.failing = state.failing.saturating_sub(1);
+        (state.sessions.len() - 1, failing)
     };
     let pitch = 120.0 + (voice_id.bytes().map(u32::from).sum::<u32>() % 80) as f32;
     let mut buffered = String::new();
@@ -222,6 +232,18 @@ fn serve(stream: TcpStream, options: &TtsSimOptions, state: &Mutex<State>) -> io
             }
             opened = true;
             continue;
+        }
+        if failing {
+            send(
+                &mut socket,
+                json!({"message": "simulated generation failure", "error": "internal_server_error", "code": 1011}),
+            )?;
+            let _ = socket.close(Some(CloseFrame {
+                code: CloseCode::Error,
+                reason: "internal_server_error".into(),
+            }));
+            let _ = socket.flush();
+            return Ok(());
         }
         if chunk.is_empty() {
             // End of input: speak the rest, then isFinal and close.
