@@ -38,3 +38,148 @@ impl Metrics {
         recent.iter().cloned().collect()
     }
 }
+
+/// Latency stages of a turn, as exported (label value, field).
+const STAGES: [(&str, fn(&TurnLatency) -> Option<u64>); 5] = [
+    ("commit", |l| l.speech_end_to_commit_ms),
+    ("first_token", |l| l.first_token_ms),
+    ("first_sentence", |l| l.first_sentence_ms),
+    ("first_audio", |l| l.first_audio_ms),
+    ("first_frame", |l| l.first_frame_ms),
+];
+
+/// The value at quantile `q` of sorted `values` (nearest rank).
+pub fn quantile(sorted: &[u64], q: f64) -> Option<u64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    Some(sorted[rank - 1])
+}
+
+impl Metrics {
+    /// The Prometheus text exposition (version 0.0.4) of these metrics and the live calls.
+    pub fn render(&self, active: usize, peak: usize) -> String {
+        let mut out = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+            for (labels, value) in samples {
+                out.push_str(&format!("{name}{labels} {value}\n"));
+            }
+        };
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        metric(
+            "cotrackpro_calls_active",
+            "gauge",
+            "Calls in progress.",
+            &[("", active as u64)],
+        );
+        metric(
+            "cotrackpro_calls_peak",
+            "gauge",
+            "Most calls in progress at once since start-up.",
+            &[("", peak as u64)],
+        );
+        metric(
+            "cotrackpro_calls_started_total",
+            "counter",
+            "Calls whose stream started.",
+            &[("", get(&self.calls_started))],
+        );
+        metric(
+            "cotrackpro_calls_ended_total",
+            "counter",
+            "Calls ended, by final status.",
+            &[
+                ("{status=\"completed\"}", get(&self.calls_completed)),
+                ("{status=\"failed\"}", get(&self.calls_failed)),
+            ],
+        );
+        metric(
+            "cotrackpro_calls_refused_total",
+            "counter",
+            "Streams refused at MAX_CONCURRENT_CALLS.",
+            &[("", get(&self.calls_refused))],
+        );
+        metric(
+            "cotrackpro_turns_total",
+            "counter",
+            "Caller turns answered.",
+            &[("", get(&self.turns))],
+        );
+        metric(
+            "cotrackpro_barge_ins_total",
+            "counter",
+            "Times the caller talked over the assistant.",
+            &[("", get(&self.barge_ins))],
+        );
+        metric(
+            "cotrackpro_tool_calls_total",
+            "counter",
+            "CoTrackPro tool calls.",
+            &[("", get(&self.tool_calls))],
+        );
+
+        let recent = self.recent_turns();
+        out.push_str("# HELP cotrackpro_turn_latency_ms Milliseconds from the end of the caller's speech to each stage of the answer, over recent turns.\n# TYPE cotrackpro_turn_latency_ms summary\n");
+        for (stage, field) in STAGES {
+            let mut values: Vec<u64> = recent.iter().filter_map(field).collect();
+            values.sort_unstable();
+            for q in [0.5, 0.95, 0.99] {
+                if let Some(v) = quantile(&values, q) {
+                    out.push_str(&format!(
+                        "cotrackpro_turn_latency_ms{{stage=\"{stage}\",quantile=\"{q}\"}} {v}\n"
+                    ));
+                }
+            }
+            out.push_str(&format!(
+                "cotrackpro_turn_latency_ms_sum{{stage=\"{stage}\"}} {}\ncotrackpro_turn_latency_ms_count{{stage=\"{stage}\"}} {}\n",
+                values.iter().sum::<u64>(),
+                values.len()
+            ));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_by_nearest_rank() {
+        let values = [10, 20, 30, 40, 50, 60, 70, 80, 90, 100];
+        assert_eq!(quantile(&values, 0.5), Some(50));
+        assert_eq!(quantile(&values, 0.95), Some(100));
+        assert_eq!(quantile(&[7], 0.99), Some(7));
+        assert_eq!(quantile(&[], 0.5), None);
+    }
+
+    #[test]
+    fn renders_counters_and_latency_summaries() {
+        let metrics = Metrics::default();
+        metrics.calls_started.fetch_add(3, Ordering::Relaxed);
+        metrics.calls_failed.fetch_add(1, Ordering::Relaxed);
+        for ms in [100, 300, 200] {
+            metrics.record_turn(&TurnLatency {
+                first_frame_ms: Some(ms),
+                ..TurnLatency::default()
+            });
+        }
+        let text = metrics.render(2, 5);
+        assert!(text.contains("cotrackpro_calls_active 2\n"), "{text}");
+        assert!(text.contains("cotrackpro_calls_peak 5\n"));
+        assert!(text.contains("cotrackpro_calls_started_total 3\n"));
+        assert!(text.contains("cotrackpro_calls_ended_total{status=\"failed\"} 1\n"));
+        assert!(text.contains("cotrackpro_turns_total 3\n"));
+        assert!(text
+            .contains("cotrackpro_turn_latency_ms{stage=\"first_frame\",quantile=\"0.5\"} 200\n"));
+        assert!(text.contains("cotrackpro_turn_latency_ms_sum{stage=\"first_frame\"} 600\n"));
+        assert!(text.contains("cotrackpro_turn_latency_ms_count{stage=\"first_token\"} 0\n"));
+        // Every sample line is `name{labels} value`.
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let (_, value) = line.rsplit_once(' ').expect("a value");
+            assert!(value.parse::<u64>().is_ok(), "{line}");
+        }
+    }
+}

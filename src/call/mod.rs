@@ -584,6 +584,10 @@ impl Call<'_> {
             voice = self.voice.as_str();
             "call.started"
         );
+        self.app
+            .metrics
+            .calls_started
+            .fetch_add(1, Ordering::Relaxed);
         self.ensure_record(direction);
         self.start_workers();
 
@@ -1152,6 +1156,17 @@ impl Call<'_> {
         if self.stream_sid.is_none() {
             return;
         }
+        let metrics = &self.app.metrics;
+        match status {
+            CallStatus::Completed => metrics.calls_completed.fetch_add(1, Ordering::Relaxed),
+            _ => metrics.calls_failed.fetch_add(1, Ordering::Relaxed),
+        };
+        metrics
+            .barge_ins
+            .fetch_add(self.barge_ins, Ordering::Relaxed);
+        metrics
+            .tool_calls
+            .fetch_add(self.tool_calls.len() as u64, Ordering::Relaxed);
         let now = timestamp::now_ms();
         let event = RecordEvent {
             status: Some(status),

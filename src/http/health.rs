@@ -1,7 +1,10 @@
-//! `GET /health`: liveness for the operator, the proxy and the dashboard.
+//! `GET /health`: liveness for the operator, the proxy and the dashboard; `GET /metrics`: the
+//! call counters and turn latencies in Prometheus text format, behind the records API's gate
+//! (Bearer `OUTBOUND_API_KEY` in production: a scraper sends it as its bearer token).
 
 use serde_json::json;
 
+use super::request::Incoming;
 use super::Reply;
 use crate::app::App;
 
@@ -18,4 +21,17 @@ pub fn health(app: &App) -> Reply {
             "version": env!("CARGO_PKG_VERSION"),
         }),
     )
+}
+
+pub fn metrics(app: &App, req: &Incoming) -> Reply {
+    if let Some(refused) = super::records::gate(app, req, "metrics") {
+        return refused;
+    }
+    let text = app.metrics.render(app.calls.active(), app.calls.peak());
+    Reply {
+        status: 200,
+        content_type: "text/plain; version=0.0.4; charset=utf-8",
+        body: text.into_bytes(),
+        headers: Vec::new(),
+    }
 }

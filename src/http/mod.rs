@@ -160,6 +160,7 @@ enum Route<'a> {
     Records(records::RecordsRoute<'a>),
     CronCostRollup,
     Dashboard,
+    Metrics,
 }
 
 impl<'a> Route<'a> {
@@ -172,6 +173,7 @@ impl<'a> Route<'a> {
             ["call", "status"] => Route::CallStatus,
             ["api", "cron", "cost-rollup"] => Route::CronCostRollup,
             ["dashboard"] => Route::Dashboard,
+            ["metrics"] => Route::Metrics,
             ["records"] => Route::Records(RecordsRoute::List),
             ["records", "by-role", role] => Route::Records(RecordsRoute::ByRole(role)),
             ["records", "by-status", status] => Route::Records(RecordsRoute::ByStatus(status)),
@@ -182,7 +184,7 @@ impl<'a> Route<'a> {
 
     fn methods(self) -> &'static [&'static str] {
         match self {
-            Route::Health | Route::CronCostRollup | Route::Dashboard => &["GET"],
+            Route::Health | Route::CronCostRollup | Route::Dashboard | Route::Metrics => &["GET"],
             Route::CallIncoming | Route::CallStatus => &["POST"],
             Route::Records(records::RecordsRoute::One(_)) => &["GET", "DELETE"],
             Route::Records(_) => &["GET"],
@@ -207,5 +209,6 @@ pub fn route(app: &App, req: &Incoming) -> Reply {
         Route::Records(which) => records::handle(app, req, which),
         Route::CronCostRollup => cron::cost_rollup(app, req),
         Route::Dashboard => dashboard::dashboard(),
+        Route::Metrics => health::metrics(app, req),
     }
 }

@@ -150,6 +150,9 @@ fn serve_connection(app: &Arc<App>, stream: TcpStream, peer: SocketAddr, n: u64)
     };
     let limit = app.config.calls.max_concurrent;
     let Some(slot) = CallRegistry::try_admit(&app.calls, limit) else {
+        app.metrics
+            .calls_refused
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         log::warn!(
             peer:% = peer,
             active = app.calls.active(),
