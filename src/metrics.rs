@@ -39,8 +39,11 @@ impl Metrics {
     }
 }
 
+/// Reads one stage's milliseconds from a turn.
+type Stage = fn(&TurnLatency) -> Option<u64>;
+
 /// Latency stages of a turn, as exported (label value, field).
-const STAGES: [(&str, fn(&TurnLatency) -> Option<u64>); 5] = [
+const STAGES: [(&str, Stage); 5] = [
     ("commit", |l| l.speech_end_to_commit_ms),
     ("first_token", |l| l.first_token_ms),
     ("first_sentence", |l| l.first_sentence_ms),
