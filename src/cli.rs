@@ -14,7 +14,13 @@ cotrackpro-voice: phone a CoTrackPro persona (Twilio, ElevenLabs, Anthropic Clau
 Usage: cotrackpro-voice [--env-file PATH] <command>
 
 Commands:
-  serve          run the webhook server (HTTP_PORT)
+  demo [--role ROLE] [--wav PATH] [--fast]
+                 the whole product on loopback, no keys needed: the server and simulated
+                 providers, and a simulated caller who talks with a persona (default parent),
+                 interrupts it once and says goodbye; prints the conversation with each
+                 turn's latencies and writes both sides to PATH (default cotrackpro-demo.wav);
+                 --fast plays the assistant 4x faster than real time
+  serve          run the webhook server (HTTP_PORT) and the media-stream server (MEDIA_PORT)
   check-config   validate the configuration and print it, secrets redacted
   sim [--first-token-ms N] [--token-ms N] [--tts-first-byte-ms N] [--stt-commit-ms N]
                  run the simulated providers (Anthropic, ElevenLabs, MCP, Twilio) on loopback
@@ -39,6 +45,7 @@ Configuration is read from the environment; see README.md for every variable.
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Command {
+    Demo,
     Serve,
     CheckConfig,
     Compact,
@@ -61,6 +68,10 @@ pub struct Args {
     pub dir: Option<PathBuf>,
     /// `sim` timing flags.
     pub sim_timing: crate::sim::SimTiming,
+    /// `demo --role`, `--wav`, `--fast`.
+    pub role: Option<crate::personas::Role>,
+    pub wav: Option<PathBuf>,
+    pub fast: bool,
 }
 
 /// Parses the arguments after the program name.
@@ -71,6 +82,9 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
     let mut count = None;
     let mut dir = None;
     let mut sim_timing = crate::sim::SimTiming::default();
+    let mut role = None;
+    let mut wav = None;
+    let mut fast = false;
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         let arg = arg
@@ -147,6 +161,26 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
                 };
                 *slot = Some(ms);
             }
+            "--role" | "--wav" => {
+                let value = match inline_value {
+                    Some(value) => value,
+                    None => args
+                        .next()
+                        .and_then(|v| v.into_string().ok())
+                        .ok_or_else(|| format!("{flag} needs a value"))?,
+                };
+                if flag == "--wav" {
+                    wav = Some(PathBuf::from(value));
+                } else {
+                    role = Some(crate::personas::Role::parse(&value).ok_or_else(|| {
+                        format!(
+                            "--role {value:?} is not one of {}",
+                            crate::personas::Role::allowed_list()
+                        )
+                    })?);
+                }
+            }
+            "--fast" => fast = true,
             "-h" | "--help" => command = Some(Command::Help),
             "-V" | "--version" => command = Some(Command::Version),
             other if other.starts_with('-') => return Err(format!("unknown option {other}")),
@@ -155,6 +189,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
                     return Err(format!("unexpected argument {name:?}"));
                 }
                 command = Some(match name {
+                    "demo" => Command::Demo,
                     "serve" => Command::Serve,
                     "check-config" => Command::CheckConfig,
                     "compact" => Command::Compact,
@@ -178,6 +213,9 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
     if sim_timing != crate::sim::SimTiming::default() && command != Command::Sim {
         return Err("the timing flags go with the sim command".to_string());
     }
+    if (role.is_some() || wav.is_some() || fast) && command != Command::Demo {
+        return Err("--role, --wav and --fast go with the demo command".to_string());
+    }
     Ok(Args {
         command,
         env_file,
@@ -185,6 +223,9 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
         count,
         dir,
         sim_timing,
+        role,
+        wav,
+        fast,
     })
 }
 
@@ -224,6 +265,23 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
                     print_error(&err);
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Demo => {
+            let options = crate::demo::DemoOptions {
+                role: args.role.unwrap_or(crate::personas::Role::Parent),
+                wav: args
+                    .wav
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from("cotrackpro-demo.wav")),
+                speed: if args.fast { 4 } else { 1 },
+            };
+            match crate::demo::run(&options) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    print_error(err.as_ref());
                     ExitCode::from(1)
                 }
             }

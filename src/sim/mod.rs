@@ -12,6 +12,7 @@ pub mod listener;
 pub mod mcp;
 pub mod twilio;
 pub mod voice;
+pub mod wav;
 
 use std::io;
 use std::time::Duration;

@@ -1,0 +1,259 @@
+//! `cotrackpro-voice demo`: the whole product on loopback with no keys. It starts the
+//! simulated providers and the real server wired to them, then a simulated caller phones in
+//! and speaks a scripted conversation — a question, a question that needs a CoTrackPro tool,
+//! a question it interrupts mid-answer, and goodbye. It prints the conversation as the record
+//! kept it, with each turn's latencies, and writes both sides of the call to a WAV file.
+
+use std::error::Error;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::config::{Config, Env};
+use crate::personas::Role;
+use crate::records::index::sid_key;
+use crate::serve::Server;
+use crate::sim::anthropic::Reply;
+use crate::sim::caller::{CallerOptions, Heard, SimCaller};
+use crate::sim::Simulators;
+
+pub struct DemoOptions {
+    pub role: Role,
+    pub wav: PathBuf,
+    /// How many times faster than real time the phone plays the assistant (1 = a real call).
+    pub speed: usize,
+}
+
+/// One step of the caller's script, and what the simulated model answers.
+struct Step {
+    says: &'static str,
+    replies: Vec<Reply>,
+    /// Said over the answer once its first sentence has been heard.
+    interrupt: Option<(&'static str, Reply)>,
+}
+
+fn script() -> Vec<Step> {
+    vec![
+        Step {
+            says: "Hi. I need help writing down what happened at the exchange last Friday.",
+            replies: vec![Reply::Text(
+                "I'm glad you called, and I can help with that. Let's start with when the exchange was, and where it happened.".into(),
+            )],
+            interrupt: None,
+        },
+        Step {
+            says: "Is there a template I can use for an exchange log?",
+            replies: vec![
+                Reply::ToolUse {
+                    preface: "Let me set that up for you.".into(),
+                    name: "generate_artifact".into(),
+                    input: json!({"artifact_type": "exchange log", "sessionId": "demo"}),
+                },
+                Reply::Text(
+                    "I've started an exchange log draft for you. It has a place for the date, the time, who was there, and what was said.".into(),
+                ),
+            ],
+            interrupt: None,
+        },
+        Step {
+            says: "What else should I keep?",
+            replies: vec![Reply::Text(
+                "Keep every text message about the exchange, with its date. Keep notes from the school or the doctor if they mention it. Write down the names of anyone who saw what happened. And keep your own notes short, factual and calm.".into(),
+            )],
+            interrupt: Some((
+                "Sorry, can I stop you there for a second?",
+                Reply::Text("Of course. Take your time, I'm listening.".into()),
+            )),
+        },
+        Step {
+            says: "That's all for today. Thank you, goodbye.",
+            replies: vec![Reply::Text(
+                "You're welcome. You did well today. Call back any time, and if you are ever in danger, call 911.".into(),
+            )],
+            interrupt: None,
+        },
+    ]
+}
+
+const STEP_TIMEOUT: Duration = Duration::from_secs(90);
+
+pub fn run(options: &DemoOptions) -> Result<(), Box<dyn Error>> {
+    let sims = Simulators::start()?;
+    let records_dir = std::env::temp_dir().join(format!("cotrackpro-demo-{}", std::process::id()));
+    let mut pairs: Vec<(String, String)> = vec![
+        ("SERVER_DOMAIN".into(), "demo.localhost".into()),
+        ("BIND_ADDR".into(), "127.0.0.1".into()),
+        ("HTTP_PORT".into(), "0".into()),
+        ("MEDIA_PORT".into(), "0".into()),
+        ("RECORDS_DIR".into(), records_dir.display().to_string()),
+        (
+            "LOG_LEVEL".into(),
+            std::env::var("LOG_LEVEL").unwrap_or_else(|_| "warn".into()),
+        ),
+    ];
+    pairs.extend(sims.env().into_iter().map(|(k, v)| (k.to_string(), v)));
+    let env = Env::from_pairs(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let config = Config::from_env(&env).map_err(|errors| {
+        let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        list.join("; ")
+    })?;
+    crate::logging::init(&config.log);
+    let server = Server::start(config)?;
+    let result = converse(&server, &sims, options);
+    server.shutdown();
+    let _ = std::fs::remove_dir_all(&records_dir);
+    result
+}
+
+fn converse(
+    server: &Server,
+    sims: &Simulators,
+    options: &DemoOptions,
+) -> Result<(), Box<dyn Error>> {
+    let app = &server.app;
+    println!(
+        "cotrackpro-voice demo: a simulated caller phones the {} persona (simulated providers, no keys)\n",
+        options.role
+    );
+    let steps = script();
+    for step in &steps {
+        sims.anthropic.push(step.replies.iter().cloned());
+        sims.elevenlabs
+            .stt()
+            .push_utterances([step.says.to_string()]);
+        if let Some((words, reply)) = &step.interrupt {
+            sims.anthropic.push([reply.clone()]);
+            sims.elevenlabs.stt().push_utterances([words.to_string()]);
+        }
+    }
+    let caller = SimCaller::connect(
+        server.media_addr(),
+        CallerOptions {
+            parameters: vec![("role".into(), options.role.as_str().into())],
+            playback_speed: options.speed,
+            ..CallerOptions::default()
+        },
+    )?;
+    println!(
+        "☎  call {} connected; the greeting plays…",
+        caller.call_sid()
+    );
+    if !caller.wait_for_echoes(1, STEP_TIMEOUT) {
+        return Err("the greeting did not play".into());
+    }
+    for step in &steps {
+        let from = caller.log().len();
+        println!("🗣  caller: {}", step.says);
+        caller.say(step.says);
+        if let Some((words, _)) = &step.interrupt {
+            let heard_one = caller.wait_for(STEP_TIMEOUT, |log| {
+                log[from.min(log.len())..]
+                    .iter()
+                    .any(|(_, h)| matches!(h, Heard::Echoed(_)))
+            });
+            if !heard_one {
+                return Err("the answer did not start".into());
+            }
+            println!("🗣  caller (talking over the answer): {words}");
+            let from_interrupt = caller.log().len();
+            caller.say(words);
+            let cleared = caller.wait_for(STEP_TIMEOUT, |log| {
+                log[from_interrupt.min(log.len())..]
+                    .iter()
+                    .any(|(_, h)| *h == Heard::Clear)
+            });
+            if !cleared {
+                return Err("the barge-in was not heard".into());
+            }
+            println!(
+                "   ✋ the server cleared Twilio's buffer and dropped the rest of that answer"
+            );
+            await_reply(&caller, caller.log().len())?;
+        } else {
+            await_reply(&caller, from)?;
+        }
+    }
+    let call_sid = caller.call_sid().to_string();
+    let (caller_track, assistant_track) = caller.tracks();
+    caller.hang_up();
+    println!("☎  the caller hung up\n");
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while app.calls.active() > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let key = sid_key(&call_sid).ok_or("the demo call SID is not valid")?;
+    let record = app.records.get(&key)?.ok_or("the call left no record")?;
+    let latencies: Vec<_> = app
+        .metrics
+        .recent_turns()
+        .into_iter()
+        .filter(|l| l.call_sid == call_sid)
+        .collect();
+
+    println!("The conversation, as the record keeps it (what the caller actually heard):");
+    let mut turn = 0u64;
+    for entry in record.transcript.entries() {
+        let who = if entry.role == "user" {
+            "caller".to_string()
+        } else {
+            options.role.as_str().to_string()
+        };
+        println!("  {who:>10} › {}", entry.text);
+        if entry.role == "user" && !entry.text.starts_with("[keypad") {
+            turn += 1;
+            if let Some(l) = latencies.iter().find(|l| l.turn == turn) {
+                let ms = |v: Option<u64>| v.map_or_else(|| "–".to_string(), |v| format!("{v} ms"));
+                println!(
+                    "  {:>10}   ⏱ after the caller stopped: transcript {} · first token {} · first sentence {} · first audio {} · first frame to Twilio {}",
+                    "",
+                    ms(l.speech_end_to_commit_ms),
+                    ms(l.first_token_ms),
+                    ms(l.first_sentence_ms),
+                    ms(l.first_audio_ms),
+                    ms(l.first_frame_ms)
+                );
+            }
+        }
+    }
+    if let Some(cost) = &record.cost_summary {
+        println!(
+            "\nStatus {}, {} turns, {} barge-in, {} tool call(s); Claude {} in / {} out tokens, TTS {} characters ({} pre-rendered), STT {:.1} s: about ${:.4}",
+            record.status.as_str(),
+            record.turn_count,
+            record.barge_ins,
+            record.tool_calls.len(),
+            cost.claude_input_tokens,
+            cost.claude_output_tokens,
+            cost.tts_chars,
+            cost.tts_chars_cached,
+            cost.stt_secs,
+            cost.estimated_cost_usd
+        );
+    }
+    crate::sim::wav::write_stereo(&options.wav, &caller_track, &assistant_track)?;
+    println!(
+        "Both sides of the call ({:.0} s; caller left, assistant right): {}",
+        caller_track.len() as f64 / 8000.0,
+        options.wav.display()
+    );
+    Ok(())
+}
+
+/// Waits for the caller to finish speaking, then for the answer to start and play out.
+fn await_reply(caller: &SimCaller, from: usize) -> Result<(), Box<dyn Error>> {
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    while caller.is_speaking() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let started = caller.wait_for(STEP_TIMEOUT, |log| {
+        log[from.min(log.len())..]
+            .iter()
+            .any(|(_, h)| matches!(h, Heard::Mark(_)))
+    });
+    if !started || !caller.wait_until_quiet(Duration::from_millis(1200), STEP_TIMEOUT) {
+        return Err("the answer did not arrive".into());
+    }
+    Ok(())
+}
