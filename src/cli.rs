@@ -440,6 +440,9 @@ mod tests {
             count: None,
             dir: None,
             sim_timing: crate::sim::SimTiming::default(),
+            role: None,
+            wav: None,
+            fast: false,
         };
         assert_eq!(args(&["serve", "--env-file", "/etc/x.env"]), Ok(expected));
         let parsed = args(&["--env-file=/etc/x.env", "check-config"]).unwrap();
@@ -461,5 +464,20 @@ mod tests {
         assert!(args(&["serve", "serve"])
             .unwrap_err()
             .contains("unexpected"));
+        assert!(args(&["demo", "--role", "pirate"])
+            .unwrap_err()
+            .contains("is not one of"));
+        assert!(args(&["serve", "--fast"])
+            .unwrap_err()
+            .contains("go with the demo command"));
+    }
+
+    #[test]
+    fn demo_flags() {
+        let parsed = args(&["demo", "--role=judge", "--wav", "out.wav", "--fast"]).unwrap();
+        assert_eq!(parsed.command, Command::Demo);
+        assert_eq!(parsed.role, Some(crate::personas::Role::Judge));
+        assert_eq!(parsed.wav, Some(PathBuf::from("out.wav")));
+        assert!(parsed.fast);
     }
 }
