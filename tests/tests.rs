@@ -6,6 +6,7 @@ mod anthropic;
 mod call;
 mod cli;
 mod dashboard;
+mod demo;
 mod elevenlabs_stt;
 mod elevenlabs_tts;
 mod http_routes;
