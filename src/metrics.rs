@@ -15,6 +15,7 @@ pub struct Metrics {
     pub calls_started: AtomicU64,
     pub calls_completed: AtomicU64,
     pub calls_failed: AtomicU64,
+    pub calls_reaped: AtomicU64,
     pub calls_refused: AtomicU64,
     pub barge_ins: AtomicU64,
     pub tool_calls: AtomicU64,
@@ -96,6 +97,7 @@ impl Metrics {
             &[
                 ("{status=\"completed\"}", get(&self.calls_completed)),
                 ("{status=\"failed\"}", get(&self.calls_failed)),
+                ("{status=\"force-reaped\"}", get(&self.calls_reaped)),
             ],
         );
         metric(

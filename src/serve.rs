@@ -153,8 +153,13 @@ pub fn compact_and_log(records: &RecordStore) {
     }
 }
 
-/// Runs the server in the foreground until the process is stopped.
+/// Runs the server in the foreground until SIGTERM or SIGINT; then stops taking calls, drains
+/// the live ones (`SHUTDOWN_DRAIN_SECS`) and exits.
 pub fn run(config: Config) -> Result<(), ServeError> {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, stop.clone()).map_err(ServeError::Spawn)?;
+    }
     let server = Server::start(config)?;
     let config = &server.app.config;
     log::info!(
@@ -166,6 +171,11 @@ pub fn run(config: Config) -> Result<(), ServeError> {
         signatureValidation = config.twilio.validate_signature;
         "cotrackpro-voice {} listening", env!("CARGO_PKG_VERSION")
     );
-    server.http.join();
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        thread::sleep(Duration::from_millis(100));
+    }
+    log::info!(activeCalls = server.app.calls.active(); "shutdown requested");
+    server.shutdown();
+    log::info!("stopped");
     Ok(())
 }

@@ -803,3 +803,112 @@ fn a_silent_dead_connection_is_noticed_by_the_read_timeout() {
     assert_eq!(rig.server.app().calls.active(), 0);
     assert_eq!(wait_threads_gone(), Vec::<String>::new());
 }
+
+#[test]
+fn the_service_logs_the_cost_summary_and_drains_live_calls_on_sigterm() {
+    use crate::support::{serve_binary, TempDir};
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let sims = Simulators::start_with(SimTiming {
+        first_token_ms: Some(30),
+        token_ms: Some(2),
+        tts_first_byte_ms: Some(10),
+        stt_commit_ms: Some(10),
+    })
+    .expect("simulators start");
+    sims.anthropic
+        .push([Reply::Text("Yes, I can help you with that today.".into())]);
+    sims.elevenlabs
+        .stt()
+        .push_utterances(["Can you help me".to_string()]);
+    let mut env: Vec<(&str, String)> = sims.env();
+    env.push(("STT_VAD_SILENCE_SECS", "0.5".into()));
+    env.push(("SHUTDOWN_DRAIN_SECS", "1".into()));
+    env.push(("AUDIO_DIR", "./no-such-audio-dir".into()));
+    let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let records = TempDir::new("sigterm");
+    let (server, _http, listening) = serve_binary(&records, &pairs);
+    let media: std::net::SocketAddr = listening["media"]
+        .as_str()
+        .and_then(|a| a.parse().ok())
+        .expect("the listening line names the media address");
+    let options = || CallerOptions {
+        playback_speed: 25,
+        ..CallerOptions::default()
+    };
+
+    let caller = SimCaller::connect(media, options()).expect("caller connects");
+    assert!(caller.wait_for_echoes(1, WAIT));
+    caller.say("Can you help me");
+    assert!(
+        caller.wait_for_echoes(2, WAIT),
+        "{:?}",
+        shape(&caller.log())
+    );
+    let call_sid = caller.call_sid().to_string();
+    caller.hang_up();
+    let line = server.wait_for_line("the cost summary", |l| l.contains("cost.call.summary"));
+    let summary: serde_json::Value = serde_json::from_str(&line).expect("JSON");
+    assert_eq!(summary["callSid"], json!(call_sid));
+    assert_eq!(summary["turnCount"], json!(1));
+    assert_eq!(summary["bargeIns"], json!(0));
+    assert_eq!(summary["toolCalls"], json!(0));
+    let greeting =
+        cotrackpro_voice::personas::prompts::greeting(cotrackpro_voice::personas::Role::Parent);
+    let spoken = greeting.chars().count() + 1 + "Yes, I can help you with that today.".len() + 1;
+    assert_eq!(summary["ttsChars"], json!(spoken));
+    assert!(
+        summary["claudeInputTokens"].as_u64().is_some_and(|n| n > 0),
+        "{line}"
+    );
+    assert!(
+        summary["sttSecs"].as_f64().is_some_and(|s| s > 0.5),
+        "{line}"
+    );
+    assert!(
+        summary["estimatedCostUsd"]
+            .as_f64()
+            .is_some_and(|c| c > 0.0),
+        "{line}"
+    );
+
+    // A call is live when systemd stops the service: it gets the drain, then ends.
+    let live = SimCaller::connect(media, options()).expect("caller connects");
+    assert!(live.wait_for_echoes(1, WAIT));
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+    server.wait_for_line("the shutdown", |l| l.contains("shutdown requested"));
+    let ended = server.wait_for_line("the call's end", |l| l.contains("call.ended"));
+    assert!(ended.contains("server shutting down"), "{ended}");
+    assert!(ended.contains("\"failed\""), "{ended}");
+    assert!(live.wait_closed(WAIT));
+    server.wait_for_line("the exit", |l| l.contains("\"stopped\""));
+    let mut child = server;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let code = loop {
+        if let Some(status) = child.child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the service exits after the drain"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(code.success(), "{code:?}");
+}
+
+#[test]
+fn a_call_with_no_sign_of_the_caller_is_reaped_and_recorded_as_such() {
+    let rig = Rig::start(&[
+        ("REPROMPT_AFTER_MS", "1000"),
+        ("MAX_REPROMPTS", "20"),
+        ("IDLE_REAP_SECS", "3"),
+    ]);
+    let caller = rig.caller();
+    assert!(caller.wait_closed(WAIT), "{:?}", shape(&caller.log()));
+    let record = rig.record_after_end(caller.call_sid());
+    assert_eq!(record.status, CallStatus::ForceReaped);
+}

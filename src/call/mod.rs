@@ -236,6 +236,8 @@ struct Call<'a> {
 
     quiet_since: Option<Instant>,
     reprompts: u32,
+    /// The caller's last sign of life (speech, a key).
+    caller_active_at: Instant,
     closing: Option<Closing>,
     end: Option<(CallStatus, String)>,
 }
@@ -318,6 +320,7 @@ pub fn run(app: &Arc<App>, socket: TwilioSocket, slot: CallSlot, n: u64) {
         threads,
         quiet_since: None,
         reprompts: 0,
+        caller_active_at: started,
         closing: None,
         end: None,
     };
@@ -539,6 +542,7 @@ impl Call<'_> {
             Inbound::Mark { name } => self.on_mark(&name),
             Inbound::Dtmf { digit } => {
                 log::info!(callSid = self.call_sid.as_str(), digit = digit.as_str(); "call.dtmf");
+                self.caller_active_at = Instant::now();
                 self.note_transcript("user", &format!("[keypad: {digit}]"));
             }
             Inbound::Stop => self.finish_with(CallStatus::Completed, "caller hung up"),
@@ -748,6 +752,7 @@ impl Call<'_> {
         match out {
             SttOut::Partial(text) => {
                 self.quiet_since = None;
+                self.caller_active_at = Instant::now();
                 if self.closing.is_some() {
                     return;
                 }
@@ -766,6 +771,7 @@ impl Call<'_> {
             }
             SttOut::Committed(text) => {
                 self.quiet_since = None;
+                self.caller_active_at = Instant::now();
                 self.reprompts = 0;
                 self.note_transcript("user", &text);
                 if self.closing.is_some() || self.stream_sid.is_none() {
@@ -1074,6 +1080,11 @@ impl Call<'_> {
             self.finish_with(CallStatus::Failed, "server shutting down");
             return;
         }
+        if now.duration_since(self.caller_active_at) >= self.app.config.calls.tuning.idle_reap {
+            log::warn!(callSid = self.call_sid.as_str(); "call.reaped: no sign of the caller");
+            self.finish_with(CallStatus::ForceReaped, "idle: no sign of the caller");
+            return;
+        }
         if let Some(closing) = &self.closing {
             if !self.playback.is_speaking() || now >= closing.deadline {
                 let (status, reason) = (closing.status, closing.reason.clone());
@@ -1159,6 +1170,7 @@ impl Call<'_> {
         let metrics = &self.app.metrics;
         match status {
             CallStatus::Completed => metrics.calls_completed.fetch_add(1, Ordering::Relaxed),
+            CallStatus::ForceReaped => metrics.calls_reaped.fetch_add(1, Ordering::Relaxed),
             _ => metrics.calls_failed.fetch_add(1, Ordering::Relaxed),
         };
         metrics

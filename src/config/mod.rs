@@ -273,6 +273,9 @@ pub struct CallTuning {
     pub audio_dir: PathBuf,
     /// How long a shutdown waits for live calls to end.
     pub shutdown_drain: Duration,
+    /// A call with no sign of the caller (speech, keys) this long is ended as `force-reaped`
+    /// (the original's 15-minute reap; the reprompts normally end such a call long before).
+    pub idle_reap: Duration,
 }
 
 impl CallsConfig {
@@ -567,6 +570,7 @@ impl Config {
                 sentence_idle_flush: r.millis("SENTENCE_IDLE_FLUSH_MS", 500, 50, 10_000),
                 audio_dir: PathBuf::from(r.string("AUDIO_DIR", "audio")),
                 shutdown_drain: Duration::from_secs(r.whole("SHUTDOWN_DRAIN_SECS", 30, 0, 3600)),
+                idle_reap: Duration::from_secs(r.whole("IDLE_REAP_SECS", 900, 1, 86_400)),
             },
         };
 
@@ -820,6 +824,10 @@ impl Config {
             (
                 "SHUTDOWN_DRAIN_SECS",
                 self.calls.tuning.shutdown_drain.as_secs().to_string(),
+            ),
+            (
+                "IDLE_REAP_SECS",
+                self.calls.tuning.idle_reap.as_secs().to_string(),
             ),
             ("VOICE_MAP", voices),
             (
