@@ -22,6 +22,9 @@ Commands:
                  --fast plays the assistant 4x faster than real time
   serve          run the webhook server (HTTP_PORT) and the media-stream server (MEDIA_PORT)
   check-config   validate the configuration and print it, secrets redacted
+  generate-audio render the fixed phrases and greetings for every configured voice through
+                 ElevenLabs into AUDIO_DIR (raw μ-law files and manifest.json); unchanged
+                 ones are kept
   sim [--first-token-ms N] [--token-ms N] [--tts-first-byte-ms N] [--stt-commit-ms N]
                  run the simulated providers (Anthropic, ElevenLabs, MCP, Twilio) on loopback
                  ports and print the variables that point a server at them
@@ -46,6 +49,7 @@ Configuration is read from the environment; see README.md for every variable.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Command {
     Demo,
+    GenerateAudio,
     Serve,
     CheckConfig,
     Compact,
@@ -190,6 +194,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
                 }
                 command = Some(match name {
                     "demo" => Command::Demo,
+                    "generate-audio" => Command::GenerateAudio,
                     "serve" => Command::Serve,
                     "check-config" => Command::CheckConfig,
                     "compact" => Command::Compact,
@@ -282,6 +287,31 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
                     print_error(err.as_ref());
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::GenerateAudio => {
+            let config = match load_config(&args) {
+                Ok(config) => config,
+                Err(code) => return code,
+            };
+            crate::logging::init(&config.log);
+            match crate::prerender::run(&config) {
+                Ok(report) => {
+                    println!(
+                        "{}",
+                        serde_json::json!({
+                            "audioDir": config.calls.tuning.audio_dir.display().to_string(),
+                            "voices": report.voices,
+                            "rendered": report.rendered,
+                            "kept": report.kept,
+                        })
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(err) => {
+                    eprintln!("error: {err}");
                     ExitCode::from(1)
                 }
             }

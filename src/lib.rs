@@ -26,6 +26,7 @@ pub mod cost;
 pub mod ids;
 pub mod personas;
 pub mod phone;
+pub mod prerender;
 pub mod providers;
 pub mod timestamp;
 pub mod twilio_signature;

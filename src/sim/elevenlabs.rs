@@ -1,6 +1,6 @@
-//! Both ElevenLabs WebSockets — text-to-speech `stream-input` and realtime speech-to-text — on
-//! one port, as the service has them under one host (`ELEVENLABS_WS_BASE` is one setting).
-//! A connection goes to the simulator its request path names.
+//! Both ElevenLabs WebSockets — text-to-speech `stream-input` and realtime speech-to-text — and
+//! the REST text-to-speech `generate-audio` uses, on one port, as the service has them under one
+//! host. A connection goes to the simulator its request line names.
 
 use std::io;
 use std::net::TcpStream;
@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::elevenlabs_stt::{SttSim, SttSimOptions};
 use super::elevenlabs_tts::{TtsSim, TtsSimOptions};
+use super::http::{Responder, SimRequest};
 use super::listener::Listener;
 
 pub struct ElevenLabsSim {
@@ -18,16 +19,27 @@ pub struct ElevenLabsSim {
 
 impl ElevenLabsSim {
     pub fn start(tts: TtsSimOptions, stt: SttSimOptions) -> io::Result<ElevenLabsSim> {
-        let (tts, serve_tts) = TtsSim::detached(tts);
         let (stt, serve_stt) = SttSim::detached(stt);
+        let key = tts.api_key.clone();
+        let (tts, serve_tts) = TtsSim::detached(tts);
         let listener = Listener::start("sim-elevenlabs", move |stream| {
-            if request_path(&stream)?.starts_with("/v1/speech-to-text/") {
+            let (method, path) = request_line(&stream)?;
+            if path.starts_with("/v1/speech-to-text/") {
                 serve_stt(stream)
+            } else if method == "POST" {
+                super::http::serve_connection(stream, &|req: &SimRequest, res: &mut Responder| {
+                    super::elevenlabs_tts::rest(req, res, &key)
+                })
             } else {
                 serve_tts(stream)
             }
         })?;
         Ok(ElevenLabsSim { listener, tts, stt })
+    }
+
+    /// The base URL to set as `ELEVENLABS_API_BASE` (REST text-to-speech).
+    pub fn api_base_url(&self) -> String {
+        format!("http://{}", self.listener.addr())
     }
 
     /// The base URL to set as `ELEVENLABS_WS_BASE`.
@@ -44,8 +56,8 @@ impl ElevenLabsSim {
     }
 }
 
-/// The path of the HTTP request waiting on `stream`, read without consuming it.
-fn request_path(stream: &TcpStream) -> io::Result<String> {
+/// The method and path of the HTTP request waiting on `stream`, read without consuming it.
+fn request_line(stream: &TcpStream) -> io::Result<(String, String)> {
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut buf = [0u8; 1024];
@@ -54,10 +66,12 @@ fn request_path(stream: &TcpStream) -> io::Result<String> {
         let head = &buf[..n];
         if let Some(end) = head.windows(2).position(|w| w == b"\r\n") {
             let line = String::from_utf8_lossy(&head[..end]);
-            return Ok(line.split_whitespace().nth(1).unwrap_or("").to_string());
+            let mut words = line.split_whitespace();
+            let method = words.next().unwrap_or("").to_string();
+            return Ok((method, words.next().unwrap_or("").to_string()));
         }
         if n == buf.len() || n == 0 || Instant::now() > deadline {
-            return Ok(String::new());
+            return Ok((String::new(), String::new()));
         }
         std::thread::sleep(Duration::from_millis(5));
     }

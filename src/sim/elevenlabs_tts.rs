@@ -18,6 +18,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tungstenite::Message;
 
+use super::http::{Responder, SimRequest};
 use super::listener::{ConnectionServer, WsSimCore};
 use super::voice;
 
@@ -95,6 +96,58 @@ impl TtsSim {
     }
 }
 
+/// The voice's pitch: each voice id sounds different, and always the same.
+fn pitch_of(voice_id: &str) -> f32 {
+    120.0 + (voice_id.bytes().map(u32::from).sum::<u32>() % 80) as f32
+}
+
+/// REST text-to-speech, `POST /v1/text-to-speech/{voice_id}?output_format=ulaw_8000` with JSON
+/// `{text, model_id, voice_settings}`: the whole phrase as raw μ-law (what `generate-audio`
+/// stores). Like the service, it wants `xi-api-key` and takes the format from the query string.
+pub fn rest(req: &SimRequest, res: &mut Responder, api_key: &str) -> io::Result<()> {
+    let json = [("Content-Type", "application/json")];
+    let error = |status: &str, message: &str| {
+        json!({"detail": {"status": status, "message": message}}).to_string()
+    };
+    let voice = req
+        .path()
+        .strip_prefix("/v1/text-to-speech/")
+        .filter(|v| !v.is_empty() && !v.contains('/'));
+    let Some(voice) = voice else {
+        return res.send(404, &json, error("not_found", "Not found").as_bytes());
+    };
+    if req.header("xi-api-key") != Some(api_key) {
+        return res.send(
+            401,
+            &json,
+            error("invalid_api_key", "Invalid API key").as_bytes(),
+        );
+    }
+    let query = req.target.split_once('?').map_or("", |(_, q)| q);
+    if query_value(query, "output_format") != Some("ulaw_8000") {
+        return res.send(
+            422,
+            &json,
+            error(
+                "invalid_output_format",
+                "this simulator renders output_format=ulaw_8000 only",
+            )
+            .as_bytes(),
+        );
+    }
+    let body: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
+    let Some(text) = body["text"].as_str().filter(|t| !t.trim().is_empty()) else {
+        return res.send(
+            422,
+            &json,
+            error("invalid_text", "text is required").as_bytes(),
+        );
+    };
+    let audio = voice::speak(text, pitch_of(voice));
+    // The service declares a content type that is not reliable for ulaw; callers ignore it.
+    res.send(200, &[("Content-Type", "audio/basic")], &audio)
+}
+
 fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
     state.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -161,7 +214,7 @@ fn serve(stream: TcpStream, options: &TtsSimOptions, state: &Mutex<State>) -> io
         state.failing = state.failing.saturating_sub(1);
         (state.sessions.len() - 1, failing)
     };
-    let pitch = 120.0 + (voice_id.bytes().map(u32::from).sum::<u32>() % 80) as f32;
+    let pitch = pitch_of(&voice_id);
     let mut buffered = String::new();
     let mut opened = false;
     let mut last_text = Instant::now();

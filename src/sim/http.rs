@@ -134,7 +134,9 @@ impl SimServer {
     }
 }
 
-fn serve_connection<H>(stream: TcpStream, handler: &H) -> io::Result<()>
+/// Serves the requests of one accepted connection with `handler` (for simulators that share a
+/// port between WebSockets and plain HTTP).
+pub fn serve_connection<H>(stream: TcpStream, handler: &H) -> io::Result<()>
 where
     H: Fn(&SimRequest, &mut Responder) -> io::Result<()>,
 {

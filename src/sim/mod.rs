@@ -78,6 +78,7 @@ impl Simulators {
             ("ANTHROPIC_BASE_URL", self.anthropic.base_url()),
             ("ANTHROPIC_API_KEY", SIM_ANTHROPIC_API_KEY.to_string()),
             ("ELEVENLABS_WS_BASE", self.elevenlabs.ws_base_url()),
+            ("ELEVENLABS_API_BASE", self.elevenlabs.api_base_url()),
             (
                 "ELEVENLABS_API_KEY",
                 elevenlabs_tts::TtsSimOptions::default().api_key,
