@@ -912,3 +912,73 @@ fn a_call_with_no_sign_of_the_caller_is_reaped_and_recorded_as_such() {
     let record = rig.record_after_end(caller.call_sid());
     assert_eq!(record.status, CallStatus::ForceReaped);
 }
+
+#[test]
+fn the_twilio_simulator_carries_out_a_created_call_against_the_server() {
+    use cotrackpro_voice::config::Secret;
+    use cotrackpro_voice::providers::twilio_rest::{CreateCall, TwilioRest};
+    use cotrackpro_voice::sim::twilio::Callee;
+    use cotrackpro_voice::sim::{SIM_TWILIO_ACCOUNT_SID, SIM_TWILIO_AUTH_TOKEN};
+    let rig = Rig::start(&[("VALIDATE_TWILIO_SIGNATURE", "true")]);
+    rig.sims.twilio.dial_into(Callee {
+        http_base: format!("http://{}", rig.server.addr),
+        media_addr: rig.server.media_addr,
+        playback_speed: 25,
+    });
+    let domain = crate::support::DOMAIN;
+    let rest = TwilioRest::new(
+        &rig.sims.twilio.base_url(),
+        SIM_TWILIO_ACCOUNT_SID,
+        Secret::new(SIM_TWILIO_AUTH_TOKEN),
+    );
+    let created = rest
+        .create_call(&CreateCall {
+            to: "+14165550123".into(),
+            from: "+12125550100".into(),
+            url: format!("https://{domain}/call/incoming?role=judge"),
+            status_callback: Some(format!("https://{domain}/call/status")),
+            status_callback_events: ["initiated", "ringing", "answered", "completed"]
+                .map(String::from)
+                .to_vec(),
+            timeout_secs: None,
+            time_limit_secs: None,
+        })
+        .expect("the simulator creates the call");
+    let deadline = Instant::now() + WAIT;
+    while rig.sims.twilio.answered().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let answered = rig.sims.twilio.answered();
+    assert_eq!(answered.len(), 1);
+    let call = &answered[0];
+    assert_eq!(call.error, None, "{call:?}");
+    assert_eq!(call.sid, created.sid);
+    assert!(call.heard_greeting, "{call:?}");
+    assert!(call.parameters.contains(&("role".into(), "judge".into())));
+    assert!(call
+        .parameters
+        .contains(&("direction".into(), "outbound".into())));
+    let codes: Vec<(&str, u16)> = call
+        .callbacks
+        .iter()
+        .map(|(s, c)| (s.as_str(), *c))
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            ("initiated", 204),
+            ("ringing", 204),
+            ("in-progress", 204),
+            ("completed", 204)
+        ],
+        "every signed callback was accepted"
+    );
+    let record = rig.record_after_end(&created.sid);
+    assert_eq!(record.role, "judge");
+    assert_eq!(
+        record.direction,
+        cotrackpro_voice::records::event::Direction::Outbound
+    );
+    assert_eq!(record.twilio_status.as_deref(), Some("completed"));
+    assert!(record.transcript.entries()[0].text.contains("transcribed"));
+}

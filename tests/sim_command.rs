@@ -53,7 +53,7 @@ fn the_sim_command_serves_every_provider() {
         })
         .unwrap();
     let mut vars = BTreeMap::new();
-    while vars.len() < 8 {
+    while vars.len() < 9 {
         let line = rx
             .recv_timeout(Duration::from_secs(10))
             .expect("the sim command printed its variables");

@@ -1,5 +1,5 @@
 //! Simulated providers: real servers on loopback ports speaking each provider's wire protocol,
-//! for the tests, and (planned) the `demo`, `sim` and `bench` commands. They are product code,
+//! for the tests and the `demo` and `sim` commands. They are product code,
 //! not test fixtures: a newcomer's first call runs against them.
 
 pub mod anthropic;

@@ -1,10 +1,17 @@
 //! A simulated Twilio REST API for calls: create (`POST …/Calls.json`) and update
 //! (`POST …/Calls/{sid}.json`), checking basic auth and the form fields the way Twilio does and
 //! answering with Twilio's JSON shapes and error codes. Created calls are recorded for tests.
-//! (Dialling the media server as a simulated callee comes with the media stream.)
+//!
+//! With [`TwilioSim::dial_into`], a created call is also carried out the way Twilio does it:
+//! status callbacks to `StatusCallback` (signed), the TwiML fetched from `Url` (signed), and the
+//! `<Connect><Stream>` it names opened against our media server by a simulated callee, who
+//! listens to the greeting and hangs up. The URLs' host is the public domain, so the requests
+//! go to the loopback addresses given instead, with the signatures over the public URLs.
 
 use std::io;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use base64::Engine as _;
 use serde_json::json;
@@ -36,12 +43,41 @@ impl CreatedCall {
     }
 }
 
+/// Where created calls are answered: our server on loopback.
+#[derive(Clone, Debug)]
+pub struct Callee {
+    /// `http://127.0.0.1:PORT` of the webhooks (`HTTP_PORT`).
+    pub http_base: String,
+    /// The media-stream listener (`MEDIA_PORT`).
+    pub media_addr: SocketAddr,
+    /// How fast the callee's phone plays what it hears (1 is real time).
+    pub playback_speed: usize,
+}
+
+/// What happened to a call the simulator carried out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AnsweredCall {
+    pub sid: String,
+    /// The TwiML our server answered `Url` with.
+    pub twiml: String,
+    /// The `<Parameter>`s of its stream.
+    pub parameters: Vec<(String, String)>,
+    /// Whether the callee heard a piece of speech in full (the greeting).
+    pub heard_greeting: bool,
+    /// Status callbacks posted: (CallStatus, HTTP status our server answered).
+    pub callbacks: Vec<(String, u16)>,
+    /// What went wrong, if the call could not be carried out.
+    pub error: Option<String>,
+}
+
 #[derive(Default)]
 struct State {
     created: Vec<CreatedCall>,
     updates: Vec<(String, Vec<(String, String)>)>,
     /// Answer the next create with this HTTP status and Twilio code instead.
     fail_next: Option<(u16, u64, String)>,
+    callee: Option<Callee>,
+    answered: Vec<AnsweredCall>,
 }
 
 pub struct TwilioSim {
@@ -75,6 +111,16 @@ impl TwilioSim {
         lock(&self.state).updates.clone()
     }
 
+    /// From now on, created calls are carried out against our server (see the module docs).
+    pub fn dial_into(&self, callee: Callee) {
+        lock(&self.state).callee = Some(callee);
+    }
+
+    /// The calls carried out so far (each once its callee has hung up).
+    pub fn answered(&self) -> Vec<AnsweredCall> {
+        lock(&self.state).answered.clone()
+    }
+
     /// Makes the next create fail with `status` and Twilio error `code`.
     pub fn fail_next(&self, status: u16, code: u64, message: &str) {
         lock(&self.state).fail_next = Some((status, code, message.to_string()));
@@ -102,7 +148,7 @@ fn twilio_error(res: &mut Responder, status: u16, code: u64, message: &str) -> i
 fn handle(
     req: &SimRequest,
     res: &mut Responder,
-    state: &Mutex<State>,
+    state: &Arc<Mutex<State>>,
     account_sid: &str,
     auth_token: &str,
 ) -> io::Result<()> {
@@ -144,10 +190,30 @@ fn handle(
             "CA{}",
             bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
         );
-        lock(state).created.push(CreatedCall {
-            sid: sid.clone(),
-            form: form.clone(),
-        });
+        let callee = {
+            let mut state = lock(state);
+            state.created.push(CreatedCall {
+                sid: sid.clone(),
+                form: form.clone(),
+            });
+            state.callee.clone()
+        };
+        if let Some(callee) = callee {
+            let shared = Arc::clone(state);
+            let (sid, account, token) =
+                (sid.clone(), account_sid.to_string(), auth_token.to_string());
+            let form = form.clone();
+            let spawned = std::thread::Builder::new()
+                .name("sim-twilio-callee".into())
+                .stack_size(256 * 1024)
+                .spawn(move || {
+                    let answered = carry_out(&callee, &sid, &account, &token, &form);
+                    lock(&shared).answered.push(answered);
+                });
+            if let Err(err) = spawned {
+                log::warn!(error:% = err; "sim-twilio: cannot start the callee");
+            }
+        }
         let body = json!({
             "sid": sid,
             "account_sid": account_sid,
@@ -183,4 +249,205 @@ fn handle(
         &[("Content-Type", "application/json")],
         body.to_string().as_bytes(),
     )
+}
+
+/// `url` (a public URL of our server) as the same path and query on `base`.
+fn on_loopback(url: &str, base: &str) -> String {
+    let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let path = after_scheme.find('/').map_or("/", |i| &after_scheme[i..]);
+    format!("{base}{path}")
+}
+
+/// The value of `name="…"` in one XML tag, unescaped.
+fn attribute(tag: &str, name: &str) -> Option<String> {
+    let start = tag.find(&format!("{name}=\""))? + name.len() + 2;
+    let end = tag[start..].find('"')? + start;
+    Some(
+        tag[start..end]
+            .replace("&quot;", "\"")
+            .replace("&apos;", "'")
+            .replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&amp;", "&"),
+    )
+}
+
+/// The stream URL and its parameters in `<Connect><Stream>` TwiML.
+fn stream_of(twiml: &str) -> Option<(String, Vec<(String, String)>)> {
+    let stream_tag = &twiml[twiml.find("<Stream")?..];
+    let url = attribute(&stream_tag[..stream_tag.find('>')?], "url")?;
+    let parameters = twiml
+        .split("<Parameter")
+        .skip(1)
+        .filter_map(|rest| {
+            let tag = &rest[..rest.find('>')?];
+            Some((attribute(tag, "name")?, attribute(tag, "value")?))
+        })
+        .collect();
+    Some((url, parameters))
+}
+
+/// Posts a signed webhook to our server as Twilio would; returns the status and body.
+fn post_signed(
+    agent: &ureq::Agent,
+    public_url: &str,
+    callee: &Callee,
+    token: &str,
+    params: &[(String, String)],
+) -> Result<(u16, String), String> {
+    let signature = crate::twilio_signature::compute(token, public_url, params);
+    let pairs: Vec<(&str, String)> = params
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.clone()))
+        .collect();
+    let body = crate::providers::twilio_rest::encode_form(&pairs);
+    let response = agent
+        .post(&on_loopback(public_url, &callee.http_base))
+        .header("X-Twilio-Signature", &signature)
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .send(body)
+        .map_err(|e| e.to_string())?;
+    let status = response.status().as_u16();
+    let text = response
+        .into_body()
+        .read_to_string()
+        .map_err(|e| e.to_string())?;
+    Ok((status, text))
+}
+
+/// Carries out one created call against our server (see the module docs).
+fn carry_out(
+    callee: &Callee,
+    sid: &str,
+    account: &str,
+    token: &str,
+    form: &[(String, String)],
+) -> AnsweredCall {
+    let field = |name: &str| {
+        form.iter()
+            .find(|(k, _)| k == name)
+            .map_or(String::new(), |(_, v)| v.clone())
+    };
+    let mut answered = AnsweredCall {
+        sid: sid.to_string(),
+        twiml: String::new(),
+        parameters: Vec::new(),
+        heard_greeting: false,
+        callbacks: Vec::new(),
+        error: None,
+    };
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let events: Vec<String> = form
+        .iter()
+        .filter(|(k, _)| k == "StatusCallbackEvent")
+        .map(|(_, v)| v.clone())
+        .collect();
+    let status_url = field("StatusCallback");
+    let mut sequence = 0u64;
+    let started = std::time::Instant::now();
+    let mut callback = |event: &str, status: &str, answered: &mut AnsweredCall| {
+        if status_url.is_empty() || !events.iter().any(|e| e == event) {
+            return;
+        }
+        let mut params = vec![
+            ("CallSid".to_string(), sid.to_string()),
+            ("AccountSid".to_string(), account.to_string()),
+            ("From".to_string(), field("From")),
+            ("To".to_string(), field("To")),
+            ("Direction".to_string(), "outbound-api".to_string()),
+            ("CallStatus".to_string(), status.to_string()),
+            (
+                "CallbackSource".to_string(),
+                "call-progress-events".to_string(),
+            ),
+            ("SequenceNumber".to_string(), sequence.to_string()),
+        ];
+        if status == "completed" {
+            params.push((
+                "CallDuration".to_string(),
+                started.elapsed().as_secs().to_string(),
+            ));
+        }
+        sequence += 1;
+        let code = post_signed(&agent, &status_url, callee, token, &params).map_or(0, |(c, _)| c);
+        answered.callbacks.push((status.to_string(), code));
+    };
+    callback("initiated", "initiated", &mut answered);
+    callback("ringing", "ringing", &mut answered);
+    let params = vec![
+        ("CallSid".to_string(), sid.to_string()),
+        ("AccountSid".to_string(), account.to_string()),
+        ("From".to_string(), field("From")),
+        ("To".to_string(), field("To")),
+        ("Direction".to_string(), "outbound-api".to_string()),
+        ("CallStatus".to_string(), "in-progress".to_string()),
+    ];
+    let twiml = match post_signed(&agent, &field("Url"), callee, token, &params) {
+        Ok((200, twiml)) => twiml,
+        Ok((status, body)) => {
+            answered.error = Some(format!("Url answered {status}: {body}"));
+            return answered;
+        }
+        Err(err) => {
+            answered.error = Some(format!("Url unreachable: {err}"));
+            return answered;
+        }
+    };
+    answered.twiml.clone_from(&twiml);
+    let Some((stream_url, parameters)) = stream_of(&twiml) else {
+        answered.error = Some("the TwiML has no <Connect><Stream>".into());
+        return answered;
+    };
+    answered.parameters.clone_from(&parameters);
+    callback("answered", "in-progress", &mut answered);
+    let options = super::caller::CallerOptions {
+        call_sid: sid.to_string(),
+        parameters,
+        signature: Some(crate::twilio_signature::compute(token, &stream_url, &[])),
+        playback_speed: callee.playback_speed,
+        ..super::caller::CallerOptions::default()
+    };
+    match super::caller::SimCaller::connect(callee.media_addr, options) {
+        Ok(phone) => {
+            answered.heard_greeting = phone.wait_for_echoes(1, Duration::from_secs(60));
+            phone.hang_up();
+        }
+        Err(err) => answered.error = Some(format!("the stream did not open: {err}")),
+    }
+    callback("completed", "completed", &mut answered);
+    answered
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_stream_and_its_parameters_from_twiml() {
+        let twiml = crate::twiml::connect_stream(
+            "wss://voice.example.com/call/stream",
+            &[("role", "judge"), ("note", "a&b \"c\"")],
+        );
+        let (url, params) = stream_of(&twiml).expect("a stream");
+        assert_eq!(url, "wss://voice.example.com/call/stream");
+        assert_eq!(
+            params,
+            [
+                ("role".to_string(), "judge".to_string()),
+                ("note".to_string(), "a&b \"c\"".to_string())
+            ]
+        );
+        assert_eq!(stream_of("<Response><Say>hi</Say></Response>"), None);
+        assert_eq!(
+            on_loopback(
+                "https://voice.example.com/call/incoming?role=judge",
+                "http://127.0.0.1:9"
+            ),
+            "http://127.0.0.1:9/call/incoming?role=judge"
+        );
+    }
 }
