@@ -982,3 +982,30 @@ fn the_twilio_simulator_carries_out_a_created_call_against_the_server() {
     assert_eq!(record.twilio_status.as_deref(), Some("completed"));
     assert!(record.transcript.entries()[0].text.contains("transcribed"));
 }
+
+#[test]
+fn a_model_that_goes_quiet_is_an_apology_within_the_first_token_timeout() {
+    let rig = Rig::start(&[("ANTHROPIC_FIRST_TOKEN_TIMEOUT_MS", "400")]);
+    let stall = || Reply::Stall(Duration::from_secs(5));
+    rig.sims.anthropic.push([stall(), stall(), stall()]);
+    rig.script(&["Hello are you there"]);
+    let caller = rig.caller();
+    assert!(caller.wait_for_echoes(1, WAIT));
+    caller.say("Hello are you there");
+    assert!(
+        caller.wait_for_echoes(2, WAIT),
+        "{:?}",
+        shape(&caller.log())
+    );
+    let call_sid = caller.call_sid().to_string();
+    drop(caller);
+    let record = rig.record_after_end(&call_sid);
+    let said: Vec<String> = record
+        .transcript
+        .entries()
+        .into_iter()
+        .map(|e| e.text)
+        .collect();
+    assert!(said[2].contains("technical hiccup"), "{said:?}");
+    assert_eq!(record.status, CallStatus::Completed);
+}

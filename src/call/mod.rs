@@ -268,27 +268,28 @@ pub fn run(app: &Arc<App>, socket: TwilioSocket, slot: CallSlot, n: u64) {
             Err(err) => log::error!(error:% = err; "call.spawn_failed: rx"),
         }
     }
-    let stt_handle: Option<JoinHandle<f64>> = match &app.voice.stt {
+    let stt_bytes = Arc::new(AtomicU64::new(0));
+    match &app.voice.stt {
         Some(settings) => {
             let settings = settings.clone();
             let reconnects = app.config.calls.tuning.stt_reconnects;
             let events = events_tx.clone();
             let flag = ended.clone();
-            thread::Builder::new()
-                .name(format!("call-{n}-stt"))
-                .stack_size(CALL_STACK)
-                .spawn(move || workers::stt(&settings, reconnects, &audio_rx, &events, &flag))
-                .map_err(|err| log::error!(error:% = err; "call.spawn_failed: stt"))
-                .ok()
+            let counter = stt_bytes.clone();
+            match spawn(format!("call-{n}-stt"), move || {
+                workers::stt(&settings, reconnects, &audio_rx, &events, &flag, &counter)
+            }) {
+                Ok(handle) => threads.push(handle),
+                Err(err) => log::error!(error:% = err; "call.spawn_failed: stt"),
+            }
         }
         None => {
             log::error!("call: ELEVENLABS_API_KEY is not set; the caller cannot be heard");
             let _ = events_tx.send(Event::Stt(SttOut::Lost(
                 "speech-to-text is not configured".into(),
             )));
-            None
         }
-    };
+    }
 
     let mut call = Call {
         app,
@@ -329,6 +330,12 @@ pub fn run(app: &Arc<App>, socket: TwilioSocket, slot: CallSlot, n: u64) {
     // Whatever ended the call, everything of it ends now.
     call.cancel.store(true, Ordering::SeqCst);
     ended.store(true, Ordering::SeqCst);
+    // The record first: Twilio's own `completed` callback follows the close of the stream, and
+    // the call's verdict (failed, force-reaped) must be on file before it (a final status is
+    // never changed afterwards).
+    call.usage
+        .add_stt_secs(stt_bytes.load(Ordering::Relaxed) as f64 / 8000.0);
+    call.complete(status, &reason);
     if call.stream_sid.is_some() && !reason.starts_with("twilio") {
         let _ = call.writer.close(Some(CloseFrame {
             code: CloseCode::Normal,
@@ -343,10 +350,6 @@ pub fn run(app: &Arc<App>, socket: TwilioSocket, slot: CallSlot, n: u64) {
     call.tts_tx = None;
     drop(events_rx);
     let deadline = Instant::now() + JOIN_WAIT;
-    let stt_secs = stt_handle
-        .and_then(|handle| join_by(handle, deadline))
-        .unwrap_or(0.0);
-    call.usage.add_stt_secs(stt_secs);
     for handle in std::mem::take(&mut call.threads) {
         let name = handle.thread().name().unwrap_or("?").to_string();
         if join_by(handle, deadline).is_none() {
@@ -354,11 +357,10 @@ pub fn run(app: &Arc<App>, socket: TwilioSocket, slot: CallSlot, n: u64) {
             log::warn!(thread = name.as_str(); "call.thread.lingering");
         }
     }
-    call.complete(status, &reason);
     drop(slot);
 }
 
-fn join_by<T>(handle: JoinHandle<T>, deadline: Instant) -> Option<T> {
+fn join_by(handle: JoinHandle<()>, deadline: Instant) -> Option<()> {
     while !handle.is_finished() {
         if Instant::now() >= deadline {
             return None;
@@ -930,7 +932,7 @@ impl Call<'_> {
                 success: *ok,
             });
         }
-        let Some(live) = self.live.as_mut().filter(|l| l.id == turn) else {
+        let Some(live) = self.live.as_mut().filter(|l| l.id == turn && !l.llm_done) else {
             return;
         };
         match out {
@@ -1040,7 +1042,6 @@ impl Call<'_> {
         }
         live.latency.first_frame_ms = Some(live.speech_end.elapsed().as_millis() as u64);
         let l = live.latency.clone();
-        let _ = live.committed;
         log::info!(
             callSid = self.call_sid.as_str(),
             turn = l.turn,
@@ -1107,6 +1108,29 @@ impl Call<'_> {
                 "maximum call length reached",
             );
             return;
+        }
+        // A reply that never ends (a worker that died) must not leave the call stuck.
+        let config = &self.app.config;
+        let rounds = tuning.max_tool_rounds + 1;
+        let reply_deadline = config.anthropic.stream_timeout * rounds
+            + config.mcp.timeout * tuning.max_tool_rounds
+            + Duration::from_secs(5);
+        if self
+            .live
+            .as_ref()
+            .is_some_and(|l| !l.llm_done && l.committed.elapsed() > reply_deadline)
+        {
+            log::error!(callSid = self.call_sid.as_str(); "llm.no_answer: the reply never ended; the turn is closed");
+            // Whatever the worker still sends for this turn is ignored (see `on_llm`).
+            let apologized = self.live.as_ref().is_some_and(|l| l.apologized);
+            if let Some(live) = &mut self.live {
+                live.llm_done = true;
+                live.apologized = true;
+            }
+            if !apologized {
+                self.say_phrase(Phrase::Apology);
+            }
+            self.maybe_finish_turn();
         }
         let idle_flush = tuning.sentence_idle_flush;
         if let Some(live) = &mut self.live {

@@ -4,7 +4,7 @@
 //! carries that turn's cancel flag, checked between provider events: a cancelled turn's work
 //! stops, and whatever it still produces is dropped by the call thread by turn number anyway.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -89,15 +89,16 @@ pub struct LlmJob {
 }
 
 /// Speech-to-text for one call: forwards the caller's audio (base64 as Twilio sent it) and
-/// reports transcripts; reconnects up to `reconnects` times. Returns the seconds of audio sent.
+/// reports transcripts; reconnects up to `reconnects` times. `sent_bytes` counts the audio
+/// forwarded (what ElevenLabs bills), readable by the call at any moment.
 pub fn stt(
     settings: &SttSettings,
     reconnects: u32,
     audio: &Receiver<String>,
     out: &Sender<Event>,
     ended: &AtomicBool,
-) -> f64 {
-    let mut secs = 0.0;
+    sent_bytes: &AtomicU64,
+) {
     let mut failures = 0u32;
     'session: loop {
         let mut stream =
@@ -112,7 +113,7 @@ pub fn stt(
             };
         let failure = loop {
             if ended.load(Ordering::SeqCst) {
-                secs += stream.close().audio_secs;
+                stream.close();
                 break 'session;
             }
             let mut send_failed = None;
@@ -123,10 +124,13 @@ pub fn stt(
                             send_failed = Some(err);
                             break;
                         }
+                        let padding = payload.bytes().rev().take_while(|b| *b == b'=').count();
+                        let bytes = (payload.len() / 4 * 3).saturating_sub(padding);
+                        sent_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
                     }
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) => {
-                        secs += stream.close().audio_secs;
+                        stream.close();
                         break 'session;
                     }
                 }
@@ -148,7 +152,7 @@ pub fn stt(
                 Err(err) => break err,
             }
         };
-        secs += stream.close().audio_secs;
+        stream.close();
         failures += 1;
         if failures > reconnects {
             let _ = out.send(Event::Stt(SttOut::Lost(failure.to_string())));
@@ -156,7 +160,6 @@ pub fn stt(
         }
         log::warn!(error:% = failure, attempt = failures; "stt.reconnect");
     }
-    secs
 }
 
 /// A stream opened ahead of need is dropped after this long (the service closes idle ones at
