@@ -7,6 +7,7 @@ use std::time::Instant;
 use crate::call::Setup;
 use crate::calls::CallRegistry;
 use crate::config::Config;
+use crate::idempotency::{FileIdempotencyStore, IdempotencyStore};
 use crate::metrics::Metrics;
 use crate::rate_limit::{InMemoryRateLimiter, RateLimiter};
 use crate::records::RecordStore;
@@ -20,10 +21,14 @@ pub struct App {
     /// The providers calls use (clients, settings, pre-rendered clips).
     pub voice: Setup,
     pub metrics: Metrics,
+    /// Outbound `Idempotency-Key` answers, kept next to the records (`None` if the file could
+    /// not be opened: keyed requests then get 503, never a second dial).
+    pub idempotency: Option<Box<dyn IdempotencyStore>>,
 }
 
 impl App {
     pub fn new(config: Config, records: Arc<RecordStore>) -> App {
+        let idempotency = open_idempotency(records.dir());
         App {
             started_at: Instant::now(),
             calls: Arc::new(CallRegistry::default()),
@@ -31,7 +36,18 @@ impl App {
             rate_limiter: Box::new(InMemoryRateLimiter::default()),
             voice: Setup::from_config(&config),
             metrics: Metrics::default(),
+            idempotency,
             config,
+        }
+    }
+}
+
+fn open_idempotency(dir: &std::path::Path) -> Option<Box<dyn IdempotencyStore>> {
+    match FileIdempotencyStore::open(dir, crate::timestamp::now_ms()) {
+        Ok(store) => Some(Box::new(store)),
+        Err(err) => {
+            log::error!(dir:% = dir.display(), error:% = err; "idempotency store unavailable: keyed outbound requests will get 503");
+            None
         }
     }
 }

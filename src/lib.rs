@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod dialing;
 pub mod logging;
 pub mod metrics;
 pub mod serve;
@@ -23,6 +24,7 @@ pub mod rollup;
 pub mod sim;
 
 pub mod cost;
+pub mod idempotency;
 pub mod ids;
 pub mod personas;
 pub mod phone;

@@ -8,6 +8,7 @@
 mod cron;
 mod dashboard;
 mod health;
+mod outbound;
 pub mod records;
 pub mod request;
 pub mod response;
@@ -161,6 +162,7 @@ enum Route<'a> {
     CronCostRollup,
     Dashboard,
     Metrics,
+    CallOutbound,
 }
 
 impl<'a> Route<'a> {
@@ -171,6 +173,7 @@ impl<'a> Route<'a> {
             ["health"] => Route::Health,
             ["call", "incoming"] => Route::CallIncoming,
             ["call", "status"] => Route::CallStatus,
+            ["call", "outbound"] => Route::CallOutbound,
             ["api", "cron", "cost-rollup"] => Route::CronCostRollup,
             ["dashboard"] => Route::Dashboard,
             ["metrics"] => Route::Metrics,
@@ -185,7 +188,7 @@ impl<'a> Route<'a> {
     fn methods(self) -> &'static [&'static str] {
         match self {
             Route::Health | Route::CronCostRollup | Route::Dashboard | Route::Metrics => &["GET"],
-            Route::CallIncoming | Route::CallStatus => &["POST"],
+            Route::CallIncoming | Route::CallStatus | Route::CallOutbound => &["POST"],
             Route::Records(records::RecordsRoute::One(_)) => &["GET", "DELETE"],
             Route::Records(_) => &["GET"],
         }
@@ -210,5 +213,6 @@ pub fn route(app: &App, req: &Incoming) -> Reply {
         Route::CronCostRollup => cron::cost_rollup(app, req),
         Route::Dashboard => dashboard::dashboard(),
         Route::Metrics => health::metrics(app, req),
+        Route::CallOutbound => outbound::outbound(app, req),
     }
 }

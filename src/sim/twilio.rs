@@ -78,6 +78,8 @@ struct State {
     fail_next: Option<(u16, u64, String)>,
     callee: Option<Callee>,
     answered: Vec<AnsweredCall>,
+    /// How long a create takes to answer (Twilio's API takes a few hundred ms).
+    delay: Duration,
 }
 
 pub struct TwilioSim {
@@ -119,6 +121,11 @@ impl TwilioSim {
     /// The calls carried out so far (each once its callee has hung up).
     pub fn answered(&self) -> Vec<AnsweredCall> {
         lock(&self.state).answered.clone()
+    }
+
+    /// Makes every create take `delay` before it answers.
+    pub fn set_delay(&self, delay: Duration) {
+        lock(&self.state).delay = delay;
     }
 
     /// Makes the next create fail with `status` and Twilio error `code`.
@@ -172,6 +179,8 @@ fn handle(
         .unwrap_or_default();
     let field = |name: &str| form.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
     if rest == ".json" {
+        let delay = lock(state).delay;
+        std::thread::sleep(delay);
         if let Some((status, code, message)) = lock(state).fail_next.take() {
             return twilio_error(res, status, code, &message);
         }

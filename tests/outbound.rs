@@ -1,0 +1,360 @@
+//! `POST /call/outbound` against the Twilio REST simulator.
+
+use std::time::Duration;
+
+use cotrackpro_voice::records::event::Direction;
+use cotrackpro_voice::records::index::sid_key;
+use cotrackpro_voice::sim::twilio::TwilioSim;
+use cotrackpro_voice::sim::{SIM_TWILIO_ACCOUNT_SID, SIM_TWILIO_AUTH_TOKEN};
+use serde_json::{json, Value};
+
+use crate::support::{HttpResponse, TempDir, TestServer, DOMAIN};
+
+const KEY: &str = "outbound-test-key-0123456789abcdef";
+const FROM: &str = "+12125550100";
+
+struct Outbound {
+    twilio: TwilioSim,
+    server: TestServer,
+}
+
+impl Outbound {
+    fn start(extra: &[(&str, &str)]) -> Outbound {
+        let twilio = TwilioSim::start(SIM_TWILIO_ACCOUNT_SID, SIM_TWILIO_AUTH_TOKEN).expect("sim");
+        let base = twilio.base_url();
+        let mut env = vec![
+            ("OUTBOUND_API_KEY", KEY),
+            ("TWILIO_API_BASE", base.as_str()),
+            ("TWILIO_ACCOUNT_SID", SIM_TWILIO_ACCOUNT_SID),
+            ("TWILIO_AUTH_TOKEN", SIM_TWILIO_AUTH_TOKEN),
+            ("TWILIO_PHONE_NUMBER", FROM),
+        ];
+        env.extend_from_slice(extra);
+        let server = TestServer::start(&env);
+        Outbound { twilio, server }
+    }
+
+    fn call(&self, body: &Value, key: Option<&str>) -> HttpResponse {
+        let mut request = self
+            .server
+            .request("POST", "/call/outbound")
+            .header("Authorization", &format!("Bearer {KEY}"))
+            .header("Content-Type", "application/json")
+            .body(body.to_string().as_bytes());
+        if let Some(key) = key {
+            request = request.header("Idempotency-Key", key);
+        }
+        request.send()
+    }
+}
+
+#[test]
+fn places_the_call_and_records_it() {
+    let rig = Outbound::start(&[]);
+    let res = rig.call(&json!({"to": "+14165550123", "role": "attorney"}), None);
+    assert_eq!(res.status, 200, "{}", res.body);
+    let body = res.json();
+    assert_eq!(body["success"], json!(true));
+    assert_eq!(body["to"], json!("+14165550123"));
+    assert_eq!(body["role"], json!("attorney"));
+    assert!(
+        res.header("X-Idempotent-Replay").is_none(),
+        "no key, no header"
+    );
+    let created = rig.twilio.created();
+    assert_eq!(created.len(), 1);
+    let call = &created[0];
+    assert_eq!(body["callSid"], json!(call.sid));
+    assert_eq!(call.field("To"), Some("+14165550123"));
+    assert_eq!(call.field("From"), Some(FROM));
+    assert_eq!(
+        call.field("Url"),
+        Some(format!("https://{DOMAIN}/call/incoming?role=attorney").as_str())
+    );
+    assert_eq!(
+        call.field("StatusCallback"),
+        Some(format!("https://{DOMAIN}/call/status").as_str())
+    );
+    assert_eq!(
+        call.fields("StatusCallbackEvent"),
+        ["initiated", "ringing", "answered", "completed"]
+    );
+    let record = rig
+        .server
+        .records()
+        .get(&sid_key(&call.sid).expect("sid"))
+        .expect("readable")
+        .expect("a record");
+    assert_eq!(record.direction, Direction::Outbound);
+    assert_eq!(record.role, "attorney");
+    assert_eq!(record.caller_number, "+1***0123");
+    assert_eq!(record.twilio_status.as_deref(), Some("queued"));
+}
+
+#[test]
+fn authentication_needs_a_positive_match() {
+    let rig = Outbound::start(&[]);
+    for header in [None, Some("Bearer wrong-key-0123456789abcdef"), Some(KEY)] {
+        let mut request = rig.server.request("POST", "/call/outbound");
+        if let Some(h) = header {
+            request = request.header("Authorization", h);
+        }
+        let res = request.body(br#"{"to":"+12125550123"}"#).send();
+        assert_eq!(res.status, 401, "{header:?}");
+        assert_eq!(res.header("WWW-Authenticate"), Some("Bearer"));
+    }
+    assert!(rig.twilio.created().is_empty());
+
+    // No key configured: refused even in development (never an open dialler).
+    let open = TestServer::start(&[]);
+    let res = open
+        .request("POST", "/call/outbound")
+        .body(br#"{"to":"+12125550123"}"#)
+        .send();
+    assert_eq!(res.status, 503);
+    assert!(res.body.contains("OUTBOUND_API_KEY"));
+}
+
+#[test]
+fn numbers_roles_and_bodies_are_checked_before_twilio() {
+    let rig = Outbound::start(&[]);
+    for (body, detail) in [
+        (json!({"to": "+18765550123"}), "JM"),
+        (json!({"to": "+19005550123"}), "Premium"),
+        (json!({"to": "+442071838750"}), "GB"),
+        (json!({"to": "2125550123"}), "E.164"),
+        (json!({"to": "+1 212 555 0123"}), "E.164"),
+    ] {
+        let res = rig.call(&body, None);
+        assert_eq!(res.status, 400, "{body}");
+        assert_eq!(
+            res.json()["error"],
+            json!("Invalid destination phone number")
+        );
+        assert!(
+            res.json()["details"]
+                .as_str()
+                .is_some_and(|d| d.contains(detail)),
+            "{}",
+            res.body
+        );
+    }
+    assert_eq!(
+        rig.call(&json!({"role": "judge"}), None).json()["error"],
+        json!("Missing 'to' phone number")
+    );
+    assert_eq!(
+        rig.call(&json!({"to": "+12125550123", "role": "pirate"}), None)
+            .status,
+        400
+    );
+    assert_eq!(rig.call(&json!([1, 2]), None).status, 400);
+    let res = rig.call(&json!({"to": "+12125550123"}), Some(""));
+    assert_eq!(res.status, 400);
+    assert_eq!(res.json()["error"], json!("Invalid Idempotency-Key"));
+    assert!(rig.twilio.created().is_empty(), "nothing reached Twilio");
+    // +1 416 (Canada) and +1 212 (US) pass under US,CA; the role defaults.
+    assert_eq!(rig.call(&json!({"to": "+14165550123"}), None).status, 200);
+    let res = rig.call(&json!({"to": "+12125550123"}), None);
+    assert_eq!(res.status, 200);
+    assert_eq!(res.json()["role"], json!("parent"));
+    assert_eq!(rig.twilio.created().len(), 2);
+}
+
+#[test]
+fn the_rate_limit_holds_at_its_edge_and_replays_are_free() {
+    let rig = Outbound::start(&[("OUTBOUND_RATE_LIMIT_PER_MIN", "2")]);
+    let first = rig.call(&json!({"to": "+12125550123"}), Some("order-1"));
+    assert_eq!(first.status, 200);
+    assert_eq!(first.header("X-Idempotent-Replay"), Some("false"));
+    for _ in 0..3 {
+        let replay = rig.call(&json!({"to": "+12125550123"}), Some("order-1"));
+        assert_eq!(replay.status, 200);
+        assert_eq!(replay.header("X-Idempotent-Replay"), Some("true"));
+        assert_eq!(replay.body, first.body, "the identical answer");
+    }
+    // The replays were not charged: one request is still within the budget.
+    assert_eq!(rig.call(&json!({"to": "+12125550124"}), None).status, 200);
+    let limited = rig.call(&json!({"to": "+12125550125"}), Some("order-2"));
+    assert_eq!(limited.status, 429);
+    assert_eq!(limited.header("X-Idempotent-Replay"), Some("false"));
+    let retry = limited
+        .header("Retry-After")
+        .and_then(|v| v.parse::<u64>().ok());
+    assert!(retry.is_some_and(|s| (1..=60).contains(&s)), "{retry:?}");
+    assert_eq!(limited.json()["retryAfterSeconds"].as_u64(), retry);
+    assert_eq!(
+        rig.twilio.created().len(),
+        2,
+        "one dial per distinct request"
+    );
+}
+
+#[test]
+fn one_key_names_one_request() {
+    let rig = Outbound::start(&[]);
+    assert_eq!(
+        rig.call(&json!({"to": "+12125550123"}), Some("k-1")).status,
+        200
+    );
+    let other = rig.call(&json!({"to": "+12125550199"}), Some("k-1"));
+    assert_eq!(other.status, 422);
+    // The same JSON with its keys in another order is the same request.
+    let reordered = rig
+        .server
+        .request("POST", "/call/outbound")
+        .header("Authorization", &format!("Bearer {KEY}"))
+        .header("Idempotency-Key", "k-2")
+        .body(br#"{"to":"+12125550123","role":"judge"}"#)
+        .send();
+    assert_eq!(reordered.status, 200);
+    let again = rig
+        .server
+        .request("POST", "/call/outbound")
+        .header("Authorization", &format!("Bearer {KEY}"))
+        .header("Idempotency-Key", "k-2")
+        .body(br#"{ "role": "judge", "to": "+12125550123" }"#)
+        .send();
+    assert_eq!(again.header("X-Idempotent-Replay"), Some("true"));
+    assert_eq!(rig.twilio.created().len(), 2);
+}
+
+#[test]
+fn concurrent_requests_with_one_key_dial_once() {
+    let rig = Outbound::start(&[]);
+    rig.twilio.set_delay(Duration::from_millis(300));
+    let answers: Vec<HttpResponse> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..6)
+            .map(|_| scope.spawn(|| rig.call(&json!({"to": "+12125550123"}), Some("burst"))))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("request"))
+            .collect()
+    });
+    assert_eq!(rig.twilio.created().len(), 1, "exactly one create-call");
+    assert!(answers.iter().all(|a| a.status == 200));
+    assert!(answers.iter().all(|a| a.body == answers[0].body));
+    let fresh = answers
+        .iter()
+        .filter(|a| a.header("X-Idempotent-Replay") == Some("false"))
+        .count();
+    assert_eq!(
+        fresh, 1,
+        "one did the work, the others waited for its answer"
+    );
+}
+
+#[test]
+fn a_kept_answer_survives_a_restart() {
+    let records = TempDir::new("outbound-restart");
+    let dir = records.path().display().to_string();
+    let twilio = TwilioSim::start(SIM_TWILIO_ACCOUNT_SID, SIM_TWILIO_AUTH_TOKEN).expect("sim");
+    let base = twilio.base_url();
+    let env = [
+        ("OUTBOUND_API_KEY", KEY),
+        ("TWILIO_API_BASE", base.as_str()),
+        ("TWILIO_ACCOUNT_SID", SIM_TWILIO_ACCOUNT_SID),
+        ("TWILIO_AUTH_TOKEN", SIM_TWILIO_AUTH_TOKEN),
+        ("TWILIO_PHONE_NUMBER", FROM),
+        ("RECORDS_DIR", dir.as_str()),
+    ];
+    let rig = Outbound {
+        twilio,
+        server: TestServer::start(&env),
+    };
+    let first = rig.call(&json!({"to": "+12125550123"}), Some("survivor"));
+    assert_eq!(first.status, 200);
+    // The server stops and a new one starts on the same records directory.
+    let Outbound { twilio, server } = rig;
+    drop(server);
+    let rig = Outbound {
+        twilio,
+        server: TestServer::start(&env),
+    };
+    let replay = rig.call(&json!({"to": "+12125550123"}), Some("survivor"));
+    assert_eq!(replay.status, 200);
+    assert_eq!(replay.header("X-Idempotent-Replay"), Some("true"));
+    assert_eq!(replay.body, first.body);
+    assert_eq!(
+        rig.twilio.created().len(),
+        1,
+        "dialled once, before the restart"
+    );
+}
+
+#[test]
+fn twilio_errors_are_mapped_and_only_deterministic_ones_kept() {
+    let rig = Outbound::start(&[]);
+    rig.twilio
+        .fail_next(400, 21211, "Invalid 'To' Phone Number");
+    let refused = rig.call(&json!({"to": "+12125550123"}), Some("t-1"));
+    assert_eq!(refused.status, 422, "{}", refused.body);
+    assert_eq!(refused.json()["twilioCode"], json!(21211));
+    let replay = rig.call(&json!({"to": "+12125550123"}), Some("t-1"));
+    assert_eq!(
+        (replay.status, replay.header("X-Idempotent-Replay")),
+        (422, Some("true"))
+    );
+
+    rig.twilio.fail_next(500, 20500, "Internal Server Error");
+    let failed = rig.call(&json!({"to": "+12125550123"}), Some("t-2"));
+    assert_eq!(failed.status, 502);
+    // Not kept: the retry does the work.
+    let retried = rig.call(&json!({"to": "+12125550123"}), Some("t-2"));
+    assert_eq!(
+        (retried.status, retried.header("X-Idempotent-Replay")),
+        (200, Some("false"))
+    );
+
+    rig.twilio.fail_next(401, 20003, "Authenticate");
+    let ours = rig.call(&json!({"to": "+12125550123"}), None);
+    assert_eq!(ours.status, 502);
+    assert!(ours.body.contains("credentials"));
+}
+
+#[test]
+fn the_operator_script_places_a_call_and_retries_safely() {
+    let rig = Outbound::start(&[]);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/place-call");
+    let run = |key: Option<&str>| {
+        let mut command = std::process::Command::new("sh");
+        command
+            .arg(script)
+            .args(["+14165550123", "judge"])
+            .env("OUTBOUND_API_KEY", KEY)
+            .env("VOICE_URL", format!("http://{}", rig.server.addr));
+        if let Some(key) = key {
+            command.env("IDEMPOTENCY_KEY", key);
+        }
+        command.output().expect("the script runs")
+    };
+    let first = run(None);
+    let stdout = String::from_utf8_lossy(&first.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&first.stderr).to_string();
+    assert!(first.status.success(), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("\"callSid\":\"CA") && stdout.contains("HTTP 200"),
+        "{stdout}"
+    );
+    let key = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("Idempotency-Key: "))
+        .expect("the key is printed");
+    assert_eq!(key.len(), 32);
+    let retry = run(Some(key));
+    assert_eq!(
+        String::from_utf8_lossy(&retry.stdout),
+        stdout,
+        "the retry replays the answer"
+    );
+    assert_eq!(rig.twilio.created().len(), 1);
+
+    let refused = std::process::Command::new("sh")
+        .arg(script)
+        .args(["+1212\"; rm -rf x", "judge"])
+        .env("OUTBOUND_API_KEY", KEY)
+        .output()
+        .expect("the script runs");
+    assert_eq!(refused.status.code(), Some(2));
+}
