@@ -358,3 +358,32 @@ fn the_operator_script_places_a_call_and_retries_safely() {
         .expect("the script runs");
     assert_eq!(refused.status.code(), Some(2));
 }
+
+/// Sleeps until `secs_into` seconds past the next minute boundary of the wall clock.
+fn sleep_into_next_minute(secs_into: f64) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs_f64();
+    let next = (now / 60.0).floor() * 60.0 + 60.0 + secs_into;
+    std::thread::sleep(Duration::from_secs_f64(next - now));
+}
+
+#[test]
+fn the_minute_window_rolls_over() {
+    let rig = Outbound::start(&[("OUTBOUND_RATE_LIMIT_PER_MIN", "1")]);
+    let seconds_into_minute = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        % 60;
+    if seconds_into_minute > 50 {
+        sleep_into_next_minute(0.2);
+    }
+    assert_eq!(rig.call(&json!({"to": "+12125550123"}), None).status, 200);
+    let limited = rig.call(&json!({"to": "+12125550124"}), None);
+    assert_eq!(limited.status, 429);
+    sleep_into_next_minute(0.2);
+    assert_eq!(rig.call(&json!({"to": "+12125550125"}), None).status, 200);
+    assert_eq!(rig.twilio.created().len(), 2);
+}
