@@ -510,7 +510,12 @@ impl Config {
             }
         } else if production {
             warnings.push(
-                "OUTBOUND_API_KEY is not set: the records and outbound APIs will answer 503 in production"
+                "OUTBOUND_API_KEY is not set: the records API, /metrics and /call/outbound will answer 503"
+                    .to_string(),
+            );
+        } else {
+            warnings.push(
+                "OUTBOUND_API_KEY is not set: /call/outbound answers 503 (the records API is open in development)"
                     .to_string(),
             );
         }
