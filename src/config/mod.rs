@@ -513,11 +513,6 @@ impl Config {
                 "OUTBOUND_API_KEY is not set: the records API, /metrics and /call/outbound will answer 503"
                     .to_string(),
             );
-        } else {
-            warnings.push(
-                "OUTBOUND_API_KEY is not set: /call/outbound answers 503 (the records API is open in development)"
-                    .to_string(),
-            );
         }
 
         let default_records_dir = env
