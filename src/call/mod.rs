@@ -228,7 +228,6 @@ struct Call<'a> {
     usage: CallUsage,
     caller_turns: u64,
     barge_ins: u64,
-    latencies: Vec<TurnLatency>,
 
     llm_tx: Option<Sender<LlmJob>>,
     tts_tx: Option<Sender<TtsJob>>,
@@ -315,7 +314,6 @@ pub fn run(app: &Arc<App>, socket: TwilioSocket, slot: CallSlot, n: u64) {
         usage: CallUsage::default(),
         caller_turns: 0,
         barge_ins: 0,
-        latencies: Vec::new(),
         llm_tx: None,
         tts_tx: None,
         threads,
@@ -325,7 +323,16 @@ pub fn run(app: &Arc<App>, socket: TwilioSocket, slot: CallSlot, n: u64) {
         closing: None,
         end: None,
     };
-    let (status, reason) = call.run(&events_rx);
+    // A bug must not leave a call half-alive (threads streaming, record active): a panic in
+    // the call thread ends the call like any failure.
+    let (status, reason) =
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| call.run(&events_rx))) {
+            Ok(end) => end,
+            Err(_) => {
+                log::error!(callSid = call.call_sid.as_str(); "call.panicked: ending the call");
+                (CallStatus::Failed, "internal error".to_string())
+            }
+        };
 
     // Whatever ended the call, everything of it ends now.
     call.cancel.store(true, Ordering::SeqCst);
@@ -753,7 +760,9 @@ impl Call<'_> {
     fn on_stt(&mut self, out: SttOut) {
         match out {
             SttOut::Partial(text) => {
-                self.quiet_since = None;
+                // Re-armed, not stopped: a partial that never becomes an utterance (a cough)
+                // must not silence the reprompt for good.
+                self.quiet_since = Some(Instant::now());
                 self.caller_active_at = Instant::now();
                 if self.closing.is_some() {
                     return;
@@ -836,14 +845,23 @@ impl Call<'_> {
 
     /// Moves to a new turn number: a fresh cancel flag, pieces numbered from 0.
     fn next_turn(&mut self) {
+        // Whatever a worker still does for the old turn stops.
+        self.cancel.store(true, Ordering::SeqCst);
         self.turn += 1;
         self.cancel = Arc::new(AtomicBool::new(false));
         self.next_seq = 0;
+        self.heard.clear();
     }
 
     fn start_turn(&mut self, text: &str) {
         self.next_turn();
         self.caller_turns += 1;
+        // Only a window is ever sent; keep twice that (the request builder cuts cleanly).
+        let keep = self.app.config.anthropic.max_history_messages * 2;
+        if self.history.len() > keep + 16 {
+            let excess = self.history.len() - keep;
+            self.history.drain(..excess);
+        }
         self.history.push(Turn::user(text));
         let now = Instant::now();
         let voiced = self.voiced_ms.load(Ordering::Relaxed);
@@ -1017,15 +1035,21 @@ impl Call<'_> {
             TtsOut::Failed(err) => {
                 log::error!(callSid = self.call_sid.as_str(), error = err.as_str(); "tts.piece_failed");
                 // Its mark is sent with no audio before it: it plays as nothing, and the
-                // apology (pre-rendered when it can be) follows.
+                // apology (pre-rendered when it can be) follows — unless what failed was a
+                // fixed phrase itself (the apology included): no apology loop.
+                let was_phrase = self
+                    .playback
+                    .piece_mut(turn, seq)
+                    .is_some_and(|p| p.kind == Kind::Phrase);
                 if let Some(name) = self.playback.end(turn, seq) {
                     self.send_twilio(twilio_messages::mark(&sid, &name));
                 }
-                let first_failure = self
-                    .live
-                    .as_mut()
-                    .filter(|l| l.id == turn)
-                    .is_none_or(|l| !std::mem::replace(&mut l.apologized, true));
+                let first_failure = !was_phrase
+                    && self
+                        .live
+                        .as_mut()
+                        .filter(|l| l.id == turn)
+                        .is_none_or(|l| !std::mem::replace(&mut l.apologized, true));
                 if first_failure {
                     self.say_phrase(Phrase::Apology);
                 }
@@ -1053,7 +1077,6 @@ impl Call<'_> {
             "turn.latency"
         );
         self.app.metrics.record_turn(&l);
-        self.latencies.push(l);
     }
 
     fn close_with(&mut self, phrase: Phrase, status: CallStatus, reason: &str) {

@@ -101,6 +101,7 @@ pub fn stt(
 ) {
     let mut failures = 0u32;
     'session: loop {
+        let opened = Instant::now();
         let mut stream =
             match SttStream::open_retrying(settings, 3, Duration::from_millis(250), ended) {
                 Ok(stream) => stream,
@@ -153,6 +154,11 @@ pub fn stt(
             }
         };
         stream.close();
+        // Reconnects are counted per trouble spell: a session that held for a while resets
+        // the count (a long call may see unrelated drops, or the service's session limit).
+        if opened.elapsed() > Duration::from_secs(30) {
+            failures = 0;
+        }
         failures += 1;
         if failures > reconnects {
             let _ = out.send(Event::Stt(SttOut::Lost(failure.to_string())));
@@ -408,11 +414,19 @@ pub fn llm(setup: &LlmSetup, system: &str, jobs: &Receiver<LlmJob>, out: &Sender
                     _ => None,
                 })
                 .collect();
+            let wants_tools =
+                outcome.stop_reason.as_deref() == Some("tool_use") && !uses.is_empty();
+            let mut reply = reply;
+            if !wants_tools {
+                // A tool_use cut off by max_tokens would stay unanswered in the history and
+                // make every later request a 400: keep only the words.
+                reply.blocks.retain(|b| !matches!(b, Block::ToolUse { .. }));
+            }
             if !reply.is_empty() {
                 conversation.push(reply.clone());
                 new_turns.push(reply);
             }
-            if outcome.stop_reason.as_deref() != Some("tool_use") || uses.is_empty() {
+            if !wants_tools {
                 break;
             }
             round += 1;

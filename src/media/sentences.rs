@@ -99,9 +99,12 @@ impl Sentences {
     /// Whether the word ending at the period at byte `dot` is an abbreviation or an initial.
     fn is_abbreviation(&self, dot: usize) -> bool {
         let before = &self.buffer[..dot];
+        // The separator may be several bytes (a non-breaking space): step over the whole char.
         let word_start = before
-            .rfind(|c: char| c.is_whitespace() || c == '(' || c == '"')
-            .map_or(0, |i| i + 1);
+            .char_indices()
+            .rev()
+            .find(|(_, c)| c.is_whitespace() || *c == '(' || *c == '"')
+            .map_or(0, |(i, c)| i + c.len_utf8());
         let word = &before[word_start..];
         if word.chars().count() == 1 && word.chars().all(|c| c.is_uppercase()) {
             return true; // an initial: "J. Smith"
@@ -114,6 +117,24 @@ impl Sentences {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wide_spaces_before_a_period_are_stepped_over() {
+        let mut s = Sentences::new();
+        let out = s.push("Merci\u{a0}beaucoup pour tout. Oui, on continue ensemble. ");
+        assert_eq!(
+            out,
+            [
+                "Merci\u{a0}beaucoup pour tout.",
+                "Oui, on continue ensemble."
+            ]
+        );
+        let out = s.push("Talk to Dr.\u{3000}Smith\u{2009}Jr. about it today please. ");
+        assert_eq!(
+            out,
+            ["Talk to Dr.\u{3000}Smith\u{2009}Jr. about it today please."]
+        );
+    }
 
     #[track_caller]
     fn check(deltas: &[&str], expected: &[&str]) {

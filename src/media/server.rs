@@ -10,7 +10,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
@@ -23,8 +23,11 @@ use crate::calls::CallRegistry;
 
 /// Longest handshake request accepted.
 const MAX_HEAD_BYTES: usize = 16 * 1024;
-/// How long a client may take to send its handshake.
+/// How long a client may take to send its whole handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Handshakes in progress at once; more connections are closed at once (a flood of idle
+/// connections must not take every thread from real calls).
+const MAX_PENDING_HANDSHAKES: usize = 64;
 /// Largest message accepted from Twilio (a media frame is about 300 bytes; `start` a few KiB).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 /// How often the idle acceptor looks at the stop flag.
@@ -116,16 +119,25 @@ impl Drop for MediaServer {
 
 fn accept_loop(app: &Arc<App>, listener: &TcpListener, stop: &AtomicBool) {
     static CONNECTION: AtomicU64 = AtomicU64::new(1);
+    let pending = Arc::new(AtomicUsize::new(0));
     while !stop.load(Ordering::SeqCst) {
         match listener.accept() {
             Ok((stream, peer)) => {
+                if pending.load(Ordering::SeqCst) >= MAX_PENDING_HANDSHAKES {
+                    log::warn!(peer:% = peer; "media.refused: too many handshakes in progress");
+                    drop(stream);
+                    continue;
+                }
+                pending.fetch_add(1, Ordering::SeqCst);
                 let n = CONNECTION.fetch_add(1, Ordering::Relaxed);
                 let app = app.clone();
+                let counter = pending.clone();
                 let spawned = thread::Builder::new()
                     .name(format!("call-{n}"))
                     .stack_size(CALL_STACK)
-                    .spawn(move || serve_connection(&app, stream, peer, n));
+                    .spawn(move || serve_connection(&app, stream, peer, n, &counter));
                 if let Err(err) = spawned {
+                    pending.fetch_sub(1, Ordering::SeqCst);
                     log::error!(error:% = err; "media.spawn_failed: connection dropped");
                 }
             }
@@ -139,8 +151,16 @@ fn accept_loop(app: &Arc<App>, listener: &TcpListener, stop: &AtomicBool) {
     }
 }
 
-fn serve_connection(app: &Arc<App>, stream: TcpStream, peer: SocketAddr, n: u64) {
-    let socket = match handshake(app, stream, peer) {
+fn serve_connection(
+    app: &Arc<App>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    n: u64,
+    pending: &AtomicUsize,
+) {
+    let handshake = handshake(app, stream, peer);
+    pending.fetch_sub(1, Ordering::SeqCst);
+    let socket = match handshake {
         Ok(Some(socket)) => socket,
         Ok(None) => return,
         Err(err) => {
@@ -159,12 +179,28 @@ fn serve_connection(app: &Arc<App>, stream: TcpStream, peer: SocketAddr, n: u64)
             limit = limit;
             "call.refused: MAX_CONCURRENT_CALLS reached; stream closed with 1013"
         );
-        let mut writer = socket.writer;
+        let TwilioSocket {
+            mut reader,
+            mut writer,
+            ..
+        } = socket;
         let _ = writer.close(Some(CloseFrame {
             code: CloseCode::Again,
             reason: "server at capacity, try again later".into(),
         }));
         let _ = writer.flush();
+        // A clean close: read (and drop) what the client sent until its close answer, for at
+        // most a second, so it sees our close code rather than a reset connection.
+        let _ = writer
+            .get_ref()
+            .set_read_timeout(Some(Duration::from_secs(1)));
+        let until = std::time::Instant::now() + Duration::from_secs(1);
+        while std::time::Instant::now() < until {
+            match reader.read() {
+                Ok(tungstenite::Message::Close(_)) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
         return;
     };
     crate::call::run(app, socket, slot, n);
@@ -190,7 +226,17 @@ impl Head {
 fn read_head(stream: &mut TcpStream) -> io::Result<(Head, Vec<u8>)> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
+    let deadline = std::time::Instant::now() + HANDSHAKE_TIMEOUT;
     let end = loop {
+        // A deadline for the whole head, not per read: a byte every few seconds is not a client.
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "handshake not complete within 5 s",
+            ));
+        }
+        stream.set_read_timeout(Some(left))?;
         let n = stream.read(&mut chunk)?;
         if n == 0 {
             return Err(io::Error::new(

@@ -327,13 +327,12 @@ fn finish(assembler: &Assembler, cancelled: bool) -> Outcome {
 /// `retry-after-ms`, else `retry-after` (seconds), honoured within 0–60 s like the SDK.
 fn retry_after(headers: &ureq::http::HeaderMap) -> Option<Duration> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let wait = match header("retry-after-ms").and_then(|v| v.trim().parse::<f64>().ok()) {
-        Some(ms) => Duration::from_secs_f64(ms.max(0.0) / 1000.0),
-        None => {
-            Duration::from_secs_f64(header("retry-after")?.trim().parse::<f64>().ok()?.max(0.0))
-        }
+    let secs = match header("retry-after-ms").and_then(|v| v.trim().parse::<f64>().ok()) {
+        Some(ms) => ms / 1000.0,
+        None => header("retry-after")?.trim().parse::<f64>().ok()?,
     };
-    (wait <= Duration::from_secs(60)).then_some(wait)
+    // Checked before converting: `inf`, NaN or 1e20 from a header must not panic.
+    (secs.is_finite() && secs <= 60.0).then(|| Duration::from_secs_f64(secs.max(0.0)))
 }
 
 /// Sleeps for `wait` in short steps; false if `cancel` was set meanwhile.
@@ -346,4 +345,40 @@ fn sleep_unless_cancelled(wait: Duration, cancel: &AtomicBool) -> bool {
         std::thread::sleep((deadline - Instant::now()).min(Duration::from_millis(20)));
     }
     !cancel.load(Ordering::SeqCst)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(name: &str, value: &str) -> ureq::http::HeaderMap {
+        let mut map = ureq::http::HeaderMap::new();
+        if let (Ok(name), Ok(value)) = (
+            ureq::http::HeaderName::from_bytes(name.as_bytes()),
+            value.parse(),
+        ) {
+            map.insert(name, value);
+        }
+        map
+    }
+
+    #[test]
+    fn retry_after_never_panics_on_odd_values() {
+        assert_eq!(
+            retry_after(&headers("retry-after", "2")),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(
+            retry_after(&headers("retry-after-ms", "250")),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(
+            retry_after(&headers("retry-after", "-3")),
+            Some(Duration::ZERO)
+        );
+        for odd in ["inf", "NaN", "1e20", "61", "soon"] {
+            assert_eq!(retry_after(&headers("retry-after", odd)), None, "{odd}");
+        }
+        assert_eq!(retry_after(&headers("retry-after-ms", "inf")), None);
+    }
 }
