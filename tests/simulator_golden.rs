@@ -311,3 +311,59 @@ fn twilio_answers_have_the_documented_shapes() {
         &serde_json::from_str(&bad.body_mut().read_to_string().unwrap()).unwrap(),
     );
 }
+
+#[test]
+fn the_simulated_caller_speaks_twilio_media_streams() {
+    use cotrackpro_voice::sim::caller::{CallerOptions, SimCaller};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut socket = tungstenite::accept(stream).unwrap();
+        let mut seen: Vec<Value> = Vec::new();
+        let mut sent_mark = false;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let Ok(message) = socket.read() else { break };
+            let Message::Text(text) = message else {
+                continue;
+            };
+            let value: Value = serde_json::from_str(text.as_str()).unwrap();
+            if value["event"] == "media" && !sent_mark {
+                sent_mark = true;
+                let sid = value["streamSid"].clone();
+                socket
+                    .send(Message::text(
+                        json!({"event": "mark", "streamSid": sid, "mark": {"name": "m-1"}})
+                            .to_string(),
+                    ))
+                    .unwrap();
+            }
+            let stop = value["event"] == "stop";
+            seen.push(value);
+            if stop {
+                break;
+            }
+        }
+        seen
+    });
+    let caller = SimCaller::connect(addr, CallerOptions::default()).unwrap();
+    assert!(caller.wait_for_echoes(1, Duration::from_secs(5)), "the mark was echoed");
+    caller.press('7');
+    std::thread::sleep(Duration::from_millis(100));
+    caller.hang_up();
+    let seen = server.join().unwrap();
+    let mut checked = std::collections::BTreeSet::new();
+    for message in &seen {
+        let event = message["event"].as_str().unwrap_or("?");
+        check(&format!("twilio.stream.{event}"), message);
+        checked.insert(event.to_string());
+    }
+    assert_eq!(
+        checked.into_iter().collect::<Vec<_>>(),
+        ["connected", "dtmf", "mark", "media", "start", "stop"]
+    );
+}
