@@ -351,7 +351,10 @@ fn the_simulated_caller_speaks_twilio_media_streams() {
         seen
     });
     let caller = SimCaller::connect(addr, CallerOptions::default()).unwrap();
-    assert!(caller.wait_for_echoes(1, Duration::from_secs(5)), "the mark was echoed");
+    assert!(
+        caller.wait_for_echoes(1, Duration::from_secs(5)),
+        "the mark was echoed"
+    );
     caller.press('7');
     std::thread::sleep(Duration::from_millis(100));
     caller.hang_up();

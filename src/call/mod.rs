@@ -260,7 +260,7 @@ pub fn run(app: &Arc<App>, socket: TwilioSocket, slot: CallSlot, n: u64) {
     {
         let events = events_tx.clone();
         let voiced = voiced_ms.clone();
-        match spawn(format!("call-{n}-rx"), move || {
+        match spawn(format!("call-{n}-rx"), CALL_STACK, move || {
             twilio_reader(reader, &events, &audio_tx, &voiced, started)
         }) {
             Ok(handle) => threads.push(handle),
@@ -275,7 +275,7 @@ pub fn run(app: &Arc<App>, socket: TwilioSocket, slot: CallSlot, n: u64) {
             let events = events_tx.clone();
             let flag = ended.clone();
             let counter = stt_bytes.clone();
-            match spawn(format!("call-{n}-stt"), move || {
+            match spawn(format!("call-{n}-stt"), PROVIDER_STACK, move || {
                 workers::stt(&settings, reconnects, &audio_rx, &events, &flag, &counter)
             }) {
                 Ok(handle) => threads.push(handle),
@@ -377,14 +377,16 @@ fn join_by(handle: JoinHandle<()>, deadline: Instant) -> Option<()> {
     handle.join().ok()
 }
 
-fn spawn<F>(name: String, f: F) -> std::io::Result<JoinHandle<()>>
+/// Stack of the provider workers: they run TLS handshakes and certificate checks (rustls),
+/// whose stack use is not ours to bound, so they get a generous margin. Only the pages a
+/// thread touches are committed, so the margin costs address space, not memory.
+const PROVIDER_STACK: usize = 1024 * 1024;
+
+fn spawn<F>(name: String, stack: usize, f: F) -> std::io::Result<JoinHandle<()>>
 where
     F: FnOnce() + Send + 'static,
 {
-    thread::Builder::new()
-        .name(name)
-        .stack_size(CALL_STACK)
-        .spawn(f)
+    thread::Builder::new().name(name).stack_size(stack).spawn(f)
 }
 
 /// The reading half of the Twilio socket: messages to the call, caller audio to
@@ -649,7 +651,7 @@ impl Call<'_> {
             let (tx, rx) = bounded::<LlmJob>(LLM_JOBS_CAP);
             let events = self.events_tx.clone();
             let system = prompts::system_prompt(self.role);
-            match spawn(format!("call-{n}-llm"), move || {
+            match spawn(format!("call-{n}-llm"), PROVIDER_STACK, move || {
                 workers::llm(&setup, &system, &rx, &events)
             }) {
                 Ok(handle) => {
@@ -666,7 +668,7 @@ impl Call<'_> {
             let events = self.events_tx.clone();
             let voice = self.voice.clone();
             let ended = self.ended.clone();
-            match spawn(format!("call-{n}-tts"), move || {
+            match spawn(format!("call-{n}-tts"), PROVIDER_STACK, move || {
                 workers::tts(&settings, &voice, &rx, &events, &ended)
             }) {
                 Ok(handle) => {

@@ -28,8 +28,9 @@ use crate::ids::RequestId;
 pub use request::Incoming;
 pub use response::Reply;
 
-/// Handlers are short (no handler blocks on a provider), so a small stack is plenty.
-const WORKER_STACK_BYTES: usize = 256 * 1024;
+/// `POST /call/outbound` calls Twilio over TLS (rustls) from a worker, so workers get the
+/// same generous stack as the call's provider workers (only touched pages are committed).
+const WORKER_STACK_BYTES: usize = 1024 * 1024;
 
 /// The running HTTP listener. [`HttpServer::shutdown`] stops it; dropping it without that leaves
 /// the workers running until the process exits.

@@ -405,7 +405,8 @@ impl ToolCatalog {
         let catalog = catalog.clone();
         std::thread::Builder::new()
             .name("mcp-tools-refresh".into())
-            .stack_size(256 * 1024)
+            // TLS (rustls) runs on this thread: a generous stack, as for the call workers.
+            .stack_size(1024 * 1024)
             .spawn(move || match client.list_tools() {
                 Ok(tools) if !tools.is_empty() => {
                     log::info!(count = tools.len(); "mcp.tools.refreshed");
