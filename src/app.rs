@@ -24,6 +24,8 @@ pub struct App {
     /// Outbound `Idempotency-Key` answers, kept next to the records (`None` if the file could
     /// not be opened: keyed requests then get 503, never a second dial).
     pub idempotency: Option<Box<dyn IdempotencyStore>>,
+    /// `POST /call/outbound` requests being handled (they may hold at most half the workers).
+    pub outbound_in_flight: std::sync::atomic::AtomicUsize,
 }
 
 impl App {
@@ -37,6 +39,7 @@ impl App {
             voice: Setup::from_config(&config),
             metrics: Metrics::default(),
             idempotency,
+            outbound_in_flight: std::sync::atomic::AtomicUsize::new(0),
             config,
         }
     }

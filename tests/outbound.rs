@@ -221,7 +221,7 @@ fn one_key_names_one_request() {
 
 #[test]
 fn concurrent_requests_with_one_key_dial_once() {
-    let rig = Outbound::start(&[]);
+    let rig = Outbound::start(&[("HTTP_WORKERS", "16")]);
     rig.twilio.set_delay(Duration::from_millis(300));
     let answers: Vec<HttpResponse> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..6)
@@ -386,4 +386,38 @@ fn the_minute_window_rolls_over() {
     sleep_into_next_minute(0.2);
     assert_eq!(rig.call(&json!({"to": "+12125550125"}), None).status, 200);
     assert_eq!(rig.twilio.created().len(), 2);
+}
+
+#[test]
+fn outbound_requests_never_take_every_worker() {
+    // Four workers: at most two may wait on Twilio; webhooks are still answered meanwhile.
+    let rig = Outbound::start(&[]);
+    rig.twilio.set_delay(Duration::from_millis(800));
+    let (answers, health) = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..3)
+            .map(|i| {
+                let rig = &rig;
+                scope.spawn(move || rig.call(&json!({"to": format!("+1212555012{i}")}), None))
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(200));
+        let health = rig.server.request("GET", "/health").send();
+        let answers: Vec<HttpResponse> = handles
+            .into_iter()
+            .map(|h| h.join().expect("request"))
+            .collect();
+        (answers, health)
+    });
+    assert_eq!(
+        health.status, 200,
+        "a webhook is answered while Twilio is slow"
+    );
+    let mut statuses: Vec<u16> = answers.iter().map(|a| a.status).collect();
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 200, 503]);
+    let busy = answers
+        .iter()
+        .find(|a| a.status == 503)
+        .expect("one busy answer");
+    assert_eq!(busy.header("Retry-After"), Some("1"));
 }

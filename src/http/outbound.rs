@@ -6,6 +6,7 @@
 //! then the per-key rate limit, then the body, the number and the role, then Twilio.
 //! `X-Idempotent-Replay` is on every keyed response: `false` first, `true` on replays.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -68,7 +69,30 @@ impl Drop for Ticket<'_> {
     }
 }
 
+/// Releases a place among the outbound requests in flight.
+struct Place<'a>(&'a AtomicUsize);
+
+impl Drop for Place<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 pub fn outbound(app: &App, req: &Incoming) -> Reply {
+    // These requests wait on Twilio (or on an identical request): they may hold at most half
+    // the HTTP workers, so Twilio's webhooks for live calls are always answered.
+    let limit = (app.config.http.workers / 2).max(1);
+    let in_flight = &app.outbound_in_flight;
+    if in_flight.fetch_add(1, Ordering::SeqCst) >= limit {
+        in_flight.fetch_sub(1, Ordering::SeqCst);
+        return Reply::error_with_details(
+            503,
+            "Busy",
+            "too many outbound requests in progress; retry shortly",
+        )
+        .with_header("Retry-After", "1");
+    }
+    let _place = Place(in_flight);
     let config = &app.config;
     let Some(api_key) = &config.outbound.api_key else {
         return Reply::error_with_details(
