@@ -1009,3 +1009,73 @@ fn a_model_that_goes_quiet_is_an_apology_within_the_first_token_timeout() {
     assert!(said[2].contains("technical hiccup"), "{said:?}");
     assert_eq!(record.status, CallStatus::Completed);
 }
+
+#[test]
+fn hanging_up_while_the_model_stalls_ends_every_thread_within_a_second() {
+    let rig = Rig::start(&[("ANTHROPIC_FIRST_TOKEN_TIMEOUT_MS", "20000")]);
+    rig.sims
+        .anthropic
+        .push([Reply::Stall(Duration::from_secs(30))]);
+    rig.script(&["Are you there"]);
+    let caller = rig.caller();
+    assert!(caller.wait_for_echoes(1, WAIT));
+    caller.say("Are you there");
+    let deadline = Instant::now() + WAIT;
+    while rig.sims.anthropic.requests().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        rig.sims.anthropic.requests().len(),
+        1,
+        "the model was asked"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        call_threads().iter().any(|t| t.ends_with("-llm")),
+        "{:?}",
+        call_threads()
+    );
+    let hung_up = Instant::now();
+    caller.hang_up();
+    while !call_threads().is_empty() && hung_up.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(call_threads(), Vec::<String>::new());
+    assert!(
+        hung_up.elapsed() < Duration::from_millis(1500),
+        "every thread of the call ended {:?} after the hang-up",
+        hung_up.elapsed()
+    );
+}
+
+#[test]
+fn hanging_up_during_a_slow_tool_call_ends_every_thread_within_a_second() {
+    let rig = Rig::start(&[("MCP_TOOL_TIMEOUT_MS", "20000")]);
+    rig.sims.anthropic.push([Reply::ToolUse {
+        preface: "Let me check that.".into(),
+        name: "check_safety".into(),
+        input: json!({"context": "worried"}),
+    }]);
+    rig.sims.mcp.set_delay(Duration::from_secs(30));
+    rig.script(&["Can you check something"]);
+    let caller = rig.caller();
+    assert!(caller.wait_for_echoes(1, WAIT));
+    caller.say("Can you check something");
+    // The hold phrase plays while the tool runs.
+    assert!(
+        caller.wait_for_echoes(3, WAIT),
+        "{:?}",
+        shape(&caller.log())
+    );
+    let hung_up = Instant::now();
+    caller.hang_up();
+    while !call_threads().is_empty() && hung_up.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(call_threads(), Vec::<String>::new());
+    assert!(
+        hung_up.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        hung_up.elapsed()
+    );
+}

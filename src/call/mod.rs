@@ -39,7 +39,7 @@ use tungstenite::{Message, WebSocket};
 
 use self::clips::Clips;
 use self::playback::{Kind, Piece, Playback};
-use self::workers::{LlmJob, LlmOut, LlmSetup, Speech, SttOut, TtsJob, TtsOut};
+use self::workers::{CallLlm, LlmJob, LlmOut, LlmSetup, Speech, SttOut, TtsJob, TtsOut};
 use crate::app::App;
 use crate::calls::CallSlot;
 use crate::config::Config;
@@ -49,7 +49,6 @@ use crate::media::server::{ReadHalf, TwilioSocket, CALL_STACK};
 use crate::media::twilio_messages::{self, Inbound, StreamStart};
 use crate::personas::prompts::{self, Phrase};
 use crate::personas::Role;
-use crate::providers::anthropic::client::AnthropicClient;
 use crate::providers::anthropic::request::CALL_CONNECTED;
 use crate::providers::anthropic::{Block, Speaker, Turn};
 use crate::providers::elevenlabs_stt::SttSettings;
@@ -133,24 +132,24 @@ impl Setup {
             tick,
         });
         let mcp = config.mcp.url.as_ref().map(|url| {
-            Arc::new(McpClient::new(
-                &url.to_string(),
+            (
+                url.to_string(),
                 config.mcp.token.clone(),
                 config.mcp.timeout,
-            ))
+            )
         });
         let tools = ToolCatalog::new(default_tools());
-        if let Some(client) = &mcp {
-            if let Err(err) = ToolCatalog::refresh_in_background(&tools, client.clone()) {
+        if let Some((url, token, timeout)) = &mcp {
+            // The catalog's refresh has a client of its own (calls have theirs).
+            let client = Arc::new(McpClient::new(url, token.clone(), *timeout));
+            if let Err(err) = ToolCatalog::refresh_in_background(&tools, client) {
                 log::warn!(error:% = err; "mcp.tools.refresh not started");
             }
         }
-        let llm = config.anthropic.api_key.clone().map(|key| {
+        let llm = config.anthropic.api_key.clone().map(|api_key| {
             Arc::new(LlmSetup {
-                client: AnthropicClient::new(&config.anthropic, key),
-                model: config.anthropic.model.clone(),
-                max_tokens: config.anthropic.max_tokens,
-                max_history_messages: config.anthropic.max_history_messages,
+                anthropic: config.anthropic.clone(),
+                api_key,
                 max_tool_rounds: tuning.max_tool_rounds,
                 tools,
                 mcp,
@@ -230,6 +229,8 @@ struct Call<'a> {
     barge_ins: u64,
 
     llm_tx: Option<Sender<LlmJob>>,
+    /// The call's own model and tool clients, shut down when the call ends.
+    llm_clients: Option<CallLlm>,
     tts_tx: Option<Sender<TtsJob>>,
     threads: Vec<JoinHandle<()>>,
 
@@ -315,6 +316,7 @@ pub fn run(app: &Arc<App>, socket: TwilioSocket, slot: CallSlot, n: u64) {
         caller_turns: 0,
         barge_ins: 0,
         llm_tx: None,
+        llm_clients: None,
         tts_tx: None,
         threads,
         quiet_since: None,
@@ -355,6 +357,10 @@ pub fn run(app: &Arc<App>, socket: TwilioSocket, slot: CallSlot, n: u64) {
     }
     call.llm_tx = None;
     call.tts_tx = None;
+    if let Some(clients) = call.llm_clients.take() {
+        // A model stream or a tool call in flight is interrupted, not waited out.
+        clients.shutdown();
+    }
     drop(events_rx);
     let deadline = Instant::now() + JOIN_WAIT;
     for handle in std::mem::take(&mut call.threads) {
@@ -651,8 +657,10 @@ impl Call<'_> {
             let (tx, rx) = bounded::<LlmJob>(LLM_JOBS_CAP);
             let events = self.events_tx.clone();
             let system = prompts::system_prompt(self.role);
+            let clients = CallLlm::new(&setup);
+            self.llm_clients = Some(clients.clone());
             match spawn(format!("call-{n}-llm"), PROVIDER_STACK, move || {
-                workers::llm(&setup, &system, &rx, &events)
+                workers::llm(&setup, &clients, &system, &rx, &events)
             }) {
                 Ok(handle) => {
                     self.threads.push(handle);

@@ -336,18 +336,49 @@ fn speak_piece(
 
 /// What the model worker needs, shared by every call.
 pub struct LlmSetup {
-    pub client: AnthropicClient,
-    pub model: String,
-    pub max_tokens: u32,
-    pub max_history_messages: usize,
+    pub anthropic: crate::config::AnthropicConfig,
+    pub api_key: crate::config::Secret,
     pub max_tool_rounds: u32,
     pub tools: Arc<ToolCatalog>,
+    /// `COTRACKPRO_MCP_URL`, its token and the tool timeout.
+    pub mcp: Option<(String, Option<crate::config::Secret>, Duration)>,
+}
+
+/// One call's own clients: their connections end with the call ([`CallLlm::shutdown`]
+/// interrupts a read in flight, so the worker never outlives the call by a timeout).
+#[derive(Clone)]
+pub struct CallLlm {
+    pub client: AnthropicClient,
     pub mcp: Option<Arc<McpClient>>,
+}
+
+impl CallLlm {
+    pub fn new(setup: &LlmSetup) -> CallLlm {
+        CallLlm {
+            client: AnthropicClient::new(&setup.anthropic, setup.api_key.clone()),
+            mcp: setup.mcp.as_ref().map(|(url, token, timeout)| {
+                Arc::new(McpClient::new(url, token.clone(), *timeout))
+            }),
+        }
+    }
+
+    pub fn shutdown(&self) {
+        self.client.shutdown();
+        if let Some(mcp) = &self.mcp {
+            mcp.shutdown();
+        }
+    }
 }
 
 /// The model for one call: one response per job, with up to `max_tool_rounds` rounds of tool
 /// calls; text is streamed to the call as it arrives.
-pub fn llm(setup: &LlmSetup, system: &str, jobs: &Receiver<LlmJob>, out: &Sender<Event>) {
+pub fn llm(
+    setup: &LlmSetup,
+    clients: &CallLlm,
+    system: &str,
+    jobs: &Receiver<LlmJob>,
+    out: &Sender<Event>,
+) {
     for job in jobs.iter() {
         let send = |o: LlmOut| {
             out.send(Event::Llm {
@@ -366,19 +397,19 @@ pub fn llm(setup: &LlmSetup, system: &str, jobs: &Receiver<LlmJob>, out: &Sender
             }
             let tools = setup.tools.current();
             let mut body = request::build(&RequestParts {
-                model: &setup.model,
-                max_tokens: setup.max_tokens,
+                model: &setup.anthropic.model,
+                max_tokens: setup.anthropic.max_tokens,
                 system,
                 tools: &tools,
                 history: &conversation,
-                max_history_messages: setup.max_history_messages,
+                max_history_messages: setup.anthropic.max_history_messages,
             });
             if round >= setup.max_tool_rounds && !tools.is_empty() {
                 // Tools stay defined (the history may hold tool blocks), but no more calls.
                 body["tool_choice"] = json!({"type": "none"});
             }
             let mut gone = false;
-            let result = setup.client.stream(&body, &job.cancel, |item| {
+            let result = clients.client.stream(&body, &job.cancel, |item| {
                 if let StreamItem::Text(text) = item {
                     if send(LlmOut::Delta(text.clone())).is_err() {
                         gone = true;
@@ -436,7 +467,7 @@ pub fn llm(setup: &LlmSetup, system: &str, jobs: &Receiver<LlmJob>, out: &Sender
             let mut results = Vec::with_capacity(uses.len());
             for (id, name, input) in uses {
                 let started = Instant::now();
-                let outcome = match &setup.mcp {
+                let outcome = match &clients.mcp {
                     Some(mcp) if !job.cancel.load(Ordering::SeqCst) => mcp.call_tool(&name, &input),
                     Some(_) => crate::providers::mcp::ToolOutcome {
                         text: "cancelled: the caller spoke".into(),

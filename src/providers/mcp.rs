@@ -90,6 +90,12 @@ impl McpClient {
         }
     }
 
+    /// Interrupts every request of this client now; later ones fail at once (the end of a
+    /// call: a tool call in flight must not outlive it).
+    pub fn shutdown(&self) {
+        self.agent.clone().shutdown();
+    }
+
     /// Opens a session (done for you by the other calls when needed).
     pub fn initialize(&self) -> Result<(), McpError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);

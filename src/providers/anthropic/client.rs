@@ -123,6 +123,13 @@ impl AnthropicClient {
         }
     }
 
+    /// Interrupts every request of this client (and its clones) now, a blocked read included;
+    /// later requests fail at once. For the end of a call: its worker must not wait out a
+    /// timeout.
+    pub fn shutdown(&self) {
+        self.agent.clone().shutdown();
+    }
+
     /// Changes the retry policy (tests use short backoffs).
     pub fn with_retries(mut self, max_retries: u32, backoff: Duration) -> AnthropicClient {
         self.max_retries = max_retries;
