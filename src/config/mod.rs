@@ -568,7 +568,16 @@ impl Config {
                 }),
                 stt_reconnects: r.whole("STT_MAX_RECONNECTS", 3, 0, 20) as u32,
                 sentence_idle_flush: r.millis("SENTENCE_IDLE_FLUSH_MS", 500, 50, 10_000),
-                audio_dir: PathBuf::from(r.string("AUDIO_DIR", "audio")),
+                // Under systemd next to the records (the sandbox's one writable place, where
+                // `generate-audio --env-file …` run by the operator can put it), else ./audio.
+                audio_dir: PathBuf::from(
+                    r.string(
+                        "AUDIO_DIR",
+                        &env.get("STATE_DIRECTORY")
+                            .and_then(|dirs| dirs.split(':').next())
+                            .map_or_else(|| "audio".to_string(), |d| format!("{d}/audio")),
+                    ),
+                ),
                 shutdown_drain: Duration::from_secs(r.whole("SHUTDOWN_DRAIN_SECS", 30, 0, 3600)),
                 idle_reap: Duration::from_secs(r.whole("IDLE_REAP_SECS", 900, 1, 86_400)),
             },
