@@ -1079,3 +1079,18 @@ fn hanging_up_during_a_slow_tool_call_ends_every_thread_within_a_second() {
         hung_up.elapsed()
     );
 }
+
+#[test]
+fn a_message_over_the_size_limit_ends_the_call() {
+    let rig = Rig::start(&[]);
+    let caller = rig.caller();
+    assert!(caller.wait_for_echoes(1, WAIT));
+    caller.send_raw(&format!(
+        r#"{{"event":"media","media":{{"payload":"{}"}}}}"#,
+        "A".repeat(100 * 1024)
+    ));
+    assert!(caller.wait_closed(WAIT));
+    let record = rig.record_after_end(caller.call_sid());
+    assert_eq!(record.status, CallStatus::Failed);
+    assert_eq!(wait_threads_gone(), Vec::<String>::new());
+}

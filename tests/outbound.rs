@@ -199,6 +199,7 @@ fn one_key_names_one_request() {
     );
     let other = rig.call(&json!({"to": "+12125550199"}), Some("k-1"));
     assert_eq!(other.status, 422);
+    assert_eq!(other.header("X-Idempotent-Replay"), Some("false"));
     // The same JSON with its keys in another order is the same request.
     let reordered = rig
         .server
@@ -420,4 +421,29 @@ fn outbound_requests_never_take_every_worker() {
         .find(|a| a.status == 503)
         .expect("one busy answer");
     assert_eq!(busy.header("Retry-After"), Some("1"));
+}
+
+#[test]
+fn a_twin_that_waits_too_long_gets_409_and_the_call_is_still_placed_once() {
+    let rig = Outbound::start(&[
+        ("OUTBOUND_IDEMPOTENCY_WAIT_MS", "200"),
+        ("HTTP_WORKERS", "8"),
+    ]);
+    rig.twilio.set_delay(Duration::from_millis(1000));
+    let (first, twin) = std::thread::scope(|scope| {
+        let first = scope.spawn(|| rig.call(&json!({"to": "+12125550123"}), Some("slow")));
+        std::thread::sleep(Duration::from_millis(150));
+        let twin = rig.call(&json!({"to": "+12125550123"}), Some("slow"));
+        (first.join().expect("first"), twin)
+    });
+    assert_eq!(first.status, 200);
+    assert_eq!(twin.status, 409, "{}", twin.body);
+    assert_eq!(twin.header("Retry-After"), Some("2"));
+    assert_eq!(twin.header("X-Idempotent-Replay"), Some("false"));
+    let later = rig.call(&json!({"to": "+12125550123"}), Some("slow"));
+    assert_eq!(
+        (later.status, later.header("X-Idempotent-Replay")),
+        (200, Some("true"))
+    );
+    assert_eq!(rig.twilio.created().len(), 1);
 }

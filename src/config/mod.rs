@@ -217,6 +217,9 @@ pub struct OutboundConfig {
     pub api_key: Option<Secret>,
     pub rate_limits: RateLimits,
     pub allowed_countries: CountryAllowList,
+    /// How long a request waits for an identical one in progress (same `Idempotency-Key`)
+    /// before answering 409.
+    pub idempotency_wait: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -500,6 +503,7 @@ impl Config {
                 CountryAllowList::Only(vec!["US".to_string(), "CA".to_string()]),
                 parse_country_list,
             ),
+            idempotency_wait: r.millis("OUTBOUND_IDEMPOTENCY_WAIT_MS", 15_000, 100, 60_000),
         };
         if let Some(key) = &outbound.api_key {
             if key.expose().len() < 16 {
@@ -779,6 +783,10 @@ impl Config {
                 self.outbound.rate_limits.per_hour.to_string(),
             ),
             ("OUTBOUND_ALLOWED_COUNTRY_CODES", countries),
+            (
+                "OUTBOUND_IDEMPOTENCY_WAIT_MS",
+                ms(self.outbound.idempotency_wait),
+            ),
             ("RECORDS_DIR", self.records.dir.display().to_string()),
             ("RECORDS_TTL_DAYS", self.records.ttl_days.to_string()),
             (

@@ -7,7 +7,6 @@
 //! `X-Idempotent-Replay` is on every keyed response: `false` first, `true` on replays.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
 use serde_json::{json, Value};
 use sha1::{Digest, Sha1};
@@ -22,8 +21,6 @@ use crate::records::event::{CallStatus, Direction, Event, EventKind};
 use crate::records::ttl_from;
 use crate::{dialing, phone, timestamp};
 
-/// How long a request waits for an identical one in progress before answering 409.
-const TWIN_WAIT: Duration = Duration::from_secs(15);
 /// Seconds Twilio lets the phone ring.
 const RING_SECS: u32 = 30;
 
@@ -138,7 +135,7 @@ pub fn outbound(app: &App, req: &Incoming) -> Reply {
             key,
             &fingerprint(&req.body),
             timestamp::now_ms(),
-            TWIN_WAIT,
+            config.outbound.idempotency_wait,
         );
         match begin {
             Begin::Replay(kept) => {
@@ -157,6 +154,7 @@ pub fn outbound(app: &App, req: &Incoming) -> Reply {
                     "Idempotency-Key reused",
                     "this key was used for a different request; use a new key for a new call",
                 )
+                .with_header("X-Idempotent-Replay", "false")
             }
             Begin::InProgress => {
                 return Reply::error_with_details(
@@ -165,6 +163,7 @@ pub fn outbound(app: &App, req: &Incoming) -> Reply {
                     "a request with this Idempotency-Key is still being processed; retry shortly",
                 )
                 .with_header("Retry-After", "2")
+                .with_header("X-Idempotent-Replay", "false")
             }
             Begin::Proceed => {
                 ticket = Some(Ticket {
