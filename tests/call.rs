@@ -178,6 +178,11 @@ fn a_call_with_two_turns_is_heard_recorded_and_costed() {
         "greeting, two sentences, one sentence; no clear"
     );
     assert_eq!(echoes(&log), marks(&log), "every mark was played in order");
+    assert!(
+        log.iter()
+            .all(|(_, h)| !matches!(h, Heard::Media(n) if *n != 160)),
+        "every media message is one 20 ms frame of 160 bytes"
+    );
 
     let record = rig.record_after_end(&call_sid);
     assert_eq!(record.status, CallStatus::Completed);
@@ -563,7 +568,11 @@ fn a_failing_voice_is_retried_once_then_the_prerecorded_apology_plays() {
             _ => None,
         })
         .sum();
-    assert_eq!(clip_bytes, clip.len());
+    assert_eq!(
+        clip_bytes,
+        clip.len().div_ceil(160) * 160,
+        "the clip, padded to whole frames"
+    );
     let texts: Vec<String> = rig.sims.elevenlabs.tts().sessions()[sessions_before..]
         .iter()
         .filter_map(|(_, messages)| {

@@ -94,6 +94,8 @@ const MAX_INVALID_IN_A_ROW: u32 = 50;
 const MAX_INVALID: u32 = 500;
 /// μ-law bytes in one 20 ms frame.
 const FRAME_BYTES: usize = 160;
+/// The μ-law byte for silence (pads a piece's last frame).
+const ULAW_SILENCE: u8 = 0xFF;
 /// Caller audio louder than this (RMS of the decoded samples) counts as speech.
 const VOICE_RMS: f32 = 500.0;
 /// How long the goodbye may take to play before the call is closed anyway.
@@ -218,6 +220,8 @@ struct Call<'a> {
     live: Option<Live>,
     playback: Playback,
     next_seq: u32,
+    /// Audio of the piece being sent that does not yet fill a frame: ((turn, seq), bytes).
+    carry: ((u64, u32), Vec<u8>),
     /// Reply sentences the caller heard, with their turn.
     heard: Vec<(u64, String)>,
 
@@ -308,6 +312,7 @@ pub fn run(app: &Arc<App>, socket: TwilioSocket, slot: CallSlot, n: u64) {
         live: None,
         playback: Playback::default(),
         next_seq: 0,
+        carry: ((0, 0), Vec::new()),
         heard: Vec::new(),
         history: Vec::new(),
         transcript: Vec::new(),
@@ -831,6 +836,7 @@ impl Call<'_> {
             }
             self.playback.clear();
         }
+        self.carry.1.clear();
         self.cancel.store(true, Ordering::SeqCst);
         if let Some(live) = self.live.take() {
             let heard: Vec<String> = self
@@ -1031,13 +1037,31 @@ impl Call<'_> {
                             Some(live.speech_end.elapsed().as_millis() as u64);
                     }
                 }
-                for frame in audio.chunks(FRAME_BYTES) {
-                    let payload = base64::engine::general_purpose::STANDARD.encode(frame);
-                    self.send_twilio(twilio_messages::media(&sid, &payload));
+                // Whole 20 ms frames: what does not fill one waits for the next audio of the
+                // piece (or is padded with silence at its end).
+                if self.carry.0 != (turn, seq) {
+                    self.carry = ((turn, seq), Vec::new());
                 }
-                self.note_first_frame(turn);
+                let mut audio = audio;
+                if !self.carry.1.is_empty() {
+                    let mut joined = std::mem::take(&mut self.carry.1);
+                    joined.extend_from_slice(&audio);
+                    audio = joined;
+                }
+                let whole = audio.len() / FRAME_BYTES * FRAME_BYTES;
+                self.carry.1 = audio.split_off(whole);
+                self.send_frames(&sid, &audio);
+                if whole > 0 {
+                    self.note_first_frame(turn);
+                }
             }
             TtsOut::Done { .. } => {
+                if self.carry.0 == (turn, seq) && !self.carry.1.is_empty() {
+                    let mut last = std::mem::take(&mut self.carry.1);
+                    last.resize(FRAME_BYTES, ULAW_SILENCE);
+                    self.send_frames(&sid, &last);
+                    self.note_first_frame(turn);
+                }
                 if let Some(name) = self.playback.end(turn, seq) {
                     self.send_twilio(twilio_messages::mark(&sid, &name));
                 }
@@ -1064,6 +1088,13 @@ impl Call<'_> {
                     self.say_phrase(Phrase::Apology);
                 }
             }
+        }
+    }
+
+    fn send_frames(&mut self, sid: &str, audio: &[u8]) {
+        for frame in audio.chunks(FRAME_BYTES) {
+            let payload = base64::engine::general_purpose::STANDARD.encode(frame);
+            self.send_twilio(twilio_messages::media(sid, &payload));
         }
     }
 
