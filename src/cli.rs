@@ -21,6 +21,10 @@ Commands:
                  turn's latencies and writes both sides to PATH (default cotrackpro-demo.wav);
                  --fast plays the assistant 4x faster than real time
   serve          run the webhook server (HTTP_PORT) and the media-stream server (MEDIA_PORT)
+  bench [--calls N] [--turns K]
+                 N simultaneous simulated calls (default 20) of K turns (default 3) against
+                 the server and simulated providers in this process; prints caller waits,
+                 server stage latencies, server CPU and memory
   check-config   validate the configuration and print it, secrets redacted
   generate-audio render the fixed phrases and greetings for every configured voice through
                  ElevenLabs into AUDIO_DIR (raw μ-law files and manifest.json); unchanged
@@ -48,6 +52,7 @@ Configuration is read from the environment; see README.md for every variable.
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Command {
+    Bench,
     Demo,
     GenerateAudio,
     Serve,
@@ -76,6 +81,9 @@ pub struct Args {
     pub role: Option<crate::personas::Role>,
     pub wav: Option<PathBuf>,
     pub fast: bool,
+    /// `bench --calls`, `--turns`.
+    pub calls: Option<usize>,
+    pub turns: Option<usize>,
 }
 
 /// Parses the arguments after the program name.
@@ -89,6 +97,8 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
     let mut role = None;
     let mut wav = None;
     let mut fast = false;
+    let mut calls = None;
+    let mut turns = None;
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         let arg = arg
@@ -185,6 +195,25 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
                 }
             }
             "--fast" => fast = true,
+            "--calls" | "--turns" => {
+                let value = match inline_value {
+                    Some(value) => value,
+                    None => args
+                        .next()
+                        .and_then(|v| v.into_string().ok())
+                        .ok_or_else(|| format!("{flag} needs a number"))?,
+                };
+                let n = value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=2000).contains(n))
+                    .ok_or_else(|| format!("{flag} {value:?} is not a number from 1 to 2000"))?;
+                if flag == "--calls" {
+                    calls = Some(n);
+                } else {
+                    turns = Some(n);
+                }
+            }
             "-h" | "--help" => command = Some(Command::Help),
             "-V" | "--version" => command = Some(Command::Version),
             other if other.starts_with('-') => return Err(format!("unknown option {other}")),
@@ -194,6 +223,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
                 }
                 command = Some(match name {
                     "demo" => Command::Demo,
+                    "bench" => Command::Bench,
                     "generate-audio" => Command::GenerateAudio,
                     "serve" => Command::Serve,
                     "check-config" => Command::CheckConfig,
@@ -221,6 +251,9 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
     if (role.is_some() || wav.is_some() || fast) && command != Command::Demo {
         return Err("--role, --wav and --fast go with the demo command".to_string());
     }
+    if (calls.is_some() || turns.is_some()) && command != Command::Bench {
+        return Err("--calls and --turns go with the bench command".to_string());
+    }
     Ok(Args {
         command,
         env_file,
@@ -231,6 +264,8 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
         role,
         wav,
         fast,
+        calls,
+        turns,
     })
 }
 
@@ -270,6 +305,19 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
                     print_error(&err);
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Bench => {
+            let options = crate::bench::BenchOptions {
+                calls: args.calls.unwrap_or(20),
+                turns: args.turns.unwrap_or(3),
+            };
+            match crate::bench::run(&options) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    print_error(err.as_ref());
                     ExitCode::from(1)
                 }
             }
@@ -473,6 +521,8 @@ mod tests {
             role: None,
             wav: None,
             fast: false,
+            calls: None,
+            turns: None,
         };
         assert_eq!(args(&["serve", "--env-file", "/etc/x.env"]), Ok(expected));
         let parsed = args(&["--env-file=/etc/x.env", "check-config"]).unwrap();

@@ -14,6 +14,7 @@ pub mod serve;
 
 pub mod app;
 pub mod auth;
+pub mod bench;
 pub mod call;
 pub mod calls;
 pub mod http;

@@ -47,3 +47,31 @@ fn the_demo_holds_a_whole_conversation_and_writes_it_to_a_wav_file() {
         "{seconds} s of call"
     );
 }
+
+#[test]
+fn the_bench_runs_simultaneous_calls_and_prints_its_figures() {
+    let output = binary()
+        .args(["bench", "--calls", "4", "--turns", "1"])
+        .env_remove("ANTHROPIC_API_KEY")
+        .env_remove("ELEVENLABS_API_KEY")
+        .output()
+        .expect("the bench runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("turns answered: 4 of 4; calls failed: 0; peak simultaneous calls: 4"),
+        "{stdout}"
+    );
+    for figure in [
+        "caller waits",
+        "first frame",
+        "server threads' CPU",
+        "per simultaneous call",
+    ] {
+        assert!(stdout.contains(figure), "{figure} in {stdout}");
+    }
+}
