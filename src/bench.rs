@@ -11,7 +11,6 @@ use std::collections::HashMap;
 use std::error::Error;
 use std::time::{Duration, Instant};
 
-use crate::config::{Config, Env};
 use crate::metrics::quantile;
 use crate::serve::Server;
 use crate::sim::caller::{CallerOptions, Heard, SimCaller};
@@ -39,27 +38,16 @@ struct CallerRun {
 pub fn run(options: &BenchOptions) -> Result<(), Box<dyn Error>> {
     let sims = Simulators::start()?;
     let records_dir = std::env::temp_dir().join(format!("cotrackpro-bench-{}", std::process::id()));
-    let mut pairs: Vec<(String, String)> = vec![
-        ("SERVER_DOMAIN".into(), "bench.localhost".into()),
-        ("BIND_ADDR".into(), "127.0.0.1".into()),
-        ("HTTP_PORT".into(), "0".into()),
-        ("MEDIA_PORT".into(), "0".into()),
-        ("RECORDS_DIR".into(), records_dir.display().to_string()),
-        ("LOG_LEVEL".into(), "error".into()),
-        (
-            "MAX_CONCURRENT_CALLS".into(),
-            (options.calls + 1).to_string(),
-        ),
-        ("REPROMPT_AFTER_MS".into(), "60000".into()),
-    ];
-    pairs.extend(sims.env().into_iter().map(|(k, v)| (k.to_string(), v)));
-    let env = Env::from_pairs(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-    let config = Config::from_env(&env).map_err(|errors| {
-        let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
-        list.join("; ")
-    })?;
-    crate::logging::init(&config.log);
-    let server = Server::start(config)?;
+    let calls = (options.calls + 1).to_string();
+    let server = crate::demo::start_on_loopback(
+        &sims,
+        &records_dir,
+        &[
+            ("LOG_LEVEL", "error"),
+            ("MAX_CONCURRENT_CALLS", &calls),
+            ("REPROMPT_AFTER_MS", "60000"),
+        ],
+    )?;
     let result = measure(&server, &sims, options);
     server.shutdown();
     let _ = std::fs::remove_dir_all(&records_dir);

@@ -86,6 +86,21 @@ pub struct Args {
     pub turns: Option<usize>,
 }
 
+/// A flag's value: written inline (`--flag=value`) or as the next argument.
+fn value_of(
+    inline: Option<String>,
+    args: &mut impl Iterator<Item = OsString>,
+    missing: impl FnOnce() -> String,
+) -> Result<String, String> {
+    match inline {
+        Some(value) => Ok(value),
+        None => args
+            .next()
+            .and_then(|v| v.into_string().ok())
+            .ok_or_else(missing),
+    }
+}
+
 /// Parses the arguments after the program name.
 pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
     let mut command = None;
@@ -112,36 +127,22 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
         };
         match flag.as_str() {
             "--env-file" => {
-                let value = match inline_value {
-                    Some(value) => value,
-                    None => args
-                        .next()
-                        .and_then(|v| v.into_string().ok())
-                        .ok_or("--env-file needs a path")?,
-                };
+                let value = value_of(inline_value, &mut args, || {
+                    "--env-file needs a path".to_string()
+                })?;
                 env_file = Some(PathBuf::from(value));
             }
             "--date" => {
-                let value = match inline_value {
-                    Some(value) => value,
-                    None => args
-                        .next()
-                        .and_then(|v| v.into_string().ok())
-                        .ok_or("--date needs a date (YYYY-MM-DD)")?,
-                };
+                let value = value_of(inline_value, &mut args, || {
+                    "--date needs a date (YYYY-MM-DD)".to_string()
+                })?;
                 date =
                     Some(crate::timestamp::parse_date(&value).ok_or_else(|| {
                         format!("--date {value:?} is not a date like 2026-11-23")
                     })?);
             }
             "--count" | "--dir" => {
-                let value = match inline_value {
-                    Some(value) => value,
-                    None => args
-                        .next()
-                        .and_then(|v| v.into_string().ok())
-                        .ok_or_else(|| format!("{flag} needs a value"))?,
-                };
+                let value = value_of(inline_value, &mut args, || format!("{flag} needs a value"))?;
                 if flag == "--dir" {
                     dir = Some(PathBuf::from(value));
                 } else {
@@ -155,13 +156,9 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
                 }
             }
             "--first-token-ms" | "--token-ms" | "--tts-first-byte-ms" | "--stt-commit-ms" => {
-                let value = match inline_value {
-                    Some(value) => value,
-                    None => args
-                        .next()
-                        .and_then(|v| v.into_string().ok())
-                        .ok_or_else(|| format!("{flag} needs milliseconds"))?,
-                };
+                let value = value_of(inline_value, &mut args, || {
+                    format!("{flag} needs milliseconds")
+                })?;
                 let ms = value
                     .parse::<u64>()
                     .ok()
@@ -176,13 +173,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
                 *slot = Some(ms);
             }
             "--role" | "--wav" => {
-                let value = match inline_value {
-                    Some(value) => value,
-                    None => args
-                        .next()
-                        .and_then(|v| v.into_string().ok())
-                        .ok_or_else(|| format!("{flag} needs a value"))?,
-                };
+                let value = value_of(inline_value, &mut args, || format!("{flag} needs a value"))?;
                 if flag == "--wav" {
                     wav = Some(PathBuf::from(value));
                 } else {
@@ -196,13 +187,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
             }
             "--fast" => fast = true,
             "--calls" | "--turns" => {
-                let value = match inline_value {
-                    Some(value) => value,
-                    None => args
-                        .next()
-                        .and_then(|v| v.into_string().ok())
-                        .ok_or_else(|| format!("{flag} needs a number"))?,
-                };
+                let value = value_of(inline_value, &mut args, || format!("{flag} needs a number"))?;
                 let n = value
                     .parse::<usize>()
                     .ok()
@@ -301,26 +286,14 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
                 Err(code) => return code,
             };
             crate::logging::init(&config.log);
-            match compact(&config) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(err) => {
-                    print_error(&err);
-                    ExitCode::from(1)
-                }
-            }
+            done(compact(&config).map_err(Into::into))
         }
         Command::Bench => {
             let options = crate::bench::BenchOptions {
                 calls: args.calls.unwrap_or(20),
                 turns: args.turns.unwrap_or(3),
             };
-            match crate::bench::run(&options) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(err) => {
-                    print_error(err.as_ref());
-                    ExitCode::from(1)
-                }
-            }
+            done(crate::bench::run(&options))
         }
         Command::Demo => {
             let options = crate::demo::DemoOptions {
@@ -331,13 +304,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
                     .unwrap_or_else(|| PathBuf::from("cotrackpro-demo.wav")),
                 speed: if args.fast { 4 } else { 1 },
             };
-            match crate::demo::run(&options) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(err) => {
-                    print_error(err.as_ref());
-                    ExitCode::from(1)
-                }
-            }
+            done(crate::demo::run(&options))
         }
         Command::GenerateAudio => {
             let config = match load_config(&args) {
@@ -364,13 +331,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
                 }
             }
         }
-        Command::Sim => match crate::sim::run(args.sim_timing) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(err) => {
-                print_error(&err);
-                ExitCode::from(1)
-            }
-        },
+        Command::Sim => done(crate::sim::run(args.sim_timing).map_err(Into::into)),
         Command::BenchRecords => {
             let dir = args.dir.clone().unwrap_or_else(|| {
                 std::env::temp_dir()
@@ -380,13 +341,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
             if args.dir.is_none() {
                 let _ = std::fs::remove_dir_all(&dir);
             }
-            match result {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(err) => {
-                    print_error(&err);
-                    ExitCode::from(1)
-                }
-            }
+            done(result.map_err(Into::into))
         }
         Command::Rollup => {
             let config = match load_config(&args) {
@@ -395,13 +350,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
             };
             crate::logging::init(&config.log);
             let day = args.date.unwrap_or_else(crate::rollup::yesterday);
-            match rollup(&config, day) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(err) => {
-                    print_error(err.as_ref());
-                    ExitCode::from(1)
-                }
-            }
+            done(rollup(&config, day))
         }
         Command::Serve => {
             let config = match load_config(&args) {
@@ -488,6 +437,17 @@ fn print_config(config: &Config) {
 }
 
 /// Prints an error with its chain of causes, for the person at the terminal.
+/// 0 for success; else the error (and its causes) printed, and 1.
+fn done(result: Result<(), Box<dyn std::error::Error>>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            print_error(err.as_ref());
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn print_error(err: &dyn std::error::Error) {
     let mut message = format!("error: {err}");
     let mut source = err.source();

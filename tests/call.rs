@@ -65,6 +65,17 @@ impl Rig {
         .expect("caller connects")
     }
 
+    /// A caller who has heard the greeting in full.
+    pub fn greeted(&self) -> SimCaller {
+        let caller = self.caller();
+        assert!(
+            caller.wait_for_echoes(1, WAIT),
+            "the greeting played: {:?}",
+            shape(&caller.log())
+        );
+        caller
+    }
+
     /// What the caller will say, in order (the STT simulator shares the script).
     pub fn script(&self, utterances: &[&str]) {
         self.sims
@@ -84,6 +95,16 @@ impl Rig {
         let record = self.server.records().get(&key).expect("records readable");
         record.expect("the call has a record")
     }
+}
+
+/// The caller says `text`, then waits until `echoes` pieces in all have been heard.
+fn say_and_hear(caller: &SimCaller, text: &str, echoes: usize) {
+    caller.say(text);
+    assert!(
+        caller.wait_for_echoes(echoes, WAIT),
+        "{echoes} pieces heard after {text:?}: {:?}",
+        shape(&caller.log())
+    );
 }
 
 /// The names of this process's threads that belong to calls.
@@ -384,14 +405,8 @@ fn a_tool_call_plays_the_hold_phrase_and_feeds_the_result_back() {
         Reply::Text("Here is what I found about exchange logs.".into()),
     ]);
     rig.script(&["How do I keep an exchange log"]);
-    let caller = rig.caller();
-    assert!(caller.wait_for_echoes(1, WAIT));
-    caller.say("How do I keep an exchange log");
-    assert!(
-        caller.wait_for_echoes(4, WAIT),
-        "{:?}",
-        shape(&caller.log())
-    );
+    let caller = rig.greeted();
+    say_and_hear(&caller, "How do I keep an exchange log", 4);
     let call_sid = caller.call_sid().to_string();
     let log = caller.hang_up();
     assert_eq!(
@@ -457,14 +472,8 @@ fn an_unreachable_tool_server_becomes_an_error_result_the_model_talks_about() {
         Reply::Text("I couldn't reach the documents just now.".into()),
     ]);
     rig.script(&["Can you look something up"]);
-    let caller = rig.caller();
-    assert!(caller.wait_for_echoes(1, WAIT));
-    caller.say("Can you look something up");
-    assert!(
-        caller.wait_for_echoes(4, WAIT),
-        "{:?}",
-        shape(&caller.log())
-    );
+    let caller = rig.greeted();
+    say_and_hear(&caller, "Can you look something up", 4);
     let call_sid = caller.call_sid().to_string();
     drop(caller);
     let requests = rig.sims.anthropic.requests();
@@ -497,20 +506,9 @@ fn a_failing_model_is_an_apology_and_the_call_goes_on() {
         Reply::Text("Thank you for waiting. I'm here now.".into()),
     ]);
     rig.script(&["Are you there", "Hello again"]);
-    let caller = rig.caller();
-    assert!(caller.wait_for_echoes(1, WAIT));
-    caller.say("Are you there");
-    assert!(
-        caller.wait_for_echoes(2, WAIT),
-        "{:?}",
-        shape(&caller.log())
-    );
-    caller.say("Hello again");
-    assert!(
-        caller.wait_for_echoes(4, WAIT),
-        "{:?}",
-        shape(&caller.log())
-    );
+    let caller = rig.greeted();
+    say_and_hear(&caller, "Are you there", 2);
+    say_and_hear(&caller, "Hello again", 4);
     let call_sid = caller.call_sid().to_string();
     drop(caller);
     let record = rig.record_after_end(&call_sid);
@@ -546,16 +544,10 @@ fn a_failing_voice_is_retried_once_then_the_prerecorded_apology_plays() {
         .anthropic
         .push([Reply::Text("This reply cannot be voiced today.".into())]);
     rig.script(&["Say something"]);
-    let caller = rig.caller();
-    assert!(caller.wait_for_echoes(1, WAIT));
+    let caller = rig.greeted();
     let sessions_before = rig.sims.elevenlabs.tts().sessions().len();
     rig.sims.elevenlabs.tts().fail_next(2);
-    caller.say("Say something");
-    assert!(
-        caller.wait_for_echoes(3, WAIT),
-        "{:?}",
-        shape(&caller.log())
-    );
+    say_and_hear(&caller, "Say something", 3);
     let call_sid = caller.call_sid().to_string();
     let log = caller.hang_up();
     // The failed sentence's mark, then the clip (its audio is exactly the file's).
@@ -611,8 +603,7 @@ fn losing_speech_to_text_ends_the_call_with_a_goodbye() {
         message_type: "transcriber_error".into(),
         after_chunks: 1,
     });
-    let caller = rig.caller();
-    assert!(caller.wait_for_echoes(1, WAIT));
+    let caller = rig.greeted();
     assert!(
         caller.wait_closed(Duration::from_secs(20)),
         "{:?}",
@@ -645,8 +636,7 @@ fn hanging_up_mid_reply_ends_every_thread_and_keeps_the_record() {
         .anthropic
         .push([Reply::Text(format!("{FIRST} {SECOND} {THIRD}"))]);
     rig.script(&["Tell me everything"]);
-    let caller = rig.caller();
-    assert!(caller.wait_for_echoes(1, WAIT));
+    let caller = rig.greeted();
     caller.set_playback_speed(1);
     caller.say("Tell me everything");
     assert!(caller.wait_for(WAIT, |log| log
@@ -677,8 +667,7 @@ fn over_the_cap_a_stream_is_closed_with_1013() {
 #[test]
 fn a_flood_of_invalid_messages_ends_the_call_cleanly() {
     let rig = Rig::start(&[]);
-    let caller = rig.caller();
-    assert!(caller.wait_for_echoes(1, WAIT));
+    let caller = rig.greeted();
     caller.send_raw("{not json");
     caller.send_raw(r#"{"event":"media","media":{"payload":"***"}}"#);
     std::thread::sleep(Duration::from_millis(200));
@@ -694,8 +683,7 @@ fn a_flood_of_invalid_messages_ends_the_call_cleanly() {
 #[test]
 fn silence_brings_a_reprompt_then_a_goodbye_and_keys_are_recorded() {
     let rig = Rig::start(&[("REPROMPT_AFTER_MS", "1000"), ("MAX_REPROMPTS", "1")]);
-    let caller = rig.caller();
-    assert!(caller.wait_for_echoes(1, WAIT));
+    let caller = rig.greeted();
     caller.press('5');
     assert!(caller.wait_closed(WAIT), "{:?}", shape(&caller.log()));
     let log = caller.log();
@@ -847,12 +835,7 @@ fn the_service_logs_the_cost_summary_and_drains_live_calls_on_sigterm() {
 
     let caller = SimCaller::connect(media, options()).expect("caller connects");
     assert!(caller.wait_for_echoes(1, WAIT));
-    caller.say("Can you help me");
-    assert!(
-        caller.wait_for_echoes(2, WAIT),
-        "{:?}",
-        shape(&caller.log())
-    );
+    say_and_hear(&caller, "Can you help me", 2);
     let call_sid = caller.call_sid().to_string();
     caller.hang_up();
     let line = server.wait_for_line("the cost summary", |l| l.contains("cost.call.summary"));
@@ -998,14 +981,8 @@ fn a_model_that_goes_quiet_is_an_apology_within_the_first_token_timeout() {
     let stall = || Reply::Stall(Duration::from_secs(5));
     rig.sims.anthropic.push([stall(), stall(), stall()]);
     rig.script(&["Hello are you there"]);
-    let caller = rig.caller();
-    assert!(caller.wait_for_echoes(1, WAIT));
-    caller.say("Hello are you there");
-    assert!(
-        caller.wait_for_echoes(2, WAIT),
-        "{:?}",
-        shape(&caller.log())
-    );
+    let caller = rig.greeted();
+    say_and_hear(&caller, "Hello are you there", 2);
     let call_sid = caller.call_sid().to_string();
     drop(caller);
     let record = rig.record_after_end(&call_sid);
@@ -1026,8 +1003,7 @@ fn hanging_up_while_the_model_stalls_ends_every_thread_within_a_second() {
         .anthropic
         .push([Reply::Stall(Duration::from_secs(30))]);
     rig.script(&["Are you there"]);
-    let caller = rig.caller();
-    assert!(caller.wait_for_echoes(1, WAIT));
+    let caller = rig.greeted();
     caller.say("Are you there");
     let deadline = Instant::now() + WAIT;
     while rig.sims.anthropic.requests().is_empty() && Instant::now() < deadline {
@@ -1067,8 +1043,7 @@ fn hanging_up_during_a_slow_tool_call_ends_every_thread_within_a_second() {
     }]);
     rig.sims.mcp.set_delay(Duration::from_secs(30));
     rig.script(&["Can you check something"]);
-    let caller = rig.caller();
-    assert!(caller.wait_for_echoes(1, WAIT));
+    let caller = rig.greeted();
     caller.say("Can you check something");
     // The hold phrase plays while the tool runs.
     assert!(
@@ -1092,8 +1067,7 @@ fn hanging_up_during_a_slow_tool_call_ends_every_thread_within_a_second() {
 #[test]
 fn a_message_over_the_size_limit_ends_the_call() {
     let rig = Rig::start(&[]);
-    let caller = rig.caller();
-    assert!(caller.wait_for_echoes(1, WAIT));
+    let caller = rig.greeted();
     caller.send_raw(&format!(
         r#"{{"event":"media","media":{{"payload":"{}"}}}}"#,
         "A".repeat(100 * 1024)

@@ -242,6 +242,8 @@ struct Call<'a> {
     reprompts: u32,
     /// The caller's last sign of life (speech, a key).
     caller_active_at: Instant,
+    /// When a write to Twilio failed (the call ends shortly after, however the reader saw it).
+    write_failed_at: Option<Instant>,
     closing: Option<Closing>,
     end: Option<(CallStatus, String)>,
 }
@@ -327,6 +329,7 @@ pub fn run(app: &Arc<App>, socket: TwilioSocket, slot: CallSlot, n: u64) {
         quiet_since: None,
         reprompts: 0,
         caller_active_at: started,
+        write_failed_at: None,
         closing: None,
         end: None,
     };
@@ -419,12 +422,7 @@ fn twilio_reader(
     loop {
         let message = match socket.read() {
             Ok(message) => message,
-            Err(tungstenite::Error::Io(err))
-                if matches!(
-                    err.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
+            Err(err) if crate::providers::ws::is_tick(&err) => {
                 gone(
                     "twilio sent nothing within MEDIA_READ_TIMEOUT_MS".into(),
                     true,
@@ -548,12 +546,15 @@ impl Call<'_> {
     }
 
     fn send_twilio(&mut self, text: String) {
-        if self.end.is_some() {
+        if self.end.is_some() || self.write_failed_at.is_some() {
             return;
         }
         if let Err(err) = self.writer.send(Message::text(text)) {
-            log::warn!(callSid = self.call_sid.as_str(), error:% = err; "twilio.send_failed");
-            self.finish_with(CallStatus::Failed, "twilio connection lost while sending");
+            // A caller who hangs up closes the socket right after `stop`: that `stop` may still
+            // be on its way to us. The reader has a moment to say how the call ended (see
+            // `tick`) before this counts as a lost connection.
+            log::debug!(callSid = self.call_sid.as_str(), error:% = err; "twilio.send_failed");
+            self.write_failed_at = Some(Instant::now());
         }
     }
 
@@ -1141,6 +1142,14 @@ impl Call<'_> {
             return;
         }
         let now = Instant::now();
+        if self
+            .write_failed_at
+            .is_some_and(|at| now.duration_since(at) > Duration::from_millis(500))
+        {
+            log::warn!(callSid = self.call_sid.as_str(); "twilio.send_failed: connection lost");
+            self.finish_with(CallStatus::Failed, "twilio connection lost while sending");
+            return;
+        }
         if self.app.calls.must_end() {
             self.finish_with(CallStatus::Failed, "server shutting down");
             return;

@@ -369,14 +369,7 @@ fn phone(mut socket: WebSocket<TcpStream>, options: &CallerOptions, shared: &Mut
         loop {
             let message = match socket.read() {
                 Ok(message) => message,
-                Err(tungstenite::Error::Io(err))
-                    if matches!(
-                        err.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    break
-                }
+                Err(err) if crate::providers::ws::is_tick(&err) => break,
                 Err(_) => {
                     let mut s = lock(shared);
                     s.log.push((Instant::now(), Heard::Closed(None)));
