@@ -791,7 +791,7 @@ impl Call<'_> {
                         self.playback.current_text(),
                     )
                 {
-                    log::info!(callSid = self.call_sid.as_str(), partial = text.as_str(); "call.barge_in");
+                    log::info!(callSid = self.call_sid.as_str(), partialChars = text.chars().count(); "call.barge_in");
                     self.barge_ins += 1;
                     self.interrupt();
                 }
