@@ -76,11 +76,22 @@ fn measure(
     let mut peak_rss = baseline_rss;
     let mut peak_calls = 0;
     let runs: Vec<CallerRun> = std::thread::scope(|scope| {
+        let mut spawn_failures = Vec::new();
         let handles: Vec<_> = (0..options.calls)
-            .map(|_| {
+            .filter_map(|i| {
                 // Staggered a little, as real calls arrive.
                 std::thread::sleep(Duration::from_millis(20));
-                scope.spawn(move || one_caller(media, options.turns))
+                std::thread::Builder::new()
+                    .name(format!("bench-caller-{i}"))
+                    .stack_size(256 * 1024)
+                    .spawn_scoped(scope, move || one_caller(media, options.turns))
+                    .map_err(|err| {
+                        spawn_failures.push(CallerRun {
+                            waits_ms: Vec::new(),
+                            failed: Some(format!("cannot start a caller thread: {err}")),
+                        })
+                    })
+                    .ok()
             })
             .collect();
         while handles.iter().any(|h| !h.is_finished()) {
@@ -97,6 +108,7 @@ fn measure(
                     failed: Some("the caller thread panicked".into()),
                 })
             })
+            .chain(spawn_failures)
             .collect()
     });
     let deadline = Instant::now() + Duration::from_secs(10);

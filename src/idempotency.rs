@@ -396,7 +396,10 @@ mod tests {
         assert_eq!(store.begin("s", "k", "f", 0, NO_WAIT), Begin::Proceed);
         let twin = {
             let store = store.clone();
-            std::thread::spawn(move || store.begin("s", "k", "f", 0, Duration::from_secs(5)))
+            std::thread::Builder::new()
+                .name("idem-twin".into())
+                .spawn(move || store.begin("s", "k", "f", 0, Duration::from_secs(5)))
+                .unwrap()
         };
         std::thread::sleep(Duration::from_millis(50));
         store.finish("s", "k", Some(reply(201)), 0);

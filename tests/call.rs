@@ -107,6 +107,21 @@ fn say_and_hear(caller: &SimCaller, text: &str, echoes: usize) {
     );
 }
 
+/// Hangs up, then asserts that every thread of the call ends within a second or so.
+fn hang_up_and_see_every_thread_end_within_a_second(caller: SimCaller) {
+    let hung_up = Instant::now();
+    caller.hang_up();
+    while !call_threads().is_empty() && hung_up.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(call_threads(), Vec::<String>::new());
+    assert!(
+        hung_up.elapsed() < Duration::from_millis(1500),
+        "every thread of the call ended {:?} after the hang-up",
+        hung_up.elapsed()
+    );
+}
+
 /// The names of this process's threads that belong to calls.
 pub fn call_threads() -> Vec<String> {
     let mut names = Vec::new();
@@ -1020,17 +1035,7 @@ fn hanging_up_while_the_model_stalls_ends_every_thread_within_a_second() {
         "{:?}",
         call_threads()
     );
-    let hung_up = Instant::now();
-    caller.hang_up();
-    while !call_threads().is_empty() && hung_up.elapsed() < Duration::from_secs(5) {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert_eq!(call_threads(), Vec::<String>::new());
-    assert!(
-        hung_up.elapsed() < Duration::from_millis(1500),
-        "every thread of the call ended {:?} after the hang-up",
-        hung_up.elapsed()
-    );
+    hang_up_and_see_every_thread_end_within_a_second(caller);
 }
 
 #[test]
@@ -1051,17 +1056,7 @@ fn hanging_up_during_a_slow_tool_call_ends_every_thread_within_a_second() {
         "{:?}",
         shape(&caller.log())
     );
-    let hung_up = Instant::now();
-    caller.hang_up();
-    while !call_threads().is_empty() && hung_up.elapsed() < Duration::from_secs(5) {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert_eq!(call_threads(), Vec::<String>::new());
-    assert!(
-        hung_up.elapsed() < Duration::from_millis(1500),
-        "{:?}",
-        hung_up.elapsed()
-    );
+    hang_up_and_see_every_thread_end_within_a_second(caller);
 }
 
 #[test]

@@ -226,7 +226,14 @@ fn concurrent_requests_with_one_key_dial_once() {
     rig.twilio.set_delay(Duration::from_millis(300));
     let answers: Vec<HttpResponse> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..6)
-            .map(|_| scope.spawn(|| rig.call(&json!({"to": "+12125550123"}), Some("burst"))))
+            .map(|i| {
+                std::thread::Builder::new()
+                    .name(format!("burst-{i}"))
+                    .spawn_scoped(scope, || {
+                        rig.call(&json!({"to": "+12125550123"}), Some("burst"))
+                    })
+                    .expect("spawn")
+            })
             .collect();
         handles
             .into_iter()
@@ -398,7 +405,12 @@ fn outbound_requests_never_take_every_worker() {
         let handles: Vec<_> = (0..3)
             .map(|i| {
                 let rig = &rig;
-                scope.spawn(move || rig.call(&json!({"to": format!("+1212555012{i}")}), None))
+                std::thread::Builder::new()
+                    .name(format!("busy-{i}"))
+                    .spawn_scoped(scope, move || {
+                        rig.call(&json!({"to": format!("+1212555012{i}")}), None)
+                    })
+                    .expect("spawn")
             })
             .collect();
         std::thread::sleep(Duration::from_millis(200));
@@ -431,7 +443,12 @@ fn a_twin_that_waits_too_long_gets_409_and_the_call_is_still_placed_once() {
     ]);
     rig.twilio.set_delay(Duration::from_millis(1000));
     let (first, twin) = std::thread::scope(|scope| {
-        let first = scope.spawn(|| rig.call(&json!({"to": "+12125550123"}), Some("slow")));
+        let first = std::thread::Builder::new()
+            .name("slow-first".into())
+            .spawn_scoped(scope, || {
+                rig.call(&json!({"to": "+12125550123"}), Some("slow"))
+            })
+            .expect("spawn");
         std::thread::sleep(Duration::from_millis(150));
         let twin = rig.call(&json!({"to": "+12125550123"}), Some("slow"));
         (first.join().expect("first"), twin)

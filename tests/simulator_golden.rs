@@ -317,39 +317,42 @@ fn the_simulated_caller_speaks_twilio_media_streams() {
     use cotrackpro_voice::sim::caller::{CallerOptions, SimCaller};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    let server = std::thread::spawn(move || {
-        let (stream, _) = listener.accept().unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
-        let mut socket = tungstenite::accept(stream).unwrap();
-        let mut seen: Vec<Value> = Vec::new();
-        let mut sent_mark = false;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            let Ok(message) = socket.read() else { break };
-            let Message::Text(text) = message else {
-                continue;
-            };
-            let value: Value = serde_json::from_str(text.as_str()).unwrap();
-            if value["event"] == "media" && !sent_mark {
-                sent_mark = true;
-                let sid = value["streamSid"].clone();
-                socket
-                    .send(Message::text(
-                        json!({"event": "mark", "streamSid": sid, "mark": {"name": "m-1"}})
-                            .to_string(),
-                    ))
-                    .unwrap();
+    let server = std::thread::Builder::new()
+        .name("golden-twilio".into())
+        .spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            let mut socket = tungstenite::accept(stream).unwrap();
+            let mut seen: Vec<Value> = Vec::new();
+            let mut sent_mark = false;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                let Ok(message) = socket.read() else { break };
+                let Message::Text(text) = message else {
+                    continue;
+                };
+                let value: Value = serde_json::from_str(text.as_str()).unwrap();
+                if value["event"] == "media" && !sent_mark {
+                    sent_mark = true;
+                    let sid = value["streamSid"].clone();
+                    socket
+                        .send(Message::text(
+                            json!({"event": "mark", "streamSid": sid, "mark": {"name": "m-1"}})
+                                .to_string(),
+                        ))
+                        .unwrap();
+                }
+                let stop = value["event"] == "stop";
+                seen.push(value);
+                if stop {
+                    break;
+                }
             }
-            let stop = value["event"] == "stop";
-            seen.push(value);
-            if stop {
-                break;
-            }
-        }
-        seen
-    });
+            seen
+        })
+        .unwrap();
     let caller = SimCaller::connect(addr, CallerOptions::default()).unwrap();
     assert!(
         caller.wait_for_echoes(1, Duration::from_secs(5)),
