@@ -722,7 +722,6 @@ impl Call<'_> {
                 seq,
                 kind,
                 text: text.to_string(),
-                frames: 0,
                 marked: false,
             }),
             Err(err) => {
@@ -1028,10 +1027,10 @@ impl Call<'_> {
         };
         match out {
             TtsOut::Audio(audio) => {
-                let Some(piece) = self.playback.piece_mut(turn, seq) else {
+                // A piece that is no longer playing (cut off by a `clear`) is not sent.
+                if self.playback.piece_mut(turn, seq).is_none() {
                     return;
-                };
-                piece.frames += audio.len().div_ceil(FRAME_BYTES) as u64;
+                }
                 if let Some(live) = self.live.as_mut().filter(|l| l.id == turn) {
                     if live.latency.first_audio_ms.is_none() {
                         live.latency.first_audio_ms =

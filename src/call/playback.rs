@@ -27,8 +27,6 @@ pub struct Piece {
     pub seq: u32,
     pub kind: Kind,
     pub text: String,
-    /// Audio frames sent to Twilio so far.
-    pub frames: u64,
     /// Its mark has been sent (all its audio is with Twilio).
     pub marked: bool,
 }
@@ -156,7 +154,6 @@ mod tests {
             seq,
             kind: Kind::Reply,
             text: text.into(),
-            frames: 0,
             marked: false,
         }
     }
