@@ -102,6 +102,25 @@ struct Line {
     expires_ms: i64,
 }
 
+impl Line {
+    fn new(
+        scope: &str,
+        key: &str,
+        fingerprint: &str,
+        reply: &StoredReply,
+        expires_ms: i64,
+    ) -> Line {
+        Line {
+            scope: scope.to_string(),
+            key: key.to_string(),
+            fingerprint: fingerprint.to_string(),
+            status: reply.status,
+            body: reply.body.clone(),
+            expires_ms,
+        }
+    }
+}
+
 struct Inner {
     entries: HashMap<(String, String), Entry>,
     file: File,
@@ -172,14 +191,7 @@ fn rewrite(path: &Path, entries: &HashMap<(String, String), Entry>) -> std::io::
                 expires_ms,
             } = entry
             {
-                let line = Line {
-                    scope: scope.clone(),
-                    key: key.clone(),
-                    fingerprint: fingerprint.clone(),
-                    status: reply.status,
-                    body: reply.body.clone(),
-                    expires_ms: *expires_ms,
-                };
+                let line = Line::new(scope, key, fingerprint, reply, *expires_ms);
                 serde_json::to_writer(&mut out, &line)?;
                 out.write_all(b"\n")?;
             }
@@ -252,14 +264,7 @@ impl IdempotencyStore for FileIdempotencyStore {
         match reply {
             Some(reply) => {
                 let expires_ms = now_ms + KEEP_MS;
-                let line = Line {
-                    scope: scope.to_string(),
-                    key: key.to_string(),
-                    fingerprint: fingerprint.clone(),
-                    status: reply.status,
-                    body: reply.body.clone(),
-                    expires_ms,
-                };
+                let line = Line::new(scope, key, &fingerprint, &reply, expires_ms);
                 let written = serde_json::to_string(&line)
                     .map_err(std::io::Error::other)
                     .and_then(|mut text| {

@@ -97,6 +97,16 @@ impl Rig {
     }
 }
 
+/// The lines of a call's transcript, in order.
+fn heard(record: &CallRecord) -> Vec<String> {
+    record
+        .transcript
+        .entries()
+        .into_iter()
+        .map(|e| e.text)
+        .collect()
+}
+
 /// The caller says `text`, then waits until `echoes` pieces in all have been heard.
 fn say_and_hear(caller: &SimCaller, text: &str, echoes: usize) {
     caller.say(text);
@@ -393,12 +403,7 @@ fn barge_in_clears_twilio_cancels_the_turn_and_keeps_only_what_was_heard() {
 
     let record = rig.record_after_end(&call_sid);
     assert_eq!(record.barge_ins, 1);
-    let said: Vec<String> = record
-        .transcript
-        .entries()
-        .into_iter()
-        .map(|e| e.text)
-        .collect();
+    let said = heard(&record);
     assert!(said.contains(&FIRST.to_string()), "{said:?}");
     assert!(
         !said.contains(&SECOND.to_string()),
@@ -460,12 +465,7 @@ fn a_tool_call_plays_the_hold_phrase_and_feeds_the_result_back() {
     let record = rig.record_after_end(&call_sid);
     assert_eq!(record.tool_calls.len(), 1);
     assert!(record.tool_calls[0].success);
-    let said: Vec<String> = record
-        .transcript
-        .entries()
-        .into_iter()
-        .map(|e| e.text)
-        .collect();
+    let said = heard(&record);
     assert!(
         said.iter().any(|t| t.contains("working on that")),
         "the hold phrase is in the record: {said:?}"
@@ -527,12 +527,7 @@ fn a_failing_model_is_an_apology_and_the_call_goes_on() {
     let call_sid = caller.call_sid().to_string();
     drop(caller);
     let record = rig.record_after_end(&call_sid);
-    let said: Vec<String> = record
-        .transcript
-        .entries()
-        .into_iter()
-        .map(|e| e.text)
-        .collect();
+    let said = heard(&record);
     assert!(
         said[2].contains("technical hiccup"),
         "the apology was heard: {said:?}"
@@ -629,12 +624,7 @@ fn losing_speech_to_text_ends_the_call_with_a_goodbye() {
     drop(caller);
     let record = rig.record_after_end(&call_sid);
     assert_eq!(record.status, CallStatus::Failed);
-    let said: Vec<String> = record
-        .transcript
-        .entries()
-        .into_iter()
-        .map(|e| e.text)
-        .collect();
+    let said = heard(&record);
     assert!(
         said.last()
             .is_some_and(|t| t.contains("trouble hearing you")),
@@ -716,12 +706,7 @@ fn silence_brings_a_reprompt_then_a_goodbye_and_keys_are_recorded() {
     );
     let record = rig.record_after_end(caller.call_sid());
     assert_eq!(record.status, CallStatus::Completed);
-    let said: Vec<String> = record
-        .transcript
-        .entries()
-        .into_iter()
-        .map(|e| e.text)
-        .collect();
+    let said = heard(&record);
     assert_eq!(said[1], "[keypad: 5]");
     assert!(said[2].contains("whenever you're ready"), "{said:?}");
     assert!(said[3].contains("end the call now"), "{said:?}");
@@ -734,12 +719,7 @@ fn the_maximum_call_length_ends_with_a_closing_phrase() {
     assert!(caller.wait_closed(WAIT), "{:?}", shape(&caller.log()));
     let record = rig.record_after_end(caller.call_sid());
     assert_eq!(record.status, CallStatus::Completed);
-    let said: Vec<String> = record
-        .transcript
-        .entries()
-        .into_iter()
-        .map(|e| e.text)
-        .collect();
+    let said = heard(&record);
     assert!(
         said.last().is_some_and(|t| t.contains("time limit")),
         "{said:?}"
@@ -1001,12 +981,7 @@ fn a_model_that_goes_quiet_is_an_apology_within_the_first_token_timeout() {
     let call_sid = caller.call_sid().to_string();
     drop(caller);
     let record = rig.record_after_end(&call_sid);
-    let said: Vec<String> = record
-        .transcript
-        .entries()
-        .into_iter()
-        .map(|e| e.text)
-        .collect();
+    let said = heard(&record);
     assert!(said[2].contains("technical hiccup"), "{said:?}");
     assert_eq!(record.status, CallStatus::Completed);
 }

@@ -47,6 +47,7 @@ use crate::cost::{self, CallUsage};
 use crate::media::sentences::Sentences;
 use crate::media::server::{ReadHalf, TwilioSocket, CALL_STACK};
 use crate::media::twilio_messages::{self, Inbound, StreamStart};
+use crate::media::ulaw::{self, FRAME_BYTES};
 use crate::personas::prompts::{self, Phrase};
 use crate::personas::Role;
 use crate::providers::anthropic::request::CALL_CONNECTED;
@@ -92,10 +93,6 @@ const TICK: Duration = Duration::from_millis(20);
 /// Invalid messages from Twilio in a row, or in all, after which the call is ended.
 const MAX_INVALID_IN_A_ROW: u32 = 50;
 const MAX_INVALID: u32 = 500;
-/// μ-law bytes in one 20 ms frame.
-const FRAME_BYTES: usize = 160;
-/// The μ-law byte for silence (pads a piece's last frame).
-const ULAW_SILENCE: u8 = 0xFF;
 /// Caller audio louder than this (RMS of the decoded samples) counts as speech.
 const VOICE_RMS: f32 = 500.0;
 /// How long the goodbye may take to play before the call is closed anyway.
@@ -446,7 +443,7 @@ fn twilio_reader(
                         .decode_vec(payload.as_bytes(), &mut decoded)
                     {
                         Ok(()) => {
-                            if crate::sim::voice::rms(&decoded) > VOICE_RMS {
+                            if ulaw::rms(&decoded) > VOICE_RMS {
                                 voiced_ms.store(
                                     started.elapsed().as_millis() as u64 + 1,
                                     Ordering::Relaxed,
@@ -623,9 +620,6 @@ impl Call<'_> {
         self.history.push(Turn::assistant(&greeting));
         let clip = self.app.voice.clips.greeting(&self.voice, self.role);
         self.say(Kind::Greeting, &greeting, clip);
-        if let (Some(duration), Some(_)) = (Some(config.calls.tuning.max_duration), &self.tts_tx) {
-            log::debug!(maxSecs = duration.as_secs(); "call.limits");
-        }
     }
 
     fn ensure_record(&mut self, direction: Direction) {
@@ -1058,7 +1052,7 @@ impl Call<'_> {
             TtsOut::Done { .. } => {
                 if self.carry.0 == (turn, seq) && !self.carry.1.is_empty() {
                     let mut last = std::mem::take(&mut self.carry.1);
-                    last.resize(FRAME_BYTES, ULAW_SILENCE);
+                    last.resize(FRAME_BYTES, ulaw::ULAW_SILENCE);
                     self.send_frames(&sid, &last);
                     self.note_first_frame(turn);
                 }

@@ -22,7 +22,7 @@ use tungstenite::{Message, WebSocket};
 
 use super::voice;
 
-const FRAME: usize = 160;
+use crate::media::ulaw::FRAME_BYTES as FRAME;
 
 /// How the simulated phone behaves.
 #[derive(Clone, Debug)]
