@@ -145,7 +145,7 @@ fn measure(
         ms(1.0, &waits)
     );
     let turns = server.app.metrics.recent_turns();
-    let stage = |f: fn(&crate::call::TurnLatency) -> Option<u64>| {
+    let stage = |f: fn(&crate::metrics::TurnLatency) -> Option<u64>| {
         let mut v: Vec<u64> = turns.iter().filter_map(f).collect();
         v.sort_unstable();
         format!("p50 {} / p95 {}", ms(0.5, &v), ms(0.95, &v))

@@ -1,21 +1,48 @@
 //! The process-wide count of live calls, read by `/health` and `/metrics` and used for the
 //! admission cap. A call holds a [`CallSlot`]; dropping it (however the call ends) frees it.
+//!
+//! The end of the shutdown drain reaches every live call as an event, not a flag to poll: each
+//! slot holds a receiver of one channel on which nothing is ever sent, and
+//! [`CallRegistry::end_all`] closes it, which wakes every call waiting on it at once.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
-#[derive(Debug, Default)]
+use crossbeam_channel::{Receiver, Sender};
+
+#[derive(Debug)]
 pub struct CallRegistry {
     active: AtomicUsize,
     peak: AtomicUsize,
-    /// Set when the server's shutdown drain is over: live calls end within a tick.
-    ending: AtomicBool,
+    /// Dropped by `end_all` (the channel's closing is the signal; it carries nothing).
+    ending: Mutex<Option<Sender<()>>>,
+    ended: Receiver<()>,
+}
+
+impl Default for CallRegistry {
+    fn default() -> CallRegistry {
+        // Capacity 0 and never sent on: only its closing means something.
+        let (ending, ended) = crossbeam_channel::bounded(0);
+        CallRegistry {
+            active: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
+            ending: Mutex::new(Some(ending)),
+            ended,
+        }
+    }
 }
 
 /// A live call's place in the registry; released on drop.
 #[derive(Debug)]
 pub struct CallSlot {
     registry: Arc<CallRegistry>,
+}
+
+impl CallSlot {
+    /// Closes (reports disconnected) when the call must end because the server is stopping.
+    pub fn ending(&self) -> &Receiver<()> {
+        &self.registry.ended
+    }
 }
 
 impl CallRegistry {
@@ -42,11 +69,14 @@ impl CallRegistry {
 
     /// Tells every live call to end now.
     pub fn end_all(&self) {
-        self.ending.store(true, Ordering::SeqCst);
+        self.ending.lock().unwrap_or_else(|p| p.into_inner()).take();
     }
 
     pub fn must_end(&self) -> bool {
-        self.ending.load(Ordering::SeqCst)
+        self.ending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none()
     }
 
     /// The most calls that were ever live at once since start-up.
@@ -77,5 +107,24 @@ mod tests {
         let _c = CallRegistry::try_admit(&registry, 2).unwrap();
         drop(b);
         assert_eq!((registry.active(), registry.peak()), (1, 2));
+    }
+
+    #[test]
+    fn ending_all_wakes_a_call_waiting_on_its_slot() {
+        let registry = Arc::new(CallRegistry::default());
+        let slot = CallRegistry::try_admit(&registry, 1).unwrap();
+        let waiting = slot.ending().clone();
+        let waiter = std::thread::Builder::new()
+            .name("test-ending-waiter".into())
+            .spawn(move || waiting.recv_timeout(std::time::Duration::from_secs(5)))
+            .unwrap();
+        assert!(!registry.must_end());
+        registry.end_all();
+        assert!(registry.must_end());
+        // Closed, not timed out: the call wakes at once.
+        assert_eq!(
+            waiter.join().unwrap(),
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected)
+        );
     }
 }

@@ -5,7 +5,19 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use crate::call::TurnLatency;
+/// What one turn took, end of the caller's speech first (milliseconds from it).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TurnLatency {
+    pub call_sid: String,
+    pub turn: u64,
+    /// The caller's words.
+    pub said: String,
+    pub speech_end_to_commit_ms: Option<u64>,
+    pub first_token_ms: Option<u64>,
+    pub first_sentence_ms: Option<u64>,
+    pub first_audio_ms: Option<u64>,
+    pub first_frame_ms: Option<u64>,
+}
 
 /// Turns kept for the latency summaries.
 const RECENT_TURNS: usize = 1000;

@@ -1,27 +1,33 @@
-//! One phone call: the `call-N` thread and its workers.
+//! One phone call: the `call-N` thread, its reader and its workers.
 //!
 //! ```text
-//!  Twilio ws ─► call-N-rx ─events─► call-N (control; the only writer to Twilio)
+//!  Twilio ws ─► call-N-rx ─inputs─► call-N: Machine::step(now, input) → actions ─► Twilio ws
 //!                  └─ caller audio (base64, untouched) ─► call-N-stt ─transcripts─┘
-//!  call-N ─jobs─► call-N-llm (Claude + tools) ─text─► call-N ─sentences─► call-N-tts ─audio─► call-N ─► Twilio
+//!  call-N ─jobs─► call-N-llm (Claude + tools) ─text─► call-N ─pieces─► call-N-tts ─audio─► call-N
 //! ```
 //!
+//! Every decision is the machine's ([`machine`]); this thread only waits and carries actions
+//! out. It waits on its inputs until the machine's next deadline — no tick: a call that has
+//! nothing to do sleeps until something happens or a timer is really due.
+//!
 //! Channels, and what happens when one is full:
-//! - the call's event channel (1024): every worker blocks on it; the call thread never blocks
-//!   on anything but it, so it drains at once;
+//! - the call's input channel (1024): every worker blocks on it; the call thread never blocks
+//!   on anything but it (its writes to Twilio have a timeout), so it drains at once;
 //! - caller audio to speech-to-text (100 frames, 2 s): the reader never waits — when the STT
 //!   worker is reconnecting, the newest audio is dropped and counted (the caller's words in a
 //!   reconnect are lost either way);
 //! - jobs to the model (4) and to text-to-speech (256 pieces): the call uses `try_send`; a full
 //!   queue means a stuck worker, and the piece is dropped and logged rather than the call
-//!   stalling.
+//!   stalling (the machine is told, and forgets the piece).
 //!
-//! Every turn has a number and a cancel flag. Barge-in, a new utterance or the end of the call
-//! sets the flag and moves to the next number: workers stop between provider events, and the
-//! call drops any event of an older turn, so no audio of a cancelled turn reaches Twilio after
-//! the `clear`.
+//! Every turn has a number and a cancel flag. When the machine moves to a new turn (barge-in,
+//! a new utterance), the old flag is set: workers stop between provider events, and the
+//! machine drops any output of an older turn, so no audio of a cancelled turn reaches Twilio
+//! after the `clear`.
 
 pub mod clips;
+pub mod end;
+pub mod machine;
 pub mod playback;
 pub mod workers;
 
@@ -32,72 +38,43 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{bounded, Receiver, Select, Sender, TrySendError};
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::CloseFrame;
 use tungstenite::{Message, WebSocket};
 
 use self::clips::Clips;
-use self::playback::{Kind, Piece, Playback};
-use self::workers::{CallLlm, LlmJob, LlmOut, LlmSetup, Speech, SttOut, TtsJob, TtsOut};
-use crate::app::App;
+use self::end::End;
+use self::machine::{Action, Machine, Rules, Stream, Summary};
+use self::workers::{CallLlm, LlmJob, LlmSetup, Speech, SttOut, TtsJob};
 use crate::calls::CallSlot;
 use crate::config::Config;
-use crate::cost::{self, CallUsage};
-use crate::media::sentences::Sentences;
+use crate::cost;
 use crate::media::server::{ReadHalf, TwilioSocket, CALL_STACK};
-use crate::media::twilio_messages::{self, Inbound, StreamStart};
+use crate::media::twilio_messages::{self, Inbound};
 use crate::media::ulaw::{self, FRAME_BYTES};
-use crate::personas::prompts::{self, Phrase};
-use crate::personas::Role;
-use crate::providers::anthropic::request::CALL_CONNECTED;
-use crate::providers::anthropic::{Block, Speaker, Turn};
+use crate::metrics::Metrics;
+use crate::personas::prompts;
 use crate::providers::elevenlabs_stt::SttSettings;
 use crate::providers::elevenlabs_tts::{TtsSettings, DEFAULT_INACTIVITY_SECS};
 use crate::providers::mcp::{default_tools, McpClient, ToolCatalog};
-use crate::records::event::{
-    CallStatus, Direction, Event as RecordEvent, EventKind, ToolCallRecord, Transcript,
-    TranscriptEntry,
-};
-use crate::records::ttl_from;
+use crate::records::event::{Event as RecordEvent, EventKind, Transcript};
+use crate::records::{ttl_from, RecordStore};
 use crate::timestamp;
 
-/// Something for the call thread to act on.
-#[derive(Debug)]
-pub enum Event {
-    /// A message from Twilio (media goes straight to speech-to-text instead).
-    Twilio(Inbound),
-    /// The Twilio connection ended or must be ended.
-    TwilioGone {
-        reason: String,
-        failed: bool,
-    },
-    Stt(SttOut),
-    Llm {
-        turn: u64,
-        out: LlmOut,
-    },
-    Tts {
-        turn: u64,
-        seq: u32,
-        out: TtsOut,
-    },
-}
+/// What the call's threads send the call thread: the machine's inputs.
+pub use self::machine::Input as Event;
 
 const EVENTS_CAP: usize = 1024;
 const AUDIO_CAP: usize = 100;
 const LLM_JOBS_CAP: usize = 4;
 const TTS_JOBS_CAP: usize = 256;
-/// The call thread's clock: timers are checked at least this often.
-const TICK: Duration = Duration::from_millis(20);
 /// Invalid messages from Twilio in a row, or in all, after which the call is ended.
 const MAX_INVALID_IN_A_ROW: u32 = 50;
 const MAX_INVALID: u32 = 500;
 /// Caller audio louder than this (RMS of the decoded samples) counts as speech.
 const VOICE_RMS: f32 = 500.0;
-/// How long the goodbye may take to play before the call is closed anyway.
-const CLOSING_GRACE: Duration = Duration::from_secs(20);
-/// How long the end of a call waits for its workers.
+/// How long the end of a call waits for its threads.
 const JOIN_WAIT: Duration = Duration::from_secs(1);
 
 /// The providers a call uses, built once from the configuration and shared by every call.
@@ -163,90 +140,60 @@ impl Setup {
     }
 }
 
-/// What one turn took, end of the caller's speech first (milliseconds from it).
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct TurnLatency {
-    pub call_sid: String,
-    pub turn: u64,
-    /// The caller's words.
-    pub said: String,
-    pub speech_end_to_commit_ms: Option<u64>,
-    pub first_token_ms: Option<u64>,
-    pub first_sentence_ms: Option<u64>,
-    pub first_audio_ms: Option<u64>,
-    pub first_frame_ms: Option<u64>,
+/// What a call needs from the server: its settings, where its record goes, the metrics, and
+/// the providers. (Not the whole server state: a call knows nothing of HTTP.)
+pub struct Context<'a> {
+    pub config: &'a Config,
+    pub records: &'a RecordStore,
+    pub metrics: &'a Metrics,
+    pub providers: &'a Setup,
 }
 
-/// A live turn: the model is answering the caller's utterance.
-struct Live {
-    id: u64,
-    sentences: Sentences,
-    last_delta: Instant,
-    llm_done: bool,
-    /// The history's length before this turn's reply went in.
-    history_start: usize,
-    apologized: bool,
-    speech_end: Instant,
-    committed: Instant,
-    latency: TurnLatency,
+impl Context<'_> {
+    /// The machine's rules from the configuration.
+    fn rules(&self) -> Rules<'_> {
+        let config = self.config;
+        let tuning = &config.calls.tuning;
+        let rounds = tuning.max_tool_rounds + 1;
+        Rules {
+            calls: &config.calls,
+            clips: &self.providers.clips,
+            reply_deadline: config.anthropic.stream_timeout * rounds
+                + config.mcp.timeout * tuning.max_tool_rounds
+                + Duration::from_secs(5),
+            history_keep: config.anthropic.max_history_messages * 2,
+        }
+    }
 }
 
-struct Closing {
-    status: CallStatus,
-    reason: String,
-    deadline: Instant,
-}
-
-/// The call thread's state.
+/// The call thread's side of the call: the machine and what carries its actions out.
 struct Call<'a> {
-    app: &'a App,
+    ctx: &'a Context<'a>,
     n: u64,
+    machine: Machine<'a>,
     writer: WebSocket<TcpStream>,
+    /// A write to Twilio failed: nothing more is written.
+    write_failed: bool,
     events_tx: Sender<Event>,
-    ended: Arc<AtomicBool>,
     started: Instant,
+    /// The reader's last loud frame, in milliseconds from `started` plus one (0: none yet).
     voiced_ms: Arc<AtomicU64>,
-
-    stream_sid: Option<String>,
-    call_sid: String,
-    role: Role,
-    voice: String,
-
-    turn: u64,
+    voiced_seen: u64,
+    /// The current turn's cancel flag (set when the machine moves on).
     cancel: Arc<AtomicBool>,
-    live: Option<Live>,
-    playback: Playback,
-    next_seq: u32,
-    /// Audio of the piece being sent that does not yet fill a frame: ((turn, seq), bytes).
-    carry: ((u64, u32), Vec<u8>),
-    /// Reply sentences the caller heard, with their turn.
-    heard: Vec<(u64, String)>,
-
-    history: Vec<Turn>,
-    transcript: Vec<TranscriptEntry>,
-    tool_calls: Vec<ToolCallRecord>,
-    usage: CallUsage,
-    caller_turns: u64,
-    barge_ins: u64,
-
     llm_tx: Option<Sender<LlmJob>>,
     /// The call's own model and tool clients, shut down when the call ends.
     llm_clients: Option<CallLlm>,
     tts_tx: Option<Sender<TtsJob>>,
-    threads: Vec<JoinHandle<()>>,
-
-    quiet_since: Option<Instant>,
-    reprompts: u32,
-    /// The caller's last sign of life (speech, a key).
-    caller_active_at: Instant,
-    /// When a write to Twilio failed (the call ends shortly after, however the reader saw it).
-    write_failed_at: Option<Instant>,
-    closing: Option<Closing>,
-    end: Option<(CallStatus, String)>,
+    threads: Threads,
+    /// Set when the call is over (the workers that still look at a flag).
+    ended: Arc<AtomicBool>,
+    /// Inputs that carrying out actions produced (a failed write, a full queue).
+    feedback: Vec<Event>,
 }
 
 /// Runs one call on the current (`call-N`) thread until it ends, then cleans up after it.
-pub fn run(app: &Arc<App>, socket: TwilioSocket, slot: CallSlot, n: u64) {
+pub fn run(ctx: &Context<'_>, socket: TwilioSocket, slot: CallSlot, n: u64) {
     let started = Instant::now();
     let TwilioSocket {
         reader,
@@ -259,32 +206,26 @@ pub fn run(app: &Arc<App>, socket: TwilioSocket, slot: CallSlot, n: u64) {
     let (audio_tx, audio_rx) = bounded::<String>(AUDIO_CAP);
     let ended = Arc::new(AtomicBool::new(false));
     let voiced_ms = Arc::new(AtomicU64::new(0));
-    let mut threads = Vec::new();
+    let mut threads = Threads::new();
 
     {
         let events = events_tx.clone();
         let voiced = voiced_ms.clone();
-        match spawn(format!("call-{n}-rx"), CALL_STACK, move || {
+        threads.spawn(format!("call-{n}-rx"), CALL_STACK, move || {
             twilio_reader(reader, &events, &audio_tx, &voiced, started)
-        }) {
-            Ok(handle) => threads.push(handle),
-            Err(err) => log::error!(error:% = err; "call.spawn_failed: rx"),
-        }
+        });
     }
     let stt_bytes = Arc::new(AtomicU64::new(0));
-    match &app.voice.stt {
+    match &ctx.providers.stt {
         Some(settings) => {
             let settings = settings.clone();
-            let reconnects = app.config.calls.tuning.stt_reconnects;
+            let reconnects = ctx.config.calls.tuning.stt_reconnects;
             let events = events_tx.clone();
             let flag = ended.clone();
             let counter = stt_bytes.clone();
-            match spawn(format!("call-{n}-stt"), PROVIDER_STACK, move || {
+            threads.spawn(format!("call-{n}-stt"), PROVIDER_STACK, move || {
                 workers::stt(&settings, reconnects, &audio_rx, &events, &flag, &counter)
-            }) {
-                Ok(handle) => threads.push(handle),
-                Err(err) => log::error!(error:% = err; "call.spawn_failed: stt"),
-            }
+            });
         }
         None => {
             log::error!("call: ELEVENLABS_API_KEY is not set; the caller cannot be heard");
@@ -294,52 +235,36 @@ pub fn run(app: &Arc<App>, socket: TwilioSocket, slot: CallSlot, n: u64) {
         }
     }
 
+    let wall_ms = timestamp::now_ms();
     let mut call = Call {
-        app,
+        ctx,
         n,
+        machine: Machine::new(ctx.rules(), started, wall_ms, format!("unknown-{n}")),
         writer,
+        write_failed: false,
         events_tx,
-        ended: ended.clone(),
         started,
         voiced_ms,
-        stream_sid: None,
-        call_sid: format!("unknown-{n}"),
-        role: app.config.calls.default_role,
-        voice: String::new(),
-        turn: 0,
+        voiced_seen: 0,
         cancel: Arc::new(AtomicBool::new(false)),
-        live: None,
-        playback: Playback::default(),
-        next_seq: 0,
-        carry: ((0, 0), Vec::new()),
-        heard: Vec::new(),
-        history: Vec::new(),
-        transcript: Vec::new(),
-        tool_calls: Vec::new(),
-        usage: CallUsage::default(),
-        caller_turns: 0,
-        barge_ins: 0,
         llm_tx: None,
         llm_clients: None,
         tts_tx: None,
         threads,
-        quiet_since: None,
-        reprompts: 0,
-        caller_active_at: started,
-        write_failed_at: None,
-        closing: None,
-        end: None,
+        ended: ended.clone(),
+        feedback: Vec::new(),
     };
     // A bug must not leave a call half-alive (threads streaming, record active): a panic in
     // the call thread ends the call like any failure.
-    let (status, reason) =
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| call.run(&events_rx))) {
-            Ok(end) => end,
-            Err(_) => {
-                log::error!(callSid = call.call_sid.as_str(); "call.panicked: ending the call");
-                (CallStatus::Failed, "internal error".to_string())
-            }
-        };
+    let end = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        call.drive(&events_rx, slot.ending())
+    })) {
+        Ok(end) => end,
+        Err(_) => {
+            log::error!(callSid = call.machine.call_sid(); "call.panicked: ending the call");
+            End::Internal
+        }
+    };
 
     // Whatever ended the call, everything of it ends now.
     call.cancel.store(true, Ordering::SeqCst);
@@ -347,10 +272,13 @@ pub fn run(app: &Arc<App>, socket: TwilioSocket, slot: CallSlot, n: u64) {
     // The record first: Twilio's own `completed` callback follows the close of the stream, and
     // the call's verdict (failed, force-reaped) must be on file before it (a final status is
     // never changed afterwards).
-    call.usage
+    let mut summary = call.machine.summary(Instant::now());
+    summary.end = end;
+    summary
+        .usage
         .add_stt_secs(stt_bytes.load(Ordering::Relaxed) as f64 / 8000.0);
-    call.complete(status, &reason);
-    if call.stream_sid.is_some() && !reason.starts_with("twilio") {
+    complete(ctx, &mut summary);
+    if summary.started && summary.end.may_close_socket() {
         let _ = call.writer.close(Some(CloseFrame {
             code: CloseCode::Normal,
             reason: "call ended".into(),
@@ -367,38 +295,75 @@ pub fn run(app: &Arc<App>, socket: TwilioSocket, slot: CallSlot, n: u64) {
         clients.shutdown();
     }
     drop(events_rx);
-    let deadline = Instant::now() + JOIN_WAIT;
-    for handle in std::mem::take(&mut call.threads) {
-        let name = handle.thread().name().unwrap_or("?").to_string();
-        if join_by(handle, deadline).is_none() {
-            // Its blocking call has a timeout of its own; it ends when that expires.
-            log::warn!(thread = name.as_str(); "call.thread.lingering");
-        }
-    }
+    let threads = std::mem::replace(&mut call.threads, Threads::new());
+    drop(call);
+    threads.join_by(Instant::now() + JOIN_WAIT);
     drop(slot);
 }
 
-fn join_by(handle: JoinHandle<()>, deadline: Instant) -> Option<()> {
-    while !handle.is_finished() {
-        if Instant::now() >= deadline {
-            return None;
+/// A call's threads, and a way to wait for all of them without polling: each holds a sender
+/// of `done`, dropped when its function returns (or unwinds), so the channel closes when the
+/// last one ends.
+struct Threads {
+    handles: Vec<JoinHandle<()>>,
+    done_tx: Sender<()>,
+    done_rx: Receiver<()>,
+}
+
+impl Threads {
+    fn new() -> Threads {
+        // Nothing is ever sent: only the closing counts.
+        let (done_tx, done_rx) = bounded(0);
+        Threads {
+            handles: Vec::new(),
+            done_tx,
+            done_rx,
         }
-        thread::sleep(Duration::from_millis(5));
     }
-    handle.join().ok()
+
+    fn spawn<F>(&mut self, name: String, stack: usize, f: F)
+    where
+        F: FnOnce() + Send + 'static,
+    {
+        let done = self.done_tx.clone();
+        let spawned = thread::Builder::new()
+            .name(name.clone())
+            .stack_size(stack)
+            .spawn(move || {
+                let _done = done;
+                f();
+            });
+        match spawned {
+            Ok(handle) => self.handles.push(handle),
+            Err(err) => log::error!(thread = name.as_str(), error:% = err; "call.spawn_failed"),
+        }
+    }
+
+    /// Waits until every thread has ended or `deadline` passed; a thread still running then is
+    /// left to end by its own timeouts (and logged).
+    fn join_by(self, deadline: Instant) {
+        let Threads {
+            handles,
+            done_tx,
+            done_rx,
+        } = self;
+        drop(done_tx);
+        let _ = done_rx.recv_deadline(deadline);
+        for handle in handles {
+            if handle.is_finished() {
+                let _ = handle.join();
+            } else {
+                let name = handle.thread().name().unwrap_or("?").to_string();
+                log::warn!(thread = name.as_str(); "call.thread.lingering");
+            }
+        }
+    }
 }
 
 /// Stack of the provider workers: they run TLS handshakes and certificate checks (rustls),
 /// whose stack use is not ours to bound, so they get a generous margin. Only the pages a
 /// thread touches are committed, so the margin costs address space, not memory.
 const PROVIDER_STACK: usize = 1024 * 1024;
-
-fn spawn<F>(name: String, stack: usize, f: F) -> std::io::Result<JoinHandle<()>>
-where
-    F: FnOnce() + Send + 'static,
-{
-    thread::Builder::new().name(name).stack_size(stack).spawn(f)
-}
 
 /// The reading half of the Twilio socket: messages to the call, caller audio to
 /// speech-to-text, invalid messages counted (a flood ends the call).
@@ -413,25 +378,22 @@ fn twilio_reader(
     let mut in_a_row = 0u32;
     let mut dropped_audio = 0u64;
     let mut decoded = Vec::with_capacity(FRAME_BYTES * 2);
-    let gone = |reason: String, failed: bool| {
-        let _ = events.send(Event::TwilioGone { reason, failed });
+    let gone = |end: End| {
+        let _ = events.send(Event::TwilioGone(end));
     };
     loop {
         let message = match socket.read() {
             Ok(message) => message,
             Err(err) if crate::providers::ws::is_tick(&err) => {
-                gone(
-                    "twilio sent nothing within MEDIA_READ_TIMEOUT_MS".into(),
-                    true,
-                );
+                gone(End::TwilioSilent);
                 break;
             }
             Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
-                gone("twilio closed the stream".into(), false);
+                gone(End::TwilioClosed);
                 break;
             }
             Err(err) => {
-                gone(format!("twilio connection lost: {err}"), true);
+                gone(End::TwilioLost(err.to_string()));
                 break;
             }
         };
@@ -471,12 +433,19 @@ fn twilio_reader(
                 Err(bad) => Some(bad.to_string()),
             },
             Message::Close(_) => {
-                gone("twilio closed the stream".into(), false);
+                gone(End::TwilioClosed);
                 break;
             }
+            // RFC 6455: a ping is answered with a pong carrying its payload. tungstenite's own
+            // reply goes into this half's sink; the call thread, the only writer, sends it.
+            Message::Ping(payload) => {
+                if events.send(Event::Ping(payload.to_vec())).is_err() {
+                    break;
+                }
+                None
+            }
             Message::Binary(_) => Some("binary frame".to_string()),
-            // Pings are answered into the sink; Twilio does not send them.
-            _ => None,
+            Message::Pong(_) | Message::Frame(_) => None,
         };
         match bad {
             None => in_a_row = 0,
@@ -487,7 +456,7 @@ fn twilio_reader(
                     log::warn!(reason = why.as_str(), count = invalid; "twilio.message.invalid (skipped)");
                 }
                 if in_a_row >= MAX_INVALID_IN_A_ROW || invalid >= MAX_INVALID {
-                    gone(format!("{invalid} invalid messages from twilio"), true);
+                    gone(End::TwilioInvalid(invalid));
                     break;
                 }
             }
@@ -499,795 +468,280 @@ fn twilio_reader(
 }
 
 impl Call<'_> {
-    fn run(&mut self, events: &Receiver<Event>) -> (CallStatus, String) {
+    /// Waits for inputs until the machine's next deadline, steps the machine, carries out its
+    /// actions; returns how the call ended.
+    fn drive(&mut self, events: &Receiver<Event>, ending: &Receiver<()>) -> End {
+        let mut ending = Some(ending);
         loop {
-            if let Some(end) = self.end.take() {
-                return end;
+            if let Some(end) = self.machine.end() {
+                return end.clone();
             }
-            match events.recv_timeout(TICK) {
-                Ok(event) => self.handle(event),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => {
-                    return (CallStatus::Failed, "call channel closed".into())
+            let input = wait(events, &mut ending, self.machine.next_deadline());
+            let now = Instant::now();
+            let voiced = self.voiced_ms.load(Ordering::Relaxed);
+            if voiced != self.voiced_seen {
+                self.voiced_seen = voiced;
+                let at = self.started + Duration::from_millis(voiced - 1);
+                self.step(now, Event::Voice(at));
+            }
+            self.step(now, input);
+            while !self.feedback.is_empty() {
+                for input in std::mem::take(&mut self.feedback) {
+                    self.step(Instant::now(), input);
                 }
             }
-            self.tick();
         }
     }
 
-    fn ms_since(&self, at: Instant) -> u64 {
-        at.duration_since(self.started).as_millis() as u64
-    }
-
-    fn finish_with(&mut self, status: CallStatus, reason: &str) {
-        if self.end.is_none() {
-            self.end = Some((status, reason.to_string()));
+    fn step(&mut self, now: Instant, input: Event) {
+        for action in self.machine.step(now, input) {
+            self.perform(action);
         }
     }
 
-    fn handle(&mut self, event: Event) {
-        match event {
-            Event::Twilio(inbound) => self.on_twilio(inbound),
-            Event::TwilioGone { reason, failed } => {
-                let status = if failed {
-                    CallStatus::Failed
-                } else {
-                    CallStatus::Completed
+    fn perform(&mut self, action: Action) {
+        match action {
+            Action::Twilio(text) => self.send(Message::text(text)),
+            Action::Pong(payload) => self.send(Message::Pong(payload.into())),
+            Action::Started(stream) => self.on_started(&stream),
+            Action::NewTurn(_) => {
+                // Whatever a worker still does for the old turn stops.
+                self.cancel.store(true, Ordering::SeqCst);
+                self.cancel = Arc::new(AtomicBool::new(false));
+            }
+            Action::Speak { turn, seq, speech } => {
+                let prewarm = matches!(speech, Speech::Prewarm);
+                let job = TtsJob {
+                    turn,
+                    seq,
+                    speech,
+                    cancel: self.cancel.clone(),
                 };
-                self.finish_with(status, &reason);
+                let queued = match &self.tts_tx {
+                    Some(tts) => match tts.try_send(job) {
+                        Ok(()) => true,
+                        Err(err) => {
+                            if !prewarm {
+                                log::error!(callSid = self.machine.call_sid(), error:% = err; "tts.queue_full: speech dropped");
+                            }
+                            false
+                        }
+                    },
+                    // Logged once when the workers started.
+                    None => false,
+                };
+                if !queued && !prewarm {
+                    self.feedback.push(Event::SpeechDropped { turn, seq });
+                }
             }
-            Event::Stt(out) => self.on_stt(out),
-            Event::Llm { turn, out } => self.on_llm(turn, out),
-            Event::Tts { turn, seq, out } => self.on_tts(turn, seq, out),
-        }
-    }
-
-    fn send_twilio(&mut self, text: String) {
-        if self.end.is_some() || self.write_failed_at.is_some() {
-            return;
-        }
-        if let Err(err) = self.writer.send(Message::text(text)) {
-            // A caller who hangs up closes the socket right after `stop`: that `stop` may still
-            // be on its way to us. The reader has a moment to say how the call ended (see
-            // `tick`) before this counts as a lost connection.
-            log::debug!(callSid = self.call_sid.as_str(), error:% = err; "twilio.send_failed");
-            self.write_failed_at = Some(Instant::now());
-        }
-    }
-
-    fn on_twilio(&mut self, inbound: Inbound) {
-        match inbound {
-            Inbound::Connected => log::debug!("twilio.connected"),
-            Inbound::Start(start) => self.on_start(start),
-            Inbound::Mark { name } => self.on_mark(&name),
-            Inbound::Dtmf { digit } => {
-                log::info!(callSid = self.call_sid.as_str(), digit = digit.as_str(); "call.dtmf");
-                self.caller_active_at = Instant::now();
-                self.note_transcript("user", &format!("[keypad: {digit}]"));
+            Action::Ask { turn, history } => {
+                let job = LlmJob {
+                    turn,
+                    history,
+                    cancel: self.cancel.clone(),
+                };
+                let sent = match &self.llm_tx {
+                    Some(llm) => llm.try_send(job).map_err(|e| e.to_string()),
+                    None => Err("the model is not configured".to_string()),
+                };
+                if let Err(why) = sent {
+                    self.feedback.push(Event::AskFailed { turn, why });
+                }
             }
-            Inbound::Stop => self.finish_with(CallStatus::Completed, "caller hung up"),
-            Inbound::Media { .. } => {}
+            Action::Latency(l) => {
+                log::info!(
+                    callSid = l.call_sid.as_str(),
+                    turn = l.turn,
+                    speechEndToCommitMs = l.speech_end_to_commit_ms.unwrap_or(0),
+                    firstTokenMs = l.first_token_ms.unwrap_or(0),
+                    firstSentenceMs = l.first_sentence_ms.unwrap_or(0),
+                    firstAudioMs = l.first_audio_ms.unwrap_or(0),
+                    firstFrameMs = l.first_frame_ms.unwrap_or(0);
+                    "turn.latency"
+                );
+                self.ctx.metrics.record_turn(&l);
+            }
+            // The loop sees the machine's end.
+            Action::End(_) => {}
         }
     }
 
-    fn on_start(&mut self, start: StreamStart) {
-        if self.stream_sid.is_some() {
-            log::warn!(callSid = self.call_sid.as_str(); "twilio.start repeated; ignored");
+    fn send(&mut self, message: Message) {
+        if self.write_failed {
             return;
         }
-        if !start.media_format_ok {
-            log::error!(callSid = start.call_sid.as_str(); "call.refused: media format is not 8 kHz mono μ-law");
-            self.finish_with(CallStatus::Failed, "unsupported media format");
-            return;
+        if let Err(err) = self.writer.send(message) {
+            // The machine gives the reader a moment to say how the call ended first.
+            log::debug!(callSid = self.machine.call_sid(), error:% = err; "twilio.send_failed");
+            self.write_failed = true;
+            self.feedback.push(Event::WriteFailed);
         }
-        let config = &self.app.config;
-        // The role arrived through our own TwiML, but the stream is a network input: check it.
-        self.role = match start.parameter("role") {
-            Some(name) => Role::parse(name).unwrap_or_else(|| {
-                log::warn!(requested = name; "call.start: unknown role; using the default persona");
-                config.calls.default_role
-            }),
-            None => config.calls.default_role,
-        };
-        self.voice = start
-            .parameter("voiceId")
-            .filter(|v| crate::personas::is_valid_voice_id(v))
-            .map_or_else(
-                || config.calls.voice_for(self.role).to_string(),
-                str::to_string,
-            );
-        self.call_sid = start.call_sid.clone();
-        self.stream_sid = Some(start.stream_sid.clone());
-        let direction = match start.parameter("direction") {
-            Some("outbound") => Direction::Outbound,
-            _ => Direction::Inbound,
-        };
+    }
+
+    fn on_started(&mut self, stream: &Stream) {
         log::info!(
-            callSid = self.call_sid.as_str(),
-            role = self.role.as_str(),
-            voice = self.voice.as_str();
+            callSid = stream.call_sid.as_str(),
+            role = stream.role.as_str(),
+            voice = stream.voice.as_str();
             "call.started"
         );
-        self.app
+        self.ctx
             .metrics
             .calls_started
             .fetch_add(1, Ordering::Relaxed);
-        self.ensure_record(direction);
-        self.start_workers();
-
-        let greeting = prompts::greeting(self.role);
-        self.history.push(Turn::user(CALL_CONNECTED));
-        self.history.push(Turn::assistant(&greeting));
-        let clip = self.app.voice.clips.greeting(&self.voice, self.role);
-        self.say(Kind::Greeting, &greeting, clip);
+        self.ensure_record(stream);
+        self.start_workers(stream);
     }
 
-    fn ensure_record(&mut self, direction: Direction) {
-        let records = &self.app.records;
-        match crate::records::index::sid_key(&self.call_sid) {
+    fn ensure_record(&self, stream: &Stream) {
+        let records = self.ctx.records;
+        match crate::records::index::sid_key(&stream.call_sid) {
             Some(key) if records.summary(&key).is_some() => return,
             Some(_) => {}
             None => {
-                log::warn!(callSid = self.call_sid.as_str(); "call: not a Twilio call SID; no record kept");
+                log::warn!(callSid = stream.call_sid.as_str(); "call: not a Twilio call SID; no record kept");
                 return;
             }
         }
         let now = timestamp::now_ms();
         let event = RecordEvent {
-            role: Some(self.role.as_str().to_string()),
-            direction: Some(direction),
+            role: Some(stream.role.as_str().to_string()),
+            direction: Some(stream.direction),
             caller_number: Some("unknown".to_string()),
             started_at: Some(timestamp::format_ms(now)),
-            status: Some(CallStatus::Active),
+            status: Some(crate::records::event::CallStatus::Active),
             ..RecordEvent::new(
                 EventKind::Created,
-                &self.call_sid,
+                &stream.call_sid,
                 &timestamp::format_ms(now),
-                ttl_from(now, self.app.config.records.ttl_days),
+                ttl_from(now, self.ctx.config.records.ttl_days),
             )
         };
         if let Err(err) = records.append(&event) {
-            log::error!(callSid = self.call_sid.as_str(), error:% = err; "records.createCallRecord.failed");
+            log::error!(callSid = stream.call_sid.as_str(), error:% = err; "records.createCallRecord.failed");
         }
     }
 
-    fn start_workers(&mut self) {
+    fn start_workers(&mut self, stream: &Stream) {
         let n = self.n;
-        if let Some(setup) = self.app.voice.llm.clone() {
+        if let Some(setup) = self.ctx.providers.llm.clone() {
             let (tx, rx) = bounded::<LlmJob>(LLM_JOBS_CAP);
             let events = self.events_tx.clone();
-            let system = prompts::system_prompt(self.role);
+            let system = prompts::system_prompt(stream.role);
             let clients = CallLlm::new(&setup);
             self.llm_clients = Some(clients.clone());
-            match spawn(format!("call-{n}-llm"), PROVIDER_STACK, move || {
-                workers::llm(&setup, &clients, &system, &rx, &events)
-            }) {
-                Ok(handle) => {
-                    self.threads.push(handle);
-                    self.llm_tx = Some(tx);
-                }
-                Err(err) => log::error!(error:% = err; "call.spawn_failed: llm"),
-            }
+            self.threads
+                .spawn(format!("call-{n}-llm"), PROVIDER_STACK, move || {
+                    workers::llm(&setup, &clients, &system, &rx, &events)
+                });
+            self.llm_tx = Some(tx);
         } else {
             log::error!("call: ANTHROPIC_API_KEY is not set; the persona cannot answer");
         }
-        if let Some(settings) = self.app.voice.tts.clone() {
+        if let Some(settings) = self.ctx.providers.tts.clone() {
             let (tx, rx) = bounded::<TtsJob>(TTS_JOBS_CAP);
             let events = self.events_tx.clone();
-            let voice = self.voice.clone();
+            let voice = stream.voice.clone();
             let ended = self.ended.clone();
-            match spawn(format!("call-{n}-tts"), PROVIDER_STACK, move || {
-                workers::tts(&settings, &voice, &rx, &events, &ended)
-            }) {
-                Ok(handle) => {
-                    self.threads.push(handle);
-                    self.tts_tx = Some(tx);
-                }
-                Err(err) => log::error!(error:% = err; "call.spawn_failed: tts"),
-            }
+            self.threads
+                .spawn(format!("call-{n}-tts"), PROVIDER_STACK, move || {
+                    workers::tts(&settings, &voice, &rx, &events, &ended)
+                });
+            self.tts_tx = Some(tx);
         } else {
             log::error!("call: ELEVENLABS_API_KEY is not set; the persona cannot speak");
         }
     }
+}
 
-    /// Queues a piece of speech in the current turn: pre-rendered when a clip is given.
-    fn say(&mut self, kind: Kind, text: &str, clip: Option<Arc<Vec<u8>>>) {
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        let speech = match clip {
-            Some(audio) => {
-                self.usage.add_cached_chars(text.chars().count() as u64);
-                Speech::Clip(audio)
-            }
-            None => Speech::Text(text.to_string()),
+/// Waits for the next input: an event, the end of the server's drain, or the deadline.
+fn wait(
+    events: &Receiver<Event>,
+    ending: &mut Option<&Receiver<()>>,
+    deadline: Option<Instant>,
+) -> Event {
+    let mut select = Select::new();
+    let events_index = select.recv(events);
+    if let Some(ending) = ending {
+        select.recv(ending);
+    }
+    let operation = match deadline {
+        Some(deadline) => match select.select_deadline(deadline) {
+            Ok(operation) => operation,
+            Err(_) => return Event::Deadline,
+        },
+        None => select.select(),
+    };
+    if operation.index() == events_index {
+        return match operation.recv(events) {
+            Ok(event) => event,
+            Err(_) => Event::TwilioGone(End::ChannelClosed),
         };
-        let Some(tts) = &self.tts_tx else {
-            return;
-        };
-        let job = TtsJob {
-            turn: self.turn,
-            seq,
-            speech,
-            cancel: self.cancel.clone(),
-        };
-        match tts.try_send(job) {
-            Ok(()) => self.playback.begin(Piece {
-                turn: self.turn,
-                seq,
-                kind,
-                text: text.to_string(),
-                marked: false,
-            }),
-            Err(err) => {
-                log::error!(callSid = self.call_sid.as_str(), error:% = err; "tts.queue_full: speech dropped")
-            }
-        }
     }
-
-    fn say_phrase(&mut self, phrase: Phrase) {
-        let clip = self.app.voice.clips.phrase(&self.voice, phrase);
-        self.say(Kind::Phrase, phrase.text(), clip);
+    if let Some(receiver) = ending.take() {
+        // Closed (nothing is ever sent on it): the drain is over. Not waited on again.
+        let _ = operation.recv(receiver);
     }
+    Event::Shutdown
+}
 
-    fn note_transcript(&mut self, role: &str, text: &str) {
-        self.transcript.push(TranscriptEntry {
-            role: role.to_string(),
-            text: text.to_string(),
-            timestamp: timestamp::format_ms(timestamp::now_ms()),
-        });
+/// The record's completion event, the metrics and the `cost.call.summary` line.
+fn complete(ctx: &Context<'_>, summary: &mut Summary) {
+    let status = summary.end.status();
+    let duration_secs = summary.duration.as_secs();
+    let cost = summary.usage.summary(&ctx.config.prices);
+    log::info!(
+        callSid = summary.call_sid.as_str(),
+        status = status.as_str(),
+        reason:% = summary.end,
+        durationSecs = duration_secs;
+        "call.ended"
+    );
+    cost::log_call_summary(
+        &summary.call_sid,
+        duration_secs,
+        summary.caller_turns,
+        summary.barge_ins,
+        summary.tool_calls.len() as u64,
+        &cost,
+    );
+    if !summary.started {
+        return;
     }
-
-    fn on_mark(&mut self, name: &str) {
-        if let Some(piece) = self.playback.echoed(name) {
-            self.note_transcript("assistant", &piece.text);
-            if piece.kind == Kind::Reply {
-                self.heard.push((piece.turn, piece.text));
-            }
+    let metrics = ctx.metrics;
+    match status {
+        crate::records::event::CallStatus::Completed => {
+            metrics.calls_completed.fetch_add(1, Ordering::Relaxed)
         }
-        self.maybe_finish_turn();
-    }
-
-    /// A turn is over when its reply is complete and has finished playing.
-    fn maybe_finish_turn(&mut self) {
-        if self.playback.is_speaking() {
-            return;
+        crate::records::event::CallStatus::ForceReaped => {
+            metrics.calls_reaped.fetch_add(1, Ordering::Relaxed)
         }
-        match &self.live {
-            Some(live) if !live.llm_done => {}
-            Some(_) => {
-                self.live = None;
-                self.quiet_since = Some(Instant::now());
-            }
-            None => {
-                if self.quiet_since.is_none() {
-                    self.quiet_since = Some(Instant::now());
-                }
-            }
-        }
-    }
-
-    fn on_stt(&mut self, out: SttOut) {
-        match out {
-            SttOut::Partial(text) => {
-                // Re-armed, not stopped: a partial that never becomes an utterance (a cough)
-                // must not silence the reprompt for good.
-                self.quiet_since = Some(Instant::now());
-                self.caller_active_at = Instant::now();
-                if self.closing.is_some() {
-                    return;
-                }
-                let tuning = &self.app.config.calls.tuning;
-                if self.playback.is_speaking()
-                    && playback::is_barge_in(
-                        &text,
-                        tuning.barge_in_min_chars,
-                        self.playback.current_text(),
-                    )
-                {
-                    log::info!(callSid = self.call_sid.as_str(), partialChars = text.chars().count(); "call.barge_in");
-                    self.barge_ins += 1;
-                    self.interrupt();
-                }
-            }
-            SttOut::Committed(text) => {
-                self.quiet_since = None;
-                self.caller_active_at = Instant::now();
-                self.reprompts = 0;
-                self.note_transcript("user", &text);
-                if self.closing.is_some() || self.stream_sid.is_none() {
-                    return;
-                }
-                if self.playback.is_speaking() || self.live.is_some() {
-                    // The caller spoke again before the answer finished: answer both together.
-                    if self.playback.is_speaking() {
-                        self.barge_ins += 1;
-                    }
-                    self.interrupt();
-                }
-                self.start_turn(&text);
-            }
-            SttOut::Lost(reason) => {
-                log::error!(callSid = self.call_sid.as_str(), reason = reason.as_str(); "stt.lost");
-                if self.stream_sid.is_none() {
-                    self.finish_with(CallStatus::Failed, "speech-to-text unavailable");
-                } else {
-                    self.close_with(
-                        Phrase::GoodbyeTrouble,
-                        CallStatus::Failed,
-                        "speech-to-text lost",
-                    );
-                }
-            }
-        }
-    }
-
-    /// Cuts off whatever is playing and the live turn: `clear` to Twilio, workers cancelled,
-    /// and the history keeps only what the caller heard.
-    fn interrupt(&mut self) {
-        if self.playback.is_speaking() {
-            if let Some(sid) = self.stream_sid.clone() {
-                self.send_twilio(twilio_messages::clear(&sid));
-            }
-            self.playback.clear();
-        }
-        self.carry.1.clear();
-        self.cancel.store(true, Ordering::SeqCst);
-        if let Some(live) = self.live.take() {
-            let heard: Vec<String> = self
-                .heard
-                .iter()
-                .filter(|(turn, _)| *turn == live.id)
-                .map(|(_, text)| text.clone())
-                .collect();
-            if live.llm_done {
-                self.history.truncate(live.history_start);
-            }
-            if !heard.is_empty() {
-                // What the caller heard, and that they cut in: the model should not repeat it,
-                // nor assume the rest was said.
-                let text = format!("{} [interrupted by the caller]", heard.join(" "));
-                self.history.push(Turn::assistant(&text));
-            }
-        }
-        self.next_turn();
-        self.quiet_since = Some(Instant::now());
-    }
-
-    /// Moves to a new turn number: a fresh cancel flag, pieces numbered from 0.
-    fn next_turn(&mut self) {
-        // Whatever a worker still does for the old turn stops.
-        self.cancel.store(true, Ordering::SeqCst);
-        self.turn += 1;
-        self.cancel = Arc::new(AtomicBool::new(false));
-        self.next_seq = 0;
-        self.heard.clear();
-    }
-
-    fn start_turn(&mut self, text: &str) {
-        self.next_turn();
-        self.caller_turns += 1;
-        // Only a window is ever sent; keep twice that (the request builder cuts cleanly).
-        let keep = self.app.config.anthropic.max_history_messages * 2;
-        if self.history.len() > keep + 16 {
-            let excess = self.history.len() - keep;
-            self.history.drain(..excess);
-        }
-        self.history.push(Turn::user(text));
-        let now = Instant::now();
-        let voiced = self.voiced_ms.load(Ordering::Relaxed);
-        let speech_end = if voiced > 0 {
-            self.started + Duration::from_millis(voiced - 1)
-        } else {
-            now
-        };
-        self.live = Some(Live {
-            id: self.turn,
-            sentences: Sentences::new(),
-            last_delta: now,
-            llm_done: false,
-            history_start: self.history.len(),
-            apologized: false,
-            speech_end,
-            committed: now,
-            latency: TurnLatency {
-                call_sid: self.call_sid.clone(),
-                turn: self.caller_turns,
-                said: text.to_string(),
-                speech_end_to_commit_ms: Some(
-                    now.saturating_duration_since(speech_end).as_millis() as u64,
-                ),
-                ..TurnLatency::default()
-            },
-        });
-        if let Some(tts) = &self.tts_tx {
-            let _ = tts.try_send(TtsJob {
-                turn: self.turn,
-                seq: u32::MAX,
-                speech: Speech::Prewarm,
-                cancel: self.cancel.clone(),
-            });
-        }
-        let job = LlmJob {
-            turn: self.turn,
-            history: self.history.clone(),
-            cancel: self.cancel.clone(),
-        };
-        let sent = match &self.llm_tx {
-            Some(llm) => llm.try_send(job).map_err(|e| e.to_string()),
-            None => Err("the model is not configured".to_string()),
-        };
-        if let Err(err) = sent {
-            log::error!(callSid = self.call_sid.as_str(), error = err.as_str(); "llm.unavailable");
-            self.say_phrase(Phrase::Apology);
-            if let Some(live) = &mut self.live {
-                live.llm_done = true;
-                live.apologized = true;
-            }
-        }
-    }
-
-    fn speak_sentences(&mut self, sentences: Vec<String>) {
-        for sentence in sentences {
-            if let Some(live) = &mut self.live {
-                if live.latency.first_sentence_ms.is_none() {
-                    live.latency.first_sentence_ms =
-                        Some(live.speech_end.elapsed().as_millis() as u64);
-                }
-            }
-            self.say(Kind::Reply, &sentence, None);
-        }
-    }
-
-    fn on_llm(&mut self, turn: u64, out: LlmOut) {
-        if let LlmOut::Done { usage, .. } = &out {
-            self.usage.add_claude(
-                usage.input_tokens,
-                usage.output_tokens,
-                usage.cache_creation_input_tokens,
-                usage.cache_read_input_tokens,
-            );
-        }
-        if let LlmOut::ToolFinished {
-            name,
-            ok,
-            duration_ms,
-        } = &out
-        {
-            self.tool_calls.push(ToolCallRecord {
-                tool_name: name.clone(),
-                duration_ms: *duration_ms,
-                timestamp: timestamp::format_ms(timestamp::now_ms()),
-                success: *ok,
-            });
-        }
-        let Some(live) = self.live.as_mut().filter(|l| l.id == turn && !l.llm_done) else {
-            return;
-        };
-        match out {
-            LlmOut::Delta(text) => {
-                if live.latency.first_token_ms.is_none() {
-                    live.latency.first_token_ms =
-                        Some(live.speech_end.elapsed().as_millis() as u64);
-                }
-                live.last_delta = Instant::now();
-                let done = live.sentences.push(&text);
-                self.speak_sentences(done);
-            }
-            LlmOut::ToolsStarted(names) => {
-                log::info!(callSid = self.call_sid.as_str(), tools:? = names; "call.tools");
-                let rest = live.sentences.finish();
-                self.speak_sentences(rest.into_iter().collect());
-                self.say_phrase(Phrase::Hold);
-            }
-            LlmOut::ToolFinished { .. } => {}
-            LlmOut::Done {
-                new_turns, error, ..
-            } => {
-                let rest = live.sentences.finish();
-                live.llm_done = true;
-                live.history_start = self.history.len();
-                let apologize = error.is_some() && !live.apologized;
-                if apologize {
-                    live.apologized = true;
-                }
-                self.history.extend(new_turns);
-                self.speak_sentences(rest.into_iter().collect());
-                if let Some(err) = error {
-                    log::error!(callSid = self.call_sid.as_str(), error = err.as_str(); "llm.failed");
-                    // Never an orphan tool_use: a failed round's history must end cleanly.
-                    if matches!(self.history.last(), Some(t) if t.speaker == Speaker::User && t.blocks.iter().any(|b| matches!(b, Block::ToolResult { .. })))
-                    {
-                        self.history
-                            .push(Turn::assistant("[the reply failed after that step]"));
-                    }
-                    if apologize {
-                        self.say_phrase(Phrase::Apology);
-                    }
-                }
-                self.maybe_finish_turn();
-            }
-        }
-    }
-
-    fn on_tts(&mut self, turn: u64, seq: u32, out: TtsOut) {
-        if let TtsOut::Done { chars } = &out {
-            self.usage.add_tts_chars(*chars);
-        }
-        if turn != self.turn || self.end.is_some() {
-            return;
-        }
-        let Some(sid) = self.stream_sid.clone() else {
-            return;
-        };
-        match out {
-            TtsOut::Audio(audio) => {
-                // A piece that is no longer playing (cut off by a `clear`) is not sent.
-                if self.playback.piece_mut(turn, seq).is_none() {
-                    return;
-                }
-                if let Some(live) = self.live.as_mut().filter(|l| l.id == turn) {
-                    if live.latency.first_audio_ms.is_none() {
-                        live.latency.first_audio_ms =
-                            Some(live.speech_end.elapsed().as_millis() as u64);
-                    }
-                }
-                // Whole 20 ms frames: what does not fill one waits for the next audio of the
-                // piece (or is padded with silence at its end).
-                if self.carry.0 != (turn, seq) {
-                    self.carry = ((turn, seq), Vec::new());
-                }
-                let mut audio = audio;
-                if !self.carry.1.is_empty() {
-                    let mut joined = std::mem::take(&mut self.carry.1);
-                    joined.extend_from_slice(&audio);
-                    audio = joined;
-                }
-                let whole = audio.len() / FRAME_BYTES * FRAME_BYTES;
-                self.carry.1 = audio.split_off(whole);
-                self.send_frames(&sid, &audio);
-                if whole > 0 {
-                    self.note_first_frame(turn);
-                }
-            }
-            TtsOut::Done { .. } => {
-                if self.carry.0 == (turn, seq) && !self.carry.1.is_empty() {
-                    let mut last = std::mem::take(&mut self.carry.1);
-                    last.resize(FRAME_BYTES, ulaw::ULAW_SILENCE);
-                    self.send_frames(&sid, &last);
-                    self.note_first_frame(turn);
-                }
-                if let Some(name) = self.playback.end(turn, seq) {
-                    self.send_twilio(twilio_messages::mark(&sid, &name));
-                }
-            }
-            TtsOut::Failed(err) => {
-                log::error!(callSid = self.call_sid.as_str(), error = err.as_str(); "tts.piece_failed");
-                // Its mark is sent with no audio before it: it plays as nothing, and the
-                // apology (pre-rendered when it can be) follows — unless what failed was a
-                // fixed phrase itself (the apology included): no apology loop.
-                let was_phrase = self
-                    .playback
-                    .piece_mut(turn, seq)
-                    .is_some_and(|p| p.kind == Kind::Phrase);
-                if let Some(name) = self.playback.end(turn, seq) {
-                    self.send_twilio(twilio_messages::mark(&sid, &name));
-                }
-                let first_failure = !was_phrase
-                    && self
-                        .live
-                        .as_mut()
-                        .filter(|l| l.id == turn)
-                        .is_none_or(|l| !std::mem::replace(&mut l.apologized, true));
-                if first_failure {
-                    self.say_phrase(Phrase::Apology);
-                }
-            }
-        }
-    }
-
-    fn send_frames(&mut self, sid: &str, audio: &[u8]) {
-        for frame in audio.chunks(FRAME_BYTES) {
-            let payload = base64::engine::general_purpose::STANDARD.encode(frame);
-            self.send_twilio(twilio_messages::media(sid, &payload));
-        }
-    }
-
-    fn note_first_frame(&mut self, turn: u64) {
-        let Some(live) = self.live.as_mut().filter(|l| l.id == turn) else {
-            return;
-        };
-        if live.latency.first_frame_ms.is_some() {
-            return;
-        }
-        live.latency.first_frame_ms = Some(live.speech_end.elapsed().as_millis() as u64);
-        let l = live.latency.clone();
-        log::info!(
-            callSid = self.call_sid.as_str(),
-            turn = l.turn,
-            speechEndToCommitMs = l.speech_end_to_commit_ms.unwrap_or(0),
-            firstTokenMs = l.first_token_ms.unwrap_or(0),
-            firstSentenceMs = l.first_sentence_ms.unwrap_or(0),
-            firstAudioMs = l.first_audio_ms.unwrap_or(0),
-            firstFrameMs = l.first_frame_ms.unwrap_or(0);
-            "turn.latency"
-        );
-        self.app.metrics.record_turn(&l);
-    }
-
-    fn close_with(&mut self, phrase: Phrase, status: CallStatus, reason: &str) {
-        if self.closing.is_some() {
-            return;
-        }
-        log::info!(callSid = self.call_sid.as_str(), reason = reason; "call.closing");
-        if self.live.is_some() || self.playback.is_speaking() {
-            self.interrupt();
-        }
-        self.say_phrase(phrase);
-        self.closing = Some(Closing {
-            status,
-            reason: reason.to_string(),
-            deadline: Instant::now() + CLOSING_GRACE,
-        });
-    }
-
-    fn tick(&mut self) {
-        if self.end.is_some() {
-            return;
-        }
-        let now = Instant::now();
-        if self
-            .write_failed_at
-            .is_some_and(|at| now.duration_since(at) > Duration::from_millis(500))
-        {
-            log::warn!(callSid = self.call_sid.as_str(); "twilio.send_failed: connection lost");
-            self.finish_with(CallStatus::Failed, "twilio connection lost while sending");
-            return;
-        }
-        if self.app.calls.must_end() {
-            self.finish_with(CallStatus::Failed, "server shutting down");
-            return;
-        }
-        if now.duration_since(self.caller_active_at) >= self.app.config.calls.tuning.idle_reap {
-            log::warn!(callSid = self.call_sid.as_str(); "call.reaped: no sign of the caller");
-            self.finish_with(CallStatus::ForceReaped, "idle: no sign of the caller");
-            return;
-        }
-        if let Some(closing) = &self.closing {
-            if !self.playback.is_speaking() || now >= closing.deadline {
-                let (status, reason) = (closing.status, closing.reason.clone());
-                self.finish_with(status, &reason);
-            }
-            return;
-        }
-        if self.stream_sid.is_none() {
-            // Twilio sends `start` at once; a stream without one is not a call.
-            if now.duration_since(self.started) > Duration::from_secs(10) {
-                self.finish_with(CallStatus::Failed, "twilio sent no start message");
-            }
-            return;
-        }
-        let tuning = &self.app.config.calls.tuning;
-        if now.duration_since(self.started) >= tuning.max_duration {
-            self.close_with(
-                Phrase::GoodbyeTimeUp,
-                CallStatus::Completed,
-                "maximum call length reached",
-            );
-            return;
-        }
-        // A reply that never ends (a worker that died) must not leave the call stuck.
-        let config = &self.app.config;
-        let rounds = tuning.max_tool_rounds + 1;
-        let reply_deadline = config.anthropic.stream_timeout * rounds
-            + config.mcp.timeout * tuning.max_tool_rounds
-            + Duration::from_secs(5);
-        if self
-            .live
-            .as_ref()
-            .is_some_and(|l| !l.llm_done && l.committed.elapsed() > reply_deadline)
-        {
-            log::error!(callSid = self.call_sid.as_str(); "llm.no_answer: the reply never ended; the turn is closed");
-            // Whatever the worker still sends for this turn is ignored (see `on_llm`).
-            let apologized = self.live.as_ref().is_some_and(|l| l.apologized);
-            if let Some(live) = &mut self.live {
-                live.llm_done = true;
-                live.apologized = true;
-            }
-            if !apologized {
-                self.say_phrase(Phrase::Apology);
-            }
-            self.maybe_finish_turn();
-        }
-        let idle_flush = tuning.sentence_idle_flush;
-        if let Some(live) = &mut self.live {
-            if !live.llm_done
-                && live.sentences.has_pending()
-                && live.last_delta.elapsed() >= idle_flush
-            {
-                let rest = live.sentences.finish();
-                self.speak_sentences(rest.into_iter().collect());
-            }
-        }
-        let reprompt_after = tuning.reprompt_after;
-        let max_reprompts = tuning.max_reprompts;
-        let voiced = self.voiced_ms.load(Ordering::Relaxed);
-        let caller_recently_loud =
-            voiced > 0 && self.ms_since(now).saturating_sub(voiced - 1) < 1000;
-        if let Some(since) = self.quiet_since {
-            if caller_recently_loud {
-                self.quiet_since = Some(now);
-            } else if self.live.is_none()
-                && !self.playback.is_speaking()
-                && now.duration_since(since) >= reprompt_after
-            {
-                if self.reprompts < max_reprompts {
-                    self.reprompts += 1;
-                    self.quiet_since = None;
-                    self.say_phrase(Phrase::Reprompt);
-                } else {
-                    self.close_with(
-                        Phrase::GoodbyeSilence,
-                        CallStatus::Completed,
-                        "caller silent",
-                    );
-                }
-            }
-        }
-    }
-
-    /// The record's completion event and the `cost.call.summary` line.
-    fn complete(&mut self, status: CallStatus, reason: &str) {
-        let duration_secs = self.started.elapsed().as_secs();
-        let cost = self.usage.summary(&self.app.config.prices);
-        log::info!(
-            callSid = self.call_sid.as_str(),
-            status = status.as_str(),
-            reason = reason,
-            durationSecs = duration_secs;
-            "call.ended"
-        );
-        cost::log_call_summary(
-            &self.call_sid,
-            duration_secs,
-            self.caller_turns,
-            self.barge_ins,
-            self.tool_calls.len() as u64,
-            &cost,
-        );
-        if self.stream_sid.is_none() {
-            return;
-        }
-        let metrics = &self.app.metrics;
-        match status {
-            CallStatus::Completed => metrics.calls_completed.fetch_add(1, Ordering::Relaxed),
-            CallStatus::ForceReaped => metrics.calls_reaped.fetch_add(1, Ordering::Relaxed),
-            _ => metrics.calls_failed.fetch_add(1, Ordering::Relaxed),
-        };
-        metrics
-            .barge_ins
-            .fetch_add(self.barge_ins, Ordering::Relaxed);
-        metrics
-            .tool_calls
-            .fetch_add(self.tool_calls.len() as u64, Ordering::Relaxed);
-        let now = timestamp::now_ms();
-        let event = RecordEvent {
-            status: Some(status),
-            ended_at: Some(timestamp::format_ms(now)),
-            duration_secs: Some(duration_secs),
-            turn_count: Some(self.caller_turns),
-            transcript: Some(Transcript::from_entries(&self.transcript)),
-            tool_calls: Some(std::mem::take(&mut self.tool_calls)),
-            cost_summary: Some(cost),
-            barge_ins: Some(self.barge_ins),
-            ..RecordEvent::new(
-                EventKind::Completed,
-                &self.call_sid,
-                &timestamp::format_ms(now),
-                ttl_from(now, self.app.config.records.ttl_days),
-            )
-        };
-        if let Err(err) = self.app.records.append(&event) {
-            log::error!(callSid = self.call_sid.as_str(), error:% = err; "records.completeCall.failed");
-        }
+        _ => metrics.calls_failed.fetch_add(1, Ordering::Relaxed),
+    };
+    metrics
+        .barge_ins
+        .fetch_add(summary.barge_ins, Ordering::Relaxed);
+    metrics
+        .tool_calls
+        .fetch_add(summary.tool_calls.len() as u64, Ordering::Relaxed);
+    let now = timestamp::now_ms();
+    let event = RecordEvent {
+        status: Some(status),
+        ended_at: Some(timestamp::format_ms(now)),
+        duration_secs: Some(duration_secs),
+        turn_count: Some(summary.caller_turns),
+        transcript: Some(Transcript::from_entries(&summary.transcript)),
+        tool_calls: Some(std::mem::take(&mut summary.tool_calls)),
+        cost_summary: Some(cost),
+        barge_ins: Some(summary.barge_ins),
+        ..RecordEvent::new(
+            EventKind::Completed,
+            &summary.call_sid,
+            &timestamp::format_ms(now),
+            ttl_from(now, ctx.config.records.ttl_days),
+        )
+    };
+    if let Err(err) = ctx.records.append(&event) {
+        log::error!(callSid = summary.call_sid.as_str(), error:% = err; "records.completeCall.failed");
     }
 }

@@ -65,6 +65,12 @@ impl Playback {
         Some(piece.mark_name())
     }
 
+    /// Forgets a piece whose audio will never be sent (its speech could not be queued).
+    pub fn forget(&mut self, turn: u64, seq: u32) {
+        self.queue
+            .retain(|p| !(p.turn == turn && p.seq == seq && !p.marked));
+    }
+
     /// Twilio echoed `name`. Returns the piece if the caller heard it (it was not cleared).
     pub fn echoed(&mut self, name: &str) -> Option<Piece> {
         if let Some(pos) = self.cleared.iter().position(|c| c == name) {

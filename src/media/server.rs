@@ -47,8 +47,8 @@ pub fn ws_config() -> WebSocketConfig {
 
 /// The reading half of a Twilio socket. tungstenite writes pongs and close replies from inside
 /// `read()`; those writes go nowhere here, so they can never interleave with the frames the call
-/// thread writes through the other half. (Twilio does not ping; a close is answered by the
-/// call thread closing its half.)
+/// thread writes through the other half. (The call thread answers pings itself, and a close by
+/// closing its half.)
 pub struct ReadHalf(pub TcpStream);
 
 impl Read for ReadHalf {
@@ -203,7 +203,13 @@ fn serve_connection(
         }
         return;
     };
-    crate::call::run(app, socket, slot, n);
+    let context = crate::call::Context {
+        config: &app.config,
+        records: &app.records,
+        metrics: &app.metrics,
+        providers: &app.voice,
+    };
+    crate::call::run(&context, socket, slot, n);
 }
 
 /// A handshake request, as far as we need it.

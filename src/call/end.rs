@@ -1,0 +1,139 @@
+//! How a call ended, as a type: who or what ended it decides the status recorded, whether the
+//! Twilio socket may still be written to, and the reason in the log. (Before this was a type,
+//! those decisions were string prefixes of the reason.)
+
+use std::fmt;
+
+use crate::records::event::CallStatus;
+
+/// Why a call ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum End {
+    /// Twilio sent `stop`: the caller (or the far end) hung up.
+    CallerHungUp,
+    /// Twilio closed the WebSocket without a `stop`.
+    TwilioClosed,
+    /// Twilio sent nothing for `MEDIA_READ_TIMEOUT_MS` (it sends a frame every 20 ms).
+    TwilioSilent,
+    /// The Twilio connection failed while reading.
+    TwilioLost(String),
+    /// A write to Twilio failed and the reader did not say the caller hung up.
+    TwilioWriteFailed,
+    /// Twilio sent this many invalid messages (a flood ends the call).
+    TwilioInvalid(u32),
+    /// The stream never sent its `start` message.
+    NoStart,
+    /// The stream's audio is not 8 kHz mono μ-law.
+    UnsupportedMedia,
+    /// Speech-to-text could not be had before the call started.
+    SpeechToTextUnavailable,
+    /// Speech-to-text was lost during the call (the trouble goodbye was said).
+    SpeechToTextLost,
+    /// The caller stayed silent through every reprompt (the silence goodbye was said).
+    CallerSilent,
+    /// `MAX_CALL_DURATION_SECS` passed (the time-up goodbye was said).
+    MaxDuration,
+    /// No sign of the caller (speech, a key) for `IDLE_REAP_SECS`.
+    Idle,
+    /// The server's shutdown drain ran out.
+    ServerShutdown,
+    /// The call's own event channel closed (its threads are gone).
+    ChannelClosed,
+    /// A bug: the call thread panicked.
+    Internal,
+}
+
+impl End {
+    /// The final status the call's record gets.
+    pub fn status(&self) -> CallStatus {
+        match self {
+            End::CallerHungUp | End::TwilioClosed | End::CallerSilent | End::MaxDuration => {
+                CallStatus::Completed
+            }
+            End::Idle => CallStatus::ForceReaped,
+            End::TwilioSilent
+            | End::TwilioLost(_)
+            | End::TwilioWriteFailed
+            | End::TwilioInvalid(_)
+            | End::NoStart
+            | End::UnsupportedMedia
+            | End::SpeechToTextUnavailable
+            | End::SpeechToTextLost
+            | End::ServerShutdown
+            | End::ChannelClosed
+            | End::Internal => CallStatus::Failed,
+        }
+    }
+
+    /// Whether our side should still send a close frame: not when the connection is closed,
+    /// broken or flooding. (After `stop` it is still open, and a close ends it cleanly.)
+    pub fn may_close_socket(&self) -> bool {
+        !matches!(
+            self,
+            End::TwilioClosed
+                | End::TwilioSilent
+                | End::TwilioLost(_)
+                | End::TwilioWriteFailed
+                | End::TwilioInvalid(_)
+        )
+    }
+}
+
+impl fmt::Display for End {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            End::CallerHungUp => f.write_str("caller hung up"),
+            End::TwilioClosed => f.write_str("twilio closed the stream"),
+            End::TwilioSilent => f.write_str("twilio sent nothing within MEDIA_READ_TIMEOUT_MS"),
+            End::TwilioLost(why) => write!(f, "twilio connection lost: {why}"),
+            End::TwilioWriteFailed => f.write_str("twilio connection lost while sending"),
+            End::TwilioInvalid(count) => write!(f, "{count} invalid messages from twilio"),
+            End::NoStart => f.write_str("twilio sent no start message"),
+            End::UnsupportedMedia => f.write_str("unsupported media format"),
+            End::SpeechToTextUnavailable => f.write_str("speech-to-text unavailable"),
+            End::SpeechToTextLost => f.write_str("speech-to-text lost"),
+            End::CallerSilent => f.write_str("caller silent"),
+            End::MaxDuration => f.write_str("maximum call length reached"),
+            End::Idle => f.write_str("idle: no sign of the caller"),
+            End::ServerShutdown => f.write_str("server shutting down"),
+            End::ChannelClosed => f.write_str("call channel closed"),
+            End::Internal => f.write_str("internal error"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_status_follows_who_ended_the_call() {
+        assert_eq!(End::CallerHungUp.status(), CallStatus::Completed);
+        assert_eq!(End::MaxDuration.status(), CallStatus::Completed);
+        assert_eq!(End::CallerSilent.status(), CallStatus::Completed);
+        assert_eq!(End::Idle.status(), CallStatus::ForceReaped);
+        assert_eq!(End::TwilioWriteFailed.status(), CallStatus::Failed);
+        assert_eq!(End::SpeechToTextLost.status(), CallStatus::Failed);
+        assert_eq!(End::Internal.status(), CallStatus::Failed);
+    }
+
+    #[test]
+    fn a_socket_twilio_ended_is_not_written_to() {
+        assert!(End::CallerHungUp.may_close_socket());
+        assert!(!End::TwilioClosed.may_close_socket());
+        assert!(!End::TwilioLost("reset".into()).may_close_socket());
+        assert!(!End::TwilioInvalid(50).may_close_socket());
+        assert!(End::MaxDuration.may_close_socket());
+        assert!(End::ServerShutdown.may_close_socket());
+        assert!(End::Idle.may_close_socket());
+    }
+
+    #[test]
+    fn reasons_read_as_before() {
+        assert_eq!(
+            End::TwilioInvalid(50).to_string(),
+            "50 invalid messages from twilio"
+        );
+        assert_eq!(End::Idle.to_string(), "idle: no sign of the caller");
+    }
+}

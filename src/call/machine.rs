@@ -1,0 +1,954 @@
+//! The call machine: every decision of a call, as a pure function of its state, an input and
+//! the time.
+//!
+//! [`Machine::step`] takes `(now, input)` and returns [`Action`]s for the call thread to carry
+//! out; [`Machine::next_deadline`] tells the thread how long it may sleep before the machine
+//! must look at the time again. The machine reads no clock, owns no socket, channel or thread,
+//! touches no file and knows no provider client, so every rule below is unit-tested in
+//! microseconds with made-up times (see the tests at the end). It logs through the `log`
+//! facade; nothing it decides depends on that.
+//!
+//! The rules:
+//! - The greeting plays when the stream starts; each committed utterance starts a turn: the
+//!   model is asked, its text is cut into sentences, each sentence is spoken as a piece.
+//! - What the caller heard is what Twilio echoed a mark for ([`Playback`]): the transcript,
+//!   the history after a barge-in and the end of a turn all follow the marks.
+//! - Barge-in: a partial that is real words (not filler, not our own echo) while we speak
+//!   sends `clear`, cancels the turn and keeps only what was heard in the history. Nothing of a
+//!   cancelled turn is sent to Twilio afterwards.
+//! - Timers are deadlines: the start of the stream, the idle reap, the maximum duration and
+//!   its goodbye, the reply that never ends, the sentence idle flush, reprompts after silence
+//!   and the goodbye after the last one, the closing phrase's grace, a failed write.
+//! - An apology is said once per turn, never for a failed phrase (no apology loop).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+
+use super::clips::Clips;
+use super::end::End;
+use super::playback::{self, Kind, Piece, Playback};
+use super::workers::{LlmOut, Speech, SttOut, TtsOut};
+use crate::config::CallsConfig;
+use crate::cost::CallUsage;
+use crate::media::sentences::Sentences;
+use crate::media::twilio_messages::{self, Inbound, StreamStart};
+use crate::media::ulaw::{self, FRAME_BYTES};
+use crate::metrics::TurnLatency;
+use crate::personas::prompts::{self, Phrase};
+use crate::personas::{self, Role};
+use crate::providers::anthropic::request::CALL_CONNECTED;
+use crate::providers::anthropic::{Block, Speaker, Turn};
+use crate::records::event::{Direction, ToolCallRecord, TranscriptEntry};
+use crate::timestamp;
+
+/// How long Twilio may take to send `start` after the stream opens (it sends it at once).
+pub const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the goodbye may take to play before the call is closed anyway.
+pub const CLOSING_GRACE: Duration = Duration::from_secs(20);
+/// After a failed write, how long the reader has to say how the call ended (a caller who hangs
+/// up closes the socket right after `stop`, which may still be on its way) before the failure
+/// ends the call as a lost connection.
+pub const WRITE_FAILURE_GRACE: Duration = Duration::from_millis(500);
+/// Loud caller audio holds the silence timer this long after it (breath, noise between words).
+pub const VOICE_HOLD: Duration = Duration::from_secs(1);
+
+/// Something that happened, for the machine to decide on.
+#[derive(Debug)]
+pub enum Input {
+    /// A message from Twilio (media goes straight to speech-to-text, not here).
+    Twilio(Inbound),
+    /// A WebSocket ping from Twilio or a proxy in front of us, with its payload.
+    Ping(Vec<u8>),
+    /// The Twilio connection ended or must be ended (seen by the reader).
+    TwilioGone(End),
+    Stt(SttOut),
+    Llm {
+        turn: u64,
+        out: LlmOut,
+    },
+    Tts {
+        turn: u64,
+        seq: u32,
+        out: TtsOut,
+    },
+    /// The caller's audio was loud (speech or noise) at this moment, as the reader last saw.
+    Voice(Instant),
+    /// The time of [`Machine::next_deadline`] came.
+    Deadline,
+    /// The server is shutting down and its drain is over.
+    Shutdown,
+    /// A write to Twilio failed.
+    WriteFailed,
+    /// A piece of speech could not be queued (no text-to-speech, or its queue is full).
+    SpeechDropped {
+        turn: u64,
+        seq: u32,
+    },
+    /// The model could not be asked (not configured, or its queue is full).
+    AskFailed {
+        turn: u64,
+        why: String,
+    },
+}
+
+/// Something for the call thread to do, in order.
+#[derive(Debug)]
+pub enum Action {
+    /// Send this text message to Twilio (media, mark, clear).
+    Twilio(String),
+    /// Answer a ping (RFC 6455: a pong with the same payload).
+    Pong(Vec<u8>),
+    /// The stream started: open the call's record, start its workers for this persona.
+    Started(Stream),
+    /// Work of turns before this one is cancelled; new work carries this turn.
+    NewTurn(u64),
+    /// Queue a piece of speech (a `Prewarm` has no piece: it only opens a stream ahead).
+    Speak { turn: u64, seq: u32, speech: Speech },
+    /// Ask the model for the turn's reply to this conversation.
+    Ask { turn: u64, history: Vec<Turn> },
+    /// A turn reached its first audio frame: its latencies are complete.
+    Latency(TurnLatency),
+    /// The call is over.
+    End(End),
+}
+
+/// Who is on the line, from Twilio's `start` and our own `<Parameter>`s.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stream {
+    pub call_sid: String,
+    pub stream_sid: String,
+    pub role: Role,
+    pub voice: String,
+    pub direction: Direction,
+}
+
+/// The call's settings, fixed for its life.
+#[derive(Clone, Copy)]
+pub struct Rules<'a> {
+    pub calls: &'a CallsConfig,
+    pub clips: &'a Clips,
+    /// The longest a reply may take to end (every model round and tool call at their
+    /// timeouts, and a margin) before the turn is closed with an apology.
+    pub reply_deadline: Duration,
+    /// History kept: the request builder sends a window of it; twice that is kept.
+    pub history_keep: usize,
+}
+
+/// Where the call is. The stream (who is on the line) is known from `Talking` on.
+enum Phase {
+    /// The WebSocket is open; Twilio's `start` is awaited.
+    Connecting,
+    Talking,
+    /// A goodbye is playing; then the call ends with `end` (at the latest at `by`).
+    Closing {
+        end: End,
+        by: Instant,
+    },
+    Ended(End),
+}
+
+/// A turn being answered.
+struct Live {
+    id: u64,
+    sentences: Sentences,
+    last_delta: Instant,
+    llm_done: bool,
+    /// The history's length before this turn's reply went in.
+    history_start: usize,
+    apologized: bool,
+    speech_end: Instant,
+    committed: Instant,
+    latency: TurnLatency,
+}
+
+/// What the call did, for its record and its cost line.
+#[derive(Debug)]
+pub struct Summary {
+    pub call_sid: String,
+    /// Whether the stream ever started (a call without one has no record).
+    pub started: bool,
+    pub end: End,
+    pub duration: Duration,
+    pub caller_turns: u64,
+    pub barge_ins: u64,
+    pub transcript: Vec<TranscriptEntry>,
+    pub tool_calls: Vec<ToolCallRecord>,
+    pub usage: CallUsage,
+}
+
+pub struct Machine<'a> {
+    rules: Rules<'a>,
+    started: Instant,
+    started_wall_ms: i64,
+    /// The call's name in logs before Twilio tells its SID.
+    label: String,
+    phase: Phase,
+    /// Who is on the line: set by `start`, so present in every phase after `Connecting`
+    /// (except a call that ended before it started).
+    stream: Option<Stream>,
+
+    turn: u64,
+    next_seq: u32,
+    live: Option<Live>,
+    playback: Playback,
+    /// Audio of the piece being sent that does not yet fill a frame.
+    carry: Carry,
+    /// Reply sentences the caller heard, with their turn.
+    heard: Vec<(u64, String)>,
+
+    history: Vec<Turn>,
+    transcript: Vec<TranscriptEntry>,
+    tool_calls: Vec<ToolCallRecord>,
+    usage: CallUsage,
+    caller_turns: u64,
+    barge_ins: u64,
+
+    /// Since when nobody has spoken (the reprompt's clock); `None` while a turn is answered.
+    quiet_since: Option<Instant>,
+    reprompts: u32,
+    /// The caller's last sign of life (speech, a key): the idle reap's clock.
+    caller_active_at: Instant,
+    last_voice: Option<Instant>,
+    write_failed_at: Option<Instant>,
+
+    actions: Vec<Action>,
+}
+
+#[derive(Default)]
+struct Carry {
+    piece: (u64, u32),
+    bytes: Vec<u8>,
+}
+
+impl<'a> Machine<'a> {
+    /// A call whose WebSocket opened at `now` (wall clock `now_wall_ms`, for the transcript's
+    /// timestamps); `label` names it in logs until its SID is known.
+    pub fn new(rules: Rules<'a>, now: Instant, now_wall_ms: i64, label: String) -> Machine<'a> {
+        Machine {
+            rules,
+            started: now,
+            started_wall_ms: now_wall_ms,
+            label,
+            phase: Phase::Connecting,
+            stream: None,
+            turn: 0,
+            next_seq: 0,
+            live: None,
+            playback: Playback::default(),
+            carry: Carry::default(),
+            heard: Vec::new(),
+            history: Vec::new(),
+            transcript: Vec::new(),
+            tool_calls: Vec::new(),
+            usage: CallUsage::default(),
+            caller_turns: 0,
+            barge_ins: 0,
+            quiet_since: None,
+            reprompts: 0,
+            caller_active_at: now,
+            last_voice: None,
+            write_failed_at: None,
+            actions: Vec::new(),
+        }
+    }
+
+    /// Decides what `input` at `now` means; returns what to do, in order.
+    pub fn step(&mut self, now: Instant, input: Input) -> Vec<Action> {
+        if self.end().is_some() {
+            return Vec::new();
+        }
+        match input {
+            Input::Twilio(inbound) => self.on_twilio(now, inbound),
+            Input::Ping(payload) => self.actions.push(Action::Pong(payload)),
+            Input::TwilioGone(end) => self.finish(end),
+            Input::Stt(out) => self.on_stt(now, out),
+            Input::Llm { turn, out } => self.on_llm(now, turn, out),
+            Input::Tts { turn, seq, out } => self.on_tts(now, turn, seq, out),
+            Input::Voice(at) => {
+                self.last_voice = Some(self.last_voice.map_or(at, |last| last.max(at)));
+            }
+            Input::Deadline => {}
+            Input::Shutdown => self.finish(End::ServerShutdown),
+            Input::WriteFailed => {
+                self.write_failed_at.get_or_insert(now);
+            }
+            Input::SpeechDropped { turn, seq } => {
+                log::error!(callSid = self.call_sid(), turn = turn, seq = seq; "tts.queue_full: speech dropped");
+                self.playback.forget(turn, seq);
+                self.maybe_finish_turn(now);
+            }
+            Input::AskFailed { turn, why } => self.on_ask_failed(turn, &why),
+        }
+        self.check_time(now);
+        std::mem::take(&mut self.actions)
+    }
+
+    /// When the machine must next look at the time, whatever else happens; `None` when only
+    /// an input can change anything.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let mut next: Option<Instant> = None;
+        let mut at = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
+        if let Phase::Ended(_) = self.phase {
+            return None;
+        }
+        if let Some(failed) = self.write_failed_at {
+            at(failed + WRITE_FAILURE_GRACE);
+        }
+        at(self.caller_active_at + self.rules.calls.tuning.idle_reap);
+        match &self.phase {
+            Phase::Ended(_) => {}
+            Phase::Closing { by, .. } => at(*by),
+            Phase::Connecting => at(self.started + START_TIMEOUT),
+            Phase::Talking => {
+                let tuning = &self.rules.calls.tuning;
+                at(self.started + tuning.max_duration);
+                if let Some(live) = self.live.as_ref().filter(|l| !l.llm_done) {
+                    at(live.committed + self.rules.reply_deadline);
+                    if live.sentences.has_pending() {
+                        at(live.last_delta + tuning.sentence_idle_flush);
+                    }
+                }
+                if let Some(quiet) = self.reprompt_clock() {
+                    at(quiet + tuning.reprompt_after);
+                }
+            }
+        }
+        next
+    }
+
+    /// How the call ended, once it has.
+    pub fn end(&self) -> Option<&End> {
+        match &self.phase {
+            Phase::Ended(end) => Some(end),
+            _ => None,
+        }
+    }
+
+    /// The call's SID, or its label before `start`.
+    pub fn call_sid(&self) -> &str {
+        self.stream.as_ref().map_or(&self.label, |s| &s.call_sid)
+    }
+
+    /// The stream, once it started.
+    pub fn stream(&self) -> Option<&Stream> {
+        self.stream.as_ref()
+    }
+
+    /// The conversation so far (what the model is sent).
+    pub fn history(&self) -> &[Turn] {
+        &self.history
+    }
+
+    /// Whether assistant audio is playing or on its way.
+    pub fn is_speaking(&self) -> bool {
+        self.playback.is_speaking()
+    }
+
+    /// The current turn number (work of older turns is dropped).
+    pub fn turn(&self) -> u64 {
+        self.turn
+    }
+
+    /// What the call did, taken when it is over (or at `now` if it must be cut short).
+    pub fn summary(&mut self, now: Instant) -> Summary {
+        let end = self.end().cloned().unwrap_or(End::Internal);
+        Summary {
+            call_sid: self.call_sid().to_string(),
+            started: self.stream.is_some(),
+            end,
+            duration: now.saturating_duration_since(self.started),
+            caller_turns: self.caller_turns,
+            barge_ins: self.barge_ins,
+            transcript: std::mem::take(&mut self.transcript),
+            tool_calls: std::mem::take(&mut self.tool_calls),
+            usage: self.usage.clone(),
+        }
+    }
+
+    // ---- inputs ----
+
+    fn on_twilio(&mut self, now: Instant, inbound: Inbound) {
+        match inbound {
+            Inbound::Connected => log::debug!("twilio.connected"),
+            Inbound::Start(start) => self.on_start(start),
+            Inbound::Mark { name } => self.on_mark(now, &name),
+            Inbound::Dtmf { digit } => {
+                log::info!(callSid = self.call_sid(), digit = digit.as_str(); "call.dtmf");
+                self.caller_active_at = now;
+                self.note_transcript(now, "user", &format!("[keypad: {digit}]"));
+            }
+            Inbound::Stop => self.finish(End::CallerHungUp),
+            Inbound::Media { .. } => {}
+        }
+    }
+
+    fn on_start(&mut self, start: StreamStart) {
+        if !matches!(self.phase, Phase::Connecting) {
+            log::warn!(callSid = self.call_sid(); "twilio.start repeated; ignored");
+            return;
+        }
+        if !start.media_format_ok {
+            log::error!(callSid = start.call_sid.as_str(); "call.refused: media format is not 8 kHz mono μ-law");
+            self.finish(End::UnsupportedMedia);
+            return;
+        }
+        let calls = self.rules.calls;
+        // The role arrived through our own TwiML, but the stream is a network input: check it.
+        let role = match start.parameter("role") {
+            Some(name) => Role::parse(name).unwrap_or_else(|| {
+                log::warn!(requested = name; "call.start: unknown role; using the default persona");
+                calls.default_role
+            }),
+            None => calls.default_role,
+        };
+        let voice = start
+            .parameter("voiceId")
+            .filter(|v| personas::is_valid_voice_id(v))
+            .map_or_else(|| calls.voice_for(role).to_string(), str::to_string);
+        let direction = match start.parameter("direction") {
+            Some("outbound") => Direction::Outbound,
+            _ => Direction::Inbound,
+        };
+        let stream = Stream {
+            call_sid: start.call_sid,
+            stream_sid: start.stream_sid,
+            role,
+            voice,
+            direction,
+        };
+        self.stream = Some(stream.clone());
+        self.phase = Phase::Talking;
+        self.actions.push(Action::Started(stream.clone()));
+
+        let greeting = prompts::greeting(role);
+        self.history.push(Turn::user(CALL_CONNECTED));
+        self.history.push(Turn::assistant(&greeting));
+        let clip = self.rules.clips.greeting(&stream.voice, role);
+        self.say(Kind::Greeting, &greeting, clip);
+    }
+
+    fn on_mark(&mut self, now: Instant, name: &str) {
+        if let Some(piece) = self.playback.echoed(name) {
+            self.note_transcript(now, "assistant", &piece.text);
+            if piece.kind == Kind::Reply {
+                self.heard.push((piece.turn, piece.text));
+            }
+        }
+        self.maybe_finish_turn(now);
+    }
+
+    fn on_stt(&mut self, now: Instant, out: SttOut) {
+        match out {
+            SttOut::Partial(text) => {
+                // Re-armed, not stopped: a partial that never becomes an utterance (a cough)
+                // must not silence the reprompt for good.
+                self.quiet_since = Some(now);
+                self.caller_active_at = now;
+                if !matches!(self.phase, Phase::Talking) {
+                    return;
+                }
+                if self.playback.is_speaking()
+                    && playback::is_barge_in(
+                        &text,
+                        self.rules.calls.tuning.barge_in_min_chars,
+                        self.playback.current_text(),
+                    )
+                {
+                    log::info!(callSid = self.call_sid(), partialChars = text.chars().count(); "call.barge_in");
+                    self.barge_ins += 1;
+                    self.interrupt(now);
+                }
+            }
+            SttOut::Committed(text) => {
+                self.quiet_since = None;
+                self.caller_active_at = now;
+                self.reprompts = 0;
+                self.note_transcript(now, "user", &text);
+                if !matches!(self.phase, Phase::Talking) {
+                    return;
+                }
+                if self.playback.is_speaking() || self.live.is_some() {
+                    // The caller spoke again before the answer finished: answer both together.
+                    if self.playback.is_speaking() {
+                        self.barge_ins += 1;
+                    }
+                    self.interrupt(now);
+                }
+                self.start_turn(now, &text);
+            }
+            SttOut::Lost(reason) => {
+                log::error!(callSid = self.call_sid(), reason:% = reason; "stt.lost");
+                match self.phase {
+                    Phase::Connecting => self.finish(End::SpeechToTextUnavailable),
+                    _ => self.close_with(now, Phrase::GoodbyeTrouble, End::SpeechToTextLost),
+                }
+            }
+        }
+    }
+
+    fn on_llm(&mut self, now: Instant, turn: u64, out: LlmOut) {
+        if let LlmOut::Done { usage, .. } = &out {
+            self.usage.add_claude(
+                usage.input_tokens,
+                usage.output_tokens,
+                usage.cache_creation_input_tokens,
+                usage.cache_read_input_tokens,
+            );
+        }
+        if let LlmOut::ToolFinished {
+            name,
+            ok,
+            duration_ms,
+        } = &out
+        {
+            self.tool_calls.push(ToolCallRecord {
+                tool_name: name.clone(),
+                duration_ms: *duration_ms,
+                timestamp: timestamp::format_ms(self.wall_ms(now)),
+                success: *ok,
+            });
+        }
+        let Some(live) = self.live.as_mut().filter(|l| l.id == turn && !l.llm_done) else {
+            return;
+        };
+        match out {
+            LlmOut::Delta(text) => {
+                if live.latency.first_token_ms.is_none() {
+                    live.latency.first_token_ms = Some(ms_between(live.speech_end, now));
+                }
+                live.last_delta = now;
+                let done = live.sentences.push(&text);
+                self.speak_sentences(now, done);
+            }
+            LlmOut::ToolsStarted(names) => {
+                let rest = live.sentences.finish();
+                log::info!(callSid = self.call_sid(), tools:? = names; "call.tools");
+                self.speak_sentences(now, rest.into_iter().collect());
+                self.say_phrase(Phrase::Hold);
+            }
+            LlmOut::ToolFinished { .. } => {}
+            LlmOut::Done {
+                new_turns, error, ..
+            } => {
+                let rest = live.sentences.finish();
+                live.llm_done = true;
+                live.history_start = self.history.len();
+                let apologize = error.is_some() && !live.apologized;
+                if apologize {
+                    live.apologized = true;
+                }
+                self.history.extend(new_turns);
+                self.speak_sentences(now, rest.into_iter().collect());
+                if let Some(err) = error {
+                    log::error!(callSid = self.call_sid(), error:% = err; "llm.failed");
+                    // Never an orphan tool_use: a failed round's history must end cleanly.
+                    if self.history.last().is_some_and(|t| {
+                        t.speaker == Speaker::User
+                            && t.blocks
+                                .iter()
+                                .any(|b| matches!(b, Block::ToolResult { .. }))
+                    }) {
+                        self.history
+                            .push(Turn::assistant("[the reply failed after that step]"));
+                    }
+                    if apologize {
+                        self.say_phrase(Phrase::Apology);
+                    }
+                }
+                self.maybe_finish_turn(now);
+            }
+        }
+    }
+
+    fn on_ask_failed(&mut self, turn: u64, why: &str) {
+        log::error!(callSid = self.call_sid(), error = why; "llm.unavailable");
+        let Some(live) = self.live.as_mut().filter(|l| l.id == turn && !l.llm_done) else {
+            return;
+        };
+        live.llm_done = true;
+        live.apologized = true;
+        self.say_phrase(Phrase::Apology);
+    }
+
+    fn on_tts(&mut self, now: Instant, turn: u64, seq: u32, out: TtsOut) {
+        if let TtsOut::Done { chars } = &out {
+            self.usage.add_tts_chars(*chars);
+        }
+        if turn != self.turn {
+            return;
+        }
+        let Some(sid) = self.stream.as_ref().map(|s| s.stream_sid.clone()) else {
+            return;
+        };
+        match out {
+            TtsOut::Audio(audio) => {
+                // A piece that is no longer playing (cut off by a `clear`) is not sent.
+                if self.playback.piece_mut(turn, seq).is_none() {
+                    return;
+                }
+                if let Some(live) = self.live.as_mut().filter(|l| l.id == turn) {
+                    if live.latency.first_audio_ms.is_none() {
+                        live.latency.first_audio_ms = Some(ms_between(live.speech_end, now));
+                    }
+                }
+                // Whole 20 ms frames: what does not fill one waits for the next audio of the
+                // piece (or is padded with silence at its end).
+                if self.carry.piece != (turn, seq) {
+                    self.carry = Carry {
+                        piece: (turn, seq),
+                        bytes: Vec::new(),
+                    };
+                }
+                let mut audio = audio;
+                if !self.carry.bytes.is_empty() {
+                    let mut joined = std::mem::take(&mut self.carry.bytes);
+                    joined.extend_from_slice(&audio);
+                    audio = joined;
+                }
+                let whole = audio.len() / FRAME_BYTES * FRAME_BYTES;
+                self.carry.bytes = audio.split_off(whole);
+                self.send_frames(&sid, &audio);
+                if whole > 0 {
+                    self.note_first_frame(now, turn);
+                }
+            }
+            TtsOut::Done { .. } => {
+                if self.carry.piece == (turn, seq) && !self.carry.bytes.is_empty() {
+                    let mut last = std::mem::take(&mut self.carry.bytes);
+                    last.resize(FRAME_BYTES, ulaw::ULAW_SILENCE);
+                    self.send_frames(&sid, &last);
+                    self.note_first_frame(now, turn);
+                }
+                if let Some(name) = self.playback.end(turn, seq) {
+                    self.twilio(twilio_messages::mark(&sid, &name));
+                }
+            }
+            TtsOut::Failed(err) => {
+                log::error!(callSid = self.call_sid(), error:% = err; "tts.piece_failed");
+                // Its mark is sent with no audio before it: it plays as nothing, and the
+                // apology (pre-rendered when it can be) follows — unless what failed was a
+                // fixed phrase itself (the apology included): no apology loop.
+                let was_phrase = self
+                    .playback
+                    .piece_mut(turn, seq)
+                    .is_some_and(|p| p.kind == Kind::Phrase);
+                if let Some(name) = self.playback.end(turn, seq) {
+                    self.twilio(twilio_messages::mark(&sid, &name));
+                }
+                let first_failure = !was_phrase
+                    && self
+                        .live
+                        .as_mut()
+                        .filter(|l| l.id == turn)
+                        .is_none_or(|l| !std::mem::replace(&mut l.apologized, true));
+                if first_failure {
+                    self.say_phrase(Phrase::Apology);
+                }
+            }
+        }
+    }
+
+    // ---- time ----
+
+    /// Acts on every deadline that has come by `now`.
+    fn check_time(&mut self, now: Instant) {
+        if self.end().is_some() {
+            return;
+        }
+        if self
+            .write_failed_at
+            .is_some_and(|at| now >= at + WRITE_FAILURE_GRACE)
+        {
+            log::warn!(callSid = self.call_sid(); "twilio.send_failed: connection lost");
+            self.finish(End::TwilioWriteFailed);
+            return;
+        }
+        let tuning = &self.rules.calls.tuning;
+        if now >= self.caller_active_at + tuning.idle_reap {
+            log::warn!(callSid = self.call_sid(); "call.reaped: no sign of the caller");
+            self.finish(End::Idle);
+            return;
+        }
+        match &self.phase {
+            Phase::Ended(_) | Phase::Talking => {}
+            Phase::Closing { end, by } => {
+                if !self.playback.is_speaking() || now >= *by {
+                    let end = end.clone();
+                    self.finish(end);
+                }
+                return;
+            }
+            Phase::Connecting => {
+                if now >= self.started + START_TIMEOUT {
+                    self.finish(End::NoStart);
+                }
+                return;
+            }
+        }
+        if now >= self.started + tuning.max_duration {
+            self.close_with(now, Phrase::GoodbyeTimeUp, End::MaxDuration);
+            return;
+        }
+        // A reply that never ends (a worker that died) must not leave the call stuck.
+        let reply_deadline = self.rules.reply_deadline;
+        if let Some(live) = self
+            .live
+            .as_mut()
+            .filter(|l| !l.llm_done && now >= l.committed + reply_deadline)
+        {
+            // Whatever the worker still sends for this turn is ignored (see `on_llm`).
+            live.llm_done = true;
+            let apologized = std::mem::replace(&mut live.apologized, true);
+            log::error!(callSid = self.call_sid(); "llm.no_answer: the reply never ended; the turn is closed");
+            if !apologized {
+                self.say_phrase(Phrase::Apology);
+            }
+            self.maybe_finish_turn(now);
+        }
+        let idle_flush = tuning.sentence_idle_flush;
+        if let Some(live) = self.live.as_mut().filter(|l| {
+            !l.llm_done && l.sentences.has_pending() && now >= l.last_delta + idle_flush
+        }) {
+            let rest = live.sentences.finish();
+            self.speak_sentences(now, rest.into_iter().collect());
+        }
+        if let Some(quiet) = self.reprompt_clock() {
+            if now >= quiet + tuning.reprompt_after {
+                if self.reprompts < tuning.max_reprompts {
+                    self.reprompts += 1;
+                    self.quiet_since = None;
+                    self.say_phrase(Phrase::Reprompt);
+                } else {
+                    self.close_with(now, Phrase::GoodbyeSilence, End::CallerSilent);
+                }
+            }
+        }
+    }
+
+    /// Since when the line has been quiet, when a reprompt is due after a silence: nobody is
+    /// answering, nothing is playing. Loud audio holds it (a caller making noise is there).
+    fn reprompt_clock(&self) -> Option<Instant> {
+        if self.live.is_some() || self.playback.is_speaking() {
+            return None;
+        }
+        let quiet = self.quiet_since?;
+        Some(match self.last_voice {
+            Some(voice) => quiet.max(voice + VOICE_HOLD),
+            None => quiet,
+        })
+    }
+
+    // ---- actions ----
+
+    fn finish(&mut self, end: End) {
+        if self.end().is_none() {
+            self.phase = Phase::Ended(end.clone());
+            self.actions.push(Action::End(end));
+        }
+    }
+
+    fn twilio(&mut self, text: String) {
+        if self.write_failed_at.is_some() || self.end().is_some() {
+            return;
+        }
+        self.actions.push(Action::Twilio(text));
+    }
+
+    fn wall_ms(&self, now: Instant) -> i64 {
+        self.started_wall_ms + ms_between(self.started, now) as i64
+    }
+
+    fn note_transcript(&mut self, now: Instant, role: &str, text: &str) {
+        self.transcript.push(TranscriptEntry {
+            role: role.to_string(),
+            text: text.to_string(),
+            timestamp: timestamp::format_ms(self.wall_ms(now)),
+        });
+    }
+
+    /// Says `phrase`, then ends the call with `end` once it has played.
+    fn close_with(&mut self, now: Instant, phrase: Phrase, end: End) {
+        match self.phase {
+            Phase::Talking => {}
+            Phase::Connecting => return self.finish(end),
+            Phase::Closing { .. } | Phase::Ended(_) => return,
+        }
+        log::info!(callSid = self.call_sid(), reason:% = end; "call.closing");
+        if self.live.is_some() || self.playback.is_speaking() {
+            self.interrupt(now);
+        }
+        self.say_phrase(phrase);
+        self.phase = Phase::Closing {
+            end,
+            by: now + CLOSING_GRACE,
+        };
+    }
+
+    /// Queues a piece of speech in the current turn: pre-rendered when a clip is given.
+    fn say(&mut self, kind: Kind, text: &str, clip: Option<Arc<Vec<u8>>>) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let speech = match clip {
+            Some(audio) => {
+                self.usage.add_cached_chars(text.chars().count() as u64);
+                Speech::Clip(audio)
+            }
+            None => Speech::Text(text.to_string()),
+        };
+        self.playback.begin(Piece {
+            turn: self.turn,
+            seq,
+            kind,
+            text: text.to_string(),
+            marked: false,
+        });
+        self.actions.push(Action::Speak {
+            turn: self.turn,
+            seq,
+            speech,
+        });
+    }
+
+    fn say_phrase(&mut self, phrase: Phrase) {
+        let clip = self
+            .stream
+            .as_ref()
+            .and_then(|s| self.rules.clips.phrase(&s.voice, phrase));
+        self.say(Kind::Phrase, phrase.text(), clip);
+    }
+
+    fn speak_sentences(&mut self, now: Instant, sentences: Vec<String>) {
+        for sentence in sentences {
+            if let Some(live) = &mut self.live {
+                if live.latency.first_sentence_ms.is_none() {
+                    live.latency.first_sentence_ms = Some(ms_between(live.speech_end, now));
+                }
+            }
+            self.say(Kind::Reply, &sentence, None);
+        }
+    }
+
+    fn send_frames(&mut self, sid: &str, audio: &[u8]) {
+        for frame in audio.chunks(FRAME_BYTES) {
+            let payload = base64::engine::general_purpose::STANDARD.encode(frame);
+            self.twilio(twilio_messages::media(sid, &payload));
+        }
+    }
+
+    fn note_first_frame(&mut self, now: Instant, turn: u64) {
+        let Some(live) = self.live.as_mut().filter(|l| l.id == turn) else {
+            return;
+        };
+        if live.latency.first_frame_ms.is_some() {
+            return;
+        }
+        live.latency.first_frame_ms = Some(ms_between(live.speech_end, now));
+        self.actions.push(Action::Latency(live.latency.clone()));
+    }
+
+    /// A turn is over when its reply is complete and has finished playing.
+    fn maybe_finish_turn(&mut self, now: Instant) {
+        if self.playback.is_speaking() {
+            return;
+        }
+        match &self.live {
+            Some(live) if !live.llm_done => {}
+            Some(_) => {
+                self.live = None;
+                self.quiet_since = Some(now);
+            }
+            None => {
+                self.quiet_since.get_or_insert(now);
+            }
+        }
+    }
+
+    /// Cuts off whatever is playing and the live turn: `clear` to Twilio, the turn's work
+    /// cancelled, and the history keeps only what the caller heard.
+    fn interrupt(&mut self, now: Instant) {
+        if self.playback.is_speaking() {
+            if let Some(sid) = self.stream.as_ref().map(|s| s.stream_sid.clone()) {
+                self.twilio(twilio_messages::clear(&sid));
+            }
+            self.playback.clear();
+        }
+        self.carry.bytes.clear();
+        if let Some(live) = self.live.take() {
+            let heard: Vec<&str> = self
+                .heard
+                .iter()
+                .filter(|(turn, _)| *turn == live.id)
+                .map(|(_, text)| text.as_str())
+                .collect();
+            let note = (!heard.is_empty()).then(|| {
+                // What the caller heard, and that they cut in: the model should not repeat it,
+                // nor assume the rest was said.
+                format!("{} [interrupted by the caller]", heard.join(" "))
+            });
+            if live.llm_done {
+                self.history.truncate(live.history_start);
+            }
+            if let Some(text) = note {
+                self.history.push(Turn::assistant(&text));
+            }
+        }
+        self.next_turn();
+        self.quiet_since = Some(now);
+    }
+
+    /// Moves to a new turn number: the old turn's work stops, pieces are numbered from 0.
+    fn next_turn(&mut self) {
+        self.turn += 1;
+        self.next_seq = 0;
+        self.heard.clear();
+        self.actions.push(Action::NewTurn(self.turn));
+    }
+
+    fn start_turn(&mut self, now: Instant, text: &str) {
+        self.next_turn();
+        self.caller_turns += 1;
+        let keep = self.rules.history_keep;
+        if self.history.len() > keep + 16 {
+            let excess = self.history.len() - keep;
+            self.history.drain(..excess);
+        }
+        self.history.push(Turn::user(text));
+        let speech_end = self.last_voice.filter(|v| *v <= now).unwrap_or(now);
+        self.live = Some(Live {
+            id: self.turn,
+            sentences: Sentences::new(),
+            last_delta: now,
+            llm_done: false,
+            history_start: self.history.len(),
+            apologized: false,
+            speech_end,
+            committed: now,
+            latency: TurnLatency {
+                call_sid: self.call_sid().to_string(),
+                turn: self.caller_turns,
+                said: text.to_string(),
+                speech_end_to_commit_ms: Some(ms_between(speech_end, now)),
+                ..TurnLatency::default()
+            },
+        });
+        self.actions.push(Action::Speak {
+            turn: self.turn,
+            seq: u32::MAX,
+            speech: Speech::Prewarm,
+        });
+        self.actions.push(Action::Ask {
+            turn: self.turn,
+            history: self.history.clone(),
+        });
+    }
+}
+
+fn ms_between(from: Instant, to: Instant) -> u64 {
+    to.saturating_duration_since(from).as_millis() as u64
+}
+
+#[cfg(test)]
+#[path = "machine_tests.rs"]
+mod tests;

@@ -1,0 +1,819 @@
+//! The call's rules, one test each, with made-up times: no socket, no thread, no clock.
+
+use super::*;
+use crate::config::{Config, Env};
+use crate::providers::anthropic::stream::Usage;
+
+/// The configuration and clips a test machine borrows (leaked: a test's machine lives as long
+/// as the test, and a `'static` borrow keeps the fixture simple).
+fn rules_with(extra: &[(&str, &str)]) -> Rules<'static> {
+    let mut env = Env::from_pairs([("SERVER_DOMAIN", "voice.example.com")]);
+    for (key, value) in extra {
+        env.set(key, value);
+    }
+    let config: &'static Config = match Config::from_env(&env) {
+        Ok(config) => Box::leak(Box::new(config)),
+        Err(errors) => panic!("test configuration refused: {errors:?}"),
+    };
+    let clips: &'static Clips = Box::leak(Box::default());
+    Rules {
+        calls: &config.calls,
+        clips,
+        reply_deadline: Duration::from_secs(60),
+        history_keep: 40,
+    }
+}
+
+/// A machine and a clock the test moves by hand.
+struct Bench {
+    machine: Machine<'static>,
+    t0: Instant,
+    now: Instant,
+}
+
+const SID: &str = "CA0123456789abcdef0123456789abcdef";
+const STREAM: &str = "MZ0123456789abcdef0123456789abcdef";
+
+impl Bench {
+    fn new() -> Bench {
+        Bench::with(&[])
+    }
+
+    fn with(extra: &[(&str, &str)]) -> Bench {
+        let t0 = Instant::now();
+        Bench {
+            machine: Machine::new(rules_with(extra), t0, 1_700_000_000_000, "unknown-1".into()),
+            t0,
+            now: t0,
+        }
+    }
+
+    fn tuning(&self) -> &crate::config::CallTuning {
+        &self.machine.rules.calls.tuning
+    }
+
+    /// Moves the clock to `ms` after the call opened.
+    fn at(&mut self, ms: u64) -> &mut Bench {
+        self.now = self.t0 + Duration::from_millis(ms);
+        self
+    }
+
+    fn step(&mut self, input: Input) -> Vec<Action> {
+        self.machine.step(self.now, input)
+    }
+
+    /// Moves the clock to the machine's next deadline and lets it act.
+    fn wait(&mut self) -> Vec<Action> {
+        let deadline = self.machine.next_deadline().expect("a deadline");
+        assert!(deadline >= self.now, "a deadline in the past");
+        self.now = deadline;
+        let actions = self.step(Input::Deadline);
+        // Whatever it decided, it must not ask to be woken for the same moment again.
+        if let Some(next) = self.machine.next_deadline() {
+            assert!(next > self.now, "the deadline did not move on");
+        }
+        actions
+    }
+
+    fn start(&mut self) -> Vec<Action> {
+        self.start_with(&[("role", "attorney")])
+    }
+
+    fn start_with(&mut self, parameters: &[(&str, &str)]) -> Vec<Action> {
+        self.step(Input::Twilio(Inbound::Start(StreamStart {
+            call_sid: SID.into(),
+            stream_sid: STREAM.into(),
+            account_sid: "AC0123456789abcdef0123456789abcdef".into(),
+            custom_parameters: parameters
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            media_format_ok: true,
+        })))
+    }
+
+    /// The piece's audio arrives in full (`bytes` of it) and its mark goes out.
+    fn play(&mut self, turn: u64, seq: u32, bytes: usize) -> Vec<Action> {
+        let mut actions = self.step(Input::Tts {
+            turn,
+            seq,
+            out: TtsOut::Audio(vec![0xFF; bytes]),
+        });
+        actions.extend(self.step(Input::Tts {
+            turn,
+            seq,
+            out: TtsOut::Done { chars: 10 },
+        }));
+        actions
+    }
+
+    fn echo(&mut self, turn: u64, seq: u32) -> Vec<Action> {
+        self.step(Input::Twilio(Inbound::Mark {
+            name: format!("{turn}-{seq}"),
+        }))
+    }
+
+    /// Starts the call and plays the greeting to its mark.
+    fn greeted(&mut self) {
+        self.start();
+        self.play(0, 0, 320);
+        self.echo(0, 0);
+    }
+
+    fn say(&mut self, text: &str) -> Vec<Action> {
+        self.step(Input::Stt(SttOut::Committed(text.into())))
+    }
+
+    fn partial(&mut self, text: &str) -> Vec<Action> {
+        self.step(Input::Stt(SttOut::Partial(text.into())))
+    }
+
+    fn llm(&mut self, turn: u64, out: LlmOut) -> Vec<Action> {
+        self.step(Input::Llm { turn, out })
+    }
+
+    fn reply_done(&mut self, turn: u64, text: &str) -> Vec<Action> {
+        self.llm(
+            turn,
+            LlmOut::Done {
+                new_turns: vec![Turn::assistant(text)],
+                usage: Usage::default(),
+                error: None,
+            },
+        )
+    }
+}
+
+/// What went to Twilio, as `media`, `mark:NAME`, `clear`, `pong`.
+fn twilio(actions: &[Action]) -> Vec<String> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Twilio(text) => {
+                let v: serde_json::Value = serde_json::from_str(text).expect("json");
+                let event = v["event"].as_str().unwrap_or("?").to_string();
+                Some(match event.as_str() {
+                    "mark" => format!("mark:{}", v["mark"]["name"].as_str().unwrap_or("?")),
+                    _ => event,
+                })
+            }
+            Action::Pong(_) => Some("pong".into()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The speech queued: (turn, seq, text or "clip"), prewarms left out.
+fn spoken(actions: &[Action]) -> Vec<(u64, u32, String)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Speak { turn, seq, speech } => match speech {
+                Speech::Text(text) => Some((*turn, *seq, text.clone())),
+                Speech::Clip(_) => Some((*turn, *seq, "clip".into())),
+                Speech::Prewarm => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
+fn texts(actions: &[Action]) -> Vec<String> {
+    spoken(actions).into_iter().map(|(_, _, t)| t).collect()
+}
+
+fn ended(actions: &[Action]) -> Option<&End> {
+    actions.iter().find_map(|a| match a {
+        Action::End(end) => Some(end),
+        _ => None,
+    })
+}
+
+fn asked(actions: &[Action]) -> Option<(u64, &[Turn])> {
+    actions.iter().find_map(|a| match a {
+        Action::Ask { turn, history } => Some((*turn, history.as_slice())),
+        _ => None,
+    })
+}
+
+fn words(turn: &Turn) -> String {
+    turn.blocks
+        .iter()
+        .filter_map(|b| match b {
+            Block::Text(text) => Some(text.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn start_greets_in_the_persona_and_its_voice() {
+    let mut bench = Bench::new();
+    let actions = bench.start_with(&[("role", "attorney"), ("direction", "outbound")]);
+    let Some(Action::Started(stream)) = actions.first() else {
+        panic!("no start: {actions:?}");
+    };
+    assert_eq!(stream.role, Role::Attorney);
+    assert_eq!(stream.direction, Direction::Outbound);
+    assert_eq!(
+        stream.voice,
+        bench.machine.rules.calls.voice_for(Role::Attorney)
+    );
+    assert_eq!(texts(&actions), vec![prompts::greeting(Role::Attorney)]);
+    // The history opens with the connection and the greeting.
+    assert_eq!(bench.machine.history().len(), 2);
+}
+
+#[test]
+fn an_unknown_role_or_a_bad_voice_falls_back_to_the_defaults() {
+    let mut bench = Bench::new();
+    let actions = bench.start_with(&[("role", "pirate"), ("voiceId", "../../etc")]);
+    let Some(Action::Started(stream)) = actions.first() else {
+        panic!("no start");
+    };
+    let calls = bench.machine.rules.calls;
+    assert_eq!(stream.role, calls.default_role);
+    assert_eq!(stream.voice, calls.voice_for(calls.default_role));
+}
+
+#[test]
+fn audio_goes_out_in_whole_frames_and_the_mark_follows_the_last() {
+    let mut bench = Bench::new();
+    bench.start();
+    // 400 bytes: two whole frames now, 80 bytes held for the next audio of the piece.
+    let first = bench.step(Input::Tts {
+        turn: 0,
+        seq: 0,
+        out: TtsOut::Audio(vec![0x7F; 400]),
+    });
+    assert_eq!(twilio(&first), vec!["media", "media"]);
+    let done = bench.step(Input::Tts {
+        turn: 0,
+        seq: 0,
+        out: TtsOut::Done { chars: 20 },
+    });
+    // The rest padded with silence to a whole frame, then the mark.
+    assert_eq!(twilio(&done), vec!["media", "mark:0-0"]);
+    let Action::Twilio(last_media) = &done[0] else {
+        panic!("media first");
+    };
+    let v: serde_json::Value = serde_json::from_str(last_media).unwrap();
+    let payload = base64::engine::general_purpose::STANDARD
+        .decode(v["media"]["payload"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(payload.len(), FRAME_BYTES);
+    assert_eq!(&payload[..80], &[0x7F; 80][..]);
+    assert!(payload[80..].iter().all(|b| *b == ulaw::ULAW_SILENCE));
+    assert!(bench.machine.is_speaking());
+    bench.echo(0, 0);
+    assert!(!bench.machine.is_speaking());
+}
+
+#[test]
+fn a_committed_utterance_asks_the_model_and_its_sentences_are_spoken() {
+    let mut bench = Bench::new();
+    bench.greeted();
+    bench.at(3_000);
+    let actions = bench.say("I need help with the schedule");
+    assert!(matches!(actions.first(), Some(Action::NewTurn(1))));
+    let (turn, history) = asked(&actions).expect("the model is asked");
+    assert_eq!(turn, 1);
+    assert_eq!(
+        words(history.last().unwrap()),
+        "I need help with the schedule"
+    );
+    // A stream is opened ahead for the reply.
+    assert!(actions.iter().any(|a| matches!(
+        a,
+        Action::Speak {
+            speech: Speech::Prewarm,
+            ..
+        }
+    )));
+    let actions = bench.llm(1, LlmOut::Delta("Of course, I can help. Let me".into()));
+    assert_eq!(
+        spoken(&actions),
+        vec![(1, 0, "Of course, I can help.".into())]
+    );
+    // The rest waits for its end, and the end of the reply flushes it.
+    assert!(spoken(&bench.llm(1, LlmOut::Delta(" explain".into()))).is_empty());
+    let actions = bench.reply_done(1, "Of course, I can help. Let me explain");
+    assert_eq!(texts(&actions), vec!["Let me explain"]);
+}
+
+#[test]
+fn barge_in_clears_what_plays_and_nothing_of_the_old_turn_is_sent_after() {
+    let mut bench = Bench::new();
+    bench.greeted();
+    bench.say("Tell me about custody");
+    bench.llm(
+        1,
+        LlmOut::Delta("Custody has two parts. The first is legal. ".into()),
+    );
+    bench.play(1, 0, 320);
+    bench.echo(1, 0);
+    // The second sentence is being sent when the caller cuts in.
+    bench.step(Input::Tts {
+        turn: 1,
+        seq: 1,
+        out: TtsOut::Audio(vec![0xFF; 320]),
+    });
+    let actions = bench.partial("wait I have a question");
+    assert_eq!(twilio(&actions), vec!["clear"]);
+    assert!(actions.iter().any(|a| matches!(a, Action::NewTurn(2))));
+    assert!(!bench.machine.is_speaking());
+    assert_eq!(bench.machine.turn(), 2);
+    // The old turn's audio, its end, and the model's late words are all dropped.
+    assert!(bench.play(1, 1, 640).is_empty());
+    assert!(bench
+        .llm(1, LlmOut::Delta("More words. ".into()))
+        .is_empty());
+    // Twilio echoes the cleared mark at once: it was not heard.
+    assert!(bench.echo(1, 1).is_empty());
+    // The history says what was heard, and that the caller cut in.
+    let last = bench.machine.history().last().unwrap();
+    assert_eq!(
+        words(last),
+        "Custody has two parts. [interrupted by the caller]"
+    );
+}
+
+#[test]
+fn filler_and_our_own_echo_do_not_interrupt() {
+    let mut bench = Bench::new();
+    bench.greeted();
+    bench.say("Tell me about custody");
+    bench.llm(
+        1,
+        LlmOut::Delta("Let me explain the process to you. ".into()),
+    );
+    bench.play(1, 0, 320);
+    assert!(bench.machine.is_speaking());
+    assert!(twilio(&bench.partial("uh-huh")).is_empty());
+    assert!(twilio(&bench.partial("uh, okay")).is_empty());
+    assert!(twilio(&bench.partial("explain the process")).is_empty());
+    assert!(bench.machine.is_speaking());
+    assert_eq!(bench.machine.turn(), 1);
+}
+
+#[test]
+fn the_history_keeps_only_the_sentences_heard() {
+    let mut bench = Bench::new();
+    bench.greeted();
+    bench.say("What should I bring");
+    let reply = "Bring your documents please. Also bring the order. And a pen.";
+    bench.llm(1, LlmOut::Delta(reply.into()));
+    bench.reply_done(1, reply);
+    let before = bench.machine.history().len();
+    bench.play(1, 0, 320);
+    bench.echo(1, 0);
+    bench.play(1, 1, 320);
+    // The caller speaks before the second sentence's mark comes back.
+    let actions = bench.say("Sorry what was that");
+    let (turn, history) = asked(&actions).expect("a new turn is asked");
+    assert!(turn > 1);
+    // The full reply is replaced by what was heard, marked as interrupted; then the new
+    // utterance.
+    assert_eq!(history.len(), before + 1);
+    assert!(history.iter().all(|t| words(t) != reply));
+    assert_eq!(
+        words(&history[before - 1]),
+        "Bring your documents please. [interrupted by the caller]"
+    );
+    assert_eq!(words(&history[before]), "Sorry what was that");
+}
+
+#[test]
+fn a_tool_round_says_the_hold_phrase_and_is_recorded() {
+    let mut bench = Bench::new();
+    bench.greeted();
+    bench.say("Look up my case");
+    let actions = bench.llm(1, LlmOut::Delta("Let me look that up".into()));
+    assert!(spoken(&actions).is_empty());
+    let actions = bench.llm(1, LlmOut::ToolsStarted(vec!["case_lookup".into()]));
+    // The words before the tool call, then the hold phrase.
+    assert_eq!(
+        texts(&actions),
+        vec![
+            "Let me look that up".to_string(),
+            Phrase::Hold.text().into()
+        ]
+    );
+    bench.llm(
+        1,
+        LlmOut::ToolFinished {
+            name: "case_lookup".into(),
+            ok: true,
+            duration_ms: 120,
+        },
+    );
+    let actions = bench.llm(1, LlmOut::Delta("Your hearing is on Monday.".into()));
+    assert!(spoken(&actions).is_empty());
+    let actions = bench.reply_done(1, "Your hearing is on Monday.");
+    assert_eq!(texts(&actions), vec!["Your hearing is on Monday."]);
+    let summary = bench.machine.summary(bench.now);
+    assert_eq!(summary.tool_calls.len(), 1);
+    assert_eq!(summary.tool_calls[0].tool_name, "case_lookup");
+    assert!(summary.tool_calls[0].success);
+}
+
+#[test]
+fn an_apology_is_said_once_per_turn_and_never_for_a_failed_phrase() {
+    let mut bench = Bench::new();
+    bench.greeted();
+    bench.say("Help me");
+    bench.llm(
+        1,
+        LlmOut::Delta("First part here. Second part here. ".into()),
+    );
+    let actions = bench.step(Input::Tts {
+        turn: 1,
+        seq: 0,
+        out: TtsOut::Failed(failure()),
+    });
+    // The failed piece's mark goes out (it plays as nothing), then the apology.
+    assert_eq!(twilio(&actions), vec!["mark:1-0"]);
+    assert_eq!(texts(&actions), vec![Phrase::Apology.text()]);
+    let apology_seq = spoken(&actions)[0].1;
+    // A second failure in the turn, and the apology failing itself: no more apologies.
+    let again = bench.step(Input::Tts {
+        turn: 1,
+        seq: 1,
+        out: TtsOut::Failed(failure()),
+    });
+    assert!(spoken(&again).is_empty());
+    let phrase_failed = bench.step(Input::Tts {
+        turn: 1,
+        seq: apology_seq,
+        out: TtsOut::Failed(failure()),
+    });
+    assert!(spoken(&phrase_failed).is_empty());
+    // The model failing afterwards does not apologise again either.
+    let failed = bench.llm(
+        1,
+        LlmOut::Done {
+            new_turns: vec![],
+            usage: Usage::default(),
+            error: Some("overloaded".into()),
+        },
+    );
+    assert!(spoken(&failed).is_empty());
+}
+
+/// A text-to-speech failure, as the worker reports it.
+fn failure() -> String {
+    "the stream closed early".into()
+}
+
+/// Speech-to-text given up on, as the worker reports it.
+fn stt_lost() -> String {
+    "speech-to-text could not be reached again".into()
+}
+
+#[test]
+fn a_failed_model_apologises_and_leaves_no_orphan_tool_result() {
+    let mut bench = Bench::new();
+    bench.greeted();
+    bench.say("Check my file");
+    let tool_result = Turn {
+        speaker: Speaker::User,
+        blocks: vec![Block::ToolResult {
+            tool_use_id: "t1".into(),
+            content: "found".into(),
+            is_error: false,
+        }],
+    };
+    let actions = bench.llm(
+        1,
+        LlmOut::Done {
+            new_turns: vec![tool_result],
+            usage: Usage::default(),
+            error: Some("stream stalled".into()),
+        },
+    );
+    assert_eq!(texts(&actions), vec![Phrase::Apology.text()]);
+    let last = bench.machine.history().last().unwrap();
+    assert_eq!(last.speaker, Speaker::Assistant);
+}
+
+#[test]
+fn a_reply_that_never_ends_is_closed_with_an_apology() {
+    let mut bench = Bench::new();
+    bench.greeted();
+    bench.at(1_000);
+    bench.say("Hello");
+    let reply_deadline = bench.machine.rules.reply_deadline;
+    assert_eq!(
+        bench.machine.next_deadline(),
+        Some(bench.t0 + Duration::from_millis(1_000) + reply_deadline)
+    );
+    let actions = bench.wait();
+    assert_eq!(texts(&actions), vec![Phrase::Apology.text()]);
+    // Whatever the worker sends later for the turn is ignored.
+    assert!(bench.reply_done(1, "Too late. ").is_empty());
+}
+
+#[test]
+fn words_without_an_ending_are_spoken_after_the_idle_flush() {
+    let mut bench = Bench::new();
+    bench.greeted();
+    bench.say("Hello");
+    bench.at(2_000);
+    let actions = bench.llm(1, LlmOut::Delta("Well I think that you".into()));
+    assert!(spoken(&actions).is_empty());
+    let flush = bench.tuning().sentence_idle_flush;
+    assert_eq!(
+        bench.machine.next_deadline(),
+        Some(bench.t0 + Duration::from_millis(2_000) + flush)
+    );
+    let actions = bench.wait();
+    assert_eq!(texts(&actions), vec!["Well I think that you"]);
+}
+
+#[test]
+fn silence_is_reprompted_then_the_call_says_goodbye_and_ends_after_its_mark() {
+    let mut bench = Bench::with(&[("MAX_REPROMPTS", "2")]);
+    bench.greeted();
+    let quiet = bench.now;
+    let after = bench.tuning().reprompt_after;
+    assert_eq!(bench.machine.next_deadline(), Some(quiet + after));
+    for reprompt in 1..=2u32 {
+        let actions = bench.wait();
+        assert_eq!(
+            texts(&actions),
+            vec![Phrase::Reprompt.text()],
+            "reprompt {reprompt}"
+        );
+        let (turn, seq, _) = spoken(&actions)[0].clone();
+        bench.play(turn, seq, 160);
+        // No reprompt clock while the reprompt plays.
+        assert!(bench.machine.next_deadline().unwrap() > bench.now + after);
+        bench.echo(turn, seq);
+    }
+    let actions = bench.wait();
+    assert_eq!(texts(&actions), vec![Phrase::GoodbyeSilence.text()]);
+    assert!(ended(&actions).is_none(), "the goodbye plays first");
+    let (turn, seq, _) = spoken(&actions)[0].clone();
+    bench.play(turn, seq, 160);
+    // The caller speaking now changes nothing: the call is closing.
+    assert!(asked(&bench.say("wait")).is_none());
+    let actions = bench.echo(turn, seq);
+    assert_eq!(ended(&actions), Some(&End::CallerSilent));
+    assert_eq!(
+        End::CallerSilent.status(),
+        crate::records::event::CallStatus::Completed
+    );
+}
+
+#[test]
+fn the_caller_speaking_resets_the_reprompts_and_loud_audio_holds_the_clock() {
+    let mut bench = Bench::new();
+    bench.greeted();
+    let after = bench.tuning().reprompt_after;
+    let quiet = bench.now;
+    // Noise on the line (no words yet) moves the reprompt later.
+    let noise = quiet + Duration::from_secs(2);
+    bench.step(Input::Voice(noise));
+    assert_eq!(
+        bench.machine.next_deadline(),
+        Some(noise + VOICE_HOLD + after)
+    );
+    // A partial re-arms the clock from now.
+    bench.at(5_000);
+    bench.partial("so");
+    assert_eq!(
+        bench.machine.next_deadline(),
+        Some(bench.t0 + Duration::from_millis(5_000) + after)
+    );
+}
+
+#[test]
+fn the_maximum_duration_says_time_is_up_and_ends_after_the_goodbye() {
+    let mut bench = Bench::with(&[("MAX_CALL_SECS", "60")]);
+    bench.greeted();
+    bench.say("Tell me everything");
+    bench.llm(1, LlmOut::Delta("There is a lot to say. ".into()));
+    bench.play(1, 0, 320);
+    let max = bench.tuning().max_duration;
+    bench.at(max.as_millis() as u64);
+    let actions = bench.step(Input::Deadline);
+    // What played is cut off, and the goodbye follows.
+    assert_eq!(twilio(&actions), vec!["clear"]);
+    assert_eq!(texts(&actions), vec![Phrase::GoodbyeTimeUp.text()]);
+    assert!(ended(&actions).is_none());
+    // A barge-in cannot cut the goodbye off.
+    let (turn, seq, _) = spoken(&actions)[0].clone();
+    bench.play(turn, seq, 320);
+    assert!(twilio(&bench.partial("no wait a moment")).is_empty());
+    let actions = bench.echo(turn, seq);
+    assert_eq!(ended(&actions), Some(&End::MaxDuration));
+}
+
+#[test]
+fn a_goodbye_that_never_plays_ends_the_call_after_the_grace() {
+    let mut bench = Bench::with(&[("MAX_CALL_SECS", "60")]);
+    bench.greeted();
+    bench.at(60_000);
+    let actions = bench.step(Input::Deadline);
+    assert_eq!(texts(&actions), vec![Phrase::GoodbyeTimeUp.text()]);
+    assert_eq!(
+        bench.machine.next_deadline(),
+        Some(bench.now + CLOSING_GRACE)
+    );
+    let actions = bench.wait();
+    assert_eq!(ended(&actions), Some(&End::MaxDuration));
+}
+
+#[test]
+fn a_failed_write_ends_the_call_unless_the_caller_hung_up_meanwhile() {
+    let mut bench = Bench::new();
+    bench.greeted();
+    bench.at(1_000);
+    bench.step(Input::WriteFailed);
+    // Nothing more is written.
+    bench.say("Hello there");
+    assert!(twilio(&bench.play(1, 0, 320)).is_empty());
+    assert_eq!(
+        bench.machine.next_deadline(),
+        Some(bench.t0 + Duration::from_millis(1_000) + WRITE_FAILURE_GRACE)
+    );
+    let actions = bench.wait();
+    assert_eq!(ended(&actions), Some(&End::TwilioWriteFailed));
+
+    let mut bench = Bench::new();
+    bench.greeted();
+    bench.step(Input::WriteFailed);
+    let actions = bench.step(Input::Twilio(Inbound::Stop));
+    assert_eq!(ended(&actions), Some(&End::CallerHungUp));
+}
+
+#[test]
+fn stale_work_of_an_earlier_turn_is_dropped() {
+    let mut bench = Bench::new();
+    bench.greeted();
+    let (first, _) = asked(&bench.say("First question")).unwrap();
+    // The caller goes on before the answer: both are answered together, in a new turn.
+    let actions = bench.say("Actually a second question");
+    let (second, history) = asked(&actions).unwrap();
+    assert!(second > first);
+    assert_eq!(words(&history[history.len() - 2]), "First question");
+    assert!(bench
+        .llm(first, LlmOut::Delta("Answer to the first. ".into()))
+        .is_empty());
+    assert!(bench.reply_done(first, "Answer to the first.").is_empty());
+    assert!(bench.play(first, 0, 320).is_empty());
+    let actions = bench.llm(second, LlmOut::Delta("Answer to the second. ".into()));
+    assert_eq!(
+        spoken(&actions),
+        vec![(second, 0, "Answer to the second.".into())]
+    );
+}
+
+#[test]
+fn a_stream_without_start_fails_and_one_with_a_wrong_format_is_refused() {
+    let mut bench = Bench::new();
+    assert_eq!(
+        bench.machine.next_deadline(),
+        Some(bench.t0 + START_TIMEOUT)
+    );
+    let actions = bench.wait();
+    assert_eq!(ended(&actions), Some(&End::NoStart));
+
+    let mut bench = Bench::new();
+    let actions = bench.step(Input::Twilio(Inbound::Start(StreamStart {
+        call_sid: SID.into(),
+        stream_sid: STREAM.into(),
+        account_sid: String::new(),
+        custom_parameters: vec![],
+        media_format_ok: false,
+    })));
+    assert_eq!(ended(&actions), Some(&End::UnsupportedMedia));
+    assert!(!actions.iter().any(|a| matches!(a, Action::Started(_))));
+}
+
+#[test]
+fn a_silent_line_is_reaped_and_a_key_press_counts_as_the_caller() {
+    let mut bench = Bench::with(&[("IDLE_REAP_SECS", "30"), ("REPROMPT_AFTER_MS", "600000")]);
+    bench.greeted();
+    bench.at(20_000);
+    bench.step(Input::Twilio(Inbound::Dtmf { digit: "5".into() }));
+    assert_eq!(
+        bench.machine.next_deadline(),
+        Some(bench.t0 + Duration::from_secs(50))
+    );
+    let actions = bench.wait();
+    assert_eq!(ended(&actions), Some(&End::Idle));
+    let summary = bench.machine.summary(bench.now);
+    assert_eq!(
+        summary.end.status(),
+        crate::records::event::CallStatus::ForceReaped
+    );
+    assert!(summary.transcript.iter().any(|e| e.text == "[keypad: 5]"));
+}
+
+#[test]
+fn losing_speech_to_text_says_goodbye_during_a_call_and_fails_before_one() {
+    let mut bench = Bench::new();
+    let actions = bench.step(Input::Stt(SttOut::Lost(stt_lost())));
+    assert_eq!(ended(&actions), Some(&End::SpeechToTextUnavailable));
+
+    let mut bench = Bench::new();
+    bench.greeted();
+    let actions = bench.step(Input::Stt(SttOut::Lost(stt_lost())));
+    assert_eq!(texts(&actions), vec![Phrase::GoodbyeTrouble.text()]);
+    let (turn, seq, _) = spoken(&actions)[0].clone();
+    bench.play(turn, seq, 160);
+    assert_eq!(ended(&bench.echo(turn, seq)), Some(&End::SpeechToTextLost));
+}
+
+#[test]
+fn pings_are_answered_and_shutdown_ends_the_call() {
+    let mut bench = Bench::new();
+    bench.greeted();
+    let actions = bench.step(Input::Ping(b"keepalive".to_vec()));
+    assert!(matches!(actions.as_slice(), [Action::Pong(p)] if p == b"keepalive"));
+    let actions = bench.step(Input::Shutdown);
+    assert_eq!(ended(&actions), Some(&End::ServerShutdown));
+    // Nothing is decided after the end.
+    assert!(bench.step(Input::Ping(vec![])).is_empty());
+    assert_eq!(bench.machine.next_deadline(), None);
+}
+
+#[test]
+fn speech_that_could_not_be_queued_is_forgotten() {
+    let mut bench = Bench::new();
+    let actions = bench.start();
+    let (turn, seq, _) = spoken(&actions)[0].clone();
+    assert!(bench.machine.is_speaking());
+    bench.step(Input::SpeechDropped { turn, seq });
+    assert!(!bench.machine.is_speaking());
+    // The line is quiet, so the reprompt clock runs.
+    assert!(bench.machine.next_deadline().unwrap() <= bench.now + bench.tuning().reprompt_after);
+}
+
+#[test]
+fn a_model_that_cannot_be_asked_apologises() {
+    let mut bench = Bench::new();
+    bench.greeted();
+    let actions = bench.say("Hello");
+    let (turn, _) = asked(&actions).unwrap();
+    let actions = bench.step(Input::AskFailed {
+        turn,
+        why: "the model is not configured".into(),
+    });
+    assert_eq!(texts(&actions), vec![Phrase::Apology.text()]);
+}
+
+#[test]
+fn the_turn_latency_is_measured_from_the_end_of_speech() {
+    let mut bench = Bench::new();
+    bench.greeted();
+    bench.step(Input::Voice(bench.t0 + Duration::from_millis(1_000)));
+    bench.at(1_400);
+    bench.say("How long does this take");
+    bench.at(1_900);
+    bench.llm(1, LlmOut::Delta("It takes a few weeks usually. ".into()));
+    bench.at(2_300);
+    let actions = bench.play(1, 0, 320);
+    let latency = actions
+        .iter()
+        .find_map(|a| match a {
+            Action::Latency(l) => Some(l.clone()),
+            _ => None,
+        })
+        .expect("a latency at the first frame");
+    assert_eq!(latency.speech_end_to_commit_ms, Some(400));
+    assert_eq!(latency.first_token_ms, Some(900));
+    assert_eq!(latency.first_sentence_ms, Some(900));
+    assert_eq!(latency.first_frame_ms, Some(1_300));
+    assert_eq!(latency.said, "How long does this take");
+    assert_eq!(latency.call_sid, SID);
+}
+
+#[test]
+fn the_transcript_is_what_was_heard_and_said() {
+    let mut bench = Bench::new();
+    bench.greeted();
+    bench.say("Hello");
+    bench.llm(1, LlmOut::Delta("Hi, how can I help? ".into()));
+    bench.play(1, 0, 320);
+    bench.echo(1, 0);
+    let summary = bench.machine.summary(bench.now);
+    let roles: Vec<(&str, &str)> = summary
+        .transcript
+        .iter()
+        .map(|e| (e.role.as_str(), e.text.as_str()))
+        .collect();
+    assert_eq!(
+        roles,
+        vec![
+            ("assistant", prompts::greeting(Role::Attorney).as_str()),
+            ("user", "Hello"),
+            ("assistant", "Hi, how can I help?"),
+        ]
+    );
+    assert_eq!(summary.caller_turns, 1);
+    assert!(summary.transcript[0]
+        .timestamp
+        .starts_with("2023-11-14T22:13:20"));
+}
