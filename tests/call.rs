@@ -685,6 +685,35 @@ fn a_flood_of_invalid_messages_ends_the_call_cleanly() {
     assert_eq!(record.status, CallStatus::Failed);
 }
 
+/// A caller whose WebSocket library pings (Python `websockets`, as a proxy with keep-alive
+/// would) gets its pongs and stays connected. The library closes the connection when a pong
+/// is late; here it pings every 0.2 s for 4 s (20 pings), the same rule as its default of
+/// every 20 s over a 3-minute call, in a test's time.
+#[test]
+fn a_caller_whose_library_pings_stays_connected() {
+    let rig = Rig::start(&[("REPROMPT_AFTER_MS", "60000")]);
+    let url = format!("ws://{}/call/stream", rig.server.media_addr);
+    let result = crate::support::run_python(
+        "keepalive_caller.py",
+        &[&url, "0.2", "0.5", "4"],
+        &json!({}),
+    );
+    assert_eq!(result["close"], serde_json::Value::Null, "{result}");
+    assert_eq!(result["open"], true, "{result}");
+    // A round trip was measured: a pong came back for a ping.
+    assert!(
+        result["latency"].as_f64().is_some_and(|l| l > 0.0),
+        "{result}"
+    );
+    // It heard the greeting meanwhile.
+    assert!(
+        result["received"].as_u64().is_some_and(|n| n > 10),
+        "{result}"
+    );
+    let record = rig.record_after_end(&format!("CA{}", "1".repeat(32)));
+    assert_eq!(record.status, CallStatus::Completed);
+}
+
 #[test]
 fn silence_brings_a_reprompt_then_a_goodbye_and_keys_are_recorded() {
     let rig = Rig::start(&[("REPROMPT_AFTER_MS", "1000"), ("MAX_REPROMPTS", "1")]);

@@ -364,10 +364,18 @@ pub fn interop_python() -> PathBuf {
 
 /// Runs `scripts/twilio_interop.py <mode>` with `input` as JSON on stdin; returns its JSON.
 pub fn run_interop(mode: &str, input: &serde_json::Value) -> serde_json::Value {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/twilio_interop.py");
+    run_python("twilio_interop.py", &[mode], input)
+}
+
+/// Runs `scripts/<script> <args>` with the interop Python, `input` as JSON on stdin; returns
+/// the JSON it prints (within 60 s).
+pub fn run_python(script: &str, args: &[&str], input: &serde_json::Value) -> serde_json::Value {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("scripts")
+        .join(script);
     let mut child = Command::new(interop_python())
         .arg(script)
-        .arg(mode)
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
