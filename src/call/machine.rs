@@ -86,11 +86,29 @@ pub enum Input {
         turn: u64,
         seq: u32,
     },
-    /// The model could not be asked (not configured, or its queue is full).
+    /// The model could not be asked.
     AskFailed {
         turn: u64,
-        why: String,
+        why: AskError,
     },
+}
+
+/// Why the model could not be asked for a reply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AskError {
+    /// `ANTHROPIC_API_KEY` is not set.
+    NotConfigured,
+    /// The model worker has a full queue (it is stuck) or is gone.
+    WorkerUnavailable,
+}
+
+impl std::fmt::Display for AskError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AskError::NotConfigured => "the model is not configured (ANTHROPIC_API_KEY)",
+            AskError::WorkerUnavailable => "the model worker is not taking work",
+        })
+    }
 }
 
 /// Something for the call thread to do, in order.
@@ -562,8 +580,8 @@ impl<'a> Machine<'a> {
         }
     }
 
-    fn on_ask_failed(&mut self, turn: u64, why: &str) {
-        log::error!(callSid = self.call_sid(), error = why; "llm.unavailable");
+    fn on_ask_failed(&mut self, turn: u64, why: &AskError) {
+        log::error!(callSid = self.call_sid(), error:% = why; "llm.unavailable");
         let Some(live) = self.live.as_mut().filter(|l| l.id == turn && !l.llm_done) else {
             return;
         };

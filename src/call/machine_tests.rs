@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::config::{Config, Env};
+use crate::providers::anthropic::client::LlmError;
 use crate::providers::anthropic::stream::Usage;
 
 /// The configuration and clips a test machine borrows (leaked: a test's machine lives as long
@@ -454,7 +455,10 @@ fn an_apology_is_said_once_per_turn_and_never_for_a_failed_phrase() {
         LlmOut::Done {
             new_turns: vec![],
             usage: Usage::default(),
-            error: Some("overloaded".into()),
+            error: Some(LlmError::Stream {
+                kind: "overloaded_error".into(),
+                message: "Overloaded".into(),
+            }),
         },
     );
     assert!(spoken(&failed).is_empty());
@@ -488,7 +492,7 @@ fn a_failed_model_apologises_and_leaves_no_orphan_tool_result() {
         LlmOut::Done {
             new_turns: vec![tool_result],
             usage: Usage::default(),
-            error: Some("stream stalled".into()),
+            error: Some(LlmError::Timeout("the stream stalled".into())),
         },
     );
     assert_eq!(texts(&actions), vec![Phrase::Apology.text()]);
@@ -759,7 +763,7 @@ fn a_model_that_cannot_be_asked_apologises() {
     let (turn, _) = asked(&actions).unwrap();
     let actions = bench.step(Input::AskFailed {
         turn,
-        why: "the model is not configured".into(),
+        why: AskError::NotConfigured,
     });
     assert_eq!(texts(&actions), vec![Phrase::Apology.text()]);
 }

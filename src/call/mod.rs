@@ -45,7 +45,7 @@ use tungstenite::{Message, WebSocket};
 
 use self::clips::Clips;
 use self::end::End;
-use self::machine::{Action, Machine, Rules, Stream, Summary};
+use self::machine::{Action, AskError, Machine, Rules, Stream, Summary};
 use self::workers::{CallLlm, LlmJob, LlmSetup, Speech, SttOut, TtsJob};
 use crate::calls::CallSlot;
 use crate::config::Config;
@@ -541,8 +541,8 @@ impl Call<'_> {
                     cancel: self.cancel.clone(),
                 };
                 let sent = match &self.llm_tx {
-                    Some(llm) => llm.try_send(job).map_err(|e| e.to_string()),
-                    None => Err("the model is not configured".to_string()),
+                    Some(llm) => llm.try_send(job).map_err(|_| AskError::WorkerUnavailable),
+                    None => Err(AskError::NotConfigured),
                 };
                 if let Err(why) = sent {
                     self.feedback.push(Event::AskFailed { turn, why });

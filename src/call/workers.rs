@@ -12,7 +12,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use serde_json::json;
 
 use super::Event;
-use crate::providers::anthropic::client::AnthropicClient;
+use crate::providers::anthropic::client::{AnthropicClient, LlmError};
 use crate::providers::anthropic::request::{self, RequestParts};
 use crate::providers::anthropic::stream::{StreamItem, Usage};
 use crate::providers::anthropic::{Block, Speaker, Turn};
@@ -48,7 +48,7 @@ pub enum LlmOut {
         new_turns: Vec<Turn>,
         usage: Usage,
         /// Set when the model failed; what was streamed before stays valid.
-        error: Option<String>,
+        error: Option<LlmError>,
     },
 }
 
@@ -423,7 +423,7 @@ pub fn llm(
             let outcome = match result {
                 Ok(outcome) => outcome,
                 Err(err) => {
-                    error = Some(err.to_string());
+                    error = Some(err);
                     break;
                 }
             };
