@@ -1,9 +1,13 @@
 //! The call's rules, one test each, with made-up times: no socket, no thread, no clock.
 
+use base64::Engine as _;
+
 use super::*;
 use crate::config::{Config, Env};
+use crate::media::ulaw::{self, FRAME_BYTES};
 use crate::providers::anthropic::client::LlmError;
 use crate::providers::anthropic::stream::Usage;
+use crate::providers::anthropic::{Block, Speaker};
 
 /// The configuration and clips a test machine borrows (leaked: a test's machine lives as long
 /// as the test, and a `'static` borrow keeps the fixture simple).

@@ -21,25 +21,21 @@
 //!   and the goodbye after the last one, the closing phrase's grace, a failed write.
 //! - An apology is said once per turn, never for a failed phrase (no apology loop).
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use base64::Engine as _;
 
 use super::clips::Clips;
 use super::end::End;
-use super::playback::{self, Kind, Piece, Playback};
+use super::playback::{Kind, Playback};
 use super::workers::{LlmOut, Speech, SttOut, TtsOut};
 use crate::config::CallsConfig;
 use crate::cost::CallUsage;
 use crate::media::sentences::Sentences;
-use crate::media::twilio_messages::{self, Inbound, StreamStart};
-use crate::media::ulaw::{self, FRAME_BYTES};
+use crate::media::twilio_messages::{Inbound, StreamStart};
 use crate::metrics::TurnLatency;
 use crate::personas::prompts::{self, Phrase};
 use crate::personas::{self, Role};
 use crate::providers::anthropic::request::CALL_CONNECTED;
-use crate::providers::anthropic::{Block, Speaker, Turn};
+use crate::providers::anthropic::Turn;
 use crate::records::event::{Direction, ToolCallRecord, TranscriptEntry};
 use crate::timestamp;
 
@@ -447,227 +443,6 @@ impl<'a> Machine<'a> {
         self.say(Kind::Greeting, &greeting, clip);
     }
 
-    fn on_mark(&mut self, now: Instant, name: &str) {
-        if let Some(piece) = self.playback.echoed(name) {
-            self.note_transcript(now, "assistant", &piece.text);
-            if piece.kind == Kind::Reply {
-                self.heard.push((piece.turn, piece.text));
-            }
-        }
-        self.maybe_finish_turn(now);
-    }
-
-    fn on_stt(&mut self, now: Instant, out: SttOut) {
-        match out {
-            SttOut::Partial(text) => {
-                // Re-armed, not stopped: a partial that never becomes an utterance (a cough)
-                // must not silence the reprompt for good.
-                self.quiet_since = Some(now);
-                self.caller_active_at = now;
-                if !matches!(self.phase, Phase::Talking) {
-                    return;
-                }
-                if self.playback.is_speaking()
-                    && playback::is_barge_in(
-                        &text,
-                        self.rules.calls.tuning.barge_in_min_chars,
-                        self.playback.current_text(),
-                    )
-                {
-                    log::info!(callSid = self.call_sid(), partialChars = text.chars().count(); "call.barge_in");
-                    self.barge_ins += 1;
-                    self.interrupt(now);
-                }
-            }
-            SttOut::Committed(text) => {
-                self.quiet_since = None;
-                self.caller_active_at = now;
-                self.reprompts = 0;
-                self.note_transcript(now, "user", &text);
-                if !matches!(self.phase, Phase::Talking) {
-                    return;
-                }
-                if self.playback.is_speaking() || self.live.is_some() {
-                    // The caller spoke again before the answer finished: answer both together.
-                    if self.playback.is_speaking() {
-                        self.barge_ins += 1;
-                    }
-                    self.interrupt(now);
-                }
-                self.start_turn(now, &text);
-            }
-            SttOut::Lost(reason) => {
-                log::error!(callSid = self.call_sid(), reason:% = reason; "stt.lost");
-                match self.phase {
-                    Phase::Connecting => self.finish(End::SpeechToTextUnavailable),
-                    _ => self.close_with(now, Phrase::GoodbyeTrouble, End::SpeechToTextLost),
-                }
-            }
-        }
-    }
-
-    fn on_llm(&mut self, now: Instant, turn: u64, out: LlmOut) {
-        if let LlmOut::Done { usage, .. } = &out {
-            self.usage.add_claude(
-                usage.input_tokens,
-                usage.output_tokens,
-                usage.cache_creation_input_tokens,
-                usage.cache_read_input_tokens,
-            );
-        }
-        if let LlmOut::ToolFinished {
-            name,
-            ok,
-            duration_ms,
-        } = &out
-        {
-            self.tool_calls.push(ToolCallRecord {
-                tool_name: name.clone(),
-                duration_ms: *duration_ms,
-                timestamp: timestamp::format_ms(self.wall_ms(now)),
-                success: *ok,
-            });
-        }
-        let Some(live) = self.live.as_mut().filter(|l| l.id == turn && !l.llm_done) else {
-            return;
-        };
-        match out {
-            LlmOut::Delta(text) => {
-                if live.latency.first_token_ms.is_none() {
-                    live.latency.first_token_ms = Some(ms_between(live.speech_end, now));
-                }
-                live.last_delta = now;
-                let done = live.sentences.push(&text);
-                self.speak_sentences(now, done);
-            }
-            LlmOut::ToolsStarted(names) => {
-                let rest = live.sentences.finish();
-                log::info!(callSid = self.call_sid(), tools:? = names; "call.tools");
-                self.speak_sentences(now, rest.into_iter().collect());
-                self.say_phrase(Phrase::Hold);
-            }
-            LlmOut::ToolFinished { .. } => {}
-            LlmOut::Done {
-                new_turns, error, ..
-            } => {
-                let rest = live.sentences.finish();
-                live.llm_done = true;
-                live.history_start = self.history.len();
-                let apologize = error.is_some() && !live.apologized;
-                if apologize {
-                    live.apologized = true;
-                }
-                self.history.extend(new_turns);
-                self.speak_sentences(now, rest.into_iter().collect());
-                if let Some(err) = error {
-                    log::error!(callSid = self.call_sid(), error:% = err; "llm.failed");
-                    // Never an orphan tool_use: a failed round's history must end cleanly.
-                    if self.history.last().is_some_and(|t| {
-                        t.speaker == Speaker::User
-                            && t.blocks
-                                .iter()
-                                .any(|b| matches!(b, Block::ToolResult { .. }))
-                    }) {
-                        self.history
-                            .push(Turn::assistant("[the reply failed after that step]"));
-                    }
-                    if apologize {
-                        self.say_phrase(Phrase::Apology);
-                    }
-                }
-                self.maybe_finish_turn(now);
-            }
-        }
-    }
-
-    fn on_ask_failed(&mut self, turn: u64, why: &AskError) {
-        log::error!(callSid = self.call_sid(), error:% = why; "llm.unavailable");
-        let Some(live) = self.live.as_mut().filter(|l| l.id == turn && !l.llm_done) else {
-            return;
-        };
-        live.llm_done = true;
-        live.apologized = true;
-        self.say_phrase(Phrase::Apology);
-    }
-
-    fn on_tts(&mut self, now: Instant, turn: u64, seq: u32, out: TtsOut) {
-        if let TtsOut::Done { chars } = &out {
-            self.usage.add_tts_chars(*chars);
-        }
-        if turn != self.turn {
-            return;
-        }
-        let Some(sid) = self.stream.as_ref().map(|s| s.stream_sid.clone()) else {
-            return;
-        };
-        match out {
-            TtsOut::Audio(audio) => {
-                // A piece that is no longer playing (cut off by a `clear`) is not sent.
-                if self.playback.piece_mut(turn, seq).is_none() {
-                    return;
-                }
-                if let Some(live) = self.live.as_mut().filter(|l| l.id == turn) {
-                    if live.latency.first_audio_ms.is_none() {
-                        live.latency.first_audio_ms = Some(ms_between(live.speech_end, now));
-                    }
-                }
-                // Whole 20 ms frames: what does not fill one waits for the next audio of the
-                // piece (or is padded with silence at its end).
-                if self.carry.piece != (turn, seq) {
-                    self.carry = Carry {
-                        piece: (turn, seq),
-                        bytes: Vec::new(),
-                    };
-                }
-                let mut audio = audio;
-                if !self.carry.bytes.is_empty() {
-                    let mut joined = std::mem::take(&mut self.carry.bytes);
-                    joined.extend_from_slice(&audio);
-                    audio = joined;
-                }
-                let whole = audio.len() / FRAME_BYTES * FRAME_BYTES;
-                self.carry.bytes = audio.split_off(whole);
-                self.send_frames(&sid, &audio);
-                if whole > 0 {
-                    self.note_first_frame(now, turn);
-                }
-            }
-            TtsOut::Done { .. } => {
-                if self.carry.piece == (turn, seq) && !self.carry.bytes.is_empty() {
-                    let mut last = std::mem::take(&mut self.carry.bytes);
-                    last.resize(FRAME_BYTES, ulaw::ULAW_SILENCE);
-                    self.send_frames(&sid, &last);
-                    self.note_first_frame(now, turn);
-                }
-                if let Some(name) = self.playback.end(turn, seq) {
-                    self.twilio(twilio_messages::mark(&sid, &name));
-                }
-            }
-            TtsOut::Failed(err) => {
-                log::error!(callSid = self.call_sid(), error:% = err; "tts.piece_failed");
-                // Its mark is sent with no audio before it: it plays as nothing, and the
-                // apology (pre-rendered when it can be) follows — unless what failed was a
-                // fixed phrase itself (the apology included): no apology loop.
-                let was_phrase = self
-                    .playback
-                    .piece_mut(turn, seq)
-                    .is_some_and(|p| p.kind == Kind::Phrase);
-                if let Some(name) = self.playback.end(turn, seq) {
-                    self.twilio(twilio_messages::mark(&sid, &name));
-                }
-                let first_failure = !was_phrase
-                    && self
-                        .live
-                        .as_mut()
-                        .filter(|l| l.id == turn)
-                        .is_none_or(|l| !std::mem::replace(&mut l.apologized, true));
-                if first_failure {
-                    self.say_phrase(Phrase::Apology);
-                }
-            }
-        }
-    }
-
     // ---- time ----
 
     /// Acts on every deadline that has come by `now`.
@@ -803,170 +578,14 @@ impl<'a> Machine<'a> {
             by: now + CLOSING_GRACE,
         };
     }
-
-    /// Queues a piece of speech in the current turn: pre-rendered when a clip is given.
-    fn say(&mut self, kind: Kind, text: &str, clip: Option<Arc<Vec<u8>>>) {
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        let speech = match clip {
-            Some(audio) => {
-                self.usage.add_cached_chars(text.chars().count() as u64);
-                Speech::Clip(audio)
-            }
-            None => Speech::Text(text.to_string()),
-        };
-        self.playback.begin(Piece {
-            turn: self.turn,
-            seq,
-            kind,
-            text: text.to_string(),
-            marked: false,
-        });
-        self.actions.push(Action::Speak {
-            turn: self.turn,
-            seq,
-            speech,
-        });
-    }
-
-    fn say_phrase(&mut self, phrase: Phrase) {
-        let clip = self
-            .stream
-            .as_ref()
-            .and_then(|s| self.rules.clips.phrase(&s.voice, phrase));
-        self.say(Kind::Phrase, phrase.text(), clip);
-    }
-
-    fn speak_sentences(&mut self, now: Instant, sentences: Vec<String>) {
-        for sentence in sentences {
-            if let Some(live) = &mut self.live {
-                if live.latency.first_sentence_ms.is_none() {
-                    live.latency.first_sentence_ms = Some(ms_between(live.speech_end, now));
-                }
-            }
-            self.say(Kind::Reply, &sentence, None);
-        }
-    }
-
-    fn send_frames(&mut self, sid: &str, audio: &[u8]) {
-        for frame in audio.chunks(FRAME_BYTES) {
-            let payload = base64::engine::general_purpose::STANDARD.encode(frame);
-            self.twilio(twilio_messages::media(sid, &payload));
-        }
-    }
-
-    fn note_first_frame(&mut self, now: Instant, turn: u64) {
-        let Some(live) = self.live.as_mut().filter(|l| l.id == turn) else {
-            return;
-        };
-        if live.latency.first_frame_ms.is_some() {
-            return;
-        }
-        live.latency.first_frame_ms = Some(ms_between(live.speech_end, now));
-        self.actions.push(Action::Latency(live.latency.clone()));
-    }
-
-    /// A turn is over when its reply is complete and has finished playing.
-    fn maybe_finish_turn(&mut self, now: Instant) {
-        if self.playback.is_speaking() {
-            return;
-        }
-        match &self.live {
-            Some(live) if !live.llm_done => {}
-            Some(_) => {
-                self.live = None;
-                self.quiet_since = Some(now);
-            }
-            None => {
-                self.quiet_since.get_or_insert(now);
-            }
-        }
-    }
-
-    /// Cuts off whatever is playing and the live turn: `clear` to Twilio, the turn's work
-    /// cancelled, and the history keeps only what the caller heard.
-    fn interrupt(&mut self, now: Instant) {
-        if self.playback.is_speaking() {
-            if let Some(sid) = self.stream.as_ref().map(|s| s.stream_sid.clone()) {
-                self.twilio(twilio_messages::clear(&sid));
-            }
-            self.playback.clear();
-        }
-        self.carry.bytes.clear();
-        if let Some(live) = self.live.take() {
-            let heard: Vec<&str> = self
-                .heard
-                .iter()
-                .filter(|(turn, _)| *turn == live.id)
-                .map(|(_, text)| text.as_str())
-                .collect();
-            let note = (!heard.is_empty()).then(|| {
-                // What the caller heard, and that they cut in: the model should not repeat it,
-                // nor assume the rest was said.
-                format!("{} [interrupted by the caller]", heard.join(" "))
-            });
-            if live.llm_done {
-                self.history.truncate(live.history_start);
-            }
-            if let Some(text) = note {
-                self.history.push(Turn::assistant(&text));
-            }
-        }
-        self.next_turn();
-        self.quiet_since = Some(now);
-    }
-
-    /// Moves to a new turn number: the old turn's work stops, pieces are numbered from 0.
-    fn next_turn(&mut self) {
-        self.turn += 1;
-        self.next_seq = 0;
-        self.heard.clear();
-        self.actions.push(Action::NewTurn(self.turn));
-    }
-
-    fn start_turn(&mut self, now: Instant, text: &str) {
-        self.next_turn();
-        self.caller_turns += 1;
-        let keep = self.rules.history_keep;
-        if self.history.len() > keep + 16 {
-            let excess = self.history.len() - keep;
-            self.history.drain(..excess);
-        }
-        self.history.push(Turn::user(text));
-        let speech_end = self.last_voice.filter(|v| *v <= now).unwrap_or(now);
-        self.live = Some(Live {
-            id: self.turn,
-            sentences: Sentences::new(),
-            last_delta: now,
-            llm_done: false,
-            history_start: self.history.len(),
-            apologized: false,
-            speech_end,
-            committed: now,
-            latency: TurnLatency {
-                call_sid: self.call_sid().to_string(),
-                turn: self.caller_turns,
-                said: text.to_string(),
-                speech_end_to_commit_ms: Some(ms_between(speech_end, now)),
-                ..TurnLatency::default()
-            },
-        });
-        self.actions.push(Action::Speak {
-            turn: self.turn,
-            seq: u32::MAX,
-            speech: Speech::Prewarm,
-        });
-        self.actions.push(Action::Ask {
-            turn: self.turn,
-            history: self.history.clone(),
-        });
-    }
 }
 
 fn ms_between(from: Instant, to: Instant) -> u64 {
     to.saturating_duration_since(from).as_millis() as u64
 }
 
+mod speech;
+mod turns;
+
 #[cfg(test)]
-#[path = "machine_tests.rs"]
 mod tests;

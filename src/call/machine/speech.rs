@@ -1,0 +1,155 @@
+//! The speaking side: pieces of speech queued, their audio sent to Twilio in whole 20 ms
+//! frames with a mark after each piece, and the marks Twilio echoes back (what was heard).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use base64::Engine as _;
+
+use super::{ms_between, Action, Carry, Machine};
+use crate::call::playback::{Kind, Piece};
+use crate::call::workers::{Speech, TtsOut};
+use crate::media::twilio_messages;
+use crate::media::ulaw::{self, FRAME_BYTES};
+use crate::personas::prompts::Phrase;
+
+impl Machine<'_> {
+    pub(super) fn on_mark(&mut self, now: Instant, name: &str) {
+        if let Some(piece) = self.playback.echoed(name) {
+            self.note_transcript(now, "assistant", &piece.text);
+            if piece.kind == Kind::Reply {
+                self.heard.push((piece.turn, piece.text));
+            }
+        }
+        self.maybe_finish_turn(now);
+    }
+
+    pub(super) fn on_tts(&mut self, now: Instant, turn: u64, seq: u32, out: TtsOut) {
+        if let TtsOut::Done { chars } = &out {
+            self.usage.add_tts_chars(*chars);
+        }
+        if turn != self.turn {
+            return;
+        }
+        let Some(sid) = self.stream.as_ref().map(|s| s.stream_sid.clone()) else {
+            return;
+        };
+        match out {
+            TtsOut::Audio(audio) => {
+                // A piece that is no longer playing (cut off by a `clear`) is not sent.
+                if self.playback.piece_mut(turn, seq).is_none() {
+                    return;
+                }
+                if let Some(live) = self.live.as_mut().filter(|l| l.id == turn) {
+                    if live.latency.first_audio_ms.is_none() {
+                        live.latency.first_audio_ms = Some(ms_between(live.speech_end, now));
+                    }
+                }
+                // Whole 20 ms frames: what does not fill one waits for the next audio of the
+                // piece (or is padded with silence at its end).
+                if self.carry.piece != (turn, seq) {
+                    self.carry = Carry {
+                        piece: (turn, seq),
+                        bytes: Vec::new(),
+                    };
+                }
+                let mut audio = audio;
+                if !self.carry.bytes.is_empty() {
+                    let mut joined = std::mem::take(&mut self.carry.bytes);
+                    joined.extend_from_slice(&audio);
+                    audio = joined;
+                }
+                let whole = audio.len() / FRAME_BYTES * FRAME_BYTES;
+                self.carry.bytes = audio.split_off(whole);
+                self.send_frames(&sid, &audio);
+                if whole > 0 {
+                    self.note_first_frame(now, turn);
+                }
+            }
+            TtsOut::Done { .. } => {
+                if self.carry.piece == (turn, seq) && !self.carry.bytes.is_empty() {
+                    let mut last = std::mem::take(&mut self.carry.bytes);
+                    last.resize(FRAME_BYTES, ulaw::ULAW_SILENCE);
+                    self.send_frames(&sid, &last);
+                    self.note_first_frame(now, turn);
+                }
+                if let Some(name) = self.playback.end(turn, seq) {
+                    self.twilio(twilio_messages::mark(&sid, &name));
+                }
+            }
+            TtsOut::Failed(err) => {
+                log::error!(callSid = self.call_sid(), error:% = err; "tts.piece_failed");
+                // Its mark is sent with no audio before it: it plays as nothing, and the
+                // apology (pre-rendered when it can be) follows — unless what failed was a
+                // fixed phrase itself (the apology included): no apology loop.
+                let was_phrase = self
+                    .playback
+                    .piece_mut(turn, seq)
+                    .is_some_and(|p| p.kind == Kind::Phrase);
+                if let Some(name) = self.playback.end(turn, seq) {
+                    self.twilio(twilio_messages::mark(&sid, &name));
+                }
+                let first_failure = !was_phrase
+                    && self
+                        .live
+                        .as_mut()
+                        .filter(|l| l.id == turn)
+                        .is_none_or(|l| !std::mem::replace(&mut l.apologized, true));
+                if first_failure {
+                    self.say_phrase(Phrase::Apology);
+                }
+            }
+        }
+    }
+
+    /// Queues a piece of speech in the current turn: pre-rendered when a clip is given.
+    pub(super) fn say(&mut self, kind: Kind, text: &str, clip: Option<Arc<Vec<u8>>>) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let speech = match clip {
+            Some(audio) => {
+                self.usage.add_cached_chars(text.chars().count() as u64);
+                Speech::Clip(audio)
+            }
+            None => Speech::Text(text.to_string()),
+        };
+        self.playback.begin(Piece {
+            turn: self.turn,
+            seq,
+            kind,
+            text: text.to_string(),
+            marked: false,
+        });
+        self.actions.push(Action::Speak {
+            turn: self.turn,
+            seq,
+            speech,
+        });
+    }
+
+    pub(super) fn say_phrase(&mut self, phrase: Phrase) {
+        let clip = self
+            .stream
+            .as_ref()
+            .and_then(|s| self.rules.clips.phrase(&s.voice, phrase));
+        self.say(Kind::Phrase, phrase.text(), clip);
+    }
+
+    pub(super) fn send_frames(&mut self, sid: &str, audio: &[u8]) {
+        for frame in audio.chunks(FRAME_BYTES) {
+            let payload = base64::engine::general_purpose::STANDARD.encode(frame);
+            self.twilio(twilio_messages::media(sid, &payload));
+        }
+    }
+
+    pub(super) fn note_first_frame(&mut self, now: Instant, turn: u64) {
+        let Some(live) = self.live.as_mut().filter(|l| l.id == turn) else {
+            return;
+        };
+        if live.latency.first_frame_ms.is_some() {
+            return;
+        }
+        live.latency.first_frame_ms = Some(ms_between(live.speech_end, now));
+        self.actions.push(Action::Latency(live.latency.clone()));
+    }
+}
