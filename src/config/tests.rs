@@ -1,6 +1,11 @@
 //! One test per validation rule of [`Config::from_env`], and the all-problems-at-once report.
 
+use std::path::PathBuf;
+
+use log::LevelFilter;
+
 use super::*;
+use crate::personas::Role;
 
 fn base() -> Vec<(&'static str, &'static str)> {
     vec![("SERVER_DOMAIN", "voice.example.com")]
@@ -554,4 +559,116 @@ fn the_effective_listing_names_every_setting_once() {
     keys.dedup();
     assert_eq!(keys.len(), count);
     assert!(keys.contains(&"OUTBOUND_RATE_LIMIT_PER_MIN"));
+}
+
+/// The variables a section looks at but does not list itself: inputs to other values
+/// (`SERVER_DOMAIN` becomes the listed domains, systemd's two decide defaults), the original's
+/// name for the call cap, and the original's variables that are only warned about.
+fn looked_at_but_not_listed() -> Vec<&'static str> {
+    let mut keys = vec![
+        "SERVER_DOMAIN",
+        "JOURNAL_STREAM",
+        "STATE_DIRECTORY",
+        "MAX_CONCURRENT_SESSIONS",
+    ];
+    keys.extend(NOT_CARRIED_OVER.iter().map(|(key, _)| *key));
+    keys
+}
+
+#[test]
+fn every_variable_that_is_read_is_listed_by_check_config() {
+    let env = Env::from_pairs(base());
+    let mut r = Reader::new(&env);
+    let config = Config::read(&mut r).expect("a domain is set");
+    let listed: Vec<&str> = config.effective().iter().map(|(k, _)| *k).collect();
+    let exceptions = looked_at_but_not_listed();
+    let unlisted: Vec<&String> = r
+        .looked_at()
+        .iter()
+        .filter(|key| !listed.contains(&key.as_str()) && !exceptions.contains(&key.as_str()))
+        .collect();
+    assert!(unlisted.is_empty(), "read but not listed: {unlisted:?}");
+    let unread: Vec<&&str> = listed
+        .iter()
+        .filter(|key| !r.looked_at().iter().any(|k| k == *key))
+        .collect();
+    assert!(unread.is_empty(), "listed but never read: {unread:?}");
+}
+
+#[test]
+fn the_listing_follows_the_sections_and_shows_values_as_they_are_written() {
+    let config = ok(&[
+        ("API_DOMAIN", "api.example.com"),
+        ("ANTHROPIC_STREAM_TIMEOUT_MS", "2000"),
+        ("MAX_CALL_SECS", "60"),
+        ("STT_VAD_SILENCE_SECS", "0.5"),
+        ("OUTBOUND_ALLOWED_COUNTRY_CODES", "gb"),
+        ("LOG_LEVEL", "WARNING"),
+        ("COTRACKPRO_MCP_TOKEN", "mcp-token"),
+    ]);
+    let rows = config.effective();
+    let value = |key: &str| {
+        rows.iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_else(|| panic!("{key} is not listed"))
+    };
+    assert_eq!(value("API_DOMAIN"), "api.example.com");
+    assert_eq!(value("WS_DOMAIN"), "voice.example.com");
+    assert_eq!(value("LOG_LEVEL"), "warn");
+    assert_eq!(value("ANTHROPIC_STREAM_TIMEOUT_MS"), "2000");
+    assert_eq!(value("MAX_CALL_SECS"), "60");
+    assert_eq!(value("STT_VAD_SILENCE_SECS"), "0.5");
+    assert_eq!(value("OUTBOUND_ALLOWED_COUNTRY_CODES"), "GB");
+    assert_eq!(value("COTRACKPRO_MCP_URL"), "[not set: no tools]");
+    assert_eq!(value("COTRACKPRO_MCP_TOKEN"), "[set, redacted]");
+    assert_eq!(value("TWILIO_ACCOUNT_SID"), "[not set]");
+    assert_eq!(value("AUDIO_DIR"), "audio");
+
+    // Section by section, in the order the sections are read.
+    let position = |key: &str| rows.iter().position(|(k, _)| *k == key);
+    let firsts = [
+        "APP_ENV",
+        "TWILIO_ACCOUNT_SID",
+        "ELEVENLABS_API_KEY",
+        "ANTHROPIC_API_KEY",
+        "COTRACKPRO_MCP_URL",
+        "OUTBOUND_API_KEY",
+        "RECORDS_DIR",
+        "CRON_SECRET",
+        "MAX_CONCURRENT_CALLS",
+        "CLAUDE_INPUT_PRICE_PER_MTOK",
+    ]
+    .map(position);
+    assert!(firsts.windows(2).all(|w| w[0] < w[1]), "{firsts:?}");
+    assert_eq!(firsts[0], Some(0));
+    assert_eq!(
+        rows.last().map(|(k, _)| *k),
+        Some("ELEVENLABS_STT_PRICE_PER_MIN")
+    );
+}
+
+#[test]
+fn production_problems_come_after_the_reading_problems_in_a_fixed_order() {
+    let errors = load(&[
+        ("APP_ENV", "production"),
+        ("HTTP_WORKERS", "0"),
+        ("ANTHROPIC_BASE_URL", "http://llm.example"),
+        ("COTRACKPRO_MCP_URL", "http://tools.example/mcp"),
+    ])
+    .unwrap_err();
+    let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        vec![
+            "HTTP_WORKERS",
+            "TWILIO_AUTH_TOKEN",
+            "TWILIO_ACCOUNT_SID",
+            "TWILIO_PHONE_NUMBER",
+            "ELEVENLABS_API_KEY",
+            "ANTHROPIC_API_KEY",
+            "ANTHROPIC_BASE_URL",
+            "COTRACKPRO_MCP_URL",
+        ]
+    );
 }

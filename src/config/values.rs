@@ -1,5 +1,6 @@
 //! Validated value types the configuration is made of: secrets that never print, public domain
-//! names, and provider base URLs. Each parser returns a message written for the operator.
+//! names, provider base URLs, and request budgets. Each parser returns a message written for
+//! the operator.
 
 use std::fmt;
 
@@ -78,6 +79,14 @@ impl fmt::Display for Domain {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
+}
+
+/// A fixed-window request budget per API key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateLimits {
+    /// 0 turns the window off (only by an explicit `0`, never by a typo).
+    pub per_minute: u32,
+    pub per_hour: u32,
 }
 
 fn is_valid_host(host: &str) -> bool {

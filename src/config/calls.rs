@@ -1,0 +1,340 @@
+//! The calls section: how many calls at once, the personas and their voices (per role and per
+//! dialled number), and [`CallTuning`], how a live call behaves.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::personas::{is_valid_voice_id, Role};
+
+use super::read::{Float, Reader, Report, Whole};
+use crate::phone;
+
+const MAX_CONCURRENT_CALLS: Whole = Whole {
+    name: "MAX_CONCURRENT_CALLS",
+    default: 200,
+    min: 1,
+    max: 10_000,
+};
+/// The original's name for [`MAX_CONCURRENT_CALLS`]; both are accepted.
+const MAX_CONCURRENT_SESSIONS: Whole = Whole {
+    name: "MAX_CONCURRENT_SESSIONS",
+    ..MAX_CONCURRENT_CALLS
+};
+const DEFAULT_ROLE: &str = "DEFAULT_ROLE";
+const VOICE_MAP: &str = "VOICE_MAP";
+const INBOUND_PHONE_VOICE_MAP: &str = "INBOUND_PHONE_VOICE_MAP";
+
+const BARGE_IN_MIN_CHARS: Whole = Whole {
+    name: "BARGE_IN_MIN_CHARS",
+    default: 3,
+    min: 0,
+    max: 200,
+};
+const REPROMPT_AFTER_MS: Whole = Whole {
+    name: "REPROMPT_AFTER_MS",
+    default: 12_000,
+    min: 1_000,
+    max: 600_000,
+};
+const MAX_REPROMPTS: Whole = Whole {
+    name: "MAX_REPROMPTS",
+    default: 2,
+    min: 0,
+    max: 20,
+};
+const MAX_CALL_SECS: Whole = Whole {
+    name: "MAX_CALL_SECS",
+    default: 7200,
+    min: 1,
+    max: 86_400,
+};
+const MEDIA_READ_TIMEOUT_MS: Whole = Whole {
+    name: "MEDIA_READ_TIMEOUT_MS",
+    default: 5_000,
+    min: 500,
+    max: 120_000,
+};
+const MAX_TOOL_ROUNDS: Whole = Whole {
+    name: "MAX_TOOL_ROUNDS",
+    default: 3,
+    min: 0,
+    max: 10,
+};
+const STT_VAD_SILENCE_SECS: Float = Float {
+    name: "STT_VAD_SILENCE_SECS",
+    default: 0.8,
+    min: 0.3,
+    max: 3.0,
+};
+const STT_LANGUAGE_CODE: &str = "STT_LANGUAGE_CODE";
+const STT_MAX_RECONNECTS: Whole = Whole {
+    name: "STT_MAX_RECONNECTS",
+    default: 3,
+    min: 0,
+    max: 20,
+};
+const SENTENCE_IDLE_FLUSH_MS: Whole = Whole {
+    name: "SENTENCE_IDLE_FLUSH_MS",
+    default: 500,
+    min: 50,
+    max: 10_000,
+};
+const AUDIO_DIR: &str = "AUDIO_DIR";
+const SHUTDOWN_DRAIN_SECS: Whole = Whole {
+    name: "SHUTDOWN_DRAIN_SECS",
+    default: 30,
+    min: 0,
+    max: 3600,
+};
+const IDLE_REAP_SECS: Whole = Whole {
+    name: "IDLE_REAP_SECS",
+    default: 900,
+    min: 1,
+    max: 86_400,
+};
+
+/// Per-number persona overrides (`INBOUND_PHONE_VOICE_MAP`), keyed by the dialled `To` number.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NumberOverride {
+    pub role: Option<Role>,
+    pub voice_id: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct CallsConfig {
+    pub max_concurrent: usize,
+    /// The persona used when `?role=` is missing or unknown.
+    pub default_role: Role,
+    /// Voice per role: the defaults with `VOICE_MAP` applied.
+    pub voices: BTreeMap<Role, String>,
+    pub number_overrides: BTreeMap<String, NumberOverride>,
+    pub tuning: CallTuning,
+}
+
+/// How a live call behaves: barge-in, silence, limits. Every value is validated at start-up.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CallTuning {
+    /// A partial transcript longer than this many characters, while assistant audio plays,
+    /// interrupts it (the original's rule: more than 3).
+    pub barge_in_min_chars: usize,
+    /// Caller silence after the assistant finished before "are you still there?".
+    pub reprompt_after: Duration,
+    /// Reprompts without an answer before a polite hang-up.
+    pub max_reprompts: u32,
+    /// The longest call; then a closing phrase and hang-up (the original's 2 hours).
+    pub max_duration: Duration,
+    /// No message from Twilio for this long means the connection is dead (it sends a media
+    /// frame every 20 ms for the whole call).
+    pub media_read_timeout: Duration,
+    /// Tool rounds one reply may take before the model must answer in words.
+    pub max_tool_rounds: u32,
+    /// Speech-to-text: the silence that ends the caller's utterance, and the language.
+    pub vad_silence_secs: f64,
+    pub stt_language: String,
+    /// Speech-to-text reconnects within one call before it is given up as lost.
+    pub stt_reconnects: u32,
+    /// Buffered text spoken anyway when the model pauses this long mid-sentence.
+    pub sentence_idle_flush: Duration,
+    /// Pre-rendered phrases (`generate-audio`); missing ones are spoken live.
+    pub audio_dir: PathBuf,
+    /// How long a shutdown waits for live calls to end.
+    pub shutdown_drain: Duration,
+    /// A call with no sign of the caller (speech, keys) this long is ended as `force-reaped`
+    /// (the original's 15-minute reap; the reprompts normally end such a call long before).
+    pub idle_reap: Duration,
+}
+
+impl CallsConfig {
+    pub fn voice_for(&self, role: Role) -> &str {
+        self.voices
+            .get(&role)
+            .map_or(role.default_voice_id(), String::as_str)
+    }
+
+    pub(super) fn read(r: &mut Reader<'_>) -> CallsConfig {
+        CallsConfig {
+            max_concurrent: read_max_concurrent(r),
+            default_role: r.parse(DEFAULT_ROLE, Role::Parent, |v| {
+                Role::parse(v).ok_or_else(|| format!("must be one of {}", Role::allowed_list()))
+            }),
+            voices: r.parse(VOICE_MAP, BTreeMap::new(), parse_voice_map),
+            number_overrides: r.parse(
+                INBOUND_PHONE_VOICE_MAP,
+                BTreeMap::new(),
+                parse_number_overrides,
+            ),
+            tuning: CallTuning::read(r),
+        }
+    }
+
+    pub(super) fn report(&self, out: &mut Report) {
+        out.value(MAX_CONCURRENT_CALLS.name, self.max_concurrent);
+        out.value(DEFAULT_ROLE, self.default_role);
+        self.tuning.report(out);
+        let voices = self
+            .voices
+            .iter()
+            .map(|(role, voice)| format!("{role}={voice}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        out.value(VOICE_MAP, voices);
+        out.value(
+            INBOUND_PHONE_VOICE_MAP,
+            format!("{} number(s)", self.number_overrides.len()),
+        );
+    }
+}
+
+impl CallTuning {
+    fn read(r: &mut Reader<'_>) -> CallTuning {
+        // Under systemd next to the records (the sandbox's one writable place, where
+        // `generate-audio --env-file …` run by the operator can put it), else ./audio.
+        let default_audio_dir = r
+            .state_directory()
+            .map_or_else(|| "audio".to_string(), |dir| format!("{dir}/audio"));
+        // The ranges make the casts below lossless.
+        CallTuning {
+            barge_in_min_chars: r.whole(&BARGE_IN_MIN_CHARS) as usize,
+            reprompt_after: r.millis(&REPROMPT_AFTER_MS),
+            max_reprompts: r.whole(&MAX_REPROMPTS) as u32,
+            max_duration: r.secs(&MAX_CALL_SECS),
+            media_read_timeout: r.millis(&MEDIA_READ_TIMEOUT_MS),
+            max_tool_rounds: r.whole(&MAX_TOOL_ROUNDS) as u32,
+            vad_silence_secs: r.float(&STT_VAD_SILENCE_SECS),
+            stt_language: r.parse(STT_LANGUAGE_CODE, "en".to_string(), |v| {
+                let ok = (2..=8).contains(&v.len())
+                    && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+                if ok {
+                    Ok(v.to_string())
+                } else {
+                    Err(format!(
+                        "must be a language code such as en or es, got {v:?}"
+                    ))
+                }
+            }),
+            stt_reconnects: r.whole(&STT_MAX_RECONNECTS) as u32,
+            sentence_idle_flush: r.millis(&SENTENCE_IDLE_FLUSH_MS),
+            audio_dir: PathBuf::from(r.string(AUDIO_DIR, &default_audio_dir)),
+            shutdown_drain: r.secs(&SHUTDOWN_DRAIN_SECS),
+            idle_reap: r.secs(&IDLE_REAP_SECS),
+        }
+    }
+
+    fn report(&self, out: &mut Report) {
+        out.value(BARGE_IN_MIN_CHARS.name, self.barge_in_min_chars);
+        out.millis(REPROMPT_AFTER_MS.name, self.reprompt_after);
+        out.value(MAX_REPROMPTS.name, self.max_reprompts);
+        out.secs(MAX_CALL_SECS.name, self.max_duration);
+        out.millis(MEDIA_READ_TIMEOUT_MS.name, self.media_read_timeout);
+        out.value(MAX_TOOL_ROUNDS.name, self.max_tool_rounds);
+        out.value(STT_VAD_SILENCE_SECS.name, self.vad_silence_secs);
+        out.value(STT_LANGUAGE_CODE, &self.stt_language);
+        out.value(STT_MAX_RECONNECTS.name, self.stt_reconnects);
+        out.millis(SENTENCE_IDLE_FLUSH_MS.name, self.sentence_idle_flush);
+        out.value(AUDIO_DIR, self.audio_dir.display());
+        out.secs(SHUTDOWN_DRAIN_SECS.name, self.shutdown_drain);
+        out.secs(IDLE_REAP_SECS.name, self.idle_reap);
+    }
+}
+
+fn read_max_concurrent(r: &mut Reader<'_>) -> usize {
+    let new = r.is_set(MAX_CONCURRENT_CALLS.name);
+    let old = r.is_set(MAX_CONCURRENT_SESSIONS.name);
+    let calls = r.whole(&MAX_CONCURRENT_CALLS) as usize;
+    let sessions = r.whole(&MAX_CONCURRENT_SESSIONS) as usize;
+    match (new, old) {
+        (true, true) if calls != sessions => {
+            r.error(
+                MAX_CONCURRENT_CALLS.name,
+                format!(
+                    "and {} disagree; set only {}",
+                    MAX_CONCURRENT_SESSIONS.name, MAX_CONCURRENT_CALLS.name
+                ),
+            );
+            calls
+        }
+        (false, true) => sessions,
+        _ => calls,
+    }
+}
+
+fn parse_voice_map(v: &str) -> Result<BTreeMap<Role, String>, String> {
+    let map: BTreeMap<String, String> = serde_json::from_str(v).map_err(|err| {
+        format!("must be a JSON object of role to voice id, e.g. {{\"parent\":\"EXAVITQu4vr4xnSDxMaL\"}}: {err}")
+    })?;
+    let mut voices = BTreeMap::new();
+    let mut problems = Vec::new();
+    for (role_name, voice) in map {
+        match Role::parse(&role_name) {
+            None => problems.push(format!("unknown role {role_name:?}")),
+            Some(_) if !is_valid_voice_id(&voice) => problems.push(format!(
+                "voice id {voice:?} for {role_name} is not 16-32 letters and digits"
+            )),
+            Some(role) => {
+                voices.insert(role, voice);
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(voices)
+    } else {
+        Err(format!(
+            "{} (roles: {})",
+            problems.join("; "),
+            Role::allowed_list()
+        ))
+    }
+}
+
+fn parse_number_overrides(v: &str) -> Result<BTreeMap<String, NumberOverride>, String> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    struct Entry {
+        role: Option<String>,
+        voice_id: Option<String>,
+    }
+    let map: BTreeMap<String, Entry> = serde_json::from_str(v).map_err(|err| {
+        format!("must be a JSON object like {{\"+15551234567\":{{\"role\":\"attorney\",\"voiceId\":\"…\"}}}}: {err}")
+    })?;
+    let mut overrides = BTreeMap::new();
+    let mut problems = Vec::new();
+    for (number, entry) in map {
+        let Some(normalized) = phone::normalize(&number) else {
+            problems.push(format!("{number:?} is not an E.164 number"));
+            continue;
+        };
+        let role = match entry.role.as_deref().map(Role::parse) {
+            Some(None) => {
+                problems.push(format!("{number}: unknown role"));
+                continue;
+            }
+            Some(role) => role,
+            None => None,
+        };
+        if let Some(voice) = &entry.voice_id {
+            if !is_valid_voice_id(voice) {
+                problems.push(format!(
+                    "{number}: voice id is not 16-32 letters and digits"
+                ));
+                continue;
+            }
+        }
+        if role.is_none() && entry.voice_id.is_none() {
+            problems.push(format!("{number}: give a role, a voiceId or both"));
+            continue;
+        }
+        let value = NumberOverride {
+            role,
+            voice_id: entry.voice_id,
+        };
+        if overrides.insert(normalized.clone(), value).is_some() {
+            problems.push(format!("{normalized} is listed twice"));
+        }
+    }
+    if problems.is_empty() {
+        Ok(overrides)
+    } else {
+        Err(problems.join("; "))
+    }
+}

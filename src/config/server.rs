@@ -1,0 +1,215 @@
+//! The server section: `APP_ENV`, the listeners (address, ports, HTTP limits), the public
+//! domains Twilio reaches us on, and logging. Its values are [`Config`]'s top-level fields.
+
+use std::net::IpAddr;
+
+use log::LevelFilter;
+
+use super::read::{Reader, Report, Whole};
+use super::{Config, Domain};
+
+const APP_ENV: &str = "APP_ENV";
+const BIND_ADDR: &str = "BIND_ADDR";
+// 0 asks the OS for a free port (tests); the chosen port is logged at start-up.
+const HTTP_PORT: Whole = Whole {
+    name: "HTTP_PORT",
+    default: 8080,
+    min: 0,
+    max: 65535,
+};
+const MEDIA_PORT: Whole = Whole {
+    name: "MEDIA_PORT",
+    default: 8081,
+    min: 0,
+    max: 65535,
+};
+const HTTP_WORKERS: Whole = Whole {
+    name: "HTTP_WORKERS",
+    default: 8,
+    min: 1,
+    max: 256,
+};
+const HTTP_MAX_BODY_BYTES: Whole = Whole {
+    name: "HTTP_MAX_BODY_BYTES",
+    default: 64 * 1024,
+    min: 1024,
+    max: 10 * 1024 * 1024,
+};
+/// The fallback for both domains below.
+const SERVER_DOMAIN: &str = "SERVER_DOMAIN";
+const API_DOMAIN: &str = "API_DOMAIN";
+const WS_DOMAIN: &str = "WS_DOMAIN";
+const LOG_LEVEL: &str = "LOG_LEVEL";
+const LOG_FORMAT: &str = "LOG_FORMAT";
+/// Set by systemd for a service whose output goes to the journal.
+const JOURNAL_STREAM: &str = "JOURNAL_STREAM";
+
+/// `APP_ENV`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AppEnv {
+    Development,
+    /// Twilio signatures are always checked, provider URLs must be TLS (or loopback), and the
+    /// records and outbound APIs refuse to run without `OUTBOUND_API_KEY`.
+    Production,
+}
+
+impl AppEnv {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AppEnv::Development => "development",
+            AppEnv::Production => "production",
+        }
+    }
+}
+
+/// `LOG_FORMAT`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One readable line per event.
+    Text,
+    /// One JSON object per line, for journald and log shippers.
+    Json,
+}
+
+impl LogFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct LogConfig {
+    pub level: LevelFilter,
+    pub format: LogFormat,
+    /// False under systemd (`JOURNAL_STREAM` set): journald stamps every line itself.
+    pub timestamps: bool,
+}
+
+/// The public names Twilio uses to reach us.
+#[derive(Clone, Debug)]
+pub struct Domains {
+    /// Where webhooks arrive (`API_DOMAIN`, else `SERVER_DOMAIN`): signed URLs are rebuilt on it.
+    pub api: Domain,
+    /// Where the media stream connects (`WS_DOMAIN`, else `SERVER_DOMAIN`).
+    pub ws: Domain,
+}
+
+impl Domains {
+    /// Whether a `Host`/`X-Forwarded-Host` value names one of our configured domains.
+    pub fn is_ours(&self, host: &str) -> bool {
+        self.api.matches(host) || self.ws.matches(host)
+    }
+}
+
+/// The HTTP listener's limits.
+#[derive(Clone, Copy, Debug)]
+pub struct HttpLimits {
+    pub workers: usize,
+    pub max_body_bytes: usize,
+}
+
+/// The server section as read, before its values move into [`Config`]'s top-level fields.
+pub(super) struct Server {
+    pub app_env: AppEnv,
+    pub bind_addr: IpAddr,
+    pub http_port: u16,
+    pub media_port: u16,
+    pub http: HttpLimits,
+    /// `None` when no usable domain was given (the problem is already reported).
+    pub domains: Option<Domains>,
+    pub log: LogConfig,
+}
+
+impl Server {
+    pub fn read(r: &mut Reader<'_>) -> Server {
+        let app_env = r.parse(APP_ENV, AppEnv::Development, |v| match v {
+            "development" => Ok(AppEnv::Development),
+            "production" => Ok(AppEnv::Production),
+            _ => Err("must be development or production".to_string()),
+        });
+        let bind_addr = r.parse(BIND_ADDR, IpAddr::from([127, 0, 0, 1]), |v| {
+            v.parse()
+                .map_err(|_| "must be an IP address such as 127.0.0.1 or 0.0.0.0".to_string())
+        });
+        // The ranges make these casts lossless.
+        let http_port = r.whole(&HTTP_PORT) as u16;
+        let media_port = r.whole(&MEDIA_PORT) as u16;
+        if http_port == media_port && http_port != 0 {
+            r.error(
+                MEDIA_PORT.name,
+                format!("must differ from {}", HTTP_PORT.name),
+            );
+        }
+        let http = HttpLimits {
+            workers: r.whole(&HTTP_WORKERS) as usize,
+            max_body_bytes: r.whole(&HTTP_MAX_BODY_BYTES) as usize,
+        };
+        let domains = read_domains(r);
+        let log = LogConfig {
+            level: r.parse(LOG_LEVEL, LevelFilter::Info, parse_level),
+            format: r.parse(LOG_FORMAT, LogFormat::Text, |v| match v {
+                "text" => Ok(LogFormat::Text),
+                "json" => Ok(LogFormat::Json),
+                _ => Err("must be text or json".to_string()),
+            }),
+            timestamps: !r.is_set(JOURNAL_STREAM),
+        };
+        Server {
+            app_env,
+            bind_addr,
+            http_port,
+            media_port,
+            http,
+            domains,
+            log,
+        }
+    }
+
+    /// Reports the section from where it lives in `config`.
+    pub fn report(config: &Config, out: &mut Report) {
+        out.value(APP_ENV, config.app_env.as_str());
+        out.value(BIND_ADDR, config.bind_addr);
+        out.value(HTTP_PORT.name, config.http_port);
+        out.value(MEDIA_PORT.name, config.media_port);
+        out.value(HTTP_WORKERS.name, config.http.workers);
+        out.value(HTTP_MAX_BODY_BYTES.name, config.http.max_body_bytes);
+        out.value(API_DOMAIN, &config.domains.api);
+        out.value(WS_DOMAIN, &config.domains.ws);
+        out.value(LOG_LEVEL, config.log.level.to_string().to_ascii_lowercase());
+        out.value(LOG_FORMAT, config.log.format.as_str());
+    }
+}
+
+fn read_domains(r: &mut Reader<'_>) -> Option<Domains> {
+    let server = r.optional(SERVER_DOMAIN, Domain::parse);
+    let api = r.optional(API_DOMAIN, Domain::parse);
+    let ws = r.optional(WS_DOMAIN, Domain::parse);
+    let api = api.or_else(|| server.clone());
+    let ws = ws.or(server);
+    for (key, value) in [(API_DOMAIN, &api), (WS_DOMAIN, &ws)] {
+        if value.is_none() && !r.has_error(key) && !r.has_error(SERVER_DOMAIN) {
+            r.error(
+                key,
+                format!("is required: set {SERVER_DOMAIN} (the public host name Twilio reaches, e.g. voice.example.com), or {key}"),
+            );
+        }
+    }
+    Some(Domains { api: api?, ws: ws? })
+}
+
+fn parse_level(v: &str) -> Result<LevelFilter, String> {
+    match v.to_ascii_lowercase().as_str() {
+        "trace" => Ok(LevelFilter::Trace),
+        "debug" => Ok(LevelFilter::Debug),
+        "info" => Ok(LevelFilter::Info),
+        "warn" | "warning" => Ok(LevelFilter::Warn),
+        "error" | "fatal" => Ok(LevelFilter::Error),
+        "off" | "silent" => Ok(LevelFilter::Off),
+        _ => Err(format!(
+            "must be one of trace, debug, info, warn, error, off; got {v:?}"
+        )),
+    }
+}
