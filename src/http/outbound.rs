@@ -13,10 +13,11 @@ use sha1::{Digest, Sha1};
 
 use super::{Incoming, Reply};
 use crate::app::App;
-use crate::auth::bearer_matches;
+use crate::auth::{bearer_matches, AuthError};
 use crate::idempotency::{validate_key, Begin, IdempotencyStore, StoredReply};
 use crate::personas::Role;
 use crate::providers::twilio_rest::{CreateCall, TwilioError, TwilioRest};
+use crate::rate_limit::RateDecision;
 use crate::records::event::{CallStatus, Direction, Event, EventKind};
 use crate::records::ttl_from;
 use crate::{dialing, phone, timestamp};
@@ -100,7 +101,7 @@ pub fn outbound(app: &App, req: &Incoming) -> Reply {
     };
     let authorization = req.header("Authorization");
     if !bearer_matches(authorization, api_key.expose()) {
-        return Reply::error(401, "Unauthorized").with_header("WWW-Authenticate", "Bearer");
+        return Reply::auth_refused(AuthError::Wrong);
     }
     let twilio = &config.twilio;
     let (Some(account_sid), Some(auth_token), Some(from)) = (
@@ -190,10 +191,14 @@ pub fn outbound(app: &App, req: &Incoming) -> Reply {
         config.outbound.rate_limits,
         now_secs,
     );
-    if let Some(limited) = decision.into_reply() {
+    if let RateDecision::Limited {
+        window,
+        retry_after_secs,
+    } = decision
+    {
         log::warn!("Outbound call rate-limited");
         // The ticket is dropped unkept: the retry after Retry-After does the work.
-        return keyed(limited);
+        return keyed(Reply::rate_limited(window, retry_after_secs));
     }
 
     let reply = place_call(app, req, account_sid, auth_token, from);
