@@ -32,5 +32,4 @@ pub mod phone;
 pub mod prerender;
 pub mod providers;
 pub mod timestamp;
-pub mod twilio_signature;
-pub mod twiml;
+pub mod twilio;

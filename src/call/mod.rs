@@ -46,7 +46,6 @@ use crate::config::Config;
 use crate::cost::{self, CallUsage};
 use crate::media::sentences::Sentences;
 use crate::media::server::{ReadHalf, TwilioSocket, CALL_STACK};
-use crate::media::twilio_messages::{self, Inbound, StreamStart};
 use crate::media::ulaw::{self, FRAME_BYTES};
 use crate::personas::prompts::{self, Phrase};
 use crate::personas::Role;
@@ -61,6 +60,7 @@ use crate::records::event::{
 };
 use crate::records::ttl_from;
 use crate::timestamp;
+use crate::twilio::media_messages::{self as twilio_messages, Inbound, StreamStart};
 
 /// Something for the call thread to act on.
 #[derive(Debug)]

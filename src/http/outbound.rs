@@ -16,10 +16,10 @@ use crate::app::App;
 use crate::auth::{bearer_matches, AuthError};
 use crate::idempotency::{validate_key, Begin, IdempotencyStore, StoredReply};
 use crate::personas::Role;
-use crate::providers::twilio_rest::{CreateCall, TwilioError, TwilioRest};
 use crate::rate_limit::RateDecision;
 use crate::records::event::{CallStatus, Direction, Event, EventKind};
 use crate::records::ttl_from;
+use crate::twilio::rest::{CreateCall, TwilioError, TwilioRest};
 use crate::{dialing, phone, timestamp};
 
 /// Seconds Twilio lets the phone ring.

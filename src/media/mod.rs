@@ -4,5 +4,4 @@
 
 pub mod sentences;
 pub mod server;
-pub mod twilio_messages;
 pub mod ulaw;

@@ -326,10 +326,10 @@ fn handshake(
     if config.twilio.validate_signature {
         // Twilio signs the upgrade over the stream URL exactly as our TwiML gave it, with no
         // parameters. A missing token with validation on is refused by `check-config`.
-        let url = format!("wss://{}/call/stream", config.domains.ws);
+        let url = crate::twilio::stream_url(&config.domains.ws);
         let token = config.twilio.auth_token.as_ref().map(|t| t.expose());
         let verdict = match token {
-            Some(token) => crate::twilio_signature::verify(
+            Some(token) => crate::twilio::signature::verify(
                 token,
                 head.header("X-Twilio-Signature"),
                 &[url],

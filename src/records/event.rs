@@ -4,6 +4,7 @@
 //! Every event carries the call SID and its own `ttl`, so a record whose `created` event was
 //! never written still expires (the original's blind upserts left such records forever).
 
+use crate::twilio::call_status::twilio_progress;
 use serde::{Deserialize, Serialize};
 
 /// The role of a record whose `created` event has not been read (yet).
@@ -67,32 +68,6 @@ impl CallStatus {
             "busy" | "failed" | "no-answer" | "canceled" => Some(CallStatus::Failed),
             _ => None,
         }
-    }
-}
-
-/// Every `CallStatus` Twilio reports, in the order a call goes through them.
-pub const TWILIO_STATUSES: [&str; 9] = [
-    "queued",
-    "initiated",
-    "ringing",
-    "in-progress",
-    "completed",
-    "busy",
-    "failed",
-    "no-answer",
-    "canceled",
-];
-
-/// How far along Twilio's call progress a `CallStatus` is. Callbacks can arrive out of order
-/// and be retried: the recorded Twilio status only ever moves forward.
-pub fn twilio_progress(twilio: &str) -> u8 {
-    match twilio {
-        "queued" => 1,
-        "initiated" => 2,
-        "ringing" => 3,
-        "in-progress" => 4,
-        "completed" | "busy" | "failed" | "no-answer" | "canceled" => 5,
-        _ => 0,
     }
 }
 
