@@ -23,6 +23,7 @@ pub mod rate_limit;
 pub mod records;
 pub mod rollup;
 pub mod sim;
+pub mod speech;
 
 pub mod cost;
 pub mod idempotency;

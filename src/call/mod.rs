@@ -44,9 +44,7 @@ use crate::app::App;
 use crate::calls::CallSlot;
 use crate::config::Config;
 use crate::cost::{self, CallUsage};
-use crate::media::sentences::Sentences;
 use crate::media::server::{ReadHalf, TwilioSocket, CALL_STACK};
-use crate::media::ulaw::{self, FRAME_BYTES};
 use crate::personas::prompts::{self, Phrase};
 use crate::personas::Role;
 use crate::providers::anthropic::request::CALL_CONNECTED;
@@ -59,6 +57,8 @@ use crate::records::event::{
     TranscriptEntry,
 };
 use crate::records::ttl_from;
+use crate::speech::sentences::Sentences;
+use crate::speech::ulaw::{self, FRAME_BYTES};
 use crate::timestamp;
 use crate::twilio::media_messages::{self as twilio_messages, Inbound, StreamStart};
 
