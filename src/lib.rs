@@ -5,8 +5,8 @@
 //! Modules in reading order; `ARCHITECTURE.md` has the picture and the invariants.
 
 pub mod cli;
+pub mod commands;
 pub mod config;
-pub mod demo;
 pub mod dialing;
 pub mod logging;
 pub mod metrics;
@@ -14,7 +14,6 @@ pub mod serve;
 
 pub mod app;
 pub mod auth;
-pub mod bench;
 pub mod call;
 pub mod calls;
 pub mod http;
@@ -30,7 +29,6 @@ pub mod idempotency;
 pub mod ids;
 pub mod personas;
 pub mod phone;
-pub mod prerender;
 pub mod providers;
 pub mod timestamp;
 pub mod twilio;

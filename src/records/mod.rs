@@ -22,7 +22,6 @@
 //! another process replaced the file, and reads the lines other processes appended since (so a
 //! `compact` process started before the server's last appends still keeps them).
 
-pub mod bench;
 pub mod event;
 pub mod index;
 
