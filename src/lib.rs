@@ -7,7 +7,6 @@
 pub mod cli;
 pub mod commands;
 pub mod config;
-pub mod dialing;
 pub mod logging;
 pub mod metrics;
 pub mod serve;
@@ -25,8 +24,8 @@ pub mod sim;
 pub mod speech;
 
 pub mod cost;
-pub mod idempotency;
 pub mod ids;
+pub mod outbound;
 pub mod personas;
 pub mod phone;
 pub mod providers;

@@ -59,16 +59,13 @@ pub fn incoming(app: &App, req: &Incoming) -> Reply {
     if let Some(call_sid) = param("CallSid").and_then(CallSid::parse) {
         let now = timestamp::now_ms();
         let event = Event {
-            role: Some(role.as_str().to_string()),
-            direction: Some(direction),
-            caller_number: Some(phone::mask(param("From").unwrap_or("unknown"))),
-            started_at: Some(timestamp::format_ms(now)),
-            status: Some(CallStatus::Active),
             twilio_status: param("CallStatus").map(str::to_string),
-            ..Event::new(
-                EventKind::Created,
+            ..Event::created(
                 call_sid.as_str(),
-                &timestamp::format_ms(now),
+                role,
+                direction,
+                &phone::mask(param("From").unwrap_or("unknown")),
+                now,
                 ttl_from(now, config.records.ttl_days),
             )
         };
