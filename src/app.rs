@@ -7,8 +7,8 @@ use std::time::Instant;
 use crate::call::Setup;
 use crate::calls::CallRegistry;
 use crate::config::Config;
-use crate::idempotency::{FileIdempotencyStore, IdempotencyStore};
 use crate::metrics::Metrics;
+use crate::outbound::idempotency::{FileIdempotencyStore, IdempotencyStore};
 use crate::rate_limit::{InMemoryRateLimiter, RateLimiter};
 use crate::records::RecordStore;
 

@@ -1,8 +1,10 @@
 //! Bearer-token checks for the operator APIs (records, outbound, the cron trigger): a positive,
-//! constant-time match against the configured key, or a refusal that says why.
+//! constant-time match against the configured key, or a refusal that says why. The HTTP reply
+//! for a refusal is built by `http` (`Reply::auth_refused`).
+
+use std::fmt;
 
 use crate::config::{AppEnv, Secret};
-use crate::http::Reply;
 
 /// The outcome of checking an `Authorization` header against a configured key.
 #[derive(Debug, PartialEq, Eq)]
@@ -11,9 +13,34 @@ pub enum BearerCheck {
     Allowed,
     /// No key is configured and this is development: open, as the original was.
     OpenInDevelopment,
-    /// Refused; the reply to send.
-    Refused(Reply),
+    /// Refused, and why.
+    Refused(AuthError),
 }
+
+/// Why a request was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthError {
+    /// No key is configured and this is production: the API is off rather than open.
+    KeyNotConfigured {
+        /// The variable that would configure it (`OUTBOUND_API_KEY`, `CRON_SECRET`).
+        key_name: &'static str,
+    },
+    /// The `Authorization` header is missing or does not carry the key.
+    Wrong,
+}
+
+impl fmt::Display for AuthError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AuthError::KeyNotConfigured { key_name } => {
+                write!(f, "{key_name} is required in production")
+            }
+            AuthError::Wrong => f.write_str("missing or wrong Bearer key"),
+        }
+    }
+}
+
+impl std::error::Error for AuthError {}
 
 /// Checks `authorization` against `key`. With no key configured, production refuses to run
 /// the API at all (503) and development lets requests through.
@@ -21,24 +48,18 @@ pub fn check_bearer(
     authorization: Option<&str>,
     key: Option<&Secret>,
     app_env: AppEnv,
-    key_name: &str,
+    key_name: &'static str,
 ) -> BearerCheck {
     let Some(key) = key else {
         return match app_env {
             AppEnv::Development => BearerCheck::OpenInDevelopment,
-            AppEnv::Production => BearerCheck::Refused(Reply::error_with_details(
-                503,
-                "Server misconfigured",
-                &format!("{key_name} is required in production"),
-            )),
+            AppEnv::Production => BearerCheck::Refused(AuthError::KeyNotConfigured { key_name }),
         };
     };
     if bearer_matches(authorization, key.expose()) {
         BearerCheck::Allowed
     } else {
-        BearerCheck::Refused(
-            Reply::error(401, "Unauthorized").with_header("WWW-Authenticate", "Bearer"),
-        )
+        BearerCheck::Refused(AuthError::Wrong)
     }
 }
 
@@ -88,32 +109,31 @@ mod tests {
             check_bearer(None, None, AppEnv::Development, "OUTBOUND_API_KEY"),
             BearerCheck::OpenInDevelopment
         );
-        let BearerCheck::Refused(reply) = check_bearer(
+        let refused = check_bearer(
             Some("Bearer x"),
             None,
             AppEnv::Production,
             "OUTBOUND_API_KEY",
-        ) else {
-            panic!("production without a key must refuse");
+        );
+        let expected = AuthError::KeyNotConfigured {
+            key_name: "OUTBOUND_API_KEY",
         };
-        assert_eq!(reply.status, 503);
-        assert!(reply
-            .body_text()
-            .contains("OUTBOUND_API_KEY is required in production"));
+        assert_eq!(refused, BearerCheck::Refused(expected));
+        assert_eq!(
+            expected.to_string(),
+            "OUTBOUND_API_KEY is required in production"
+        );
     }
 
     #[test]
-    fn a_wrong_key_is_401_with_a_challenge() {
+    fn a_wrong_or_missing_key_is_refused_and_the_right_one_allowed() {
         let key = Secret::new("right-key-0123456789");
-        let BearerCheck::Refused(reply) =
-            check_bearer(Some("Bearer wrong"), Some(&key), AppEnv::Production, "K")
-        else {
-            panic!("must refuse");
-        };
-        assert_eq!(reply.status, 401);
-        assert!(reply
-            .headers
-            .contains(&("WWW-Authenticate", "Bearer".to_string())));
+        for header in [Some("Bearer wrong"), None] {
+            assert_eq!(
+                check_bearer(header, Some(&key), AppEnv::Development, "K"),
+                BearerCheck::Refused(AuthError::Wrong)
+            );
+        }
         assert_eq!(
             check_bearer(
                 Some("Bearer right-key-0123456789"),

@@ -289,14 +289,14 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
             done(compact(&config).map_err(Into::into))
         }
         Command::Bench => {
-            let options = crate::bench::BenchOptions {
+            let options = crate::commands::bench::BenchOptions {
                 calls: args.calls.unwrap_or(20),
                 turns: args.turns.unwrap_or(3),
             };
-            done(crate::bench::run(&options))
+            done(crate::commands::bench::run(&options))
         }
         Command::Demo => {
-            let options = crate::demo::DemoOptions {
+            let options = crate::commands::demo::DemoOptions {
                 role: args.role.unwrap_or(crate::personas::Role::Parent),
                 wav: args
                     .wav
@@ -304,7 +304,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
                     .unwrap_or_else(|| PathBuf::from("cotrackpro-demo.wav")),
                 speed: if args.fast { 4 } else { 1 },
             };
-            done(crate::demo::run(&options))
+            done(crate::commands::demo::run(&options))
         }
         Command::GenerateAudio => {
             let config = match load_config(&args) {
@@ -312,7 +312,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
                 Err(code) => return code,
             };
             crate::logging::init(&config.log);
-            match crate::prerender::run(&config) {
+            match crate::commands::generate_audio::run(&config) {
                 Ok(report) => {
                     println!(
                         "{}",
@@ -337,7 +337,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
                 std::env::temp_dir()
                     .join(format!("cotrackpro-bench-records-{}", std::process::id()))
             });
-            let result = crate::records::bench::run(&dir, args.count.unwrap_or(1_000_000));
+            let result = crate::commands::bench_records::run(&dir, args.count.unwrap_or(1_000_000));
             if args.dir.is_none() {
                 let _ = std::fs::remove_dir_all(&dir);
             }

@@ -4,14 +4,14 @@
 //! Windows are aligned to the epoch (minute `now / 60`, hour `now / 3600`), as in the original:
 //! a burst at a window boundary can reach twice the per-minute budget, which it accepted
 //! (ADR-005). Only allowed requests are counted, so a client that keeps hammering after a 429
-//! is not locked out longer than the window.
+//! is not locked out longer than the window. The 429 for a refusal is built by `http`
+//! (`Reply::rate_limited`).
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::Mutex;
 
 use crate::config::RateLimits;
-use crate::http::Reply;
 
 /// Which window ran out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,8 +29,9 @@ impl Window {
     }
 }
 
+/// Whether one more request fits the budget.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Decision {
+pub enum RateDecision {
     Allowed,
     Limited {
         window: Window,
@@ -38,32 +39,15 @@ pub enum Decision {
     },
 }
 
-impl Decision {
-    /// The 429 the original answered with, `Retry-After` and `retryAfterSeconds` included.
-    pub fn into_reply(self) -> Option<Reply> {
-        match self {
-            Decision::Allowed => None,
-            Decision::Limited {
-                window,
-                retry_after_secs,
-            } => Some(
-                Reply::json(
-                    429,
-                    &serde_json::json!({
-                        "error": "Too many requests",
-                        "details": format!("Rate limit exceeded ({} window)", window.as_str()),
-                        "retryAfterSeconds": retry_after_secs,
-                    }),
-                )
-                .with_header("Retry-After", retry_after_secs.to_string()),
-            ),
-        }
-    }
-}
-
 /// Counts requests per (namespace, client) and decides whether one more is allowed.
 pub trait RateLimiter: Send + Sync {
-    fn check(&self, namespace: &str, client: &str, limits: RateLimits, now_secs: u64) -> Decision;
+    fn check(
+        &self,
+        namespace: &str,
+        client: &str,
+        limits: RateLimits,
+        now_secs: u64,
+    ) -> RateDecision;
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -81,7 +65,13 @@ pub struct InMemoryRateLimiter {
 }
 
 impl RateLimiter for InMemoryRateLimiter {
-    fn check(&self, namespace: &str, client: &str, limits: RateLimits, now_secs: u64) -> Decision {
+    fn check(
+        &self,
+        namespace: &str,
+        client: &str,
+        limits: RateLimits,
+        now_secs: u64,
+    ) -> RateDecision {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         (namespace, client).hash(&mut hasher);
         let key = hasher.finish();
@@ -101,20 +91,20 @@ impl RateLimiter for InMemoryRateLimiter {
             entry.hour_count = 0;
         }
         if limits.per_minute > 0 && entry.minute_count >= limits.per_minute {
-            return Decision::Limited {
+            return RateDecision::Limited {
                 window: Window::Minute,
                 retry_after_secs: ((minute + 1) * 60 - now_secs).max(1),
             };
         }
         if limits.per_hour > 0 && entry.hour_count >= limits.per_hour {
-            return Decision::Limited {
+            return RateDecision::Limited {
                 window: Window::Hour,
                 retry_after_secs: ((hour + 1) * 3600 - now_secs).max(1),
             };
         }
         entry.minute_count += 1;
         entry.hour_count += 1;
-        Decision::Allowed
+        RateDecision::Allowed
     }
 }
 
@@ -132,18 +122,21 @@ mod tests {
         let limiter = InMemoryRateLimiter::default();
         let t = 120 * 60 + 10; // 10 s into a minute
         for _ in 0..3 {
-            assert_eq!(limiter.check("records", "k", LIMITS, t), Decision::Allowed);
+            assert_eq!(
+                limiter.check("records", "k", LIMITS, t),
+                RateDecision::Allowed
+            );
         }
         assert_eq!(
             limiter.check("records", "k", LIMITS, t),
-            Decision::Limited {
+            RateDecision::Limited {
                 window: Window::Minute,
                 retry_after_secs: 50
             }
         );
         assert_eq!(
             limiter.check("records", "k", LIMITS, t + 50),
-            Decision::Allowed
+            RateDecision::Allowed
         );
     }
 
@@ -154,20 +147,20 @@ mod tests {
         for i in 0..5 {
             assert_eq!(
                 limiter.check("o", "k", LIMITS, hour_start + i * 60),
-                Decision::Allowed
+                RateDecision::Allowed
             );
         }
         let later = hour_start + 600;
         assert_eq!(
             limiter.check("o", "k", LIMITS, later),
-            Decision::Limited {
+            RateDecision::Limited {
                 window: Window::Hour,
                 retry_after_secs: 3000
             }
         );
         assert_eq!(
             limiter.check("o", "k", LIMITS, hour_start + 3600),
-            Decision::Allowed
+            RateDecision::Allowed
         );
     }
 
@@ -178,34 +171,19 @@ mod tests {
             per_minute: 1,
             per_hour: 0,
         };
-        assert_eq!(limiter.check("a", "k", one, 0), Decision::Allowed);
-        assert_eq!(limiter.check("b", "k", one, 0), Decision::Allowed);
-        assert_eq!(limiter.check("a", "j", one, 0), Decision::Allowed);
+        assert_eq!(limiter.check("a", "k", one, 0), RateDecision::Allowed);
+        assert_eq!(limiter.check("b", "k", one, 0), RateDecision::Allowed);
+        assert_eq!(limiter.check("a", "j", one, 0), RateDecision::Allowed);
         assert!(matches!(
             limiter.check("a", "k", one, 0),
-            Decision::Limited { .. }
+            RateDecision::Limited { .. }
         ));
         let off = RateLimits {
             per_minute: 0,
             per_hour: 0,
         };
         for _ in 0..1000 {
-            assert_eq!(limiter.check("c", "k", off, 0), Decision::Allowed);
+            assert_eq!(limiter.check("c", "k", off, 0), RateDecision::Allowed);
         }
-    }
-
-    #[test]
-    fn the_429_says_when_to_come_back() {
-        let reply = Decision::Limited {
-            window: Window::Hour,
-            retry_after_secs: 42,
-        }
-        .into_reply()
-        .unwrap();
-        assert_eq!(reply.status, 429);
-        assert!(reply.headers.contains(&("Retry-After", "42".to_string())));
-        let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
-        assert_eq!(body["retryAfterSeconds"], 42);
-        assert_eq!(body["details"], "Rate limit exceeded (hour window)");
     }
 }

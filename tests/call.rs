@@ -784,7 +784,7 @@ fn the_stream_handshake_is_checked() {
 
     let url = format!("wss://{}/call/stream", crate::support::DOMAIN);
     let signature =
-        cotrackpro_voice::twilio_signature::compute(crate::support::AUTH_TOKEN, &url, &[]);
+        cotrackpro_voice::twilio::signature::compute(crate::support::AUTH_TOKEN, &url, &[]);
     let caller = SimCaller::connect(
         rig.server.media_addr,
         CallerOptions {
@@ -932,9 +932,9 @@ fn a_call_with_no_sign_of_the_caller_is_reaped_and_recorded_as_such() {
 #[test]
 fn the_twilio_simulator_carries_out_a_created_call_against_the_server() {
     use cotrackpro_voice::config::Secret;
-    use cotrackpro_voice::providers::twilio_rest::{CreateCall, TwilioRest};
     use cotrackpro_voice::sim::twilio::Callee;
     use cotrackpro_voice::sim::{SIM_TWILIO_ACCOUNT_SID, SIM_TWILIO_AUTH_TOKEN};
+    use cotrackpro_voice::twilio::rest::{CreateCall, TwilioRest};
     let rig = Rig::start(&[("VALIDATE_TWILIO_SIGNATURE", "true")]);
     rig.sims.twilio.dial_into(Callee {
         http_base: format!("http://{}", rig.server.addr),

@@ -158,7 +158,7 @@ fn serve_logs_json_and_says_why_a_signature_was_refused_without_the_token() {
             ("Host".into(), DOMAIN.into()),
             (
                 "X-Twilio-Signature".into(),
-                cotrackpro_voice::twilio_signature::compute(
+                cotrackpro_voice::twilio::signature::compute(
                     "not-the-token",
                     "https://voice.example.com/call/incoming",
                     &[],

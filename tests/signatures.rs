@@ -4,7 +4,7 @@
 
 use serde_json::json;
 
-use cotrackpro_voice::twilio_signature;
+use cotrackpro_voice::twilio::signature as twilio_signature;
 
 use crate::support::{owned, run_interop, TestServer, AUTH_TOKEN, DOMAIN};
 

@@ -16,7 +16,7 @@ use cotrackpro_voice::providers::anthropic::Turn;
 use cotrackpro_voice::providers::elevenlabs_stt::{SttSettings, SttStream};
 use cotrackpro_voice::providers::elevenlabs_tts::{TtsSettings, TtsStream};
 use cotrackpro_voice::providers::mcp::McpClient;
-use cotrackpro_voice::providers::twilio_rest::{CreateCall, TwilioRest};
+use cotrackpro_voice::twilio::rest::{CreateCall, TwilioRest};
 
 use crate::support::binary;
 

@@ -12,6 +12,7 @@ mod elevenlabs_tts;
 mod generate_audio;
 mod http_routes;
 mod mcp;
+mod module_graph;
 mod outbound;
 mod records_api;
 mod records_durability;

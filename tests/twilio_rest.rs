@@ -2,8 +2,8 @@
 //! fields, update (hang up, redirect), and Twilio's errors mapped to ours.
 
 use cotrackpro_voice::config::Secret;
-use cotrackpro_voice::providers::twilio_rest::{CallUpdate, CreateCall, TwilioError, TwilioRest};
 use cotrackpro_voice::sim::twilio::TwilioSim;
+use cotrackpro_voice::twilio::rest::{CallUpdate, CreateCall, TwilioError, TwilioRest};
 
 const SID: &str = "AC0123456789abcdef0123456789abcdef";
 const TOKEN: &str = "twilio-auth-token-for-tests";

@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use cotrackpro_voice::twiml;
+use cotrackpro_voice::twilio::twiml;
 
 use crate::support::{run_interop, TestServer, DOMAIN};
 

@@ -29,6 +29,7 @@ pub mod clips;
 pub mod end;
 pub mod machine;
 pub mod playback;
+pub mod socket;
 pub mod workers;
 
 use std::net::{Shutdown, TcpStream};
@@ -46,13 +47,11 @@ use tungstenite::{Message, WebSocket};
 use self::clips::Clips;
 use self::end::End;
 use self::machine::{Action, AskError, Machine, Rules, Stream, Summary};
+use self::socket::{ReadHalf, TwilioSocket, CALL_STACK};
 use self::workers::{CallLlm, LlmJob, LlmSetup, Speech, SttOut, TtsJob};
 use crate::calls::CallSlot;
 use crate::config::Config;
 use crate::cost;
-use crate::media::server::{ReadHalf, TwilioSocket, CALL_STACK};
-use crate::media::twilio_messages::{self, Inbound};
-use crate::media::ulaw::{self, FRAME_BYTES};
 use crate::metrics::Metrics;
 use crate::personas::prompts;
 use crate::providers::elevenlabs_stt::SttSettings;
@@ -60,7 +59,9 @@ use crate::providers::elevenlabs_tts::{TtsSettings, DEFAULT_INACTIVITY_SECS};
 use crate::providers::mcp::{default_tools, McpClient, ToolCatalog};
 use crate::records::event::{Event as RecordEvent, EventKind, Transcript};
 use crate::records::{ttl_from, RecordStore};
+use crate::speech::ulaw::{self, FRAME_BYTES};
 use crate::timestamp;
+use crate::twilio::media_messages::{self as twilio_messages, Inbound};
 
 /// What the call's threads send the call thread: the machine's inputs.
 pub use self::machine::Input as Event;
@@ -604,19 +605,15 @@ impl Call<'_> {
             }
         }
         let now = timestamp::now_ms();
-        let event = RecordEvent {
-            role: Some(stream.role.as_str().to_string()),
-            direction: Some(stream.direction),
-            caller_number: Some("unknown".to_string()),
-            started_at: Some(timestamp::format_ms(now)),
-            status: Some(crate::records::event::CallStatus::Active),
-            ..RecordEvent::new(
-                EventKind::Created,
-                &stream.call_sid,
-                &timestamp::format_ms(now),
-                ttl_from(now, self.ctx.config.records.ttl_days),
-            )
-        };
+        let ttl = ttl_from(now, self.ctx.config.records.ttl_days);
+        let event = RecordEvent::created(
+            &stream.call_sid,
+            stream.role,
+            stream.direction,
+            "unknown",
+            now,
+            ttl,
+        );
         if let Err(err) = records.append(&event) {
             log::error!(callSid = stream.call_sid.as_str(), error:% = err; "records.createCallRecord.failed");
         }

@@ -427,7 +427,7 @@ pub fn llm(
                     break;
                 }
             };
-            add_usage(&mut usage, &outcome.usage);
+            usage += outcome.usage;
             if outcome.cancelled {
                 break;
             }
@@ -506,11 +506,4 @@ pub fn llm(
             return;
         }
     }
-}
-
-fn add_usage(total: &mut Usage, more: &Usage) {
-    total.input_tokens += more.input_tokens;
-    total.output_tokens += more.output_tokens;
-    total.cache_creation_input_tokens += more.cache_creation_input_tokens;
-    total.cache_read_input_tokens += more.cache_read_input_tokens;
 }

@@ -18,7 +18,7 @@ pub fn cost_rollup(app: &App, req: &Incoming) -> Reply {
         config.app_env,
         "CRON_SECRET",
     ) {
-        BearerCheck::Refused(reply) => return reply,
+        BearerCheck::Refused(err) => return Reply::auth_refused(err),
         BearerCheck::OpenInDevelopment => {
             log::warn!("cost rollup triggered without CRON_SECRET (allowed in development only)")
         }

@@ -10,6 +10,7 @@ use super::{Incoming, Reply};
 use crate::app::App;
 use crate::auth::{check_bearer, BearerCheck};
 use crate::personas::Role;
+use crate::rate_limit::RateDecision;
 use crate::records::event::{CallStatus, Event, EventKind};
 use crate::records::index::{sid_key, Filter, Window};
 use crate::records::ttl_from;
@@ -86,7 +87,7 @@ pub fn gate(app: &App, req: &Incoming, namespace: &str) -> Option<Reply> {
         config.app_env,
         "OUTBOUND_API_KEY",
     ) {
-        BearerCheck::Refused(reply) => return Some(reply),
+        BearerCheck::Refused(err) => return Some(Reply::auth_refused(err)),
         BearerCheck::Allowed | BearerCheck::OpenInDevelopment => {}
     }
     let now_secs = (timestamp::now_ms() / 1000) as u64;
@@ -96,9 +97,15 @@ pub fn gate(app: &App, req: &Incoming, namespace: &str) -> Option<Reply> {
         config.records.rate_limits,
         now_secs,
     );
-    let reply = decision.into_reply()?;
+    let RateDecision::Limited {
+        window,
+        retry_after_secs,
+    } = decision
+    else {
+        return None;
+    };
     log::warn!(namespace = namespace; "/records rate-limited");
-    Some(reply)
+    Some(Reply::rate_limited(window, retry_after_secs))
 }
 
 fn list(

@@ -1,7 +1,9 @@
 //! What a route answers, as plain data: status, content type, body, extra headers. Turned into a
 //! tiny_http response (with `X-Request-Id`) in one place, [`Reply::into_tiny`].
 
+use crate::auth::AuthError;
 use crate::ids::RequestId;
+use crate::rate_limit::Window;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Reply {
@@ -56,6 +58,32 @@ impl Reply {
         }
     }
 
+    /// The refusal of an operator API: 503 when production has no key configured, else 401
+    /// with a Bearer challenge.
+    pub fn auth_refused(err: AuthError) -> Reply {
+        match err {
+            AuthError::KeyNotConfigured { .. } => {
+                Reply::error_with_details(503, "Server misconfigured", &err.to_string())
+            }
+            AuthError::Wrong => {
+                Reply::error(401, "Unauthorized").with_header("WWW-Authenticate", "Bearer")
+            }
+        }
+    }
+
+    /// The 429 the original answered with, `Retry-After` and `retryAfterSeconds` included.
+    pub fn rate_limited(window: Window, retry_after_secs: u64) -> Reply {
+        Reply::json(
+            429,
+            &serde_json::json!({
+                "error": "Too many requests",
+                "details": format!("Rate limit exceeded ({} window)", window.as_str()),
+                "retryAfterSeconds": retry_after_secs,
+            }),
+        )
+        .with_header("Retry-After", retry_after_secs.to_string())
+    }
+
     pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Reply {
         self.headers.push((name, value.into()));
         self
@@ -93,5 +121,42 @@ impl Reply {
             }
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_key_in_production_is_503_with_the_variable_named() {
+        let reply = Reply::auth_refused(AuthError::KeyNotConfigured {
+            key_name: "OUTBOUND_API_KEY",
+        });
+        assert_eq!(reply.status, 503);
+        assert_eq!(
+            reply.body_text(),
+            r#"{"details":"OUTBOUND_API_KEY is required in production","error":"Server misconfigured"}"#
+        );
+        assert!(reply.headers.is_empty());
+    }
+
+    #[test]
+    fn a_wrong_key_is_401_with_a_challenge() {
+        let reply = Reply::auth_refused(AuthError::Wrong);
+        assert_eq!(reply.status, 401);
+        assert_eq!(reply.body_text(), r#"{"error":"Unauthorized"}"#);
+        assert_eq!(reply.headers, [("WWW-Authenticate", "Bearer".to_string())]);
+    }
+
+    #[test]
+    fn the_429_says_when_to_come_back() {
+        let reply = Reply::rate_limited(Window::Hour, 42);
+        assert_eq!(reply.status, 429);
+        assert_eq!(reply.headers, [("Retry-After", "42".to_string())]);
+        let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+        assert_eq!(body["retryAfterSeconds"], 42);
+        assert_eq!(body["details"], "Rate limit exceeded (hour window)");
+        assert_eq!(body["error"], "Too many requests");
     }
 }

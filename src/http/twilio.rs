@@ -6,9 +6,11 @@ use crate::app::App;
 use crate::config::Config;
 use crate::ids::CallSid;
 use crate::personas::Role;
-use crate::records::event::{CallStatus, Direction, Event, EventKind, TWILIO_STATUSES};
+use crate::records::event::{CallStatus, Direction, Event, EventKind};
 use crate::records::ttl_from;
-use crate::{phone, timestamp, twilio_signature, twiml};
+use crate::twilio::call_status::TWILIO_STATUSES;
+use crate::twilio::{signature, stream_url, twiml};
+use crate::{phone, timestamp};
 
 /// `POST /call/incoming`: TwiML connecting the call to `wss://{WS_DOMAIN}/call/stream`. The
 /// persona comes from the dialled number's override, else `?role=`, else the default role; a
@@ -57,16 +59,13 @@ pub fn incoming(app: &App, req: &Incoming) -> Reply {
     if let Some(call_sid) = param("CallSid").and_then(CallSid::parse) {
         let now = timestamp::now_ms();
         let event = Event {
-            role: Some(role.as_str().to_string()),
-            direction: Some(direction),
-            caller_number: Some(phone::mask(param("From").unwrap_or("unknown"))),
-            started_at: Some(timestamp::format_ms(now)),
-            status: Some(CallStatus::Active),
             twilio_status: param("CallStatus").map(str::to_string),
-            ..Event::new(
-                EventKind::Created,
+            ..Event::created(
                 call_sid.as_str(),
-                &timestamp::format_ms(now),
+                role,
+                direction,
+                &phone::mask(param("From").unwrap_or("unknown")),
+                now,
                 ttl_from(now, config.records.ttl_days),
             )
         };
@@ -76,7 +75,7 @@ pub fn incoming(app: &App, req: &Incoming) -> Reply {
         }
     }
 
-    let stream_url = format!("wss://{}/call/stream", config.domains.ws);
+    let stream_url = stream_url(&config.domains.ws);
     let mut stream_params = vec![("role", role.as_str()), ("direction", direction.as_str())];
     if let Some(voice) = number_override.and_then(|o| o.voice_id.as_deref()) {
         stream_params.push(("voiceId", voice));
@@ -158,19 +157,18 @@ fn signed_params(config: &Config, req: &Incoming) -> Result<Vec<(String, String)
         log::error!("signature validation is on but TWILIO_AUTH_TOKEN is missing");
         return Err(Reply::error(500, "Server misconfigured"));
     };
-    let result = match twilio_signature::declared_algorithm(
-        req.header("X-Twilio-Webhooks-Signature-Settings"),
-    ) {
-        Some(alg) if !alg.eq_ignore_ascii_case("HMAC_SHA1") => {
-            Err(twilio_signature::SignatureError::UnsupportedAlgorithm(alg))
-        }
-        _ => twilio_signature::verify(
-            token.expose(),
-            req.header("X-Twilio-Signature"),
-            &signed_url_candidates(config, req),
-            &params,
-        ),
-    };
+    let result =
+        match signature::declared_algorithm(req.header("X-Twilio-Webhooks-Signature-Settings")) {
+            Some(alg) if !alg.eq_ignore_ascii_case("HMAC_SHA1") => {
+                Err(signature::SignatureError::UnsupportedAlgorithm(alg))
+            }
+            _ => signature::verify(
+                token.expose(),
+                req.header("X-Twilio-Signature"),
+                &signed_url_candidates(config, req),
+                &params,
+            ),
+        };
     result.map(|()| params).map_err(|err| {
         log::warn!(
             path = req.path.as_str(),

@@ -1,8 +1,5 @@
-//! The call over Twilio's Media Stream (`MEDIA_PORT`): the messages of the stream, and the
-//! pure pieces of a turn (cutting the model's text into sentences). The media server, the call
-//! thread and its state machine are being built on these.
+//! The media-stream listener (`MEDIA_PORT`): our own `TcpListener`, the WebSocket handshake
+//! and Twilio's signature on it, the admission cap, and one thread per call running
+//! [`crate::call`]. Twilio's messages on the stream are `twilio::media_messages`.
 
-pub mod sentences;
 pub mod server;
-pub mod twilio_messages;
-pub mod ulaw;

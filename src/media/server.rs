@@ -16,7 +16,9 @@ use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use tungstenite::protocol::frame::coding::CloseCode;
-use tungstenite::protocol::{CloseFrame, Role, WebSocket, WebSocketConfig};
+use tungstenite::protocol::CloseFrame;
+
+use crate::call::socket::{TwilioSocket, CALL_STACK};
 
 use crate::app::App;
 use crate::calls::CallRegistry;
@@ -28,50 +30,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Handshakes in progress at once; more connections are closed at once (a flood of idle
 /// connections must not take every thread from real calls).
 const MAX_PENDING_HANDSHAKES: usize = 64;
-/// Largest message accepted from Twilio (a media frame is about 300 bytes; `start` a few KiB).
-pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 /// How often the idle acceptor looks at the stop flag.
 const ACCEPT_POLL: Duration = Duration::from_millis(25);
-/// Stack of a call's threads: they hold small buffers, never deep recursion.
-pub const CALL_STACK: usize = 256 * 1024;
-
-/// The socket settings for both halves of a Twilio connection: small buffers (three sockets per
-/// call must fit the memory budget) and no write buffering (a 160-byte frame goes out at once).
-pub fn ws_config() -> WebSocketConfig {
-    WebSocketConfig::default()
-        .read_buffer_size(8 * 1024)
-        .write_buffer_size(0)
-        .max_message_size(Some(MAX_MESSAGE_BYTES))
-        .max_frame_size(Some(MAX_MESSAGE_BYTES))
-}
-
-/// The reading half of a Twilio socket. tungstenite writes pongs and close replies from inside
-/// `read()`; those writes go nowhere here, so they can never interleave with the frames the call
-/// thread writes through the other half. (The call thread answers pings itself, and a close by
-/// closing its half.)
-pub struct ReadHalf(pub TcpStream);
-
-impl Read for ReadHalf {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.read(buf)
-    }
-}
-
-impl Write for ReadHalf {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// A Twilio connection after the handshake: the two halves of one socket.
-pub struct TwilioSocket {
-    pub reader: WebSocket<ReadHalf>,
-    pub writer: WebSocket<TcpStream>,
-    pub peer: SocketAddr,
-}
 
 /// The running listener.
 pub struct MediaServer {
@@ -332,10 +292,10 @@ fn handshake(
     if config.twilio.validate_signature {
         // Twilio signs the upgrade over the stream URL exactly as our TwiML gave it, with no
         // parameters. A missing token with validation on is refused by `check-config`.
-        let url = format!("wss://{}/call/stream", config.domains.ws);
+        let url = crate::twilio::stream_url(&config.domains.ws);
         let token = config.twilio.auth_token.as_ref().map(|t| t.expose());
         let verdict = match token {
-            Some(token) => crate::twilio_signature::verify(
+            Some(token) => crate::twilio::signature::verify(
                 token,
                 head.header("X-Twilio-Signature"),
                 &[url],
@@ -359,15 +319,5 @@ fn handshake(
     // From here Twilio sends a frame every 20 ms: a long quiet read means it is gone.
     stream.set_read_timeout(Some(config.calls.tuning.media_read_timeout))?;
     stream.set_write_timeout(Some(Duration::from_secs(5)))?;
-    let read_half = ReadHalf(stream.try_clone()?);
-    Ok(Some(TwilioSocket {
-        reader: WebSocket::from_partially_read(
-            read_half,
-            leftover,
-            Role::Server,
-            Some(ws_config()),
-        ),
-        writer: WebSocket::from_raw_socket(stream, Role::Server, Some(ws_config())),
-        peer,
-    }))
+    TwilioSocket::split(stream, leftover, peer).map(Some)
 }

@@ -1,5 +1,5 @@
 //! Clients for the providers a call talks to — Anthropic (the persona's words), ElevenLabs
-//! (speech in and out), the CoTrackPro MCP server (tools) and Twilio's REST API — each
+//! (speech in and out), the CoTrackPro MCP server (tools) — each
 //! speaking the provider's real wire protocol. Pure parts (parsing, request building) are kept
 //! apart from the sockets so they are tested without any.
 
@@ -8,5 +8,4 @@ pub mod elevenlabs_stt;
 pub mod elevenlabs_tts;
 pub mod mcp;
 pub mod sse;
-pub mod twilio_rest;
 pub mod ws;

@@ -4,6 +4,9 @@
 //! Every event carries the call SID and its own `ttl`, so a record whose `created` event was
 //! never written still expires (the original's blind upserts left such records forever).
 
+use crate::personas::Role;
+use crate::timestamp;
+use crate::twilio::call_status::twilio_progress;
 use serde::{Deserialize, Serialize};
 
 /// The role of a record whose `created` event has not been read (yet).
@@ -67,32 +70,6 @@ impl CallStatus {
             "busy" | "failed" | "no-answer" | "canceled" => Some(CallStatus::Failed),
             _ => None,
         }
-    }
-}
-
-/// Every `CallStatus` Twilio reports, in the order a call goes through them.
-pub const TWILIO_STATUSES: [&str; 9] = [
-    "queued",
-    "initiated",
-    "ringing",
-    "in-progress",
-    "completed",
-    "busy",
-    "failed",
-    "no-answer",
-    "canceled",
-];
-
-/// How far along Twilio's call progress a `CallStatus` is. Callbacks can arrive out of order
-/// and be retried: the recorded Twilio status only ever moves forward.
-pub fn twilio_progress(twilio: &str) -> u8 {
-    match twilio {
-        "queued" => 1,
-        "initiated" => 2,
-        "ringing" => 3,
-        "in-progress" => 4,
-        "completed" | "busy" | "failed" | "no-answer" | "canceled" => 5,
-        _ => 0,
     }
 }
 
@@ -219,6 +196,36 @@ pub struct Event {
 
 impl Event {
     /// An event with only the fields every event has.
+    /// The first line of a call: `created` at `now_ms`, active, with who and which way.
+    /// `caller_number` is written as given: mask it first (`phone::mask`).
+    ///
+    /// ```
+    /// use cotrackpro_voice::personas::Role;
+    /// use cotrackpro_voice::records::event::{CallStatus, Direction, Event, EventKind};
+    /// let event = Event::created("CA01", Role::Judge, Direction::Inbound, "+1555***4567", 0, 86_400);
+    /// assert_eq!(event.event, EventKind::Created);
+    /// assert_eq!(event.status, Some(CallStatus::Active));
+    /// assert_eq!(event.started_at.as_deref(), Some("1970-01-01T00:00:00.000Z"));
+    /// ```
+    pub fn created(
+        call_sid: &str,
+        role: Role,
+        direction: Direction,
+        caller_number: &str,
+        now_ms: i64,
+        ttl: i64,
+    ) -> Event {
+        let now = timestamp::format_ms(now_ms);
+        Event {
+            role: Some(role.as_str().to_string()),
+            direction: Some(direction),
+            caller_number: Some(caller_number.to_string()),
+            started_at: Some(now.clone()),
+            status: Some(CallStatus::Active),
+            ..Event::new(EventKind::Created, call_sid, &now, ttl)
+        }
+    }
+
     pub fn new(event: EventKind, call_sid: &str, at: &str, ttl: i64) -> Event {
         Event {
             event,

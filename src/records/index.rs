@@ -11,11 +11,12 @@ use std::collections::{BTreeSet, HashMap};
 use serde_json::{json, Value};
 
 use super::event::{
-    fold, twilio_progress, CallRecord, CallState, CallStatus, CostSummary, Direction, Event,
-    Transcript, TWILIO_STATUSES, UNKNOWN_ROLE,
+    fold, CallRecord, CallState, CallStatus, CostSummary, Direction, Event, Transcript,
+    UNKNOWN_ROLE,
 };
 use crate::personas::Role;
 use crate::timestamp;
+use crate::twilio::call_status::{twilio_progress, TWILIO_STATUSES};
 
 /// A call SID in 16 bytes (`CA` + 32 hex digits, the hex decoded).
 pub type SidKey = [u8; 16];

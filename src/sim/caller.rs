@@ -22,7 +22,7 @@ use tungstenite::{Message, WebSocket};
 
 use super::voice;
 
-use crate::media::ulaw::FRAME_BYTES as FRAME;
+use crate::speech::ulaw::FRAME_BYTES as FRAME;
 
 /// How the simulated phone behaves.
 #[derive(Clone, Debug)]

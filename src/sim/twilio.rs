@@ -304,12 +304,12 @@ fn post_signed(
     token: &str,
     params: &[(String, String)],
 ) -> Result<(u16, String), String> {
-    let signature = crate::twilio_signature::compute(token, public_url, params);
+    let signature = crate::twilio::signature::compute(token, public_url, params);
     let pairs: Vec<(&str, String)> = params
         .iter()
         .map(|(k, v)| (k.as_str(), v.clone()))
         .collect();
-    let body = crate::providers::twilio_rest::encode_form(&pairs);
+    let body = crate::twilio::rest::encode_form(&pairs);
     let response = agent
         .post(&on_loopback(public_url, &callee.http_base))
         .header("X-Twilio-Signature", &signature)
@@ -416,7 +416,7 @@ fn carry_out(
     let options = super::caller::CallerOptions {
         call_sid: sid.to_string(),
         parameters,
-        signature: Some(crate::twilio_signature::compute(token, &stream_url, &[])),
+        signature: Some(crate::twilio::signature::compute(token, &stream_url, &[])),
         playback_speed: callee.playback_speed,
         ..super::caller::CallerOptions::default()
     };
@@ -437,7 +437,7 @@ mod tests {
 
     #[test]
     fn reads_the_stream_and_its_parameters_from_twiml() {
-        let twiml = crate::twiml::connect_stream(
+        let twiml = crate::twilio::twiml::connect_stream(
             "wss://voice.example.com/call/stream",
             &[("role", "judge"), ("note", "a&b \"c\"")],
         );

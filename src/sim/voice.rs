@@ -3,7 +3,7 @@
 //! simulated speech is audible in the demo's WAV file and takes as long as speech would.
 
 // The μ-law codec lives with the media code; re-exported for the simulators and tests.
-pub use crate::media::ulaw::{decode_ulaw, encode_ulaw, rms, SAMPLE_RATE, ULAW_SILENCE};
+pub use crate::speech::ulaw::{decode_ulaw, encode_ulaw, rms, SAMPLE_RATE, ULAW_SILENCE};
 
 /// How long a simulated character takes to say (about 150 words a minute).
 pub const MS_PER_CHAR: u32 = 65;

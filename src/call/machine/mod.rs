@@ -29,15 +29,15 @@ use super::playback::{Kind, Playback};
 use super::workers::{LlmOut, Speech, SttOut, TtsOut};
 use crate::config::CallsConfig;
 use crate::cost::CallUsage;
-use crate::media::sentences::Sentences;
-use crate::media::twilio_messages::{Inbound, StreamStart};
 use crate::metrics::TurnLatency;
 use crate::personas::prompts::{self, Phrase};
 use crate::personas::{self, Role};
 use crate::providers::anthropic::request::CALL_CONNECTED;
 use crate::providers::anthropic::Turn;
 use crate::records::event::{Direction, ToolCallRecord, TranscriptEntry};
+use crate::speech::sentences::Sentences;
 use crate::timestamp;
+use crate::twilio::media_messages::{Inbound, StreamStart};
 
 /// How long Twilio may take to send `start` after the stream opens (it sends it at once).
 pub const START_TIMEOUT: Duration = Duration::from_secs(10);

@@ -9,9 +9,9 @@ use base64::Engine as _;
 use super::{ms_between, Action, Carry, Machine};
 use crate::call::playback::{Kind, Piece};
 use crate::call::workers::{Speech, TtsOut};
-use crate::media::twilio_messages;
-use crate::media::ulaw::{self, FRAME_BYTES};
 use crate::personas::prompts::Phrase;
+use crate::speech::ulaw::{self, FRAME_BYTES};
+use crate::twilio::media_messages;
 
 impl Machine<'_> {
     pub(super) fn on_mark(&mut self, now: Instant, name: &str) {
@@ -74,7 +74,7 @@ impl Machine<'_> {
                     self.note_first_frame(now, turn);
                 }
                 if let Some(name) = self.playback.end(turn, seq) {
-                    self.twilio(twilio_messages::mark(&sid, &name));
+                    self.twilio(media_messages::mark(&sid, &name));
                 }
             }
             TtsOut::Failed(err) => {
@@ -87,7 +87,7 @@ impl Machine<'_> {
                     .piece_mut(turn, seq)
                     .is_some_and(|p| p.kind == Kind::Phrase);
                 if let Some(name) = self.playback.end(turn, seq) {
-                    self.twilio(twilio_messages::mark(&sid, &name));
+                    self.twilio(media_messages::mark(&sid, &name));
                 }
                 let first_failure = !was_phrase
                     && self
@@ -138,7 +138,7 @@ impl Machine<'_> {
     pub(super) fn send_frames(&mut self, sid: &str, audio: &[u8]) {
         for frame in audio.chunks(FRAME_BYTES) {
             let payload = base64::engine::general_purpose::STANDARD.encode(frame);
-            self.twilio(twilio_messages::media(sid, &payload));
+            self.twilio(media_messages::media(sid, &payload));
         }
     }
 

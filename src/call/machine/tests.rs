@@ -4,10 +4,10 @@ use base64::Engine as _;
 
 use super::*;
 use crate::config::{Config, Env};
-use crate::media::ulaw::{self, FRAME_BYTES};
 use crate::providers::anthropic::client::LlmError;
 use crate::providers::anthropic::stream::Usage;
 use crate::providers::anthropic::{Block, Speaker};
+use crate::speech::ulaw::{self, FRAME_BYTES};
 
 /// The configuration and clips a test machine borrows (leaked: a test's machine lives as long
 /// as the test, and a `'static` borrow keeps the fixture simple).

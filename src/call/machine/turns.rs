@@ -7,13 +7,13 @@ use std::time::Instant;
 use super::{ms_between, Action, AskError, End, Live, Machine, Phase};
 use crate::call::playback::{self, Kind};
 use crate::call::workers::{LlmOut, Speech, SttOut};
-use crate::media::sentences::Sentences;
-use crate::media::twilio_messages;
 use crate::metrics::TurnLatency;
 use crate::personas::prompts::Phrase;
 use crate::providers::anthropic::{Block, Speaker, Turn};
 use crate::records::event::ToolCallRecord;
+use crate::speech::sentences::Sentences;
 use crate::timestamp;
+use crate::twilio::media_messages;
 
 impl Machine<'_> {
     pub(super) fn on_stt(&mut self, now: Instant, out: SttOut) {
@@ -182,7 +182,7 @@ impl Machine<'_> {
     pub(super) fn interrupt(&mut self, now: Instant) {
         if self.playback.is_speaking() {
             if let Some(sid) = self.stream.as_ref().map(|s| s.stream_sid.clone()) {
-                self.twilio(twilio_messages::clear(&sid));
+                self.twilio(media_messages::clear(&sid));
             }
             self.playback.clear();
         }

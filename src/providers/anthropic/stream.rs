@@ -4,6 +4,7 @@
 //! [`SseEvent`]s and returns what they mean.
 
 use std::collections::BTreeMap;
+use std::ops::AddAssign;
 
 use serde_json::Value;
 
@@ -17,6 +18,16 @@ pub struct Usage {
     pub output_tokens: u64,
     pub cache_creation_input_tokens: u64,
     pub cache_read_input_tokens: u64,
+}
+
+/// The usage of several responses (a turn's tool rounds, a whole call) is their sum.
+impl AddAssign for Usage {
+    fn add_assign(&mut self, more: Usage) {
+        self.input_tokens += more.input_tokens;
+        self.output_tokens += more.output_tokens;
+        self.cache_creation_input_tokens += more.cache_creation_input_tokens;
+        self.cache_read_input_tokens += more.cache_read_input_tokens;
+    }
 }
 
 /// Something the stream said, in order.
@@ -236,6 +247,31 @@ fn malformed(message: &str) -> StreamItem {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn usages_add_field_by_field() {
+        let mut total = Usage {
+            input_tokens: 1000,
+            output_tokens: 200,
+            cache_creation_input_tokens: 1875,
+            cache_read_input_tokens: 0,
+        };
+        total += Usage {
+            input_tokens: 250,
+            output_tokens: 650,
+            cache_creation_input_tokens: 0,
+            cache_read_input_tokens: 18_500,
+        };
+        assert_eq!(
+            total,
+            Usage {
+                input_tokens: 1250,
+                output_tokens: 850,
+                cache_creation_input_tokens: 1875,
+                cache_read_input_tokens: 18_500,
+            }
+        );
+    }
+
     use super::*;
     use crate::providers::sse::SseReader;
 

@@ -39,7 +39,7 @@ pub fn run(options: &BenchOptions) -> Result<(), Box<dyn Error>> {
     let sims = Simulators::start()?;
     let records_dir = std::env::temp_dir().join(format!("cotrackpro-bench-{}", std::process::id()));
     let calls = (options.calls + 1).to_string();
-    let server = crate::demo::start_on_loopback(
+    let server = super::start_on_loopback(
         &sims,
         &records_dir,
         &[

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::config::{Config, Env};
 use crate::personas::Role;
 use crate::records::index::sid_key;
 use crate::serve::Server;
@@ -82,36 +81,11 @@ pub fn run(options: &DemoOptions) -> Result<(), Box<dyn Error>> {
     let sims = Simulators::start()?;
     let records_dir = std::env::temp_dir().join(format!("cotrackpro-demo-{}", std::process::id()));
     let level = std::env::var("LOG_LEVEL").unwrap_or_else(|_| "warn".into());
-    let server = start_on_loopback(&sims, &records_dir, &[("LOG_LEVEL", &level)])?;
+    let server = super::start_on_loopback(&sims, &records_dir, &[("LOG_LEVEL", &level)])?;
     let result = converse(&server, &sims, options);
     server.shutdown();
     let _ = std::fs::remove_dir_all(&records_dir);
     result
-}
-
-/// The real server on loopback ports, wired to `sims`, with records in `records_dir` and
-/// `extra` settings (for `demo` and `bench`).
-pub fn start_on_loopback(
-    sims: &Simulators,
-    records_dir: &std::path::Path,
-    extra: &[(&str, &str)],
-) -> Result<Server, Box<dyn Error>> {
-    let mut pairs: Vec<(String, String)> = vec![
-        ("SERVER_DOMAIN".into(), "demo.localhost".into()),
-        ("BIND_ADDR".into(), "127.0.0.1".into()),
-        ("HTTP_PORT".into(), "0".into()),
-        ("MEDIA_PORT".into(), "0".into()),
-        ("RECORDS_DIR".into(), records_dir.display().to_string()),
-    ];
-    pairs.extend(sims.env().into_iter().map(|(k, v)| (k.to_string(), v)));
-    pairs.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    let env = Env::from_pairs(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-    let config = Config::from_env(&env).map_err(|errors| {
-        let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
-        list.join("; ")
-    })?;
-    crate::logging::init(&config.log);
-    Ok(Server::start(config)?)
 }
 
 fn converse(

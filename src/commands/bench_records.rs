@@ -10,14 +10,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::event::{
-    CallStatus, CostSummary, Direction, Event, EventKind, Transcript, TranscriptEntry,
-};
-use super::{RecordStore, RECORDS_FILE};
 use crate::app::App;
 use crate::config::{Config, Env};
 use crate::http::{route, Incoming};
 use crate::personas::Role;
+use crate::records::event::{
+    CallStatus, CostSummary, Direction, Event, EventKind, Transcript, TranscriptEntry,
+};
+use crate::records::{RecordStore, RECORDS_FILE};
 use crate::timestamp;
 
 const BENCH_KEY: &str = "bench-key-0123456789abcdef";
@@ -136,7 +136,7 @@ fn report_latency(app: &App, label: &str, path: &str, query: &str) {
 fn generate(path: &Path, calls: u64) -> io::Result<(u64, u64)> {
     let mut out = BufWriter::with_capacity(1 << 20, File::create(path)?);
     let now = timestamp::now_ms();
-    let ttl = super::ttl_from(now, 365.0);
+    let ttl = crate::records::ttl_from(now, 365.0);
     let mut lines = 0;
     let mut bytes = 0;
     for n in 0..calls {

@@ -6,7 +6,7 @@
 /// `customParameters`; the stream URL itself may not carry a query string.
 ///
 /// ```
-/// let xml = cotrackpro_voice::twiml::connect_stream(
+/// let xml = cotrackpro_voice::twilio::twiml::connect_stream(
 ///     "wss://voice.example.com/call/stream",
 ///     &[("role", "attorney")],
 /// );

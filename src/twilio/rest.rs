@@ -234,7 +234,7 @@ fn encode_component(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::request::decode_form;
+    use crate::http::request::decode_form; // test only: our decoder is the oracle
 
     #[test]
     fn forms_round_trip_through_our_decoder() {

@@ -1,0 +1,73 @@
+//! A Twilio Media Stream after the WebSocket handshake, split in two halves over one TCP
+//! socket: the reader thread reads, the call thread writes. The media listener
+//! ([`crate::media::server`]) does the handshake and hands the call one of these.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+
+use tungstenite::protocol::{Role, WebSocket, WebSocketConfig};
+
+/// Largest message accepted from Twilio (a media frame is about 300 bytes; `start` a few KiB).
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// Stack of a call's threads: they hold small buffers, never deep recursion.
+pub const CALL_STACK: usize = 256 * 1024;
+
+/// The socket settings for both halves of a Twilio connection: small buffers (three sockets per
+/// call must fit the memory budget) and no write buffering (a 160-byte frame goes out at once).
+fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(8 * 1024)
+        .write_buffer_size(0)
+        .max_message_size(Some(MAX_MESSAGE_BYTES))
+        .max_frame_size(Some(MAX_MESSAGE_BYTES))
+}
+
+/// The reading half of a Twilio socket. tungstenite writes pongs and close replies from inside
+/// `read()`; those writes go nowhere here, so they can never interleave with the frames the call
+/// thread writes through the other half. (The call thread answers pings itself, and a close by
+/// closing its half.)
+pub struct ReadHalf(pub TcpStream);
+
+impl Read for ReadHalf {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl Write for ReadHalf {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A Twilio connection after the handshake: the two halves of one socket.
+pub struct TwilioSocket {
+    pub reader: WebSocket<ReadHalf>,
+    pub writer: WebSocket<TcpStream>,
+    pub peer: SocketAddr,
+}
+
+impl TwilioSocket {
+    /// Splits an upgraded server-side `stream` (whose timeouts are set) in two; `leftover` is
+    /// what was read past the handshake.
+    pub fn split(
+        stream: TcpStream,
+        leftover: Vec<u8>,
+        peer: SocketAddr,
+    ) -> io::Result<TwilioSocket> {
+        let read_half = ReadHalf(stream.try_clone()?);
+        Ok(TwilioSocket {
+            reader: WebSocket::from_partially_read(
+                read_half,
+                leftover,
+                Role::Server,
+                Some(ws_config()),
+            ),
+            writer: WebSocket::from_raw_socket(stream, Role::Server, Some(ws_config())),
+            peer,
+        })
+    }
+}
