@@ -29,6 +29,7 @@ pub mod idempotency;
 pub mod ids;
 pub mod personas;
 pub mod phone;
+pub mod poll;
 pub mod prerender;
 pub mod providers;
 pub mod timestamp;

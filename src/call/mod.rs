@@ -21,6 +21,7 @@
 //! call drops any event of an older turn, so no audio of a cancelled turn reaches Twilio after
 //! the `clear`.
 
+pub mod audio_feed;
 pub mod clips;
 pub mod playback;
 pub mod workers;
@@ -32,14 +33,17 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::CloseFrame;
 use tungstenite::{Message, WebSocket};
 
 use self::clips::Clips;
 use self::playback::{Kind, Piece, Playback};
-use self::workers::{CallLlm, LlmJob, LlmOut, LlmSetup, Speech, SttOut, TtsJob, TtsOut};
+use self::workers::{
+    AudioFeed, CallLlm, LlmJob, LlmOut, LlmSetup, Speech, SttLost, SttOut, TtsJob, TtsOut,
+    TtsShutdown,
+};
 use crate::app::App;
 use crate::calls::CallSlot;
 use crate::config::Config;
@@ -110,14 +114,12 @@ pub struct Setup {
 
 impl Setup {
     pub fn from_config(config: &Config) -> Setup {
-        let tick = Duration::from_millis(20);
         let el = &config.elevenlabs;
         let tts = el.api_key.clone().map(|api_key| TtsSettings {
             ws_base: el.ws_base.clone(),
             api_key,
             model_id: el.model_id.clone(),
             connect_timeout: el.connect_timeout,
-            tick,
             inactivity_secs: DEFAULT_INACTIVITY_SECS,
         });
         let tuning = &config.calls.tuning;
@@ -128,7 +130,6 @@ impl Setup {
             language_code: tuning.stt_language.clone(),
             vad_silence_secs: tuning.vad_silence_secs,
             connect_timeout: el.connect_timeout,
-            tick,
         });
         let mcp = config.mcp.url.as_ref().map(|url| {
             (
@@ -203,7 +204,6 @@ struct Call<'a> {
     n: u64,
     writer: WebSocket<TcpStream>,
     events_tx: Sender<Event>,
-    ended: Arc<AtomicBool>,
     started: Instant,
     voiced_ms: Arc<AtomicU64>,
 
@@ -233,6 +233,8 @@ struct Call<'a> {
     /// The call's own model and tool clients, shut down when the call ends.
     llm_clients: Option<CallLlm>,
     tts_tx: Option<Sender<TtsJob>>,
+    /// Ends the TTS worker's provider read in flight when the call ends.
+    tts_shutdown: TtsShutdown,
     threads: Vec<JoinHandle<()>>,
 
     quiet_since: Option<Instant>,
@@ -256,8 +258,13 @@ pub fn run(app: &Arc<App>, socket: TwilioSocket, slot: CallSlot, n: u64) {
     log::info!(peer:% = peer, connection = n; "call.stream.connected");
     let tcp = writer.get_ref().try_clone().ok();
     let (events_tx, events_rx) = bounded::<Event>(EVENTS_CAP);
-    let (audio_tx, audio_rx) = bounded::<String>(AUDIO_CAP);
-    let ended = Arc::new(AtomicBool::new(false));
+    let (audio_feed, audio_inbox) = match workers::audio_feed(AUDIO_CAP) {
+        Ok((feed, inbox)) => (Some(feed), Some(inbox)),
+        Err(err) => {
+            log::error!(error:% = err; "call.audio_feed_failed");
+            (None, None)
+        }
+    };
     let voiced_ms = Arc::new(AtomicU64::new(0));
     let mut threads = Vec::new();
 
@@ -265,32 +272,34 @@ pub fn run(app: &Arc<App>, socket: TwilioSocket, slot: CallSlot, n: u64) {
         let events = events_tx.clone();
         let voiced = voiced_ms.clone();
         match spawn(format!("call-{n}-rx"), CALL_STACK, move || {
-            twilio_reader(reader, &events, &audio_tx, &voiced, started)
+            twilio_reader(reader, &events, audio_feed.as_ref(), &voiced, started)
         }) {
             Ok(handle) => threads.push(handle),
             Err(err) => log::error!(error:% = err; "call.spawn_failed: rx"),
         }
     }
     let stt_bytes = Arc::new(AtomicU64::new(0));
-    match &app.voice.stt {
-        Some(settings) => {
+    match (&app.voice.stt, audio_inbox) {
+        (Some(settings), Some(inbox)) => {
             let settings = settings.clone();
             let reconnects = app.config.calls.tuning.stt_reconnects;
             let events = events_tx.clone();
-            let flag = ended.clone();
             let counter = stt_bytes.clone();
             match spawn(format!("call-{n}-stt"), PROVIDER_STACK, move || {
-                workers::stt(&settings, reconnects, &audio_rx, &events, &flag, &counter)
+                workers::stt(&settings, reconnects, inbox, &events, &counter)
             }) {
                 Ok(handle) => threads.push(handle),
                 Err(err) => log::error!(error:% = err; "call.spawn_failed: stt"),
             }
         }
-        None => {
+        (Some(_), None) => {
+            let _ = events_tx.send(Event::Stt(SttOut::Lost(SttLost::NoResources(
+                "no wake-up descriptor for the caller's audio".into(),
+            ))));
+        }
+        (None, _) => {
             log::error!("call: ELEVENLABS_API_KEY is not set; the caller cannot be heard");
-            let _ = events_tx.send(Event::Stt(SttOut::Lost(
-                "speech-to-text is not configured".into(),
-            )));
+            let _ = events_tx.send(Event::Stt(SttOut::Lost(SttLost::NotConfigured)));
         }
     }
 
@@ -299,7 +308,6 @@ pub fn run(app: &Arc<App>, socket: TwilioSocket, slot: CallSlot, n: u64) {
         n,
         writer,
         events_tx,
-        ended: ended.clone(),
         started,
         voiced_ms,
         stream_sid: None,
@@ -322,6 +330,7 @@ pub fn run(app: &Arc<App>, socket: TwilioSocket, slot: CallSlot, n: u64) {
         llm_tx: None,
         llm_clients: None,
         tts_tx: None,
+        tts_shutdown: TtsShutdown::new(),
         threads,
         quiet_since: None,
         reprompts: 0,
@@ -343,7 +352,6 @@ pub fn run(app: &Arc<App>, socket: TwilioSocket, slot: CallSlot, n: u64) {
 
     // Whatever ended the call, everything of it ends now.
     call.cancel.store(true, Ordering::SeqCst);
-    ended.store(true, Ordering::SeqCst);
     // The record first: Twilio's own `completed` callback follows the close of the stream, and
     // the call's verdict (failed, force-reaped) must be on file before it (a final status is
     // never changed afterwards).
@@ -362,6 +370,8 @@ pub fn run(app: &Arc<App>, socket: TwilioSocket, slot: CallSlot, n: u64) {
     }
     call.llm_tx = None;
     call.tts_tx = None;
+    // A piece being read is interrupted, not waited out.
+    call.tts_shutdown.shutdown();
     if let Some(clients) = call.llm_clients.take() {
         // A model stream or a tool call in flight is interrupted, not waited out.
         clients.shutdown();
@@ -405,7 +415,7 @@ where
 fn twilio_reader(
     mut socket: WebSocket<ReadHalf>,
     events: &Sender<Event>,
-    audio: &Sender<String>,
+    audio: Option<&AudioFeed>,
     voiced_ms: &AtomicU64,
     started: Instant,
 ) {
@@ -449,9 +459,8 @@ fn twilio_reader(
                                     Ordering::Relaxed,
                                 );
                             }
-                            match audio.try_send(payload) {
-                                Ok(()) | Err(TrySendError::Disconnected(_)) => {}
-                                Err(TrySendError::Full(_)) => dropped_audio += 1,
+                            if audio.is_some_and(|feed| !feed.send(payload)) {
+                                dropped_audio += 1;
                             }
                             None
                         }
@@ -675,9 +684,9 @@ impl Call<'_> {
             let (tx, rx) = bounded::<TtsJob>(TTS_JOBS_CAP);
             let events = self.events_tx.clone();
             let voice = self.voice.clone();
-            let ended = self.ended.clone();
+            let shutdown = self.tts_shutdown.clone();
             match spawn(format!("call-{n}-tts"), PROVIDER_STACK, move || {
-                workers::tts(&settings, &voice, &rx, &events, &ended)
+                workers::tts(&settings, &voice, &rx, &events, &shutdown)
             }) {
                 Ok(handle) => {
                     self.threads.push(handle);
@@ -807,7 +816,7 @@ impl Call<'_> {
                 self.start_turn(&text);
             }
             SttOut::Lost(reason) => {
-                log::error!(callSid = self.call_sid.as_str(), reason = reason.as_str(); "stt.lost");
+                log::error!(callSid = self.call_sid.as_str(), reason:% = reason; "stt.lost");
                 if self.stream_sid.is_none() {
                     self.finish_with(CallStatus::Failed, "speech-to-text unavailable");
                 } else {
@@ -1061,7 +1070,7 @@ impl Call<'_> {
                 }
             }
             TtsOut::Failed(err) => {
-                log::error!(callSid = self.call_sid.as_str(), error = err.as_str(); "tts.piece_failed");
+                log::error!(callSid = self.call_sid.as_str(), error:% = err; "tts.piece_failed");
                 // Its mark is sent with no audio before it: it plays as nothing, and the
                 // apology (pre-rendered when it can be) follows — unless what failed was a
                 // fixed phrase itself (the apology included): no apology loop.

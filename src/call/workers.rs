@@ -1,23 +1,36 @@
 //! A call's worker threads: speech-to-text, the model (with its tool loop), text-to-speech.
-//! Each owns its provider socket, reports to the call thread through the call's event channel,
-//! and stops when its input channel closes or the call's `ended` flag is set. Work for a turn
-//! carries that turn's cancel flag, checked between provider events: a cancelled turn's work
-//! stops, and whatever it still produces is dropped by the call thread by turn number anyway.
+//! Each owns its provider socket and reports to the call thread through the call's event
+//! channel. Work for a turn carries that turn's cancel flag, checked between provider events: a
+//! cancelled turn's work stops, and whatever it still produces is dropped by the call thread by
+//! turn number anyway.
+//!
+//! No worker wakes on a tick; each waits for an event or a real deadline, and ends by an event:
+//! - speech-to-text waits with `poll(2)` on its provider socket and the caller's
+//!   [`AudioFeed`]'s wake-up descriptor; it ends when the feed is dropped (the Twilio reader
+//!   ends with the call) or the event channel is gone;
+//! - text-to-speech waits on its job channel (`recv`, or `recv_deadline` while a spare stream
+//!   ages) and reads a piece's audio with a read timeout set from the piece's deadline; it
+//!   ends when the job channel closes, and [`TtsShutdown::shutdown`] ends a read in flight;
+//! - the model worker ends when its job channel closes ([`CallLlm::shutdown`] interrupts a
+//!   stream in flight).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use serde_json::json;
 
+pub use super::audio_feed::{audio_feed, AudioFeed, AudioInbox};
 use super::Event;
+use crate::poll::{self, Watch};
 use crate::providers::anthropic::client::AnthropicClient;
 use crate::providers::anthropic::request::{self, RequestParts};
 use crate::providers::anthropic::stream::{StreamItem, Usage};
 use crate::providers::anthropic::{Block, Speaker, Turn};
-use crate::providers::elevenlabs_stt::{SttEvent, SttSettings, SttStream};
+use crate::providers::elevenlabs_stt::{SttError, SttEvent, SttSettings, SttStream};
 use crate::providers::elevenlabs_tts::{TtsError, TtsEvent, TtsSettings, TtsStream};
+use crate::providers::ws;
 use crate::providers::mcp::{McpClient, ToolCatalog};
 
 /// What speech-to-text tells the call.
@@ -25,8 +38,33 @@ use crate::providers::mcp::{McpClient, ToolCatalog};
 pub enum SttOut {
     Partial(String),
     Committed(String),
-    /// The service could not be reached again within the allowed reconnects.
-    Lost(String),
+    /// The caller cannot be heard for the rest of the call.
+    Lost(SttLost),
+}
+
+/// Why speech-to-text is gone for good.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SttLost {
+    /// No ElevenLabs key: there is no speech-to-text on this server.
+    NotConfigured,
+    /// The service failed, and could not be reached again within the allowed reconnects.
+    Provider(SttError),
+    /// The process could not set the worker up (no descriptors or threads left).
+    NoResources(String),
+}
+
+impl std::fmt::Display for SttLost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SttLost::NotConfigured => {
+                write!(f, "speech-to-text is not configured (ELEVENLABS_API_KEY)")
+            }
+            SttLost::Provider(err) => write!(f, "{err}"),
+            SttLost::NoResources(what) => {
+                write!(f, "speech-to-text could not be started: {what}")
+            }
+        }
+    }
 }
 
 /// What the model worker tells the call, for one turn.
@@ -60,7 +98,7 @@ pub enum TtsOut {
     /// All of the piece's audio has been delivered; `chars` were billed.
     Done { chars: u64 },
     /// The piece could not be spoken (after one retry).
-    Failed(String),
+    Failed(TtsError),
 }
 
 /// What to speak.
@@ -88,72 +126,43 @@ pub struct LlmJob {
     pub cancel: Arc<AtomicBool>,
 }
 
-/// Speech-to-text for one call: forwards the caller's audio (base64 as Twilio sent it) and
-/// reports transcripts; reconnects up to `reconnects` times. `sent_bytes` counts the audio
-/// forwarded (what ElevenLabs bills), readable by the call at any moment.
+/// Speech-to-text for one call: forwards the caller's audio (base64 as Twilio sent it) the
+/// moment it arrives and reports transcripts the moment they arrive; reconnects up to
+/// `reconnects` times. `sent_bytes` counts the audio forwarded (what ElevenLabs bills),
+/// readable by the call at any moment.
+///
+/// Ends when the `audio` feed is dropped (the session is closed first) or `out` is gone; after
+/// too many failures it reports [`SttOut::Lost`] and ends.
 pub fn stt(
     settings: &SttSettings,
     reconnects: u32,
-    audio: &Receiver<String>,
+    audio: AudioInbox,
     out: &Sender<Event>,
-    ended: &AtomicBool,
     sent_bytes: &AtomicU64,
 ) {
     let mut failures = 0u32;
-    'session: loop {
+    loop {
         let opened = Instant::now();
-        let mut stream =
-            match SttStream::open_retrying(settings, 3, Duration::from_millis(250), ended) {
-                Ok(stream) => stream,
-                Err(err) => {
-                    if !ended.load(Ordering::SeqCst) {
-                        let _ = out.send(Event::Stt(SttOut::Lost(err.to_string())));
-                    }
-                    break;
+        let mut stream = match SttStream::open_retrying(
+            settings,
+            3,
+            Duration::from_millis(250),
+            |pause| audio.pause(pause),
+        ) {
+            Ok(stream) => stream,
+            Err(err) => {
+                if audio.is_open() {
+                    let _ = out.send(Event::Stt(SttOut::Lost(SttLost::Provider(err))));
                 }
-            };
-        let failure = loop {
-            if ended.load(Ordering::SeqCst) {
-                stream.close();
-                break 'session;
-            }
-            let mut send_failed = None;
-            loop {
-                match audio.try_recv() {
-                    Ok(payload) => {
-                        if let Err(err) = stream.send_audio(&payload) {
-                            send_failed = Some(err);
-                            break;
-                        }
-                        let padding = payload.bytes().rev().take_while(|b| *b == b'=').count();
-                        let bytes = (payload.len() / 4 * 3).saturating_sub(padding);
-                        sent_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
-                    }
-                    Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Disconnected) => {
-                        stream.close();
-                        break 'session;
-                    }
-                }
-            }
-            if let Some(err) = send_failed {
-                break err;
-            }
-            match stream.next_event() {
-                Ok(Some(SttEvent::Partial(text))) => {
-                    let _ = out.send(Event::Stt(SttOut::Partial(text)));
-                }
-                Ok(Some(SttEvent::Committed(text))) => {
-                    let _ = out.send(Event::Stt(SttOut::Committed(text)));
-                }
-                Ok(Some(SttEvent::SessionStarted(id))) => {
-                    log::debug!(sessionId = id.as_str(); "stt.session_started");
-                }
-                Ok(None) => {}
-                Err(err) => break err,
+                return;
             }
         };
+        let ended = stt_session(&mut stream, &audio, out, sent_bytes);
         stream.close();
+        let failure = match ended {
+            Ok(()) => return,
+            Err(err) => err,
+        };
         // Reconnects are counted per trouble spell: a session that held for a while resets
         // the count (a long call may see unrelated drops, or the service's session limit).
         if opened.elapsed() > Duration::from_secs(30) {
@@ -161,10 +170,69 @@ pub fn stt(
         }
         failures += 1;
         if failures > reconnects {
-            let _ = out.send(Event::Stt(SttOut::Lost(failure.to_string())));
-            break;
+            let _ = out.send(Event::Stt(SttOut::Lost(SttLost::Provider(failure))));
+            return;
         }
         log::warn!(error:% = failure, attempt = failures; "stt.reconnect");
+    }
+}
+
+/// One session: waits on the provider socket and the audio feed together, forwarding audio
+/// and transcripts as they come. `Ok` when the call is over (feed closed, or nobody listens),
+/// `Err` when the session failed.
+fn stt_session(
+    stream: &mut SttStream,
+    audio: &AudioInbox,
+    out: &Sender<Event>,
+    sent_bytes: &AtomicU64,
+) -> Result<(), SttError> {
+    // Something may already be buffered from the handshake (session_started).
+    let mut readable = true;
+    loop {
+        if readable {
+            // Until WouldBlock: that also empties rustls' and tungstenite's buffers, so the
+            // socket's readiness is again the whole truth for the next wait.
+            while let Some(event) = stream.try_next_event()? {
+                let forwarded = match event {
+                    SttEvent::Partial(text) => out.send(Event::Stt(SttOut::Partial(text))),
+                    SttEvent::Committed(text) => out.send(Event::Stt(SttOut::Committed(text))),
+                    SttEvent::SessionStarted(id) => {
+                        log::debug!(sessionId = id.as_str(); "stt.session_started");
+                        Ok(())
+                    }
+                };
+                if forwarded.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+        let fd = stream
+            .fd()
+            .ok_or_else(|| SttError::Protocol("the socket has no descriptor".into()))?;
+        let mut watches = [
+            Watch::read_write(fd, stream.wants_write()),
+            Watch::read(audio.fd()),
+        ];
+        // No deadline: the next event is audio, a transcript, or the end of the call.
+        poll::wait(&mut watches, None)
+            .map_err(|e| SttError::Closed(format!("waiting for the socket: {e}")))?;
+        let (writable, fed) = (watches[0].writable(), watches[1].readable());
+        readable = watches[0].readable();
+        if fed {
+            for payload in audio.take() {
+                stream.send_audio(&payload)?;
+                // Base64 without decoding: every 4 characters are 3 bytes, minus the padding.
+                let padding = payload.bytes().rev().take_while(|b| *b == b'=').count();
+                let bytes = (payload.len() / 4 * 3).saturating_sub(padding);
+                sent_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+            }
+            if !audio.is_open() {
+                return Ok(());
+            }
+        }
+        if writable && stream.wants_write() {
+            stream.flush()?;
+        }
     }
 }
 
@@ -179,35 +247,85 @@ enum PieceError {
     Failed(TtsError),
 }
 
+/// Ends the text-to-speech worker's provider read in flight from another thread: the call
+/// calls [`TtsShutdown::shutdown`] at its end (after setting the turn's cancel flag and
+/// dropping its job sender), so a worker reading a piece does not outlive the call by the
+/// piece's deadline. From then on the worker opens no stream it would wait on.
+#[derive(Clone, Debug, Default)]
+pub struct TtsShutdown(Arc<Mutex<ShutdownState>>);
+
+#[derive(Debug, Default)]
+struct ShutdownState {
+    ended: bool,
+    /// The socket of the piece being read.
+    reading: Option<ws::Interrupt>,
+}
+
+impl TtsShutdown {
+    pub fn new() -> TtsShutdown {
+        TtsShutdown::default()
+    }
+
+    /// Interrupts the read in flight, if any, and every later one.
+    pub fn shutdown(&self) {
+        let mut state = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        state.ended = true;
+        if let Some(socket) = state.reading.take() {
+            socket.interrupt();
+        }
+    }
+
+    pub fn is_shut_down(&self) -> bool {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).ended
+    }
+
+    /// Registers the stream about to be read; false when the call has already ended.
+    fn reading(&self, stream: &TtsStream) -> bool {
+        let mut state = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if state.ended {
+            return false;
+        }
+        // Without a handle the read still ends by the piece's deadline.
+        state.reading = stream.interrupt_handle().ok();
+        true
+    }
+
+    fn done_reading(&self) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).reading = None;
+    }
+}
+
 /// Text-to-speech for one call: one piece of speech at a time, in order, one stream per piece
 /// (so each piece's end is known exactly and no stream is reused after its end of input).
+///
+/// Waits for jobs with no timeout, or until the spare stream (opened by [`Speech::Prewarm`])
+/// is too old to use; ends when `jobs` closes or `shutdown` is called.
 pub fn tts(
     settings: &TtsSettings,
     voice: &str,
     jobs: &Receiver<TtsJob>,
     out: &Sender<Event>,
-    ended: &AtomicBool,
+    shutdown: &TtsShutdown,
 ) {
     let mut spare: Option<(TtsStream, Instant)> = None;
     loop {
-        let job = match jobs.recv_timeout(Duration::from_millis(100)) {
+        let next = match &spare {
+            None => jobs.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            Some((_, opened)) => jobs.recv_deadline(*opened + SPARE_MAX_AGE),
+        };
+        let job = match next {
             Ok(job) => job,
             Err(RecvTimeoutError::Timeout) => {
-                if ended.load(Ordering::SeqCst) {
-                    break;
-                }
-                if spare
-                    .as_ref()
-                    .is_some_and(|(_, at)| at.elapsed() > SPARE_MAX_AGE)
-                {
-                    if let Some((stream, _)) = spare.take() {
-                        stream.abandon();
-                    }
+                if let Some((stream, _)) = spare.take() {
+                    stream.abandon();
                 }
                 continue;
             }
             Err(RecvTimeoutError::Disconnected) => break,
         };
+        if shutdown.is_shut_down() {
+            break;
+        }
         if job.cancel.load(Ordering::SeqCst) {
             continue;
         }
@@ -252,9 +370,15 @@ pub fn tts(
                         None => TtsStream::open(settings, voice),
                     };
                     let result = match stream {
-                        Ok(stream) => {
-                            speak_piece(stream, text, &job, out, &mut sent_audio, &mut billed)
-                        }
+                        Ok(stream) => speak_piece(
+                            stream,
+                            text,
+                            &job,
+                            out,
+                            shutdown,
+                            &mut sent_audio,
+                            &mut billed,
+                        ),
                         Err(err) => Err(PieceError::Failed(err)),
                     };
                     match result {
@@ -272,7 +396,7 @@ pub fn tts(
                         }
                         Err(PieceError::Failed(err)) => {
                             log::error!(error:% = err, chars = billed; "tts.failed");
-                            let _ = send(TtsOut::Failed(err.to_string()));
+                            let _ = send(TtsOut::Failed(err));
                             break;
                         }
                     }
@@ -285,34 +409,65 @@ pub fn tts(
     }
 }
 
+/// Speaks one piece on `stream`, reading until its end, a cancel, or the piece's deadline.
 fn speak_piece(
     mut stream: TtsStream,
     text: &str,
     job: &TtsJob,
     out: &Sender<Event>,
+    shutdown: &TtsShutdown,
     sent_audio: &mut bool,
     billed: &mut u64,
 ) -> Result<(), PieceError> {
-    let started = Instant::now();
+    let deadline = Instant::now() + PIECE_DEADLINE;
     let result = stream.send_sentence(text).and_then(|()| stream.end_input());
     *billed += stream.chars_sent();
     if let Err(err) = result {
         stream.abandon();
         return Err(PieceError::Failed(err));
     }
+    if !shutdown.reading(&stream) {
+        stream.abandon();
+        return Err(PieceError::Cancelled);
+    }
+    let read = read_piece(&mut stream, job, out, deadline, sent_audio);
+    shutdown.done_reading();
+    let ended = job.cancel.load(Ordering::SeqCst) || shutdown.is_shut_down();
+    match read {
+        Ok(()) => Ok(()),
+        // A read interrupted by the end of the call is a cancellation, not a failure.
+        Err(PieceError::Failed(_)) if ended => {
+            stream.abandon();
+            Err(PieceError::Cancelled)
+        }
+        Err(err) => {
+            stream.abandon();
+            Err(err)
+        }
+    }
+}
+
+/// Forwards the piece's audio until `isFinal`; checks the cancel flag between provider
+/// events. Each read waits for the next message or the deadline, whichever comes first.
+fn read_piece(
+    stream: &mut TtsStream,
+    job: &TtsJob,
+    out: &Sender<Event>,
+    deadline: Instant,
+    sent_audio: &mut bool,
+) -> Result<(), PieceError> {
     loop {
         if job.cancel.load(Ordering::SeqCst) {
-            stream.abandon();
             return Err(PieceError::Cancelled);
         }
-        if started.elapsed() > PIECE_DEADLINE {
-            stream.abandon();
-            return Err(PieceError::Failed(TtsError::Closed(
-                "no end of audio within 20 s".into(),
-            )));
+        if Instant::now() >= deadline {
+            return Err(PieceError::Failed(TtsError::Closed(format!(
+                "no end of audio within {} s",
+                PIECE_DEADLINE.as_secs()
+            ))));
         }
-        match stream.next_event() {
-            Ok(Some(TtsEvent::Audio(audio))) => {
+        match stream.next_event(deadline).map_err(PieceError::Failed)? {
+            Some(TtsEvent::Audio(audio)) => {
                 *sent_audio = true;
                 let event = Event::Tts {
                     turn: job.turn,
@@ -320,16 +475,11 @@ fn speak_piece(
                     out: TtsOut::Audio(audio),
                 };
                 if out.send(event).is_err() {
-                    stream.abandon();
                     return Err(PieceError::Cancelled);
                 }
             }
-            Ok(Some(TtsEvent::Final)) => return Ok(()),
-            Ok(None) => {}
-            Err(err) => {
-                stream.abandon();
-                return Err(PieceError::Failed(err));
-            }
+            Some(TtsEvent::Final) => return Ok(()),
+            None => {}
         }
     }
 }
