@@ -239,8 +239,7 @@ fn a_dropped_connection_is_reported_and_a_new_session_can_follow() {
             stream
                 .next_event(Instant::now() + Duration::from_millis(10))
                 .map(|_| ())
-        })
-        {
+        }) {
             failed = Some(err);
             break;
         }

@@ -30,8 +30,8 @@ use crate::providers::anthropic::stream::{StreamItem, Usage};
 use crate::providers::anthropic::{Block, Speaker, Turn};
 use crate::providers::elevenlabs_stt::{SttError, SttEvent, SttSettings, SttStream};
 use crate::providers::elevenlabs_tts::{TtsError, TtsEvent, TtsSettings, TtsStream};
-use crate::providers::ws;
 use crate::providers::mcp::{McpClient, ToolCatalog};
+use crate::providers::ws;
 
 /// What speech-to-text tells the call.
 #[derive(Debug, Clone, PartialEq)]
@@ -143,20 +143,18 @@ pub fn stt(
     let mut failures = 0u32;
     loop {
         let opened = Instant::now();
-        let mut stream = match SttStream::open_retrying(
-            settings,
-            3,
-            Duration::from_millis(250),
-            |pause| audio.pause(pause),
-        ) {
-            Ok(stream) => stream,
-            Err(err) => {
-                if audio.is_open() {
-                    let _ = out.send(Event::Stt(SttOut::Lost(SttLost::Provider(err))));
+        let mut stream =
+            match SttStream::open_retrying(settings, 3, Duration::from_millis(250), |pause| {
+                audio.pause(pause)
+            }) {
+                Ok(stream) => stream,
+                Err(err) => {
+                    if audio.is_open() {
+                        let _ = out.send(Event::Stt(SttOut::Lost(SttLost::Provider(err))));
+                    }
+                    return;
                 }
-                return;
-            }
-        };
+            };
         let ended = stt_session(&mut stream, &audio, out, sent_bytes);
         stream.close();
         let failure = match ended {

@@ -7,10 +7,13 @@
 //! (only `GET /call/stream`, Twilio's signature checked when validation is on), takes a place
 //! under `MAX_CONCURRENT_CALLS` — over it the stream is closed with 1013 "try again later", as
 //! the original did — and then runs the call ([`crate::call`]).
+//!
+//! The acceptor sleeps in `poll(2)` on the listener and a wake-up descriptor: it wakes for a
+//! connection or for [`MediaServer::stop_accepting`], never on a timer.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
@@ -20,6 +23,7 @@ use tungstenite::protocol::{CloseFrame, Role, WebSocket, WebSocketConfig};
 
 use crate::app::App;
 use crate::calls::CallRegistry;
+use crate::poll::{self, WakeReceiver, WakeSender, Watch};
 
 /// Longest handshake request accepted.
 const MAX_HEAD_BYTES: usize = 16 * 1024;
@@ -30,8 +34,6 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_PENDING_HANDSHAKES: usize = 64;
 /// Largest message accepted from Twilio (a media frame is about 300 bytes; `start` a few KiB).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
-/// How often the idle acceptor looks at the stop flag.
-const ACCEPT_POLL: Duration = Duration::from_millis(25);
 /// Stack of a call's threads: they hold small buffers, never deep recursion.
 pub const CALL_STACK: usize = 256 * 1024;
 
@@ -76,7 +78,8 @@ pub struct TwilioSocket {
 /// The running listener.
 pub struct MediaServer {
     addr: SocketAddr,
-    stop: Arc<AtomicBool>,
+    /// Dropping it wakes the acceptor, which then ends.
+    stop: Option<WakeSender>,
     acceptor: Option<JoinHandle<()>>,
 }
 
@@ -84,16 +87,16 @@ impl MediaServer {
     /// Serves `listener` on a named acceptor thread.
     pub fn start(app: Arc<App>, listener: TcpListener) -> io::Result<MediaServer> {
         let addr = listener.local_addr()?;
+        // Non-blocking: a connection reset between the wake-up and `accept` must not block.
         listener.set_nonblocking(true)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
+        let (stop, stopped) = poll::wake_pair()?;
         let acceptor = thread::Builder::new()
             .name("media-accept".into())
             .stack_size(CALL_STACK)
-            .spawn(move || accept_loop(&app, &listener, &flag))?;
+            .spawn(move || accept_loop(&app, &listener, &stopped))?;
         Ok(MediaServer {
             addr,
-            stop,
+            stop: Some(stop),
             acceptor: Some(acceptor),
         })
     }
@@ -104,7 +107,7 @@ impl MediaServer {
 
     /// Stops accepting; live calls are not touched (see [`crate::serve::Server::shutdown`]).
     pub fn stop_accepting(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
+        drop(self.stop.take());
         if let Some(acceptor) = self.acceptor.take() {
             let _ = acceptor.join();
         }
@@ -117,10 +120,23 @@ impl Drop for MediaServer {
     }
 }
 
-fn accept_loop(app: &Arc<App>, listener: &TcpListener, stop: &AtomicBool) {
+/// Accepts until `stop`'s sender is dropped.
+fn accept_loop(app: &Arc<App>, listener: &TcpListener, stop: &WakeReceiver) {
+    use std::os::fd::AsFd;
     static CONNECTION: AtomicU64 = AtomicU64::new(1);
     let pending = Arc::new(AtomicUsize::new(0));
-    while !stop.load(Ordering::SeqCst) {
+    loop {
+        let mut watches = [Watch::read(listener.as_fd()), Watch::read(stop.fd())];
+        if let Err(err) = poll::wait(&mut watches, None) {
+            log::error!(error:% = err; "media.accept_failed: cannot wait for connections");
+            return;
+        }
+        if watches[1].readable() && !stop.drain() {
+            return;
+        }
+        if !watches[0].readable() {
+            continue;
+        }
         match listener.accept() {
             Ok((stream, peer)) => {
                 if pending.load(Ordering::SeqCst) >= MAX_PENDING_HANDSHAKES {
@@ -141,7 +157,8 @@ fn accept_loop(app: &Arc<App>, listener: &TcpListener, stop: &AtomicBool) {
                     log::error!(error:% = err; "media.spawn_failed: connection dropped");
                 }
             }
-            Err(err) if err.kind() == io::ErrorKind::WouldBlock => thread::sleep(ACCEPT_POLL),
+            // Gone between the wake-up and the accept (reset by the peer): wait again.
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
             Err(err) => {
                 // EMFILE and friends: back off rather than spin.
                 log::error!(error:% = err; "media.accept_failed");
