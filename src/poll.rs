@@ -127,6 +127,9 @@ impl WakeReceiver {
         loop {
             match (&self.0).read(&mut buf) {
                 Ok(0) => return false,
+                // A short read emptied the socket (a byte written meanwhile only wakes the
+                // receiver once more): no second read just to see WouldBlock.
+                Ok(n) if n < buf.len() => return true,
                 Ok(_) => {}
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => return true,
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
