@@ -193,9 +193,9 @@ fn the_tts_worker_sleeps_with_a_spare_stream_and_ends_when_its_jobs_close() {
 
 #[test]
 fn the_shutdown_handle_cuts_a_piece_being_read() {
-    // The first audio would take 3 s: the worker is blocked reading when the call ends.
+    // The first audio would take 10 s: the worker is blocked reading when the call ends.
     let sim = TtsSim::start(TtsSimOptions {
-        first_byte: Duration::from_secs(3),
+        first_byte: Duration::from_secs(10),
         ..TtsSimOptions::default()
     })
     .unwrap();
@@ -235,6 +235,11 @@ fn the_shutdown_handle_cuts_a_piece_being_read() {
         .collect();
     assert!(
         matches!(outs.as_slice(), [TtsOut::Done { chars }] if *chars > 0),
-        "{outs:?}"
+        "{} events, the last {:?}",
+        outs.len(),
+        outs.last().map(|o| match o {
+            TtsOut::Audio(a) => format!("{} bytes of audio", a.len()),
+            other => format!("{other:?}"),
+        })
     );
 }
