@@ -420,3 +420,29 @@ fn server_thread_switches() -> Vec<(String, String, Switches)> {
     }
     found
 }
+
+#[cfg(test)]
+mod tests {
+    use super::server_thread_role;
+
+    #[test]
+    fn only_the_servers_threads_are_counted() {
+        assert_eq!(server_thread_role("call-12").as_deref(), Some("call"));
+        assert_eq!(server_thread_role("call-12-stt").as_deref(), Some("stt"));
+        assert_eq!(server_thread_role("http-3").as_deref(), Some("http"));
+        assert_eq!(
+            server_thread_role("media-accept").as_deref(),
+            Some("media-accept")
+        );
+        // The kernel keeps 15 bytes of a name.
+        assert!(server_thread_role("records-compact").is_some());
+        for other in [
+            "sim-stt-conn",
+            "sim-elevenlabs-",
+            "bench-caller-3",
+            "cotrackpro-voi",
+        ] {
+            assert_eq!(server_thread_role(other), None, "{other}");
+        }
+    }
+}
