@@ -37,5 +37,6 @@ pub mod ids;
 pub mod logging;
 pub mod personas;
 pub mod phone;
+pub mod poll;
 pub mod speech;
 pub mod timestamp;

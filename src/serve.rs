@@ -1,4 +1,7 @@
 //! `cotrackpro-voice serve`: binds the listeners and runs until the process is stopped.
+//!
+//! The foreground thread sleeps in a blocking read of a self-pipe the signal handlers write to
+//! (signal-hook's `low_level::pipe`), so it wakes for SIGTERM or SIGINT only.
 
 use std::fmt;
 use std::io;
@@ -156,10 +159,14 @@ pub fn compact_and_log(records: &RecordStore) {
 /// Runs the server in the foreground until SIGTERM or SIGINT; then stops taking calls, drains
 /// the live ones (`SHUTDOWN_DRAIN_SECS`) and exits.
 pub fn run(config: Config) -> Result<(), ServeError> {
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // The handlers write a byte to `signalled`'s other end; reading it is the wait.
+    let (mut signalled, notify) =
+        std::os::unix::net::UnixStream::pair().map_err(ServeError::Spawn)?;
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(signal, stop.clone()).map_err(ServeError::Spawn)?;
+        let notify = notify.try_clone().map_err(ServeError::Spawn)?;
+        signal_hook::low_level::pipe::register(signal, notify).map_err(ServeError::Spawn)?;
     }
+    drop(notify);
     let server = Server::start(config)?;
     let config = &server.app.config;
     log::info!(
@@ -171,11 +178,27 @@ pub fn run(config: Config) -> Result<(), ServeError> {
         signatureValidation = config.twilio.validate_signature;
         "cotrackpro-voice {} listening", env!("CARGO_PKG_VERSION")
     );
-    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-        thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_signal(&mut signalled);
     log::info!(activeCalls = server.app.calls.active(); "shutdown requested");
     server.shutdown();
     log::info!("stopped");
     Ok(())
+}
+
+/// Blocks until a registered signal writes to `signalled`. No timeout: nothing but a signal is
+/// awaited here, and the handlers hold the other end for the life of the process.
+fn wait_for_signal(signalled: &mut std::os::unix::net::UnixStream) {
+    use std::io::Read;
+    let mut byte = [0u8; 1];
+    loop {
+        match signalled.read(&mut byte) {
+            Ok(_) => return,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => {
+                // Cannot happen with a live socket pair; stopping is the safe reading of it.
+                log::error!(error:% = err; "cannot wait for signals; stopping");
+                return;
+            }
+        }
+    }
 }

@@ -3,7 +3,6 @@
 //! after the silence, errors of every kind, unknown types, the silent-session warning, and
 //! bounded reconnects.
 
-use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -23,7 +22,6 @@ fn settings(base: &str, key: &str) -> SttSettings {
         language_code: "en".into(),
         vad_silence_secs: 0.5,
         connect_timeout: Duration::from_secs(5),
-        tick: Duration::from_millis(10),
     }
 }
 
@@ -41,19 +39,31 @@ fn frames(text: &str, silence_ms: usize) -> Vec<String> {
         .collect()
 }
 
-/// Sends every frame, then reads events until a commit (or 5 s).
+/// Sends one frame; if the socket did not take it all, waits until it did.
+fn send(stream: &mut SttStream, frame: &str) -> Result<(), SttError> {
+    stream.send_audio(frame)?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while stream.wants_write() && Instant::now() < deadline {
+        stream.next_event(Instant::now() + Duration::from_millis(10))?;
+    }
+    Ok(())
+}
+
+/// Sends every frame (reading what has arrived after each), then reads events until a commit
+/// (or 5 s).
 fn speak(stream: &mut SttStream, frames: &[String]) -> Vec<SttEvent> {
     let mut events = Vec::new();
     for frame in frames {
-        stream.send_audio(frame).unwrap();
-        while let Some(event) = stream.next_event().unwrap() {
+        send(stream, frame).unwrap();
+        while let Some(event) = stream.try_next_event().unwrap() {
             events.push(event);
         }
     }
     let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline && !events.iter().any(|e| matches!(e, SttEvent::Committed(_))) {
-        if let Some(event) = stream.next_event().unwrap() {
-            events.push(event);
+    while !events.iter().any(|e| matches!(e, SttEvent::Committed(_))) {
+        match stream.next_event(deadline).unwrap() {
+            Some(event) => events.push(event),
+            None => break,
         }
     }
     events
@@ -90,7 +100,12 @@ fn speech_gives_partials_then_one_committed_transcript() {
     );
     assert!(!summary.looks_silent());
 
-    // What went over the wire: the documented chunk message, Twilio's payload untouched.
+    // What went over the wire: the documented chunk message, Twilio's payload untouched. (The
+    // frames go out without pause, so the simulator may still be reading the last ones.)
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while sim.received(0).len() < audio.len() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let received = sim.received(0);
     assert_eq!(received.len(), audio.len());
     assert_eq!(
@@ -146,17 +161,17 @@ fn every_error_type_is_an_error() {
         let silence = frames("", 200);
         let mut result = Ok(None);
         for frame in &silence {
-            if stream.send_audio(frame).is_err() {
+            if send(&mut stream, frame).is_err() {
                 break;
             }
-            result = stream.next_event();
+            result = stream.try_next_event();
             if result.is_err() {
                 break;
             }
         }
         let deadline = Instant::now() + Duration::from_secs(3);
         while result.is_ok() && Instant::now() < deadline {
-            result = stream.next_event();
+            result = stream.next_event(deadline);
         }
         match result {
             Err(SttError::Service { kind: got, message }) => {
@@ -171,13 +186,16 @@ fn every_error_type_is_an_error() {
 #[test]
 fn a_wrong_key_or_format_is_refused_and_not_retried_forever() {
     let sim = SttSim::start(SttSimOptions::default()).unwrap();
-    let cancel = AtomicBool::new(false);
+    let sleep = |pause| {
+        std::thread::sleep(pause);
+        true
+    };
     let started = Instant::now();
     match SttStream::open_retrying(
         &settings(&sim.base_url(), "nope"),
         3,
         Duration::from_millis(200),
-        &cancel,
+        sleep,
     ) {
         Err(SttError::Connect(ConnectError::Refused { status: 401, .. })) => {}
         other => panic!("expected a 401, got {:?}", other.map(|_| ())),
@@ -197,7 +215,7 @@ fn a_wrong_key_or_format_is_refused_and_not_retried_forever() {
         &settings(&base, &key()),
         3,
         Duration::from_millis(100),
-        &cancel,
+        sleep,
     );
     assert!(matches!(
         result,
@@ -217,10 +235,11 @@ fn a_dropped_connection_is_reported_and_a_new_session_can_follow() {
     let mut stream = SttStream::open(&settings(&sim.base_url(), &key())).unwrap();
     let mut failed = None;
     for frame in frames("", 2000) {
-        if let Err(err) = stream
-            .send_audio(&frame)
-            .and_then(|()| stream.next_event().map(|_| ()))
-        {
+        if let Err(err) = send(&mut stream, &frame).and_then(|()| {
+            stream
+                .next_event(Instant::now() + Duration::from_millis(10))
+                .map(|_| ())
+        }) {
             failed = Some(err);
             break;
         }
@@ -241,7 +260,7 @@ fn a_long_silent_session_is_flagged() {
     let sim = SttSim::start(SttSimOptions::default()).unwrap();
     let mut stream = SttStream::open(&settings(&sim.base_url(), &key())).unwrap();
     for frame in frames("", 11_000) {
-        stream.send_audio(&frame).unwrap();
+        send(&mut stream, &frame).unwrap();
     }
     let summary = stream.close();
     assert!(summary.audio_secs >= 11.0);

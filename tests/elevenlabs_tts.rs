@@ -20,7 +20,6 @@ fn settings(sim: &TtsSim, key: &str) -> TtsSettings {
         api_key: Secret::new(key),
         model_id: "eleven_flash_v2_5".into(),
         connect_timeout: Duration::from_secs(5),
-        tick: Duration::from_millis(20),
         inactivity_secs: 20,
     }
 }
@@ -37,7 +36,7 @@ fn drain(stream: &mut TtsStream) -> Result<Vec<u8>, TtsError> {
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut audio = Vec::new();
     while Instant::now() < deadline {
-        match stream.next_event()? {
+        match stream.next_event(deadline)? {
             Some(TtsEvent::Audio(bytes)) => audio.extend(bytes),
             Some(TtsEvent::Final) => return Ok(audio),
             None => {}
@@ -124,7 +123,7 @@ fn an_idle_stream_is_closed_by_the_service() {
     let mut stream = TtsStream::open(&settings, VOICE).unwrap();
     let started = Instant::now();
     let result = loop {
-        match stream.next_event() {
+        match stream.next_event(started + Duration::from_secs(10)) {
             Ok(None) if started.elapsed() < Duration::from_secs(10) => continue,
             other => break other,
         }
@@ -156,7 +155,7 @@ fn abandoning_mid_sentence_closes_the_socket_at_once() {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         assert!(Instant::now() < deadline, "no audio arrived");
-        if let Some(TtsEvent::Audio(_)) = stream.next_event().unwrap() {
+        if let Some(TtsEvent::Audio(_)) = stream.next_event(deadline).unwrap() {
             break;
         }
     }
@@ -195,7 +194,6 @@ fn the_tls_path_fails_cleanly_when_the_peer_is_not_tls() {
         ),
         &[("xi-api-key", "k")],
         Duration::from_secs(3),
-        Duration::from_millis(20),
     );
     assert!(
         matches!(result, Err(ConnectError::Failed(_))),

@@ -23,3 +23,4 @@ mod simulator_golden;
 mod systemd_units;
 mod twilio_rest;
 mod twiml_interop;
+mod workers;

@@ -25,10 +25,13 @@
 //! machine drops any output of an older turn, so no audio of a cancelled turn reaches Twilio
 //! after the `clear`.
 
+pub mod audio_feed;
 pub mod clips;
 pub mod end;
 pub mod machine;
 pub mod playback;
+mod reader;
+pub mod setup;
 pub mod socket;
 pub mod workers;
 
@@ -38,108 +41,34 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
-use crossbeam_channel::{bounded, Receiver, Select, Sender, TrySendError};
+use crossbeam_channel::{bounded, Receiver, Select, Sender};
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::CloseFrame;
 use tungstenite::{Message, WebSocket};
 
-use self::clips::Clips;
 use self::end::End;
 use self::machine::{Action, AskError, Machine, Rules, Stream, Summary};
-use self::socket::{ReadHalf, TwilioSocket, CALL_STACK};
-use self::workers::{CallLlm, LlmJob, LlmSetup, Speech, SttOut, TtsJob};
+use self::socket::{TwilioSocket, CALL_STACK};
+use self::workers::{CallLlm, LlmJob, Speech, SttLost, SttOut, TtsJob, TtsShutdown};
 use crate::calls::CallSlot;
 use crate::config::Config;
 use crate::cost;
 use crate::metrics::Metrics;
 use crate::personas::prompts;
-use crate::providers::elevenlabs_stt::SttSettings;
-use crate::providers::elevenlabs_tts::{TtsSettings, DEFAULT_INACTIVITY_SECS};
-use crate::providers::mcp::{default_tools, McpClient, ToolCatalog};
 use crate::records::event::{Event as RecordEvent, EventKind, Transcript};
 use crate::records::{ttl_from, RecordStore};
-use crate::speech::ulaw::{self, FRAME_BYTES};
 use crate::timestamp;
-use crate::twilio::media_messages::{self as twilio_messages, Inbound};
 
 /// What the call's threads send the call thread: the machine's inputs.
 pub use self::machine::Input as Event;
+pub use self::setup::Setup;
 
 const EVENTS_CAP: usize = 1024;
 const AUDIO_CAP: usize = 100;
 const LLM_JOBS_CAP: usize = 4;
 const TTS_JOBS_CAP: usize = 256;
-/// Invalid messages from Twilio in a row, or in all, after which the call is ended.
-const MAX_INVALID_IN_A_ROW: u32 = 50;
-const MAX_INVALID: u32 = 500;
-/// Caller audio louder than this (RMS of the decoded samples) counts as speech.
-const VOICE_RMS: f32 = 500.0;
 /// How long the end of a call waits for its threads.
 const JOIN_WAIT: Duration = Duration::from_secs(1);
-
-/// The providers a call uses, built once from the configuration and shared by every call.
-pub struct Setup {
-    pub tts: Option<TtsSettings>,
-    pub stt: Option<SttSettings>,
-    pub llm: Option<Arc<LlmSetup>>,
-    pub clips: Clips,
-}
-
-impl Setup {
-    pub fn from_config(config: &Config) -> Setup {
-        let tick = Duration::from_millis(20);
-        let el = &config.elevenlabs;
-        let tts = el.api_key.clone().map(|api_key| TtsSettings {
-            ws_base: el.ws_base.clone(),
-            api_key,
-            model_id: el.model_id.clone(),
-            connect_timeout: el.connect_timeout,
-            tick,
-            inactivity_secs: DEFAULT_INACTIVITY_SECS,
-        });
-        let tuning = &config.calls.tuning;
-        let stt = el.api_key.clone().map(|api_key| SttSettings {
-            ws_base: el.ws_base.clone(),
-            api_key,
-            model_id: "scribe_v2_realtime".to_string(),
-            language_code: tuning.stt_language.clone(),
-            vad_silence_secs: tuning.vad_silence_secs,
-            connect_timeout: el.connect_timeout,
-            tick,
-        });
-        let mcp = config.mcp.url.as_ref().map(|url| {
-            (
-                url.to_string(),
-                config.mcp.token.clone(),
-                config.mcp.timeout,
-            )
-        });
-        let tools = ToolCatalog::new(default_tools());
-        if let Some((url, token, timeout)) = &mcp {
-            // The catalog's refresh has a client of its own (calls have theirs).
-            let client = Arc::new(McpClient::new(url, token.clone(), *timeout));
-            if let Err(err) = ToolCatalog::refresh_in_background(&tools, client) {
-                log::warn!(error:% = err; "mcp.tools.refresh not started");
-            }
-        }
-        let llm = config.anthropic.api_key.clone().map(|api_key| {
-            Arc::new(LlmSetup {
-                anthropic: config.anthropic.clone(),
-                api_key,
-                max_tool_rounds: tuning.max_tool_rounds,
-                tools,
-                mcp,
-            })
-        });
-        Setup {
-            tts,
-            stt,
-            llm,
-            clips: Clips::load(&tuning.audio_dir),
-        }
-    }
-}
 
 /// What a call needs from the server: its settings, where its record goes, the metrics, and
 /// the providers. (Not the whole server state: a call knows nothing of HTTP.)
@@ -187,8 +116,8 @@ struct Call<'a> {
     llm_clients: Option<CallLlm>,
     tts_tx: Option<Sender<TtsJob>>,
     threads: Threads,
-    /// Set when the call is over (the workers that still look at a flag).
-    ended: Arc<AtomicBool>,
+    /// Ends the TTS worker's provider read in flight when the call ends.
+    tts_shutdown: TtsShutdown,
     /// Inputs that carrying out actions produced (a failed write, a full queue).
     feedback: Vec<Event>,
 }
@@ -204,8 +133,13 @@ pub fn run(ctx: &Context<'_>, socket: TwilioSocket, slot: CallSlot, n: u64) {
     log::info!(peer:% = peer, connection = n; "call.stream.connected");
     let tcp = writer.get_ref().try_clone().ok();
     let (events_tx, events_rx) = bounded::<Event>(EVENTS_CAP);
-    let (audio_tx, audio_rx) = bounded::<String>(AUDIO_CAP);
-    let ended = Arc::new(AtomicBool::new(false));
+    let (audio_feed, audio_inbox) = match workers::audio_feed(AUDIO_CAP) {
+        Ok((feed, inbox)) => (Some(feed), Some(inbox)),
+        Err(err) => {
+            log::error!(error:% = err; "call.audio_feed_failed");
+            (None, None)
+        }
+    };
     let voiced_ms = Arc::new(AtomicU64::new(0));
     let mut threads = Threads::new();
 
@@ -213,26 +147,28 @@ pub fn run(ctx: &Context<'_>, socket: TwilioSocket, slot: CallSlot, n: u64) {
         let events = events_tx.clone();
         let voiced = voiced_ms.clone();
         threads.spawn(format!("call-{n}-rx"), CALL_STACK, move || {
-            twilio_reader(reader, &events, &audio_tx, &voiced, started)
+            reader::twilio_reader(reader, &events, audio_feed.as_ref(), &voiced, started)
         });
     }
     let stt_bytes = Arc::new(AtomicU64::new(0));
-    match &ctx.providers.stt {
-        Some(settings) => {
+    match (&ctx.providers.stt, audio_inbox) {
+        (Some(settings), Some(inbox)) => {
             let settings = settings.clone();
             let reconnects = ctx.config.calls.tuning.stt_reconnects;
             let events = events_tx.clone();
-            let flag = ended.clone();
             let counter = stt_bytes.clone();
             threads.spawn(format!("call-{n}-stt"), PROVIDER_STACK, move || {
-                workers::stt(&settings, reconnects, &audio_rx, &events, &flag, &counter)
+                workers::stt(&settings, reconnects, inbox, &events, &counter)
             });
         }
-        None => {
+        (Some(_), None) => {
+            let _ = events_tx.send(Event::Stt(SttOut::Lost(SttLost::NoResources(
+                "no wake-up descriptor for the caller's audio".into(),
+            ))));
+        }
+        (None, _) => {
             log::error!("call: ELEVENLABS_API_KEY is not set; the caller cannot be heard");
-            let _ = events_tx.send(Event::Stt(SttOut::Lost(
-                "speech-to-text is not configured".into(),
-            )));
+            let _ = events_tx.send(Event::Stt(SttOut::Lost(SttLost::NotConfigured)));
         }
     }
 
@@ -252,7 +188,7 @@ pub fn run(ctx: &Context<'_>, socket: TwilioSocket, slot: CallSlot, n: u64) {
         llm_clients: None,
         tts_tx: None,
         threads,
-        ended: ended.clone(),
+        tts_shutdown: TtsShutdown::new(),
         feedback: Vec::new(),
     };
     // A bug must not leave a call half-alive (threads streaming, record active): a panic in
@@ -269,7 +205,6 @@ pub fn run(ctx: &Context<'_>, socket: TwilioSocket, slot: CallSlot, n: u64) {
 
     // Whatever ended the call, everything of it ends now.
     call.cancel.store(true, Ordering::SeqCst);
-    ended.store(true, Ordering::SeqCst);
     // The record first: Twilio's own `completed` callback follows the close of the stream, and
     // the call's verdict (failed, force-reaped) must be on file before it (a final status is
     // never changed afterwards).
@@ -291,6 +226,8 @@ pub fn run(ctx: &Context<'_>, socket: TwilioSocket, slot: CallSlot, n: u64) {
     }
     call.llm_tx = None;
     call.tts_tx = None;
+    // After the cancel flag: a piece being read ends now, not at its deadline.
+    call.tts_shutdown.shutdown();
     if let Some(clients) = call.llm_clients.take() {
         // A model stream or a tool call in flight is interrupted, not waited out.
         clients.shutdown();
@@ -365,108 +302,6 @@ impl Threads {
 /// whose stack use is not ours to bound, so they get a generous margin. Only the pages a
 /// thread touches are committed, so the margin costs address space, not memory.
 const PROVIDER_STACK: usize = 1024 * 1024;
-
-/// The reading half of the Twilio socket: messages to the call, caller audio to
-/// speech-to-text, invalid messages counted (a flood ends the call).
-fn twilio_reader(
-    mut socket: WebSocket<ReadHalf>,
-    events: &Sender<Event>,
-    audio: &Sender<String>,
-    voiced_ms: &AtomicU64,
-    started: Instant,
-) {
-    let mut invalid = 0u32;
-    let mut in_a_row = 0u32;
-    let mut dropped_audio = 0u64;
-    let mut decoded = Vec::with_capacity(FRAME_BYTES * 2);
-    let gone = |end: End| {
-        let _ = events.send(Event::TwilioGone(end));
-    };
-    loop {
-        let message = match socket.read() {
-            Ok(message) => message,
-            Err(err) if crate::providers::ws::is_tick(&err) => {
-                gone(End::TwilioSilent);
-                break;
-            }
-            Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
-                gone(End::TwilioClosed);
-                break;
-            }
-            Err(err) => {
-                gone(End::TwilioLost(err.to_string()));
-                break;
-            }
-        };
-        let bad = match message {
-            Message::Text(text) => match twilio_messages::parse(text.as_str()) {
-                Ok(Inbound::Media { payload, .. }) => {
-                    decoded.clear();
-                    match base64::engine::general_purpose::STANDARD
-                        .decode_vec(payload.as_bytes(), &mut decoded)
-                    {
-                        Ok(()) => {
-                            if ulaw::rms(&decoded) > VOICE_RMS {
-                                voiced_ms.store(
-                                    started.elapsed().as_millis() as u64 + 1,
-                                    Ordering::Relaxed,
-                                );
-                            }
-                            match audio.try_send(payload) {
-                                Ok(()) | Err(TrySendError::Disconnected(_)) => {}
-                                Err(TrySendError::Full(_)) => dropped_audio += 1,
-                            }
-                            None
-                        }
-                        Err(err) => Some(format!("media payload is not base64: {err}")),
-                    }
-                }
-                Ok(Inbound::Stop) => {
-                    let _ = events.send(Event::Twilio(Inbound::Stop));
-                    break;
-                }
-                Ok(other) => {
-                    if events.send(Event::Twilio(other)).is_err() {
-                        break;
-                    }
-                    None
-                }
-                Err(bad) => Some(bad.to_string()),
-            },
-            Message::Close(_) => {
-                gone(End::TwilioClosed);
-                break;
-            }
-            // RFC 6455: a ping is answered with a pong carrying its payload. tungstenite's own
-            // reply goes into this half's sink; the call thread, the only writer, sends it.
-            Message::Ping(payload) => {
-                if events.send(Event::Ping(payload.to_vec())).is_err() {
-                    break;
-                }
-                None
-            }
-            Message::Binary(_) => Some("binary frame".to_string()),
-            Message::Pong(_) | Message::Frame(_) => None,
-        };
-        match bad {
-            None => in_a_row = 0,
-            Some(why) => {
-                invalid += 1;
-                in_a_row += 1;
-                if invalid <= 3 || invalid.is_power_of_two() {
-                    log::warn!(reason = why.as_str(), count = invalid; "twilio.message.invalid (skipped)");
-                }
-                if in_a_row >= MAX_INVALID_IN_A_ROW || invalid >= MAX_INVALID {
-                    gone(End::TwilioInvalid(invalid));
-                    break;
-                }
-            }
-        }
-    }
-    if dropped_audio > 0 {
-        log::warn!(frames = dropped_audio; "stt.audio.dropped while speech-to-text was not reading");
-    }
-}
 
 impl Call<'_> {
     /// Waits for inputs until the machine's next deadline, steps the machine, carries out its
@@ -639,10 +474,10 @@ impl Call<'_> {
             let (tx, rx) = bounded::<TtsJob>(TTS_JOBS_CAP);
             let events = self.events_tx.clone();
             let voice = stream.voice.clone();
-            let ended = self.ended.clone();
+            let shutdown = self.tts_shutdown.clone();
             self.threads
                 .spawn(format!("call-{n}-tts"), PROVIDER_STACK, move || {
-                    workers::tts(&settings, &voice, &rx, &events, &ended)
+                    workers::tts(&settings, &voice, &rx, &events, &shutdown)
                 });
             self.tts_tx = Some(tx);
         } else {

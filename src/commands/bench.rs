@@ -2,7 +2,8 @@
 //! process with the simulated providers (realistic timing). Each caller listens to the
 //! greeting, then speaks a few short turns and waits for each answer. It prints what a caller
 //! waits (end of their speech → first audio frame received), the server's per-stage turn
-//! latencies, the CPU time of the server's own threads, and memory.
+//! latencies, the CPU time of the server's own threads, their wake-ups per call-second
+//! (context switches while every call is live: a thread that polls shows up here), and memory.
 //!
 //! Figures, not pass/fail: the machine, the simulated providers' timing and the simulated
 //! callers (which run in the same process) all weigh on them.
@@ -75,6 +76,7 @@ fn measure(
     let media = server.media_addr();
     let mut peak_rss = baseline_rss;
     let mut peak_calls = 0;
+    let mut wakeups = WakeupWindow::default();
     let runs: Vec<CallerRun> = std::thread::scope(|scope| {
         let mut spawn_failures = Vec::new();
         let handles: Vec<_> = (0..options.calls)
@@ -97,7 +99,9 @@ fn measure(
         while handles.iter().any(|h| !h.is_finished()) {
             peak_rss = peak_rss.max(rss_kib());
             sample_server_cpu(&mut cpu_seen);
-            peak_calls = peak_calls.max(server.app.calls.active());
+            let active = server.app.calls.active();
+            peak_calls = peak_calls.max(active);
+            wakeups.sample(active == options.calls);
             std::thread::sleep(Duration::from_millis(100));
         }
         handles
@@ -162,6 +166,7 @@ fn measure(
         wall.as_secs_f64(),
         if call_minutes > 0.0 { cpu / call_minutes } else { 0.0 }
     );
+    wakeups.print();
     if let (Some(base), Some(peak)) = (baseline_rss, peak_rss) {
         println!(
             "memory (whole process, simulators and callers included): {:.1} MiB at rest, {:.1} MiB at peak, ≈{:.0} KiB per simultaneous call",
@@ -275,5 +280,169 @@ fn sample_server_cpu(seen: &mut HashMap<String, f64>) {
         };
         let tid = task.file_name().to_string_lossy().to_string();
         seen.insert(tid, (utime + stime) / tick);
+    }
+}
+
+/// Whether a thread (by its name as the kernel keeps it, cut to 15 bytes) is the server's.
+/// The server names its threads `call-N` (and `call-N-rx`, `-stt`, `-llm`, `-tts`), `http-N`,
+/// `media-accept`, `records-compactor` and `mcp-tools-refresh`; the simulators' threads are
+/// `sim-…`, the bench's callers `bench-caller-N`, and unnamed threads (this main thread,
+/// tiny_http's own acceptor and connection threads) carry the process name: none of those
+/// count.
+fn server_thread_role(name: &str) -> Option<String> {
+    if let Some(rest) = name.strip_prefix("call-") {
+        // call-N is the call thread; call-N-rx, call-N-stt, … its helpers.
+        return Some(match rest.split_once('-') {
+            Some((_, role)) => role.to_string(),
+            None => "call".to_string(),
+        });
+    }
+    if name.starts_with("http-") {
+        return Some("http".to_string());
+    }
+    if name == "media-accept"
+        || name.starts_with("records-compac")
+        || name.starts_with("mcp-tools-ref")
+    {
+        return Some(name.to_string());
+    }
+    None
+}
+
+/// Context switches of one thread: (voluntary, nonvoluntary).
+type Switches = (u64, u64);
+
+/// Context switches of the server's threads over a window in which every call is live.
+///
+/// Counted per thread id: a thread's contribution is its last sample minus its first one in
+/// the window (zero for a thread born inside it, whose count starts at zero). A thread that
+/// ends inside the window keeps its last sample, so it contributes what it did up to then
+/// rather than vanishing from the sum or making it go backwards; at worst the switches of its
+/// last 100 ms are missed.
+#[derive(Default)]
+struct WakeupWindow {
+    /// tid → (role, first sample in the window, last sample).
+    threads: HashMap<String, (String, Switches, Switches)>,
+    started: Option<Instant>,
+    last: Option<Instant>,
+    closed: bool,
+}
+
+impl WakeupWindow {
+    /// Samples while `all_live`; the window closes at the first sample where some call is no
+    /// longer live (a caller hung up or failed).
+    fn sample(&mut self, all_live: bool) {
+        if self.closed {
+            return;
+        }
+        if !all_live {
+            self.closed = self.started.is_some();
+            return;
+        }
+        let opening = self.started.is_none();
+        let now = Instant::now();
+        for (tid, role, switches) in server_thread_switches() {
+            let entry = self
+                .threads
+                .entry(tid)
+                .or_insert_with(|| (role, if opening { switches } else { (0, 0) }, switches));
+            entry.2 = switches;
+        }
+        self.started.get_or_insert(now);
+        self.last = Some(now);
+    }
+
+    fn print(&self) {
+        let (Some(started), Some(last)) = (self.started, self.last) else {
+            println!("server wake-ups: not measured (the calls were never all live at once)");
+            return;
+        };
+        let secs = last.duration_since(started).as_secs_f64();
+        let calls = self
+            .threads
+            .values()
+            .filter(|(role, ..)| role == "call")
+            .count();
+        if secs < 0.5 || calls == 0 {
+            println!("server wake-ups: not measured (all calls were live for only {secs:.1} s)");
+            return;
+        }
+        let call_secs = calls as f64 * secs;
+        let mut by_role: std::collections::BTreeMap<&str, Switches> = Default::default();
+        for (role, first, last) in self.threads.values() {
+            let sum = by_role.entry(role.as_str()).or_default();
+            sum.0 += last.0.saturating_sub(first.0);
+            sum.1 += last.1.saturating_sub(first.1);
+        }
+        let voluntary: u64 = by_role.values().map(|s| s.0).sum();
+        let involuntary: u64 = by_role.values().map(|s| s.1).sum();
+        println!(
+            "server wake-ups per call-second: {:.0} ({voluntary} voluntary context switches of the server's threads over {secs:.1} s with {calls} calls live; {:.0} involuntary)",
+            voluntary as f64 / call_secs,
+            involuntary as f64 / call_secs
+        );
+        let parts: Vec<String> = by_role
+            .iter()
+            .map(|(role, s)| format!("{role} {:.1}", s.0 as f64 / call_secs))
+            .collect();
+        println!("  by thread, per call-second: {}", parts.join(" · "));
+    }
+}
+
+/// (tid, role, switches) of every live server thread, from /proc/self/task/*/status (Linux).
+fn server_thread_switches() -> Vec<(String, String, Switches)> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for task in tasks.flatten() {
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
+            continue; // it ended meanwhile
+        };
+        let field = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .map(str::trim)
+        };
+        let Some(role) = field("Name:").and_then(server_thread_role) else {
+            continue;
+        };
+        let count = |key: &str| field(key).and_then(|v| v.parse::<u64>().ok());
+        let (Some(voluntary), Some(involuntary)) = (
+            count("voluntary_ctxt_switches:"),
+            count("nonvoluntary_ctxt_switches:"),
+        ) else {
+            continue;
+        };
+        let tid = task.file_name().to_string_lossy().to_string();
+        found.push((tid, role, (voluntary, involuntary)));
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::server_thread_role;
+
+    #[test]
+    fn only_the_servers_threads_are_counted() {
+        assert_eq!(server_thread_role("call-12").as_deref(), Some("call"));
+        assert_eq!(server_thread_role("call-12-stt").as_deref(), Some("stt"));
+        assert_eq!(server_thread_role("http-3").as_deref(), Some("http"));
+        assert_eq!(
+            server_thread_role("media-accept").as_deref(),
+            Some("media-accept")
+        );
+        // The kernel keeps 15 bytes of a name.
+        assert!(server_thread_role("records-compact").is_some());
+        for other in [
+            "sim-stt-conn",
+            "sim-elevenlabs-",
+            "bench-caller-3",
+            "cotrackpro-voi",
+        ] {
+            assert_eq!(server_thread_role(other), None, "{other}");
+        }
     }
 }

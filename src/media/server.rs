@@ -7,10 +7,13 @@
 //! (only `GET /call/stream`, Twilio's signature checked when validation is on), takes a place
 //! under `MAX_CONCURRENT_CALLS` — over it the stream is closed with 1013 "try again later", as
 //! the original did — and then runs the call ([`crate::call`]).
+//!
+//! The acceptor sleeps in `poll(2)` on the listener and a wake-up descriptor: it wakes for a
+//! connection or for [`MediaServer::stop_accepting`], never on a timer.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
@@ -22,6 +25,7 @@ use crate::call::socket::{TwilioSocket, CALL_STACK};
 
 use crate::app::App;
 use crate::calls::CallRegistry;
+use crate::poll::{self, WakeReceiver, WakeSender, Watch};
 
 /// Longest handshake request accepted.
 const MAX_HEAD_BYTES: usize = 16 * 1024;
@@ -30,13 +34,12 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Handshakes in progress at once; more connections are closed at once (a flood of idle
 /// connections must not take every thread from real calls).
 const MAX_PENDING_HANDSHAKES: usize = 64;
-/// How often the idle acceptor looks at the stop flag.
-const ACCEPT_POLL: Duration = Duration::from_millis(25);
 
 /// The running listener.
 pub struct MediaServer {
     addr: SocketAddr,
-    stop: Arc<AtomicBool>,
+    /// Dropping it wakes the acceptor, which then ends.
+    stop: Option<WakeSender>,
     acceptor: Option<JoinHandle<()>>,
 }
 
@@ -44,16 +47,16 @@ impl MediaServer {
     /// Serves `listener` on a named acceptor thread.
     pub fn start(app: Arc<App>, listener: TcpListener) -> io::Result<MediaServer> {
         let addr = listener.local_addr()?;
+        // Non-blocking: a connection reset between the wake-up and `accept` must not block.
         listener.set_nonblocking(true)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
+        let (stop, stopped) = poll::wake_pair()?;
         let acceptor = thread::Builder::new()
             .name("media-accept".into())
             .stack_size(CALL_STACK)
-            .spawn(move || accept_loop(&app, &listener, &flag))?;
+            .spawn(move || accept_loop(&app, &listener, &stopped))?;
         Ok(MediaServer {
             addr,
-            stop,
+            stop: Some(stop),
             acceptor: Some(acceptor),
         })
     }
@@ -64,7 +67,7 @@ impl MediaServer {
 
     /// Stops accepting; live calls are not touched (see [`crate::serve::Server::shutdown`]).
     pub fn stop_accepting(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
+        drop(self.stop.take());
         if let Some(acceptor) = self.acceptor.take() {
             let _ = acceptor.join();
         }
@@ -77,10 +80,23 @@ impl Drop for MediaServer {
     }
 }
 
-fn accept_loop(app: &Arc<App>, listener: &TcpListener, stop: &AtomicBool) {
+/// Accepts until `stop`'s sender is dropped.
+fn accept_loop(app: &Arc<App>, listener: &TcpListener, stop: &WakeReceiver) {
+    use std::os::fd::AsFd;
     static CONNECTION: AtomicU64 = AtomicU64::new(1);
     let pending = Arc::new(AtomicUsize::new(0));
-    while !stop.load(Ordering::SeqCst) {
+    loop {
+        let mut watches = [Watch::read(listener.as_fd()), Watch::read(stop.fd())];
+        if let Err(err) = poll::wait(&mut watches, None) {
+            log::error!(error:% = err; "media.accept_failed: cannot wait for connections");
+            return;
+        }
+        if watches[1].readable() && !stop.drain() {
+            return;
+        }
+        if !watches[0].readable() {
+            continue;
+        }
         match listener.accept() {
             Ok((stream, peer)) => {
                 if pending.load(Ordering::SeqCst) >= MAX_PENDING_HANDSHAKES {
@@ -101,7 +117,8 @@ fn accept_loop(app: &Arc<App>, listener: &TcpListener, stop: &AtomicBool) {
                     log::error!(error:% = err; "media.spawn_failed: connection dropped");
                 }
             }
-            Err(err) if err.kind() == io::ErrorKind::WouldBlock => thread::sleep(ACCEPT_POLL),
+            // Gone between the wake-up and the accept (reset by the peer): wait again.
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
             Err(err) => {
                 // EMFILE and friends: back off rather than spin.
                 log::error!(error:% = err; "media.accept_failed");

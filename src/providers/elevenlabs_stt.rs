@@ -6,9 +6,14 @@
 //! a word.) The caller's audio goes out as the base64 Twilio sent, untouched. Every message
 //! type containing `error`, and each documented error type, is an error; an unknown type is
 //! logged once per session and ignored.
+//!
+//! The socket is non-blocking after the handshake: its owner waits for it with
+//! [`crate::poll`] ([`SttStream::fd`], [`SttStream::wants_write`]) together with whatever else
+//! it waits for, sends audio without ever blocking ([`SttStream::send_audio`]) and reads every
+//! buffered event when the socket is readable ([`SttStream::try_next_event`]).
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::os::fd::BorrowedFd;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -47,8 +52,6 @@ pub struct SttSettings {
     /// Silence that ends an utterance, 0.3–3.0 s.
     pub vad_silence_secs: f64,
     pub connect_timeout: Duration,
-    /// How long one read waits (a worker's tick).
-    pub tick: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,6 +110,9 @@ impl SttSummary {
 
 pub struct SttStream {
     socket: Socket,
+    /// A write returned WouldBlock: frames wait in tungstenite's (or rustls') buffer until
+    /// [`SttStream::flush`] gets them out.
+    unflushed: bool,
     audio_bytes: u64,
     partials: u64,
     committed: u64,
@@ -129,11 +135,15 @@ impl SttStream {
             &SttStream::url(settings),
             &[("xi-api-key", settings.api_key.expose())],
             settings.connect_timeout,
-            settings.tick,
         )
         .map_err(SttError::Connect)?;
+        ws::tcp_of(&socket)
+            .ok_or_else(|| SttError::Protocol("unexpected tls backend".into()))?
+            .set_nonblocking(true)
+            .map_err(|e| SttError::Closed(format!("cannot make the socket non-blocking: {e}")))?;
         Ok(SttStream {
             socket,
+            unflushed: false,
             audio_bytes: 0,
             partials: 0,
             committed: 0,
@@ -141,13 +151,15 @@ impl SttStream {
         })
     }
 
-    /// Opens a session, trying up to `attempts` times with a doubling pause from `backoff`;
-    /// gives up early when `cancel` is set. A refused key is not retried.
+    /// Opens a session, trying up to `attempts` times with a doubling pause from `backoff`. A
+    /// refused key is not retried. `pause(d)` waits out one pause; it returns false to give up
+    /// (the call ended meanwhile), so the caller decides what ends a pause early — a plain
+    /// `|d| { std::thread::sleep(d); true }` when nothing does.
     pub fn open_retrying(
         settings: &SttSettings,
         attempts: u32,
         backoff: Duration,
-        cancel: &AtomicBool,
+        mut pause: impl FnMut(Duration) -> bool,
     ) -> Result<SttStream, SttError> {
         let mut wait = backoff;
         let mut last = SttError::Closed("never tried".into());
@@ -165,12 +177,8 @@ impl SttStream {
                 }
             }
             if attempt < attempts {
-                let deadline = Instant::now() + wait;
-                while Instant::now() < deadline {
-                    if cancel.load(Ordering::SeqCst) {
-                        return Err(last);
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
+                if !pause(wait) {
+                    return Err(last);
                 }
                 wait *= 2;
             }
@@ -178,7 +186,38 @@ impl SttStream {
         Err(last)
     }
 
+    /// The socket's descriptor, to wait on: readable when an event may be buffered, writable
+    /// when [`SttStream::wants_write`] can make progress.
+    pub fn fd(&self) -> Option<BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        ws::tcp_of(&self.socket).map(|tcp| tcp.as_fd())
+    }
+
+    /// Whether frames wait to be written (wait for the socket to be writable, then
+    /// [`SttStream::flush`]).
+    pub fn wants_write(&self) -> bool {
+        self.unflushed
+    }
+
+    /// Writes what waits, as far as the socket takes it now.
+    pub fn flush(&mut self) -> Result<(), SttError> {
+        match self.socket.flush() {
+            Ok(()) => {
+                self.unflushed = false;
+                Ok(())
+            }
+            Err(err) if ws::is_timeout(&err) => {
+                self.unflushed = true;
+                Ok(())
+            }
+            Err(err) => Err(SttError::Closed(err.to_string())),
+        }
+    }
+
     /// Forwards one chunk of the caller's audio: the base64 μ-law exactly as Twilio sent it.
+    /// Never blocks: what the socket does not take now stays queued (see
+    /// [`SttStream::wants_write`]), up to the socket's write-buffer limit, past which this
+    /// fails.
     pub fn send_audio(&mut self, base64_ulaw: &str) -> Result<(), SttError> {
         let message = json!({
             "message_type": "input_audio_chunk",
@@ -186,22 +225,58 @@ impl SttStream {
             "commit": false,
             "sample_rate": 8000,
         });
-        self.socket
-            .send(Message::text(message.to_string()))
-            .map_err(|e| SttError::Closed(e.to_string()))?;
+        match self.socket.send(Message::text(message.to_string())) {
+            Ok(()) => {}
+            // Queued: it goes out with the next flush.
+            Err(err) if ws::is_timeout(&err) => self.unflushed = true,
+            Err(err) => return Err(SttError::Closed(err.to_string())),
+        }
         // Base64 without decoding: every 4 characters are 3 bytes, minus the padding.
         let padding = base64_ulaw.bytes().rev().take_while(|b| *b == b'=').count();
         self.audio_bytes += (base64_ulaw.len() / 4 * 3).saturating_sub(padding) as u64;
         Ok(())
     }
 
-    /// The next transcript event, or `None` if nothing arrived within a tick.
-    pub fn next_event(&mut self) -> Result<Option<SttEvent>, SttError> {
-        let message = match self.socket.read() {
-            Ok(message) => message,
-            Err(err) if ws::is_tick(&err) => return Ok(None),
-            Err(err) => return Err(SttError::Closed(err.to_string())),
-        };
+    /// The next transcript event already received, without blocking; `None` when nothing more
+    /// is buffered (in the socket, rustls or tungstenite): wait for the socket to be readable
+    /// before asking again. Messages that carry no event are skipped.
+    pub fn try_next_event(&mut self) -> Result<Option<SttEvent>, SttError> {
+        loop {
+            let message = match self.socket.read() {
+                Ok(message) => message,
+                Err(err) if ws::is_timeout(&err) => return Ok(None),
+                Err(err) => return Err(SttError::Closed(err.to_string())),
+            };
+            if let Some(event) = self.event_of(message)? {
+                return Ok(Some(event));
+            }
+        }
+    }
+
+    /// Waits until `deadline` for the next transcript event (for a thread with nothing else
+    /// to wait for: tests, one-off checks); `None` when the deadline passed first.
+    pub fn next_event(&mut self, deadline: Instant) -> Result<Option<SttEvent>, SttError> {
+        loop {
+            if let Some(event) = self.try_next_event()? {
+                return Ok(Some(event));
+            }
+            let Some(fd) = self.fd() else {
+                return Err(SttError::Protocol("unexpected tls backend".into()));
+            };
+            let mut watch = [crate::poll::Watch::read_write(fd, self.unflushed)];
+            let ready = crate::poll::wait(&mut watch, Some(deadline))
+                .map_err(|e| SttError::Closed(format!("waiting for the socket: {e}")))?;
+            if ready == 0 {
+                return Ok(None);
+            }
+            if watch[0].writable() && self.unflushed {
+                self.flush()?;
+            }
+        }
+    }
+
+    /// The event a message carries, if any.
+    fn event_of(&mut self, message: Message) -> Result<Option<SttEvent>, SttError> {
         let text = match message {
             Message::Text(text) => text,
             Message::Close(frame) => {

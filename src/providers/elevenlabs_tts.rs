@@ -7,8 +7,12 @@
 //! after [`TtsStream::end_input`]. Each sentence is sent with `flush: true`: it is complete, and
 //! waiting for the chunk schedule would only add silence. [`TtsStream::abandon`] drops a stream
 //! mid-sentence (barge-in) without waiting for it.
+//!
+//! Reads block until the next message or a deadline the caller gives
+//! ([`TtsStream::next_event`]): no read wakes up on a tick. Another thread can end a blocked
+//! read at once through [`TtsStream::interrupt_handle`].
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use serde_json::{json, Value};
@@ -29,8 +33,6 @@ pub struct TtsSettings {
     pub api_key: Secret,
     pub model_id: String,
     pub connect_timeout: Duration,
-    /// How long one read waits (a worker's tick).
-    pub tick: Duration,
     /// The service's `inactivity_timeout`, 1–180 seconds.
     pub inactivity_secs: u32,
 }
@@ -103,7 +105,6 @@ impl TtsStream {
             &TtsStream::url(settings, voice_id),
             &[("xi-api-key", settings.api_key.expose())],
             settings.connect_timeout,
-            settings.tick,
         )
         .map_err(TtsError::Connect)?;
         let opening = json!({
@@ -158,14 +159,25 @@ impl TtsStream {
             .map_err(|e| TtsError::Closed(e.to_string()))
     }
 
-    /// The next audio or the end, or `None` if nothing arrived within a tick.
-    pub fn next_event(&mut self) -> Result<Option<TtsEvent>, TtsError> {
+    /// The next audio or the end; waits until `deadline` at most. `None` when the deadline
+    /// passed first, or when a message carried neither audio nor the end (ask again).
+    pub fn next_event(&mut self, deadline: Instant) -> Result<Option<TtsEvent>, TtsError> {
         if self.finished {
             return Ok(Some(TtsEvent::Final));
         }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(None);
+        }
+        // The read waits for the deadline, not a tick. (A message already buffered by rustls
+        // or tungstenite is returned without touching the socket.)
+        ws::tcp_of(&self.socket)
+            .ok_or_else(|| TtsError::Protocol("unexpected tls backend".into()))?
+            .set_read_timeout(Some(left))
+            .map_err(|e| TtsError::Closed(e.to_string()))?;
         let message = match self.socket.read() {
             Ok(message) => message,
-            Err(err) if ws::is_tick(&err) => return Ok(None),
+            Err(err) if ws::is_timeout(&err) => return Ok(None),
             Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed)
                 if self.input_ended =>
             {
@@ -213,6 +225,12 @@ impl TtsStream {
             return Ok(Some(TtsEvent::Final));
         }
         Ok(None)
+    }
+
+    /// A handle another thread can use to end this stream's blocked read at once (the end of
+    /// the call): the read then fails with [`TtsError::Closed`].
+    pub fn interrupt_handle(&self) -> Result<ws::Interrupt, TtsError> {
+        ws::Interrupt::of(&self.socket).map_err(|e| TtsError::Closed(e.to_string()))
     }
 
     /// Characters sent for speech (what ElevenLabs bills).

@@ -1,7 +1,9 @@
 //! Opening a provider WebSocket (`ws://` for the simulators, `wss://` for ElevenLabs) the
 //! careful way: a connect timeout, a bounded handshake, small buffers (tungstenite's defaults
-//! are 128 KiB each, per socket), a size limit on messages, and then a short read timeout so a
-//! worker thread can interleave writing and reading on the one socket it owns.
+//! are 128 KiB each, per socket) and a size limit on messages. After the handshake the socket
+//! has no read timeout: its owner either makes it non-blocking and waits for it with
+//! [`crate::poll`] (speech-to-text) or sets a read timeout from a real deadline before each
+//! read (text-to-speech). No reader wakes on a tick.
 
 use std::io;
 use std::net::{TcpStream, ToSocketAddrs};
@@ -41,12 +43,12 @@ impl std::fmt::Display for ConnectError {
 impl std::error::Error for ConnectError {}
 
 /// Opens `url` with extra request `headers`. `connect_timeout` bounds the TCP connect and the
-/// handshake; afterwards reads wait at most `tick`.
+/// handshake, and stays the write timeout; afterwards reads have no timeout (see the module
+/// docs).
 pub fn connect(
     url: &str,
     headers: &[(&str, &str)],
     connect_timeout: Duration,
-    tick: Duration,
 ) -> Result<Socket, ConnectError> {
     let mut request = url
         .into_client_request()
@@ -90,6 +92,9 @@ pub fn connect(
     let config = WebSocketConfig::default()
         .read_buffer_size(8 * 1024)
         .write_buffer_size(0)
+        // What a non-blocking writer may queue while the peer does not read: 256 KiB is 16 s
+        // of caller audio as STT messages, then the write fails and the session is retried.
+        .max_write_buffer_size(256 * 1024)
         .max_message_size(Some(1 << 20))
         .max_frame_size(Some(1 << 20));
     let (socket, _response) = tungstenite::client_tls_with_config(request, tcp, Some(config), None)
@@ -112,7 +117,7 @@ pub fn connect(
         })?;
     tcp_of(&socket)
         .ok_or_else(|| ConnectError::Failed("unexpected tls backend".into()))?
-        .set_read_timeout(Some(tick))
+        .set_read_timeout(None)
         .map_err(|e| ConnectError::Failed(e.to_string()))?;
     Ok(socket)
 }
@@ -128,7 +133,30 @@ pub fn tcp_of(socket: &Socket) -> Option<&TcpStream> {
     }
 }
 
-/// Whether an error from a read is the read timeout (a tick), not a failure.
-pub fn is_tick(err: &tungstenite::Error) -> bool {
+/// Whether an error from a read or write is the socket's timeout or a non-blocking socket
+/// having nothing to give (or no room) now, not a failure.
+pub fn is_timeout(err: &tungstenite::Error) -> bool {
     matches!(err, tungstenite::Error::Io(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut))
+}
+
+/// The former name of [`is_timeout`], kept for the call thread (being rewritten elsewhere).
+pub fn is_tick(err: &tungstenite::Error) -> bool {
+    is_timeout(err)
+}
+
+/// Ends a socket's reads and writes from another thread: a read blocked on it returns at once
+/// with an error (`shutdown(2)`), so a thread never outlives its call by a read timeout.
+#[derive(Debug)]
+pub struct Interrupt(TcpStream);
+
+impl Interrupt {
+    /// A handle on the TCP socket under `socket` (a second descriptor for it).
+    pub fn of(socket: &Socket) -> io::Result<Interrupt> {
+        let tcp = tcp_of(socket).ok_or_else(|| io::Error::other("unexpected tls backend"))?;
+        Ok(Interrupt(tcp.try_clone()?))
+    }
+
+    pub fn interrupt(&self) {
+        let _ = self.0.shutdown(std::net::Shutdown::Both);
+    }
 }

@@ -369,7 +369,7 @@ fn phone(mut socket: WebSocket<TcpStream>, options: &CallerOptions, shared: &Mut
         loop {
             let message = match socket.read() {
                 Ok(message) => message,
-                Err(err) if crate::providers::ws::is_tick(&err) => break,
+                Err(err) if crate::providers::ws::is_timeout(&err) => break,
                 Err(_) => {
                     let mut s = lock(shared);
                     s.log.push((Instant::now(), Heard::Closed(None)));

@@ -3,10 +3,13 @@
 use base64::Engine as _;
 
 use super::*;
+use crate::call::workers::SttLost;
 use crate::config::{Config, Env};
 use crate::providers::anthropic::client::LlmError;
 use crate::providers::anthropic::stream::Usage;
 use crate::providers::anthropic::{Block, Speaker};
+use crate::providers::elevenlabs_stt::SttError;
+use crate::providers::elevenlabs_tts::TtsError;
 use crate::speech::ulaw::{self, FRAME_BYTES};
 
 /// The configuration and clips a test machine borrows (leaked: a test's machine lives as long
@@ -469,13 +472,13 @@ fn an_apology_is_said_once_per_turn_and_never_for_a_failed_phrase() {
 }
 
 /// A text-to-speech failure, as the worker reports it.
-fn failure() -> String {
-    "the stream closed early".into()
+fn failure() -> TtsError {
+    TtsError::Closed("the stream closed early".into())
 }
 
 /// Speech-to-text given up on, as the worker reports it.
-fn stt_lost() -> String {
-    "speech-to-text could not be reached again".into()
+fn stt_lost() -> SttLost {
+    SttLost::Provider(SttError::Closed("reset by peer".into()))
 }
 
 #[test]

@@ -1,0 +1,71 @@
+//! The providers a call uses, built once from the configuration and shared by every call:
+//! the speech settings, the model and its tools, the pre-rendered clips.
+
+use std::sync::Arc;
+
+use super::clips::Clips;
+use super::workers::LlmSetup;
+use crate::config::Config;
+use crate::providers::elevenlabs_stt::SttSettings;
+use crate::providers::elevenlabs_tts::{TtsSettings, DEFAULT_INACTIVITY_SECS};
+use crate::providers::mcp::{default_tools, McpClient, ToolCatalog};
+
+/// The providers a call uses, built once from the configuration and shared by every call.
+pub struct Setup {
+    pub tts: Option<TtsSettings>,
+    pub stt: Option<SttSettings>,
+    pub llm: Option<Arc<LlmSetup>>,
+    pub clips: Clips,
+}
+
+impl Setup {
+    pub fn from_config(config: &Config) -> Setup {
+        let el = &config.elevenlabs;
+        let tts = el.api_key.clone().map(|api_key| TtsSettings {
+            ws_base: el.ws_base.clone(),
+            api_key,
+            model_id: el.model_id.clone(),
+            connect_timeout: el.connect_timeout,
+            inactivity_secs: DEFAULT_INACTIVITY_SECS,
+        });
+        let tuning = &config.calls.tuning;
+        let stt = el.api_key.clone().map(|api_key| SttSettings {
+            ws_base: el.ws_base.clone(),
+            api_key,
+            model_id: "scribe_v2_realtime".to_string(),
+            language_code: tuning.stt_language.clone(),
+            vad_silence_secs: tuning.vad_silence_secs,
+            connect_timeout: el.connect_timeout,
+        });
+        let mcp = config.mcp.url.as_ref().map(|url| {
+            (
+                url.to_string(),
+                config.mcp.token.clone(),
+                config.mcp.timeout,
+            )
+        });
+        let tools = ToolCatalog::new(default_tools());
+        if let Some((url, token, timeout)) = &mcp {
+            // The catalog's refresh has a client of its own (calls have theirs).
+            let client = Arc::new(McpClient::new(url, token.clone(), *timeout));
+            if let Err(err) = ToolCatalog::refresh_in_background(&tools, client) {
+                log::warn!(error:% = err; "mcp.tools.refresh not started");
+            }
+        }
+        let llm = config.anthropic.api_key.clone().map(|api_key| {
+            Arc::new(LlmSetup {
+                anthropic: config.anthropic.clone(),
+                api_key,
+                max_tool_rounds: tuning.max_tool_rounds,
+                tools,
+                mcp,
+            })
+        });
+        Setup {
+            tts,
+            stt,
+            llm,
+            clips: Clips::load(&tuning.audio_dir),
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! The model worker: one reply per job, streamed, with its rounds of tool calls.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use serde_json::json;
+
+use super::{LlmJob, LlmOut};
+use crate::call::Event;
+use crate::providers::anthropic::client::AnthropicClient;
+use crate::providers::anthropic::request::{self, RequestParts};
+use crate::providers::anthropic::stream::{StreamItem, Usage};
+use crate::providers::anthropic::{Block, Speaker, Turn};
+use crate::providers::mcp::{McpClient, ToolCatalog};
+
+/// What the model worker needs, shared by every call.
+pub struct LlmSetup {
+    pub anthropic: crate::config::AnthropicConfig,
+    pub api_key: crate::config::Secret,
+    pub max_tool_rounds: u32,
+    pub tools: Arc<ToolCatalog>,
+    /// `COTRACKPRO_MCP_URL`, its token and the tool timeout.
+    pub mcp: Option<(String, Option<crate::config::Secret>, Duration)>,
+}
+
+/// One call's own clients: their connections end with the call ([`CallLlm::shutdown`]
+/// interrupts a read in flight, so the worker never outlives the call by a timeout).
+#[derive(Clone)]
+pub struct CallLlm {
+    pub client: AnthropicClient,
+    pub mcp: Option<Arc<McpClient>>,
+}
+
+impl CallLlm {
+    pub fn new(setup: &LlmSetup) -> CallLlm {
+        CallLlm {
+            client: AnthropicClient::new(&setup.anthropic, setup.api_key.clone()),
+            mcp: setup.mcp.as_ref().map(|(url, token, timeout)| {
+                Arc::new(McpClient::new(url, token.clone(), *timeout))
+            }),
+        }
+    }
+
+    pub fn shutdown(&self) {
+        self.client.shutdown();
+        if let Some(mcp) = &self.mcp {
+            mcp.shutdown();
+        }
+    }
+}
+
+/// The model for one call: one response per job, with up to `max_tool_rounds` rounds of tool
+/// calls; text is streamed to the call as it arrives.
+pub fn llm(
+    setup: &LlmSetup,
+    clients: &CallLlm,
+    system: &str,
+    jobs: &Receiver<LlmJob>,
+    out: &Sender<Event>,
+) {
+    for job in jobs.iter() {
+        let send = |o: LlmOut| {
+            out.send(Event::Llm {
+                turn: job.turn,
+                out: o,
+            })
+        };
+        let mut conversation = job.history;
+        let mut new_turns = Vec::new();
+        let mut usage = Usage::default();
+        let mut error = None;
+        let mut round = 0;
+        loop {
+            if job.cancel.load(Ordering::SeqCst) {
+                break;
+            }
+            let tools = setup.tools.current();
+            let mut body = request::build(&RequestParts {
+                model: &setup.anthropic.model,
+                max_tokens: setup.anthropic.max_tokens,
+                system,
+                tools: &tools,
+                history: &conversation,
+                max_history_messages: setup.anthropic.max_history_messages,
+            });
+            if round >= setup.max_tool_rounds && !tools.is_empty() {
+                // Tools stay defined (the history may hold tool blocks), but no more calls.
+                body["tool_choice"] = json!({"type": "none"});
+            }
+            let mut gone = false;
+            let result = clients.client.stream(&body, &job.cancel, |item| {
+                if let StreamItem::Text(text) = item {
+                    if send(LlmOut::Delta(text.clone())).is_err() {
+                        gone = true;
+                        job.cancel.store(true, Ordering::SeqCst);
+                    }
+                }
+            });
+            if gone {
+                return;
+            }
+            let outcome = match result {
+                Ok(outcome) => outcome,
+                Err(err) => {
+                    error = Some(err);
+                    break;
+                }
+            };
+            usage += outcome.usage;
+            if outcome.cancelled {
+                break;
+            }
+            let reply = Turn {
+                speaker: Speaker::Assistant,
+                blocks: outcome.content,
+            };
+            let uses: Vec<(String, String, serde_json::Value)> = reply
+                .blocks
+                .iter()
+                .filter_map(|b| match b {
+                    Block::ToolUse { id, name, input } => {
+                        Some((id.clone(), name.clone(), input.clone()))
+                    }
+                    _ => None,
+                })
+                .collect();
+            let wants_tools =
+                outcome.stop_reason.as_deref() == Some("tool_use") && !uses.is_empty();
+            let mut reply = reply;
+            if !wants_tools {
+                // A tool_use cut off by max_tokens would stay unanswered in the history and
+                // make every later request a 400: keep only the words.
+                reply.blocks.retain(|b| !matches!(b, Block::ToolUse { .. }));
+            }
+            if !reply.is_empty() {
+                conversation.push(reply.clone());
+                new_turns.push(reply);
+            }
+            if !wants_tools {
+                break;
+            }
+            round += 1;
+            let _ = send(LlmOut::ToolsStarted(
+                uses.iter().map(|(_, name, _)| name.clone()).collect(),
+            ));
+            let mut results = Vec::with_capacity(uses.len());
+            for (id, name, input) in uses {
+                let started = Instant::now();
+                let outcome = match &clients.mcp {
+                    Some(mcp) if !job.cancel.load(Ordering::SeqCst) => mcp.call_tool(&name, &input),
+                    Some(_) => crate::providers::mcp::ToolOutcome {
+                        text: "cancelled: the caller spoke".into(),
+                        is_error: true,
+                    },
+                    None => crate::providers::mcp::ToolOutcome {
+                        text: "the CoTrackPro tools are not configured on this server".into(),
+                        is_error: true,
+                    },
+                };
+                let _ = send(LlmOut::ToolFinished {
+                    name: name.clone(),
+                    ok: !outcome.is_error,
+                    duration_ms: started.elapsed().as_millis() as u64,
+                });
+                results.push(Block::ToolResult {
+                    tool_use_id: id,
+                    content: outcome.text,
+                    is_error: outcome.is_error,
+                });
+            }
+            let answer = Turn {
+                speaker: Speaker::User,
+                blocks: results,
+            };
+            conversation.push(answer.clone());
+            new_turns.push(answer);
+        }
+        if send(LlmOut::Done {
+            new_turns,
+            usage,
+            error,
+        })
+        .is_err()
+        {
+            return;
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! Waiting for a few descriptors at once with `poll(2)`, until an event or a real deadline —
+//! never a periodic tick — and a wake-up descriptor pair another thread signals or closes.
+//!
+//! A thread that must both read a socket and act on what other threads hand it (the STT
+//! worker: the provider's transcripts and the caller's audio; the media acceptor: new
+//! connections and the order to stop) waits here on the socket and a [`WakeReceiver`]. std
+//! has no `poll`; the one `unsafe` call is in [`wait`].
+
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::unix::net::UnixStream;
+use std::time::Instant;
+
+/// One descriptor to wait on, and what it turned out to be ready for.
+#[derive(Debug)]
+pub struct Watch<'a> {
+    fd: BorrowedFd<'a>,
+    write: bool,
+    revents: i16,
+}
+
+impl<'a> Watch<'a> {
+    /// Wait until `fd` is readable (or hung up, or in error).
+    pub fn read(fd: BorrowedFd<'a>) -> Watch<'a> {
+        Watch {
+            fd,
+            write: false,
+            revents: 0,
+        }
+    }
+
+    /// Also wait until `fd` is writable, when `write` (a socket with unflushed data).
+    pub fn read_write(fd: BorrowedFd<'a>, write: bool) -> Watch<'a> {
+        Watch {
+            fd,
+            write,
+            revents: 0,
+        }
+    }
+
+    /// Data (or the end of the stream, or an error) waits: a read will not block.
+    pub fn readable(&self) -> bool {
+        self.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0
+    }
+
+    /// A write will not block (or will report the error at once).
+    pub fn writable(&self) -> bool {
+        self.revents & (libc::POLLOUT | libc::POLLERR | libc::POLLHUP) != 0
+    }
+}
+
+/// Waits until one of `watches` is ready or `deadline` passes (`None`: no deadline). Returns
+/// how many are ready; 0 means the deadline passed. A signal interrupting the wait resumes it
+/// with the time that is left.
+pub fn wait(watches: &mut [Watch<'_>], deadline: Option<Instant>) -> io::Result<usize> {
+    let mut fds: Vec<libc::pollfd> = watches
+        .iter()
+        .map(|w| libc::pollfd {
+            fd: w.fd.as_raw_fd(),
+            events: libc::POLLIN | if w.write { libc::POLLOUT } else { 0 },
+            revents: 0,
+        })
+        .collect();
+    loop {
+        let timeout_ms: libc::c_int = match deadline {
+            None => -1,
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                // Rounded up: waking a fraction of a millisecond early would only wait again.
+                let ms = left.as_micros().div_ceil(1000);
+                libc::c_int::try_from(ms).unwrap_or(libc::c_int::MAX)
+            }
+        };
+        // SAFETY: `fds` is a live, exclusively borrowed array of `fds.len()` pollfd structs for
+        // the whole call, and every descriptor in it is borrowed from `watches`, so it stays
+        // open until `poll` returns. `poll` writes only the `revents` fields.
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+        if ready < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        for (watch, fd) in watches.iter_mut().zip(&fds) {
+            watch.revents = fd.revents;
+        }
+        return Ok(ready as usize);
+    }
+}
+
+/// Makes a wake-up pair: [`WakeSender::wake`] makes the receiver readable, and dropping the
+/// sender makes it readable for good (end of stream), which the receiver reports as closed.
+pub fn wake_pair() -> io::Result<(WakeSender, WakeReceiver)> {
+    let (tx, rx) = UnixStream::pair()?;
+    tx.set_nonblocking(true)?;
+    rx.set_nonblocking(true)?;
+    Ok((WakeSender(tx), WakeReceiver(rx)))
+}
+
+/// The signalling end of a wake-up pair. Never blocks.
+#[derive(Debug)]
+pub struct WakeSender(UnixStream);
+
+impl WakeSender {
+    /// Makes the receiver readable. A full socket buffer is ignored: the receiver has
+    /// unread wake-ups, so it is already due to wake.
+    pub fn wake(&self) {
+        let _ = (&self.0).write(&[1]);
+    }
+}
+
+/// The waiting end of a wake-up pair, to put in a [`wait`].
+#[derive(Debug)]
+pub struct WakeReceiver(UnixStream);
+
+impl WakeReceiver {
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.0.as_fd()
+    }
+
+    /// Reads every pending wake-up without blocking. Returns false once the sender is gone
+    /// (end of stream) or the pair is broken.
+    pub fn drain(&self) -> bool {
+        let mut buf = [0u8; 64];
+        loop {
+            match (&self.0).read(&mut buf) {
+                Ok(0) => return false,
+                // A short read emptied the socket (a byte written meanwhile only wakes the
+                // receiver once more): no second read just to see WouldBlock.
+                Ok(n) if n < buf.len() => return true,
+                Ok(_) => {}
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return false,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_wake_up_ends_a_wait_without_deadline() {
+        let (tx, rx) = wake_pair().unwrap();
+        let waker = std::thread::Builder::new()
+            .name("test-waker".into())
+            .spawn(move || {
+                std::thread::sleep(Duration::from_millis(30));
+                tx.wake();
+                tx
+            })
+            .unwrap();
+        let started = Instant::now();
+        let mut watches = [Watch::read(rx.fd())];
+        assert_eq!(wait(&mut watches, None).unwrap(), 1);
+        assert!(watches[0].readable());
+        assert!(started.elapsed() >= Duration::from_millis(25));
+        assert!(rx.drain(), "the sender is still there");
+        let tx = waker.join().unwrap();
+        // Drained: nothing is ready now, so a deadline ends the wait.
+        let mut watches = [Watch::read(rx.fd())];
+        let deadline = Instant::now() + Duration::from_millis(20);
+        assert_eq!(wait(&mut watches, Some(deadline)).unwrap(), 0);
+        assert!(Instant::now() >= deadline);
+        assert!(!watches[0].readable());
+        drop(tx);
+        let mut watches = [Watch::read(rx.fd())];
+        assert_eq!(wait(&mut watches, None).unwrap(), 1);
+        assert!(!rx.drain(), "a dropped sender reads as closed");
+    }
+
+    #[test]
+    fn a_past_deadline_returns_at_once() {
+        let (_tx, rx) = wake_pair().unwrap();
+        let mut watches = [Watch::read(rx.fd())];
+        let started = Instant::now();
+        assert_eq!(wait(&mut watches, Some(Instant::now())).unwrap(), 0);
+        assert!(started.elapsed() < Duration::from_millis(50));
+    }
+}

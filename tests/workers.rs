@@ -1,0 +1,245 @@
+//! A call's speech workers against the simulators, with no tick: the STT worker forwards audio
+//! and transcripts as they come and sleeps in between, and ends when its feed closes; the TTS
+//! worker sleeps while it holds a spare stream, ends at once when its jobs close, and a piece
+//! being read is cut short by its shutdown handle.
+
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use crossbeam_channel::{bounded, Receiver};
+
+use cotrackpro_voice::call::workers::{
+    self, audio_feed, Speech, SttOut, TtsJob, TtsOut, TtsShutdown,
+};
+use cotrackpro_voice::call::Event;
+use cotrackpro_voice::config::{BaseUrl, Secret};
+use cotrackpro_voice::providers::elevenlabs_stt::SttSettings;
+use cotrackpro_voice::providers::elevenlabs_tts::TtsSettings;
+use cotrackpro_voice::sim::elevenlabs_stt::{SttSim, SttSimOptions};
+use cotrackpro_voice::sim::elevenlabs_tts::{TtsSim, TtsSimOptions};
+use cotrackpro_voice::sim::voice;
+
+const VOICE: &str = "EXAVITQu4vr4xnSDxMaL";
+
+/// Voluntary context switches of this process's thread named `name` (Linux): each is a sleep
+/// the thread woke from.
+fn wakeups(name: &str) -> u64 {
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
+            continue;
+        };
+        let field = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .map(str::trim)
+        };
+        if field("Name:") == Some(name) {
+            return field("voluntary_ctxt_switches:").unwrap().parse().unwrap();
+        }
+    }
+    panic!("no thread named {name}");
+}
+
+fn ended_within(handle: &JoinHandle<()>, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while !handle.is_finished() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    true
+}
+
+fn transcript(events: &Receiver<Event>, within: Duration) -> Option<String> {
+    let deadline = Instant::now() + within;
+    loop {
+        match events.recv_deadline(deadline).ok()? {
+            Event::Stt(SttOut::Committed(text)) => return Some(text),
+            Event::Stt(SttOut::Lost(why)) => panic!("stt lost: {why}"),
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn the_stt_worker_forwards_audio_at_once_sleeps_between_and_ends_with_its_feed() {
+    let sim = SttSim::start(SttSimOptions::default()).unwrap();
+    sim.push_utterances(["Hello there".to_string()]);
+    let settings = SttSettings {
+        ws_base: BaseUrl::parse(&sim.base_url(), &["ws", "wss"]).unwrap(),
+        api_key: Secret::new(SttSimOptions::default().api_key),
+        model_id: "scribe_v2_realtime".into(),
+        language_code: "en".into(),
+        vad_silence_secs: 0.5,
+        connect_timeout: Duration::from_secs(5),
+    };
+    let (feed, inbox) = audio_feed(512).unwrap();
+    let (events_tx, events) = bounded::<Event>(256);
+    let sent = Arc::new(AtomicU64::new(0));
+    let counter = sent.clone();
+    let worker = std::thread::Builder::new()
+        .name("w-stt".into())
+        .spawn(move || workers::stt(&settings, 3, inbox, &events_tx, &counter))
+        .unwrap();
+
+    // Once the session is up, the worker sleeps until something happens: no read timeout
+    // wakes it (a 20 ms tick would be about 15 wake-ups here).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while sim.sessions() == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let before = wakeups("w-stt");
+    std::thread::sleep(Duration::from_millis(300));
+    let idle = wakeups("w-stt") - before;
+    assert!(idle <= 2, "the idle worker woke {idle} times in 300 ms");
+
+    // A frame is forwarded as soon as it is fed.
+    let mut audio = voice::speak("hello there", 150.0);
+    audio.extend(std::iter::repeat_n(voice::ULAW_SILENCE, 700 * 8));
+    let frames: Vec<String> = audio
+        .chunks(160)
+        .map(|c| base64::engine::general_purpose::STANDARD.encode(c))
+        .collect();
+    let fed = Instant::now();
+    assert!(feed.send(frames[0].clone()));
+    while sim.received(0).is_empty() {
+        assert!(
+            fed.elapsed() < Duration::from_secs(2),
+            "the frame was not forwarded"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    for frame in &frames[1..] {
+        assert!(feed.send(frame.clone()));
+    }
+    assert_eq!(
+        transcript(&events, Duration::from_secs(5)).as_deref(),
+        Some("Hello there")
+    );
+
+    // Dropping the feed ends the worker (after the audio queued before it).
+    drop(feed);
+    assert!(ended_within(&worker, Duration::from_secs(1)));
+    // The simulator may still be reading the last frames (it paused to commit).
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while sim.received(0).len() < frames.len() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(sim.received(0).len(), frames.len());
+    assert_eq!(
+        sent.load(std::sync::atomic::Ordering::Relaxed),
+        audio.len() as u64
+    );
+}
+
+fn tts_settings(sim: &TtsSim) -> TtsSettings {
+    TtsSettings {
+        ws_base: BaseUrl::parse(&sim.base_url(), &["ws", "wss"]).unwrap(),
+        api_key: Secret::new(TtsSimOptions::default().api_key),
+        model_id: "eleven_flash_v2_5".into(),
+        connect_timeout: Duration::from_secs(5),
+        inactivity_secs: 20,
+    }
+}
+
+fn job(speech: Speech, cancel: &Arc<AtomicBool>) -> TtsJob {
+    TtsJob {
+        turn: 1,
+        seq: 0,
+        speech,
+        cancel: cancel.clone(),
+    }
+}
+
+#[test]
+fn the_tts_worker_sleeps_with_a_spare_stream_and_ends_when_its_jobs_close() {
+    let sim = TtsSim::start(TtsSimOptions::default()).unwrap();
+    let settings = tts_settings(&sim);
+    let (jobs_tx, jobs) = bounded::<TtsJob>(8);
+    let (events_tx, _events) = bounded::<Event>(64);
+    let shutdown = TtsShutdown::new();
+    let worker = std::thread::Builder::new()
+        .name("w-tts-spare".into())
+        .spawn(move || workers::tts(&settings, VOICE, &jobs, &events_tx, &shutdown))
+        .unwrap();
+    let cancel = Arc::new(AtomicBool::new(false));
+    jobs_tx.send(job(Speech::Prewarm, &cancel)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while sim.sessions().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(sim.sessions().len(), 1, "the spare stream was opened");
+    std::thread::sleep(Duration::from_millis(50));
+    let before = wakeups("w-tts-spare");
+    std::thread::sleep(Duration::from_millis(300));
+    let idle = wakeups("w-tts-spare") - before;
+    assert!(idle <= 1, "the worker woke {idle} times in 300 ms");
+
+    // Its spare expires in 15 s; the closed channel ends it now, and the spare is closed.
+    drop(jobs_tx);
+    assert!(ended_within(&worker, Duration::from_millis(500)));
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while sim.closed_by_client() == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(sim.closed_by_client(), 1);
+}
+
+#[test]
+fn the_shutdown_handle_cuts_a_piece_being_read() {
+    // The first audio would take 10 s: the worker is blocked reading when the call ends.
+    let sim = TtsSim::start(TtsSimOptions {
+        first_byte: Duration::from_secs(10),
+        ..TtsSimOptions::default()
+    })
+    .unwrap();
+    let settings = tts_settings(&sim);
+    let (jobs_tx, jobs) = bounded::<TtsJob>(8);
+    let (events_tx, events) = bounded::<Event>(64);
+    let shutdown = TtsShutdown::new();
+    let handle = shutdown.clone();
+    let worker = std::thread::Builder::new()
+        .name("w-tts-cut".into())
+        .spawn(move || workers::tts(&settings, VOICE, &jobs, &events_tx, &handle))
+        .unwrap();
+    let cancel = Arc::new(AtomicBool::new(false));
+    jobs_tx
+        .send(job(Speech::Text("Hello, how can I help?".into()), &cancel))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while sim.sessions().first().is_none_or(|(_, m)| m.len() < 3) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+
+    // What the call does at its end: cancel the turn, drop the jobs, shut the worker down.
+    let cut = Instant::now();
+    cancel.store(true, std::sync::atomic::Ordering::SeqCst);
+    drop(jobs_tx);
+    shutdown.shutdown();
+    assert!(ended_within(&worker, Duration::from_millis(500)));
+    assert!(cut.elapsed() < Duration::from_millis(500));
+    // Reported as cut short (what was billed, no audio), not as a failure.
+    let outs: Vec<TtsOut> = events
+        .try_iter()
+        .filter_map(|e| match e {
+            Event::Tts { out, .. } => Some(out),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        matches!(outs.as_slice(), [TtsOut::Done { chars }] if *chars > 0),
+        "{} events, the last {:?}",
+        outs.len(),
+        outs.last().map(|o| match o {
+            TtsOut::Audio(a) => format!("{} bytes of audio", a.len()),
+            other => format!("{other:?}"),
+        })
+    );
+}
