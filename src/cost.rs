@@ -1,7 +1,10 @@
 //! What a call costs: provider usage (Claude tokens including cache writes and reads, TTS
 //! characters, STT seconds) priced with the configured rates. Pure arithmetic.
 
+use std::ops::AddAssign;
+
 use crate::config::Prices;
+use crate::providers::anthropic::stream::Usage;
 use crate::records::event::CostSummary;
 
 /// The estimated USD for this usage, rounded to 6 decimals as the original did. Characters
@@ -26,16 +29,18 @@ pub struct CallUsage {
     usage: CostSummary,
 }
 
-impl CallUsage {
-    /// One model response's tokens (every response of every turn, tool rounds included).
-    pub fn add_claude(&mut self, input: u64, output: u64, cache_write: u64, cache_read: u64) {
+/// The model's tokens, every response of every turn (tool rounds included).
+impl AddAssign<&Usage> for CallUsage {
+    fn add_assign(&mut self, claude: &Usage) {
         let u = &mut self.usage;
-        u.claude_input_tokens += input;
-        u.claude_output_tokens += output;
-        u.claude_cache_creation_tokens += cache_write;
-        u.claude_cache_read_tokens += cache_read;
+        u.claude_input_tokens += claude.input_tokens;
+        u.claude_output_tokens += claude.output_tokens;
+        u.claude_cache_creation_tokens += claude.cache_creation_input_tokens;
+        u.claude_cache_read_tokens += claude.cache_read_input_tokens;
     }
+}
 
+impl CallUsage {
     /// Characters sent to live text-to-speech (billed).
     pub fn add_tts_chars(&mut self, chars: u64) {
         self.usage.tts_chars += chars;
@@ -114,8 +119,18 @@ mod tests {
     #[test]
     fn a_calls_usage_adds_up_and_is_priced_once() {
         let mut usage = CallUsage::default();
-        usage.add_claude(1000, 200, 1875, 0);
-        usage.add_claude(250, 650, 0, 18_500);
+        usage += &Usage {
+            input_tokens: 1000,
+            output_tokens: 200,
+            cache_creation_input_tokens: 1875,
+            cache_read_input_tokens: 0,
+        };
+        usage += &Usage {
+            input_tokens: 250,
+            output_tokens: 650,
+            cache_creation_input_tokens: 0,
+            cache_read_input_tokens: 18_500,
+        };
         usage.add_tts_chars(2200);
         usage.add_cached_chars(195);
         for _ in 0..7120 {

@@ -67,7 +67,7 @@ pub fn wait(watches: &mut [Watch<'_>], deadline: Option<Instant>) -> io::Result<
             Some(deadline) => {
                 let left = deadline.saturating_duration_since(Instant::now());
                 // Rounded up: waking a fraction of a millisecond early would only wait again.
-                let ms = left.as_micros().div_ceil(1000);
+                let ms = left.as_nanos().div_ceil(1_000_000);
                 libc::c_int::try_from(ms).unwrap_or(libc::c_int::MAX)
             }
         };
@@ -81,6 +81,10 @@ pub fn wait(watches: &mut [Watch<'_>], deadline: Option<Instant>) -> io::Result<
                 continue;
             }
             return Err(err);
+        }
+        // A deadline beyond what one poll can wait (about 24 days) is waited for in turns.
+        if ready == 0 && deadline.is_some_and(|d| Instant::now() < d) {
+            continue;
         }
         for (watch, fd) in watches.iter_mut().zip(&fds) {
             watch.revents = fd.revents;

@@ -2,7 +2,7 @@
 //! retries before the first token (and only then), in-stream errors, a stalled stream, malformed
 //! data, cancellation, and the API's own request checks.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use cotrackpro_voice::providers::cancel::Cancel;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -69,7 +69,7 @@ fn collect(
     Vec<(Duration, StreamItem)>,
 ) {
     let started = Instant::now();
-    let cancel = AtomicBool::new(false);
+    let cancel = Cancel::new();
     let mut items = Vec::new();
     let result = client.stream(body, &cancel, |item| {
         items.push((started.elapsed(), item.clone()))
@@ -289,7 +289,7 @@ fn cancelling_stops_the_stream_at_the_next_event() {
     let words = "one two three four five six seven eight nine ten eleven twelve";
     sim.push([Reply::Text(words.into())]);
     let client = client(&sim, 2000);
-    let cancel = AtomicBool::new(false);
+    let cancel = Cancel::new();
     let mut texts = 0;
     let started = Instant::now();
     let outcome = client
@@ -297,7 +297,7 @@ fn cancelling_stops_the_stream_at_the_next_event() {
             if matches!(item, StreamItem::Text(_)) {
                 texts += 1;
                 if texts == 2 {
-                    cancel.store(true, Ordering::SeqCst);
+                    cancel.cancel();
                 }
             }
         })

@@ -714,6 +714,27 @@ fn a_caller_whose_library_pings_stays_connected() {
     assert_eq!(record.status, CallStatus::Completed);
 }
 
+/// The same at full scale: pings every 20 s (the library's default) over a 3-minute call.
+/// Ignored by default (it takes 3 minutes); run it with `--ignored`.
+#[test]
+#[ignore]
+fn a_caller_pinging_every_20_s_stays_connected_for_3_minutes() {
+    let rig = Rig::start(&[("REPROMPT_AFTER_MS", "600000")]);
+    let url = format!("ws://{}/call/stream", rig.server.media_addr);
+    let result = crate::support::run_python_within(
+        "keepalive_caller.py",
+        &[&url, "20", "20", "180"],
+        &json!({}),
+        Duration::from_secs(240),
+    );
+    assert_eq!(result["close"], serde_json::Value::Null, "{result}");
+    assert_eq!(result["open"], true, "{result}");
+    assert!(
+        result["latency"].as_f64().is_some_and(|l| l > 0.0),
+        "{result}"
+    );
+}
+
 #[test]
 fn silence_brings_a_reprompt_then_a_goodbye_and_keys_are_recorded() {
     let rig = Rig::start(&[("REPROMPT_AFTER_MS", "1000"), ("MAX_REPROMPTS", "1")]);

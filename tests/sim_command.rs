@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};
-use std::sync::atomic::AtomicBool;
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -78,7 +77,11 @@ fn the_sim_command_serves_every_provider() {
         max_history_messages: 40,
     });
     let outcome = anthropic
-        .stream(&body, &AtomicBool::new(false), |_| {})
+        .stream(
+            &body,
+            &cotrackpro_voice::providers::cancel::Cancel::new(),
+            |_| {},
+        )
         .unwrap();
     assert_eq!(outcome.stop_reason.as_deref(), Some("end_turn"));
 

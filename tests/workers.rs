@@ -3,7 +3,9 @@
 //! worker sleeps while it holds a spare stream, ends at once when its jobs close, and a piece
 //! being read is cut short by its shutdown handle.
 
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::AtomicU64;
+
+use cotrackpro_voice::providers::cancel::Cancel;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -148,7 +150,7 @@ fn tts_settings(sim: &TtsSim) -> TtsSettings {
     }
 }
 
-fn job(speech: Speech, cancel: &Arc<AtomicBool>) -> TtsJob {
+fn job(speech: Speech, cancel: &Arc<Cancel>) -> TtsJob {
     TtsJob {
         turn: 1,
         seq: 0,
@@ -168,7 +170,7 @@ fn the_tts_worker_sleeps_with_a_spare_stream_and_ends_when_its_jobs_close() {
         .name("w-tts-spare".into())
         .spawn(move || workers::tts(&settings, VOICE, &jobs, &events_tx, &shutdown))
         .unwrap();
-    let cancel = Arc::new(AtomicBool::new(false));
+    let cancel = Arc::new(Cancel::new());
     jobs_tx.send(job(Speech::Prewarm, &cancel)).unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     while sim.sessions().is_empty() && Instant::now() < deadline {
@@ -208,7 +210,7 @@ fn the_shutdown_handle_cuts_a_piece_being_read() {
         .name("w-tts-cut".into())
         .spawn(move || workers::tts(&settings, VOICE, &jobs, &events_tx, &handle))
         .unwrap();
-    let cancel = Arc::new(AtomicBool::new(false));
+    let cancel = Arc::new(Cancel::new());
     jobs_tx
         .send(job(Speech::Text("Hello, how can I help?".into()), &cancel))
         .unwrap();
@@ -220,7 +222,7 @@ fn the_shutdown_handle_cuts_a_piece_being_read() {
 
     // What the call does at its end: cancel the turn, drop the jobs, shut the worker down.
     let cut = Instant::now();
-    cancel.store(true, std::sync::atomic::Ordering::SeqCst);
+    cancel.cancel();
     drop(jobs_tx);
     shutdown.shutdown();
     assert!(ended_within(&worker, Duration::from_millis(500)));
@@ -242,4 +244,70 @@ fn the_shutdown_handle_cuts_a_piece_being_read() {
             other => format!("{other:?}"),
         })
     );
+}
+
+#[test]
+fn a_new_turn_cuts_a_stalled_piece_of_the_old_one_and_its_speech_goes_next() {
+    // The first audio of every piece would take 10 s: the worker is stuck reading turn 1's.
+    let sim = TtsSim::start(TtsSimOptions {
+        first_byte: Duration::from_secs(10),
+        ..TtsSimOptions::default()
+    })
+    .unwrap();
+    let settings = tts_settings(&sim);
+    let (jobs_tx, jobs) = bounded::<TtsJob>(8);
+    let (events_tx, events) = bounded::<Event>(64);
+    let shutdown = TtsShutdown::new();
+    let handle = shutdown.clone();
+    let worker = std::thread::Builder::new()
+        .name("w-tts-turn".into())
+        .spawn(move || workers::tts(&settings, VOICE, &jobs, &events_tx, &handle))
+        .unwrap();
+    let old_turn = Arc::new(Cancel::new());
+    jobs_tx
+        .send(job(
+            Speech::Text("Let me explain the whole process.".into()),
+            &old_turn,
+        ))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while sim.sessions().first().is_none_or(|(_, m)| m.len() < 3) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+
+    // Barge-in, as the call does it: the old turn's flag, the cut, then the new turn's piece.
+    let cut = Instant::now();
+    old_turn.cancel();
+    shutdown.cut_turns_before(2);
+    jobs_tx
+        .send(TtsJob {
+            turn: 2,
+            seq: 0,
+            speech: Speech::Clip(Arc::new(vec![0x7F; 320])),
+            cancel: Arc::new(Cancel::new()),
+        })
+        .unwrap();
+    let mut seen = Vec::new();
+    while let Ok(event) = events.recv_timeout(Duration::from_secs(2)) {
+        if let Event::Tts { turn, out, .. } = event {
+            let done = turn == 2 && matches!(out, TtsOut::Done { .. });
+            seen.push((turn, matches!(out, TtsOut::Done { .. })));
+            if done {
+                break;
+            }
+        }
+    }
+    // Well before the stalled piece's first audio (10 s): the old piece ended as cut short,
+    // and the new turn's speech was delivered whole.
+    assert!(
+        cut.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        cut.elapsed()
+    );
+    assert_eq!(seen.first(), Some(&(1, true)), "{seen:?}");
+    assert_eq!(seen.last(), Some(&(2, true)), "{seen:?}");
+    drop(jobs_tx);
+    shutdown.shutdown();
+    assert!(ended_within(&worker, Duration::from_millis(500)));
 }

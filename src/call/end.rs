@@ -65,16 +65,13 @@ impl End {
         }
     }
 
-    /// Whether our side should still send a close frame: not when the connection is closed,
-    /// broken or flooding. (After `stop` it is still open, and a close ends it cleanly.)
+    /// Whether our side should still send a close frame: not when the connection is closed
+    /// or broken. (After `stop` it is still open, and a close ends it cleanly; a peer that
+    /// floods us with invalid messages is told why it is closed.)
     pub fn may_close_socket(&self) -> bool {
         !matches!(
             self,
-            End::TwilioClosed
-                | End::TwilioSilent
-                | End::TwilioLost(_)
-                | End::TwilioWriteFailed
-                | End::TwilioInvalid(_)
+            End::TwilioClosed | End::TwilioSilent | End::TwilioLost(_) | End::TwilioWriteFailed
         )
     }
 }
@@ -122,7 +119,7 @@ mod tests {
         assert!(End::CallerHungUp.may_close_socket());
         assert!(!End::TwilioClosed.may_close_socket());
         assert!(!End::TwilioLost("reset".into()).may_close_socket());
-        assert!(!End::TwilioInvalid(50).may_close_socket());
+        assert!(End::TwilioInvalid(50).may_close_socket());
         assert!(End::MaxDuration.may_close_socket());
         assert!(End::ServerShutdown.may_close_socket());
         assert!(End::Idle.may_close_socket());

@@ -36,7 +36,7 @@ pub mod socket;
 pub mod workers;
 
 use std::net::{Shutdown, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -55,7 +55,8 @@ use crate::config::Config;
 use crate::cost;
 use crate::metrics::Metrics;
 use crate::personas::prompts;
-use crate::records::event::{Event as RecordEvent, EventKind, Transcript};
+use crate::providers::cancel::Cancel;
+use crate::records::event::{CallStatus, Event as RecordEvent, EventKind, Transcript};
 use crate::records::{ttl_from, RecordStore};
 use crate::timestamp;
 
@@ -110,7 +111,7 @@ struct Call<'a> {
     voiced_ms: Arc<AtomicU64>,
     voiced_seen: u64,
     /// The current turn's cancel flag (set when the machine moves on).
-    cancel: Arc<AtomicBool>,
+    cancel: Arc<Cancel>,
     llm_tx: Option<Sender<LlmJob>>,
     /// The call's own model and tool clients, shut down when the call ends.
     llm_clients: Option<CallLlm>,
@@ -183,7 +184,7 @@ pub fn run(ctx: &Context<'_>, socket: TwilioSocket, slot: CallSlot, n: u64) {
         started,
         voiced_ms,
         voiced_seen: 0,
-        cancel: Arc::new(AtomicBool::new(false)),
+        cancel: Arc::new(Cancel::new()),
         llm_tx: None,
         llm_clients: None,
         tts_tx: None,
@@ -204,7 +205,7 @@ pub fn run(ctx: &Context<'_>, socket: TwilioSocket, slot: CallSlot, n: u64) {
     };
 
     // Whatever ended the call, everything of it ends now.
-    call.cancel.store(true, Ordering::SeqCst);
+    call.cancel.cancel();
     // The record first: Twilio's own `completed` callback follows the close of the stream, and
     // the call's verdict (failed, force-reaped) must be on file before it (a final status is
     // never changed afterwards).
@@ -214,7 +215,7 @@ pub fn run(ctx: &Context<'_>, socket: TwilioSocket, slot: CallSlot, n: u64) {
         .usage
         .add_stt_secs(stt_bytes.load(Ordering::Relaxed) as f64 / 8000.0);
     complete(ctx, &mut summary);
-    if summary.started && summary.end.may_close_socket() {
+    if summary.started && summary.end.may_close_socket() && !call.write_failed {
         let _ = call.writer.close(Some(CloseFrame {
             code: CloseCode::Normal,
             reason: "call ended".into(),
@@ -286,9 +287,14 @@ impl Threads {
             done_rx,
         } = self;
         drop(done_tx);
-        let _ = done_rx.recv_deadline(deadline);
+        // Closed: every thread has returned from its function (it may still be exiting, so
+        // `join` waits for that moment rather than `is_finished` guessing).
+        let all_returned = matches!(
+            done_rx.recv_deadline(deadline),
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected)
+        );
         for handle in handles {
-            if handle.is_finished() {
+            if all_returned || handle.is_finished() {
                 let _ = handle.join();
             } else {
                 let name = handle.thread().name().unwrap_or("?").to_string();
@@ -340,10 +346,12 @@ impl Call<'_> {
             Action::Twilio(text) => self.send(Message::text(text)),
             Action::Pong(payload) => self.send(Message::Pong(payload.into())),
             Action::Started(stream) => self.on_started(&stream),
-            Action::NewTurn(_) => {
-                // Whatever a worker still does for the old turn stops.
-                self.cancel.store(true, Ordering::SeqCst);
-                self.cancel = Arc::new(AtomicBool::new(false));
+            Action::NewTurn(turn) => {
+                // Whatever a worker still does for the old turn stops: between provider events
+                // by the flag, and a piece being read at once.
+                self.cancel.cancel();
+                self.cancel = Arc::new(Cancel::new());
+                self.tts_shutdown.cut_turns_before(turn);
             }
             Action::Speak { turn, seq, speech } => {
                 let prewarm = matches!(speech, Speech::Prewarm);
@@ -542,12 +550,8 @@ fn complete(ctx: &Context<'_>, summary: &mut Summary) {
     }
     let metrics = ctx.metrics;
     match status {
-        crate::records::event::CallStatus::Completed => {
-            metrics.calls_completed.fetch_add(1, Ordering::Relaxed)
-        }
-        crate::records::event::CallStatus::ForceReaped => {
-            metrics.calls_reaped.fetch_add(1, Ordering::Relaxed)
-        }
+        CallStatus::Completed => metrics.calls_completed.fetch_add(1, Ordering::Relaxed),
+        CallStatus::ForceReaped => metrics.calls_reaped.fetch_add(1, Ordering::Relaxed),
         _ => metrics.calls_failed.fetch_add(1, Ordering::Relaxed),
     };
     metrics

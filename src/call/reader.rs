@@ -40,7 +40,7 @@ pub(super) fn twilio_reader(
     loop {
         let message = match socket.read() {
             Ok(message) => message,
-            Err(err) if crate::providers::ws::is_tick(&err) => {
+            Err(err) if crate::providers::ws::is_timeout(&err) => {
                 gone(End::TwilioSilent);
                 break;
             }

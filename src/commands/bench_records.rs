@@ -147,13 +147,8 @@ fn generate(path: &Path, calls: u64) -> io::Result<(u64, u64)> {
         let role = Role::ALL[(n % 13) as usize];
         let events = [
             Event {
-                role: Some(role.as_str().into()),
-                direction: Some(Direction::Inbound),
-                caller_number: Some("+1***4567".into()),
-                started_at: Some(started.clone()),
-                status: Some(CallStatus::Active),
                 twilio_status: Some("ringing".into()),
-                ..Event::new(EventKind::Created, &sid, &started, ttl)
+                ..Event::created(&sid, role, Direction::Inbound, "+1***4567", started_ms, ttl)
             },
             Event {
                 status: Some(CallStatus::Active),

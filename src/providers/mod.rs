@@ -4,6 +4,7 @@
 //! apart from the sockets so they are tested without any.
 
 pub mod anthropic;
+pub mod cancel;
 pub mod elevenlabs_stt;
 pub mod elevenlabs_tts;
 pub mod mcp;

@@ -139,11 +139,6 @@ pub fn is_timeout(err: &tungstenite::Error) -> bool {
     matches!(err, tungstenite::Error::Io(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut))
 }
 
-/// The former name of [`is_timeout`], kept for the call thread (being rewritten elsewhere).
-pub fn is_tick(err: &tungstenite::Error) -> bool {
-    is_timeout(err)
-}
-
 /// Ends a socket's reads and writes from another thread: a read blocked on it returns at once
 /// with an error (`shutdown(2)`), so a thread never outlives its call by a read timeout.
 #[derive(Debug)]

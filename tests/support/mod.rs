@@ -370,6 +370,16 @@ pub fn run_interop(mode: &str, input: &serde_json::Value) -> serde_json::Value {
 /// Runs `scripts/<script> <args>` with the interop Python, `input` as JSON on stdin; returns
 /// the JSON it prints (within 60 s).
 pub fn run_python(script: &str, args: &[&str], input: &serde_json::Value) -> serde_json::Value {
+    run_python_within(script, args, input, Duration::from_secs(60))
+}
+
+/// [`run_python`] with a longer bound for a script that runs for a while.
+pub fn run_python_within(
+    script: &str,
+    args: &[&str],
+    input: &serde_json::Value,
+    within: Duration,
+) -> serde_json::Value {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("scripts")
         .join(script);
@@ -395,8 +405,8 @@ pub fn run_python(script: &str, args: &[&str], input: &serde_json::Value) -> ser
         })
         .unwrap();
     let output = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("python interop finished within 60 s")
+        .recv_timeout(within)
+        .expect("python finished in time")
         .expect("python ran");
     assert!(
         output.status.success(),

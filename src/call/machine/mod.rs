@@ -70,6 +70,7 @@ pub enum Input {
         out: TtsOut,
     },
     /// The caller's audio was loud (speech or noise) at this moment, as the reader last saw.
+    /// The call thread gives it before the input it woke for; it decides nothing by itself.
     Voice(Instant),
     /// The time of [`Machine::next_deadline`] came.
     Deadline,
@@ -273,6 +274,12 @@ impl<'a> Machine<'a> {
         if self.end().is_some() {
             return Vec::new();
         }
+        if let Input::Voice(at) = input {
+            // Knowledge, not an event: no timer is looked at before the input that comes with
+            // it (a partial, a deadline) is.
+            self.last_voice = Some(self.last_voice.map_or(at, |last| last.max(at)));
+            return Vec::new();
+        }
         match input {
             Input::Twilio(inbound) => self.on_twilio(now, inbound),
             Input::Ping(payload) => self.actions.push(Action::Pong(payload)),
@@ -280,16 +287,14 @@ impl<'a> Machine<'a> {
             Input::Stt(out) => self.on_stt(now, out),
             Input::Llm { turn, out } => self.on_llm(now, turn, out),
             Input::Tts { turn, seq, out } => self.on_tts(now, turn, seq, out),
-            Input::Voice(at) => {
-                self.last_voice = Some(self.last_voice.map_or(at, |last| last.max(at)));
-            }
+            Input::Voice(_) => {}
             Input::Deadline => {}
             Input::Shutdown => self.finish(End::ServerShutdown),
             Input::WriteFailed => {
                 self.write_failed_at.get_or_insert(now);
             }
             Input::SpeechDropped { turn, seq } => {
-                log::error!(callSid = self.call_sid(), turn = turn, seq = seq; "tts.queue_full: speech dropped");
+                // The call thread logged why.
                 self.playback.forget(turn, seq);
                 self.maybe_finish_turn(now);
             }

@@ -67,12 +67,7 @@ impl Machine<'_> {
 
     pub(super) fn on_llm(&mut self, now: Instant, turn: u64, out: LlmOut) {
         if let LlmOut::Done { usage, .. } = &out {
-            self.usage.add_claude(
-                usage.input_tokens,
-                usage.output_tokens,
-                usage.cache_creation_input_tokens,
-                usage.cache_read_input_tokens,
-            );
+            self.usage += usage;
         }
         if let LlmOut::ToolFinished {
             name,

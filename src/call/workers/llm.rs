@@ -1,6 +1,5 @@
 //! The model worker: one reply per job, streamed, with its rounds of tool calls.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -73,7 +72,7 @@ pub fn llm(
         let mut error = None;
         let mut round = 0;
         loop {
-            if job.cancel.load(Ordering::SeqCst) {
+            if job.cancel.is_cancelled() {
                 break;
             }
             let tools = setup.tools.current();
@@ -94,7 +93,7 @@ pub fn llm(
                 if let StreamItem::Text(text) = item {
                     if send(LlmOut::Delta(text.clone())).is_err() {
                         gone = true;
-                        job.cancel.store(true, Ordering::SeqCst);
+                        job.cancel.cancel();
                     }
                 }
             });
@@ -149,7 +148,7 @@ pub fn llm(
             for (id, name, input) in uses {
                 let started = Instant::now();
                 let outcome = match &clients.mcp {
-                    Some(mcp) if !job.cancel.load(Ordering::SeqCst) => mcp.call_tool(&name, &input),
+                    Some(mcp) if !job.cancel.is_cancelled() => mcp.call_tool(&name, &input),
                     Some(_) => crate::providers::mcp::ToolOutcome {
                         text: "cancelled: the caller spoke".into(),
                         is_error: true,

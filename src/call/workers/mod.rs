@@ -17,7 +17,6 @@ mod llm;
 mod stt;
 mod tts;
 
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 pub use self::llm::{llm, CallLlm, LlmSetup};
@@ -27,6 +26,7 @@ pub use super::audio_feed::{audio_feed, AudioFeed, AudioInbox};
 use crate::providers::anthropic::client::LlmError;
 use crate::providers::anthropic::stream::Usage;
 use crate::providers::anthropic::Turn;
+use crate::providers::cancel::Cancel;
 use crate::providers::elevenlabs_stt::SttError;
 use crate::providers::elevenlabs_tts::TtsError;
 
@@ -113,12 +113,12 @@ pub struct TtsJob {
     pub turn: u64,
     pub seq: u32,
     pub speech: Speech,
-    pub cancel: Arc<AtomicBool>,
+    pub cancel: Arc<Cancel>,
 }
 
 /// One response to produce.
 pub struct LlmJob {
     pub turn: u64,
     pub history: Vec<Turn>,
-    pub cancel: Arc<AtomicBool>,
+    pub cancel: Arc<Cancel>,
 }

@@ -27,6 +27,10 @@ pub fn stt(
 ) {
     let mut failures = 0u32;
     loop {
+        if !audio.is_open() {
+            // The call is over: no new session for nobody.
+            return;
+        }
         let opened = Instant::now();
         let mut stream =
             match SttStream::open_retrying(settings, 3, Duration::from_millis(250), |pause| {

@@ -1,6 +1,5 @@
 //! The text-to-speech worker: one piece of speech at a time, one provider stream per piece.
 
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,15 +24,19 @@ enum PieceError {
 /// Ends the text-to-speech worker's provider read in flight from another thread: the call
 /// calls [`TtsShutdown::shutdown`] at its end (after setting the turn's cancel flag and
 /// dropping its job sender), so a worker reading a piece does not outlive the call by the
-/// piece's deadline. From then on the worker opens no stream it would wait on.
+/// piece's deadline; from then on the worker opens no stream it would wait on. On a new turn
+/// (barge-in) the call calls [`TtsShutdown::cut_turns_before`]: a piece of an older turn whose
+/// provider is slow or stalled does not hold the new turn's speech behind it.
 #[derive(Clone, Debug, Default)]
 pub struct TtsShutdown(Arc<Mutex<ShutdownState>>);
 
 #[derive(Debug, Default)]
 struct ShutdownState {
     ended: bool,
-    /// The socket of the piece being read.
-    reading: Option<ws::Interrupt>,
+    /// The socket of the piece being read, and the piece's turn.
+    reading: Option<(u64, ws::Interrupt)>,
+    /// Pieces of turns below this one are cancelled.
+    current_turn: u64,
 }
 
 impl TtsShutdown {
@@ -45,8 +48,19 @@ impl TtsShutdown {
     pub fn shutdown(&self) {
         let mut state = self.0.lock().unwrap_or_else(|p| p.into_inner());
         state.ended = true;
-        if let Some(socket) = state.reading.take() {
+        if let Some((_, socket)) = state.reading.take() {
             socket.interrupt();
+        }
+    }
+
+    /// The call moved on to `turn`: a piece of an earlier turn being read is cut off now.
+    pub fn cut_turns_before(&self, turn: u64) {
+        let mut state = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        state.current_turn = state.current_turn.max(turn);
+        if state.reading.as_ref().is_some_and(|(t, _)| *t < turn) {
+            if let Some((_, socket)) = state.reading.take() {
+                socket.interrupt();
+            }
         }
     }
 
@@ -54,14 +68,15 @@ impl TtsShutdown {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).ended
     }
 
-    /// Registers the stream about to be read; false when the call has already ended.
-    fn reading(&self, stream: &TtsStream) -> bool {
+    /// Registers the stream about to be read for a piece of `turn`; false when the call has
+    /// already ended or moved past that turn.
+    fn reading(&self, stream: &TtsStream, turn: u64) -> bool {
         let mut state = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if state.ended {
+        if state.ended || turn < state.current_turn {
             return false;
         }
         // Without a handle the read still ends by the piece's deadline.
-        state.reading = stream.interrupt_handle().ok();
+        state.reading = stream.interrupt_handle().ok().map(|socket| (turn, socket));
         true
     }
 
@@ -101,7 +116,7 @@ pub fn tts(
         if shutdown.is_shut_down() {
             break;
         }
-        if job.cancel.load(Ordering::SeqCst) {
+        if job.cancel.is_cancelled() {
             continue;
         }
         let send = |out_: TtsOut| {
@@ -123,7 +138,7 @@ pub fn tts(
             Speech::Clip(audio) => {
                 // 400 ms per message: the call cuts it into 20 ms frames.
                 for chunk in audio.chunks(3200) {
-                    if job.cancel.load(Ordering::SeqCst) {
+                    if job.cancel.is_cancelled() {
                         break;
                     }
                     if send(TtsOut::Audio(chunk.to_vec())).is_err() {
@@ -201,13 +216,13 @@ fn speak_piece(
         stream.abandon();
         return Err(PieceError::Failed(err));
     }
-    if !shutdown.reading(&stream) {
+    if !shutdown.reading(&stream, job.turn) {
         stream.abandon();
         return Err(PieceError::Cancelled);
     }
     let read = read_piece(&mut stream, job, out, deadline, sent_audio);
     shutdown.done_reading();
-    let ended = job.cancel.load(Ordering::SeqCst) || shutdown.is_shut_down();
+    let ended = job.cancel.is_cancelled() || shutdown.is_shut_down();
     match read {
         Ok(()) => Ok(()),
         // A read interrupted by the end of the call is a cancellation, not a failure.
@@ -232,7 +247,7 @@ fn read_piece(
     sent_audio: &mut bool,
 ) -> Result<(), PieceError> {
     loop {
-        if job.cancel.load(Ordering::SeqCst) {
+        if job.cancel.is_cancelled() {
             return Err(PieceError::Cancelled);
         }
         if Instant::now() >= deadline {

@@ -10,8 +10,8 @@
 //! - **Cancellation** (barge-in): the flag is checked between events and between retries; the
 //!   connection is dropped, which closes it.
 
+use crate::providers::cancel::Cancel;
 use std::io::{BufReader, Read};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -142,7 +142,7 @@ impl AnthropicClient {
     pub fn stream(
         &self,
         body: &Value,
-        cancel: &AtomicBool,
+        cancel: &Cancel,
         mut on_item: impl FnMut(&StreamItem),
     ) -> Result<Outcome, LlmError> {
         let body = serde_json::to_vec(body).map_err(|e| LlmError::Malformed(e.to_string()))?;
@@ -168,7 +168,7 @@ impl AnthropicClient {
                 error:% = error;
                 "anthropic.retry"
             );
-            if !sleep_unless_cancelled(wait, cancel) {
+            if !cancel.sleep(wait) {
                 return Ok(Outcome {
                     usage: Usage::default(),
                     stop_reason: None,
@@ -183,7 +183,7 @@ impl AnthropicClient {
     fn attempt(
         &self,
         body: &[u8],
-        cancel: &AtomicBool,
+        cancel: &Cancel,
         started: Instant,
         on_item: &mut impl FnMut(&StreamItem),
     ) -> Result<Outcome, Failure> {
@@ -239,7 +239,7 @@ impl AnthropicClient {
         let mut assembler = Assembler::new();
         let mut spoke = false;
         loop {
-            if cancel.load(Ordering::SeqCst) {
+            if cancel.is_cancelled() {
                 return Ok(finish(&assembler, true));
             }
             if !spoke && started.elapsed() > self.first_token_timeout {
@@ -340,18 +340,6 @@ fn retry_after(headers: &ureq::http::HeaderMap) -> Option<Duration> {
     };
     // Checked before converting: `inf`, NaN or 1e20 from a header must not panic.
     (secs.is_finite() && secs <= 60.0).then(|| Duration::from_secs_f64(secs.max(0.0)))
-}
-
-/// Sleeps for `wait` in short steps; false if `cancel` was set meanwhile.
-fn sleep_unless_cancelled(wait: Duration, cancel: &AtomicBool) -> bool {
-    let deadline = Instant::now() + wait;
-    while Instant::now() < deadline {
-        if cancel.load(Ordering::SeqCst) {
-            return false;
-        }
-        std::thread::sleep((deadline - Instant::now()).min(Duration::from_millis(20)));
-    }
-    !cancel.load(Ordering::SeqCst)
 }
 
 #[cfg(test)]
