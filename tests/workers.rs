@@ -193,9 +193,17 @@ fn the_tts_worker_sleeps_with_a_spare_stream_and_ends_when_its_jobs_close() {
     assert_eq!(sim.closed_by_client(), 1);
 }
 
-#[test]
-fn the_shutdown_handle_cuts_a_piece_being_read() {
-    // The first audio would take 10 s: the worker is blocked reading when the call ends.
+/// A TTS worker blocked reading a piece of turn 1 whose first audio would take 10 s.
+struct Stalled {
+    _sim: TtsSim,
+    jobs_tx: crossbeam_channel::Sender<TtsJob>,
+    events: crossbeam_channel::Receiver<Event>,
+    shutdown: TtsShutdown,
+    worker: std::thread::JoinHandle<()>,
+    cancel: Arc<Cancel>,
+}
+
+fn stalled_piece(thread: &str, text: &str) -> Stalled {
     let sim = TtsSim::start(TtsSimOptions {
         first_byte: Duration::from_secs(10),
         ..TtsSimOptions::default()
@@ -207,18 +215,38 @@ fn the_shutdown_handle_cuts_a_piece_being_read() {
     let shutdown = TtsShutdown::new();
     let handle = shutdown.clone();
     let worker = std::thread::Builder::new()
-        .name("w-tts-cut".into())
+        .name(thread.into())
         .spawn(move || workers::tts(&settings, VOICE, &jobs, &events_tx, &handle))
         .unwrap();
     let cancel = Arc::new(Cancel::new());
     jobs_tx
-        .send(job(Speech::Text("Hello, how can I help?".into()), &cancel))
+        .send(job(Speech::Text(text.into()), &cancel))
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     while sim.sessions().first().is_none_or(|(_, m)| m.len() < 3) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
     std::thread::sleep(Duration::from_millis(50));
+    Stalled {
+        _sim: sim,
+        jobs_tx,
+        events,
+        shutdown,
+        worker,
+        cancel,
+    }
+}
+
+#[test]
+fn the_shutdown_handle_cuts_a_piece_being_read() {
+    let Stalled {
+        _sim,
+        jobs_tx,
+        events,
+        shutdown,
+        worker,
+        cancel,
+    } = stalled_piece("w-tts-cut", "Hello, how can I help?");
 
     // What the call does at its end: cancel the turn, drop the jobs, shut the worker down.
     let cut = Instant::now();
@@ -248,33 +276,14 @@ fn the_shutdown_handle_cuts_a_piece_being_read() {
 
 #[test]
 fn a_new_turn_cuts_a_stalled_piece_of_the_old_one_and_its_speech_goes_next() {
-    // The first audio of every piece would take 10 s: the worker is stuck reading turn 1's.
-    let sim = TtsSim::start(TtsSimOptions {
-        first_byte: Duration::from_secs(10),
-        ..TtsSimOptions::default()
-    })
-    .unwrap();
-    let settings = tts_settings(&sim);
-    let (jobs_tx, jobs) = bounded::<TtsJob>(8);
-    let (events_tx, events) = bounded::<Event>(64);
-    let shutdown = TtsShutdown::new();
-    let handle = shutdown.clone();
-    let worker = std::thread::Builder::new()
-        .name("w-tts-turn".into())
-        .spawn(move || workers::tts(&settings, VOICE, &jobs, &events_tx, &handle))
-        .unwrap();
-    let old_turn = Arc::new(Cancel::new());
-    jobs_tx
-        .send(job(
-            Speech::Text("Let me explain the whole process.".into()),
-            &old_turn,
-        ))
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while sim.sessions().first().is_none_or(|(_, m)| m.len() < 3) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    std::thread::sleep(Duration::from_millis(50));
+    let Stalled {
+        _sim,
+        jobs_tx,
+        events,
+        shutdown,
+        worker,
+        cancel: old_turn,
+    } = stalled_piece("w-tts-turn", "Let me explain the whole process.");
 
     // Barge-in, as the call does it: the old turn's flag, the cut, then the new turn's piece.
     let cut = Instant::now();
