@@ -7,7 +7,8 @@ treat a server that does not answer pings (RFC 6455 requires it to). The caller 
 then `stop`. It prints JSON: whether the stream stayed open, the last ping's round trip, and
 the close code if the connection was closed on it.
 
-Usage: keepalive_caller.py URL PING_INTERVAL PING_TIMEOUT SECONDS
+Usage: keepalive_caller.py URL PING_INTERVAL PING_TIMEOUT SECONDS < {"parameters": {...}}
+(the stream's parameters from the call's TwiML, passed back in `start` as Twilio does).
 """
 
 import base64
@@ -25,6 +26,7 @@ SILENCE = base64.b64encode(b"\xff" * 160).decode()
 
 def main():
     url, interval, timeout, seconds = sys.argv[1], *map(float, sys.argv[2:5])
+    parameters = json.load(sys.stdin).get("parameters", {})
     result = {"open": False, "latency": 0.0, "received": 0, "close": None}
     try:
         with connect(url, ping_interval=interval, ping_timeout=timeout,
@@ -36,7 +38,7 @@ def main():
                           "callSid": CALL_SID, "tracks": ["inbound"],
                           "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000,
                                           "channels": 1},
-                          "customParameters": {"role": "parent"}}}))
+                          "customParameters": parameters}}))
             started = time.monotonic()
             frame = 0
             while time.monotonic() - started < seconds:

@@ -11,6 +11,7 @@ use crate::metrics::Metrics;
 use crate::outbound::idempotency::{FileIdempotencyStore, IdempotencyStore};
 use crate::rate_limit::{InMemoryRateLimiter, RateLimiter};
 use crate::records::RecordStore;
+use crate::twilio::stream_token::StreamTokens;
 
 pub struct App {
     pub config: Config,
@@ -24,6 +25,8 @@ pub struct App {
     /// Outbound `Idempotency-Key` answers, kept next to the records (`None` if the file could
     /// not be opened: keyed requests then get 503, never a second dial).
     pub idempotency: Option<Box<dyn IdempotencyStore>>,
+    /// The per-call tokens the TwiML hands out and the media stream must bring back.
+    pub stream_tokens: StreamTokens,
     /// `POST /call/outbound` requests being handled (they may hold at most half the workers).
     pub outbound_in_flight: std::sync::atomic::AtomicUsize,
 }
@@ -39,6 +42,7 @@ impl App {
             voice: Setup::from_config(&config),
             metrics: Metrics::default(),
             idempotency,
+            stream_tokens: StreamTokens::random(),
             outbound_in_flight: std::sync::atomic::AtomicUsize::new(0),
             config,
         }

@@ -54,9 +54,13 @@ impl Rig {
         }
     }
 
+    /// A caller who dialled in as Twilio does: the webhook's TwiML, then the stream with its
+    /// parameters (the per-call token among them).
     pub fn caller(&self) -> SimCaller {
-        SimCaller::connect(
+        SimCaller::dial(
+            self.server.addr,
             self.server.media_addr,
+            "parent",
             CallerOptions {
                 playback_speed: 25,
                 ..CallerOptions::default()
@@ -696,7 +700,7 @@ fn a_caller_whose_library_pings_stays_connected() {
     let result = crate::support::run_python(
         "keepalive_caller.py",
         &[&url, "0.2", "0.5", "4"],
-        &json!({}),
+        &json!({ "parameters": keepalive_parameters(&rig) }),
     );
     assert_eq!(result["close"], serde_json::Value::Null, "{result}");
     assert_eq!(result["open"], true, "{result}");
@@ -724,7 +728,7 @@ fn a_caller_pinging_every_20_s_stays_connected_for_3_minutes() {
     let result = crate::support::run_python_within(
         "keepalive_caller.py",
         &[&url, "20", "20", "180"],
-        &json!({}),
+        &json!({ "parameters": keepalive_parameters(&rig) }),
         Duration::from_secs(240),
     );
     assert_eq!(result["close"], serde_json::Value::Null, "{result}");
@@ -733,6 +737,20 @@ fn a_caller_pinging_every_20_s_stays_connected_for_3_minutes() {
         result["latency"].as_f64().is_some_and(|l| l > 0.0),
         "{result}"
     );
+}
+
+/// The stream parameters of the keep-alive caller's call (`CA1…1`), from its TwiML.
+fn keepalive_parameters(rig: &Rig) -> serde_json::Value {
+    let sid = format!("CA{}", "1".repeat(32));
+    let parameters =
+        cotrackpro_voice::sim::caller::stream_parameters(rig.server.addr, "parent", &sid)
+            .expect("the TwiML");
+    serde_json::Value::Object(
+        parameters
+            .into_iter()
+            .map(|(k, v)| (k, serde_json::Value::String(v)))
+            .collect(),
+    )
 }
 
 #[test]
@@ -798,24 +816,115 @@ fn the_stream_handshake_is_checked() {
     assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
     let answer = raw("GET /call/stream HTTP/1.1\r\nHost: x\r\n\r\n");
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    // A signature is checked when one comes: a wrong one is refused.
+    let answer = raw(&format!(
+        "GET /call/stream HTTP/1.1\r\nHost: x\r\nX-Twilio-Signature: bm9wZQ==\r\n{upgrade}\r\n"
+    ));
+    assert!(
+        answer.starts_with("HTTP/1.1 403"),
+        "bad signature: {answer}"
+    );
+    // Its absence is not a refusal (Twilio may not sign the upgrade): the token decides.
     let answer = raw(&format!(
         "GET /call/stream HTTP/1.1\r\nHost: x\r\n{upgrade}\r\n"
     ));
-    assert!(answer.starts_with("HTTP/1.1 403"), "no signature: {answer}");
+    assert!(answer.starts_with("HTTP/1.1 101"), "no signature: {answer}");
 
     let url = format!("wss://{}/call/stream", crate::support::DOMAIN);
     let signature =
         cotrackpro_voice::twilio::signature::compute(crate::support::AUTH_TOKEN, &url, &[]);
+    let options = CallerOptions {
+        signature: Some(signature),
+        playback_speed: 25,
+        ..CallerOptions::default()
+    };
+    let token = rig
+        .server
+        .app()
+        .stream_tokens
+        .mint(&options.call_sid, now_secs());
     let caller = SimCaller::connect(
         rig.server.media_addr,
         CallerOptions {
-            signature: Some(signature),
-            playback_speed: 25,
-            ..CallerOptions::default()
+            parameters: vec![("role".into(), "parent".into()), ("token".into(), token)],
+            ..options
         },
     )
     .expect("a signed stream is accepted");
     assert!(caller.wait_for_echoes(1, WAIT));
+}
+
+fn now_secs() -> i64 {
+    cotrackpro_voice::timestamp::now_ms() / 1000
+}
+
+/// The stream is admitted by the token its TwiML carried, for its own call, once; anything
+/// else is closed (1008) before a provider is contacted.
+#[test]
+fn a_stream_is_admitted_only_with_its_own_unused_token() {
+    let rig = Rig::start(&[]);
+    let refused = |parameters: Vec<(String, String)>, call_sid: &str| {
+        let caller = SimCaller::connect(
+            rig.server.media_addr,
+            CallerOptions {
+                call_sid: call_sid.to_string(),
+                parameters,
+                playback_speed: 25,
+                ..CallerOptions::default()
+            },
+        )
+        .expect("the stream opens");
+        assert!(caller.wait_closed(WAIT));
+        assert_eq!(
+            caller.log().last().map(|(_, h)| h.clone()),
+            Some(Heard::Closed(Some(1008))),
+            "{:?}",
+            shape(&caller.log())
+        );
+        let deadline = Instant::now() + WAIT;
+        while rig.server.app().calls.active() > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(rig.server.app().calls.active(), 0);
+    };
+    let sid = format!("CA{}", "0".repeat(32));
+    let other = format!("CA{}", "1".repeat(32));
+    // No token at all.
+    refused(vec![("role".into(), "parent".into())], &sid);
+    // A token of another call.
+    let theirs = rig.server.app().stream_tokens.mint(&other, now_secs());
+    refused(vec![("token".into(), theirs)], &sid);
+    // None of it reached a provider.
+    assert_eq!(rig.sims.elevenlabs.stt().sessions(), 0);
+    assert!(rig.sims.elevenlabs.tts().sessions().is_empty());
+    assert!(rig.sims.anthropic.requests().is_empty());
+
+    // The call's own token opens it, once.
+    let parameters =
+        cotrackpro_voice::sim::caller::stream_parameters(rig.server.addr, "parent", &sid)
+            .expect("the TwiML");
+    assert!(
+        parameters.iter().any(|(k, _)| k == "token"),
+        "{parameters:?}"
+    );
+    let caller = SimCaller::connect(
+        rig.server.media_addr,
+        CallerOptions {
+            call_sid: sid.clone(),
+            parameters: parameters.clone(),
+            playback_speed: 25,
+            ..CallerOptions::default()
+        },
+    )
+    .expect("the stream opens");
+    assert!(
+        caller.wait_for_echoes(1, WAIT),
+        "{:?}",
+        shape(&caller.log())
+    );
+    caller.hang_up();
+    // Replayed: refused.
+    refused(parameters, &sid);
 }
 
 #[test]
@@ -868,7 +977,7 @@ fn the_service_logs_the_cost_summary_and_drains_live_calls_on_sigterm() {
     env.push(("AUDIO_DIR", "./no-such-audio-dir".into()));
     let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let records = TempDir::new("sigterm");
-    let (server, _http, listening) = serve_binary(&records, &pairs);
+    let (server, http, listening) = serve_binary(&records, &pairs);
     let media: std::net::SocketAddr = listening["media"]
         .as_str()
         .and_then(|a| a.parse().ok())
@@ -878,7 +987,7 @@ fn the_service_logs_the_cost_summary_and_drains_live_calls_on_sigterm() {
         ..CallerOptions::default()
     };
 
-    let caller = SimCaller::connect(media, options()).expect("caller connects");
+    let caller = SimCaller::dial(http, media, "parent", options()).expect("caller connects");
     assert!(caller.wait_for_echoes(1, WAIT));
     say_and_hear(&caller, "Can you help me", 2);
     let call_sid = caller.call_sid().to_string();
@@ -909,7 +1018,7 @@ fn the_service_logs_the_cost_summary_and_drains_live_calls_on_sigterm() {
     );
 
     // A call is live when systemd stops the service: it gets the drain, then ends.
-    let live = SimCaller::connect(media, options()).expect("caller connects");
+    let live = SimCaller::dial(http, media, "parent", options()).expect("caller connects");
     assert!(live.wait_for_echoes(1, WAIT));
     let status = std::process::Command::new("kill")
         .args(["-TERM", &server.child.id().to_string()])

@@ -28,10 +28,30 @@ fn the_answer_to_an_incoming_call_is_twilios_connect_stream() {
         .send();
     assert_eq!(res.status, 200);
     let stream_url = format!("wss://{DOMAIN}/call/stream");
+    // The per-call token that admits the stream, good for this call.
+    let token = res
+        .body
+        .split(r#"<Parameter name="token" value=""#)
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a stream token");
+    let now_secs = cotrackpro_voice::timestamp::now_ms() / 1000;
+    assert_eq!(
+        server.app().stream_tokens.admit(
+            Some(token),
+            "CA0123456789abcdef0123456789abcdef",
+            now_secs
+        ),
+        Ok(())
+    );
     let tree = compare(
         &res.body,
         &stream_url,
-        &[("role", "therapist"), ("direction", "inbound")],
+        &[
+            ("role", "therapist"),
+            ("direction", "inbound"),
+            ("token", token),
+        ],
     );
     assert_eq!(tree["tag"], "Response");
     let stream = &tree["children"][0]["children"][0];

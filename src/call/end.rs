@@ -5,6 +5,7 @@
 use std::fmt;
 
 use crate::records::event::CallStatus;
+use crate::twilio::stream_token::TokenError;
 
 /// Why a call ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -23,6 +24,8 @@ pub enum End {
     TwilioInvalid(u32),
     /// The stream never sent its `start` message.
     NoStart,
+    /// The `start` message did not carry a valid, unused token for its call.
+    Unauthorized(TokenError),
     /// The stream's audio is not 8 kHz mono μ-law.
     UnsupportedMedia,
     /// Speech-to-text could not be had before the call started.
@@ -56,6 +59,7 @@ impl End {
             | End::TwilioWriteFailed
             | End::TwilioInvalid(_)
             | End::NoStart
+            | End::Unauthorized(_)
             | End::UnsupportedMedia
             | End::SpeechToTextUnavailable
             | End::SpeechToTextLost
@@ -86,6 +90,7 @@ impl fmt::Display for End {
             End::TwilioWriteFailed => f.write_str("twilio connection lost while sending"),
             End::TwilioInvalid(count) => write!(f, "{count} invalid messages from twilio"),
             End::NoStart => f.write_str("twilio sent no start message"),
+            End::Unauthorized(why) => write!(f, "stream refused: {why}"),
             End::UnsupportedMedia => f.write_str("unsupported media format"),
             End::SpeechToTextUnavailable => f.write_str("speech-to-text unavailable"),
             End::SpeechToTextLost => f.write_str("speech-to-text lost"),

@@ -49,7 +49,7 @@ use tungstenite::{Message, WebSocket};
 use self::end::End;
 use self::machine::{Action, AskError, Machine, Rules, Stream, Summary};
 use self::socket::{TwilioSocket, CALL_STACK};
-use self::workers::{CallLlm, LlmJob, Speech, SttLost, SttOut, TtsJob, TtsShutdown};
+use self::workers::{AudioInbox, CallLlm, LlmJob, Speech, SttLost, SttOut, TtsJob, TtsShutdown};
 use crate::calls::CallSlot;
 use crate::config::Config;
 use crate::cost;
@@ -59,6 +59,8 @@ use crate::providers::cancel::Cancel;
 use crate::records::event::{CallStatus, Event as RecordEvent, EventKind, Transcript};
 use crate::records::{ttl_from, RecordStore};
 use crate::timestamp;
+use crate::twilio::media_messages::Inbound;
+use crate::twilio::stream_token::{self, StreamTokens};
 
 /// What the call's threads send the call thread: the machine's inputs.
 pub use self::machine::Input as Event;
@@ -78,6 +80,8 @@ pub struct Context<'a> {
     pub records: &'a RecordStore,
     pub metrics: &'a Metrics,
     pub providers: &'a Setup,
+    /// Admits streams by their per-call token.
+    pub stream_tokens: &'a StreamTokens,
 }
 
 impl Context<'_> {
@@ -119,6 +123,10 @@ struct Call<'a> {
     threads: Threads,
     /// Ends the TTS worker's provider read in flight when the call ends.
     tts_shutdown: TtsShutdown,
+    /// The caller's audio, for speech-to-text once the stream is admitted.
+    stt_inbox: Option<AudioInbox>,
+    /// Audio bytes forwarded to speech-to-text (what is billed).
+    stt_bytes: Arc<AtomicU64>,
     /// Inputs that carrying out actions produced (a failed write, a full queue).
     feedback: Vec<Event>,
 }
@@ -152,16 +160,10 @@ pub fn run(ctx: &Context<'_>, socket: TwilioSocket, slot: CallSlot, n: u64) {
         });
     }
     let stt_bytes = Arc::new(AtomicU64::new(0));
+    // Speech-to-text starts when the stream is admitted (no provider is contacted before).
+    let mut stt_inbox = None;
     match (&ctx.providers.stt, audio_inbox) {
-        (Some(settings), Some(inbox)) => {
-            let settings = settings.clone();
-            let reconnects = ctx.config.calls.tuning.stt_reconnects;
-            let events = events_tx.clone();
-            let counter = stt_bytes.clone();
-            threads.spawn(format!("call-{n}-stt"), PROVIDER_STACK, move || {
-                workers::stt(&settings, reconnects, inbox, &events, &counter)
-            });
-        }
+        (Some(_), Some(inbox)) => stt_inbox = Some(inbox),
         (Some(_), None) => {
             let _ = events_tx.send(Event::Stt(SttOut::Lost(SttLost::NoResources(
                 "no wake-up descriptor for the caller's audio".into(),
@@ -190,6 +192,8 @@ pub fn run(ctx: &Context<'_>, socket: TwilioSocket, slot: CallSlot, n: u64) {
         tts_tx: None,
         threads,
         tts_shutdown: TtsShutdown::new(),
+        stt_inbox,
+        stt_bytes: stt_bytes.clone(),
         feedback: Vec::new(),
     };
     // A bug must not leave a call half-alive (threads streaming, record active): a panic in
@@ -215,10 +219,16 @@ pub fn run(ctx: &Context<'_>, socket: TwilioSocket, slot: CallSlot, n: u64) {
         .usage
         .add_stt_secs(stt_bytes.load(Ordering::Relaxed) as f64 / 8000.0);
     complete(ctx, &mut summary);
-    if summary.started && summary.end.may_close_socket() && !call.write_failed {
+    let close = match &summary.end {
+        // Told why (policy), so a misconfigured deployment is not a mystery.
+        End::Unauthorized(_) => Some((CloseCode::Policy, "stream not admitted")),
+        end if summary.started && end.may_close_socket() => Some((CloseCode::Normal, "call ended")),
+        _ => None,
+    };
+    if let Some((code, reason)) = close.filter(|_| !call.write_failed) {
         let _ = call.writer.close(Some(CloseFrame {
-            code: CloseCode::Normal,
-            reason: "call ended".into(),
+            code,
+            reason: reason.into(),
         }));
         let _ = call.writer.flush();
     }
@@ -326,11 +336,41 @@ impl Call<'_> {
                 let at = self.started + Duration::from_millis(voiced - 1);
                 self.step(now, Event::Voice(at));
             }
+            let input = self.admit(input);
             self.step(now, input);
             while !self.feedback.is_empty() {
                 for input in std::mem::take(&mut self.feedback) {
                     self.step(Instant::now(), input);
                 }
+            }
+        }
+    }
+
+    /// A `start` is admitted only with a valid, unused token for its own CallSid; otherwise the
+    /// stream ends here, before any provider is contacted.
+    fn admit(&self, input: Event) -> Event {
+        let Event::Twilio(Inbound::Start(start)) = &input else {
+            return input;
+        };
+        if self.machine.stream().is_some() {
+            // A repeated `start`: the machine ignores it.
+            return input;
+        }
+        let token = start.parameter(stream_token::PARAMETER);
+        let now_secs = timestamp::now_ms() / 1000;
+        match self
+            .ctx
+            .stream_tokens
+            .admit(token, &start.call_sid, now_secs)
+        {
+            Ok(()) => input,
+            Err(why) => {
+                log::warn!(
+                    callSid = start.call_sid.as_str(),
+                    reason:% = why;
+                    "call.refused: stream not admitted"
+                );
+                Event::TwilioGone(End::Unauthorized(why))
             }
         }
     }
@@ -434,6 +474,7 @@ impl Call<'_> {
             .calls_started
             .fetch_add(1, Ordering::Relaxed);
         self.ensure_record(stream);
+        self.start_stt();
         self.start_workers(stream);
     }
 
@@ -460,6 +501,20 @@ impl Call<'_> {
         if let Err(err) = records.append(&event) {
             log::error!(callSid = stream.call_sid.as_str(), error:% = err; "records.createCallRecord.failed");
         }
+    }
+
+    fn start_stt(&mut self) {
+        let (Some(settings), Some(inbox)) = (self.ctx.providers.stt.clone(), self.stt_inbox.take())
+        else {
+            return;
+        };
+        let reconnects = self.ctx.config.calls.tuning.stt_reconnects;
+        let events = self.events_tx.clone();
+        let counter = self.stt_bytes.clone();
+        self.threads
+            .spawn(format!("call-{}-stt", self.n), PROVIDER_STACK, move || {
+                workers::stt(&settings, reconnects, inbox, &events, &counter)
+            });
     }
 
     fn start_workers(&mut self, stream: &Stream) {

@@ -74,6 +74,7 @@ fn measure(
         options.calls, options.turns
     );
     let media = server.media_addr();
+    let http = server.http_addr();
     let mut peak_rss = baseline_rss;
     let mut peak_calls = 0;
     let mut wakeups = WakeupWindow::default();
@@ -86,7 +87,7 @@ fn measure(
                 std::thread::Builder::new()
                     .name(format!("bench-caller-{i}"))
                     .stack_size(256 * 1024)
-                    .spawn_scoped(scope, move || one_caller(media, options.turns))
+                    .spawn_scoped(scope, move || one_caller(http, media, options.turns))
                     .map_err(|err| {
                         spawn_failures.push(CallerRun {
                             waits_ms: Vec::new(),
@@ -182,13 +183,15 @@ fn measure(
     }
 }
 
-fn one_caller(media: std::net::SocketAddr, turns: usize) -> CallerRun {
+fn one_caller(http: std::net::SocketAddr, media: std::net::SocketAddr, turns: usize) -> CallerRun {
     let mut run = CallerRun {
         waits_ms: Vec::new(),
         failed: None,
     };
-    let caller = match SimCaller::connect(
+    let caller = match SimCaller::dial(
+        http,
         media,
+        "parent",
         CallerOptions {
             playback_speed: 4,
             ..CallerOptions::default()

@@ -109,10 +109,11 @@ fn converse(
             sims.elevenlabs.stt().push_utterances([words.to_string()]);
         }
     }
-    let caller = SimCaller::connect(
+    let caller = SimCaller::dial(
+        server.http_addr(),
         server.media_addr(),
+        options.role.as_str(),
         CallerOptions {
-            parameters: vec![("role".into(), options.role.as_str().into())],
             playback_speed: options.speed,
             ..CallerOptions::default()
         },

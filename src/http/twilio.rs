@@ -9,7 +9,7 @@ use crate::personas::Role;
 use crate::records::event::{CallStatus, Direction, Event, EventKind};
 use crate::records::ttl_from;
 use crate::twilio::call_status::TWILIO_STATUSES;
-use crate::twilio::{signature, stream_url, twiml};
+use crate::twilio::{signature, stream_token, stream_url, twiml};
 use crate::{phone, timestamp};
 
 /// `POST /call/incoming`: TwiML connecting the call to `wss://{WS_DOMAIN}/call/stream`. The
@@ -77,6 +77,15 @@ pub fn incoming(app: &App, req: &Incoming) -> Reply {
 
     let stream_url = stream_url(&config.domains.ws);
     let mut stream_params = vec![("role", role.as_str()), ("direction", direction.as_str())];
+    // The stream must bring this back in `start` for this CallSid (see twilio::stream_token);
+    // a request without a CallSid is not a call, and its stream will be refused.
+    let token = param("CallSid").and_then(CallSid::parse).map(|sid| {
+        app.stream_tokens
+            .mint(sid.as_str(), timestamp::now_ms() / 1000)
+    });
+    if let Some(token) = &token {
+        stream_params.push((stream_token::PARAMETER, token));
+    }
     if let Some(voice) = number_override.and_then(|o| o.voice_id.as_deref()) {
         stream_params.push(("voiceId", voice));
     }

@@ -4,7 +4,7 @@
 //! these; see the design notes in `ARCHITECTURE.md`).
 //!
 //! Each connection gets one named thread (`call-N`) that does the WebSocket handshake itself
-//! (only `GET /call/stream`, Twilio's signature checked when validation is on), takes a place
+//! (only `GET /call/stream`, Twilio's signature checked when validation is on and one is sent), takes a place
 //! under `MAX_CONCURRENT_CALLS` — over it the stream is closed with 1013 "try again later", as
 //! the original did — and then runs the call ([`crate::call`]).
 //!
@@ -185,6 +185,7 @@ fn serve_connection(
         records: &app.records,
         metrics: &app.metrics,
         providers: &app.voice,
+        stream_tokens: &app.stream_tokens,
     };
     crate::call::run(&context, socket, slot, n);
 }
@@ -306,19 +307,19 @@ fn handshake(
         return Ok(None);
     }
     let config = &app.config;
-    if config.twilio.validate_signature {
+    // A signature on the upgrade is checked when one comes; its absence is not a refusal.
+    // Twilio's own sources disagree on whether the upgrade is signed, and the signature covers
+    // only the fixed URL (the same for every call, replayable). What admits a stream is the
+    // per-call token in its `start` message (`twilio::stream_token`), checked by the call.
+    let signature = head.header("X-Twilio-Signature");
+    if config.twilio.validate_signature && signature.is_some() {
         // Twilio signs the upgrade over the stream URL exactly as our TwiML gave it, with no
         // parameters. A missing token with validation on is refused by `check-config`.
         let url = crate::twilio::stream_url(&config.domains.ws);
         let token = config.twilio.auth_token.as_ref().map(|t| t.expose());
         let verdict = match token {
-            Some(token) => crate::twilio::signature::verify(
-                token,
-                head.header("X-Twilio-Signature"),
-                &[url],
-                &[],
-            )
-            .map_err(|e| e.to_string()),
+            Some(token) => crate::twilio::signature::verify(token, signature, &[url], &[])
+                .map_err(|e| e.to_string()),
             None => Err("TWILIO_AUTH_TOKEN is not set".to_string()),
         };
         if let Err(why) = verdict {

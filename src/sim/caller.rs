@@ -53,6 +53,46 @@ impl Default for CallerOptions {
     }
 }
 
+/// The `<Parameter>`s of the stream our server answers `POST /call/incoming?role=ROLE` with,
+/// for `call_sid` (Twilio's webhook, unsigned).
+pub fn stream_parameters(
+    http: SocketAddr,
+    role: &str,
+    call_sid: &str,
+) -> io::Result<Vec<(String, String)>> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(5)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let body = crate::twilio::rest::encode_form(&[
+        ("CallSid", call_sid.to_string()),
+        ("AccountSid", super::SIM_TWILIO_ACCOUNT_SID.to_string()),
+        ("From", "+15555550100".to_string()),
+        ("To", "+15555550199".to_string()),
+        ("Direction", "inbound".to_string()),
+        ("CallStatus", "ringing".to_string()),
+    ]);
+    let mut response = agent
+        .post(&format!("http://{http}/call/incoming?role={role}"))
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .send(body)
+        .map_err(io::Error::other)?;
+    let status = response.status().as_u16();
+    let twiml = response
+        .body_mut()
+        .read_to_string()
+        .map_err(io::Error::other)?;
+    if status != 200 {
+        return Err(io::Error::other(format!(
+            "/call/incoming answered {status}: {twiml}"
+        )));
+    }
+    super::twilio::stream_of(&twiml)
+        .map(|(_, parameters)| parameters)
+        .ok_or_else(|| io::Error::other("the TwiML has no <Connect><Stream>"))
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -98,6 +138,25 @@ fn lock(shared: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
 }
 
 impl SimCaller {
+    /// Calls the server as Twilio does: `POST /call/incoming?role=ROLE` on `http` (unsigned:
+    /// for servers that do not check webhook signatures), then the stream on `media` with the
+    /// TwiML's `<Parameter>`s passed back in `start` (the per-call token among them).
+    pub fn dial(
+        http: SocketAddr,
+        media: SocketAddr,
+        role: &str,
+        options: CallerOptions,
+    ) -> io::Result<SimCaller> {
+        let parameters = stream_parameters(http, role, &options.call_sid)?;
+        SimCaller::connect(
+            media,
+            CallerOptions {
+                parameters,
+                ..options
+            },
+        )
+    }
+
     /// Connects to the media server at `addr` and starts the stream.
     pub fn connect(addr: SocketAddr, options: CallerOptions) -> io::Result<SimCaller> {
         let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;

@@ -282,7 +282,7 @@ fn attribute(tag: &str, name: &str) -> Option<String> {
 }
 
 /// The stream URL and its parameters in `<Connect><Stream>` TwiML.
-fn stream_of(twiml: &str) -> Option<(String, Vec<(String, String)>)> {
+pub(crate) fn stream_of(twiml: &str) -> Option<(String, Vec<(String, String)>)> {
     let stream_tag = &twiml[twiml.find("<Stream")?..];
     let url = attribute(&stream_tag[..stream_tag.find('>')?], "url")?;
     let parameters = twiml

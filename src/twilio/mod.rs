@@ -1,12 +1,14 @@
 //! Twilio's wire formats, pure where they can be: request signatures (`signature.rs`), the
 //! TwiML we answer with (`twiml.rs`), the Media Streams messages (`media_messages.rs`), the
-//! call statuses Twilio reports (`call_status.rs`) and the REST client (`rest.rs`). Depends on
-//! leaves only (`config`'s values), never on `http` or `app`.
+//! call statuses Twilio reports (`call_status.rs`), the REST client (`rest.rs`) and the
+//! per-call stream token (`stream_token.rs`). Depends on leaves only (`config`'s values,
+//! `ids`), never on `http` or `app`.
 
 pub mod call_status;
 pub mod media_messages;
 pub mod rest;
 pub mod signature;
+pub mod stream_token;
 pub mod twiml;
 
 use crate::config::Domain;
