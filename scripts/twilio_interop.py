@@ -10,6 +10,16 @@ Reads one JSON document on stdin and prints one JSON document on stdout.
               With "signature", "valid" says whether Twilio's validator accepts that signature
               for "validate_url" (default: "url") and the params.
 
+  shared_key  input:  {"cases": [{"secret", "settings", "url", "params": [[name, value], ...],
+                                  "signature"?: str}]}
+              output: {"results": [{"algorithm": <get_signature_algorithm(settings)>,
+                                    "signature": <compute_signature(url, params, algorithm)>
+                                                 or null when the algorithm is refused,
+                                    "valid": <validate(url, params, signature, algorithm)>
+                                             or null}]}
+              Webhook Rules SharedKey signatures: "settings" is the
+              X-Twilio-Webhooks-Signature-Settings header, "secret" the SharedKey's secret.
+
   twiml       input:  {"ours": "<xml…>", "stream_url": str, "params": [[name, value], ...]}
               output: {"ours": tree, "twilio": tree} where tree is {tag, attrs, children}
               and "twilio" is what twilio.twiml.voice_response builds for the same stream.
@@ -21,7 +31,7 @@ import json
 import sys
 import xml.etree.ElementTree as ET
 
-from twilio.request_validator import RequestValidator
+from twilio.request_validator import RequestValidator, get_signature_algorithm
 from twilio.twiml.voice_response import Connect, VoiceResponse
 
 
@@ -53,6 +63,23 @@ def signatures(doc):
     return {"results": results}
 
 
+def shared_key(doc):
+    results = []
+    for case in doc["cases"]:
+        validator = RequestValidator(case["secret"])
+        params = MultiParams([tuple(p) for p in case["params"]])
+        algorithm = get_signature_algorithm(case["settings"])
+        try:
+            signature = validator.compute_signature(case["url"], params, algorithm)
+        except ValueError:
+            signature = None
+        valid = None
+        if "signature" in case:
+            valid = validator.validate(case["url"], params, case["signature"], algorithm)
+        results.append({"algorithm": algorithm, "signature": signature, "valid": valid})
+    return {"results": results}
+
+
 def tree(element):
     return {
         "tag": element.tag,
@@ -76,7 +103,7 @@ def twiml(doc):
 def main():
     mode = sys.argv[1]
     doc = json.load(sys.stdin)
-    handlers = {"signatures": signatures, "twiml": twiml}
+    handlers = {"signatures": signatures, "shared_key": shared_key, "twiml": twiml}
     json.dump(handlers[mode](doc), sys.stdout)
 
 

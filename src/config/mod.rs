@@ -36,7 +36,7 @@ pub use outbound::{CountryAllowList, OutboundConfig};
 pub use prices::{Prices, DEFAULT_PRICES};
 pub use records::RecordsConfig;
 pub use server::{AppEnv, Domains, HttpLimits, LogConfig, LogFormat};
-pub use twilio::{is_sid, TwilioConfig};
+pub use twilio::{is_sid, TwilioConfig, WEBHOOK_SHARED_KEY};
 pub use values::{BaseUrl, Domain, RateLimits, Secret};
 
 use read::{Reader, Report};

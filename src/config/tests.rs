@@ -240,6 +240,35 @@ fn signature_checking_needs_the_auth_token() {
 }
 
 #[test]
+fn the_webhook_shared_key_is_an_optional_redacted_secret() {
+    let config = ok(&[
+        ("VALIDATE_TWILIO_SIGNATURE", "true"),
+        ("TWILIO_AUTH_TOKEN", "t0k3n"),
+        ("TWILIO_WEBHOOK_SHARED_KEY", " sh4red-s3cret "),
+    ]);
+    let key = config
+        .twilio
+        .webhook_shared_key
+        .as_ref()
+        .map(|k| k.expose());
+    assert_eq!(key, Some("sh4red-s3cret"));
+    assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+    let listing = format!("{:?} {:?}", config.effective(), config);
+    assert!(!listing.contains("sh4red-s3cret"));
+    assert!(config
+        .effective()
+        .iter()
+        .any(|(k, v)| *k == "TWILIO_WEBHOOK_SHARED_KEY" && v == "[set, redacted]"));
+    assert!(ok(&[]).twilio.webhook_shared_key.is_none());
+    // Set while nothing is checked: said, not silently ignored.
+    let unchecked = ok(&[("TWILIO_WEBHOOK_SHARED_KEY", "sh4red-s3cret")]);
+    assert!(unchecked
+        .warnings
+        .iter()
+        .any(|w| w.contains("TWILIO_WEBHOOK_SHARED_KEY") && w.contains("off")));
+}
+
+#[test]
 fn twilio_identifiers_are_checked() {
     fails(
         &[("TWILIO_ACCOUNT_SID", "AC123")],

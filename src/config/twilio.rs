@@ -1,5 +1,6 @@
 //! The Twilio section: the account, the auth token that signs webhooks, our number, the REST
-//! base URL, and whether signatures are checked (always, in production).
+//! base URL, whether signatures are checked (always, in production), and the Webhook Rules
+//! SharedKey that signs webhooks carrying `X-Twilio-Webhooks-Signature-Settings`.
 
 use crate::phone;
 
@@ -15,6 +16,8 @@ const API_BASE: Url = Url {
     schemes: HTTP_SCHEMES,
 };
 const VALIDATE_SIGNATURE: &str = "VALIDATE_TWILIO_SIGNATURE";
+/// The Webhook Rules SharedKey's secret (named in the signature gate's log reasons).
+pub const WEBHOOK_SHARED_KEY: &str = "TWILIO_WEBHOOK_SHARED_KEY";
 
 #[derive(Clone, Debug)]
 pub struct TwilioConfig {
@@ -23,6 +26,9 @@ pub struct TwilioConfig {
     pub phone_number: Option<String>,
     pub api_base: BaseUrl,
     pub validate_signature: bool,
+    /// The secret of the Webhook Rules SharedKey; without it, a webhook that says it is signed
+    /// with one is refused.
+    pub webhook_shared_key: Option<Secret>,
 }
 
 impl TwilioConfig {
@@ -49,12 +55,18 @@ impl TwilioConfig {
             }),
             api_base: r.url(&API_BASE),
             validate_signature: validate_flag || production,
+            webhook_shared_key: r.secret(WEBHOOK_SHARED_KEY),
         };
         if twilio.validate_signature && twilio.auth_token.is_none() {
             r.error(
                 AUTH_TOKEN,
                 format!("is required to check Twilio signatures ({VALIDATE_SIGNATURE} is on)"),
             );
+        }
+        if !twilio.validate_signature && twilio.webhook_shared_key.is_some() {
+            r.warn(format!(
+                "{WEBHOOK_SHARED_KEY} is set but {VALIDATE_SIGNATURE} is off: no signature is checked"
+            ));
         }
         twilio
     }
@@ -65,6 +77,7 @@ impl TwilioConfig {
         out.optional(PHONE_NUMBER, self.phone_number.as_deref());
         out.value(API_BASE.name, &self.api_base);
         out.value(VALIDATE_SIGNATURE, self.validate_signature);
+        out.secret(WEBHOOK_SHARED_KEY, &self.webhook_shared_key);
     }
 
     /// The variables production needs that are not set.

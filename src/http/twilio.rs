@@ -166,18 +166,21 @@ fn signed_params(config: &Config, req: &Incoming) -> Result<Vec<(String, String)
         log::error!("signature validation is on but TWILIO_AUTH_TOKEN is missing");
         return Err(Reply::error(500, "Server misconfigured"));
     };
-    let result =
-        match signature::declared_algorithm(req.header("X-Twilio-Webhooks-Signature-Settings")) {
-            Some(alg) if !alg.eq_ignore_ascii_case("HMAC_SHA1") => {
-                Err(signature::SignatureError::UnsupportedAlgorithm(alg))
-            }
-            _ => signature::verify(
-                token.expose(),
-                req.header("X-Twilio-Signature"),
-                &signed_url_candidates(config, req),
-                &params,
-            ),
-        };
+    let keys = signature::WebhookKeys {
+        auth_token: token.expose(),
+        shared_key: config
+            .twilio
+            .webhook_shared_key
+            .as_ref()
+            .map(|k| k.expose()),
+    };
+    let result = signature::verify_webhook(
+        keys,
+        req.header(signature::SETTINGS_HEADER),
+        req.header(signature::SIGNATURE_HEADER),
+        &signed_url_candidates(config, req),
+        &params,
+    );
     result.map(|()| params).map_err(|err| {
         log::warn!(
             path = req.path.as_str(),

@@ -1,60 +1,168 @@
 //! Twilio request signatures (`X-Twilio-Signature`), pure computation and verification.
 //!
-//! Twilio signs `url + concat(sorted(name + value))` of the POST parameters with HMAC-SHA1
-//! keyed by the account's auth token, base64-encoded. Like Twilio's own libraries we accept the
-//! signature over the URL with its port removed or with the default port added (`:443` for
-//! https, `:80` otherwise), because Twilio's side is inconsistent about explicit ports.
+//! Twilio signs `url + concat(sorted(name + value))` of the POST parameters with an HMAC,
+//! base64-encoded, in `X-Twilio-Signature`. By default the HMAC is SHA-1 keyed by the account's
+//! auth token. A webhook signed under a Webhook Rule carries
+//! `X-Twilio-Webhooks-Signature-Settings: key=<sharedKeyId>,algorithm=<HMAC_SHA1|HMAC_SHA256>`
+//! and is keyed by that SharedKey's secret instead; the signed string is the same. Like Twilio's
+//! own libraries we accept the signature over the URL with its port removed or with the default
+//! port added (`:443` for https, `:80` otherwise), because Twilio's side is inconsistent about
+//! explicit ports. The facts and their official source: `PROTOCOLS.twilio-signatures.md`.
 
 use base64::Engine as _;
 use hmac::{Hmac, KeyInit, Mac};
 use sha1::Sha1;
+use sha2::Sha256;
 
-type HmacSha1 = Hmac<Sha1>;
+/// The header that carries the signature, in both modes.
+pub const SIGNATURE_HEADER: &str = "X-Twilio-Signature";
+/// The header a webhook signed with a Webhook Rules SharedKey carries.
+pub const SETTINGS_HEADER: &str = "X-Twilio-Webhooks-Signature-Settings";
+
+/// An HMAC Twilio signs with, by the name the settings header gives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    HmacSha1,
+    HmacSha256,
+}
+
+impl Algorithm {
+    /// `HMAC_SHA1` or `HMAC_SHA256`, in any case (the official library upper-cases the name).
+    pub fn from_name(name: &str) -> Option<Algorithm> {
+        if name.eq_ignore_ascii_case("HMAC_SHA1") {
+            Some(Algorithm::HmacSha1)
+        } else if name.eq_ignore_ascii_case("HMAC_SHA256") {
+            Some(Algorithm::HmacSha256)
+        } else {
+            None
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::HmacSha1 => "HMAC_SHA1",
+            Algorithm::HmacSha256 => "HMAC_SHA256",
+        }
+    }
+
+    /// The length of its MAC in bytes.
+    fn output_len(self) -> usize {
+        match self {
+            Algorithm::HmacSha1 => 20,
+            Algorithm::HmacSha256 => 32,
+        }
+    }
+}
+
+/// What a non-blank `X-Twilio-Webhooks-Signature-Settings` header says: the SharedKey's id
+/// (informative: we hold one key) and the algorithm named, `HMAC_SHA1` when none is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedKeySettings {
+    pub key_id: Option<String>,
+    pub algorithm: String,
+}
+
+/// Parses the settings header as the official library does: comma-separated `name=value`
+/// parts, the first `algorithm` with a non-empty value wins, `HMAC_SHA1` without one. A
+/// missing or blank header means the auth-token signature (`None`).
+pub fn shared_key_settings(header: Option<&str>) -> Option<SharedKeySettings> {
+    let header = header.filter(|h| !h.trim().is_empty())?;
+    let field = |wanted: &str| {
+        header.split(',').find_map(|part| {
+            let (name, value) = part.split_once('=')?;
+            (name.trim() == wanted && !value.trim().is_empty()).then(|| value.trim().to_string())
+        })
+    };
+    Some(SharedKeySettings {
+        key_id: field("key"),
+        algorithm: field("algorithm").unwrap_or_else(|| Algorithm::HmacSha1.name().to_string()),
+    })
+}
+
+/// The configuration variable holding the auth token (named in log reasons, never its value).
+const AUTH_TOKEN_VAR: &str = "TWILIO_AUTH_TOKEN";
+/// The configuration variable holding the Webhook Rules SharedKey secret.
+pub use crate::config::WEBHOOK_SHARED_KEY as SHARED_KEY_VAR;
 
 /// Why a request's signature was refused. `Display` is for the operator's log line and never
-/// contains the auth token or the signature.
+/// contains a secret or the signature.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SignatureError {
     /// No `X-Twilio-Signature` header.
     Missing,
-    /// The header is not base64 of a 20-byte HMAC-SHA1.
-    Malformed,
-    /// Signed with a Twilio SharedKey algorithm we do not verify (named in
-    /// `X-Twilio-Webhooks-Signature-Settings`).
+    /// The header is not base64 of a MAC of the algorithm's length.
+    Malformed(Algorithm),
+    /// The settings header names an algorithm we do not know (as the official library, we
+    /// refuse rather than guess).
     UnsupportedAlgorithm(String),
-    /// Well-formed, but it matches none of the URLs we tried.
-    Mismatch { tried: Vec<String> },
+    /// Signed with a SharedKey, and none is configured.
+    MissingSharedKey(SharedKeySettings),
+    /// Well-formed, but it matches none of the URLs we tried with the key named.
+    Mismatch {
+        key: &'static str,
+        algorithm: Algorithm,
+        tried: Vec<String>,
+    },
 }
 
 impl std::fmt::Display for SignatureError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            SignatureError::Missing => f.write_str("missing X-Twilio-Signature header"),
-            SignatureError::Malformed => {
-                f.write_str("X-Twilio-Signature is not a base64 HMAC-SHA1")
-            }
+            SignatureError::Missing => write!(f, "missing {SIGNATURE_HEADER} header"),
+            SignatureError::Malformed(alg) => write!(
+                f,
+                "{SIGNATURE_HEADER} is not a base64 {}",
+                alg.name()
+            ),
             SignatureError::UnsupportedAlgorithm(alg) => write!(
                 f,
-                "request is signed with {alg} (a Twilio SharedKey); only auth-token HMAC-SHA1 is verified"
+                "{SETTINGS_HEADER} names algorithm {alg:?}; only HMAC_SHA1 and HMAC_SHA256 are verified"
             ),
-            SignatureError::Mismatch { tried } => write!(
+            SignatureError::MissingSharedKey(settings) => write!(
                 f,
-                "signature does not match the auth token for {} (wrong TWILIO_AUTH_TOKEN, or Twilio called another URL than the domain configured here)",
+                "request is signed with a Twilio Webhook Rules SharedKey ({SETTINGS_HEADER}: key {}, {}) but {SHARED_KEY_VAR} is not set; set it to that SharedKey's secret",
+                settings.key_id.as_deref().unwrap_or("not named"),
+                settings.algorithm
+            ),
+            SignatureError::Mismatch { key, algorithm, tried } => write!(
+                f,
+                "{} signature does not match {key} for {} (wrong {key}, or Twilio called another URL than the domain configured here)",
+                algorithm.name(),
                 tried.join(" or ")
             ),
         }
     }
 }
 
-/// The base64 signature Twilio would send for `url` and the POST `params`.
+/// The base64 signature Twilio would send for `url` and the POST `params` with the auth token.
 pub fn compute(auth_token: &str, url: &str, params: &[(String, String)]) -> String {
-    base64::engine::general_purpose::STANDARD
-        .encode(mac(auth_token, url, params).finalize().into_bytes())
+    compute_with(Algorithm::HmacSha1, auth_token, url, params)
 }
 
-fn mac(auth_token: &str, url: &str, params: &[(String, String)]) -> HmacSha1 {
-    let mut mac =
-        HmacSha1::new_from_slice(auth_token.as_bytes()).expect("HMAC accepts keys of any length");
+/// The base64 signature Twilio would send for `url` and `params`, keyed by `key` (the auth token
+/// or a SharedKey secret, as UTF-8 bytes) with `algorithm`.
+pub fn compute_with(
+    algorithm: Algorithm,
+    key: &str,
+    url: &str,
+    params: &[(String, String)],
+) -> String {
+    let bytes = match algorithm {
+        Algorithm::HmacSha1 => {
+            signed::<Hmac<Sha1>>(key, url, params).map(|m| m.finalize().into_bytes().to_vec())
+        }
+        Algorithm::HmacSha256 => {
+            signed::<Hmac<Sha256>>(key, url, params).map(|m| m.finalize().into_bytes().to_vec())
+        }
+    };
+    // HMAC takes keys of any length (a long one is hashed), so `signed` never fails.
+    base64::engine::general_purpose::STANDARD.encode(bytes.unwrap_or_default())
+}
+
+/// The MAC over `url` and the sorted parameters; `None` only if the HMAC refused the key, which
+/// HMAC never does.
+fn signed<M: Mac + KeyInit>(key: &str, url: &str, params: &[(String, String)]) -> Option<M> {
+    let mut mac = <M as KeyInit>::new_from_slice(key.as_bytes()).ok()?;
     mac.update(url.as_bytes());
     // Sorted by name, then by value, duplicates once: what Twilio's libraries do.
     let mut sorted: Vec<(&str, &str)> = params
@@ -67,13 +175,46 @@ fn mac(auth_token: &str, url: &str, params: &[(String, String)]) -> HmacSha1 {
         mac.update(name.as_bytes());
         mac.update(value.as_bytes());
     }
-    mac
+    Some(mac)
 }
 
-/// Checks `signature` against each URL in `urls` (each also with and without its port) and
-/// succeeds if one matches. The comparison is constant-time.
+/// Whether `expected` is the MAC of `url` and `params` (constant-time comparison).
+fn matches(
+    algorithm: Algorithm,
+    key: &str,
+    url: &str,
+    params: &[(String, String)],
+    expected: &[u8],
+) -> bool {
+    match algorithm {
+        Algorithm::HmacSha1 => {
+            signed::<Hmac<Sha1>>(key, url, params).is_some_and(|m| m.verify_slice(expected).is_ok())
+        }
+        Algorithm::HmacSha256 => signed::<Hmac<Sha256>>(key, url, params)
+            .is_some_and(|m| m.verify_slice(expected).is_ok()),
+    }
+}
+
+/// Checks an auth-token HMAC-SHA1 `signature` against each URL in `urls` (each also with and
+/// without its port) and succeeds if one matches. The comparison is constant-time.
 pub fn verify(
     auth_token: &str,
+    signature: Option<&str>,
+    urls: &[String],
+    params: &[(String, String)],
+) -> Result<(), SignatureError> {
+    verify_keyed(
+        Algorithm::HmacSha1,
+        (AUTH_TOKEN_VAR, auth_token),
+        signature,
+        urls,
+        params,
+    )
+}
+
+fn verify_keyed(
+    algorithm: Algorithm,
+    (key_name, key): (&'static str, &str),
     signature: Option<&str>,
     urls: &[String],
     params: &[(String, String)],
@@ -81,17 +222,14 @@ pub fn verify(
     let signature = signature.ok_or(SignatureError::Missing)?;
     let expected = base64::engine::general_purpose::STANDARD
         .decode(signature.trim())
-        .map_err(|_| SignatureError::Malformed)?;
-    if expected.len() != 20 {
-        return Err(SignatureError::Malformed);
+        .map_err(|_| SignatureError::Malformed(algorithm))?;
+    if expected.len() != algorithm.output_len() {
+        return Err(SignatureError::Malformed(algorithm));
     }
     let mut tried = Vec::new();
     for url in urls {
         for candidate in port_variants(url) {
-            if mac(auth_token, &candidate, params)
-                .verify_slice(&expected)
-                .is_ok()
-            {
+            if matches(algorithm, key, &candidate, params, &expected) {
                 return Ok(());
             }
             if !tried.contains(&candidate) {
@@ -99,16 +237,46 @@ pub fn verify(
             }
         }
     }
-    Err(SignatureError::Mismatch { tried })
+    Err(SignatureError::Mismatch {
+        key: key_name,
+        algorithm,
+        tried,
+    })
 }
 
-/// The signing algorithm a request declares in `X-Twilio-Webhooks-Signature-Settings`
-/// (`key=…,algorithm=HMAC_SHA256`); no header means the auth-token HMAC-SHA1.
-pub fn declared_algorithm(settings_header: Option<&str>) -> Option<String> {
-    settings_header?.split(',').find_map(|part| {
-        let (name, value) = part.split_once('=')?;
-        (name.trim() == "algorithm" && !value.trim().is_empty()).then(|| value.trim().to_string())
-    })
+/// The secrets a webhook may be signed with.
+#[derive(Clone, Copy)]
+pub struct WebhookKeys<'a> {
+    pub auth_token: &'a str,
+    pub shared_key: Option<&'a str>,
+}
+
+/// Verifies a webhook as Twilio's libraries do: without a (non-blank) settings header, the
+/// auth-token HMAC-SHA1 of [`verify`]; with one, the algorithm it names keyed by the SharedKey.
+/// An unknown algorithm or a missing SharedKey is refused.
+pub fn verify_webhook(
+    keys: WebhookKeys<'_>,
+    settings_header: Option<&str>,
+    signature: Option<&str>,
+    urls: &[String],
+    params: &[(String, String)],
+) -> Result<(), SignatureError> {
+    let Some(settings) = shared_key_settings(settings_header) else {
+        return verify(keys.auth_token, signature, urls, params);
+    };
+    let Some(algorithm) = Algorithm::from_name(&settings.algorithm) else {
+        return Err(SignatureError::UnsupportedAlgorithm(settings.algorithm));
+    };
+    let Some(shared_key) = keys.shared_key else {
+        return Err(SignatureError::MissingSharedKey(settings));
+    };
+    verify_keyed(
+        algorithm,
+        (SHARED_KEY_VAR, shared_key),
+        signature,
+        urls,
+        params,
+    )
 }
 
 /// `url` without its port and with the scheme's default port, as Twilio's libraries try.
@@ -196,7 +364,7 @@ mod tests {
         );
         assert_eq!(
             verify(TOKEN, Some("not base64!"), &urls, &doc_params()),
-            Err(SignatureError::Malformed)
+            Err(SignatureError::Malformed(Algorithm::HmacSha1))
         );
         let err = verify("wrong", Some(&sig), &urls, &doc_params()).unwrap_err();
         assert!(matches!(err, SignatureError::Mismatch { .. }));
@@ -246,12 +414,136 @@ mod tests {
     }
 
     #[test]
-    fn declared_algorithm_is_read_from_the_settings_header() {
-        assert_eq!(declared_algorithm(None), None);
+    fn shared_key_settings_are_read_as_the_official_library_does() {
+        assert_eq!(shared_key_settings(None), None);
+        assert_eq!(shared_key_settings(Some("  ")), None);
         assert_eq!(
-            declared_algorithm(Some("key=webhooks_sharedkey_1, algorithm=HMAC_SHA256")).as_deref(),
-            Some("HMAC_SHA256")
+            shared_key_settings(Some("key=webhooks_sharedkey_1, algorithm=HMAC_SHA256")),
+            Some(SharedKeySettings {
+                key_id: Some("webhooks_sharedkey_1".into()),
+                algorithm: "HMAC_SHA256".into()
+            })
         );
-        assert_eq!(declared_algorithm(Some("key=abc")), None);
+        // No algorithm (or an empty one): HMAC_SHA1, still keyed by the SharedKey.
+        assert_eq!(
+            shared_key_settings(Some("key=abc,algorithm=")).map(|s| s.algorithm),
+            Some("HMAC_SHA1".to_string())
+        );
+        // The first non-empty algorithm wins; the value is everything after the first `=`.
+        assert_eq!(
+            shared_key_settings(Some("algorithm=a=b,algorithm=HMAC_SHA1")).map(|s| s.algorithm),
+            Some("a=b".to_string())
+        );
+        assert_eq!(
+            Algorithm::from_name("hmac_sha256"),
+            Some(Algorithm::HmacSha256)
+        );
+        assert_eq!(Algorithm::from_name("HMAC_SHA512"), None);
+    }
+
+    // Computed with twilio 9.13.0: RequestValidator("12345").compute_signature(URL, params,
+    // "HMAC_SHA256") for Twilio's documented example.
+    const DOC_SHA256: &str = "Rmm4Vzj+Ky7JGoWXMCsZDZuHDszLr9xvdbvitrDr4/M=";
+
+    #[test]
+    fn hmac_sha256_matches_the_official_library_on_the_documented_example() {
+        assert_eq!(
+            compute_with(Algorithm::HmacSha256, TOKEN, URL, &doc_params()),
+            DOC_SHA256
+        );
+        assert_eq!(
+            compute_with(Algorithm::HmacSha1, TOKEN, URL, &doc_params()),
+            compute(TOKEN, URL, &doc_params())
+        );
+    }
+
+    const SHARED: &str = "shared-key-secret";
+    const SHA256_SETTINGS: &str = "key=webhooks_sharedkey_1,algorithm=HMAC_SHA256";
+
+    fn keys(shared_key: Option<&str>) -> WebhookKeys<'_> {
+        WebhookKeys {
+            auth_token: TOKEN,
+            shared_key,
+        }
+    }
+
+    #[test]
+    fn a_settings_header_switches_to_the_shared_key_and_its_algorithm() {
+        let urls = vec![URL.to_string()];
+        let p = doc_params();
+        let sha256 = compute_with(Algorithm::HmacSha256, SHARED, URL, &p);
+        let check = |settings: Option<&str>, sig: &str| {
+            verify_webhook(keys(Some(SHARED)), settings, Some(sig), &urls, &p)
+        };
+        assert_eq!(check(Some(SHA256_SETTINGS), &sha256), Ok(()));
+        // Same secret, SHA-1 named (explicitly or by default).
+        let sha1 = compute_with(Algorithm::HmacSha1, SHARED, URL, &p);
+        assert_eq!(check(Some("key=k,algorithm=HMAC_SHA1"), &sha1), Ok(()));
+        assert_eq!(check(Some("key=k"), &sha1), Ok(()));
+        // The auth token's signature does not pass once the header says SharedKey.
+        let by_token = compute(TOKEN, URL, &p);
+        assert!(matches!(
+            check(Some("key=k,algorithm=HMAC_SHA1"), &by_token),
+            Err(SignatureError::Mismatch {
+                key: SHARED_KEY_VAR,
+                ..
+            })
+        ));
+        // A SHA-1 MAC where SHA-256 is named is malformed (wrong length).
+        assert_eq!(
+            check(Some(SHA256_SETTINGS), &sha1),
+            Err(SignatureError::Malformed(Algorithm::HmacSha256))
+        );
+        // Without the header: the auth-token path, unchanged.
+        assert_eq!(check(None, &by_token), Ok(()));
+        assert!(check(None, &sha1).is_err());
+        let err = check(Some("algorithm=HMAC_SHA512"), &sha256).unwrap_err();
+        assert_eq!(
+            err,
+            SignatureError::UnsupportedAlgorithm("HMAC_SHA512".into())
+        );
+    }
+
+    #[test]
+    fn a_shared_key_signature_without_a_configured_key_is_refused_and_says_why() {
+        let p = doc_params();
+        let sig = compute_with(Algorithm::HmacSha256, SHARED, URL, &p);
+        let err = verify_webhook(
+            keys(None),
+            Some(SHA256_SETTINGS),
+            Some(&sig),
+            &[URL.to_string()],
+            &p,
+        )
+        .unwrap_err();
+        assert!(matches!(err, SignatureError::MissingSharedKey(_)));
+        let text = err.to_string();
+        assert!(
+            text.contains(SHARED_KEY_VAR)
+                && text.contains("webhooks_sharedkey_1")
+                && text.contains("HMAC_SHA256"),
+            "{text}"
+        );
+        assert!(!text.contains(&sig));
+    }
+
+    #[test]
+    fn a_mismatch_names_the_key_but_never_its_value() {
+        let p = doc_params();
+        let sig = compute_with(Algorithm::HmacSha256, "wrong", URL, &p);
+        let err = verify_webhook(
+            keys(Some(SHARED)),
+            Some(SHA256_SETTINGS),
+            Some(&sig),
+            &[URL.to_string()],
+            &p,
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains(SHARED_KEY_VAR) && text.contains("HMAC_SHA256") && text.contains(URL),
+            "{text}"
+        );
+        assert!(!text.contains(SHARED) && !text.contains(&sig));
     }
 }
