@@ -38,5 +38,6 @@ pub mod logging;
 pub mod personas;
 pub mod phone;
 pub mod poll;
+pub mod resolve;
 pub mod speech;
 pub mod timestamp;

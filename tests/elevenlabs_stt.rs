@@ -22,6 +22,7 @@ fn settings(base: &str, key: &str) -> SttSettings {
         language_code: "en".into(),
         vad_silence_secs: 0.5,
         connect_timeout: Duration::from_secs(5),
+        silent_service_limit: Duration::from_secs(20),
     }
 }
 

@@ -79,6 +79,7 @@ fn the_stt_worker_forwards_audio_at_once_sleeps_between_and_ends_with_its_feed()
         language_code: "en".into(),
         vad_silence_secs: 0.5,
         connect_timeout: Duration::from_secs(5),
+        silent_service_limit: Duration::from_secs(20),
     };
     let (feed, inbox) = audio_feed(512).unwrap();
     let (events_tx, events) = bounded::<Event>(256);
@@ -319,4 +320,176 @@ fn a_new_turn_cuts_a_stalled_piece_of_the_old_one_and_its_speech_goes_next() {
     drop(jobs_tx);
     shutdown.shutdown();
     assert!(ended_within(&worker, Duration::from_millis(500)));
+}
+
+fn stt_settings(sim: &SttSim, silent_service_limit: Duration) -> SttSettings {
+    SttSettings {
+        ws_base: BaseUrl::parse(&sim.base_url(), &["ws", "wss"]).unwrap(),
+        api_key: Secret::new(SttSimOptions::default().api_key),
+        model_id: "scribe_v2_realtime".into(),
+        language_code: "en".into(),
+        vad_silence_secs: 0.5,
+        connect_timeout: Duration::from_secs(5),
+        silent_service_limit,
+    }
+}
+
+/// 20 ms frames of `text` spoken, then `silence_ms` of quiet.
+fn speech_frames(text: &str, silence_ms: usize) -> Vec<String> {
+    let mut audio = voice::speak(text, 150.0);
+    audio.extend(std::iter::repeat_n(voice::ULAW_SILENCE, silence_ms * 8));
+    audio
+        .chunks(160)
+        .map(|c| base64::engine::general_purpose::STANDARD.encode(c))
+        .collect()
+}
+
+/// Every speech-to-text event until `quiet` passes without one.
+fn stt_events_until_quiet(events: &Receiver<Event>, quiet: Duration) -> Vec<SttOut> {
+    let mut got = Vec::new();
+    while let Ok(event) = events.recv_timeout(quiet) {
+        if let Event::Stt(out) = event {
+            got.push(out);
+        }
+    }
+    got
+}
+
+#[test]
+fn a_commit_and_its_timestamped_twin_are_one_transcript() {
+    let sim = SttSim::start(SttSimOptions::default()).unwrap();
+    sim.always_timestamps(true);
+    sim.push_utterances(["Hello there".to_string(), "Second thing".to_string()]);
+    let settings = stt_settings(&sim, Duration::from_secs(20));
+    let (feed, inbox) = audio_feed(1024).unwrap();
+    let (events_tx, events) = bounded::<Event>(256);
+    let counter = Arc::new(AtomicU64::new(0));
+    let worker = std::thread::Builder::new()
+        .name("w-stt-twins".into())
+        .spawn(move || workers::stt(&settings, 3, inbox, &events_tx, &counter))
+        .unwrap();
+    for text in ["hello there", "second thing"] {
+        for frame in speech_frames(text, 700) {
+            assert!(feed.send(frame));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let commits: Vec<String> = stt_events_until_quiet(&events, Duration::from_millis(1500))
+        .into_iter()
+        .filter_map(|e| match e {
+            SttOut::Committed(text) => Some(text),
+            SttOut::Lost(why) => panic!("stt lost: {why}"),
+            SttOut::Partial(_) => None,
+        })
+        .collect();
+    assert_eq!(commits, ["Hello there", "Second thing"]);
+    // The simulator did send both kinds for each utterance.
+    assert_eq!(sim.sessions(), 1);
+    drop(feed);
+    assert!(ended_within(&worker, Duration::from_secs(1)));
+}
+
+#[test]
+fn an_stt_service_gone_silent_is_replaced_after_the_watchdogs_limit() {
+    use cotrackpro_voice::sim::elevenlabs_stt::Fault;
+    let sim = SttSim::start(SttSimOptions::default()).unwrap();
+    sim.push_fault(Fault::Silent);
+    sim.push_utterances(["Are you there".to_string()]);
+    let limit = Duration::from_millis(800);
+    let settings = stt_settings(&sim, limit);
+    let (feed, inbox) = audio_feed(1024).unwrap();
+    let (events_tx, events) = bounded::<Event>(256);
+    let counter = Arc::new(AtomicU64::new(0));
+    let worker = std::thread::Builder::new()
+        .name("w-stt-silent".into())
+        .spawn(move || workers::stt(&settings, 1, inbox, &events_tx, &counter))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while sim.sessions() == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // A quiet caller gets no word from the service either: no reconnect for that.
+    let quiet = speech_frames("", 1200);
+    for frame in &quiet {
+        assert!(feed.send(frame.clone()));
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    std::thread::sleep(limit + Duration::from_millis(400));
+    assert_eq!(
+        sim.sessions(),
+        1,
+        "silence from a quiet caller is not a fault"
+    );
+    // The caller speaks; the mute service is replaced once the limit passes.
+    let spoke = Instant::now();
+    for frame in speech_frames("are you there", 0) {
+        assert!(feed.send(frame));
+    }
+    while sim.sessions() < 2 && spoke.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let replaced = spoke.elapsed();
+    assert_eq!(sim.sessions(), 2, "a second session was opened");
+    assert!(
+        replaced >= limit - Duration::from_millis(50) && replaced < limit * 3,
+        "replaced after {replaced:?}"
+    );
+    // The new session hears the caller.
+    for frame in speech_frames("are you there", 700) {
+        assert!(feed.send(frame));
+    }
+    assert_eq!(
+        transcript(&events, Duration::from_secs(5)).as_deref(),
+        Some("Are you there")
+    );
+    drop(feed);
+    assert!(ended_within(&worker, Duration::from_secs(1)));
+}
+
+#[test]
+fn a_piece_that_ends_without_audio_is_retried_once_then_a_failure() {
+    let sim = TtsSim::start(TtsSimOptions::default()).unwrap();
+    sim.mute_next(2);
+    let settings = tts_settings(&sim);
+    let (jobs_tx, jobs) = bounded::<TtsJob>(8);
+    let (events_tx, events) = bounded::<Event>(64);
+    let shutdown = TtsShutdown::new();
+    let worker = std::thread::Builder::new()
+        .name("w-tts-mute".into())
+        .spawn(move || workers::tts(&settings, VOICE, &jobs, &events_tx, &shutdown))
+        .unwrap();
+    let cancel = Arc::new(Cancel::new());
+    for text in ["Nothing comes of this.", "This one is heard."] {
+        jobs_tx
+            .send(job(Speech::Text(text.into()), &cancel))
+            .unwrap();
+    }
+    let mut outs = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while outs
+        .iter()
+        .filter(|o| matches!(o, TtsOut::Done { .. } | TtsOut::Failed(_)))
+        .count()
+        < 2
+    {
+        match events.recv_deadline(deadline) {
+            Ok(Event::Tts { out, .. }) => outs.push(out),
+            Ok(_) => {}
+            Err(_) => panic!("no end of both pieces: {outs:?}"),
+        }
+    }
+    assert!(
+        matches!(
+            &outs[0],
+            TtsOut::Failed(cotrackpro_voice::providers::elevenlabs_tts::TtsError::NoAudio { chars })
+                if *chars > 0
+        ),
+        "{outs:?}"
+    );
+    assert!(matches!(outs[1], TtsOut::Audio(_)), "{outs:?}");
+    assert!(matches!(outs.last(), Some(TtsOut::Done { .. })), "{outs:?}");
+    // One try and one retry for the mute piece, then the next piece's own stream.
+    assert_eq!(sim.sessions().len(), 3);
+    drop(jobs_tx);
+    assert!(ended_within(&worker, Duration::from_secs(1)));
 }

@@ -19,7 +19,7 @@ use crate::twilio::media_messages::{self as twilio_messages, Inbound};
 const MAX_INVALID_IN_A_ROW: u32 = 50;
 const MAX_INVALID: u32 = 500;
 /// Caller audio louder than this (RMS of the decoded samples) counts as speech.
-const VOICE_RMS: f32 = 500.0;
+pub(in crate::call) const VOICE_RMS: f32 = 500.0;
 
 /// The reading half of the Twilio socket: messages to the call, caller audio to
 /// speech-to-text, invalid messages counted (a flood ends the call).

@@ -36,6 +36,7 @@ impl Setup {
             language_code: tuning.stt_language.clone(),
             vad_silence_secs: tuning.vad_silence_secs,
             connect_timeout: el.connect_timeout,
+            silent_service_limit: tuning.stt_silent_service,
         });
         let mcp = config.mcp.url.as_ref().map(|url| {
             (

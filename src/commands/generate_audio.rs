@@ -79,6 +79,7 @@ pub fn run(config: &Config) -> Result<Report, String> {
         .timeout_global(Some(Duration::from_secs(60)))
         .build()
         .into();
+    let agent = crate::resolve::bounded(&agent);
     let wanted = wanted(config);
     let voices: BTreeSet<&String> = wanted.keys().map(|(voice, _)| voice).collect();
     let mut report = Report {

@@ -74,6 +74,12 @@ const STT_MAX_RECONNECTS: Whole = Whole {
     min: 0,
     max: 20,
 };
+const STT_SILENT_SERVICE_SECS: Whole = Whole {
+    name: "STT_SILENT_SERVICE_SECS",
+    default: 20,
+    min: 2,
+    max: 600,
+};
 const SENTENCE_IDLE_FLUSH_MS: Whole = Whole {
     name: "SENTENCE_IDLE_FLUSH_MS",
     default: 500,
@@ -134,6 +140,9 @@ pub struct CallTuning {
     pub stt_language: String,
     /// Speech-to-text reconnects within one call before it is given up as lost.
     pub stt_reconnects: u32,
+    /// The caller speaks and the speech-to-text service says nothing at all (no partial, no
+    /// commit, no error) for this long: the session is replaced, as a reconnect.
+    pub stt_silent_service: Duration,
     /// Buffered text spoken anyway when the model pauses this long mid-sentence.
     pub sentence_idle_flush: Duration,
     /// Pre-rendered phrases (`generate-audio`); missing ones are spoken live.
@@ -214,6 +223,7 @@ impl CallTuning {
                 }
             }),
             stt_reconnects: r.whole(&STT_MAX_RECONNECTS) as u32,
+            stt_silent_service: r.secs(&STT_SILENT_SERVICE_SECS),
             sentence_idle_flush: r.millis(&SENTENCE_IDLE_FLUSH_MS),
             audio_dir: PathBuf::from(r.string(AUDIO_DIR, &default_audio_dir)),
             shutdown_drain: r.secs(&SHUTDOWN_DRAIN_SECS),
@@ -231,6 +241,7 @@ impl CallTuning {
         out.value(STT_VAD_SILENCE_SECS.name, self.vad_silence_secs);
         out.value(STT_LANGUAGE_CODE, &self.stt_language);
         out.value(STT_MAX_RECONNECTS.name, self.stt_reconnects);
+        out.secs(STT_SILENT_SERVICE_SECS.name, self.stt_silent_service);
         out.millis(SENTENCE_IDLE_FLUSH_MS.name, self.sentence_idle_flush);
         out.value(AUDIO_DIR, self.audio_dir.display());
         out.secs(SHUTDOWN_DRAIN_SECS.name, self.shutdown_drain);

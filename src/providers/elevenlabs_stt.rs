@@ -52,6 +52,9 @@ pub struct SttSettings {
     /// Silence that ends an utterance, 0.3–3.0 s.
     pub vad_silence_secs: f64,
     pub connect_timeout: Duration,
+    /// The caller speaks and the service says nothing at all for this long: the session is
+    /// taken for dead and replaced (`STT_SILENT_SERVICE_SECS`).
+    pub silent_service_limit: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +68,8 @@ pub enum SttError {
     /// The socket closed.
     Closed(String),
     Protocol(String),
+    /// The caller spoke and the service sent nothing at all for this long.
+    Unresponsive(Duration),
 }
 
 impl std::fmt::Display for SttError {
@@ -76,6 +81,11 @@ impl std::fmt::Display for SttError {
             }
             SttError::Closed(why) => write!(f, "stt websocket closed: {why}"),
             SttError::Protocol(what) => write!(f, "stt protocol: {what}"),
+            SttError::Unresponsive(after) => write!(
+                f,
+                "stt service said nothing for {:.1} s while the caller spoke",
+                after.as_secs_f64()
+            ),
         }
     }
 }
@@ -117,7 +127,15 @@ pub struct SttStream {
     partials: u64,
     committed: u64,
     unknown_types: BTreeSet<String>,
+    /// The kind of the last commit message (`committed_transcript` or
+    /// `committed_transcript_with_timestamps`) whose twin has not arrived yet.
+    unpaired_commit: Option<&'static str>,
+    /// Messages of any kind received (the liveness watchdog's evidence).
+    messages: u64,
 }
+
+const COMMITTED: &str = "committed_transcript";
+const COMMITTED_WITH_TIMESTAMPS: &str = "committed_transcript_with_timestamps";
 
 impl SttStream {
     pub fn url(settings: &SttSettings) -> String {
@@ -148,6 +166,8 @@ impl SttStream {
             partials: 0,
             committed: 0,
             unknown_types: BTreeSet::new(),
+            unpaired_commit: None,
+            messages: 0,
         })
     }
 
@@ -275,8 +295,15 @@ impl SttStream {
         }
     }
 
+    /// Messages of any kind received so far, whether they carried an event or not (pings,
+    /// unknown types and skipped twins too): what proves the service is alive.
+    pub fn messages_heard(&self) -> u64 {
+        self.messages
+    }
+
     /// The event a message carries, if any.
     fn event_of(&mut self, message: Message) -> Result<Option<SttEvent>, SttError> {
+        self.messages += 1;
         let text = match message {
             Message::Text(text) => text,
             Message::Close(frame) => {
@@ -303,7 +330,22 @@ impl SttStream {
                 self.partials += 1;
                 Ok(Some(SttEvent::Partial(text)))
             }
-            "committed_transcript" | "committed_transcript_with_timestamps" => {
+            COMMITTED | COMMITTED_WITH_TIMESTAMPS => {
+                // With timestamps on, the service sends both for one segment, the timestamped
+                // one after the plain one: one utterance, one commit. The second of a pair (in
+                // either order) is its twin, whatever its text; a commit of the same kind as the
+                // one before starts a new pair (a service sending only one of the two).
+                let (this, twin) = if kind == COMMITTED {
+                    (COMMITTED, COMMITTED_WITH_TIMESTAMPS)
+                } else {
+                    (COMMITTED_WITH_TIMESTAMPS, COMMITTED)
+                };
+                if self.unpaired_commit == Some(twin) {
+                    self.unpaired_commit = None;
+                    log::debug!(messageType = kind; "stt.commit.twin_skipped");
+                    return Ok(None);
+                }
+                self.unpaired_commit = Some(this);
                 let text = words();
                 if text.is_empty() {
                     return Ok(None);

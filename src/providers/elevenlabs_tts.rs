@@ -49,6 +49,10 @@ pub enum TtsError {
     Closed(String),
     /// Text after end of input, or a message we cannot read.
     Protocol(String),
+    /// The stream ended (`isFinal`) without a single byte of audio for text that was sent.
+    NoAudio {
+        chars: u64,
+    },
 }
 
 impl std::fmt::Display for TtsError {
@@ -60,6 +64,9 @@ impl std::fmt::Display for TtsError {
             }
             TtsError::Closed(why) => write!(f, "tts stream closed early: {why}"),
             TtsError::Protocol(what) => write!(f, "tts protocol: {what}"),
+            TtsError::NoAudio { chars } => {
+                write!(f, "tts stream ended with no audio for {chars} characters")
+            }
         }
     }
 }

@@ -81,6 +81,7 @@ impl McpClient {
             .timeout_global(Some(timeout))
             .build()
             .into();
+        let agent = crate::resolve::bounded(&agent);
         McpClient {
             agent,
             url: url.to_string(),

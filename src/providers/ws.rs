@@ -6,14 +6,16 @@
 //! read (text-to-speech). No reader wakes on a tick.
 
 use std::io;
-use std::net::{TcpStream, ToSocketAddrs};
-use std::time::Duration;
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
 
 use tungstenite::client::IntoClientRequest;
 use tungstenite::handshake::HandshakeError;
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::WebSocket;
+
+use crate::resolve::Resolver;
 
 pub type Socket = WebSocket<MaybeTlsStream<TcpStream>>;
 
@@ -42,14 +44,26 @@ impl std::fmt::Display for ConnectError {
 
 impl std::error::Error for ConnectError {}
 
-/// Opens `url` with extra request `headers`. `connect_timeout` bounds the TCP connect and the
-/// handshake, and stays the write timeout; afterwards reads have no timeout (see the module
-/// docs).
+/// Opens `url` with extra request `headers`. `connect_timeout` bounds the name lookup and the
+/// TCP connect together (every address found is tried, each with its share of what is left),
+/// then each read and write of the handshake, and stays the write timeout; afterwards reads
+/// have no timeout (see the module docs).
 pub fn connect(
     url: &str,
     headers: &[(&str, &str)],
     connect_timeout: Duration,
 ) -> Result<Socket, ConnectError> {
+    connect_with(url, headers, connect_timeout, &Resolver::system())
+}
+
+/// [`connect`] with names resolved by `resolver` (tests: one that hangs).
+pub fn connect_with(
+    url: &str,
+    headers: &[(&str, &str)],
+    connect_timeout: Duration,
+    resolver: &Resolver,
+) -> Result<Socket, ConnectError> {
+    let deadline = Instant::now() + connect_timeout;
     let mut request = url
         .into_client_request()
         .map_err(|_| ConnectError::BadUrl(url.to_string()))?;
@@ -76,13 +90,10 @@ pub fn connect(
         } else {
             80
         });
-    let addr = (host.as_str(), port)
-        .to_socket_addrs()
-        .map_err(|e| ConnectError::Failed(format!("resolving {host}: {e}")))?
-        .next()
-        .ok_or_else(|| ConnectError::Failed(format!("{host} has no address")))?;
-    let tcp = TcpStream::connect_timeout(&addr, connect_timeout)
-        .map_err(|e| ConnectError::Failed(format!("connecting to {addr}: {e}")))?;
+    let addrs = resolver
+        .resolve(&host, port, deadline)
+        .map_err(|e| ConnectError::Failed(e.to_string()))?;
+    let tcp = connect_any(&addrs, deadline)?;
     let setup = |tcp: &TcpStream| -> io::Result<()> {
         tcp.set_nodelay(true)?;
         tcp.set_read_timeout(Some(connect_timeout))?;
@@ -122,6 +133,32 @@ pub fn connect(
     Ok(socket)
 }
 
+/// Connects to the first of `addrs` that answers before `deadline`, in order; each address gets
+/// an equal share of the time left for it and those after it, so one that does not answer
+/// leaves time for the next.
+fn connect_any(
+    addrs: &[std::net::SocketAddr],
+    deadline: Instant,
+) -> Result<TcpStream, ConnectError> {
+    let mut failures = Vec::new();
+    for (i, addr) in addrs.iter().enumerate() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            failures.push(format!("{addr}: no time left"));
+            break;
+        }
+        let share = left / (addrs.len() - i) as u32;
+        match TcpStream::connect_timeout(addr, share.max(Duration::from_millis(1))) {
+            Ok(tcp) => return Ok(tcp),
+            Err(err) => failures.push(format!("{addr}: {err}")),
+        }
+    }
+    Err(ConnectError::Failed(format!(
+        "connecting to {}",
+        failures.join("; ")
+    )))
+}
+
 /// The TCP socket under a (possibly TLS) WebSocket.
 pub fn tcp_of(socket: &Socket) -> Option<&TcpStream> {
     match socket.get_ref() {
@@ -153,5 +190,102 @@ impl Interrupt {
 
     pub fn interrupt(&self) {
         let _ = self.0.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{SocketAddr, TcpListener};
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[test]
+    fn a_resolver_that_hangs_is_a_connect_failure_within_the_connect_timeout() {
+        let hanging = Resolver::with_lookup(
+            Arc::new(|_: &str, _: u16| {
+                std::thread::sleep(Duration::from_secs(3));
+                Ok(vec![SocketAddr::from(([127, 0, 0, 1], 9))])
+            }),
+            Duration::from_secs(30),
+        );
+        let started = Instant::now();
+        let result = connect_with(
+            "wss://api.elevenlabs.example/v1/speech-to-text/realtime",
+            &[],
+            Duration::from_millis(300),
+            &hanging,
+        );
+        let took = started.elapsed();
+        match result {
+            Err(ConnectError::Failed(why)) => assert!(why.contains("no answer"), "{why}"),
+            other => panic!("expected a failure, got {:?}", other.map(|_| ())),
+        }
+        assert!(took < Duration::from_secs(1), "ended after {took:?}");
+    }
+
+    #[test]
+    fn every_resolved_address_is_tried_in_order() {
+        // The first address refuses (nothing listens there), the second is a WebSocket server.
+        let closed = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let closed_addr = closed.local_addr().expect("addr");
+        drop(closed);
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let open_addr = listener.local_addr().expect("addr");
+        let server = std::thread::Builder::new()
+            .name("test-ws-accept".into())
+            .spawn(move || {
+                let (stream, _) = listener.accept().expect("accept");
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(5)))
+                    .expect("timeout");
+                let mut socket = tungstenite::accept(stream).expect("handshake");
+                let _ = socket.close(None);
+                let _ = socket.flush();
+            })
+            .expect("thread");
+        let both = vec![closed_addr, open_addr];
+        let resolver = Resolver::with_lookup(
+            Arc::new(move |_: &str, _: u16| Ok(both.clone())),
+            Duration::from_secs(5),
+        );
+        let socket = connect_with(
+            &format!("ws://two-addresses.example:{}/", open_addr.port()),
+            &[],
+            Duration::from_secs(5),
+            &resolver,
+        )
+        .expect("the second address answers");
+        let peer = tcp_of(&socket).and_then(|t| t.peer_addr().ok());
+        assert_eq!(peer, Some(open_addr));
+        drop(socket);
+        server.join().expect("server thread");
+    }
+
+    #[test]
+    fn when_no_address_answers_each_is_named_in_the_error() {
+        let mut addrs = Vec::new();
+        for _ in 0..2 {
+            let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+            addrs.push(l.local_addr().expect("addr"));
+        }
+        let names: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+        let resolver = Resolver::with_lookup(
+            Arc::new(move |_: &str, _: u16| Ok(addrs.clone())),
+            Duration::from_secs(5),
+        );
+        match connect_with(
+            "ws://closed.example/",
+            &[],
+            Duration::from_secs(2),
+            &resolver,
+        ) {
+            Err(ConnectError::Failed(why)) => {
+                for name in &names {
+                    assert!(why.contains(name.as_str()), "{name} in {why}");
+                }
+            }
+            other => panic!("expected a failure, got {:?}", other.map(|_| ())),
+        }
     }
 }

@@ -3,8 +3,11 @@
 //! the utterance being spoken, and after `vad_silence_threshold_secs` of quiet (audio time, not
 //! wall time) it commits the whole utterance. The words come from a script the simulated caller
 //! shares. Like the service, it is configured by the URL only: any client message other than
-//! `input_audio_chunk` — the original's `session_config` — is an `input_error`. Errors and
-//! dropped connections can be injected.
+//! `input_audio_chunk` — the original's `session_config` — is an `input_error`. With
+//! `include_timestamps=true` in the URL (or [`SttSim::always_timestamps`]) every
+//! `committed_transcript` is followed by its `committed_transcript_with_timestamps`, as the
+//! service documents. Errors, dropped connections and a session that goes silent can be
+//! injected.
 
 use std::collections::VecDeque;
 use std::io;
@@ -54,6 +57,9 @@ pub enum Fault {
     Drop { after_chunks: u32 },
     /// Send two messages of a type the client does not know, then carry on normally.
     UnknownType(String),
+    /// Accept the handshake and every audio chunk, and never send a single message (not even
+    /// `session_started`): a service that hangs.
+    Silent,
 }
 
 #[derive(Default)]
@@ -61,6 +67,9 @@ struct State {
     utterances: VecDeque<String>,
     faults: VecDeque<Fault>,
     sessions: u32,
+    /// Send `committed_transcript_with_timestamps` after every commit even when the URL did
+    /// not ask for it.
+    always_timestamps: bool,
     /// Every client message, per session.
     received: Vec<Vec<Value>>,
 }
@@ -100,6 +109,12 @@ impl SttSim {
         self.core.lock().faults.push_back(fault);
     }
 
+    /// Sends the timestamped twin of every commit, asked for or not (a service whose default
+    /// changed, or a client that asks for timestamps).
+    pub fn always_timestamps(&self, on: bool) {
+        self.core.lock().always_timestamps = on;
+    }
+
     pub fn sessions(&self) -> u32 {
         self.core.lock().sessions
     }
@@ -129,12 +144,16 @@ fn refuse(status: u16, message: &str) -> ErrorResponse {
 /// What the URL asked for.
 struct Session {
     silence_secs: f64,
+    timestamps: bool,
 }
 
 fn serve(stream: TcpStream, options: &SttSimOptions, state: &Mutex<State>) -> io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     stream.set_nodelay(true)?;
-    let mut session = Session { silence_secs: 1.5 };
+    let mut session = Session {
+        silence_secs: 1.5,
+        timestamps: false,
+    };
     // The signature is tungstenite's handshake Callback; its error type is not ours to shrink.
     #[allow(clippy::result_large_err)]
     let check = |request: &Request, response: Response| -> Result<Response, ErrorResponse> {
@@ -170,6 +189,7 @@ fn serve(stream: TcpStream, options: &SttSimOptions, state: &Mutex<State>) -> io
                 "this simulator commits by VAD only (commit_strategy=vad)",
             ));
         }
+        session.timestamps = param("include_timestamps").as_deref() == Some("true");
         if let Some(secs) = param("vad_silence_threshold_secs").and_then(|s| s.parse::<f64>().ok())
         {
             if !(0.3..=3.0).contains(&secs) {
@@ -191,8 +211,28 @@ fn serve(stream: TcpStream, options: &SttSimOptions, state: &Mutex<State>) -> io
         let mut state = lock(state);
         state.sessions += 1;
         state.received.push(Vec::new());
+        session.timestamps |= state.always_timestamps;
         (state.received.len() - 1, state.faults.pop_front())
     };
+    if fault == Some(Fault::Silent) {
+        // Read and keep everything, answer nothing, until the client goes away.
+        loop {
+            match socket.read() {
+                Ok(Message::Text(text)) => {
+                    let value = serde_json::from_str(text.as_str()).unwrap_or(Value::Null);
+                    lock(state).received[index].push(value);
+                }
+                Ok(Message::Close(_)) => return Ok(()),
+                Ok(_) => {}
+                Err(tungstenite::Error::Io(e))
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => return Ok(()),
+            }
+        }
+    }
     let send = |socket: &mut tungstenite::WebSocket<TcpStream>, value: Value| {
         socket
             .send(Message::text(value.to_string()))
@@ -312,8 +352,28 @@ fn serve(stream: TcpStream, options: &SttSimOptions, state: &Mutex<State>) -> io
                         &mut socket,
                         json!({"message_type": "committed_transcript", "text": words}),
                     )?;
+                    if session.timestamps {
+                        send(&mut socket, with_timestamps(&words, speech_secs))?;
+                    }
                 }
             }
         }
     }
+}
+
+/// The timestamped twin of a commit: the same text, and each word spread evenly over the
+/// `secs` the utterance took.
+fn with_timestamps(text: &str, secs: f64) -> Value {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let each = secs / words.len().max(1) as f64;
+    let words: Vec<Value> = words
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            json!({"text": w, "start": i as f64 * each, "end": (i + 1) as f64 * each,
+                   "type": "word", "logprob": 0.0})
+        })
+        .collect();
+    json!({"message_type": "committed_transcript_with_timestamps", "text": text,
+           "language_code": "en", "words": words})
 }

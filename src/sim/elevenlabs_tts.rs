@@ -52,6 +52,8 @@ struct State {
     closed_by_client: usize,
     /// Sessions still to fail (an error message in answer to their first text).
     failing: u32,
+    /// Sessions still to answer with no audio at all (`isFinal` alone).
+    mute: u32,
 }
 
 pub struct TtsSim {
@@ -88,6 +90,12 @@ impl TtsSim {
     /// and the socket closed, as the service does when it cannot generate.
     pub fn fail_next(&self, n: u32) {
         self.core.lock().failing += n;
+    }
+
+    /// Makes the next `n` sessions speak nothing: their text is taken and the stream ends with
+    /// `isFinal` and not a byte of audio.
+    pub fn mute_next(&self, n: u32) {
+        self.core.lock().mute += n;
     }
 
     /// Connections the client closed before the end of its input.
@@ -207,14 +215,26 @@ fn serve(stream: TcpStream, options: &TtsSimOptions, state: &Mutex<State>) -> io
     let mut socket = tungstenite::accept_hdr_with_config(stream, check, Some(config))
         .map_err(|e| io::Error::other(e.to_string()))?;
     socket.get_ref().set_read_timeout(Some(TICK))?;
-    let (session, failing) = {
+    let (session, failing, mute) = {
         let mut state = lock(state);
         state.sessions.push((voice_id.clone(), Vec::new()));
         let failing = state.failing > 0;
         state.failing = state.failing.saturating_sub(1);
-        (state.sessions.len() - 1, failing)
+        let mute = !failing && state.mute > 0;
+        if mute {
+            state.mute -= 1;
+        }
+        (state.sessions.len() - 1, failing, mute)
     };
     let pitch = pitch_of(&voice_id);
+    let first_byte = options.first_byte;
+    let speak = |socket: &mut tungstenite::WebSocket<TcpStream>, text: &str| {
+        if mute {
+            Ok(())
+        } else {
+            speak(socket, text, pitch, first_byte)
+        }
+    };
     let mut buffered = String::new();
     let mut opened = false;
     let mut last_text = Instant::now();
@@ -300,7 +320,7 @@ fn serve(stream: TcpStream, options: &TtsSimOptions, state: &Mutex<State>) -> io
         }
         if chunk.is_empty() {
             // End of input: speak the rest, then isFinal and close.
-            if speak(&mut socket, &buffered, pitch, options.first_byte).is_err() {
+            if speak(&mut socket, &buffered).is_err() {
                 lock(state).closed_by_client += 1;
                 return Ok(());
             }
@@ -324,7 +344,7 @@ fn serve(stream: TcpStream, options: &TtsSimOptions, state: &Mutex<State>) -> io
         buffered.push_str(chunk);
         if value["flush"] == json!(true) || buffered.chars().count() >= 50 {
             // A send that fails means the client went away mid-sentence (barge-in).
-            if speak(&mut socket, &buffered, pitch, options.first_byte).is_err() {
+            if speak(&mut socket, &buffered).is_err() {
                 lock(state).closed_by_client += 1;
                 return Ok(());
             }

@@ -350,6 +350,7 @@ fn carry_out(
         .timeout_global(Some(Duration::from_secs(10)))
         .build()
         .into();
+    let agent = crate::resolve::bounded(&agent);
     let events: Vec<String> = form
         .iter()
         .filter(|(k, _)| k == "StatusCallbackEvent")

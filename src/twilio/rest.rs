@@ -108,6 +108,7 @@ impl TwilioRest {
             .timeout_global(Some(Duration::from_secs(15)))
             .build()
             .into();
+        let agent = crate::resolve::bounded(&agent);
         TwilioRest {
             agent,
             base: base_url.trim_end_matches('/').to_string(),

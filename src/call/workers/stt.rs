@@ -6,14 +6,20 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 
 use super::{SttLost, SttOut};
+use base64::Engine as _;
+
 use crate::call::audio_feed::AudioInbox;
+use crate::call::reader::VOICE_RMS;
 use crate::call::Event;
 use crate::poll::{self, Watch};
 use crate::providers::elevenlabs_stt::{SttError, SttEvent, SttSettings, SttStream};
+use crate::speech::ulaw;
 
 /// Speech-to-text for one call: forwards the caller's audio (base64 as Twilio sent it) the
 /// moment it arrives and reports transcripts the moment they arrive; reconnects up to
-/// `reconnects` times. `sent_bytes` counts the audio forwarded (what ElevenLabs bills),
+/// `reconnects` times. A session whose service says nothing at all (no message of any kind)
+/// for `settings.silent_service_limit` after the caller's speech was sent to it is taken for
+/// dead: closed, logged and replaced, counted as a reconnect. `sent_bytes` counts the audio forwarded (what ElevenLabs bills),
 /// readable by the call at any moment.
 ///
 /// Ends when the `audio` feed is dropped (the session is closed first) or `out` is gone; after
@@ -44,7 +50,13 @@ pub fn stt(
                     return;
                 }
             };
-        let ended = stt_session(&mut stream, &audio, out, sent_bytes);
+        let ended = stt_session(
+            &mut stream,
+            &audio,
+            out,
+            sent_bytes,
+            settings.silent_service_limit,
+        );
         stream.close();
         let failure = match ended {
             Ok(()) => return,
@@ -60,21 +72,32 @@ pub fn stt(
             let _ = out.send(Event::Stt(SttOut::Lost(SttLost::Provider(failure))));
             return;
         }
+        if let SttError::Unresponsive(after) = &failure {
+            log::warn!(silentSecs = after.as_secs_f64(), attempt = failures; "stt.watchdog.unresponsive");
+        }
         log::warn!(error:% = failure, attempt = failures; "stt.reconnect");
     }
 }
 
 /// One session: waits on the provider socket and the audio feed together, forwarding audio
 /// and transcripts as they come. `Ok` when the call is over (feed closed, or nobody listens),
-/// `Err` when the session failed.
+/// `Err` when the session failed, or when the service stayed mute for `silent_limit` after
+/// the caller's speech went to it ([`SttError::Unresponsive`]).
 fn stt_session(
     stream: &mut SttStream,
     audio: &AudioInbox,
     out: &Sender<Event>,
     sent_bytes: &AtomicU64,
+    silent_limit: Duration,
 ) -> Result<(), SttError> {
     // Something may already be buffered from the handshake (session_started).
     let mut readable = true;
+    // The liveness watchdog: the first speech sent since the service last said anything. The
+    // wait below has a deadline only while this is set — a caller who is silent is not
+    // answered by the service either, and a wait with nothing to wait for has no deadline.
+    let mut unanswered_speech: Option<Instant> = None;
+    let mut heard = stream.messages_heard();
+    let mut decoded = Vec::with_capacity(320);
     loop {
         if readable {
             // Until WouldBlock: that also empties rustls' and tungstenite's buffers, so the
@@ -92,6 +115,14 @@ fn stt_session(
                     return Ok(());
                 }
             }
+            if stream.messages_heard() != heard {
+                heard = stream.messages_heard();
+                unanswered_speech = None;
+            }
+        }
+        let deadline = unanswered_speech.map(|since| since + silent_limit);
+        if let Some(since) = unanswered_speech.filter(|s| s.elapsed() >= silent_limit) {
+            return Err(SttError::Unresponsive(since.elapsed()));
         }
         let fd = stream
             .fd()
@@ -100,14 +131,25 @@ fn stt_session(
             Watch::read_write(fd, stream.wants_write()),
             Watch::read(audio.fd()),
         ];
-        // No deadline: the next event is audio, a transcript, or the end of the call.
-        poll::wait(&mut watches, None)
+        // The next event is audio, a transcript, or the end of the call; the only deadline is
+        // the watchdog's, while speech waits for any word from the service.
+        poll::wait(&mut watches, deadline)
             .map_err(|e| SttError::Closed(format!("waiting for the socket: {e}")))?;
         let (writable, fed) = (watches[0].writable(), watches[1].readable());
         readable = watches[0].readable();
         if fed {
             for payload in audio.take() {
                 stream.send_audio(&payload)?;
+                if unanswered_speech.is_none() {
+                    decoded.clear();
+                    let speech = base64::engine::general_purpose::STANDARD
+                        .decode_vec(payload.as_bytes(), &mut decoded)
+                        .is_ok()
+                        && ulaw::rms(&decoded) > VOICE_RMS;
+                    if speech {
+                        unanswered_speech = Some(Instant::now());
+                    }
+                }
                 // Base64 without decoding: every 4 characters are 3 bytes, minus the padding.
                 let padding = payload.bytes().rev().take_while(|b| *b == b'=').count();
                 let bytes = (payload.len() / 4 * 3).saturating_sub(padding);

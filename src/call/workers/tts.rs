@@ -220,8 +220,21 @@ fn speak_piece(
         stream.abandon();
         return Err(PieceError::Cancelled);
     }
-    let read = read_piece(&mut stream, job, out, deadline, sent_audio);
+    let mut got_audio = false;
+    let read = read_piece(&mut stream, job, out, deadline, &mut got_audio);
+    *sent_audio |= got_audio;
     shutdown.done_reading();
+    // The service ended the piece without a byte of audio for the text it was given: that is
+    // a failure (retried once, then the apology), never a silent success.
+    let read = match read {
+        Ok(()) if !got_audio && stream.chars_sent() > 0 => {
+            log::warn!(chars = stream.chars_sent(); "tts.no_audio");
+            Err(PieceError::Failed(TtsError::NoAudio {
+                chars: stream.chars_sent(),
+            }))
+        }
+        other => other,
+    };
     let ended = job.cancel.is_cancelled() || shutdown.is_shut_down();
     match read {
         Ok(()) => Ok(()),

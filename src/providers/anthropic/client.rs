@@ -112,6 +112,7 @@ impl AnthropicClient {
             .timeout_global(Some(config.stream_timeout))
             .build()
             .into();
+        let agent = crate::resolve::bounded(&agent);
         AnthropicClient {
             agent,
             url: format!("{}/v1/messages", config.base_url),
