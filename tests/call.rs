@@ -540,6 +540,27 @@ fn a_failing_model_is_an_apology_and_the_call_goes_on() {
     assert_eq!(record.turn_count, 2);
 }
 
+/// A voice that answers a sentence with no audio at all (isFinal and nothing else) is a
+/// failure, not a silent success: the caller hears the apology.
+#[test]
+fn a_reply_voiced_with_no_audio_is_an_apology_not_silence() {
+    let rig = Rig::start(&[]);
+    rig.sims
+        .anthropic
+        .push([Reply::Text("This reply comes back without a sound.".into())]);
+    rig.script(&["Say something"]);
+    let caller = rig.greeted();
+    // The sentence and its one retry come back mute; the apology has its voice.
+    rig.sims.elevenlabs.tts().mute_next(2);
+    say_and_hear(&caller, "Say something", 3);
+    let call_sid = caller.call_sid().to_string();
+    let log = caller.hang_up();
+    assert_eq!(shape(&log)[2..], ["mark 1-0", "media", "mark 1-1"]);
+    let record = rig.record_after_end(&call_sid);
+    let apology = cotrackpro_voice::personas::prompts::Phrase::Apology.text();
+    assert_eq!(heard(&record).last().map(String::as_str), Some(apology));
+}
+
 #[test]
 fn a_failing_voice_is_retried_once_then_the_prerecorded_apology_plays() {
     let audio = crate::support::TempDir::new("clips");
