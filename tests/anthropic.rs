@@ -206,7 +206,8 @@ fn retries_give_up_after_the_limit() {
         }) => assert_eq!(kind, "rate_limit_error"),
         other => panic!("expected a 429 after the retries, got {other:?}"),
     }
-    assert_eq!(sim.requests().len(), 3);
+    // The two streams; the wrong key was refused before its body was looked at.
+    assert_eq!(sim.requests().len(), 2);
 }
 
 #[test]
@@ -580,4 +581,29 @@ fn the_simulator_takes_a_key_either_way_and_any_version_date_as_the_api_does() {
             "{bad}"
         );
     }
+}
+
+#[test]
+fn the_official_anthropic_sdk_streams_a_reply_from_the_simulator() {
+    let sim = AnthropicSim::start(fast()).unwrap();
+    sim.require_key("sk-ant-interop");
+    let said = "I'm here with you. Take your time.";
+    sim.push([Reply::Text(said.into()), Reply::Text(said.into())]);
+    let out = crate::support::run_python(
+        "anthropic_interop.py",
+        &[],
+        &json!({"base_url": sim.base_url(), "key": "sk-ant-interop", "wrong_key": "sk-ant-nope"}),
+    );
+    for how in ["api_key", "auth_token"] {
+        assert_eq!(out[how]["text"], said, "{how}: {out}");
+        assert_eq!(out[how]["final_text"], said, "{how}");
+        assert_eq!(out[how]["stop_reason"], "end_turn", "{how}");
+        assert!(out[how]["output_tokens"].as_u64().unwrap_or(0) > 1, "{how}");
+    }
+    assert_eq!(out["wrong_key"]["status"], 401, "{out}");
+    assert_eq!(out["wrong_key"]["type"], "authentication_error");
+    // The SDK sent its own (newer) version date, and the simulator took it.
+    assert_ne!(out["api_version"], "2023-06-01", "{out}");
+    // The two streams; the wrong key was refused before its body was looked at.
+    assert_eq!(sim.requests().len(), 2);
 }
