@@ -22,7 +22,12 @@ fn fast() -> Timing {
 }
 
 fn client(sim: &AnthropicSim, first_token_ms: u64) -> AnthropicClient {
+    client_with(sim, first_token_ms, first_token_ms)
+}
+
+fn client_with(sim: &AnthropicSim, first_token_ms: u64, stall_ms: u64) -> AnthropicClient {
     let env = Env::from_pairs([
+        ("ANTHROPIC_STALL_TIMEOUT_MS", stall_ms.to_string().as_str()),
         ("SERVER_DOMAIN", "voice.example.com"),
         ("ANTHROPIC_BASE_URL", sim.base_url().as_str()),
         (
@@ -345,4 +350,259 @@ fn replies_follow_the_persona_of_the_system_prompt() {
     let attorney = with_system("Core rules.\nCALLER ROLE: Attorney — concise legal language");
     assert!(spoken(&attorney).contains("facts in order"));
     assert!(spoken(&hello()).contains("I'm here with you"));
+}
+
+fn status(status: u16, kind: &str, headers: &[(&str, &str)]) -> Reply {
+    Reply::StatusWith {
+        status,
+        kind: kind.into(),
+        headers: headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    }
+}
+
+#[test]
+fn x_should_retry_false_is_never_retried_and_true_retries_even_a_400() {
+    let sim = AnthropicSim::start(fast()).unwrap();
+    sim.push([status(
+        529,
+        "overloaded_error",
+        &[("x-should-retry", "false")],
+    )]);
+    let (result, _) = collect(&client(&sim, 2000), &hello());
+    assert!(
+        matches!(result, Err(LlmError::Http { status: 529, .. })),
+        "{result:?}"
+    );
+    assert_eq!(sim.requests().len(), 1, "x-should-retry: false obeyed");
+
+    let sim = AnthropicSim::start(fast()).unwrap();
+    sim.push([
+        status(400, "invalid_request_error", &[("x-should-retry", "true")]),
+        Reply::Text("Here.".into()),
+    ]);
+    let (result, _) = collect(&client(&sim, 2000), &hello());
+    assert_eq!(result.unwrap().attempts, 2, "x-should-retry: true obeyed");
+}
+
+#[test]
+fn request_timeouts_and_conflicts_are_retried_as_the_sdk_does() {
+    let sim = AnthropicSim::start(fast()).unwrap();
+    sim.push([
+        status(408, "timeout_error", &[]),
+        status(409, "conflict_error", &[]),
+        Reply::Text("Still here.".into()),
+    ]);
+    let (result, _) = collect(&client(&sim, 2000), &hello());
+    assert_eq!(result.unwrap().attempts, 3);
+    // Other 4xx are final.
+    let sim = AnthropicSim::start(fast()).unwrap();
+    sim.push([status(403, "permission_error", &[])]);
+    let (result, _) = collect(&client(&sim, 2000), &hello());
+    assert!(matches!(result, Err(LlmError::Http { status: 403, .. })));
+    assert_eq!(sim.requests().len(), 1);
+}
+
+#[test]
+fn retry_after_as_an_http_date_is_honoured() {
+    use cotrackpro_voice::providers::anthropic::retry::format_http_date;
+    let sim = AnthropicSim::start(fast()).unwrap();
+    // Two seconds ahead, at whole-second precision: a wait in (1, 2] s.
+    let at = format_http_date(cotrackpro_voice::timestamp::now_ms() + 2000);
+    sim.push([
+        status(429, "rate_limit_error", &[("retry-after", at.as_str())]),
+        Reply::Text("Still here.".into()),
+    ]);
+    let started = Instant::now();
+    let (result, _) = collect(&client(&sim, 2000), &hello());
+    let took = started.elapsed();
+    assert_eq!(result.unwrap().attempts, 2);
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "{took:?}"
+    );
+}
+
+#[test]
+fn retry_after_ms_wins_and_waits_over_a_minute_fall_back_to_backoff() {
+    let sim = AnthropicSim::start(fast()).unwrap();
+    sim.push([
+        status(
+            529,
+            "overloaded_error",
+            &[("retry-after-ms", "400"), ("retry-after", "30")],
+        ),
+        status(529, "overloaded_error", &[("retry-after", "120")]),
+        Reply::Text("Still here.".into()),
+    ]);
+    let started = Instant::now();
+    let (result, _) = collect(&client(&sim, 2000), &hello());
+    let took = started.elapsed();
+    assert_eq!(result.unwrap().attempts, 3);
+    // 400 ms asked, then our 10 ms test backoff instead of 120 s.
+    assert!(
+        took >= Duration::from_millis(400) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+}
+
+#[test]
+fn a_backoff_ends_at_once_when_the_turn_is_cancelled() {
+    let sim = AnthropicSim::start(fast()).unwrap();
+    sim.push([status(429, "rate_limit_error", &[("retry-after", "30")])]);
+    let client = client(&sim, 2000);
+    let cancel = std::sync::Arc::new(Cancel::new());
+    let setter = cancel.clone();
+    let canceller = std::thread::Builder::new()
+        .name("test-barge-in".into())
+        .spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            setter.cancel();
+        })
+        .unwrap();
+    let started = Instant::now();
+    let outcome = client.stream(&hello(), &cancel, |_| {}).unwrap();
+    canceller.join().unwrap();
+    assert!(outcome.cancelled);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(sim.requests().len(), 1, "no retry after the cancel");
+}
+
+#[test]
+fn a_stall_after_the_first_words_uses_the_stall_timeout_and_is_not_retried() {
+    let sim = AnthropicSim::start(fast()).unwrap();
+    sim.push([Reply::StallAfter {
+        text: "I hear you, and".into(),
+        quiet: Duration::from_secs(4),
+    }]);
+    let started = Instant::now();
+    let (result, items) = collect(&client_with(&sim, 3000, 300), &hello());
+    let took = started.elapsed();
+    assert!(items.iter().any(|(_, i)| matches!(i, StreamItem::Text(_))));
+    match result {
+        Err(LlmError::Timeout(what)) => assert!(what.contains("stalled"), "{what}"),
+        other => panic!("expected a stall, got {other:?}"),
+    }
+    // 300 ms of silence ends it, not the 3 s first-token timeout nor the 4 s stall.
+    assert!(took < Duration::from_millis(1500), "{took:?}");
+    assert_eq!(sim.requests().len(), 1, "words were delivered: no retry");
+}
+
+#[test]
+fn a_slow_first_token_is_judged_by_the_first_token_timeout_not_the_stall_timeout() {
+    // 700 ms before the first words, with a 250 ms stall timeout: not a stall.
+    let sim = AnthropicSim::start(Timing {
+        first_token: Duration::from_millis(700),
+        per_token: Duration::from_millis(5),
+    })
+    .unwrap();
+    sim.push([Reply::Text("Take your time.".into())]);
+    let (result, _) = collect(&client_with(&sim, 2000, 250), &hello());
+    let outcome = result.unwrap();
+    assert_eq!(outcome.attempts, 1);
+    assert_eq!(outcome.stop_reason.as_deref(), Some("end_turn"));
+}
+
+/// A raw request to the simulator with these headers; its status.
+fn raw_status(sim: &AnthropicSim, headers: &[(&str, &str)]) -> u16 {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let mut request = agent.post(&format!("{}/v1/messages", sim.base_url()));
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let body = json!({"model": "m", "max_tokens": 10, "stream": true,
+                      "messages": [{"role": "user", "content": "hi"}]});
+    let response = request.send(body.to_string().as_bytes()).unwrap();
+    let status = response.status().as_u16();
+    let _ = response.into_body().read_to_string();
+    status
+}
+
+#[test]
+fn the_simulator_takes_a_key_either_way_and_any_version_date_as_the_api_does() {
+    let sim = AnthropicSim::start(Timing {
+        first_token: Duration::ZERO,
+        per_token: Duration::ZERO,
+    })
+    .unwrap();
+    sim.require_key("sk-ant-right");
+    let version = ("anthropic-version", "2023-06-01");
+    assert_eq!(
+        raw_status(&sim, &[("x-api-key", "sk-ant-right"), version]),
+        200
+    );
+    assert_eq!(
+        raw_status(&sim, &[("authorization", "Bearer sk-ant-right"), version]),
+        200
+    );
+    assert_eq!(
+        raw_status(
+            &sim,
+            &[
+                ("authorization", "Bearer sk-ant-right"),
+                ("anthropic-version", "2026-10-21")
+            ]
+        ),
+        200
+    );
+    // Refused as the API refuses them.
+    assert_eq!(
+        raw_status(&sim, &[("x-api-key", "sk-ant-wrong"), version]),
+        401
+    );
+    assert_eq!(
+        raw_status(&sim, &[("authorization", "Bearer sk-ant-wrong"), version]),
+        401
+    );
+    assert_eq!(
+        raw_status(&sim, &[("authorization", "Basic c2s="), version]),
+        401
+    );
+    assert_eq!(raw_status(&sim, &[version]), 401);
+    assert_eq!(raw_status(&sim, &[("x-api-key", "sk-ant-right")]), 400);
+    for bad in ["2023-6-01", "latest", "2023-02-30"] {
+        assert_eq!(
+            raw_status(
+                &sim,
+                &[("x-api-key", "sk-ant-right"), ("anthropic-version", bad)]
+            ),
+            400,
+            "{bad}"
+        );
+    }
+}
+
+#[test]
+fn the_official_anthropic_sdk_streams_a_reply_from_the_simulator() {
+    let sim = AnthropicSim::start(fast()).unwrap();
+    sim.require_key("sk-ant-interop");
+    let said = "I'm here with you. Take your time.";
+    sim.push([Reply::Text(said.into()), Reply::Text(said.into())]);
+    let out = crate::support::run_python(
+        "anthropic_interop.py",
+        &[],
+        &json!({"base_url": sim.base_url(), "key": "sk-ant-interop", "wrong_key": "sk-ant-nope"}),
+    );
+    for how in ["api_key", "auth_token"] {
+        assert_eq!(out[how]["text"], said, "{how}: {out}");
+        assert_eq!(out[how]["final_text"], said, "{how}");
+        assert_eq!(out[how]["stop_reason"], "end_turn", "{how}");
+        assert!(out[how]["output_tokens"].as_u64().unwrap_or(0) > 1, "{how}");
+    }
+    assert_eq!(out["wrong_key"]["status"], 401, "{out}");
+    assert_eq!(out["wrong_key"]["type"], "authentication_error");
+    // The SDK sent its own (newer) version date, and the simulator took it.
+    assert_ne!(out["api_version"], "2023-06-01", "{out}");
+    // The two streams; the wrong key was refused before its body was looked at.
+    assert_eq!(sim.requests().len(), 2);
 }

@@ -28,6 +28,18 @@ const FIRST_TOKEN_TIMEOUT_MS: Whole = Whole {
     min: 200,
     max: 120_000,
 };
+const STALL_TIMEOUT_MS: Whole = Whole {
+    name: "ANTHROPIC_STALL_TIMEOUT_MS",
+    default: 10_000,
+    min: 200,
+    max: 120_000,
+};
+const MAX_RETRIES: Whole = Whole {
+    name: "ANTHROPIC_MAX_RETRIES",
+    default: 2,
+    min: 0,
+    max: 5,
+};
 const MAX_TOKENS: Whole = Whole {
     name: "ANTHROPIC_MAX_TOKENS",
     default: 512,
@@ -48,8 +60,12 @@ pub struct AnthropicConfig {
     pub base_url: BaseUrl,
     /// Cap on a whole response.
     pub stream_timeout: Duration,
-    /// Longest wait for the first words of a response, and for any read of the stream.
+    /// Longest wait for the first words of a response (from sending the request).
     pub first_token_timeout: Duration,
+    /// Longest silence on the stream once words have come (a stalled stream).
+    pub stall_timeout: Duration,
+    /// Retries of a request that failed before any words (the official SDK's default is 2).
+    pub max_retries: u32,
     pub max_tokens: u32,
     pub max_history_messages: usize,
 }
@@ -62,6 +78,8 @@ impl AnthropicConfig {
             base_url: r.url(&BASE_URL),
             stream_timeout: r.millis(&STREAM_TIMEOUT_MS),
             first_token_timeout: r.millis(&FIRST_TOKEN_TIMEOUT_MS),
+            stall_timeout: r.millis(&STALL_TIMEOUT_MS),
+            max_retries: r.whole(&MAX_RETRIES) as u32,
             // The ranges make these casts lossless.
             max_tokens: r.whole(&MAX_TOKENS) as u32,
             max_history_messages: r.whole(&MAX_HISTORY_MESSAGES) as usize,
@@ -74,6 +92,8 @@ impl AnthropicConfig {
         out.value(BASE_URL.name, &self.base_url);
         out.millis(STREAM_TIMEOUT_MS.name, self.stream_timeout);
         out.millis(FIRST_TOKEN_TIMEOUT_MS.name, self.first_token_timeout);
+        out.millis(STALL_TIMEOUT_MS.name, self.stall_timeout);
+        out.value(MAX_RETRIES.name, self.max_retries);
         out.value(MAX_TOKENS.name, self.max_tokens);
         out.value(MAX_HISTORY_MESSAGES.name, self.max_history_messages);
     }

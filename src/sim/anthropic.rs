@@ -35,6 +35,15 @@ pub enum Reply {
         kind: String,
         retry_after_secs: Option<u64>,
     },
+    /// An HTTP error with these extra headers (`x-should-retry`, `retry-after-ms`, an HTTP-date
+    /// `retry-after`, …).
+    StatusWith {
+        status: u16,
+        kind: String,
+        headers: Vec<(String, String)>,
+    },
+    /// Speak `text`, then go quiet for this long (a stream that stalls after its first words).
+    StallAfter { text: String, quiet: Duration },
     /// Speak `text`, then an `overloaded_error` event inside the stream.
     OverloadedMidStream { text: String },
     /// Send `message_start`, then go quiet for this long.
@@ -66,6 +75,8 @@ struct State {
     /// Replies for one persona, taken before the general script.
     by_role: std::collections::HashMap<Role, VecDeque<Reply>>,
     requests: Vec<Value>,
+    /// The one key accepted; any non-empty key when `None`.
+    api_key: Option<String>,
 }
 
 /// A running simulator.
@@ -103,6 +114,12 @@ impl AnthropicSim {
             .extend(replies);
     }
 
+    /// Accepts only `key` from now on (as `x-api-key` or `Authorization: Bearer`); a wrong one
+    /// is a 401, as the API answers.
+    pub fn require_key(&self, key: &str) {
+        lock(&self.state).api_key = Some(key.to_string());
+    }
+
     /// Every valid request body received so far.
     pub fn requests(&self) -> Vec<Value> {
         lock(&self.state).requests.clone()
@@ -127,8 +144,9 @@ fn handle(
             error_body("not_found_error", "Not found").as_bytes(),
         );
     }
-    if req.header("x-api-key").is_none_or(str::is_empty) {
-        let body = error_body("authentication_error", "x-api-key header is required");
+    let expected = lock(state).api_key.clone();
+    if let Err(problem) = check_key(req, expected.as_deref()) {
+        let body = error_body("authentication_error", problem);
         return res.send(401, &json, body.as_bytes());
     }
     let body: Value = match serde_json::from_slice(&req.body) {
@@ -164,6 +182,22 @@ fn handle(
             }
             let body = error_body(&kind, "simulated failure");
             return res.send(status, &headers, body.as_bytes());
+        }
+        Reply::StatusWith {
+            status,
+            kind,
+            headers,
+        } => {
+            let mut all = vec![("Content-Type", "application/json")];
+            all.extend(headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+            let body = error_body(&kind, "simulated failure");
+            return res.send(status, &all, body.as_bytes());
+        }
+        Reply::StallAfter { text, quiet } => {
+            stream_start(res, &body)?;
+            speak(res, 0, &text, timing)?;
+            thread::sleep(quiet);
+            return Ok(());
         }
         Reply::Text(text) => (text, None),
         Reply::ToolUse {
@@ -237,10 +271,39 @@ fn handle(
     event(res, "message_stop", &json!({"type": "message_stop"}))
 }
 
+/// The API's authentication: a key as `x-api-key` or as `Authorization: Bearer` (the official
+/// SDK 2.x sends the latter), which must be `expected` when one is set.
+fn check_key(req: &SimRequest, expected: Option<&str>) -> Result<(), &'static str> {
+    let bearer = req
+        .header("authorization")
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let keys: Vec<&str> = [req.header("x-api-key").map(str::trim), bearer]
+        .into_iter()
+        .flatten()
+        .filter(|k| !k.is_empty())
+        .collect();
+    if keys.is_empty() {
+        return Err("x-api-key header is required");
+    }
+    match expected {
+        Some(expected) if !keys.contains(&expected) => Err("invalid x-api-key"),
+        _ => Ok(()),
+    }
+}
+
 /// The request checks the real API makes (those a client of ours could get wrong).
 fn check_request(req: &SimRequest, body: &Value) -> Result<(), String> {
-    if req.header("anthropic-version") != Some(ANTHROPIC_VERSION) {
-        return Err(format!("anthropic-version must be {ANTHROPIC_VERSION}"));
+    // Any well-formed date is accepted: SDKs send newer dates than the one we speak
+    // (ANTHROPIC_VERSION), as the API takes them.
+    match req.header("anthropic-version") {
+        None => return Err("anthropic-version: header is required".into()),
+        Some(version) if !is_version_date(version) => {
+            return Err(format!(
+                "anthropic-version: {version:?} is not a valid version (e.g. {ANTHROPIC_VERSION})"
+            ))
+        }
+        Some(_) => {}
     }
     if body["stream"] != json!(true) {
         return Err("this simulator only streams: stream must be true".into());
@@ -303,6 +366,11 @@ fn check_request(req: &SimRequest, body: &Value) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// `YYYY-MM-DD`, a real calendar date.
+fn is_version_date(text: &str) -> bool {
+    text.len() == 10 && crate::timestamp::parse_date(text).is_some()
 }
 
 fn stream_start(res: &mut Responder, body: &Value) -> io::Result<()> {
@@ -406,6 +474,23 @@ fn default_reply(body: &Value, role: Option<Role>) -> String {
 mod tests {
     use super::*;
     use crate::personas::prompts::system_prompt;
+
+    #[test]
+    fn version_dates_must_be_well_formed() {
+        for good in [ANTHROPIC_VERSION, "2026-10-21", "2024-02-29"] {
+            assert!(is_version_date(good), "{good}");
+        }
+        for bad in [
+            "",
+            "2023-6-01",
+            "2023-06-01x",
+            "2023-13-01",
+            "2023-02-30",
+            "latest",
+        ] {
+            assert!(!is_version_date(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn the_persona_is_read_from_our_own_system_prompts() {

@@ -1,21 +1,30 @@
 //! The streaming Messages client: `POST {ANTHROPIC_BASE_URL}/v1/messages` over ureq, the answer
 //! read as server-sent events and assembled as it arrives.
 //!
-//! - **Retries** only before the first token: HTTP 429, 529 and 5xx, a connection that fails,
-//!   and an `error` event that arrives before any words — with exponential backoff, honouring
-//!   `retry-after-ms` / `retry-after` within 0–60 s as the official SDK does. Once words have been
-//!   spoken to the caller, a failure is returned, never replayed.
-//! - **Timeouts**: no words within `first_token_timeout` is an error, and so is any single read
-//!   that waits longer than it (a stalled stream); `stream_timeout` caps the whole response.
+//! - **Retries** only before the first words, as the official SDK decides them ([`super::retry`]):
+//!   `x-should-retry` first, else 408, 409, 429 and 5xx; a connection that fails; and an `error`
+//!   event that arrives before any words. The wait honours `retry-after-ms` / `retry-after`
+//!   (seconds or an HTTP date) within (0, 60] s, else exponential backoff with jitter, and is
+//!   slept on the turn's [`Cancel`]. Once words have been spoken to the caller, a failure is
+//!   returned, never replayed.
+//! - **Timeouts**: no words within `first_token_timeout` (from sending the request) is an error;
+//!   once words came, a silence longer than `stall_timeout` is an error (a stalled stream);
+//!   `stream_timeout` caps the whole response. ureq's per-read timeout is fixed per agent, so it
+//!   is set to a tick that divides both (see [`read_tick`]) and [`Paced`] decides, at each tick,
+//!   which of the two deadlines applies; a read that timed out at a tick is resumed, which ureq
+//!   allows (nothing was consumed).
 //! - **Cancellation** (barge-in): the flag is checked between events and between retries; the
 //!   connection is dropped, which closes it.
 
 use crate::providers::cancel::Cancel;
-use std::io::{BufReader, Read};
+use std::cell::Cell;
+use std::io::{self, BufReader, Read};
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use super::retry;
 use super::stream::{Assembler, StreamItem, Usage};
 use super::Block;
 use crate::config::{AnthropicConfig, Secret};
@@ -96,11 +105,26 @@ pub struct AnthropicClient {
     url: String,
     api_key: Secret,
     first_token_timeout: Duration,
+    stall_timeout: Duration,
     stream_timeout: Duration,
     /// Retries after the first attempt.
     max_retries: u32,
-    /// First backoff step (doubles each retry) when the API gives no `retry-after`.
+    /// First backoff step (doubles each retry, at most 8 s, jittered) when the API gives no
+    /// usable `retry-after`.
     backoff: Duration,
+}
+
+/// ureq's per-read timeout: a tick at which [`Paced`] checks its deadlines. The greatest
+/// common divisor of the two timeouts (so round values are enforced exactly), but at least an
+/// eighth of the shorter one (so odd values cost at most eight wake-ups per quiet period).
+pub fn read_tick(first_token: Duration, stall: Duration) -> Duration {
+    let (a, b) = (first_token.as_millis() as u64, stall.as_millis() as u64);
+    let shorter = a.min(b).max(1);
+    let (mut x, mut y) = (a.max(1), b.max(1));
+    while y != 0 {
+        (x, y) = (y, x % y);
+    }
+    Duration::from_millis(x.max(shorter / 8).max(1))
 }
 
 impl AnthropicClient {
@@ -108,7 +132,11 @@ impl AnthropicClient {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_connect(Some(Duration::from_secs(5)))
-            .timeout_per_read(Some(config.first_token_timeout))
+            .timeout_per_read(Some(read_tick(
+                config.first_token_timeout,
+                config.stall_timeout,
+            )))
+            .timeout_recv_response(Some(config.first_token_timeout))
             .timeout_global(Some(config.stream_timeout))
             .build()
             .into();
@@ -118,8 +146,9 @@ impl AnthropicClient {
             url: format!("{}/v1/messages", config.base_url),
             api_key,
             first_token_timeout: config.first_token_timeout,
+            stall_timeout: config.stall_timeout,
             stream_timeout: config.stream_timeout,
-            max_retries: 2,
+            max_retries: config.max_retries,
             backoff: Duration::from_millis(500),
         }
     }
@@ -131,7 +160,8 @@ impl AnthropicClient {
         self.agent.clone().shutdown();
     }
 
-    /// Changes the retry policy (tests use short backoffs).
+    /// Changes the retry policy (tests use short backoffs). The backoff is still capped at 8 s
+    /// and jittered as the SDK does.
     pub fn with_retries(mut self, max_retries: u32, backoff: Duration) -> AnthropicClient {
         self.max_retries = max_retries;
         self.backoff = backoff;
@@ -162,7 +192,8 @@ impl AnthropicClient {
             if attempt > self.max_retries {
                 return Err(error);
             }
-            let wait = retry_after.unwrap_or(self.backoff * 2u32.pow(attempt - 1));
+            let wait = retry_after
+                .unwrap_or_else(|| retry::backoff(self.backoff, attempt - 1, retry::random_unit()));
             log::warn!(
                 attempt = attempt,
                 waitMs = wait.as_millis() as u64,
@@ -208,7 +239,14 @@ impl AnthropicClient {
             })?;
         let status = response.status().as_u16();
         if status != 200 {
-            let retry_after = retry_after(response.headers());
+            let headers = response.headers();
+            let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+            let retryable = retry::should_retry(status, header("x-should-retry"));
+            let retry_after = retry::honoured_wait(retry::requested_wait_secs(
+                header("retry-after-ms"),
+                header("retry-after"),
+                crate::timestamp::now_ms(),
+            ));
             let mut text = String::new();
             let _ = response
                 .into_body()
@@ -229,14 +267,23 @@ impl AnthropicClient {
                     .take(500)
                     .collect(),
             };
-            return Err(match status {
-                429 | 500..=599 => Failure::Retryable { error, retry_after },
-                _ => Failure::Final(error),
+            return Err(if retryable {
+                Failure::Retryable { error, retry_after }
+            } else {
+                Failure::Final(error)
             });
         }
 
-        let reader = BufReader::new(response.into_body().into_reader());
-        let mut events = SseReader::new(reader, MAX_SSE_LINE);
+        let spoken = Rc::new(Cell::new(false));
+        let paced = Paced {
+            inner: response.into_body().into_reader(),
+            started,
+            last_data: Instant::now(),
+            first_token: self.first_token_timeout,
+            stall: self.stall_timeout,
+            spoke: spoken.clone(),
+        };
+        let mut events = SseReader::new(BufReader::new(paced), MAX_SSE_LINE);
         let mut assembler = Assembler::new();
         let mut spoke = false;
         loop {
@@ -258,12 +305,18 @@ impl AnthropicClient {
                 }
                 Err(SseError::Io(err)) => {
                     let error = match ureq::Error::from(err) {
-                        ureq::Error::Timeout(what) if !spoke => {
-                            if started.elapsed() >= self.stream_timeout {
-                                LlmError::Timeout(what.to_string())
-                            } else {
-                                LlmError::FirstTokenTimeout(self.first_token_timeout)
-                            }
+                        ureq::Error::Timeout(ureq::Timeout::PerRead) if !spoke => {
+                            LlmError::FirstTokenTimeout(self.first_token_timeout)
+                        }
+                        ureq::Error::Timeout(ureq::Timeout::PerRead) => LlmError::Timeout(format!(
+                            "the stream stalled: nothing for {} ms",
+                            self.stall_timeout.as_millis()
+                        )),
+                        ureq::Error::Timeout(what)
+                            if !spoke && started.elapsed() < self.stream_timeout =>
+                        {
+                            log::debug!(reason:% = what; "anthropic.first_token_timeout");
+                            LlmError::FirstTokenTimeout(self.first_token_timeout)
                         }
                         ureq::Error::Timeout(what) => LlmError::Timeout(what.to_string()),
                         other => LlmError::Transport(other.to_string()),
@@ -274,7 +327,10 @@ impl AnthropicClient {
             };
             for item in assembler.push(&event) {
                 match &item {
-                    StreamItem::Text(_) | StreamItem::ToolUse { .. } => spoke = true,
+                    StreamItem::Text(_) | StreamItem::ToolUse { .. } => {
+                        spoke = true;
+                        spoken.set(true);
+                    }
                     StreamItem::Error { kind, message } if kind == "malformed_stream" => {
                         return Err(Failure::Final(LlmError::Malformed(message.clone())))
                     }
@@ -332,49 +388,62 @@ fn finish(assembler: &Assembler, cancelled: bool) -> Outcome {
     }
 }
 
-/// `retry-after-ms`, else `retry-after` (seconds), honoured within 0–60 s like the SDK.
-fn retry_after(headers: &ureq::http::HeaderMap) -> Option<Duration> {
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let secs = match header("retry-after-ms").and_then(|v| v.trim().parse::<f64>().ok()) {
-        Some(ms) => ms / 1000.0,
-        None => header("retry-after")?.trim().parse::<f64>().ok()?,
-    };
-    // Checked before converting: `inf`, NaN or 1e20 from a header must not panic.
-    (secs.is_finite() && secs <= 60.0).then(|| Duration::from_secs_f64(secs.max(0.0)))
+/// The response body, read with two deadlines: before the first words, `first_token` from
+/// the request's start; after them, `stall` from the last bytes received. ureq's per-read
+/// timeout fires at each [`read_tick`]; a tick short of the deadline resumes the read.
+struct Paced<R> {
+    inner: R,
+    started: Instant,
+    last_data: Instant,
+    first_token: Duration,
+    stall: Duration,
+    /// Set by the stream loop once words were delivered.
+    spoke: Rc<Cell<bool>>,
+}
+
+impl<R: Read> Read for Paced<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match self.inner.read(buf) {
+                Ok(n) => {
+                    self.last_data = Instant::now();
+                    return Ok(n);
+                }
+                Err(err) if is_tick(&err) => {
+                    let deadline = if self.spoke.get() {
+                        self.last_data + self.stall
+                    } else {
+                        self.started + self.first_token
+                    };
+                    if Instant::now() + Duration::from_millis(5) >= deadline {
+                        return Err(err);
+                    }
+                }
+                Err(err) => return Err(err),
+            }
+        }
+    }
+}
+
+/// A read ended by ureq's per-read timeout (not the whole response's).
+fn is_tick(err: &io::Error) -> bool {
+    err.get_ref()
+        .and_then(|inner| inner.downcast_ref::<ureq::Error>())
+        .is_some_and(|e| matches!(e, ureq::Error::Timeout(ureq::Timeout::PerRead)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn headers(name: &str, value: &str) -> ureq::http::HeaderMap {
-        let mut map = ureq::http::HeaderMap::new();
-        if let (Ok(name), Ok(value)) = (
-            ureq::http::HeaderName::from_bytes(name.as_bytes()),
-            value.parse(),
-        ) {
-            map.insert(name, value);
-        }
-        map
-    }
-
     #[test]
-    fn retry_after_never_panics_on_odd_values() {
-        assert_eq!(
-            retry_after(&headers("retry-after", "2")),
-            Some(Duration::from_secs(2))
-        );
-        assert_eq!(
-            retry_after(&headers("retry-after-ms", "250")),
-            Some(Duration::from_millis(250))
-        );
-        assert_eq!(
-            retry_after(&headers("retry-after", "-3")),
-            Some(Duration::ZERO)
-        );
-        for odd in ["inf", "NaN", "1e20", "61", "soon"] {
-            assert_eq!(retry_after(&headers("retry-after", odd)), None, "{odd}");
-        }
-        assert_eq!(retry_after(&headers("retry-after-ms", "inf")), None);
+    fn the_read_tick_divides_round_timeouts_and_bounds_odd_ones() {
+        let ms = Duration::from_millis;
+        assert_eq!(read_tick(ms(10_000), ms(10_000)), ms(10_000));
+        assert_eq!(read_tick(ms(10_000), ms(4_000)), ms(2_000));
+        assert_eq!(read_tick(ms(300), ms(1_000)), ms(100));
+        // Coprime values: an eighth of the shorter, not 1 ms.
+        assert_eq!(read_tick(ms(10_007), ms(3_001)), ms(375));
+        assert_eq!(read_tick(ms(0), ms(0)), ms(1));
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod request;
+pub mod retry;
 pub mod stream;
 
 use serde_json::Value;
