@@ -736,7 +736,7 @@ fn size_of_base64(data: &str) -> String {
     let trimmed = data.trim_end_matches('=');
     let bytes = trimmed.len() * 3 / 4;
     if bytes >= 1024 {
-        format!("{} KB", bytes.div_ceil(1024))
+        format!("{} KB", (bytes + 512) / 1024)
     } else {
         format!("{bytes} bytes")
     }
@@ -835,5 +835,66 @@ impl ToolCatalog {
                     log::warn!(error:% = err; "mcp.tools.refresh_failed; keeping the built-in ones")
                 }
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tool_names_are_made_ones_anthropic_accepts() {
+        let long_dotted = format!("{}.z", "a".repeat(70));
+        let names = [
+            "check_safety",
+            "docs.search",
+            "docs_search",
+            "docs.search",
+            "check_safety",
+            long_dotted.as_str(),
+            &"a".repeat(64),
+            "",
+            "née",
+        ];
+        let mapped = model_tool_names(&names);
+        let sixty_three = "a".repeat(62);
+        assert_eq!(
+            mapped,
+            [
+                Some("check_safety".to_string()),
+                Some("docs_search_2".to_string()),
+                Some("docs_search".to_string()),
+                Some("docs_search_3".to_string()),
+                None, // a valid name listed twice
+                Some(format!("{sixty_three}_2")),
+                Some("a".repeat(64)),
+                Some("tool".to_string()),
+                Some("n_e".to_string()),
+            ]
+        );
+        for name in mapped.iter().flatten() {
+            assert!(is_model_tool_name(name), "{name}");
+        }
+        assert!(!is_model_tool_name(&"a".repeat(65)));
+        assert!(!is_model_tool_name("a b"));
+        assert!(is_model_tool_name("A-z_09"));
+    }
+
+    #[test]
+    fn sizes_are_named_from_base64() {
+        assert_eq!(size_of_base64(""), "0 bytes");
+        assert_eq!(size_of_base64("AAA="), "2 bytes");
+        assert_eq!(size_of_base64(&"A".repeat(1368)), "1 KB");
+        assert_eq!(size_of_base64(&"A".repeat(1364)), "1023 bytes");
+        assert_eq!(size_of_base64(&"A".repeat(2048)), "2 KB");
+    }
+
+    #[test]
+    fn an_empty_or_unknown_result_is_still_words() {
+        assert_eq!(result_text(&json!({})), "");
+        assert_eq!(
+            result_text(&json!({"content": [{"type": "hologram"}]})),
+            "[hologram content]"
+        );
     }
 }
