@@ -7,6 +7,13 @@
 //! a [`ToolOutcome`] with `is_error` and words the model can pass on calmly, never a panic and
 //! never an error that ends the caller's turn. A 404 for a request carrying a session id means
 //! the server forgot the session: the client initializes again, once, and retries.
+//!
+//! One session serves the whole server: calls use [`McpClient::handle`]s of one client (their
+//! own connections, the shared session) and the server ends it with `DELETE` at shutdown.
+//! `tools/list` is followed through `nextCursor`; tool names the model API would refuse are
+//! mapped (and mapped back for `tools/call`); non-text results become words the model can read;
+//! an SSE answer the server ends early is resumed with `GET` and `Last-Event-ID`. The facts
+//! behind these are in PROTOCOLS.mcp.md.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufReader, Read};
