@@ -135,6 +135,7 @@ impl Server {
             thread::sleep(Duration::from_millis(20));
         }
         self.http.shutdown();
+        self.app.voice.end_sessions();
         if let Some((stop, compactor)) = self.compactor.take() {
             drop(stop);
             let _ = compactor.join();

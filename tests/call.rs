@@ -1227,3 +1227,40 @@ fn a_message_over_the_size_limit_ends_the_call() {
     assert_eq!(record.status, CallStatus::Failed);
     assert_eq!(wait_threads_gone(), Vec::<String>::new());
 }
+
+#[test]
+fn ten_calls_share_one_mcp_session_which_the_server_ends_at_shutdown() {
+    let rig = Rig::start(&[]);
+    for i in 0..10 {
+        rig.sims.anthropic.push([
+            Reply::ToolUse {
+                preface: "Let me look that up for you.".into(),
+                name: "check_safety".into(),
+                input: json!({"context": format!("call {i}")}),
+            },
+            Reply::Text("Here is what I found.".into()),
+        ]);
+        rig.script(&["How do I keep an exchange log"]);
+        let caller = rig.greeted();
+        say_and_hear(&caller, "How do I keep an exchange log", 4);
+        let call_sid = caller.call_sid().to_string();
+        caller.hang_up();
+        let record = rig.record_after_end(&call_sid);
+        assert_eq!(record.tool_calls.len(), 1, "call {i}");
+        assert!(record.tool_calls[0].success, "call {i}");
+    }
+    assert_eq!(rig.sims.mcp.calls().len(), 10);
+    assert_eq!(
+        rig.sims.mcp.sessions_opened(),
+        1,
+        "one initialize for the server's tool list and ten calls"
+    );
+    assert!(rig.sims.mcp.deleted_sessions().is_empty());
+    let Rig {
+        sims,
+        server,
+        _turn,
+    } = rig;
+    drop(server); // Server::shutdown
+    assert_eq!(sims.mcp.deleted_sessions(), ["sim-session-1"]);
+}

@@ -214,3 +214,259 @@ fn the_tool_catalog_never_waits_for_a_slow_server() {
     assert!(!catalog.is_refreshed());
     assert_eq!(catalog.current().len(), 4);
 }
+
+/// Posts a model request with these tools to the Anthropic simulator: (status, body).
+fn model_request(
+    tools: &[cotrackpro_voice::providers::anthropic::ToolDefinition],
+) -> (u16, String) {
+    use cotrackpro_voice::sim::anthropic::{AnthropicSim, Timing};
+    let sim = AnthropicSim::start(Timing {
+        first_token: Duration::from_millis(1),
+        per_token: Duration::from_millis(1),
+    })
+    .unwrap();
+    let tools: Vec<serde_json::Value> = tools
+        .iter()
+        .map(|t| json!({"name": t.name, "description": t.description, "input_schema": t.input_schema}))
+        .collect();
+    let body = json!({"model": "claude-test", "max_tokens": 50, "stream": true, "tools": tools,
+        "messages": [{"role": "user", "content": "hello"}]});
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let mut response = agent
+        .post(&format!("{}/v1/messages", sim.base_url()))
+        .header("x-api-key", "sk-ant-test")
+        .header("anthropic-version", "2023-06-01")
+        .header("content-type", "application/json")
+        .send(body.to_string().as_bytes())
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.body_mut().read_to_string().unwrap())
+}
+
+#[test]
+fn a_dotted_tool_name_never_reaches_the_model_and_the_fake_model_refuses_one() {
+    let sim = McpSim::start(Framing::Sse).unwrap();
+    let long = "x".repeat(100);
+    for name in ["docs.search", "docs_search", long.as_str()] {
+        sim.add_tool(
+            name,
+            "a tool with a name MCP allows",
+            json!({"content": [{"type": "text", "text": format!("from {name}")}]}),
+        );
+    }
+    let client = client(&sim.url(), 5000);
+    let tools = client.list_tools().unwrap();
+    let names: Vec<&str> = tools.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(
+        names[4..],
+        ["docs_search_2", "docs_search", &"x".repeat(64)],
+        "the valid name keeps its own; the dotted one is mapped around it"
+    );
+    assert!(names.iter().all(|n| !n.contains('.') && n.len() <= 64));
+
+    // The model's name reaches the server as the server's own.
+    let outcome = client.call_tool("docs_search_2", &json!({}));
+    assert_eq!(outcome.text, "from docs.search");
+    let outcome = client.call_tool("docs_search", &json!({}));
+    assert_eq!(outcome.text, "from docs_search");
+    let outcome = client.call_tool(&"x".repeat(64), &json!({}));
+    assert_eq!(outcome.text, format!("from {long}"));
+    let called: Vec<String> = sim.calls().into_iter().map(|(name, _)| name).collect();
+    assert_eq!(called, ["docs.search", "docs_search", long.as_str()]);
+
+    // The mapped tools make a request the (fake) model accepts; the raw names a 400.
+    let (status, body) = model_request(&tools);
+    assert_eq!(status, 200, "{body}");
+    let mut raw = tools.clone();
+    raw[4].name = "docs.search".into();
+    let (status, body) = model_request(&raw);
+    assert_eq!(status, 400, "{body}");
+    let error: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(error["error"]["type"], "invalid_request_error");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("tools.4.custom.name")),
+        "{body}"
+    );
+}
+
+#[test]
+fn tools_list_follows_next_cursor_to_the_last_page() {
+    let sim = McpSim::start(Framing::Json).unwrap();
+    sim.set_page_size(2);
+    sim.add_tool("lookup_policy", "on the third page", json!({"content": []}));
+    let tools = client(&sim.url(), 5000).list_tools().unwrap();
+    let names: Vec<&str> = tools.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "start_session",
+            "check_safety",
+            "rewrite_message",
+            "generate_artifact",
+            "lookup_policy"
+        ]
+    );
+}
+
+#[test]
+fn non_text_content_reaches_the_model_as_text() {
+    let sim = McpSim::start(Framing::Sse).unwrap();
+    let png = "A".repeat(16 * 1024); // 12 KB once decoded
+    sim.add_tool(
+        "rich",
+        "every kind of content",
+        json!({"content": [
+            {"type": "text", "text": "Summary follows."},
+            {"type": "image", "data": png, "mimeType": "image/png"},
+            {"type": "audio", "data": "AAAA", "mimeType": "audio/wav"},
+            {"type": "resource", "resource": {"uri": "cotrackpro://plan/7", "mimeType": "text/plain",
+                "text": "Safety plan: call 911 if in danger."}},
+            {"type": "resource", "resource": {"uri": "cotrackpro://scan.pdf", "mimeType": "application/pdf",
+                "blob": "AAAAAAAA"}},
+            {"type": "resource_link", "uri": "cotrackpro://log/3", "name": "incident log"}],
+            "structuredContent": {"tier": 2, "hotline": "988"}}),
+    );
+    sim.add_tool(
+        "structured_only",
+        "structured content and its JSON text, as the official SDK sends",
+        json!({"content": [{"type": "text", "text": "{\"tier\": 3}"}],
+            "structuredContent": {"tier": 3}}),
+    );
+    let client = client(&sim.url(), 5000);
+    client.list_tools().unwrap();
+    let outcome = client.call_tool("rich", &json!({}));
+    assert!(!outcome.is_error);
+    assert_eq!(
+        outcome.text.lines().collect::<Vec<_>>(),
+        [
+            "Summary follows.",
+            "[image: image/png, 12 KB]",
+            "[audio: audio/wav, 3 bytes]",
+            "[resource cotrackpro://plan/7]",
+            "Safety plan: call 911 if in danger.",
+            "[resource cotrackpro://scan.pdf: application/pdf, 6 bytes]",
+            "[resource link: incident log cotrackpro://log/3]",
+            r#"{"hotline":"988","tier":2}"#,
+        ]
+    );
+    let outcome = client.call_tool("structured_only", &json!({}));
+    assert_eq!(outcome.text, "{\"tier\": 3}", "not said twice");
+}
+
+#[test]
+fn one_session_for_every_user_reopened_once_and_deleted_at_the_end() {
+    use std::sync::Arc;
+    let sim = McpSim::start(Framing::Sse).unwrap();
+    let shared = Arc::new(client(&sim.url(), 5000));
+    let run_ten = |shared: &Arc<McpClient>| {
+        let threads: Vec<_> = (0..10)
+            .map(|i| {
+                let handle = shared.handle();
+                std::thread::Builder::new()
+                    .name(format!("mcp-user-{i}"))
+                    .spawn(move || {
+                        handle.call_tool("check_safety", &json!({"sessionId": "s", "context": "x"}))
+                    })
+                    .unwrap()
+            })
+            .collect();
+        for thread in threads {
+            let outcome = thread.join().unwrap();
+            assert!(!outcome.is_error, "{}", outcome.text);
+        }
+    };
+    run_ten(&shared);
+    assert_eq!(sim.calls().len(), 10);
+    assert_eq!(sim.sessions_opened(), 1, "one initialize for ten users");
+
+    sim.forget_sessions();
+    run_ten(&shared);
+    assert_eq!(
+        sim.sessions_opened(),
+        2,
+        "a 404 seen by ten users: one re-initialize"
+    );
+
+    // A user's shutdown ends its own requests, not the session others use.
+    let ended = shared.handle();
+    ended.shutdown();
+    assert!(ended.call_tool("check_safety", &json!({})).is_error);
+    let other = shared.handle();
+    assert!(
+        !other
+            .call_tool("check_safety", &json!({"context": "x"}))
+            .is_error
+    );
+    assert_eq!(sim.sessions_opened(), 2);
+
+    shared.end_session();
+    assert_eq!(sim.deleted_sessions(), ["sim-session-2"]);
+    shared.end_session();
+    assert_eq!(sim.deleted_sessions().len(), 1, "nothing left to delete");
+}
+
+#[test]
+fn an_sse_stream_cut_after_its_priming_event_is_resumed() {
+    let sim = McpSim::start(Framing::Sse).unwrap();
+    sim.cut_after_priming(200);
+    let client = client(&sim.url(), 5000);
+    assert_eq!(client.list_tools().unwrap().len(), 4);
+    let outcome = client.call_tool(
+        "check_safety",
+        &json!({"sessionId": "s", "context": "he has a gun"}),
+    );
+    assert!(outcome.text.starts_with("Tier 1"), "{}", outcome.text);
+    let resumed = sim.resumed_after();
+    assert_eq!(
+        resumed.len(),
+        2,
+        "tools/list and tools/call resumed once each"
+    );
+    for after in resumed {
+        assert!(
+            after >= Duration::from_millis(200),
+            "retry honoured: {after:?}"
+        );
+        assert!(after < Duration::from_millis(1500), "{after:?}");
+    }
+
+    // A retry longer than the time left ends the tool call as an error, in bounded time.
+    let sim = McpSim::start(Framing::Sse).unwrap();
+    let client = crate::mcp::client(&sim.url(), 1000);
+    client.list_tools().unwrap();
+    sim.cut_after_priming(60_000);
+    let started = Instant::now();
+    let outcome = client.call_tool("check_safety", &json!({"context": "x"}));
+    assert!(outcome.is_error, "{}", outcome.text);
+    assert!(started.elapsed() < Duration::from_millis(1500));
+}
+
+#[test]
+fn structured_content_the_official_sdk_wraps_is_said_once() {
+    let sim = McpSim::start(Framing::Json).unwrap();
+    sim.add_tool(
+        "wrapped",
+        "a plain return value, as the official Python SDK sends it",
+        json!({"content": [{"type": "text", "text": "tier 1"}],
+            "structuredContent": {"result": "tier 1"}}),
+    );
+    sim.add_tool(
+        "more",
+        "structured content that says more than the text",
+        json!({"content": [{"type": "text", "text": "tier 1"}],
+            "structuredContent": {"result": "tier 1", "hotline": "988"}}),
+    );
+    let client = client(&sim.url(), 5000);
+    client.list_tools().unwrap();
+    assert_eq!(client.call_tool("wrapped", &json!({})).text, "tier 1");
+    assert_eq!(
+        client.call_tool("more", &json!({})).text,
+        "tier 1\n{\"hotline\":\"988\",\"result\":\"tier 1\"}"
+    );
+}

@@ -16,6 +16,9 @@ pub struct Setup {
     pub stt: Option<SttSettings>,
     pub llm: Option<Arc<LlmSetup>>,
     pub clips: Clips,
+    /// The server's one MCP session, shared by every call (each call uses a
+    /// [`McpClient::handle`] of it); ended by [`Setup::end_sessions`].
+    pub mcp: Option<Arc<McpClient>>,
 }
 
 impl Setup {
@@ -39,16 +42,16 @@ impl Setup {
             silent_service_limit: tuning.stt_silent_service,
         });
         let mcp = config.mcp.url.as_ref().map(|url| {
-            (
-                url.to_string(),
+            Arc::new(McpClient::new(
+                &url.to_string(),
                 config.mcp.token.clone(),
                 config.mcp.timeout,
-            )
+            ))
         });
         let tools = ToolCatalog::new(default_tools());
-        if let Some((url, token, timeout)) = &mcp {
-            // The catalog's refresh has a client of its own (calls have theirs).
-            let client = Arc::new(McpClient::new(url, token.clone(), *timeout));
+        if let Some(mcp) = &mcp {
+            // The refresh opens the shared session; calls use it after.
+            let client = Arc::new(mcp.handle());
             if let Err(err) = ToolCatalog::refresh_in_background(&tools, client) {
                 log::warn!(error:% = err; "mcp.tools.refresh not started");
             }
@@ -59,7 +62,7 @@ impl Setup {
                 api_key,
                 max_tool_rounds: tuning.max_tool_rounds,
                 tools,
-                mcp,
+                mcp: mcp.clone(),
             })
         });
         Setup {
@@ -67,6 +70,15 @@ impl Setup {
             stt,
             llm,
             clips: Clips::load(&tuning.audio_dir),
+            mcp,
+        }
+    }
+
+    /// Ends the sessions held with providers for the whole server (the MCP session, with
+    /// `DELETE`): at shutdown, after the calls have ended.
+    pub fn end_sessions(&self) {
+        if let Some(mcp) = &self.mcp {
+            mcp.end_session();
         }
     }
 }

@@ -52,6 +52,10 @@ pub struct SseReader<R> {
     line: Vec<u8>,
     /// A CR ended the last line; an LF right after it belongs to it.
     after_cr: bool,
+    /// The last `id:` field seen (kept across events, as the standard's last event ID is).
+    last_event_id: Option<String>,
+    /// The last valid `retry:` field, in milliseconds.
+    retry_ms: Option<u64>,
 }
 
 impl<R: BufRead> SseReader<R> {
@@ -61,7 +65,22 @@ impl<R: BufRead> SseReader<R> {
             max_line_bytes,
             line: Vec::new(),
             after_cr: false,
+            last_event_id: None,
+            retry_ms: None,
         }
+    }
+
+    /// The stream's last event ID so far (`id:` fields; an ID field containing NUL is ignored,
+    /// an empty one resets it), for a reconnection's `Last-Event-ID`. Set even by an event that
+    /// carries no data (an MCP priming event).
+    pub fn last_event_id(&self) -> Option<&str> {
+        self.last_event_id.as_deref()
+    }
+
+    /// The last `retry:` field (digits only), in milliseconds: how long to wait before
+    /// reconnecting.
+    pub fn retry_ms(&self) -> Option<u64> {
+        self.retry_ms
     }
 
     /// The next event, or `None` at the end of the stream. An event cut off by the end of the
@@ -102,7 +121,13 @@ impl<R: BufRead> SseReader<R> {
                     data.push_str(value);
                     has_data = true;
                 }
-                // `id` and `retry` only matter to reconnecting browsers.
+                // For a client that reconnects (MCP's resumable streams).
+                "id" if !value.contains('\0') => {
+                    self.last_event_id = (!value.is_empty()).then(|| value.to_string());
+                }
+                "retry" if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) => {
+                    self.retry_ms = value.parse().ok();
+                }
                 _ => {}
             }
         }
@@ -198,6 +223,34 @@ mod tests {
             events(text),
             vec![ev("message", "first\nsecond"), ev("message", "")]
         );
+    }
+
+    #[test]
+    fn the_last_event_id_and_retry_are_kept_for_a_reconnection() {
+        // An MCP priming event: an id and an empty data field, then a retry of its own.
+        let text = "id: s1-0\ndata:\n\nretry: 250\n\nretry: soon\nid: bad\0id\n\n";
+        let mut reader = SseReader::new(text.as_bytes(), 1024);
+        assert_eq!(reader.last_event_id(), None);
+        assert_eq!(reader.next_event().unwrap(), Some(ev("message", "")));
+        assert_eq!(reader.last_event_id(), Some("s1-0"));
+        assert_eq!(reader.next_event().unwrap(), None);
+        assert_eq!(
+            reader.retry_ms(),
+            Some(250),
+            "a retry that is not digits is ignored"
+        );
+        assert_eq!(
+            reader.last_event_id(),
+            Some("s1-0"),
+            "an id with NUL is ignored"
+        );
+        let mut reset = SseReader::new("id: 1\ndata: a\n\nid\ndata: b\n\n".as_bytes(), 64);
+        reader_drain(&mut reset);
+        assert_eq!(reset.last_event_id(), None, "an empty id resets it");
+    }
+
+    fn reader_drain(reader: &mut SseReader<&[u8]>) {
+        while reader.next_event().unwrap().is_some() {}
     }
 
     #[test]

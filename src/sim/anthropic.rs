@@ -311,6 +311,20 @@ fn check_request(req: &SimRequest, body: &Value) -> Result<(), String> {
     if !body["model"].is_string() || !body["max_tokens"].is_u64() {
         return Err("model and max_tokens are required".into());
     }
+    if let Some(tools) = body.get("tools") {
+        let Some(tools) = tools.as_array() else {
+            return Err("tools: Input should be a valid list".into());
+        };
+        for (idx, tool) in tools.iter().enumerate() {
+            let name = tool["name"].as_str().unwrap_or("");
+            if !crate::providers::mcp::is_model_tool_name(name) {
+                // The real API's words for a name MCP allows and it does not (dots, > 64).
+                return Err(format!(
+                    "tools.{idx}.custom.name: String should match pattern '^[a-zA-Z0-9_-]{{1,64}}$'"
+                ));
+            }
+        }
+    }
     let breakpoints = count_breakpoints(body);
     if breakpoints > 4 {
         return Err(format!(

@@ -3,11 +3,16 @@
 //! checks what a real server checks — the `Accept` header (406), a session id on every request
 //! after `initialize` (400 missing, 404 unknown), the protocol-version header — and can be made
 //! slow or forgetful to exercise the client's timeouts and re-initialization.
+//!
+//! Like the protocol allows, it can also page `tools/list` (`nextCursor`), offer tools of its
+//! own with any name and result, end a request's SSE stream after a priming event and answer
+//! the client's `GET` with `Last-Event-ID` (the 2025-11-25 polling), and end a session on
+//! `DELETE`. It counts `initialize`s, `DELETE`s and resumptions.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
@@ -27,6 +32,18 @@ struct State {
     next_session: u64,
     calls: Vec<(String, Value)>,
     delay: Duration,
+    /// `tools/list` pages of this many tools (`None`: one page).
+    page_size: Option<usize>,
+    /// Tools offered after the CoTrackPro ones: (definition, what `tools/call` answers).
+    extra_tools: Vec<(Value, Value)>,
+    /// End SSE responses after a priming event with this `retry` (ms); answer on `GET`.
+    cut_after_priming: Option<u64>,
+    next_stream: u64,
+    /// Responses waiting for a `GET`, by the priming event's id: (response, when cut).
+    parked: HashMap<String, (Value, Instant)>,
+    /// How long after the cut each resuming `GET` came.
+    resumed_after: Vec<Duration>,
+    deletes: Vec<String>,
 }
 
 pub struct McpSim {
@@ -64,9 +81,40 @@ impl McpSim {
         lock(&self.state).sessions.clear();
     }
 
-    /// Sessions opened so far.
+    /// Sessions opened so far (one per `initialize`).
     pub fn sessions_opened(&self) -> u64 {
         lock(&self.state).next_session
+    }
+
+    /// Pages `tools/list`: `size` tools a page, with `nextCursor` while more remain.
+    pub fn set_page_size(&self, size: usize) {
+        lock(&self.state).page_size = Some(size.max(1));
+    }
+
+    /// Offers one more tool, listed after the others, whose every call answers `result` (a
+    /// `tools/call` result: `content`, `structuredContent`, `isError`). Any name goes, as in
+    /// MCP (dots, 128 characters).
+    pub fn add_tool(&self, name: &str, description: &str, result: Value) {
+        let definition = json!({"name": name, "description": description,
+            "inputSchema": {"type": "object", "properties": {}}});
+        lock(&self.state).extra_tools.push((definition, result));
+    }
+
+    /// Ends every later request's SSE response after a priming event (an id, `retry: retry_ms`
+    /// and empty data), without the response; the response then comes on the client's `GET`
+    /// with that `Last-Event-ID`. SSE framing only.
+    pub fn cut_after_priming(&self, retry_ms: u64) {
+        lock(&self.state).cut_after_priming = Some(retry_ms);
+    }
+
+    /// How long after each cut the client came back with `GET` (one entry per resumption).
+    pub fn resumed_after(&self) -> Vec<Duration> {
+        lock(&self.state).resumed_after.clone()
+    }
+
+    /// The sessions ended with `DELETE`, in order.
+    pub fn deleted_sessions(&self) -> Vec<String> {
+        lock(&self.state).deletes.clone()
     }
 }
 
@@ -84,8 +132,21 @@ fn handle(
     if req.path() != "/mcp" {
         return res.send(404, &plain, b"not found");
     }
-    if req.method != "POST" {
-        return res.send(405, &plain, b"POST only");
+    match req.method.as_str() {
+        "POST" => {}
+        "GET" => return resume(req, res, state),
+        "DELETE" => {
+            let mut state = lock(state);
+            return match req.header("Mcp-Session-Id") {
+                Some(session) if state.sessions.remove(session) => {
+                    state.deletes.push(session.to_string());
+                    res.send(200, &plain, b"")
+                }
+                Some(_) => res.send(404, &plain, b"Session not found"),
+                None => res.send(400, &plain, b"Bad Request: Missing session ID"),
+            };
+        }
+        _ => return res.send(405, &plain, b"Method not allowed"),
     }
     let accept = req.header("Accept").unwrap_or("");
     if !(accept.contains("application/json") && accept.contains("text/event-stream")) {
@@ -101,6 +162,7 @@ fn handle(
             framing,
             None,
             &json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32700, "message": "Parse error"}}),
+            None,
         );
     };
     let method = message["method"].as_str().unwrap_or("");
@@ -124,6 +186,7 @@ fn handle(
             framing,
             Some(&session),
             &json!({"jsonrpc": "2.0", "id": id, "result": result}),
+            None,
         );
     }
     match req.header("Mcp-Session-Id") {
@@ -143,22 +206,62 @@ fn handle(
         // A notification (notifications/initialized, cancellations): accepted, no body.
         return res.send(202, &plain, b"");
     }
-    let delay = lock(state).delay;
+    let (delay, page_size, extra, cut) = {
+        let state = lock(state);
+        (
+            state.delay,
+            state.page_size,
+            state.extra_tools.clone(),
+            state.cut_after_priming.filter(|_| framing == Framing::Sse),
+        )
+    };
+    let cut = cut.map(|retry| (retry, state));
     let result = match method {
         "tools/list" => {
             std::thread::sleep(delay);
-            let tools: Vec<Value> = default_tools()
+            let mut tools: Vec<Value> = default_tools()
                 .into_iter()
                 .map(|t| json!({"name": t.name, "description": t.description, "inputSchema": t.input_schema}))
                 .collect();
-            json!({"tools": tools})
+            tools.extend(extra.iter().map(|(definition, _)| definition.clone()));
+            let start = match message["params"]["cursor"].as_str() {
+                None => 0,
+                Some(cursor) => match cursor
+                    .strip_prefix("from-")
+                    .and_then(|n| n.parse::<usize>().ok())
+                {
+                    Some(start) if start < tools.len() => start,
+                    _ => {
+                        return rpc(
+                            res,
+                            framing,
+                            None,
+                            &json!({"jsonrpc": "2.0", "id": id,
+                                "error": {"code": -32602, "message": "Invalid cursor"}}),
+                            cut,
+                        )
+                    }
+                },
+            };
+            let end = page_size.map_or(tools.len(), |size| (start + size).min(tools.len()));
+            let mut page = json!({"tools": tools[start..end].to_vec()});
+            if end < tools.len() {
+                page["nextCursor"] = json!(format!("from-{end}"));
+            }
+            page
         }
         "tools/call" => {
             let name = message["params"]["name"].as_str().unwrap_or("").to_string();
             let arguments = message["params"]["arguments"].clone();
             lock(state).calls.push((name.clone(), arguments.clone()));
             std::thread::sleep(delay);
-            call_tool(&name, &arguments)
+            match extra
+                .iter()
+                .find(|(definition, _)| definition["name"] == json!(name))
+            {
+                Some((_, result)) => result.clone(),
+                None => call_tool(&name, &arguments),
+            }
         }
         "ping" => json!({}),
         other => {
@@ -168,6 +271,7 @@ fn handle(
                 None,
                 &json!({"jsonrpc": "2.0", "id": id,
                 "error": {"code": -32601, "message": format!("Method not found: {other}")}}),
+                cut,
             )
         }
     };
@@ -176,7 +280,50 @@ fn handle(
         framing,
         None,
         &json!({"jsonrpc": "2.0", "id": id, "result": result}),
+        cut,
     )
+}
+
+/// A `GET` resuming a cut stream: the parked response after `Last-Event-ID`, then the end.
+fn resume(req: &SimRequest, res: &mut Responder, state: &Mutex<State>) -> io::Result<()> {
+    let plain = [("Content-Type", "text/plain")];
+    if !req
+        .header("Accept")
+        .unwrap_or("")
+        .contains("text/event-stream")
+    {
+        return res.send(406, &plain, b"Accept must list text/event-stream");
+    }
+    let parked = {
+        let mut state = lock(state);
+        match req.header("Mcp-Session-Id") {
+            None => return res.send(400, &plain, b"Bad Request: Missing session ID"),
+            Some(session) if !state.sessions.contains(session) => {
+                return res.send(404, &plain, b"Session not found")
+            }
+            Some(_) => {}
+        }
+        let Some(last) = req.header("Last-Event-ID") else {
+            // No standalone stream for server-initiated messages here.
+            return res.send(405, &plain, b"Method not allowed");
+        };
+        let Some((message, cut_at)) = state.parked.remove(last) else {
+            return res.send(400, &plain, b"Bad Request: unknown Last-Event-ID");
+        };
+        state.resumed_after.push(cut_at.elapsed());
+        (last.to_string(), message)
+    };
+    let (last, message) = parked;
+    let next = last.replace("-0", "-1");
+    res.start_stream(
+        200,
+        &[
+            ("Content-Type", "text/event-stream"),
+            ("Cache-Control", "no-cache"),
+        ],
+    )?;
+    res.chunk(format!("id: {next}\nevent: message\ndata: {message}\n\n").as_bytes())?;
+    res.finish()
 }
 
 /// What the simulated CoTrackPro tools answer.
@@ -225,6 +372,7 @@ fn rpc(
     framing: Framing,
     session: Option<&str>,
     message: &Value,
+    cut: Option<(u64, &Mutex<State>)>,
 ) -> io::Result<()> {
     let mut headers = vec![];
     if let Some(session) = session {
@@ -239,6 +387,20 @@ fn rpc(
             headers.push(("Content-Type", "text/event-stream"));
             headers.push(("Cache-Control", "no-cache"));
             res.start_stream(200, &headers)?;
+            if let Some((retry, state)) = cut {
+                // Prime, then end the connection; the response waits for the client's GET.
+                let event_id = {
+                    let mut state = lock(state);
+                    state.next_stream += 1;
+                    let event_id = format!("stream{}-0", state.next_stream);
+                    state
+                        .parked
+                        .insert(event_id.clone(), (message.clone(), Instant::now()));
+                    event_id
+                };
+                res.chunk(format!("id: {event_id}\nretry: {retry}\ndata: \n\n").as_bytes())?;
+                return res.finish();
+            }
             res.chunk(format!("event: message\ndata: {message}\n\n").as_bytes())?;
             res.finish()
         }

@@ -1,7 +1,7 @@
 //! The model worker: one reply per job, streamed, with its rounds of tool calls.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
 use serde_json::json;
@@ -20,12 +20,13 @@ pub struct LlmSetup {
     pub api_key: crate::config::Secret,
     pub max_tool_rounds: u32,
     pub tools: Arc<ToolCatalog>,
-    /// `COTRACKPRO_MCP_URL`, its token and the tool timeout.
-    pub mcp: Option<(String, Option<crate::config::Secret>, Duration)>,
+    /// The server's MCP client (`COTRACKPRO_MCP_URL`): one session for every call.
+    pub mcp: Option<Arc<McpClient>>,
 }
 
 /// One call's own clients: their connections end with the call ([`CallLlm::shutdown`]
-/// interrupts a read in flight, so the worker never outlives the call by a timeout).
+/// interrupts a read in flight, so the worker never outlives the call by a timeout). The MCP
+/// client is a handle of the server's: the session is shared, the connections are the call's.
 #[derive(Clone)]
 pub struct CallLlm {
     pub client: AnthropicClient,
@@ -36,9 +37,7 @@ impl CallLlm {
     pub fn new(setup: &LlmSetup) -> CallLlm {
         CallLlm {
             client: AnthropicClient::new(&setup.anthropic, setup.api_key.clone()),
-            mcp: setup.mcp.as_ref().map(|(url, token, timeout)| {
-                Arc::new(McpClient::new(url, token.clone(), *timeout))
-            }),
+            mcp: setup.mcp.as_ref().map(|mcp| Arc::new(mcp.handle())),
         }
     }
 
