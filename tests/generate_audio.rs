@@ -87,3 +87,31 @@ fn renders_every_phrase_per_voice_keeps_what_is_current_and_calls_play_it() {
     assert_eq!(cost.tts_chars, 0);
     assert_eq!(cost.tts_chars_cached, greeting.chars().count() as u64);
 }
+
+/// The official `elevenlabs` Python SDK renders speech from our simulator's REST endpoint as
+/// it would from the service, and gets the service's refusal for a wrong key.
+#[test]
+fn the_official_elevenlabs_sdk_renders_from_the_simulator() {
+    let sims = Simulators::start().expect("simulators");
+    let key = cotrackpro_voice::sim::elevenlabs_tts::TtsSimOptions::default().api_key;
+    let text = "Take all the time you need.";
+    let result = crate::support::run_python(
+        "elevenlabs_interop.py",
+        &[],
+        &serde_json::json!({
+            "base_url": sims.elevenlabs.api_base_url(),
+            "api_key": key,
+            "voice_id": Role::Parent.default_voice_id(),
+            "text": text,
+        }),
+    );
+    let expected = cotrackpro_voice::sim::voice::speak(text, 0.0).len();
+    let bytes = result["audio_bytes"].as_u64().expect("a count") as usize;
+    assert!(bytes > 0, "{result}");
+    // The simulated voice's length depends on the text only (a second of μ-law is 8000 bytes).
+    assert!(
+        bytes.abs_diff(expected) < 8000,
+        "{bytes} bytes, about {expected} expected"
+    );
+    assert_eq!(result["wrong_key_status"], 401, "{result}");
+}

@@ -13,7 +13,7 @@
 //! `tools/list` is followed through `nextCursor`; tool names the model API would refuse are
 //! mapped (and mapped back for `tools/call`); non-text results become words the model can read;
 //! an SSE answer the server ends early is resumed with `GET` and `Last-Event-ID`. The facts
-//! behind these are in PROTOCOLS.mcp.md.
+//! behind these are in PROTOCOLS.md (MCP).
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufReader, Read};

@@ -65,6 +65,7 @@ pub fn stream_parameters(
         .http_status_as_error(false)
         .build()
         .into();
+    let agent = crate::resolve::bounded(&agent);
     let body = crate::twilio::rest::encode_form(&[
         ("CallSid", call_sid.to_string()),
         ("AccountSid", super::SIM_TWILIO_ACCOUNT_SID.to_string()),

@@ -7,7 +7,7 @@
 //! and is keyed by that SharedKey's secret instead; the signed string is the same. Like Twilio's
 //! own libraries we accept the signature over the URL with its port removed or with the default
 //! port added (`:443` for https, `:80` otherwise), because Twilio's side is inconsistent about
-//! explicit ports. The facts and their official source: `PROTOCOLS.twilio-signatures.md`.
+//! explicit ports. The facts and their official source: `PROTOCOLS.md` ("Twilio webhook signatures").
 
 use base64::Engine as _;
 use hmac::{Hmac, KeyInit, Mac};

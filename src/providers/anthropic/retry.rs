@@ -1,6 +1,6 @@
 //! When and how long to wait before retrying a Messages request, as the official SDKs decide it
-//! (see PROTOCOLS.anthropic.md for the sources): the pure policy, kept apart from the socket code
-//! so every rule has a unit test.
+//! (see PROTOCOLS.md, "Anthropic", for the sources): the pure policy, kept apart from the socket
+//! code so every rule has a unit test.
 //!
 //! - `x-should-retry: true|false` from the API wins; otherwise 408, 409, 429 and 5xx are retried.
 //! - The wait is `retry-after-ms`, else `retry-after` in seconds, else `retry-after` as an HTTP
