@@ -286,3 +286,82 @@ fn unknown_message_types_are_recorded_once_and_ignored() {
         vec!["committed_transcript_entities".to_string()]
     );
 }
+
+/// The official `elevenlabs` Python SDK (`client.speech_to_text.realtime`, 2.78.0) transcribes
+/// from our simulator as from the service: configured as our server configures it (μ-law at
+/// 8000 Hz, VAD commits), it gets `session_started`, partials that grow while the caller
+/// speaks, and one `committed_transcript` with the scripted words after the silence; a wrong
+/// key is refused at the handshake.
+#[test]
+fn the_official_elevenlabs_sdk_transcribes_from_the_simulator() {
+    let sims = cotrackpro_voice::sim::Simulators::start().expect("simulators");
+    let said = "I think my son is being bullied at school";
+    sims.elevenlabs.stt().push_utterances([said.to_string()]);
+    // Twilio-sized frames: about three seconds of speech, then a second of quiet.
+    let chunks = frames(said, 1000);
+    let result = crate::support::run_python(
+        "elevenlabs_ws_interop.py",
+        &["stt"],
+        &json!({
+            "base_url": sims.elevenlabs.api_base_url(),
+            "api_key": key(),
+            "model_id": "scribe_v2_realtime",
+            "language_code": "en",
+            "vad_silence_threshold_secs": 0.5,
+            "chunks": chunks,
+            "wait_for_commits": 1,
+        }),
+    );
+    let url = result["url"].as_str().expect("the URL the SDK opened");
+    assert!(
+        url.starts_with(&format!(
+            "{}/v1/speech-to-text/realtime?model_id=scribe_v2_realtime&audio_format=ulaw_8000&commit_strategy=vad",
+            sims.elevenlabs.ws_base_url()
+        )),
+        "{url}"
+    );
+    assert!(
+        result["headers"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("xi-api-key")),
+        "{result}"
+    );
+    let events = result["events"].as_array().expect("events");
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds.first(), Some(&"session_started"), "{result}");
+    assert!(!kinds.contains(&"error"), "{result}");
+    // The SDK's close (1000) is answered: the closing handshake completes.
+    assert_eq!(result["close"]["code"], 1000, "{result}");
+    let committed: Vec<&str> = events
+        .iter()
+        .filter(|e| e["event"] == "committed_transcript")
+        .map(|e| e["data"]["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(committed, [said], "{result}");
+    let partials: Vec<&str> = events
+        .iter()
+        .filter(|e| e["event"] == "partial_transcript")
+        .map(|e| e["data"]["text"].as_str().unwrap())
+        .collect();
+    assert!(!partials.is_empty(), "{result}");
+    assert!(
+        partials.iter().all(|p| said.starts_with(p)),
+        "partials are prefixes of the utterance: {partials:?}"
+    );
+    // The SDK asked for no timestamps (include_timestamps=false), so got no twin.
+    assert!(url.contains("include_timestamps=false"), "{url}");
+    assert!(!kinds.contains(&"committed_transcript_with_timestamps"));
+    // Every chunk arrived as the SDK frames it.
+    let received = sims.elevenlabs.stt().received(0);
+    assert_eq!(received.len(), chunks.len());
+    assert_eq!(
+        received[0],
+        json!({"message_type": "input_audio_chunk", "audio_base_64": chunks[0],
+               "commit": false, "sample_rate": 8000, "previous_text": null})
+    );
+    assert_eq!(result["wrong_key_status"], 401, "{result}");
+}

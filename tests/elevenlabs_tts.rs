@@ -202,3 +202,55 @@ fn the_tls_path_fails_cleanly_when_the_peer_is_not_tls() {
     );
     peer.join().unwrap();
 }
+
+/// The official `elevenlabs` Python SDK's streaming text-to-speech
+/// (`text_to_speech.convert_realtime`, 2.78.0, `stream-input`) gets audio and the final
+/// message from our simulator, and ends without an error, as against the service.
+#[test]
+fn the_official_elevenlabs_sdk_streams_speech_from_the_simulator() {
+    let sims = cotrackpro_voice::sim::Simulators::start().expect("simulators");
+    let key = TtsSimOptions::default().api_key;
+    let text = "Thank you for telling me. Take all the time you need.";
+    let result = crate::support::run_python(
+        "elevenlabs_ws_interop.py",
+        &["tts"],
+        &json!({
+            "base_url": sims.elevenlabs.api_base_url(),
+            "ws_base_url": sims.elevenlabs.ws_base_url(),
+            "api_key": key,
+            "voice_id": VOICE,
+            "model_id": "eleven_flash_v2_5",
+            "text": text,
+        }),
+    );
+    assert_eq!(result["finished"], true, "{result}");
+    assert_eq!(result["error"], serde_json::Value::Null, "{result}");
+    assert_eq!(
+        result["url"],
+        format!(
+            "{}/v1/text-to-speech/{VOICE}/stream-input?model_id=eleven_flash_v2_5&output_format=ulaw_8000",
+            sims.elevenlabs.ws_base_url()
+        )
+    );
+    assert_eq!(result["saw_final"], true, "{result}");
+    let bytes = result["audio_bytes"].as_u64().expect("a count") as usize;
+    // The simulated voice speaks MS_PER_CHAR per character sent; the SDK's chunker ends the
+    // text with a space.
+    let per_char = (voice::SAMPLE_RATE * voice::MS_PER_CHAR / 1000) as usize;
+    assert_eq!(
+        bytes,
+        (text.chars().count() + 1) * per_char,
+        "{bytes} bytes: {result}"
+    );
+    // What the SDK sent: its opening message (no voice settings given), then the text.
+    let sessions = sims.elevenlabs.tts().sessions();
+    assert_eq!(sessions.len(), 1);
+    let (voice_id, messages) = &sessions[0];
+    assert_eq!(voice_id, VOICE);
+    assert_eq!(
+        messages[0],
+        json!({"text": " ", "try_trigger_generation": true, "voice_settings": null,
+               "generation_config": {"chunk_length_schedule": [50]}})
+    );
+    assert_eq!(messages.last().unwrap(), &json!({"text": ""}));
+}

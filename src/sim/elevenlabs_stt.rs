@@ -222,7 +222,11 @@ fn serve(stream: TcpStream, options: &SttSimOptions, state: &Mutex<State>) -> io
                     let value = serde_json::from_str(text.as_str()).unwrap_or(Value::Null);
                     lock(state).received[index].push(value);
                 }
-                Ok(Message::Close(_)) => return Ok(()),
+                Ok(Message::Close(_)) => {
+                    // Send the queued close reply: the handshake completes, as with the service.
+                    let _ = socket.flush();
+                    return Ok(());
+                }
                 Ok(_) => {}
                 Err(tungstenite::Error::Io(e))
                     if matches!(
@@ -264,6 +268,9 @@ fn serve(stream: TcpStream, options: &SttSimOptions, state: &Mutex<State>) -> io
         };
         let Message::Text(text) = message else {
             if let Message::Close(_) = message {
+                // tungstenite queues the close reply; sending it completes the closing
+                // handshake (the official SDK reports a close without one as an error).
+                let _ = socket.flush();
                 return Ok(());
             }
             continue;

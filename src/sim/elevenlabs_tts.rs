@@ -280,6 +280,8 @@ fn serve(stream: TcpStream, options: &TtsSimOptions, state: &Mutex<State>) -> io
             Message::Text(text) => text,
             Message::Close(_) => {
                 lock(state).closed_by_client += 1;
+                // Send the queued close reply: the closing handshake completes.
+                let _ = socket.flush();
                 return Ok(());
             }
             _ => continue,
@@ -295,11 +297,14 @@ fn serve(stream: TcpStream, options: &TtsSimOptions, state: &Mutex<State>) -> io
         last_text = Instant::now();
         let chunk = value["text"].as_str().unwrap_or("");
         if !opened {
-            // The opening message must be a single space with the voice settings.
-            if chunk != " " || !value["voice_settings"].is_object() {
+            // The opening message must be a single space. Its voice settings are optional
+            // (absent or null: the voice's own), as the service's `InitializeConnection`
+            // has them and the official SDK sends them.
+            let settings = &value["voice_settings"];
+            if chunk != " " || !(settings.is_null() || settings.is_object()) {
                 send(
                     &mut socket,
-                    json!({"message": "The first message must be {\"text\": \" \", \"voice_settings\": …}", "error": "invalid_request", "code": 1008}),
+                    json!({"message": "The first message must be {\"text\": \" \"} (voice_settings, if any, an object)", "error": "invalid_request", "code": 1008}),
                 )?;
                 return Ok(());
             }
@@ -325,7 +330,12 @@ fn serve(stream: TcpStream, options: &TtsSimOptions, state: &Mutex<State>) -> io
                 return Ok(());
             }
             send(&mut socket, json!({"isFinal": true}))?;
-            let _ = socket.close(None);
+            // A normal close (1000): the official SDK's `convert_realtime` raises on any other
+            // code once its input is done, a close frame without a code (1005) included.
+            let _ = socket.close(Some(CloseFrame {
+                code: CloseCode::Normal,
+                reason: "".into(),
+            }));
             // Drain until the client's close arrives (or it goes away).
             let deadline = Instant::now() + Duration::from_secs(2);
             while Instant::now() < deadline {
