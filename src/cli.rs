@@ -21,9 +21,10 @@ Commands:
                  turn's latencies and writes both sides to PATH (default cotrackpro-demo.wav);
                  --fast plays the assistant 4x faster than real time
   serve          run the webhook server (HTTP_PORT) and the media-stream server (MEDIA_PORT)
-  bench [--calls N] [--turns K]
+  bench [--calls N] [--turns K] [--provider-rtt-ms MS]
                  N simultaneous simulated calls (default 20) of K turns (default 3) against
-                 the server and simulated providers in this process; prints caller waits,
+                 the server and simulated providers in this process, each provider MS away
+                 (a network round trip, default 20); prints caller waits, frame gaps,
                  server stage latencies, server CPU and memory
   check-config   validate the configuration and print it, secrets redacted
   generate-audio render the fixed phrases and greetings for every configured voice through
@@ -84,6 +85,8 @@ pub struct Args {
     /// `bench --calls`, `--turns`.
     pub calls: Option<usize>,
     pub turns: Option<usize>,
+    /// `bench --provider-rtt-ms`.
+    pub provider_rtt_ms: Option<u64>,
 }
 
 /// A flag's value: written inline (`--flag=value`) or as the next argument.
@@ -114,6 +117,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
     let mut fast = false;
     let mut calls = None;
     let mut turns = None;
+    let mut provider_rtt_ms = None;
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         let arg = arg
@@ -199,6 +203,18 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
                     turns = Some(n);
                 }
             }
+            "--provider-rtt-ms" => {
+                let value = value_of(inline_value, &mut args, || format!("{flag} needs a number"))?;
+                provider_rtt_ms = Some(
+                    value
+                        .parse::<u64>()
+                        .ok()
+                        .filter(|n| *n <= 10_000)
+                        .ok_or_else(|| {
+                            format!("{flag} {value:?} is not a number from 0 to 10000")
+                        })?,
+                );
+            }
             "-h" | "--help" => command = Some(Command::Help),
             "-V" | "--version" => command = Some(Command::Version),
             other if other.starts_with('-') => return Err(format!("unknown option {other}")),
@@ -239,6 +255,9 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
     if (calls.is_some() || turns.is_some()) && command != Command::Bench {
         return Err("--calls and --turns go with the bench command".to_string());
     }
+    if provider_rtt_ms.is_some() && command != Command::Bench {
+        return Err("--provider-rtt-ms goes with the bench command".to_string());
+    }
     Ok(Args {
         command,
         env_file,
@@ -251,6 +270,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
         fast,
         calls,
         turns,
+        provider_rtt_ms,
     })
 }
 
@@ -292,6 +312,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
             let options = crate::commands::bench::BenchOptions {
                 calls: args.calls.unwrap_or(20),
                 turns: args.turns.unwrap_or(3),
+                provider_rtt_ms: args.provider_rtt_ms.unwrap_or(20),
             };
             done(crate::commands::bench::run(&options))
         }
@@ -483,6 +504,7 @@ mod tests {
             fast: false,
             calls: None,
             turns: None,
+            provider_rtt_ms: None,
         };
         assert_eq!(args(&["serve", "--env-file", "/etc/x.env"]), Ok(expected));
         let parsed = args(&["--env-file=/etc/x.env", "check-config"]).unwrap();
@@ -519,5 +541,18 @@ mod tests {
         assert_eq!(parsed.role, Some(crate::personas::Role::Judge));
         assert_eq!(parsed.wav, Some(PathBuf::from("out.wav")));
         assert!(parsed.fast);
+    }
+
+    #[test]
+    fn bench_takes_a_provider_round_trip() {
+        let parsed = args(&["bench", "--calls", "4", "--provider-rtt-ms=35"]).unwrap();
+        assert_eq!(parsed.provider_rtt_ms, Some(35));
+        assert_eq!(args(&["bench"]).unwrap().provider_rtt_ms, None);
+        assert!(args(&["bench", "--provider-rtt-ms", "soon"])
+            .unwrap_err()
+            .contains("is not a number"));
+        assert!(args(&["serve", "--provider-rtt-ms", "5"])
+            .unwrap_err()
+            .contains("goes with the bench command"));
     }
 }

@@ -33,6 +33,7 @@ impl Rig {
             token_ms: Some(2),
             tts_first_byte_ms: Some(10),
             stt_commit_ms: Some(10),
+            ..SimTiming::default()
         })
         .expect("simulators start");
         let mut env: Vec<(String, String)> = sims
@@ -985,6 +986,7 @@ fn the_service_logs_the_cost_summary_and_drains_live_calls_on_sigterm() {
         token_ms: Some(2),
         tts_first_byte_ms: Some(10),
         stt_commit_ms: Some(10),
+        ..SimTiming::default()
     })
     .expect("simulators start");
     sims.anthropic

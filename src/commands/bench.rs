@@ -20,6 +20,8 @@ use crate::sim::Simulators;
 pub struct BenchOptions {
     pub calls: usize,
     pub turns: usize,
+    /// The simulated network round trip to every provider (`--provider-rtt-ms`).
+    pub provider_rtt_ms: u64,
 }
 
 const UTTERANCES: [&str; 4] = [
@@ -38,6 +40,7 @@ struct CallerRun {
 
 pub fn run(options: &BenchOptions) -> Result<(), Box<dyn Error>> {
     let sims = Simulators::start()?;
+    sims.set_provider_rtt(std::time::Duration::from_millis(options.provider_rtt_ms));
     let records_dir = std::env::temp_dir().join(format!("cotrackpro-bench-{}", std::process::id()));
     let calls = (options.calls + 1).to_string();
     let server = super::start_on_loopback(

@@ -37,6 +37,12 @@ impl ElevenLabsSim {
         Ok(ElevenLabsSim { listener, tts, stt })
     }
 
+    /// Delays each new connection by the network round trip `rtt` (its handshake and its
+    /// first response; see `listener::Listener::set_rtt`).
+    pub fn set_rtt(&self, rtt: Duration) {
+        self.listener.set_rtt(rtt);
+    }
+
     /// The base URL to set as `ELEVENLABS_API_BASE` (REST text-to-speech).
     pub fn api_base_url(&self) -> String {
         format!("http://{}", self.listener.addr())

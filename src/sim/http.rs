@@ -128,6 +128,11 @@ impl SimServer {
         self.listener.addr()
     }
 
+    /// The simulated network round trip ([`Listener::set_rtt`]).
+    pub fn set_rtt(&self, rtt: Duration) {
+        self.listener.set_rtt(rtt);
+    }
+
     /// `http://127.0.0.1:PORT`.
     pub fn base_url(&self) -> String {
         format!("http://{}", self.addr())

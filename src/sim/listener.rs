@@ -1,18 +1,32 @@
 //! The accept loop every simulator shares: a loopback listener on an ephemeral port, one named
 //! thread per connection, and a clean stop (the accept thread is woken and joined on drop).
 
+use std::cell::Cell;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+thread_local! {
+    /// When the connection this thread serves was accepted (set on `{name}-conn` threads).
+    static ACCEPTED_AT: Cell<Option<Instant>> = const { Cell::new(None) };
+}
+
+/// When the connection served by the calling thread was accepted, before any simulated round
+/// trip: the moment the peer's request was on its way. `None` off a connection thread.
+pub fn accepted_at() -> Option<Instant> {
+    ACCEPTED_AT.with(Cell::get)
+}
 
 /// A running listener; stops on drop.
 pub struct Listener {
     addr: SocketAddr,
     stopping: Arc<AtomicBool>,
     acceptor: Option<JoinHandle<()>>,
+    /// The simulated network round trip, in microseconds (see [`Listener::set_rtt`]).
+    rtt_us: Arc<AtomicU64>,
 }
 
 impl Listener {
@@ -27,6 +41,8 @@ impl Listener {
         let addr = listener.local_addr()?;
         let stopping = Arc::new(AtomicBool::new(false));
         let (flag, conn_name, serve) = (stopping.clone(), format!("{name}-conn"), Arc::new(serve));
+        let rtt_us = Arc::new(AtomicU64::new(0));
+        let rtt = rtt_us.clone();
         let acceptor = thread::Builder::new()
             .name(format!("{name}-accept"))
             .spawn(move || {
@@ -36,10 +52,19 @@ impl Listener {
                     }
                     let Ok(stream) = stream else { continue };
                     let serve = serve.clone();
+                    let delay =
+                        Duration::from_micros(rtt.load(Ordering::Relaxed)).saturating_mul(2);
                     let spawned = thread::Builder::new()
                         .name(conn_name.clone())
                         .stack_size(256 * 1024)
                         .spawn(move || {
+                            ACCEPTED_AT.with(|at| at.set(Some(Instant::now())));
+                            // One round trip for the TCP (and TLS) handshake, one for the
+                            // request and its first response; the peer's request is already
+                            // in flight, so both are slept here, before it is read.
+                            if !delay.is_zero() {
+                                thread::sleep(delay);
+                            }
                             if let Err(err) = serve(stream) {
                                 log::debug!("simulator connection ended: {err}");
                             }
@@ -53,7 +78,16 @@ impl Listener {
             addr,
             stopping,
             acceptor: Some(acceptor),
+            rtt_us,
         })
+    }
+
+    /// Simulates a network round trip of `rtt` for connections accepted from now on: each is
+    /// served two round trips after it was accepted (its handshake, then its first response);
+    /// later messages on it are not delayed. Zero (the default) serves at once.
+    pub fn set_rtt(&self, rtt: Duration) {
+        let us = u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX);
+        self.rtt_us.store(us, Ordering::Relaxed);
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -106,6 +140,14 @@ impl<S: Default + Send + 'static> WsSimCore<S> {
         Ok(self)
     }
 
+    /// The simulated round trip of its own port ([`Listener::set_rtt`]; nothing when served
+    /// through another listener).
+    pub fn set_rtt(&self, rtt: Duration) {
+        if let Some(listener) = &self.listener {
+            listener.set_rtt(rtt);
+        }
+    }
+
     /// `ws://127.0.0.1:PORT`, or empty when served through another listener.
     pub fn base_url(&self) -> String {
         self.listener
@@ -115,5 +157,82 @@ impl<S: Default + Send + 'static> WsSimCore<S> {
 
     pub fn lock(&self) -> std::sync::MutexGuard<'_, S> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    /// Connects, sends a line, and returns how long until the first byte of the answer.
+    fn first_byte_after(addr: SocketAddr, request: &[u8]) -> Duration {
+        let started = Instant::now();
+        let mut stream =
+            TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connects");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout set");
+        stream.write_all(request).expect("request sent");
+        let mut byte = [0u8; 1];
+        stream.read_exact(&mut byte).expect("first byte");
+        started.elapsed()
+    }
+
+    fn greeter() -> io::Result<Listener> {
+        Listener::start("test-rtt", |mut stream| {
+            let accepted = accepted_at().ok_or_else(|| io::Error::other("no accept time"))?;
+            let waited = accepted.elapsed().as_millis();
+            stream.write_all(format!("{waited}\n").as_bytes())
+        })
+    }
+
+    #[test]
+    fn a_round_trip_delays_the_handshake_and_first_response() {
+        let listener = greeter().expect("listens");
+        let rtt = Duration::from_millis(40);
+        listener.set_rtt(rtt);
+        // Lower bounds only: the connection is served after the handshake's and the first
+        // response's round trips.
+        assert!(first_byte_after(listener.addr(), b"hi\n") >= rtt);
+        let mut stream =
+            TcpStream::connect_timeout(&listener.addr(), Duration::from_secs(5)).expect("connects");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout set");
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).expect("answer");
+        // The serving thread saw its accept time before the round trips were slept.
+        let waited: u128 = answer.trim().parse().expect("a number");
+        assert!(
+            waited >= 2 * rtt.as_millis(),
+            "served {waited} ms after accept"
+        );
+    }
+
+    #[test]
+    fn every_simulated_provider_takes_the_round_trip() {
+        let rtt = Duration::from_millis(30);
+        let sims = crate::sim::Simulators::start_with(crate::sim::SimTiming {
+            provider_rtt_ms: Some(30),
+            ..crate::sim::SimTiming::default()
+        })
+        .expect("simulators start");
+        let addr = |url: String| -> SocketAddr {
+            let host = url.split("://").nth(1).unwrap_or("").split('/').next();
+            host.unwrap_or("").parse().expect("a socket address")
+        };
+        let request = b"POST /nothing HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n";
+        for url in [
+            sims.anthropic.base_url(),
+            sims.elevenlabs.api_base_url(),
+            sims.mcp.url(),
+            sims.twilio.base_url(),
+        ] {
+            assert!(first_byte_after(addr(url.clone()), request) >= rtt, "{url}");
+        }
+        sims.set_provider_rtt(Duration::ZERO);
+        // Nothing else to assert about zero without timing; it must still answer.
+        first_byte_after(addr(sims.anthropic.base_url()), request);
     }
 }

@@ -61,6 +61,12 @@ impl McpSim {
         Ok(McpSim { server, state })
     }
 
+    /// Delays each new connection by the network round trip `rtt` (its handshake and its
+    /// first response; see `listener::Listener::set_rtt`).
+    pub fn set_rtt(&self, rtt: std::time::Duration) {
+        self.server.set_rtt(rtt);
+    }
+
     /// The URL to set as `COTRACKPRO_MCP_URL`.
     pub fn url(&self) -> String {
         format!("{}/mcp", self.server.base_url())

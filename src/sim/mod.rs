@@ -30,6 +30,9 @@ pub struct SimTiming {
     pub token_ms: Option<u64>,
     pub tts_first_byte_ms: Option<u64>,
     pub stt_commit_ms: Option<u64>,
+    /// The network round trip to every provider: each new connection is served that much
+    /// later twice (its handshake, then its first response). `None` is none (tests, demo).
+    pub provider_rtt_ms: Option<u64>,
 }
 
 /// Every simulated provider, running.
@@ -52,7 +55,7 @@ impl Simulators {
         let llm = anthropic::Timing::default();
         let tts = elevenlabs_tts::TtsSimOptions::default();
         let stt = elevenlabs_stt::SttSimOptions::default();
-        Ok(Simulators {
+        let sims = Simulators {
             anthropic: anthropic::AnthropicSim::start(anthropic::Timing {
                 first_token: timing.first_token_ms.map_or(llm.first_token, ms),
                 per_token: timing.token_ms.map_or(llm.per_token, ms),
@@ -69,7 +72,18 @@ impl Simulators {
             )?,
             mcp: mcp::McpSim::start(mcp::Framing::Sse)?,
             twilio: twilio::TwilioSim::start(SIM_TWILIO_ACCOUNT_SID, SIM_TWILIO_AUTH_TOKEN)?,
-        })
+        };
+        sims.set_provider_rtt(ms(timing.provider_rtt_ms.unwrap_or(0)));
+        Ok(sims)
+    }
+
+    /// Simulates a network round trip of `rtt` to every provider for connections opened from
+    /// now on (zero: none).
+    pub fn set_provider_rtt(&self, rtt: Duration) {
+        self.anthropic.set_rtt(rtt);
+        self.elevenlabs.set_rtt(rtt);
+        self.mcp.set_rtt(rtt);
+        self.twilio.set_rtt(rtt);
     }
 
     /// The variables that point a server at these simulators.

@@ -99,6 +99,12 @@ impl TwilioSim {
         Ok(TwilioSim { server, state })
     }
 
+    /// Delays each new connection by the network round trip `rtt` (its handshake and its
+    /// first response; see `listener::Listener::set_rtt`).
+    pub fn set_rtt(&self, rtt: std::time::Duration) {
+        self.server.set_rtt(rtt);
+    }
+
     /// The base URL to set as `TWILIO_API_BASE`.
     pub fn base_url(&self) -> String {
         self.server.base_url()
