@@ -36,6 +36,8 @@ struct CallerRun {
     /// Milliseconds from the end of each utterance to the first audio heard back.
     waits_ms: Vec<u64>,
     failed: Option<String>,
+    /// Times the caller's playback buffer ran dry inside a piece (`SimCaller::frame_gaps`).
+    frame_gaps: u64,
 }
 
 pub fn run(options: &BenchOptions) -> Result<(), Box<dyn Error>> {
@@ -95,6 +97,7 @@ fn measure(
                         spawn_failures.push(CallerRun {
                             waits_ms: Vec::new(),
                             failed: Some(format!("cannot start a caller thread: {err}")),
+                            frame_gaps: 0,
                         })
                     })
                     .ok()
@@ -114,6 +117,7 @@ fn measure(
                 h.join().unwrap_or(CallerRun {
                     waits_ms: Vec::new(),
                     failed: Some("the caller thread panicked".into()),
+                    frame_gaps: 0,
                 })
             })
             .chain(spawn_failures)
@@ -144,6 +148,11 @@ fn measure(
     for failure in failures.iter().take(5) {
         println!("  failure: {failure}");
     }
+    println!(
+        "frame gaps (the caller's playback buffer ran dry inside a piece): {}; provider round trip: {} ms",
+        runs.iter().map(|r| r.frame_gaps).sum::<u64>(),
+        options.provider_rtt_ms
+    );
     println!(
         "caller waits (end of speech → first audio heard; includes the {:.1} s of silence that ends an utterance): p50 {} · p95 {} · p99 {} · max {}",
         server.app.config.calls.tuning.vad_silence_secs,
@@ -190,6 +199,7 @@ fn one_caller(http: std::net::SocketAddr, media: std::net::SocketAddr, turns: us
     let mut run = CallerRun {
         waits_ms: Vec::new(),
         failed: None,
+        frame_gaps: 0,
     };
     let caller = match SimCaller::dial(
         http,
@@ -244,6 +254,7 @@ fn one_caller(http: std::net::SocketAddr, media: std::net::SocketAddr, turns: us
             return run;
         }
     }
+    run.frame_gaps = caller.frame_gaps();
     caller.hang_up();
     run
 }

@@ -125,6 +125,8 @@ struct Shared {
     assistant_track: Vec<u8>,
     /// Playback speed now (starts as the options say).
     speed: usize,
+    /// Times the playback buffer ran dry inside a piece while more of it was still to come.
+    frame_gaps: u64,
 }
 
 /// A connected simulated caller.
@@ -259,6 +261,13 @@ impl SimCaller {
         !lock(&self.shared).to_say.is_empty()
     }
 
+    /// How many times the playback buffer ran dry inside one spoken piece (between its first
+    /// media and its mark) while more audio of that piece was still to come: a caller hears
+    /// these as choppy audio. A pause between pieces is not a gap.
+    pub fn frame_gaps(&self) -> u64 {
+        lock(&self.shared).frame_gaps
+    }
+
     /// Everything received so far, with when.
     pub fn log(&self) -> Vec<(Instant, Heard)> {
         lock(&self.shared).log.clone()
@@ -371,6 +380,10 @@ fn phone(mut socket: WebSocket<TcpStream>, options: &CallerOptions, shared: &Mut
     let mut received_total = 0u64;
     let mut played_total = 0u64;
     let mut marks: VecDeque<(u64, String)> = VecDeque::new();
+    // A piece is open from its first media to its mark (or a `clear`); `dry` says the buffer
+    // ran out inside it, which is a gap once more of the piece arrives.
+    let mut piece_open = false;
+    let mut dry = false;
     let stream_sid = options.stream_sid.clone();
     let echo = |socket: &mut WebSocket<TcpStream>, name: &str| {
         let message = json!({"event": "mark", "streamSid": stream_sid, "sequenceNumber": "0",
@@ -411,6 +424,9 @@ fn phone(mut socket: WebSocket<TcpStream>, options: &CallerOptions, shared: &Mut
         }
         // Playback: real time (times the speed) out of the buffer.
         let n = buffer.len().min(FRAME * speed);
+        if piece_open && n < FRAME * speed {
+            dry = true;
+        }
         let played: Vec<u8> = buffer.drain(..n).collect();
         played_total += n as u64;
         {
@@ -448,7 +464,14 @@ fn phone(mut socket: WebSocket<TcpStream>, options: &CallerOptions, shared: &Mut
                             received_total += audio.len() as u64;
                             let len = audio.len();
                             buffer.extend(audio);
-                            lock(shared).log.push((Instant::now(), Heard::Media(len)));
+                            let gap = piece_open && dry && len > 0;
+                            if len > 0 {
+                                piece_open = true;
+                                dry = false;
+                            }
+                            let mut s = lock(shared);
+                            s.frame_gaps += u64::from(gap);
+                            s.log.push((Instant::now(), Heard::Media(len)));
                         }
                         Some("mark") => {
                             let name = value["mark"]["name"].as_str().unwrap_or("").to_string();
@@ -456,10 +479,14 @@ fn phone(mut socket: WebSocket<TcpStream>, options: &CallerOptions, shared: &Mut
                                 .log
                                 .push((Instant::now(), Heard::Mark(name.clone())));
                             marks.push_back((received_total, name));
+                            piece_open = false;
+                            dry = false;
                         }
                         Some("clear") => {
                             buffer.clear();
                             played_total = received_total;
+                            piece_open = false;
+                            dry = false;
                             lock(shared).log.push((Instant::now(), Heard::Clear));
                             while let Some((_, name)) = marks.pop_front() {
                                 failed |= echo(&mut socket, &name).is_err();
@@ -494,5 +521,102 @@ fn phone(mut socket: WebSocket<TcpStream>, options: &CallerOptions, shared: &Mut
         } else {
             next = now;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+    use std::sync::mpsc;
+
+    /// What the fake media server sends: audio (bytes), a pause, or a mark.
+    enum Send {
+        Audio(usize),
+        Pause(Duration),
+        Mark(&'static str),
+    }
+
+    /// A media server that plays `script` to the first caller, then holds the stream open
+    /// until `stop` is dropped (or 10 s pass).
+    fn fake_server(script: Vec<Send>) -> (SocketAddr, mpsc::Sender<()>, JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("binds");
+        let addr = listener.local_addr().expect("has an address");
+        let (stop, stopped) = mpsc::channel::<()>();
+        let thread = thread::Builder::new()
+            .name("test-fake-media".into())
+            .spawn(move || {
+                let Ok((stream, _)) = listener.accept() else {
+                    return;
+                };
+                let Ok(mut socket) = tungstenite::accept(stream) else {
+                    return;
+                };
+                let b64 = base64::engine::general_purpose::STANDARD;
+                for step in script {
+                    let message = match step {
+                        Send::Audio(n) => json!({"event": "media", "streamSid": "MZ1",
+                            "media": {"payload": b64.encode(vec![0x7fu8; n])}}),
+                        Send::Mark(name) => {
+                            json!({"event": "mark", "streamSid": "MZ1", "mark": {"name": name}})
+                        }
+                        Send::Pause(pause) => {
+                            thread::sleep(pause);
+                            continue;
+                        }
+                    };
+                    if socket.send(Message::text(message.to_string())).is_err() {
+                        return;
+                    }
+                }
+                let _ = stopped.recv_timeout(Duration::from_secs(10));
+            })
+            .expect("thread starts");
+        (addr, stop, thread)
+    }
+
+    fn gaps_heard(script: Vec<Send>, marks: usize) -> u64 {
+        let (addr, stop, server) = fake_server(script);
+        let caller = SimCaller::connect(addr, CallerOptions::default()).expect("connects");
+        assert!(
+            caller.wait_for_echoes(marks, Duration::from_secs(10)),
+            "every piece played"
+        );
+        let gaps = caller.frame_gaps();
+        drop(caller);
+        drop(stop);
+        let _ = server.join();
+        gaps
+    }
+
+    #[test]
+    fn a_pause_longer_than_the_buffer_inside_a_piece_is_a_frame_gap() {
+        // 60 ms of audio, then nothing for 600 ms, then the rest of the same piece.
+        let gaps = gaps_heard(
+            vec![
+                Send::Audio(3 * FRAME),
+                Send::Pause(Duration::from_millis(600)),
+                Send::Audio(3 * FRAME),
+                Send::Mark("p1"),
+            ],
+            1,
+        );
+        assert_eq!(gaps, 1);
+    }
+
+    #[test]
+    fn a_piece_sent_ahead_and_the_pause_between_pieces_are_not_gaps() {
+        let gaps = gaps_heard(
+            vec![
+                Send::Audio(10 * FRAME),
+                Send::Audio(10 * FRAME + 37),
+                Send::Mark("p1"),
+                Send::Pause(Duration::from_millis(600)),
+                Send::Audio(5 * FRAME),
+                Send::Mark("p2"),
+            ],
+            2,
+        );
+        assert_eq!(gaps, 0);
     }
 }
