@@ -21,10 +21,13 @@ Commands:
                  turn's latencies and writes both sides to PATH (default cotrackpro-demo.wav);
                  --fast plays the assistant 4x faster than real time
   serve          run the webhook server (HTTP_PORT) and the media-stream server (MEDIA_PORT)
-  bench [--calls N] [--turns K]
+  bench [--calls N] [--turns K] [--server-cpus LIST] [--harness-cpus LIST] [--json]
                  N simultaneous simulated calls (default 20) of K turns (default 3) against
-                 the server and simulated providers in this process; prints caller waits,
-                 server stage latencies, server CPU and memory
+                 the server run as its own process (`serve`), with the simulated providers
+                 and callers in this one; prints caller waits, server stage latencies and the
+                 server process's CPU, memory, threads, descriptors and wake-ups per call.
+                 LIST pins a side to CPUs like 1 or 0,2-3 (default with 2+ cores: the server
+                 on the last, the harness on the others); --json prints one JSON object
   check-config   validate the configuration and print it, secrets redacted
   generate-audio render the fixed phrases and greetings for every configured voice through
                  ElevenLabs into AUDIO_DIR (raw μ-law files and manifest.json); unchanged
@@ -84,6 +87,10 @@ pub struct Args {
     /// `bench --calls`, `--turns`.
     pub calls: Option<usize>,
     pub turns: Option<usize>,
+    /// `bench --json`, `--server-cpus`, `--harness-cpus`.
+    pub json: bool,
+    pub server_cpus: Option<Vec<usize>>,
+    pub harness_cpus: Option<Vec<usize>>,
 }
 
 /// A flag's value: written inline (`--flag=value`) or as the next argument.
@@ -114,6 +121,9 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
     let mut fast = false;
     let mut calls = None;
     let mut turns = None;
+    let mut json = false;
+    let mut server_cpus = None;
+    let mut harness_cpus = None;
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         let arg = arg
@@ -199,6 +209,19 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
                     turns = Some(n);
                 }
             }
+            "--json" => json = true,
+            "--server-cpus" | "--harness-cpus" => {
+                let value = value_of(inline_value, &mut args, || {
+                    format!("{flag} needs a CPU list like 1 or 0,2-3")
+                })?;
+                let cpus = crate::commands::bench::parse_cpu_list(&value)
+                    .map_err(|err| format!("{flag} {err}"))?;
+                if flag == "--server-cpus" {
+                    server_cpus = Some(cpus);
+                } else {
+                    harness_cpus = Some(cpus);
+                }
+            }
             "-h" | "--help" => command = Some(Command::Help),
             "-V" | "--version" => command = Some(Command::Version),
             other if other.starts_with('-') => return Err(format!("unknown option {other}")),
@@ -239,6 +262,11 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
     if (calls.is_some() || turns.is_some()) && command != Command::Bench {
         return Err("--calls and --turns go with the bench command".to_string());
     }
+    if (json || server_cpus.is_some() || harness_cpus.is_some()) && command != Command::Bench {
+        return Err(
+            "--json, --server-cpus and --harness-cpus go with the bench command".to_string(),
+        );
+    }
     Ok(Args {
         command,
         env_file,
@@ -251,6 +279,9 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
         fast,
         calls,
         turns,
+        json,
+        server_cpus,
+        harness_cpus,
     })
 }
 
@@ -290,8 +321,13 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
         }
         Command::Bench => {
             let options = crate::commands::bench::BenchOptions {
-                calls: args.calls.unwrap_or(20),
-                turns: args.turns.unwrap_or(3),
+                json: args.json,
+                server_cpus: args.server_cpus.clone(),
+                harness_cpus: args.harness_cpus.clone(),
+                ..crate::commands::bench::BenchOptions::new(
+                    args.calls.unwrap_or(20),
+                    args.turns.unwrap_or(3),
+                )
             };
             done(crate::commands::bench::run(&options))
         }
@@ -483,6 +519,9 @@ mod tests {
             fast: false,
             calls: None,
             turns: None,
+            json: false,
+            server_cpus: None,
+            harness_cpus: None,
         };
         assert_eq!(args(&["serve", "--env-file", "/etc/x.env"]), Ok(expected));
         let parsed = args(&["--env-file=/etc/x.env", "check-config"]).unwrap();
@@ -519,5 +558,48 @@ mod tests {
         assert_eq!(parsed.role, Some(crate::personas::Role::Judge));
         assert_eq!(parsed.wav, Some(PathBuf::from("out.wav")));
         assert!(parsed.fast);
+    }
+
+    #[test]
+    fn bench_flags() {
+        let parsed = args(&[
+            "bench",
+            "--calls=4",
+            "--server-cpus",
+            "1",
+            "--harness-cpus=0,2-3",
+            "--json",
+        ])
+        .unwrap();
+        assert_eq!(parsed.command, Command::Bench);
+        assert_eq!(parsed.calls, Some(4));
+        assert_eq!(parsed.server_cpus, Some(vec![1]));
+        assert_eq!(parsed.harness_cpus, Some(vec![0, 2, 3]));
+        assert!(parsed.json);
+        let plain = args(&["bench"]).unwrap();
+        assert!(!plain.json);
+        assert_eq!(plain.server_cpus, None);
+        for (bad, says) in [
+            (
+                &["bench", "--server-cpus", "2-1"][..],
+                "--server-cpus \"2-1\" is not a CPU list",
+            ),
+            (
+                &["bench", "--harness-cpus=x"][..],
+                "--harness-cpus \"x\" is not a CPU list",
+            ),
+            (
+                &["bench", "--server-cpus"][..],
+                "--server-cpus needs a CPU list",
+            ),
+            (&["serve", "--json"][..], "go with the bench command"),
+            (
+                &["demo", "--server-cpus", "1"][..],
+                "go with the bench command",
+            ),
+        ] {
+            let err = args(bad).unwrap_err();
+            assert!(err.contains(says), "{bad:?}: {err}");
+        }
     }
 }
