@@ -21,11 +21,15 @@ Commands:
                  turn's latencies and writes both sides to PATH (default cotrackpro-demo.wav);
                  --fast plays the assistant 4x faster than real time
   serve          run the webhook server (HTTP_PORT) and the media-stream server (MEDIA_PORT)
-  bench [--calls N] [--turns K] [--provider-rtt-ms MS]
+  bench [--calls N] [--turns K] [--provider-rtt-ms MS] [--server-cpus LIST]
+        [--harness-cpus LIST] [--json]
                  N simultaneous simulated calls (default 20) of K turns (default 3) against
-                 the server and simulated providers in this process, each provider MS away
-                 (a network round trip, default 20); prints caller waits, frame gaps,
-                 server stage latencies, server CPU and memory
+                 the server run as its own process (`serve`), with the simulated providers
+                 (each MS away: a network round trip, default 20) and callers in this one;
+                 prints caller waits, frame gaps, server stage latencies and the server
+                 process's CPU, memory, threads, descriptors and wake-ups per call.
+                 LIST pins a side to CPUs like 1 or 0,2-3 (default with 2+ cores: the server
+                 on the last, the harness on the others); --json prints one JSON object
   check-config   validate the configuration and print it, secrets redacted
   generate-audio render the fixed phrases and greetings for every configured voice through
                  ElevenLabs into AUDIO_DIR (raw μ-law files and manifest.json); unchanged
@@ -87,6 +91,10 @@ pub struct Args {
     pub turns: Option<usize>,
     /// `bench --provider-rtt-ms`.
     pub provider_rtt_ms: Option<u64>,
+    /// `bench --json`, `--server-cpus`, `--harness-cpus`.
+    pub json: bool,
+    pub server_cpus: Option<Vec<usize>>,
+    pub harness_cpus: Option<Vec<usize>>,
 }
 
 /// A flag's value: written inline (`--flag=value`) or as the next argument.
@@ -118,6 +126,9 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
     let mut calls = None;
     let mut turns = None;
     let mut provider_rtt_ms = None;
+    let mut json = false;
+    let mut server_cpus = None;
+    let mut harness_cpus = None;
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         let arg = arg
@@ -215,6 +226,19 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
                         })?,
                 );
             }
+            "--json" => json = true,
+            "--server-cpus" | "--harness-cpus" => {
+                let value = value_of(inline_value, &mut args, || {
+                    format!("{flag} needs a CPU list like 1 or 0,2-3")
+                })?;
+                let cpus = crate::commands::bench::parse_cpu_list(&value)
+                    .map_err(|err| format!("{flag} {err}"))?;
+                if flag == "--server-cpus" {
+                    server_cpus = Some(cpus);
+                } else {
+                    harness_cpus = Some(cpus);
+                }
+            }
             "-h" | "--help" => command = Some(Command::Help),
             "-V" | "--version" => command = Some(Command::Version),
             other if other.starts_with('-') => return Err(format!("unknown option {other}")),
@@ -258,6 +282,11 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
     if provider_rtt_ms.is_some() && command != Command::Bench {
         return Err("--provider-rtt-ms goes with the bench command".to_string());
     }
+    if (json || server_cpus.is_some() || harness_cpus.is_some()) && command != Command::Bench {
+        return Err(
+            "--json, --server-cpus and --harness-cpus go with the bench command".to_string(),
+        );
+    }
     Ok(Args {
         command,
         env_file,
@@ -271,6 +300,9 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
         calls,
         turns,
         provider_rtt_ms,
+        json,
+        server_cpus,
+        harness_cpus,
     })
 }
 
@@ -310,9 +342,14 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
         }
         Command::Bench => {
             let options = crate::commands::bench::BenchOptions {
-                calls: args.calls.unwrap_or(20),
-                turns: args.turns.unwrap_or(3),
                 provider_rtt_ms: args.provider_rtt_ms.unwrap_or(20),
+                json: args.json,
+                server_cpus: args.server_cpus.clone(),
+                harness_cpus: args.harness_cpus.clone(),
+                ..crate::commands::bench::BenchOptions::new(
+                    args.calls.unwrap_or(20),
+                    args.turns.unwrap_or(3),
+                )
             };
             done(crate::commands::bench::run(&options))
         }
@@ -505,6 +542,9 @@ mod tests {
             calls: None,
             turns: None,
             provider_rtt_ms: None,
+            json: false,
+            server_cpus: None,
+            harness_cpus: None,
         };
         assert_eq!(args(&["serve", "--env-file", "/etc/x.env"]), Ok(expected));
         let parsed = args(&["--env-file=/etc/x.env", "check-config"]).unwrap();
@@ -554,5 +594,48 @@ mod tests {
         assert!(args(&["serve", "--provider-rtt-ms", "5"])
             .unwrap_err()
             .contains("goes with the bench command"));
+    }
+
+    #[test]
+    fn bench_flags() {
+        let parsed = args(&[
+            "bench",
+            "--calls=4",
+            "--server-cpus",
+            "1",
+            "--harness-cpus=0,2-3",
+            "--json",
+        ])
+        .unwrap();
+        assert_eq!(parsed.command, Command::Bench);
+        assert_eq!(parsed.calls, Some(4));
+        assert_eq!(parsed.server_cpus, Some(vec![1]));
+        assert_eq!(parsed.harness_cpus, Some(vec![0, 2, 3]));
+        assert!(parsed.json);
+        let plain = args(&["bench"]).unwrap();
+        assert!(!plain.json);
+        assert_eq!(plain.server_cpus, None);
+        for (bad, says) in [
+            (
+                &["bench", "--server-cpus", "2-1"][..],
+                "--server-cpus \"2-1\" is not a CPU list",
+            ),
+            (
+                &["bench", "--harness-cpus=x"][..],
+                "--harness-cpus \"x\" is not a CPU list",
+            ),
+            (
+                &["bench", "--server-cpus"][..],
+                "--server-cpus needs a CPU list",
+            ),
+            (&["serve", "--json"][..], "go with the bench command"),
+            (
+                &["demo", "--server-cpus", "1"][..],
+                "go with the bench command",
+            ),
+        ] {
+            let err = args(bad).unwrap_err();
+            assert!(err.contains(says), "{bad:?}: {err}");
+        }
     }
 }

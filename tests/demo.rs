@@ -69,9 +69,76 @@ fn the_bench_runs_simultaneous_calls_and_prints_its_figures() {
     for figure in [
         "caller waits",
         "first frame",
-        "server threads' CPU",
+        "server CPU (its whole process)",
         "per simultaneous call",
+        "harness CPU",
     ] {
         assert!(stdout.contains(figure), "{figure} in {stdout}");
     }
+}
+
+#[test]
+fn the_bench_runs_the_server_as_its_own_process_and_prints_json() {
+    let output = binary()
+        .args(["bench", "--calls", "3", "--turns", "1", "--json"])
+        .env_remove("ANTHROPIC_API_KEY")
+        .env_remove("ELEVENLABS_API_KEY")
+        .output()
+        .expect("the bench runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // One JSON object and nothing else: the server's logs do not reach stdout.
+    let report: serde_json::Value =
+        serde_json::from_str(stdout.trim()).unwrap_or_else(|err| panic!("{err}: {stdout}"));
+    assert_eq!(report["calls"], 3);
+    assert_eq!(report["failed_calls"], 0, "{report:#}");
+    assert_eq!(report["turns_expected"], 3);
+    assert_eq!(report["turns_answered"], 3, "{report:#}");
+    assert_eq!(report["tls"], false);
+    assert_eq!(report["provider_rtt_ms"], 0);
+    let server_pid = report["server_pid"].as_u64().expect("server_pid");
+    let harness_pid = report["harness_pid"].as_u64().expect("harness_pid");
+    assert_ne!(server_pid, harness_pid);
+    assert_ne!(server_pid, 0);
+    assert!(report["harness_cpu_saturated"].is_boolean());
+    for key in [
+        "server_cpu_ms_per_call_second",
+        "server_rss_kib_per_call",
+        "server_threads_per_call",
+        "server_fds_per_call",
+        "server_wakeups_per_call_second",
+        "frame_gaps",
+    ] {
+        let value = &report[key];
+        assert!(
+            value.is_number() || value.is_null(),
+            "{key} is a number or null in {report:#}"
+        );
+    }
+    // The server's process grew by a thread and descriptors per live call.
+    assert!(
+        report["server_threads_per_call"].as_f64().unwrap_or(0.0) > 0.0,
+        "{report:#}"
+    );
+    let hops = report["hops_ms"].as_object().expect("hops_ms");
+    for hop in [
+        "twilio_to_stt",
+        "transcript_to_llm",
+        "sentence_to_tts",
+        "tts_to_twilio",
+        "partial_to_clear",
+    ] {
+        assert!(hops.contains_key(hop), "{hop} in {report:#}");
+    }
+    for q in ["p50", "p95", "p99", "max"] {
+        assert!(report["caller_wait_ms"][q].is_u64(), "{q} in {report:#}");
+    }
+    assert!(
+        report["server_stages_ms"]["first_frame"]["p50"].is_u64(),
+        "{report:#}"
+    );
 }

@@ -1,27 +1,64 @@
-//! `cotrackpro-voice bench`: many simulated calls at once against the real server, in one
-//! process with the simulated providers (realistic timing). Each caller listens to the
-//! greeting, then speaks a few short turns and waits for each answer. It prints what a caller
-//! waits (end of their speech → first audio frame received), the server's per-stage turn
-//! latencies, the CPU time of the server's own threads, their wake-ups per call-second
-//! (context switches while every call is live: a thread that polls shows up here), and memory.
+//! `cotrackpro-voice bench`: many simulated calls at once against the real server, run as its
+//! own process (this binary's `serve`, configured by its environment as an operator would),
+//! while this process — the harness — runs the simulated providers and the simulated callers.
+//! Each caller listens to the greeting, then speaks a few short turns and waits for each
+//! answer.
 //!
-//! Figures, not pass/fail: the machine, the simulated providers' timing and the simulated
-//! callers (which run in the same process) all weigh on them.
+//! The two sides are pinned to separate cores (`--server-cpus`, `--harness-cpus`; by default
+//! the server gets the last core and the harness the others), and the server's figures are
+//! read from its own process in `/proc/PID` over the window in which every call is live: CPU,
+//! resident memory, threads, file descriptors and context switches (wake-ups). The harness
+//! measures its own CPU over the same window: when it used (nearly) all of its cores, the
+//! report says so, because then the harness, not the server, was the limit. What a caller
+//! waits is measured by the callers; the server's per-stage turn latencies come from its
+//! `GET /metrics`.
+//!
+//! Figures, not pass/fail: the machine and the simulated providers' timing weigh on them.
+//! `--json` prints them as one JSON object instead of the human report.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::error::Error;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use serde_json::{json, Value};
+
 use crate::metrics::quantile;
-use crate::serve::Server;
 use crate::sim::caller::{CallerOptions, Heard, SimCaller};
 use crate::sim::Simulators;
 
 pub struct BenchOptions {
     pub calls: usize,
     pub turns: usize,
-    /// The simulated network round trip to every provider (`--provider-rtt-ms`).
+    /// One JSON object on stdout instead of the human report.
+    pub json: bool,
+    /// The CPUs the server is pinned to (`--server-cpus`); `None`: the default split.
+    pub server_cpus: Option<Vec<usize>>,
+    /// The CPUs the harness is pinned to (`--harness-cpus`); `None`: the default split.
+    pub harness_cpus: Option<Vec<usize>>,
+    /// Whether the provider sockets are encrypted. Always false until the simulators serve
+    /// TLS; the report carries it so runs can be compared.
+    pub tls: bool,
+    /// The simulated providers' network round trip, in milliseconds (`--provider-rtt-ms`).
     pub provider_rtt_ms: u64,
+}
+
+impl BenchOptions {
+    pub fn new(calls: usize, turns: usize) -> BenchOptions {
+        BenchOptions {
+            calls,
+            turns,
+            json: false,
+            server_cpus: None,
+            harness_cpus: None,
+            tls: false,
+            provider_rtt_ms: 20,
+        }
+    }
 }
 
 const UTTERANCES: [&str; 4] = [
@@ -30,6 +67,17 @@ const UTTERANCES: [&str; 4] = [
     "Can you read that back to me",
     "Thank you that is all",
 ];
+
+/// How long the server may take to log that it listens, and to stop after SIGTERM.
+const SERVER_START_TIMEOUT: Duration = Duration::from_secs(20);
+const SERVER_STOP_TIMEOUT: Duration = Duration::from_secs(15);
+/// How often the harness looks at the callers and samples the server's process.
+const TICK: Duration = Duration::from_millis(250);
+/// How often, while every call is live, the window's figures are sampled (reading every
+/// thread's status costs the harness a file per server thread).
+const WINDOW_SAMPLE_EVERY: Duration = Duration::from_secs(1);
+/// The harness counts as saturated at this share of its cores.
+const SATURATED: f64 = 0.9;
 
 /// One caller's outcome.
 struct CallerRun {
@@ -41,49 +89,349 @@ struct CallerRun {
 }
 
 pub fn run(options: &BenchOptions) -> Result<(), Box<dyn Error>> {
+    let (server_cpus, harness_cpus) = split_cpus(
+        &allowed_cpus(),
+        options.server_cpus.as_deref(),
+        options.harness_cpus.as_deref(),
+    )?;
+    // Before any thread starts, so every harness thread inherits it.
+    if let Some(cpus) = &harness_cpus {
+        pin_this_process(cpus)?;
+    }
     let sims = Simulators::start()?;
     sims.set_provider_rtt(std::time::Duration::from_millis(options.provider_rtt_ms));
     let records_dir = std::env::temp_dir().join(format!("cotrackpro-bench-{}", std::process::id()));
-    let calls = (options.calls + 1).to_string();
-    let server = super::start_on_loopback(
+    let max_calls = (options.calls + 1).to_string();
+    let env = super::loopback_env(
         &sims,
         &records_dir,
         &[
-            ("LOG_LEVEL", "error"),
-            ("MAX_CONCURRENT_CALLS", &calls),
+            ("LOG_LEVEL", "info"),
+            ("LOG_FORMAT", "json"),
+            ("MAX_CONCURRENT_CALLS", &max_calls),
             ("REPROMPT_AFTER_MS", "60000"),
         ],
-    )?;
-    let result = measure(&server, &sims, options);
-    server.shutdown();
+    );
+    // Checked here so a bad setting is reported as such, not as a server that did not start.
+    let config = super::config_from_pairs(&env)?;
+    let vad_silence_secs = config.calls.tuning.vad_silence_secs;
+    let mut server = ServerProcess::spawn(&env, server_cpus.as_deref())?;
+    let measured = measure(&server, &sims, options);
+    let stopped = server.stop();
     let _ = std::fs::remove_dir_all(&records_dir);
-    result
+    let mut report = measured?;
+    report.vad_silence_secs = vad_silence_secs;
+    report.server_cpus = server_cpus;
+    report.harness_cpus = harness_cpus;
+    if options.json {
+        println!("{}", report.to_json(options));
+    } else {
+        report.print(options);
+    }
+    stopped?;
+    if report.failures.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} of {} calls failed",
+            report.failures.len(),
+            options.calls
+        )
+        .into())
+    }
+}
+
+/// What a run measured; printed by [`Report::print`] or as JSON by [`Report::to_json`].
+struct Report {
+    calls: usize,
+    turns_expected: usize,
+    /// Caller waits, sorted, in milliseconds.
+    waits: Vec<u64>,
+    failures: Vec<String>,
+    peak_calls: usize,
+    server_pid: u32,
+    harness_pid: u32,
+    server_cpus: Option<Vec<usize>>,
+    harness_cpus: Option<Vec<usize>>,
+    vad_silence_secs: f64,
+    /// The server's `/metrics` after the run, or why it could not be read.
+    metrics: Result<String, String>,
+    wall_secs: f64,
+    /// The server's process at rest (before the first call) and at its peak during the run.
+    rest: ProcSample,
+    peak: ProcSample,
+    /// The server's CPU seconds over the whole run, and the harness's.
+    server_cpu_secs: Option<f64>,
+    harness_cpu_secs: Option<f64>,
+    window: Window,
+    /// Times a caller's playback buffer ran dry inside a spoken piece, over every caller.
+    frame_gaps: u64,
+}
+
+const STAGES: [(&str, &str); 5] = [
+    ("transcript", "commit"),
+    ("first token", "first_token"),
+    ("first sentence", "first_sentence"),
+    ("first audio", "first_audio"),
+    ("first frame", "first_frame"),
+];
+
+/// The hops of issue 13 that the simulators will time; none is measured yet.
+const HOPS: [&str; 5] = [
+    "twilio_to_stt",
+    "transcript_to_llm",
+    "sentence_to_tts",
+    "tts_to_twilio",
+    "partial_to_clear",
+];
+
+impl Report {
+    fn harness_cores(&self) -> usize {
+        self.harness_cpus
+            .as_ref()
+            .map_or_else(|| allowed_cpus().len(), Vec::len)
+            .max(1)
+    }
+
+    /// The share of its cores the harness used: over the window when there is one, else over
+    /// the whole run.
+    fn harness_share(&self) -> Option<f64> {
+        let (cpu, secs) = match self.window.figures() {
+            Some(w) => (w.harness_cpu_secs, w.secs),
+            None => (self.harness_cpu_secs?, self.wall_secs),
+        };
+        (secs > 0.0).then(|| cpu / (secs * self.harness_cores() as f64))
+    }
+
+    fn harness_saturated(&self) -> bool {
+        self.harness_share().is_some_and(|s| s >= SATURATED)
+    }
+
+    /// Growth from rest to peak of one of the process's counts, per simultaneous call.
+    fn per_call(&self, field: fn(&ProcSample) -> Option<u64>) -> Option<f64> {
+        let (rest, peak) = (field(&self.rest)?, field(&self.peak)?);
+        (self.peak_calls > 0).then(|| peak.saturating_sub(rest) as f64 / self.peak_calls as f64)
+    }
+
+    fn stage(&self, stage: &str, q: &str) -> Option<u64> {
+        let text = self.metrics.as_ref().ok()?;
+        metric(
+            text,
+            &format!("cotrackpro_turn_latency_ms{{stage=\"{stage}\",quantile=\"{q}\"}}"),
+        )
+        .map(|v| v as u64)
+    }
+
+    fn print(&self, options: &BenchOptions) {
+        let ms = |v: Option<u64>| v.map_or("–".into(), |v| format!("{v} ms"));
+        let cpus = |c: &Option<Vec<usize>>| {
+            c.as_ref().map_or("any CPU (not pinned)".into(), |c| {
+                format!("CPUs {}", format_cpu_list(c))
+            })
+        };
+        println!(
+            "cotrackpro-voice bench: {} simultaneous calls, {} turns each",
+            options.calls, options.turns
+        );
+        println!(
+            "  server: `serve` in its own process, pid {} on {}; harness (simulated providers and callers): pid {} on {}",
+            self.server_pid,
+            cpus(&self.server_cpus),
+            self.harness_pid,
+            cpus(&self.harness_cpus)
+        );
+        println!(
+            "  provider sockets: {}, simulated round trip {} ms",
+            if options.tls { "TLS" } else { "plain (no TLS)" },
+            options.provider_rtt_ms
+        );
+        println!(
+            "frame gaps (a caller's playback buffer ran dry inside a spoken piece): {}",
+            self.frame_gaps
+        );
+        println!(
+            "turns answered: {} of {}; calls failed: {}; peak simultaneous calls: {}",
+            self.waits.len(),
+            self.turns_expected,
+            self.failures.len(),
+            self.peak_calls
+        );
+        for failure in self.failures.iter().take(5) {
+            println!("  failure: {failure}");
+        }
+        let w = &self.waits;
+        println!(
+            "caller waits (end of speech → first audio heard; includes the {:.1} s of silence that ends an utterance): p50 {} · p95 {} · p99 {} · max {}",
+            self.vad_silence_secs,
+            ms(quantile(w, 0.5)),
+            ms(quantile(w, 0.95)),
+            ms(quantile(w, 0.99)),
+            ms(quantile(w, 1.0))
+        );
+        match &self.metrics {
+            Ok(_) => {
+                println!("server stages from the end of speech (its /metrics, recent turns):");
+                for (label, stage) in STAGES {
+                    println!(
+                        "  {label:<15} p50 {} / p95 {}",
+                        ms(self.stage(stage, "0.5")),
+                        ms(self.stage(stage, "0.95"))
+                    );
+                }
+            }
+            Err(err) => println!("server stages: not available ({err})"),
+        }
+        if let Some(cpu) = self.server_cpu_secs {
+            let call_minutes = self.calls as f64 * self.wall_secs / 60.0;
+            println!(
+                "server CPU (its whole process): {cpu:.2} s over {:.1} s of wall time ({:.3} CPU-seconds per call-minute)",
+                self.wall_secs,
+                if call_minutes > 0.0 { cpu / call_minutes } else { 0.0 }
+            );
+        }
+        match self.window.figures() {
+            Some(f) => {
+                let call_secs = f.calls as f64 * f.secs;
+                println!(
+                    "while all {} calls were live ({:.1} s): server CPU {:.2} ms per call-second",
+                    f.calls,
+                    f.secs,
+                    f.server_cpu_secs * 1000.0 / call_secs
+                );
+                println!(
+                    "server wake-ups per call-second: {:.0} ({} voluntary context switches of its threads; {:.0} involuntary per call-second)",
+                    f.voluntary as f64 / call_secs,
+                    f.voluntary,
+                    f.involuntary as f64 / call_secs
+                );
+                let parts: Vec<String> = f
+                    .by_role
+                    .iter()
+                    .map(|(role, s)| format!("{role} {:.1}", s.0 as f64 / call_secs))
+                    .collect();
+                println!("  by thread, per call-second: {}", parts.join(" · "));
+            }
+            None => println!(
+                "server CPU per call-second and wake-ups: not measured (the calls were not all live together for a second)"
+            ),
+        }
+        if let (Some(base), Some(peak)) = (self.rest.rss_kib, self.peak.rss_kib) {
+            println!(
+                "server memory (its process only): {:.1} MiB at rest, {:.1} MiB at peak, ≈{:.0} KiB per simultaneous call",
+                base as f64 / 1024.0,
+                peak as f64 / 1024.0,
+                self.per_call(|s| s.rss_kib).unwrap_or(0.0)
+            );
+        }
+        if let (Some(threads), Some(fds)) = (self.rest.threads, self.rest.fds) {
+            println!(
+                "server threads: {threads} at rest, {:.1} per call; file descriptors: {fds} at rest, {:.1} per call",
+                self.per_call(|s| s.threads).unwrap_or(0.0),
+                self.per_call(|s| s.fds).unwrap_or(0.0)
+            );
+        }
+        if let Some(share) = self.harness_share() {
+            let over = if self.window.figures().is_some() {
+                "while all calls were live"
+            } else {
+                "over the run"
+            };
+            let cores = self.harness_cores();
+            if self.harness_saturated() {
+                println!(
+                    "harness CPU {over}: {:.0} % of its {cores} core(s): THE HARNESS SATURATED its cores, so these figures show the harness's limit, not the server's",
+                    share * 100.0
+                );
+            } else {
+                println!(
+                    "harness CPU {over}: {:.0} % of its {cores} core(s) (not saturated)",
+                    share * 100.0
+                );
+            }
+        }
+    }
+
+    fn to_json(&self, options: &BenchOptions) -> Value {
+        let figures = self.window.figures();
+        let per_call_second = |f: fn(&WindowFigures) -> f64| {
+            figures.as_ref().map(|w| f(w) / (w.calls as f64 * w.secs))
+        };
+        let stages: serde_json::Map<String, Value> = STAGES
+            .iter()
+            .map(|(_, stage)| {
+                (
+                    stage.to_string(),
+                    json!({
+                        "p50": self.stage(stage, "0.5"),
+                        "p95": self.stage(stage, "0.95"),
+                        "p99": self.stage(stage, "0.99"),
+                    }),
+                )
+            })
+            .collect();
+        let hops: serde_json::Map<String, Value> =
+            HOPS.iter().map(|h| (h.to_string(), Value::Null)).collect();
+        let w = &self.waits;
+        json!({
+            "calls": self.calls,
+            "turns": options.turns,
+            "failed_calls": self.failures.len(),
+            "failures": self.failures.iter().take(5).collect::<Vec<_>>(),
+            "turns_answered": self.waits.len(),
+            "turns_expected": self.turns_expected,
+            "peak_calls": self.peak_calls,
+            "tls": options.tls,
+            "provider_rtt_ms": options.provider_rtt_ms,
+            "server_pid": self.server_pid,
+            "harness_pid": self.harness_pid,
+            "server_cpus": self.server_cpus,
+            "harness_cpus": self.harness_cpus,
+            "wall_secs": self.wall_secs,
+            "window_secs": figures.as_ref().map(|w| w.secs),
+            "server_cpu_ms_per_call_second": per_call_second(|w| w.server_cpu_secs * 1000.0),
+            "server_rss_kib_per_call": self.per_call(|s| s.rss_kib),
+            "server_threads_per_call": self.per_call(|s| s.threads),
+            "server_fds_per_call": self.per_call(|s| s.fds),
+            "server_wakeups_per_call_second": per_call_second(|w| w.voluntary as f64),
+            "server_involuntary_switches_per_call_second": per_call_second(|w| w.involuntary as f64),
+            "server_rss_kib_at_rest": self.rest.rss_kib,
+            "server_threads_at_rest": self.rest.threads,
+            "server_fds_at_rest": self.rest.fds,
+            "harness_cpu_share": self.harness_share(),
+            "harness_cpu_saturated": self.harness_saturated(),
+            "frame_gaps": self.frame_gaps,
+            "hops_ms": hops,
+            "server_stages_ms": stages,
+            "caller_wait_ms": {
+                "p50": quantile(w, 0.5),
+                "p95": quantile(w, 0.95),
+                "p99": quantile(w, 0.99),
+                "max": quantile(w, 1.0),
+            },
+        })
+    }
 }
 
 fn measure(
-    server: &Server,
+    server: &ServerProcess,
     sims: &Simulators,
     options: &BenchOptions,
-) -> Result<(), Box<dyn Error>> {
-    let baseline_rss = rss_kib();
-    let mut cpu_seen = HashMap::new();
-    sample_server_cpu(&mut cpu_seen);
-    let baseline_cpu: f64 = cpu_seen.values().sum();
-    let started = Instant::now();
+) -> Result<Report, Box<dyn Error>> {
+    let pid = server.pid.to_string();
+    let rest = ProcSample::take(&pid);
+    let harness_rest = process_cpu_secs("self");
     let utterances = options.calls * options.turns;
     sims.elevenlabs
         .stt()
         .push_utterances((0..utterances).map(|i| UTTERANCES[i % UTTERANCES.len()].to_string()));
-    println!(
-        "cotrackpro-voice bench: {} simultaneous calls, {} turns each (simulated providers)",
-        options.calls, options.turns
-    );
-    let media = server.media_addr();
-    let http = server.http_addr();
-    let mut peak_rss = baseline_rss;
+    let (media, http) = (server.media, server.http);
+    let live = AtomicUsize::new(0);
+    let started = Instant::now();
+    let mut peak = rest;
     let mut peak_calls = 0;
-    let mut wakeups = WakeupWindow::default();
+    let mut window = Window::default();
     let runs: Vec<CallerRun> = std::thread::scope(|scope| {
+        let live = &live;
         let mut spawn_failures = Vec::new();
         let handles: Vec<_> = (0..options.calls)
             .filter_map(|i| {
@@ -92,7 +440,7 @@ fn measure(
                 std::thread::Builder::new()
                     .name(format!("bench-caller-{i}"))
                     .stack_size(256 * 1024)
-                    .spawn_scoped(scope, move || one_caller(http, media, options.turns))
+                    .spawn_scoped(scope, move || one_caller(http, media, options.turns, live))
                     .map_err(|err| {
                         spawn_failures.push(CallerRun {
                             waits_ms: Vec::new(),
@@ -104,12 +452,11 @@ fn measure(
             })
             .collect();
         while handles.iter().any(|h| !h.is_finished()) {
-            peak_rss = peak_rss.max(rss_kib());
-            sample_server_cpu(&mut cpu_seen);
-            let active = server.app.calls.active();
-            peak_calls = peak_calls.max(active);
-            wakeups.sample(active == options.calls);
-            std::thread::sleep(Duration::from_millis(100));
+            peak = peak.max(&ProcSample::take(&pid));
+            let now_live = live.load(Ordering::SeqCst);
+            peak_calls = peak_calls.max(now_live);
+            window.tick(&pid, now_live == options.calls);
+            std::thread::sleep(TICK);
         }
         handles
             .into_iter()
@@ -123,79 +470,66 @@ fn measure(
             .chain(spawn_failures)
             .collect()
     });
+    // The server ends its calls a little after the callers hang up.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while server.app.calls.active() > 0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
+    while Instant::now() < deadline {
+        let active = http_get(http, "/metrics")
+            .ok()
+            .and_then(|t| metric(&t, "cotrackpro_calls_active"));
+        if active == Some(0.0) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
-    let wall = started.elapsed();
-    sample_server_cpu(&mut cpu_seen);
-    let cpu = cpu_seen.values().sum::<f64>() - baseline_cpu;
-
+    let wall_secs = started.elapsed().as_secs_f64();
+    let end = ProcSample::take(&pid);
+    let harness_end = process_cpu_secs("self");
+    let metrics = http_get(http, "/metrics");
+    if let Some(server_peak) = metrics
+        .as_ref()
+        .ok()
+        .and_then(|t| metric(t, "cotrackpro_calls_peak"))
+    {
+        peak_calls = peak_calls.max(server_peak as usize);
+    }
     let mut waits: Vec<u64> = runs
         .iter()
         .flat_map(|r| r.waits_ms.iter().copied())
         .collect();
     waits.sort_unstable();
-    let failures: Vec<&str> = runs.iter().filter_map(|r| r.failed.as_deref()).collect();
-    let ms =
-        |q: f64, values: &[u64]| quantile(values, q).map_or("–".into(), |v| format!("{v} ms"));
-    println!(
-        "turns answered: {} of {}; calls failed: {}; peak simultaneous calls: {peak_calls}",
-        waits.len(),
-        utterances,
-        failures.len()
-    );
-    for failure in failures.iter().take(5) {
-        println!("  failure: {failure}");
-    }
-    println!(
-        "frame gaps (the caller's playback buffer ran dry inside a piece): {}; provider round trip: {} ms",
-        runs.iter().map(|r| r.frame_gaps).sum::<u64>(),
-        options.provider_rtt_ms
-    );
-    println!(
-        "caller waits (end of speech → first audio heard; includes the {:.1} s of silence that ends an utterance): p50 {} · p95 {} · p99 {} · max {}",
-        server.app.config.calls.tuning.vad_silence_secs,
-        ms(0.5, &waits),
-        ms(0.95, &waits),
-        ms(0.99, &waits),
-        ms(1.0, &waits)
-    );
-    let turns = server.app.metrics.recent_turns();
-    let stage = |f: fn(&crate::metrics::TurnLatency) -> Option<u64>| {
-        let mut v: Vec<u64> = turns.iter().filter_map(f).collect();
-        v.sort_unstable();
-        format!("p50 {} / p95 {}", ms(0.5, &v), ms(0.95, &v))
-    };
-    println!("server stages from the end of speech:");
-    println!("  transcript      {}", stage(|l| l.speech_end_to_commit_ms));
-    println!("  first token     {}", stage(|l| l.first_token_ms));
-    println!("  first sentence  {}", stage(|l| l.first_sentence_ms));
-    println!("  first audio     {}", stage(|l| l.first_audio_ms));
-    println!("  first frame     {}", stage(|l| l.first_frame_ms));
-    let call_minutes = options.calls as f64 * wall.as_secs_f64() / 60.0;
-    println!(
-        "server threads' CPU: {cpu:.2} s over {:.1} s of wall time ({:.3} CPU-seconds per call-minute)",
-        wall.as_secs_f64(),
-        if call_minutes > 0.0 { cpu / call_minutes } else { 0.0 }
-    );
-    wakeups.print();
-    if let (Some(base), Some(peak)) = (baseline_rss, peak_rss) {
-        println!(
-            "memory (whole process, simulators and callers included): {:.1} MiB at rest, {:.1} MiB at peak, ≈{:.0} KiB per simultaneous call",
-            base as f64 / 1024.0,
-            peak as f64 / 1024.0,
-            peak.saturating_sub(base) as f64 / peak_calls.max(1) as f64
-        );
-    }
-    if failures.is_empty() {
-        Ok(())
-    } else {
-        Err(format!("{} of {} calls failed", failures.len(), options.calls).into())
+    let frame_gaps = runs.iter().map(|r| r.frame_gaps).sum();
+    Ok(Report {
+        calls: options.calls,
+        turns_expected: utterances,
+        waits,
+        failures: runs.into_iter().filter_map(|r| r.failed).collect(),
+        peak_calls,
+        server_pid: server.pid,
+        harness_pid: std::process::id(),
+        server_cpus: None,
+        harness_cpus: None,
+        vad_silence_secs: 0.0,
+        metrics,
+        wall_secs,
+        rest,
+        peak,
+        server_cpu_secs: end.cpu_secs.zip(rest.cpu_secs).map(|(e, r)| e - r),
+        harness_cpu_secs: harness_end.zip(harness_rest).map(|(e, r)| e - r),
+        window,
+        frame_gaps,
+    })
+}
+
+/// Counts the caller as live from the greeting it heard until it returns.
+struct LiveCall<'a>(&'a AtomicUsize);
+
+impl Drop for LiveCall<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
-fn one_caller(http: std::net::SocketAddr, media: std::net::SocketAddr, turns: usize) -> CallerRun {
+fn one_caller(http: SocketAddr, media: SocketAddr, turns: usize, live: &AtomicUsize) -> CallerRun {
     let mut run = CallerRun {
         waits_ms: Vec::new(),
         failed: None,
@@ -220,6 +554,8 @@ fn one_caller(http: std::net::SocketAddr, media: std::net::SocketAddr, turns: us
         run.failed = Some("the greeting did not play".into());
         return run;
     }
+    live.fetch_add(1, Ordering::SeqCst);
+    let _live = LiveCall(live);
     for turn in 0..turns {
         let from = caller.log().len();
         caller.say(UTTERANCES[turn % UTTERANCES.len()]);
@@ -259,53 +595,194 @@ fn one_caller(http: std::net::SocketAddr, media: std::net::SocketAddr, turns: us
     run
 }
 
-/// The process's resident memory, from /proc (Linux), in KiB.
-fn rss_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+/// The server process's figures at one moment, from `/proc/PID` (Linux).
+#[derive(Clone, Copy, Debug)]
+struct ProcSample {
+    at: Instant,
+    /// utime + stime of the whole process (threads that ended included), in seconds.
+    cpu_secs: Option<f64>,
+    rss_kib: Option<u64>,
+    threads: Option<u64>,
+    fds: Option<u64>,
+}
+
+impl ProcSample {
+    fn take(pid: &str) -> ProcSample {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok();
+        let field = |key: &str| status.as_deref().and_then(|s| status_field(s, key));
+        ProcSample {
+            at: Instant::now(),
+            cpu_secs: process_cpu_secs(pid),
+            rss_kib: field("VmRSS:"),
+            threads: field("Threads:"),
+            fds: std::fs::read_dir(format!("/proc/{pid}/fd"))
+                .ok()
+                .map(|d| d.count() as u64),
+        }
+    }
+
+    /// The larger of each count (memory, threads, descriptors).
+    fn max(&self, other: &ProcSample) -> ProcSample {
+        let most = |a: Option<u64>, b: Option<u64>| a.max(b);
+        ProcSample {
+            at: other.at,
+            cpu_secs: other.cpu_secs,
+            rss_kib: most(self.rss_kib, other.rss_kib),
+            threads: most(self.threads, other.threads),
+            fds: most(self.fds, other.fds),
+        }
+    }
+}
+
+/// A `Key:   value [kB]` line of a `/proc` status file.
+fn status_field(status: &str, key: &str) -> Option<u64> {
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(key))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
-/// Samples the CPU seconds of the server's threads (calls, HTTP workers, the media
-/// acceptor) into `seen`, by thread id: a thread that has ended keeps its last sample, so a
-/// call's threads still count after it hangs up (less their last 100 ms).
-fn sample_server_cpu(seen: &mut HashMap<String, f64>) {
-    let tick = 100.0; // USER_HZ on Linux
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return;
-    };
-    for task in tasks.flatten() {
-        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
-            continue;
-        };
-        // pid (comm) state … utime stime: fields 14 and 15, counted after the comm's ')'.
-        let Some((head, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let name = head.split_once('(').map_or("", |(_, n)| n);
-        if !(name.starts_with("call-") || name.starts_with("http-") || name == "media-accept") {
-            continue;
+/// utime + stime of `/proc/PID/stat` (`self` for this process), in seconds.
+fn process_cpu_secs(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // pid (comm) state … utime stime: fields 14 and 15, counted after the comm's ')'.
+    let (_, rest) = stat.rsplit_once(')')?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    // SAFETY: sysconf only reads a system constant.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let ticks = if ticks > 0 { ticks as f64 } else { 100.0 };
+    Some((utime + stime) as f64 / ticks)
+}
+
+/// Context switches of one thread: (voluntary, nonvoluntary).
+type Switches = (u64, u64);
+
+/// The window in which every call is live: the server's and the harness's CPU at its first
+/// and last sample, and the context switches of the server's threads in between.
+///
+/// Switches are counted per thread id: a thread's contribution is its last sample minus its
+/// first one in the window (zero for a thread born inside it, whose count starts at zero). A
+/// thread that ends inside the window keeps its last sample, so it contributes what it did up
+/// to then rather than vanishing from the sum or making it go backwards.
+#[derive(Default)]
+struct Window {
+    /// (server, harness CPU seconds) at the first and the last sample.
+    first: Option<(ProcSample, Option<f64>)>,
+    last: Option<(ProcSample, Option<f64>)>,
+    /// tid → (role, first sample in the window, last sample).
+    threads: HashMap<String, (String, Switches, Switches)>,
+    next_sample: Option<Instant>,
+    closed: bool,
+    calls: usize,
+}
+
+/// What the window measured.
+struct WindowFigures {
+    secs: f64,
+    calls: usize,
+    server_cpu_secs: f64,
+    harness_cpu_secs: f64,
+    voluntary: u64,
+    involuntary: u64,
+    /// Voluntary and involuntary switches by thread role.
+    by_role: BTreeMap<String, Switches>,
+}
+
+impl Window {
+    /// Samples (at most every [`WINDOW_SAMPLE_EVERY`]) while `all_live`; the window closes at
+    /// the first tick where some call is no longer live.
+    fn tick(&mut self, pid: &str, all_live: bool) {
+        if self.closed {
+            return;
         }
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let (Some(utime), Some(stime)) = (
-            fields.get(11).and_then(|v| v.parse::<f64>().ok()),
-            fields.get(12).and_then(|v| v.parse::<f64>().ok()),
+        if !all_live {
+            self.closed = self.first.is_some();
+            return;
+        }
+        let now = Instant::now();
+        if self.next_sample.is_some_and(|next| now < next) {
+            return;
+        }
+        self.next_sample = Some(now + WINDOW_SAMPLE_EVERY);
+        let opening = self.first.is_none();
+        for (tid, role, switches) in thread_switches(pid) {
+            let entry = self
+                .threads
+                .entry(tid)
+                .or_insert_with(|| (role, if opening { switches } else { (0, 0) }, switches));
+            entry.2 = switches;
+        }
+        let sample = (ProcSample::take(pid), process_cpu_secs("self"));
+        self.first.get_or_insert(sample);
+        self.last = Some(sample);
+        // The calls live: the server's call threads at the first sample.
+        if opening {
+            self.calls = self
+                .threads
+                .values()
+                .filter(|(role, ..)| role == "call")
+                .count();
+        }
+    }
+
+    /// The figures, when the window lasted at least half a second.
+    fn figures(&self) -> Option<WindowFigures> {
+        let ((first, harness_first), (last, harness_last)) = (self.first?, self.last?);
+        let secs = last.at.duration_since(first.at).as_secs_f64();
+        if secs < 0.5 || self.calls == 0 {
+            return None;
+        }
+        let mut by_role: BTreeMap<String, Switches> = BTreeMap::new();
+        for (role, first, last) in self.threads.values() {
+            let sum = by_role.entry(role.clone()).or_default();
+            sum.0 += last.0.saturating_sub(first.0);
+            sum.1 += last.1.saturating_sub(first.1);
+        }
+        Some(WindowFigures {
+            secs,
+            calls: self.calls,
+            server_cpu_secs: last.cpu_secs? - first.cpu_secs?,
+            harness_cpu_secs: harness_last? - harness_first?,
+            voluntary: by_role.values().map(|s| s.0).sum(),
+            involuntary: by_role.values().map(|s| s.1).sum(),
+            by_role,
+        })
+    }
+}
+
+/// (tid, role, switches) of every thread of process `pid`, from /proc/PID/task/*/status.
+fn thread_switches(pid: &str) -> Vec<(String, String, Switches)> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for task in tasks.flatten() {
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
+            continue; // it ended meanwhile
+        };
+        let name = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Name:"))
+            .map_or("", str::trim);
+        let role = server_thread_role(name).unwrap_or_else(|| "other".to_string());
+        let (Some(voluntary), Some(involuntary)) = (
+            status_field(&status, "voluntary_ctxt_switches:"),
+            status_field(&status, "nonvoluntary_ctxt_switches:"),
         ) else {
             continue;
         };
         let tid = task.file_name().to_string_lossy().to_string();
-        seen.insert(tid, (utime + stime) / tick);
+        found.push((tid, role, (voluntary, involuntary)));
     }
+    found
 }
 
-/// Whether a thread (by its name as the kernel keeps it, cut to 15 bytes) is the server's.
-/// The server names its threads `call-N` (and `call-N-rx`, `-stt`, `-llm`, `-tts`), `http-N`,
-/// `media-accept`, `records-compactor` and `mcp-tools-refresh`; the simulators' threads are
-/// `sim-…`, the bench's callers `bench-caller-N`, and unnamed threads (this main thread,
-/// tiny_http's own acceptor and connection threads) carry the process name: none of those
-/// count.
+/// The role of a server thread by its name as the kernel keeps it (cut to 15 bytes). The
+/// server names its threads `call-N` (and `call-N-rx`, `-stt`, `-llm`, `-tts`), `http-N`,
+/// `media-accept`, `records-compactor` and `mcp-tools-refresh`; anything else (the main
+/// thread, tiny_http's own threads) is "other".
 fn server_thread_role(name: &str) -> Option<String> {
     if let Some(rest) = name.strip_prefix("call-") {
         // call-N is the call thread; call-N-rx, call-N-stt, … its helpers.
@@ -326,124 +803,398 @@ fn server_thread_role(name: &str) -> Option<String> {
     None
 }
 
-/// Context switches of one thread: (voluntary, nonvoluntary).
-type Switches = (u64, u64);
-
-/// Context switches of the server's threads over a window in which every call is live.
-///
-/// Counted per thread id: a thread's contribution is its last sample minus its first one in
-/// the window (zero for a thread born inside it, whose count starts at zero). A thread that
-/// ends inside the window keeps its last sample, so it contributes what it did up to then
-/// rather than vanishing from the sum or making it go backwards; at worst the switches of its
-/// last 100 ms are missed.
-#[derive(Default)]
-struct WakeupWindow {
-    /// tid → (role, first sample in the window, last sample).
-    threads: HashMap<String, (String, Switches, Switches)>,
-    started: Option<Instant>,
-    last: Option<Instant>,
-    closed: bool,
+/// The value of one series (name with its labels) in Prometheus text.
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
-impl WakeupWindow {
-    /// Samples while `all_live`; the window closes at the first sample where some call is no
-    /// longer live (a caller hung up or failed).
-    fn sample(&mut self, all_live: bool) {
-        if self.closed {
-            return;
-        }
-        if !all_live {
-            self.closed = self.started.is_some();
-            return;
-        }
-        let opening = self.started.is_none();
-        let now = Instant::now();
-        for (tid, role, switches) in server_thread_switches() {
-            let entry = self
-                .threads
-                .entry(tid)
-                .or_insert_with(|| (role, if opening { switches } else { (0, 0) }, switches));
-            entry.2 = switches;
-        }
-        self.started.get_or_insert(now);
-        self.last = Some(now);
+/// `GET path` on a fresh connection, with timeouts; the body of a 200 answer.
+fn http_get(addr: SocketAddr, path: &str) -> Result<String, String> {
+    let timeout = Duration::from_secs(5);
+    let fail = |err: std::io::Error| format!("GET {path}: {err}");
+    let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(fail)?;
+    stream.set_read_timeout(Some(timeout)).map_err(fail)?;
+    stream.set_write_timeout(Some(timeout)).map_err(fail)?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(fail)?;
+    let mut raw = Vec::new();
+    stream
+        .take(4 * 1024 * 1024)
+        .read_to_end(&mut raw)
+        .map_err(fail)?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("GET {path}: no complete answer"))?;
+    let status = head.split_whitespace().nth(1).unwrap_or("");
+    if status != "200" {
+        return Err(format!("GET {path}: status {status}"));
     }
+    Ok(body.to_string())
+}
 
-    fn print(&self) {
-        let (Some(started), Some(last)) = (self.started, self.last) else {
-            println!("server wake-ups: not measured (the calls were never all live at once)");
-            return;
+/// The last lines the server wrote, kept for an error message.
+const TAIL_LINES: usize = 20;
+
+type Tail = Arc<Mutex<VecDeque<String>>>;
+
+fn keep(tail: &Tail, line: String) {
+    if let Ok(mut tail) = tail.lock() {
+        if tail.len() == TAIL_LINES {
+            tail.pop_front();
+        }
+        tail.push_back(line);
+    }
+}
+
+/// The server: this program's `serve` in a child process. Killed on drop if still running.
+struct ServerProcess {
+    child: Option<Child>,
+    pid: u32,
+    http: SocketAddr,
+    media: SocketAddr,
+    tail: Tail,
+}
+
+impl ServerProcess {
+    /// Starts `serve` with exactly `env`, pinned to `cpus`, and waits (bounded) for the line
+    /// it logs when it listens (JSON logs: its `http` and `media` addresses).
+    fn spawn(env: &[(String, String)], cpus: Option<&[usize]>) -> Result<ServerProcess, String> {
+        let exe = std::env::current_exe()
+            .map_err(|err| format!("cannot find this program to run its server: {err}"))?;
+        let mut command = Command::new(exe);
+        command
+            .arg("serve")
+            .env_clear()
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(cpus) = cpus {
+            let set = cpu_set(cpus)?;
+            use std::os::unix::process::CommandExt as _;
+            // SAFETY: between fork and exec the closure makes one system call
+            // (sched_setaffinity, async-signal-safe) on a set built before the fork.
+            unsafe {
+                command.pre_exec(move || set_affinity(0, &set));
+            }
+        }
+        let mut child = command
+            .spawn()
+            .map_err(|err| format!("cannot start the server process: {err}"))?;
+        let tail: Tail = Arc::default();
+        let (lines_tx, lines) = mpsc::channel();
+        let stderr = child.stderr.take();
+        let stdout = child.stdout.take();
+        let mut server = ServerProcess {
+            pid: child.id(),
+            child: Some(child),
+            http: SocketAddr::from(([127, 0, 0, 1], 0)),
+            media: SocketAddr::from(([127, 0, 0, 1], 0)),
+            tail: Arc::clone(&tail),
         };
-        let secs = last.duration_since(started).as_secs_f64();
-        let calls = self
-            .threads
-            .values()
-            .filter(|(role, ..)| role == "call")
-            .count();
-        if secs < 0.5 || calls == 0 {
-            println!("server wake-ups: not measured (all calls were live for only {secs:.1} s)");
-            return;
+        // The readers end when the server does (its pipes close).
+        if let Some(stderr) = stderr {
+            let tail = Arc::clone(&tail);
+            std::thread::Builder::new()
+                .name("bench-server-err".into())
+                .spawn(move || {
+                    for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                        let _ = lines_tx.send(line.clone());
+                        keep(&tail, line);
+                    }
+                })
+                .map_err(|err| format!("cannot start a thread: {err}"))?;
         }
-        let call_secs = calls as f64 * secs;
-        let mut by_role: std::collections::BTreeMap<&str, Switches> = Default::default();
-        for (role, first, last) in self.threads.values() {
-            let sum = by_role.entry(role.as_str()).or_default();
-            sum.0 += last.0.saturating_sub(first.0);
-            sum.1 += last.1.saturating_sub(first.1);
+        if let Some(stdout) = stdout {
+            std::thread::Builder::new()
+                .name("bench-server-out".into())
+                .spawn(move || {
+                    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                        keep(&tail, line);
+                    }
+                })
+                .map_err(|err| format!("cannot start a thread: {err}"))?;
         }
-        let voluntary: u64 = by_role.values().map(|s| s.0).sum();
-        let involuntary: u64 = by_role.values().map(|s| s.1).sum();
-        println!(
-            "server wake-ups per call-second: {:.0} ({voluntary} voluntary context switches of the server's threads over {secs:.1} s with {calls} calls live; {:.0} involuntary)",
-            voluntary as f64 / call_secs,
-            involuntary as f64 / call_secs
-        );
-        let parts: Vec<String> = by_role
-            .iter()
-            .map(|(role, s)| format!("{role} {:.1}", s.0 as f64 / call_secs))
-            .collect();
-        println!("  by thread, per call-second: {}", parts.join(" · "));
+        let deadline = Instant::now() + SERVER_START_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(server.failed_to_start(&format!(
+                    "it did not log that it listens within {} s",
+                    SERVER_START_TIMEOUT.as_secs()
+                )));
+            }
+            match lines.recv_timeout(left.min(Duration::from_millis(200))) {
+                Ok(line) => {
+                    if let Some((http, media)) = listening_addrs(&line) {
+                        server.http = http;
+                        server.media = media;
+                        return Ok(server);
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if let Some(Ok(Some(status))) = server.child.as_mut().map(Child::try_wait) {
+                        return Err(server.failed_to_start(&format!("it exited ({status})")));
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    // Its stderr closed: it has exited or is exiting; let the last lines in.
+                    std::thread::sleep(Duration::from_millis(200));
+                    return Err(server.failed_to_start("it closed its output"));
+                }
+            }
+        }
+    }
+
+    fn failed_to_start(&self, why: &str) -> String {
+        format!(
+            "the server process did not start: {why}; its last lines:\n{}",
+            self.last_lines()
+        )
+    }
+
+    fn last_lines(&self) -> String {
+        self.tail
+            .lock()
+            .map(|t| {
+                t.iter()
+                    .map(|l| format!("  {l}"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+            .unwrap_or_default()
+    }
+
+    /// SIGTERM, then a bounded wait for it to exit; killed if it does not.
+    fn stop(&mut self) -> Result<(), String> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!(
+                "the server process exited during the run ({status}); its last lines:\n{}",
+                self.last_lines()
+            ));
+        }
+        if let Ok(pid) = libc::pid_t::try_from(self.pid) {
+            // SAFETY: kill only sends a signal, to our own child, which has not been reaped.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        let deadline = Instant::now() + SERVER_STOP_TIMEOUT;
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) if status.success() => return Ok(()),
+                Ok(Some(status)) => {
+                    return Err(format!(
+                        "the server process ended with {status}; its last lines:\n{}",
+                        self.last_lines()
+                    ))
+                }
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(format!(
+                        "the server process did not stop within {} s of SIGTERM and was killed",
+                        SERVER_STOP_TIMEOUT.as_secs()
+                    ));
+                }
+            }
+        }
     }
 }
 
-/// (tid, role, switches) of every live server thread, from /proc/self/task/*/status (Linux).
-fn server_thread_switches() -> Vec<(String, String, Switches)> {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return Vec::new();
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The HTTP and media addresses in the server's JSON "listening" log line.
+fn listening_addrs(line: &str) -> Option<(SocketAddr, SocketAddr)> {
+    let line: Value = serde_json::from_str(line).ok()?;
+    let addr = |key: &str| line.get(key)?.as_str()?.parse::<SocketAddr>().ok();
+    Some((addr("http")?, addr("media")?))
+}
+
+/// Parses a CPU list like `1` or `0,2-3` (the kernel's own format), strictly.
+pub fn parse_cpu_list(text: &str) -> Result<Vec<usize>, String> {
+    let bad = |why: String| format!("{text:?} is not a CPU list like 1 or 0,2-3 ({why})");
+    let number = |n: &str| {
+        if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad(format!("{n:?} is not a CPU number")));
+        }
+        n.parse::<usize>()
+            .ok()
+            .filter(|c| *c < libc::CPU_SETSIZE as usize)
+            .ok_or_else(|| bad(format!("CPU {n} is out of range")))
     };
-    let mut found = Vec::new();
-    for task in tasks.flatten() {
-        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
-            continue; // it ended meanwhile
+    let mut cpus = std::collections::BTreeSet::new();
+    for part in text.split(',') {
+        let (from, to) = match part.split_once('-') {
+            Some((from, to)) => (number(from)?, number(to)?),
+            None => {
+                let cpu = number(part)?;
+                (cpu, cpu)
+            }
         };
-        let field = |key: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(key))
-                .map(str::trim)
-        };
-        let Some(role) = field("Name:").and_then(server_thread_role) else {
-            continue;
-        };
-        let count = |key: &str| field(key).and_then(|v| v.parse::<u64>().ok());
-        let (Some(voluntary), Some(involuntary)) = (
-            count("voluntary_ctxt_switches:"),
-            count("nonvoluntary_ctxt_switches:"),
-        ) else {
-            continue;
-        };
-        let tid = task.file_name().to_string_lossy().to_string();
-        found.push((tid, role, (voluntary, involuntary)));
+        if from > to {
+            return Err(bad(format!("the range {part} goes backwards")));
+        }
+        cpus.extend(from..=to);
     }
-    found
+    Ok(cpus.into_iter().collect())
+}
+
+/// `0,2-3` for [0, 2, 3].
+fn format_cpu_list(cpus: &[usize]) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < cpus.len() {
+        let mut j = i;
+        while j + 1 < cpus.len() && cpus[j + 1] == cpus[j] + 1 {
+            j += 1;
+        }
+        parts.push(if i == j {
+            cpus[i].to_string()
+        } else {
+            format!("{}-{}", cpus[i], cpus[j])
+        });
+        i = j + 1;
+    }
+    parts.join(",")
+}
+
+/// The CPUs this process may run on.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: a zeroed cpu_set_t is the empty set; sched_getaffinity writes at most its size.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<libc::cpu_set_t>();
+    // SAFETY: as above; pid 0 is this thread.
+    if unsafe { libc::sched_getaffinity(0, size, &mut set) } == 0 {
+        (0..libc::CPU_SETSIZE as usize)
+            // SAFETY: the index is below CPU_SETSIZE.
+            .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+            .collect()
+    } else {
+        (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect()
+    }
+}
+
+/// The CPUs one side is pinned to; `None`: not pinned.
+type Pinning = Option<Vec<usize>>;
+
+/// The (server, harness) CPUs: what was asked, checked against `allowed`, with the side not
+/// named getting the allowed CPUs the other does not use (all of them if it uses every one).
+/// With nothing asked: on 2 or more CPUs the server gets the last and the harness the
+/// others; on one CPU nobody is pinned.
+fn split_cpus(
+    allowed: &[usize],
+    server: Option<&[usize]>,
+    harness: Option<&[usize]>,
+) -> Result<(Pinning, Pinning), String> {
+    for (flag, cpus) in [("--server-cpus", server), ("--harness-cpus", harness)] {
+        if let Some(&cpu) = cpus.into_iter().flatten().find(|c| !allowed.contains(c)) {
+            return Err(format!(
+                "{flag}: CPU {cpu} is not available to this process (it may use {})",
+                format_cpu_list(allowed)
+            ));
+        }
+    }
+    let rest = |used: &[usize]| {
+        let rest: Vec<usize> = allowed
+            .iter()
+            .copied()
+            .filter(|c| !used.contains(c))
+            .collect();
+        if rest.is_empty() {
+            allowed.to_vec()
+        } else {
+            rest
+        }
+    };
+    Ok(match (server, harness) {
+        (Some(s), Some(h)) => (Some(s.to_vec()), Some(h.to_vec())),
+        (Some(s), None) => (Some(s.to_vec()), Some(rest(s))),
+        (None, Some(h)) => (Some(rest(h)), Some(h.to_vec())),
+        (None, None) => match allowed.split_last() {
+            Some((&last, others)) if !others.is_empty() => {
+                (Some(vec![last]), Some(others.to_vec()))
+            }
+            _ => (None, None),
+        },
+    })
+}
+
+fn cpu_set(cpus: &[usize]) -> Result<libc::cpu_set_t, String> {
+    // SAFETY: a zeroed cpu_set_t is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &cpu in cpus {
+        if cpu >= libc::CPU_SETSIZE as usize {
+            return Err(format!("CPU {cpu} is out of range"));
+        }
+        // SAFETY: the index is below CPU_SETSIZE.
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
+    Ok(set)
+}
+
+/// Pins thread `tid` (0: the calling thread).
+fn set_affinity(tid: libc::pid_t, set: &libc::cpu_set_t) -> std::io::Result<()> {
+    // SAFETY: the set is a valid cpu_set_t of the size given.
+    let rc = unsafe { libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), set) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Pins every thread of this process (threads started later inherit it).
+fn pin_this_process(cpus: &[usize]) -> Result<(), String> {
+    let set = cpu_set(cpus)?;
+    let fail = |err: std::io::Error| {
+        format!(
+            "cannot pin the harness to CPUs {}: {err}",
+            format_cpu_list(cpus)
+        )
+    };
+    set_affinity(0, &set).map_err(fail)?;
+    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+        for task in tasks.flatten() {
+            if let Some(tid) = task
+                .file_name()
+                .to_str()
+                .and_then(|t| t.parse::<libc::pid_t>().ok())
+            {
+                set_affinity(tid, &set).map_err(fail)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
-    use super::server_thread_role;
+    use super::*;
 
     #[test]
-    fn only_the_servers_threads_are_counted() {
+    fn server_threads_have_roles() {
         assert_eq!(server_thread_role("call-12").as_deref(), Some("call"));
         assert_eq!(server_thread_role("call-12-stt").as_deref(), Some("stt"));
         assert_eq!(server_thread_role("http-3").as_deref(), Some("http"));
@@ -453,13 +1204,73 @@ mod tests {
         );
         // The kernel keeps 15 bytes of a name.
         assert!(server_thread_role("records-compact").is_some());
-        for other in [
-            "sim-stt-conn",
-            "sim-elevenlabs-",
-            "bench-caller-3",
-            "cotrackpro-voi",
+        assert_eq!(server_thread_role("cotrackpro-voi"), None);
+    }
+
+    #[test]
+    fn cpu_lists_are_parsed_strictly() {
+        assert_eq!(parse_cpu_list("1"), Ok(vec![1]));
+        assert_eq!(parse_cpu_list("0,2-3"), Ok(vec![0, 2, 3]));
+        assert_eq!(parse_cpu_list("3,0-1,1"), Ok(vec![0, 1, 3]));
+        for bad in [
+            "", ",", "1,", "a", "-1", "1-", "3-1", "1 ,2", "0x1", "99999",
         ] {
-            assert_eq!(server_thread_role(other), None, "{other}");
+            let err = parse_cpu_list(bad).unwrap_err();
+            assert!(err.contains("is not a CPU list"), "{bad:?}: {err}");
         }
+        assert_eq!(format_cpu_list(&[0, 2, 3, 5]), "0,2-3,5");
+        assert_eq!(format_cpu_list(&[1]), "1");
+    }
+
+    #[test]
+    fn the_default_split_gives_the_server_the_last_core() {
+        let some = |v: &[usize]| Some(v.to_vec());
+        assert_eq!(
+            split_cpus(&[0, 1], None, None),
+            Ok((some(&[1]), some(&[0])))
+        );
+        assert_eq!(
+            split_cpus(&[0, 1, 2, 3], None, None),
+            Ok((some(&[3]), some(&[0, 1, 2])))
+        );
+        assert_eq!(split_cpus(&[0], None, None), Ok((None, None)));
+        assert_eq!(
+            split_cpus(&[0, 1, 2], Some(&[0]), None),
+            Ok((some(&[0]), some(&[1, 2])))
+        );
+        assert_eq!(
+            split_cpus(&[0, 1], None, Some(&[0, 1])),
+            Ok((some(&[0, 1]), some(&[0, 1])))
+        );
+        let err = split_cpus(&[0, 1], Some(&[7]), None).unwrap_err();
+        assert!(
+            err.contains("--server-cpus: CPU 7 is not available"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn metrics_series_are_read_by_exact_name() {
+        let text = "cotrackpro_calls_active 2\ncotrackpro_calls_active_x 9\n\
+                    cotrackpro_turn_latency_ms{stage=\"first_frame\",quantile=\"0.5\"} 200\n";
+        assert_eq!(metric(text, "cotrackpro_calls_active"), Some(2.0));
+        assert_eq!(
+            metric(
+                text,
+                "cotrackpro_turn_latency_ms{stage=\"first_frame\",quantile=\"0.5\"}"
+            ),
+            Some(200.0)
+        );
+        assert_eq!(metric(text, "cotrackpro_calls_peak"), None);
+    }
+
+    #[test]
+    fn the_listening_line_gives_both_addresses() {
+        let line = r#"{"msg":"listening","http":"127.0.0.1:4000","media":"127.0.0.1:4001"}"#;
+        let (http, media) = listening_addrs(line).expect("addresses");
+        assert_eq!(http.port(), 4000);
+        assert_eq!(media.port(), 4001);
+        assert_eq!(listening_addrs("not json"), None);
+        assert_eq!(listening_addrs(r#"{"http":"127.0.0.1:1"}"#), None);
     }
 }
