@@ -158,6 +158,20 @@ fn relay(mut tcp: TcpStream, config: Arc<ServerConfig>, target: SocketAddr) -> i
     plain.set_write_timeout(Some(IO_TIMEOUT))?;
     let mut buf = vec![0u8; 16 * 1024];
     loop {
+        // Plaintext may already be waiting: the request can arrive with the handshake's last
+        // flight, read by `complete_io` before the socket is watched.
+        loop {
+            match conn.reader().read(&mut buf) {
+                Ok(0) => {
+                    // close_notify: the client is done.
+                    let _ = plain.shutdown(Shutdown::Both);
+                    return Ok(());
+                }
+                Ok(n) => plain.write_all(&buf[..n])?,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
         while conn.wants_write() {
             conn.write_tls(&mut tcp)?;
         }
@@ -172,18 +186,6 @@ fn relay(mut tcp: TcpStream, config: Arc<ServerConfig>, target: SocketAddr) -> i
                 return Ok(());
             }
             conn.process_new_packets().map_err(io::Error::other)?;
-            loop {
-                match conn.reader().read(&mut buf) {
-                    Ok(0) => {
-                        // close_notify: the client is done.
-                        let _ = plain.shutdown(Shutdown::Both);
-                        return Ok(());
-                    }
-                    Ok(n) => plain.write_all(&buf[..n])?,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) => return Err(e),
-                }
-            }
         }
         if plain_ready {
             let n = plain.read(&mut buf)?;
