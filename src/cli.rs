@@ -21,11 +21,12 @@ Commands:
                  turn's latencies and writes both sides to PATH (default cotrackpro-demo.wav);
                  --fast plays the assistant 4x faster than real time
   serve          run the webhook server (HTTP_PORT) and the media-stream server (MEDIA_PORT)
-  bench [--calls N] [--turns K] [--provider-rtt-ms MS] [--server-cpus LIST]
+  bench [--calls N] [--turns K] [--provider-rtt-ms MS] [--plain] [--server-cpus LIST]
         [--harness-cpus LIST] [--json]
                  N simultaneous simulated calls (default 20) of K turns (default 3) against
                  the server run as its own process (`serve`), with the simulated providers
-                 (each MS away: a network round trip, default 20) and callers in this one;
+                 (over TLS, --plain: without; each MS away: a network round trip, default 20)
+                 and callers in this one;
                  prints caller waits, frame gaps, server stage latencies and the server
                  process's CPU, memory, threads, descriptors and wake-ups per call.
                  LIST pins a side to CPUs like 1 or 0,2-3 (default with 2+ cores: the server
@@ -91,8 +92,9 @@ pub struct Args {
     pub turns: Option<usize>,
     /// `bench --provider-rtt-ms`.
     pub provider_rtt_ms: Option<u64>,
-    /// `bench --json`, `--server-cpus`, `--harness-cpus`.
+    /// `bench --json`, `--plain`, `--server-cpus`, `--harness-cpus`.
     pub json: bool,
+    pub plain: bool,
     pub server_cpus: Option<Vec<usize>>,
     pub harness_cpus: Option<Vec<usize>>,
 }
@@ -127,6 +129,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
     let mut turns = None;
     let mut provider_rtt_ms = None;
     let mut json = false;
+    let mut plain = false;
     let mut server_cpus = None;
     let mut harness_cpus = None;
     let mut args = args.into_iter();
@@ -227,6 +230,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
                 );
             }
             "--json" => json = true,
+            "--plain" => plain = true,
             "--server-cpus" | "--harness-cpus" => {
                 let value = value_of(inline_value, &mut args, || {
                     format!("{flag} needs a CPU list like 1 or 0,2-3")
@@ -282,9 +286,12 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
     if provider_rtt_ms.is_some() && command != Command::Bench {
         return Err("--provider-rtt-ms goes with the bench command".to_string());
     }
-    if (json || server_cpus.is_some() || harness_cpus.is_some()) && command != Command::Bench {
+    if (json || plain || server_cpus.is_some() || harness_cpus.is_some())
+        && command != Command::Bench
+    {
         return Err(
-            "--json, --server-cpus and --harness-cpus go with the bench command".to_string(),
+            "--json, --plain, --server-cpus and --harness-cpus go with the bench command"
+                .to_string(),
         );
     }
     Ok(Args {
@@ -301,6 +308,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
         turns,
         provider_rtt_ms,
         json,
+        plain,
         server_cpus,
         harness_cpus,
     })
@@ -344,6 +352,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
             let options = crate::commands::bench::BenchOptions {
                 provider_rtt_ms: args.provider_rtt_ms.unwrap_or(20),
                 json: args.json,
+                tls: !args.plain,
                 server_cpus: args.server_cpus.clone(),
                 harness_cpus: args.harness_cpus.clone(),
                 ..crate::commands::bench::BenchOptions::new(
@@ -543,6 +552,7 @@ mod tests {
             turns: None,
             provider_rtt_ms: None,
             json: false,
+            plain: false,
             server_cpus: None,
             harness_cpus: None,
         };
@@ -594,6 +604,15 @@ mod tests {
         assert!(args(&["serve", "--provider-rtt-ms", "5"])
             .unwrap_err()
             .contains("goes with the bench command"));
+    }
+
+    #[test]
+    fn bench_is_tls_unless_plain() {
+        assert!(!args(&["bench"]).unwrap().plain);
+        assert!(args(&["bench", "--plain"]).unwrap().plain);
+        assert!(args(&["serve", "--plain"])
+            .unwrap_err()
+            .contains("go with the bench command"));
     }
 
     #[test]

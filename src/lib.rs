@@ -41,3 +41,4 @@ pub mod poll;
 pub mod resolve;
 pub mod speech;
 pub mod timestamp;
+pub mod tls;

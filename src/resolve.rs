@@ -224,6 +224,18 @@ pub fn bounded(agent: &ureq::Agent) -> ureq::Agent {
     agent_with(agent.config().clone(), Resolver::system())
 }
 
+/// A provider's agent from `builder`: bounded lookups, as [`bounded`], and the process's
+/// provider trust (`PROVIDER_CA_FILE`, see [`crate::tls`]) when CAs were added to it.
+pub fn provider_agent(
+    builder: ureq::config::ConfigBuilder<ureq::typestate::AgentScope>,
+) -> ureq::Agent {
+    let builder = match crate::tls::current().ureq() {
+        Some(tls) => builder.tls_config(tls),
+        None => builder,
+    };
+    agent_with(builder.build(), Resolver::system())
+}
+
 /// An agent with `config` that resolves names through `resolver` (tests: one that hangs).
 pub fn agent_with(config: ureq::config::Config, resolver: Resolver) -> ureq::Agent {
     ureq::Agent::with_parts(

@@ -67,6 +67,8 @@ impl Server {
     /// Binds `BIND_ADDR:HTTP_PORT` and starts serving. Port 0 picks a free port; see
     /// [`Server::http_addr`].
     pub fn start(config: Config) -> Result<Server, ServeError> {
+        // PROVIDER_CA_FILE: trusted by every provider connection from here on (see crate::tls).
+        crate::tls::trust(&config.provider_tls.extra_cas);
         let addr = SocketAddr::new(config.bind_addr, config.http_port);
         let listener = TcpListener::bind(addr).map_err(|source| ServeError::Bind {
             what: "webhooks (HTTP_PORT)",

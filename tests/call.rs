@@ -27,8 +27,21 @@ pub struct Rig {
 
 impl Rig {
     pub fn start(extra: &[(&str, &str)]) -> Rig {
+        Rig::start_on(Simulators::start_with, extra)
+    }
+
+    /// The rig with every provider served over TLS (`https://`/`wss://localhost`), the server
+    /// trusting the simulators' CA through `PROVIDER_CA_FILE`.
+    pub fn start_tls(extra: &[(&str, &str)]) -> Rig {
+        Rig::start_on(Simulators::start_tls, extra)
+    }
+
+    fn start_on(
+        start: fn(SimTiming) -> std::io::Result<Simulators>,
+        extra: &[(&str, &str)],
+    ) -> Rig {
         let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-        let sims = Simulators::start_with(SimTiming {
+        let sims = start(SimTiming {
             first_token_ms: Some(30),
             token_ms: Some(2),
             tts_first_byte_ms: Some(10),
@@ -191,6 +204,42 @@ fn shape(log: &[(Instant, Heard)]) -> Vec<String> {
 }
 
 const WAIT: Duration = Duration::from_secs(15);
+
+#[test]
+fn a_call_over_tls_to_every_provider_is_greeted_and_answered() {
+    let rig = Rig::start_tls(&[]);
+    let env = rig.sims.env();
+    let value = |key: &str| env.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone());
+    assert!(value("ELEVENLABS_WS_BASE").is_some_and(|v| v.starts_with("wss://localhost:")));
+    assert!(value("ANTHROPIC_BASE_URL").is_some_and(|v| v.starts_with("https://localhost:")));
+    assert!(value("PROVIDER_CA_FILE").is_some());
+    rig.sims
+        .anthropic
+        .push([Reply::Text("I can help you write that down.".into())]);
+    rig.script(&["I need to write down what happened"]);
+    let caller = rig.caller();
+    assert!(
+        caller.wait_for_echoes(1, WAIT),
+        "the greeting played over wss: {:?}",
+        shape(&caller.log())
+    );
+    caller.say("I need to write down what happened");
+    assert!(
+        caller.wait_for_echoes(2, WAIT),
+        "the reply played: {:?}",
+        shape(&caller.log())
+    );
+    let call_sid = caller.call_sid().to_string();
+    caller.hang_up();
+    let record = rig.record_after_end(&call_sid);
+    assert_eq!(record.status, CallStatus::Completed);
+    assert_eq!(record.turn_count, 1);
+    assert_eq!(
+        rig.sims.anthropic.requests().len(),
+        1,
+        "the model was asked over https"
+    );
+}
 
 #[test]
 fn a_call_with_two_turns_is_heard_recorded_and_costed() {

@@ -80,7 +80,7 @@ fn the_bench_runs_simultaneous_calls_and_prints_its_figures() {
 #[test]
 fn the_bench_runs_the_server_as_its_own_process_and_prints_json() {
     let output = binary()
-        .args(["bench", "--calls", "3", "--turns", "1", "--json"])
+        .args(["bench", "--calls", "4", "--turns", "1", "--json"])
         .env_remove("ANTHROPIC_API_KEY")
         .env_remove("ELEVENLABS_API_KEY")
         .output()
@@ -94,12 +94,14 @@ fn the_bench_runs_the_server_as_its_own_process_and_prints_json() {
     // One JSON object and nothing else: the server's logs do not reach stdout.
     let report: serde_json::Value =
         serde_json::from_str(stdout.trim()).unwrap_or_else(|err| panic!("{err}: {stdout}"));
-    assert_eq!(report["calls"], 3);
+    assert_eq!(report["calls"], 4);
     assert_eq!(report["failed_calls"], 0, "{report:#}");
-    assert_eq!(report["turns_expected"], 3);
-    assert_eq!(report["turns_answered"], 3, "{report:#}");
-    assert_eq!(report["tls"], false);
-    assert_eq!(report["provider_rtt_ms"], 0);
+    assert_eq!(report["turns_expected"], 4);
+    assert_eq!(report["turns_answered"], 4, "{report:#}");
+    // TLS on every provider socket and a round trip to each, by default.
+    assert_eq!(report["tls"], true);
+    assert_eq!(report["provider_rtt_ms"], 20);
+    assert!(report["frame_gaps"].is_u64(), "{report:#}");
     let server_pid = report["server_pid"].as_u64().expect("server_pid");
     let harness_pid = report["harness_pid"].as_u64().expect("harness_pid");
     assert_ne!(server_pid, harness_pid);

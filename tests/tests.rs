@@ -14,6 +14,7 @@ mod http_routes;
 mod mcp;
 mod module_graph;
 mod outbound;
+mod provider_tls;
 mod records_api;
 mod records_durability;
 mod rollup;

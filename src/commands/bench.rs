@@ -40,8 +40,8 @@ pub struct BenchOptions {
     pub server_cpus: Option<Vec<usize>>,
     /// The CPUs the harness is pinned to (`--harness-cpus`); `None`: the default split.
     pub harness_cpus: Option<Vec<usize>>,
-    /// Whether the provider sockets are encrypted. Always false until the simulators serve
-    /// TLS; the report carries it so runs can be compared.
+    /// Whether the provider sockets are TLS (the default; `--plain` turns it off for
+    /// comparison). The server trusts the simulators' CA through `PROVIDER_CA_FILE`.
     pub tls: bool,
     /// The simulated providers' network round trip, in milliseconds (`--provider-rtt-ms`).
     pub provider_rtt_ms: u64,
@@ -55,7 +55,7 @@ impl BenchOptions {
             json: false,
             server_cpus: None,
             harness_cpus: None,
-            tls: false,
+            tls: true,
             provider_rtt_ms: 20,
         }
     }
@@ -98,7 +98,12 @@ pub fn run(options: &BenchOptions) -> Result<(), Box<dyn Error>> {
     if let Some(cpus) = &harness_cpus {
         pin_this_process(cpus)?;
     }
-    let sims = Simulators::start()?;
+    // TLS on every provider socket, as in production, unless `--plain` asks for the comparison.
+    let sims = if options.tls {
+        Simulators::start_tls(crate::sim::SimTiming::default())?
+    } else {
+        Simulators::start()?
+    };
     sims.set_provider_rtt(std::time::Duration::from_millis(options.provider_rtt_ms));
     let records_dir = std::env::temp_dir().join(format!("cotrackpro-bench-{}", std::process::id()));
     let max_calls = (options.calls + 1).to_string();

@@ -61,6 +61,7 @@ pub fn wanted(config: &Config) -> BTreeMap<(String, String), String> {
 }
 
 pub fn run(config: &Config) -> Result<Report, String> {
+    crate::tls::trust(&config.provider_tls.extra_cas);
     let el = &config.elevenlabs;
     let key = el
         .api_key
@@ -73,13 +74,12 @@ pub fn run(config: &Config) -> Result<Report, String> {
         .and_then(|text| serde_json::from_str::<Manifest>(&text).ok())
         .map(|m| m.clips)
         .unwrap_or_default();
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_connect(Some(el.connect_timeout))
-        .timeout_global(Some(Duration::from_secs(60)))
-        .build()
-        .into();
-    let agent = crate::resolve::bounded(&agent);
+    let agent = crate::resolve::provider_agent(
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(el.connect_timeout))
+            .timeout_global(Some(Duration::from_secs(60))),
+    );
     let wanted = wanted(config);
     let voices: BTreeSet<&String> = wanted.keys().map(|(voice, _)| voice).collect();
     let mut report = Report {

@@ -5,7 +5,7 @@
 //! so an operator sees all of them in one run of `cotrackpro-voice check-config`. In production
 //! the safe choices are forced (see [`AppEnv::Production`]).
 //!
-//! Each section (`server`, `twilio`, `elevenlabs`, `anthropic`, `mcp`, `outbound`, `records`,
+//! Each section (`server`, `twilio`, `elevenlabs`, `anthropic`, `mcp`, `tls`, `outbound`, `records`,
 //! `calls`, `prices`) names its variables once, with their defaults and ranges, and both reads
 //! and reports them; this module composes the sections and holds the rules that span them.
 
@@ -20,6 +20,7 @@ mod prices;
 mod read;
 mod records;
 mod server;
+mod tls;
 mod twilio;
 mod values;
 
@@ -36,6 +37,7 @@ pub use outbound::{CountryAllowList, OutboundConfig};
 pub use prices::{Prices, DEFAULT_PRICES};
 pub use records::RecordsConfig;
 pub use server::{AppEnv, Domains, HttpLimits, LogConfig, LogFormat};
+pub use tls::ProviderTlsConfig;
 pub use twilio::{is_sid, TwilioConfig, WEBHOOK_SHARED_KEY};
 pub use values::{BaseUrl, Domain, RateLimits, Secret};
 
@@ -78,6 +80,7 @@ pub struct Config {
     pub elevenlabs: ElevenLabsConfig,
     pub anthropic: AnthropicConfig,
     pub mcp: McpConfig,
+    pub provider_tls: ProviderTlsConfig,
     pub outbound: OutboundConfig,
     pub records: RecordsConfig,
     pub cron_secret: Option<Secret>,
@@ -143,6 +146,7 @@ impl Config {
         let elevenlabs = ElevenLabsConfig::read(r);
         let anthropic = AnthropicConfig::read(r);
         let mcp = McpConfig::read(r);
+        let provider_tls = ProviderTlsConfig::read(r);
         let outbound = OutboundConfig::read(r, app_env);
         let records = RecordsConfig::read(r);
         let cron_secret = records::read_cron_secret(r, app_env);
@@ -194,6 +198,7 @@ impl Config {
             elevenlabs,
             anthropic,
             mcp,
+            provider_tls,
             outbound,
             records,
             cron_secret,
@@ -212,6 +217,7 @@ impl Config {
         self.elevenlabs.report(&mut out);
         self.anthropic.report(&mut out);
         self.mcp.report(&mut out);
+        self.provider_tls.report(&mut out);
         self.outbound.report(&mut out);
         self.records.report(&mut out);
         records::report_cron_secret(&self.cron_secret, &mut out);

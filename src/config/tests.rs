@@ -701,3 +701,41 @@ fn production_problems_come_after_the_reading_problems_in_a_fixed_order() {
         ]
     );
 }
+
+#[test]
+fn provider_ca_file_must_be_a_readable_pem_file_of_certificates() {
+    assert!(
+        ok(&[]).provider_tls.extra_cas.is_empty(),
+        "unset: built-in roots only"
+    );
+    fails(
+        &[("PROVIDER_CA_FILE", "/no/such/dir/ca.pem")],
+        "PROVIDER_CA_FILE",
+        "cannot read /no/such/dir/ca.pem",
+    );
+    let dir = std::env::temp_dir().join(format!("cotrackpro-ca-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let not_pem = dir.join("not.pem");
+    std::fs::write(&not_pem, "this is not a certificate\n").expect("write");
+    fails(
+        &[("PROVIDER_CA_FILE", not_pem.to_str().expect("utf-8"))],
+        "PROVIDER_CA_FILE",
+        "no PEM certificate",
+    );
+    let ca = crate::sim::tls::SimCa::generate().expect("a CA");
+    let good = dir.join("ca.pem");
+    std::fs::write(&good, ca.ca_pem()).expect("write");
+    let config = ok(&[("PROVIDER_CA_FILE", good.to_str().expect("utf-8"))]);
+    assert_eq!(config.provider_tls.extra_cas.len(), 1);
+    let row = config
+        .effective()
+        .into_iter()
+        .find(|(k, _)| *k == "PROVIDER_CA_FILE")
+        .map(|(_, v)| v)
+        .expect("listed");
+    assert!(
+        row.contains("ca.pem") && row.contains("in addition"),
+        "{row}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

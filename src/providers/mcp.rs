@@ -113,13 +113,12 @@ pub struct McpClient {
 
 /// A request agent with bounded name lookups (see `crate::resolve`).
 fn agent(timeout: Duration) -> ureq::Agent {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_connect(Some(Duration::from_secs(3).min(timeout)))
-        .timeout_global(Some(timeout))
-        .build()
-        .into();
-    crate::resolve::bounded(&agent)
+    crate::resolve::provider_agent(
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(Duration::from_secs(3).min(timeout)))
+            .timeout_global(Some(timeout)),
+    )
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -108,24 +108,30 @@ pub fn connect_with(
         .max_write_buffer_size(256 * 1024)
         .max_message_size(Some(1 << 20))
         .max_frame_size(Some(1 << 20));
-    let (socket, _response) = tungstenite::client_tls_with_config(request, tcp, Some(config), None)
-        .map_err(|err| match err {
-            HandshakeError::Interrupted(_) => {
-                ConnectError::Failed("handshake timed out".to_string())
-            }
-            HandshakeError::Failure(tungstenite::Error::Http(response)) => {
-                let body = response
-                    .body()
-                    .as_deref()
-                    .map(|b| String::from_utf8_lossy(b).chars().take(300).collect())
-                    .unwrap_or_default();
-                ConnectError::Refused {
-                    status: response.status().as_u16(),
-                    body,
+    // The process's provider trust (`PROVIDER_CA_FILE`, see `crate::tls`); `None`: built-in roots.
+    let connector = crate::tls::current()
+        .rustls()
+        .map(tungstenite::Connector::Rustls);
+    let (socket, _response) =
+        tungstenite::client_tls_with_config(request, tcp, Some(config), connector).map_err(
+            |err| match err {
+                HandshakeError::Interrupted(_) => {
+                    ConnectError::Failed("handshake timed out".to_string())
                 }
-            }
-            HandshakeError::Failure(other) => ConnectError::Failed(other.to_string()),
-        })?;
+                HandshakeError::Failure(tungstenite::Error::Http(response)) => {
+                    let body = response
+                        .body()
+                        .as_deref()
+                        .map(|b| String::from_utf8_lossy(b).chars().take(300).collect())
+                        .unwrap_or_default();
+                    ConnectError::Refused {
+                        status: response.status().as_u16(),
+                        body,
+                    }
+                }
+                HandshakeError::Failure(other) => ConnectError::Failed(other.to_string()),
+            },
+        )?;
     tcp_of(&socket)
         .ok_or_else(|| ConnectError::Failed("unexpected tls backend".into()))?
         .set_read_timeout(None)

@@ -10,6 +10,7 @@ pub mod elevenlabs_tts;
 pub mod http;
 pub mod listener;
 pub mod mcp;
+pub mod tls;
 pub mod twilio;
 pub mod voice;
 pub mod wav;
@@ -41,6 +42,29 @@ pub struct Simulators {
     pub elevenlabs: elevenlabs::ElevenLabsSim,
     pub mcp: mcp::McpSim,
     pub twilio: twilio::TwilioSim,
+    /// `Some` when started with [`Simulators::start_tls`]: each simulator's TLS front and the
+    /// CA's file.
+    tls: Option<TlsFronts>,
+}
+
+/// The TLS fronts of [`Simulators::start_tls`], one per simulator, and the CA file clients
+/// trust (removed when the simulators stop).
+struct TlsFronts {
+    anthropic: tls::TlsFront,
+    elevenlabs: tls::TlsFront,
+    mcp: tls::TlsFront,
+    twilio: tls::TlsFront,
+    ca_file: tls::CaFile,
+}
+
+/// The `127.0.0.1:PORT` of a simulator's plain `scheme://127.0.0.1:PORT/...` URL.
+fn addr_of(url: &str) -> io::Result<std::net::SocketAddr> {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    rest.split('/')
+        .next()
+        .unwrap_or("")
+        .parse()
+        .map_err(|_| io::Error::other(format!("not a simulator url: {url}")))
 }
 
 impl Simulators {
@@ -72,6 +96,7 @@ impl Simulators {
             )?,
             mcp: mcp::McpSim::start(mcp::Framing::Sse)?,
             twilio: twilio::TwilioSim::start(SIM_TWILIO_ACCOUNT_SID, SIM_TWILIO_AUTH_TOKEN)?,
+            tls: None,
         };
         sims.set_provider_rtt(ms(timing.provider_rtt_ms.unwrap_or(0)));
         Ok(sims)
@@ -86,22 +111,68 @@ impl Simulators {
         self.twilio.set_rtt(rtt);
     }
 
+    /// Starts them all as [`Simulators::start_with`] does, served over TLS as production's
+    /// providers are: `https://localhost:PORT` and `wss://localhost:PORT` (a real host name,
+    /// looked up like any other), with a certificate from a CA made now. [`Simulators::env`]
+    /// then points at the TLS ports and sets `PROVIDER_CA_FILE` to the CA's file.
+    pub fn start_tls(timing: SimTiming) -> io::Result<Simulators> {
+        let mut sims = Simulators::start_with(timing)?;
+        let ca = tls::SimCa::generate()?;
+        let front = |name: &str, url: String| {
+            tls::TlsFront::start(name, ca.server_config(), addr_of(&url)?)
+        };
+        sims.tls = Some(TlsFronts {
+            anthropic: front("sim-anthropic", sims.anthropic.base_url())?,
+            elevenlabs: front("sim-elevenlabs", sims.elevenlabs.api_base_url())?,
+            mcp: front("sim-mcp", sims.mcp.url())?,
+            twilio: front("sim-twilio", sims.twilio.base_url())?,
+            ca_file: tls::CaFile::write(ca.ca_pem())?,
+        });
+        Ok(sims)
+    }
+
+    /// The file of the CA the simulators' certificates come from, when serving TLS.
+    pub fn ca_file(&self) -> Option<&std::path::Path> {
+        self.tls.as_ref().map(|t| t.ca_file.path())
+    }
+
     /// The variables that point a server at these simulators.
     pub fn env(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("ANTHROPIC_BASE_URL", self.anthropic.base_url()),
+        let (anthropic, el_ws, el_api, mcp, twilio) = match &self.tls {
+            None => (
+                self.anthropic.base_url(),
+                self.elevenlabs.ws_base_url(),
+                self.elevenlabs.api_base_url(),
+                self.mcp.url(),
+                self.twilio.base_url(),
+            ),
+            Some(t) => (
+                t.anthropic.rebase(&self.anthropic.base_url(), "https"),
+                t.elevenlabs.rebase(&self.elevenlabs.ws_base_url(), "wss"),
+                t.elevenlabs
+                    .rebase(&self.elevenlabs.api_base_url(), "https"),
+                t.mcp.rebase(&self.mcp.url(), "https"),
+                t.twilio.rebase(&self.twilio.base_url(), "https"),
+            ),
+        };
+        let mut env = vec![
+            ("ANTHROPIC_BASE_URL", anthropic),
             ("ANTHROPIC_API_KEY", SIM_ANTHROPIC_API_KEY.to_string()),
-            ("ELEVENLABS_WS_BASE", self.elevenlabs.ws_base_url()),
-            ("ELEVENLABS_API_BASE", self.elevenlabs.api_base_url()),
+            ("ELEVENLABS_WS_BASE", el_ws),
+            ("ELEVENLABS_API_BASE", el_api),
             (
                 "ELEVENLABS_API_KEY",
                 elevenlabs_tts::TtsSimOptions::default().api_key,
             ),
-            ("COTRACKPRO_MCP_URL", self.mcp.url()),
-            ("TWILIO_API_BASE", self.twilio.base_url()),
+            ("COTRACKPRO_MCP_URL", mcp),
+            ("TWILIO_API_BASE", twilio),
             ("TWILIO_ACCOUNT_SID", SIM_TWILIO_ACCOUNT_SID.to_string()),
             ("TWILIO_AUTH_TOKEN", SIM_TWILIO_AUTH_TOKEN.to_string()),
-        ]
+        ];
+        if let Some(path) = self.ca_file() {
+            env.push(("PROVIDER_CA_FILE", path.display().to_string()));
+        }
+        env
     }
 }
 

@@ -102,13 +102,12 @@ pub struct TwilioRest {
 
 impl TwilioRest {
     pub fn new(base_url: &str, account_sid: &str, auth_token: Secret) -> TwilioRest {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_connect(Some(Duration::from_secs(5)))
-            .timeout_global(Some(Duration::from_secs(15)))
-            .build()
-            .into();
-        let agent = crate::resolve::bounded(&agent);
+        let agent = crate::resolve::provider_agent(
+            ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_connect(Some(Duration::from_secs(5)))
+                .timeout_global(Some(Duration::from_secs(15))),
+        );
         TwilioRest {
             agent,
             base: base_url.trim_end_matches('/').to_string(),

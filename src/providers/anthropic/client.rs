@@ -129,18 +129,17 @@ pub fn read_tick(first_token: Duration, stall: Duration) -> Duration {
 
 impl AnthropicClient {
     pub fn new(config: &AnthropicConfig, api_key: Secret) -> AnthropicClient {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_connect(Some(Duration::from_secs(5)))
-            .timeout_per_read(Some(read_tick(
-                config.first_token_timeout,
-                config.stall_timeout,
-            )))
-            .timeout_recv_response(Some(config.first_token_timeout))
-            .timeout_global(Some(config.stream_timeout))
-            .build()
-            .into();
-        let agent = crate::resolve::bounded(&agent);
+        let agent = crate::resolve::provider_agent(
+            ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_connect(Some(Duration::from_secs(5)))
+                .timeout_per_read(Some(read_tick(
+                    config.first_token_timeout,
+                    config.stall_timeout,
+                )))
+                .timeout_recv_response(Some(config.first_token_timeout))
+                .timeout_global(Some(config.stream_timeout)),
+        );
         AnthropicClient {
             agent,
             url: format!("{}/v1/messages", config.base_url),
