@@ -22,7 +22,7 @@ Commands:
                  --fast plays the assistant 4x faster than real time
   serve          run the webhook server (HTTP_PORT) and the media-stream server (MEDIA_PORT)
   bench [--calls N] [--turns K] [--provider-rtt-ms MS] [--plain] [--server-cpus LIST]
-        [--harness-cpus LIST] [--json]
+        [--harness-cpus LIST] [--json] [--capacity [--max-calls M]]
                  N simultaneous simulated calls (default 20) of K turns (default 3) against
                  the server run as its own process (`serve`), with the simulated providers
                  (over TLS, --plain: without; each MS away: a network round trip, default 20)
@@ -30,7 +30,11 @@ Commands:
                  prints caller waits, frame gaps, server stage latencies and the server
                  process's CPU, memory, threads, descriptors and wake-ups per call.
                  LIST pins a side to CPUs like 1 or 0,2-3 (default with 2+ cores: the server
-                 on the last, the harness on the others); --json prints one JSON object
+                 on the last, the harness on the others); --json prints one JSON object;
+                 --capacity raises the calls step by step (from N, default 10, ×1.5, up to M,
+                 default 1000; K default 1), each step a fresh server, until a call fails, a
+                 frame gap, a hop's p99 over 10 ms or the harness saturating, and reports the
+                 largest passing count and what broke
   check-config   validate the configuration and print it, secrets redacted
   generate-audio render the fixed phrases and greetings for every configured voice through
                  ElevenLabs into AUDIO_DIR (raw μ-law files and manifest.json); unchanged
@@ -97,6 +101,9 @@ pub struct Args {
     pub plain: bool,
     pub server_cpus: Option<Vec<usize>>,
     pub harness_cpus: Option<Vec<usize>>,
+    /// `bench --capacity`, `--max-calls`.
+    pub capacity: bool,
+    pub max_calls: Option<usize>,
 }
 
 /// A flag's value: written inline (`--flag=value`) or as the next argument.
@@ -132,6 +139,8 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
     let mut plain = false;
     let mut server_cpus = None;
     let mut harness_cpus = None;
+    let mut capacity = false;
+    let mut max_calls = None;
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         let arg = arg
@@ -204,7 +213,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
                 }
             }
             "--fast" => fast = true,
-            "--calls" | "--turns" => {
+            "--calls" | "--turns" | "--max-calls" => {
                 let value = value_of(inline_value, &mut args, || format!("{flag} needs a number"))?;
                 let n = value
                     .parse::<usize>()
@@ -213,6 +222,8 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
                     .ok_or_else(|| format!("{flag} {value:?} is not a number from 1 to 2000"))?;
                 if flag == "--calls" {
                     calls = Some(n);
+                } else if flag == "--max-calls" {
+                    max_calls = Some(n);
                 } else {
                     turns = Some(n);
                 }
@@ -230,6 +241,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
                 );
             }
             "--json" => json = true,
+            "--capacity" => capacity = true,
             "--plain" => plain = true,
             "--server-cpus" | "--harness-cpus" => {
                 let value = value_of(inline_value, &mut args, || {
@@ -283,6 +295,12 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
     if (calls.is_some() || turns.is_some()) && command != Command::Bench {
         return Err("--calls and --turns go with the bench command".to_string());
     }
+    if (capacity || max_calls.is_some()) && command != Command::Bench {
+        return Err("--capacity and --max-calls go with the bench command".to_string());
+    }
+    if max_calls.is_some() && !capacity {
+        return Err("--max-calls goes with --capacity".to_string());
+    }
     if provider_rtt_ms.is_some() && command != Command::Bench {
         return Err("--provider-rtt-ms goes with the bench command".to_string());
     }
@@ -311,6 +329,8 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
         plain,
         server_cpus,
         harness_cpus,
+        capacity,
+        max_calls,
     })
 }
 
@@ -355,9 +375,18 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
                 tls: !args.plain,
                 server_cpus: args.server_cpus.clone(),
                 harness_cpus: args.harness_cpus.clone(),
+                capacity: args.capacity,
+                max_calls: args
+                    .max_calls
+                    .unwrap_or(crate::commands::bench::DEFAULT_MAX_CALLS),
+                // A capacity search starts at 10 calls and keeps each step short: one turn.
                 ..crate::commands::bench::BenchOptions::new(
-                    args.calls.unwrap_or(20),
-                    args.turns.unwrap_or(3),
+                    args.calls.unwrap_or(if args.capacity {
+                        crate::commands::bench::DEFAULT_START_CALLS
+                    } else {
+                        20
+                    }),
+                    args.turns.unwrap_or(if args.capacity { 1 } else { 3 }),
                 )
             };
             done(crate::commands::bench::run(&options))
@@ -555,6 +584,8 @@ mod tests {
             plain: false,
             server_cpus: None,
             harness_cpus: None,
+            capacity: false,
+            max_calls: None,
         };
         assert_eq!(args(&["serve", "--env-file", "/etc/x.env"]), Ok(expected));
         let parsed = args(&["--env-file=/etc/x.env", "check-config"]).unwrap();
@@ -631,8 +662,12 @@ mod tests {
         assert_eq!(parsed.server_cpus, Some(vec![1]));
         assert_eq!(parsed.harness_cpus, Some(vec![0, 2, 3]));
         assert!(parsed.json);
+        let capacity = args(&["bench", "--capacity", "--max-calls=50"]).unwrap();
+        assert!(capacity.capacity);
+        assert_eq!(capacity.max_calls, Some(50));
         let plain = args(&["bench"]).unwrap();
         assert!(!plain.json);
+        assert!(!plain.capacity);
         assert_eq!(plain.server_cpus, None);
         for (bad, says) in [
             (
@@ -648,6 +683,12 @@ mod tests {
                 "--server-cpus needs a CPU list",
             ),
             (&["serve", "--json"][..], "go with the bench command"),
+            (&["serve", "--capacity"][..], "go with the bench command"),
+            (&["bench", "--max-calls", "5"][..], "goes with --capacity"),
+            (
+                &["bench", "--capacity", "--max-calls", "0"][..],
+                "is not a number from 1 to 2000",
+            ),
             (
                 &["demo", "--server-cpus", "1"][..],
                 "go with the bench command",

@@ -144,3 +144,62 @@ fn the_bench_runs_the_server_as_its_own_process_and_prints_json() {
         "{report:#}"
     );
 }
+
+#[test]
+fn the_capacity_search_reports_the_largest_passing_count_and_why_it_stopped() {
+    let output = binary()
+        .args([
+            "bench",
+            "--capacity",
+            "--max-calls",
+            "2",
+            "--calls",
+            "1",
+            "--turns",
+            "1",
+            "--json",
+        ])
+        .env_remove("ANTHROPIC_API_KEY")
+        .env_remove("ELEVENLABS_API_KEY")
+        .output()
+        .expect("the bench runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let report: serde_json::Value =
+        serde_json::from_str(stdout.trim()).unwrap_or_else(|err| panic!("{err}: {stdout}"));
+    let limit = &report["capacity_limit"];
+    let reason = limit["reason"].as_str().expect("capacity_limit.reason");
+    let at_calls = limit["at_calls"].as_u64().expect("capacity_limit.at_calls");
+    let capacity = report["capacity_calls"].as_u64().expect("capacity_calls");
+    assert!(limit["detail"].is_string(), "{report:#}");
+    // Two steps at most: 1 call, then 2.
+    let steps = report["capacity_steps"].as_array().expect("capacity_steps");
+    assert!((1..=2).contains(&steps.len()), "{report:#}");
+    assert_eq!(steps[0]["calls"], 1, "{report:#}");
+    if reason == "max_calls" {
+        // Nothing broke: both steps passed and the capacity is the cap.
+        assert_eq!(capacity, 2, "{report:#}");
+        assert_eq!(at_calls, 2, "{report:#}");
+        assert!(steps.iter().all(|s| s["passed"] == true), "{report:#}");
+        // The top-level figures are the largest passing step's.
+        assert_eq!(report["calls"], 2, "{report:#}");
+        assert_eq!(report["failed_calls"], 0, "{report:#}");
+    } else {
+        // On a loaded machine a step may break a level (a frame gap, the harness
+        // saturating); then the capacity is the step before it.
+        assert!(
+            reason == "failed_calls"
+                || reason == "frame_gaps"
+                || reason == "harness_saturated"
+                || reason.starts_with("hop_p99:"),
+            "{report:#}"
+        );
+        assert_eq!(capacity + 1, at_calls, "{report:#}");
+        let last = steps.last().expect("a step");
+        assert_eq!(last["passed"], false, "{report:#}");
+        assert_eq!(last["broke"], reason, "{report:#}");
+    }
+    // One line per step on stderr, stdout holding only the JSON.
+    assert!(stderr.contains("step 1: 1 calls"), "{stderr}");
+}

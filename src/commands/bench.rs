@@ -31,6 +31,11 @@ use crate::metrics::quantile;
 use crate::sim::caller::{CallerOptions, Heard, SimCaller};
 use crate::sim::Simulators;
 
+mod capacity;
+use capacity::run_capacity;
+pub use capacity::{DEFAULT_MAX_CALLS, DEFAULT_START_CALLS};
+
+#[derive(Clone)]
 pub struct BenchOptions {
     pub calls: usize,
     pub turns: usize,
@@ -45,6 +50,11 @@ pub struct BenchOptions {
     pub tls: bool,
     /// The simulated providers' network round trip, in milliseconds (`--provider-rtt-ms`).
     pub provider_rtt_ms: u64,
+    /// `--capacity`: raise the number of calls step by step, from `calls`, until a service
+    /// level breaks ([`run_capacity`]).
+    pub capacity: bool,
+    /// `--max-calls`: the capacity search's last step.
+    pub max_calls: usize,
 }
 
 impl BenchOptions {
@@ -57,6 +67,8 @@ impl BenchOptions {
             harness_cpus: None,
             tls: true,
             provider_rtt_ms: 20,
+            capacity: false,
+            max_calls: DEFAULT_MAX_CALLS,
         }
     }
 }
@@ -98,6 +110,39 @@ pub fn run(options: &BenchOptions) -> Result<(), Box<dyn Error>> {
     if let Some(cpus) = &harness_cpus {
         pin_this_process(cpus)?;
     }
+    let pinning = (server_cpus, harness_cpus);
+    if options.capacity {
+        return run_capacity(options, &pinning);
+    }
+    let (report, stopped) = run_step(options, &pinning)?;
+    if options.json {
+        println!("{}", report.to_json(options));
+    } else {
+        report.print(options);
+    }
+    stopped?;
+    if report.failures.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} of {} calls failed",
+            report.failures.len(),
+            options.calls
+        )
+        .into())
+    }
+}
+
+/// Whether the server stopped cleanly after a step.
+type Stopped = Result<(), Box<dyn Error>>;
+
+/// One measured run of `options.calls` calls: fresh simulators and a fresh server process,
+/// both stopped before it returns. The harness is already pinned. Besides the report: whether
+/// the server stopped cleanly.
+fn run_step(
+    options: &BenchOptions,
+    (server_cpus, harness_cpus): &(Pinning, Pinning),
+) -> Result<(Report, Stopped), Box<dyn Error>> {
     // TLS on every provider socket, as in production, unless `--plain` asks for the comparison.
     let sims = if options.tls {
         Simulators::start_tls(crate::sim::SimTiming::default())?
@@ -105,7 +150,11 @@ pub fn run(options: &BenchOptions) -> Result<(), Box<dyn Error>> {
         Simulators::start()?
     };
     sims.set_provider_rtt(std::time::Duration::from_millis(options.provider_rtt_ms));
-    let records_dir = std::env::temp_dir().join(format!("cotrackpro-bench-{}", std::process::id()));
+    let records_dir = std::env::temp_dir().join(format!(
+        "cotrackpro-bench-{}-{}",
+        std::process::id(),
+        options.calls
+    ));
     let max_calls = (options.calls + 1).to_string();
     let env = super::loopback_env(
         &sims,
@@ -126,24 +175,9 @@ pub fn run(options: &BenchOptions) -> Result<(), Box<dyn Error>> {
     let _ = std::fs::remove_dir_all(&records_dir);
     let mut report = measured?;
     report.vad_silence_secs = vad_silence_secs;
-    report.server_cpus = server_cpus;
-    report.harness_cpus = harness_cpus;
-    if options.json {
-        println!("{}", report.to_json(options));
-    } else {
-        report.print(options);
-    }
-    stopped?;
-    if report.failures.is_empty() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{} of {} calls failed",
-            report.failures.len(),
-            options.calls
-        )
-        .into())
-    }
+    report.server_cpus = server_cpus.clone();
+    report.harness_cpus = harness_cpus.clone();
+    Ok((report, stopped.map_err(Into::into)))
 }
 
 /// What a run measured; printed by [`Report::print`] or as JSON by [`Report::to_json`].
