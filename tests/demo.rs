@@ -136,6 +136,27 @@ fn the_bench_runs_the_server_as_its_own_process_and_prints_json() {
     ] {
         assert!(hops.contains_key(hop), "{hop} in {report:#}");
     }
+    // Four hops are timed at the simulators' sockets and in the callers: each has samples
+    // and ordered, non-negative figures. The callers do not barge in: no partial_to_clear.
+    for hop in [
+        "twilio_to_stt",
+        "transcript_to_llm",
+        "sentence_to_tts",
+        "tts_to_twilio",
+    ] {
+        let figures = &hops[hop];
+        assert!(
+            figures["samples"].as_u64().unwrap_or(0) > 0,
+            "{hop} in {report:#}"
+        );
+        let q = |k: &str| figures[k].as_f64().unwrap_or(-1.0);
+        assert!(q("p50") >= 0.0, "{hop} in {report:#}");
+        assert!(q("p50") <= q("p95") && q("p95") <= q("p99") && q("p99") <= q("max"));
+    }
+    // One commit and one first sentence per answered turn, each matched once.
+    assert_eq!(hops["transcript_to_llm"]["samples"], 4, "{report:#}");
+    assert_eq!(hops["sentence_to_tts"]["samples"], 4, "{report:#}");
+    assert!(hops["partial_to_clear"].is_null(), "{report:#}");
     for q in ["p50", "p95", "p99", "max"] {
         assert!(report["caller_wait_ms"][q].is_u64(), "{q} in {report:#}");
     }

@@ -29,6 +29,7 @@ use serde_json::{json, Value};
 
 use crate::metrics::quantile;
 use crate::sim::caller::{CallerOptions, Heard, SimCaller};
+use crate::sim::hops::{Hop, HopClock, Hops};
 use crate::sim::Simulators;
 
 mod capacity;
@@ -205,6 +206,8 @@ struct Report {
     window: Window,
     /// Times a caller's playback buffer ran dry inside a spoken piece, over every caller.
     frame_gaps: u64,
+    /// Per-hop times taken at the simulators' sockets and in the callers (`sim::hops`).
+    hops: Hops,
 }
 
 const STAGES: [(&str, &str); 5] = [
@@ -215,14 +218,25 @@ const STAGES: [(&str, &str); 5] = [
     ("first frame", "first_frame"),
 ];
 
-/// The hops of issue 13 that the simulators will time; none is measured yet.
-const HOPS: [&str; 5] = [
-    "twilio_to_stt",
-    "transcript_to_llm",
-    "sentence_to_tts",
-    "tts_to_twilio",
-    "partial_to_clear",
-];
+/// What each hop of `sim::hops` spans, for the human report.
+fn hop_label(hop: Hop) -> &'static str {
+    match hop {
+        Hop::TwilioToStt => "caller's frame → STT socket",
+        Hop::TranscriptToLlm => "STT commit → model request",
+        Hop::SentenceToTts => "first sentence → TTS socket",
+        Hop::TtsToTwilio => "TTS audio → caller's frame",
+        Hop::PartialToClear => "interrupting partial → clear",
+    }
+}
+
+/// Milliseconds (fractional) at quantile `q` of sorted durations.
+fn hop_quantile(durations: &[std::time::Duration], q: f64) -> Option<f64> {
+    let last = durations.len().checked_sub(1)?;
+    let index = ((last as f64) * q).round() as usize;
+    durations
+        .get(index.min(last))
+        .map(|d| (d.as_secs_f64() * 1e5).round() / 100.0)
+}
 
 impl Report {
     fn harness_cores(&self) -> usize {
@@ -320,6 +334,24 @@ impl Report {
             }
             Err(err) => println!("server stages: not available ({err})"),
         }
+        println!("hops, timed at the simulators' sockets and in the callers (one clock):");
+        for hop in Hop::ALL {
+            let d = self.hops.get(hop);
+            let q = |q: f64| hop_quantile(d, q).map_or("–".into(), |v| format!("{v:.1} ms"));
+            if d.is_empty() {
+                println!("  {:<30} not measured", hop_label(hop));
+            } else {
+                println!(
+                    "  {:<30} p50 {} · p95 {} · p99 {} · max {} ({} samples)",
+                    hop_label(hop),
+                    q(0.5),
+                    q(0.95),
+                    q(0.99),
+                    q(1.0),
+                    d.len()
+                );
+            }
+        }
         if let Some(cpu) = self.server_cpu_secs {
             let call_minutes = self.calls as f64 * self.wall_secs / 60.0;
             println!(
@@ -408,8 +440,26 @@ impl Report {
                 )
             })
             .collect();
-        let hops: serde_json::Map<String, Value> =
-            HOPS.iter().map(|h| (h.to_string(), Value::Null)).collect();
+        // A hop nothing was matched for is null (`partial_to_clear`: the callers do not barge
+        // in).
+        let hops: serde_json::Map<String, Value> = Hop::ALL
+            .iter()
+            .map(|&hop| {
+                let d = self.hops.get(hop);
+                let figures = if d.is_empty() {
+                    Value::Null
+                } else {
+                    json!({
+                        "p50": hop_quantile(d, 0.5),
+                        "p95": hop_quantile(d, 0.95),
+                        "p99": hop_quantile(d, 0.99),
+                        "max": hop_quantile(d, 1.0),
+                        "samples": d.len(),
+                    })
+                };
+                (hop.name().to_string(), figures)
+            })
+            .collect();
         let w = &self.waits;
         json!({
             "calls": self.calls,
@@ -460,9 +510,13 @@ fn measure(
     let rest = ProcSample::take(&pid);
     let harness_rest = process_cpu_secs("self");
     let utterances = options.calls * options.turns;
-    sims.elevenlabs
-        .stt()
-        .push_utterances((0..utterances).map(|i| UTTERANCES[i % UTTERANCES.len()].to_string()));
+    // Unique words, replies and voices, so every hop's ends can be matched (`sim::hops`).
+    sims.distinct_for_hops(true);
+    let hop_clock = sims.hop_clock();
+    hop_clock.clear();
+    sims.elevenlabs.stt().push_utterances(
+        (0..utterances).map(|i| format!("{} number {}", UTTERANCES[i % UTTERANCES.len()], i + 1)),
+    );
     let (media, http) = (server.media, server.http);
     let live = AtomicUsize::new(0);
     let started = Instant::now();
@@ -471,6 +525,7 @@ fn measure(
     let mut window = Window::default();
     let runs: Vec<CallerRun> = std::thread::scope(|scope| {
         let live = &live;
+        let hop_clock = &hop_clock;
         let mut spawn_failures = Vec::new();
         let handles: Vec<_> = (0..options.calls)
             .filter_map(|i| {
@@ -479,7 +534,9 @@ fn measure(
                 std::thread::Builder::new()
                     .name(format!("bench-caller-{i}"))
                     .stack_size(256 * 1024)
-                    .spawn_scoped(scope, move || one_caller(http, media, options.turns, live))
+                    .spawn_scoped(scope, move || {
+                        one_caller(http, media, options.turns, live, hop_clock, i)
+                    })
                     .map_err(|err| {
                         spawn_failures.push(CallerRun {
                             waits_ms: Vec::new(),
@@ -556,6 +613,7 @@ fn measure(
         harness_cpu_secs: harness_end.zip(harness_rest).map(|(e, r)| e - r),
         window,
         frame_gaps,
+        hops: sims.hops(),
     })
 }
 
@@ -568,7 +626,14 @@ impl Drop for LiveCall<'_> {
     }
 }
 
-fn one_caller(http: SocketAddr, media: SocketAddr, turns: usize, live: &AtomicUsize) -> CallerRun {
+fn one_caller(
+    http: SocketAddr,
+    media: SocketAddr,
+    turns: usize,
+    live: &AtomicUsize,
+    hops: &Arc<HopClock>,
+    index: usize,
+) -> CallerRun {
     let mut run = CallerRun {
         waits_ms: Vec::new(),
         failed: None,
@@ -580,6 +645,9 @@ fn one_caller(http: SocketAddr, media: SocketAddr, turns: usize, live: &AtomicUs
         "parent",
         CallerOptions {
             playback_speed: 4,
+            // A voice of its own, so its frames are not another caller's (`sim::hops`).
+            pitch: 180.0 + (index % 200) as f32 * 0.37,
+            hops: Some(Arc::clone(hops)),
             ..CallerOptions::default()
         },
     ) {

@@ -9,9 +9,11 @@ use std::collections::VecDeque;
 use std::io;
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+
+use super::hops::{key_of, Hop, HopClock};
 
 use super::http::{Responder, SimRequest, SimServer};
 use crate::personas::Role;
@@ -77,6 +79,12 @@ struct State {
     requests: Vec<Value>,
     /// The one key accepted; any non-empty key when `None`.
     api_key: Option<String>,
+    /// Where request arrivals and first sentences are timed (`transcript_to_llm`,
+    /// `sentence_to_tts`).
+    hops: Option<Arc<HopClock>>,
+    /// Number the default replies ("Reply 7. …") so each is unique.
+    number_replies: bool,
+    replies: u64,
 }
 
 /// A running simulator.
@@ -126,6 +134,16 @@ impl AnthropicSim {
         lock(&self.state).api_key = Some(key.to_string());
     }
 
+    /// Times requests and first sentences on `clock` (see [`super::hops`]).
+    pub fn record_hops(&self, clock: Arc<HopClock>) {
+        lock(&self.state).hops = Some(clock);
+    }
+
+    /// Starts every default reply with its number ("Reply 7. "), so no two are alike.
+    pub fn number_replies(&self, on: bool) {
+        lock(&self.state).number_replies = on;
+    }
+
     /// Every valid request body received so far.
     pub fn requests(&self) -> Vec<Value> {
         lock(&self.state).requests.clone()
@@ -142,6 +160,9 @@ fn handle(
     state: &Mutex<State>,
     timing: Timing,
 ) -> io::Result<()> {
+    // The request was on its way when its connection was accepted (one per request), before
+    // any simulated round trip.
+    let arrived = super::listener::accepted_at().unwrap_or_else(Instant::now);
     let json = [("Content-Type", "application/json")];
     if req.method != "POST" || req.path() != "/v1/messages" {
         return res.send(
@@ -167,13 +188,28 @@ fn handle(
         return res.send(400, &json, body.as_bytes());
     }
     let role = persona(&body);
-    let reply = {
+    let (reply, hops, number) = {
         let mut state = lock(state);
         state.requests.push(body.clone());
         let for_role = role.and_then(|r| state.by_role.get_mut(&r).and_then(VecDeque::pop_front));
-        for_role.or_else(|| state.script.pop_front())
+        let reply = for_role.or_else(|| state.script.pop_front());
+        let number = (reply.is_none() && state.number_replies).then(|| {
+            state.replies += 1;
+            state.replies
+        });
+        (reply, state.hops.clone(), number)
+    };
+    let reply = reply.unwrap_or_else(|| {
+        let text = default_reply(&body, role);
+        Reply::Text(match number {
+            Some(n) => format!("Reply {n}. {text}"),
+            None => text,
+        })
+    });
+    if let (Some(hops), Some(text)) = (&hops, last_user_text(&body)) {
+        hops.end(Hop::TranscriptToLlm, key_of(text.trim()), arrived);
     }
-    .unwrap_or_else(|| Reply::Text(default_reply(&body, role)));
+    let hops = hops.as_deref();
 
     let (text, tool) = match reply {
         Reply::Status {
@@ -201,7 +237,7 @@ fn handle(
         }
         Reply::StallAfter { text, quiet } => {
             stream_start(res, &body)?;
-            speak(res, 0, &text, timing)?;
+            speak(res, 0, &text, timing, hops)?;
             thread::sleep(quiet);
             return Ok(());
         }
@@ -213,7 +249,7 @@ fn handle(
         } => (preface, Some((name, input))),
         Reply::OverloadedMidStream { text } => {
             stream_start(res, &body)?;
-            speak(res, 0, &text, timing)?;
+            speak(res, 0, &text, timing, hops)?;
             return event(
                 res,
                 "error",
@@ -236,7 +272,7 @@ fn handle(
     let mut index = 0;
     let mut output_tokens = 1;
     if !text.is_empty() {
-        output_tokens += speak(res, index, &text, timing)?;
+        output_tokens += speak(res, index, &text, timing, hops)?;
         index += 1;
     }
     let stop_reason = match tool {
@@ -417,8 +453,33 @@ fn stream_start(res: &mut Responder, body: &Value) -> io::Result<()> {
     event(res, "ping", &json!({"type": "ping"}))
 }
 
-/// Streams `text` as a text block, a word at a time; returns the tokens spoken.
-fn speak(res: &mut Responder, index: u64, text: &str, timing: Timing) -> io::Result<u64> {
+/// The text of the last user message (its text blocks joined), if it has any.
+fn last_user_text(body: &Value) -> Option<String> {
+    let message = body["messages"]
+        .as_array()?
+        .iter()
+        .rev()
+        .find(|m| m["role"] == "user")?;
+    match &message["content"] {
+        Value::String(text) => Some(text.clone()),
+        Value::Array(blocks) => {
+            let texts: Vec<&str> = blocks.iter().filter_map(|b| b["text"].as_str()).collect();
+            (!texts.is_empty()).then(|| texts.join(" "))
+        }
+        _ => None,
+    }
+}
+
+/// Streams `text` as a text block, a word at a time; returns the tokens spoken. With `hops`,
+/// the delta completing the first sentence (cut as the server cuts) is timed when sent.
+fn speak(
+    res: &mut Responder,
+    index: u64,
+    text: &str,
+    timing: Timing,
+    hops: Option<&HopClock>,
+) -> io::Result<u64> {
+    let mut sentences = hops.map(|_| crate::speech::sentences::Sentences::new());
     event(
         res,
         "content_block_start",
@@ -431,8 +492,18 @@ fn speak(res: &mut Responder, index: u64, text: &str, timing: Timing) -> io::Res
             "content_block_delta",
             &json!({"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": word}}),
         )?;
+        if let (Some(hops), Some(cut)) = (hops, sentences.as_mut()) {
+            if let Some(first) = cut.push(word).into_iter().next() {
+                hops.start(Hop::SentenceToTts, key_of(first.trim()), Instant::now());
+                sentences = None;
+            }
+        }
         tokens += 1;
         thread::sleep(timing.per_token);
+    }
+    // A reply of one sentence is cut when it ends (the server flushes what is left).
+    if let (Some(hops), Some(first)) = (hops, sentences.as_mut().and_then(|c| c.finish())) {
+        hops.start(Hop::SentenceToTts, key_of(first.trim()), Instant::now());
     }
     event(
         res,

@@ -38,6 +38,9 @@ pub struct CallerOptions {
     pub playback_speed: usize,
     /// The voice of the caller's speech.
     pub pitch: f32,
+    /// Where this caller times its ends of the hops (`twilio_to_stt`: sampled speech frames
+    /// sent; `tts_to_twilio`: media received), see [`super::hops`].
+    pub hops: Option<Arc<super::hops::HopClock>>,
 }
 
 impl Default for CallerOptions {
@@ -49,6 +52,7 @@ impl Default for CallerOptions {
             signature: None,
             playback_speed: 1,
             pitch: 210.0,
+            hops: None,
         }
     }
 }
@@ -413,11 +417,18 @@ fn phone(mut socket: WebSocket<TcpStream>, options: &CallerOptions, shared: &Mut
             break;
         }
         chunk += 1;
+        let payload = b64.encode(&frame);
+        if let Some(hops) = &options.hops {
+            let key = super::hops::key_of(payload.as_str());
+            if super::hops::sampled(key) && frame.iter().any(|b| *b != voice::ULAW_SILENCE) {
+                hops.start(super::hops::Hop::TwilioToStt, key, Instant::now());
+            }
+        }
         let media = json!({"event": "media", "sequenceNumber": (chunk + 1).to_string(),
                            "streamSid": stream_sid,
                            "media": {"track": "inbound", "chunk": chunk.to_string(),
                                      "timestamp": started.elapsed().as_millis().to_string(),
-                                     "payload": b64.encode(&frame)}});
+                                     "payload": payload}});
         let mut failed = socket.send(Message::text(media.to_string())).is_err();
         for text in outgoing {
             failed |= socket.send(Message::text(text)).is_err();
@@ -458,9 +469,15 @@ fn phone(mut socket: WebSocket<TcpStream>, options: &CallerOptions, shared: &Mut
                     let value: Value = serde_json::from_str(text.as_str()).unwrap_or(Value::Null);
                     match value["event"].as_str() {
                         Some("media") => {
-                            let audio = b64
-                                .decode(value["media"]["payload"].as_str().unwrap_or(""))
-                                .unwrap_or_default();
+                            let payload = value["media"]["payload"].as_str().unwrap_or("");
+                            if let Some(hops) = &options.hops {
+                                hops.end(
+                                    super::hops::Hop::TtsToTwilio,
+                                    super::hops::key_of(payload),
+                                    Instant::now(),
+                                );
+                            }
+                            let audio = b64.decode(payload).unwrap_or_default();
                             received_total += audio.len() as u64;
                             let len = audio.len();
                             buffer.extend(audio);

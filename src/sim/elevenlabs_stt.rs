@@ -12,8 +12,8 @@
 use std::collections::VecDeque;
 use std::io;
 use std::net::TcpStream;
-use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use serde_json::{json, Value};
@@ -21,6 +21,7 @@ use tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::Message;
 
+use super::hops::{key_of, sampled, Hop, HopClock};
 use super::listener::{ConnectionServer, WsSimCore};
 use super::voice;
 
@@ -72,6 +73,8 @@ struct State {
     always_timestamps: bool,
     /// Every client message, per session.
     received: Vec<Vec<Value>>,
+    /// Where audio arrivals and commits are timed (`twilio_to_stt`, `transcript_to_llm`).
+    hops: Option<Arc<HopClock>>,
 }
 
 pub struct SttSim {
@@ -113,6 +116,12 @@ impl SttSim {
     /// changed, or a client that asks for timestamps).
     pub fn always_timestamps(&self, on: bool) {
         self.core.lock().always_timestamps = on;
+    }
+
+    /// Times audio chunks received and transcripts committed on `clock` (see
+    /// [`super::hops`]).
+    pub fn record_hops(&self, clock: Arc<HopClock>) {
+        self.core.lock().hops = Some(clock);
     }
 
     pub fn sessions(&self) -> u32 {
@@ -207,12 +216,16 @@ fn serve(stream: TcpStream, options: &SttSimOptions, state: &Mutex<State>) -> io
         .write_buffer_size(0);
     let mut socket = tungstenite::accept_hdr_with_config(stream, check, Some(config))
         .map_err(|e| io::Error::other(e.to_string()))?;
-    let (index, fault) = {
+    let (index, fault, hops) = {
         let mut state = lock(state);
         state.sessions += 1;
         state.received.push(Vec::new());
         session.timestamps |= state.always_timestamps;
-        (state.received.len() - 1, state.faults.pop_front())
+        (
+            state.received.len() - 1,
+            state.faults.pop_front(),
+            state.hops.clone(),
+        )
     };
     if fault == Some(Fault::Silent) {
         // Read and keep everything, answer nothing, until the client goes away.
@@ -275,9 +288,16 @@ fn serve(stream: TcpStream, options: &SttSimOptions, state: &Mutex<State>) -> io
             }
             continue;
         };
+        let received = Instant::now();
         let value: Value = serde_json::from_str(text.as_str()).unwrap_or(Value::Null);
         lock(state).received[index].push(value.clone());
         let kind = value["message_type"].as_str().unwrap_or("");
+        if let (Some(hops), Some(payload)) = (&hops, value["audio_base_64"].as_str()) {
+            let key = key_of(payload);
+            if sampled(key) {
+                hops.end(Hop::TwilioToStt, key, received);
+            }
+        }
         if kind != "input_audio_chunk" {
             send(
                 &mut socket,
@@ -359,6 +379,9 @@ fn serve(stream: TcpStream, options: &SttSimOptions, state: &Mutex<State>) -> io
                         &mut socket,
                         json!({"message_type": "committed_transcript", "text": words}),
                     )?;
+                    if let Some(hops) = &hops {
+                        hops.start(Hop::TranscriptToLlm, key_of(words.trim()), Instant::now());
+                    }
                     if session.timestamps {
                         send(&mut socket, with_timestamps(&words, speech_secs))?;
                     }

@@ -7,7 +7,7 @@
 
 use std::io;
 use std::net::TcpStream;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -18,6 +18,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tungstenite::Message;
 
+use super::hops::{key_of, Hop, HopClock};
 use super::http::{Responder, SimRequest};
 use super::listener::{ConnectionServer, WsSimCore};
 use super::voice;
@@ -54,6 +55,11 @@ struct State {
     failing: u32,
     /// Sessions still to answer with no audio at all (`isFinal` alone).
     mute: u32,
+    /// Where text arrivals and first audio are timed (`sentence_to_tts`, `tts_to_twilio`).
+    hops: Option<Arc<HopClock>>,
+    /// Mark each piece's first bytes with its number, so no two pieces start alike.
+    tag_audio: bool,
+    pieces: u64,
 }
 
 pub struct TtsSim {
@@ -96,6 +102,18 @@ impl TtsSim {
     /// `isFinal` and not a byte of audio.
     pub fn mute_next(&self, n: u32) {
         self.core.lock().mute += n;
+    }
+
+    /// Times texts received and first audio sent on `clock` (see [`super::hops`]).
+    pub fn record_hops(&self, clock: Arc<HopClock>) {
+        self.core.lock().hops = Some(clock);
+    }
+
+    /// Writes each piece's number into its first 8 samples, at the quietest μ-law levels
+    /// (inaudible), so no two pieces start with the same bytes: the bench matches audio
+    /// frames by their bytes (`super::hops`).
+    pub fn tag_audio(&self, on: bool) {
+        self.core.lock().tag_audio = on;
     }
 
     /// Connections the client closed before the end of its input.
@@ -215,6 +233,7 @@ fn serve(stream: TcpStream, options: &TtsSimOptions, state: &Mutex<State>) -> io
     let mut socket = tungstenite::accept_hdr_with_config(stream, check, Some(config))
         .map_err(|e| io::Error::other(e.to_string()))?;
     socket.get_ref().set_read_timeout(Some(TICK))?;
+    let hops = lock(state).hops.clone();
     let (session, failing, mute) = {
         let mut state = lock(state);
         state.sessions.push((voice_id.clone(), Vec::new()));
@@ -232,7 +251,12 @@ fn serve(stream: TcpStream, options: &TtsSimOptions, state: &Mutex<State>) -> io
         if mute {
             Ok(())
         } else {
-            speak(socket, text, pitch, first_byte)
+            let tag = {
+                let mut state = lock(state);
+                state.pieces += 1;
+                state.tag_audio.then_some(state.pieces)
+            };
+            speak(socket, text, pitch, first_byte, hops.as_deref(), tag)
         }
     };
     let mut buffered = String::new();
@@ -296,6 +320,12 @@ fn serve(stream: TcpStream, options: &TtsSimOptions, state: &Mutex<State>) -> io
         lock(state).sessions[session].1.push(value.clone());
         last_text = Instant::now();
         let chunk = value["text"].as_str().unwrap_or("");
+        if let Some(hops) = hops
+            .as_deref()
+            .filter(|_| opened && !chunk.trim().is_empty())
+        {
+            hops.end(Hop::SentenceToTts, key_of(chunk.trim()), last_text);
+        }
         if !opened {
             // The opening message must be a single space. Its voice settings are optional
             // (absent or null: the voice's own), as the service's `InitializeConnection`
@@ -368,13 +398,21 @@ fn speak(
     text: &str,
     pitch: f32,
     first_byte: Duration,
+    hops: Option<&HopClock>,
+    tag: Option<u64>,
 ) -> io::Result<()> {
     if text.trim().is_empty() {
         return Ok(());
     }
     thread::sleep(first_byte);
-    let audio = voice::speak(text, pitch);
-    for chunk in audio.chunks(AUDIO_CHUNK) {
+    let mut audio = voice::speak(text, pitch);
+    if let Some(tag) = tag {
+        // 0xF0..=0xFF are μ-law's quietest codes: 4 bits of the number per sample.
+        for (i, byte) in audio.iter_mut().take(8).enumerate() {
+            *byte = 0xF0 | ((tag >> (4 * i)) & 0xF) as u8;
+        }
+    }
+    for (n, chunk) in audio.chunks(AUDIO_CHUNK).enumerate() {
         let message = json!({
             "audio": base64::engine::general_purpose::STANDARD.encode(chunk),
             "isFinal": false,
@@ -384,6 +422,14 @@ fn speak(
         socket
             .send(Message::text(message.to_string()))
             .map_err(|e| io::Error::other(e.to_string()))?;
+        if let Some(hops) = hops.filter(|_| n == 0) {
+            // The server frames each piece from its start: its first media frame to Twilio is
+            // these first bytes (padded with silence when the piece is shorter).
+            let mut frame = chunk[..chunk.len().min(crate::speech::ulaw::FRAME_BYTES)].to_vec();
+            frame.resize(crate::speech::ulaw::FRAME_BYTES, voice::ULAW_SILENCE);
+            let payload = base64::engine::general_purpose::STANDARD.encode(&frame);
+            hops.start(Hop::TtsToTwilio, key_of(payload.as_str()), Instant::now());
+        }
     }
     Ok(())
 }

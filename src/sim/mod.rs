@@ -7,6 +7,7 @@ pub mod caller;
 pub mod elevenlabs;
 pub mod elevenlabs_stt;
 pub mod elevenlabs_tts;
+pub mod hops;
 pub mod http;
 pub mod listener;
 pub mod mcp;
@@ -16,6 +17,7 @@ pub mod voice;
 pub mod wav;
 
 use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The account the Twilio simulator accepts (printed by `sim`; not a real credential).
@@ -45,6 +47,9 @@ pub struct Simulators {
     /// `Some` when started with [`Simulators::start_tls`]: each simulator's TLS front and the
     /// CA's file.
     tls: Option<TlsFronts>,
+    /// Per-hop times taken at the simulators' sockets (and by callers given
+    /// [`Simulators::hop_clock`]).
+    hop_clock: Arc<hops::HopClock>,
 }
 
 /// The TLS fronts of [`Simulators::start_tls`], one per simulator, and the CA file clients
@@ -97,9 +102,38 @@ impl Simulators {
             mcp: mcp::McpSim::start(mcp::Framing::Sse)?,
             twilio: twilio::TwilioSim::start(SIM_TWILIO_ACCOUNT_SID, SIM_TWILIO_AUTH_TOKEN)?,
             tls: None,
+            hop_clock: Arc::new(hops::HopClock::new()),
         };
+        sims.anthropic.record_hops(Arc::clone(&sims.hop_clock));
+        sims.elevenlabs
+            .stt()
+            .record_hops(Arc::clone(&sims.hop_clock));
+        sims.elevenlabs
+            .tts()
+            .record_hops(Arc::clone(&sims.hop_clock));
         sims.set_provider_rtt(ms(timing.provider_rtt_ms.unwrap_or(0)));
         Ok(sims)
+    }
+
+    /// The clock the simulators time hops on; give it to simulated callers
+    /// ([`caller::CallerOptions::hops`]) so they time their ends too.
+    pub fn hop_clock(&self) -> Arc<hops::HopClock> {
+        Arc::clone(&self.hop_clock)
+    }
+
+    /// What the hops measured so far (see [`hops`]).
+    pub fn hops(&self) -> hops::Hops {
+        self.hop_clock.hops()
+    }
+
+    /// Makes what the simulators send unique per call, so every hop can be matched under
+    /// load: the model's replies are numbered and each TTS piece's first samples carry its
+    /// number (inaudibly).
+    /// (Transcripts are unique when the utterances pushed are; callers need pitches of
+    /// their own.)
+    pub fn distinct_for_hops(&self, on: bool) {
+        self.anthropic.number_replies(on);
+        self.elevenlabs.tts().tag_audio(on);
     }
 
     /// Simulates a network round trip of `rtt` to every provider for connections opened from
