@@ -300,6 +300,7 @@ mod tests {
             harness_cpu_secs: Some(2.0),
             window: Window::default(),
             frame_gaps: 0,
+            hops: crate::sim::hops::Hops::default(),
         }
     }
 
