@@ -110,7 +110,7 @@ fn the_stt_worker_forwards_audio_at_once_sleeps_between_and_ends_with_its_feed()
         .map(|c| base64::engine::general_purpose::STANDARD.encode(c))
         .collect();
     let fed = Instant::now();
-    assert!(feed.send(frames[0].clone()));
+    assert!(feed_frame(&feed, frames[0].clone()));
     while sim.received(0).is_empty() {
         assert!(
             fed.elapsed() < Duration::from_secs(2),
@@ -119,7 +119,7 @@ fn the_stt_worker_forwards_audio_at_once_sleeps_between_and_ends_with_its_feed()
         std::thread::sleep(Duration::from_millis(1));
     }
     for frame in &frames[1..] {
-        assert!(feed.send(frame.clone()));
+        assert!(feed_frame(&feed, frame.clone()));
     }
     assert_eq!(
         transcript(&events, Duration::from_secs(5)).as_deref(),
@@ -370,7 +370,7 @@ fn a_commit_and_its_timestamped_twin_are_one_transcript() {
         .unwrap();
     for text in ["hello there", "second thing"] {
         for frame in speech_frames(text, 700) {
-            assert!(feed.send(frame));
+            assert!(feed_frame(&feed, frame));
         }
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -411,7 +411,7 @@ fn an_stt_service_gone_silent_is_replaced_after_the_watchdogs_limit() {
     // A quiet caller gets no word from the service either: no reconnect for that.
     let quiet = speech_frames("", 1200);
     for frame in &quiet {
-        assert!(feed.send(frame.clone()));
+        assert!(feed_frame(&feed, frame.clone()));
         std::thread::sleep(Duration::from_millis(1));
     }
     std::thread::sleep(limit + Duration::from_millis(400));
@@ -423,7 +423,7 @@ fn an_stt_service_gone_silent_is_replaced_after_the_watchdogs_limit() {
     // The caller speaks; the mute service is replaced once the limit passes.
     let spoke = Instant::now();
     for frame in speech_frames("are you there", 0) {
-        assert!(feed.send(frame));
+        assert!(feed_frame(&feed, frame));
     }
     while sim.sessions() < 2 && spoke.elapsed() < Duration::from_secs(5) {
         std::thread::sleep(Duration::from_millis(10));
@@ -436,7 +436,7 @@ fn an_stt_service_gone_silent_is_replaced_after_the_watchdogs_limit() {
     );
     // The new session hears the caller.
     for frame in speech_frames("are you there", 700) {
-        assert!(feed.send(frame));
+        assert!(feed_frame(&feed, frame));
     }
     assert_eq!(
         transcript(&events, Duration::from_secs(5)).as_deref(),
@@ -492,4 +492,12 @@ fn a_piece_that_ends_without_audio_is_retried_once_then_a_failure() {
     assert_eq!(sim.sessions().len(), 3);
     drop(jobs_tx);
     assert!(ended_within(&worker, Duration::from_secs(1)));
+}
+
+/// Feeds one base64 frame as the Twilio reader does: with its loudness, decoded once.
+fn feed_frame(feed: &cotrackpro_voice::call::audio_feed::AudioFeed, frame: String) -> bool {
+    let loud = base64::engine::general_purpose::STANDARD
+        .decode(&frame)
+        .is_ok_and(|audio| cotrackpro_voice::speech::ulaw::is_voice(&audio));
+    feed.send(frame, loud)
 }

@@ -31,10 +31,20 @@ pub fn audio_feed(cap: usize) -> io::Result<(AudioFeed, AudioInbox)> {
     ))
 }
 
+/// One 20 ms frame of the caller's audio.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame {
+    /// Base64 μ-law, as Twilio sent it.
+    pub payload: String,
+    /// Loud enough to be speech ([`crate::speech::ulaw::is_voice`]), as the reader found when
+    /// it decoded the frame (so the worker need not decode it again).
+    pub loud: bool,
+}
+
 /// The sending end, held by the Twilio reader.
 #[derive(Debug)]
 pub struct AudioFeed {
-    tx: Sender<String>,
+    tx: Sender<Frame>,
     wake: WakeSender,
 }
 
@@ -43,8 +53,12 @@ impl AudioFeed {
     /// Returns false when the frame was dropped because the queue is full; a frame for a
     /// worker that has ended is dropped silently (true: nothing is behind).
     #[must_use]
-    pub fn send(&self, base64_payload: String) -> bool {
-        match self.tx.try_send(base64_payload) {
+    pub fn send(&self, base64_payload: String, loud: bool) -> bool {
+        let frame = Frame {
+            payload: base64_payload,
+            loud,
+        };
+        match self.tx.try_send(frame) {
             Ok(()) => {
                 // After the frame is queued, so a woken worker always finds it.
                 self.wake.wake();
@@ -59,7 +73,7 @@ impl AudioFeed {
 /// The receiving end, owned by the speech-to-text worker.
 #[derive(Debug)]
 pub struct AudioInbox {
-    rx: Receiver<String>,
+    rx: Receiver<Frame>,
     wake: WakeReceiver,
     /// Cleared once the end of the wake-up stream was seen (the feed is gone).
     open: std::cell::Cell<bool>,
@@ -73,7 +87,7 @@ impl AudioInbox {
 
     /// After the inbox's descriptor was readable: reads the wake-ups and returns the frames
     /// waiting, in order. The feed may have closed meanwhile: see [`AudioInbox::is_open`].
-    pub fn take(&self) -> impl Iterator<Item = String> + '_ {
+    pub fn take(&self) -> impl Iterator<Item = Frame> + '_ {
         if !self.wake.drain() {
             self.open.set(false);
         }
@@ -123,7 +137,7 @@ mod tests {
             .spawn(move || {
                 std::thread::sleep(Duration::from_millis(30));
                 let sent = Instant::now();
-                assert!(feed.send("AAAA".into()));
+                assert!(feed.send("AAAA".into(), false));
                 (feed, sent)
             })
             .unwrap();
@@ -132,13 +146,16 @@ mod tests {
         let woke = Instant::now();
         let (feed, sent) = sender.join().unwrap();
         assert!(woke.duration_since(sent) < Duration::from_millis(20));
-        assert_eq!(inbox.take().collect::<Vec<_>>(), vec!["AAAA".to_string()]);
+        assert_eq!(
+            inbox.take().map(|f| f.payload).collect::<Vec<_>>(),
+            vec!["AAAA".to_string()]
+        );
         assert!(inbox.is_open());
 
         // Full: the third frame is dropped and said to be.
-        assert!(feed.send("BBBB".into()));
-        assert!(feed.send("CCCC".into()));
-        assert!(!feed.send("DDDD".into()));
+        assert!(feed.send("BBBB".into(), false));
+        assert!(feed.send("CCCC".into(), false));
+        assert!(!feed.send("DDDD".into(), false));
         drop(feed);
         let mut watch = [Watch::read(inbox.fd())];
         assert_eq!(
@@ -182,7 +199,7 @@ mod tests {
     fn a_feed_whose_worker_ended_swallows_frames() {
         let (feed, inbox) = audio_feed(1).unwrap();
         drop(inbox);
-        assert!(feed.send("AAAA".into()));
-        assert!(feed.send("AAAA".into()));
+        assert!(feed.send("AAAA".into(), false));
+        assert!(feed.send("AAAA".into(), false));
     }
 }

@@ -18,8 +18,6 @@ use crate::twilio::media_messages::{self as twilio_messages, Inbound};
 /// Invalid messages from Twilio in a row, or in all, after which the call is ended.
 const MAX_INVALID_IN_A_ROW: u32 = 50;
 const MAX_INVALID: u32 = 500;
-/// Caller audio louder than this (RMS of the decoded samples) counts as speech.
-pub(in crate::call) const VOICE_RMS: f32 = 500.0;
 
 /// The reading half of the Twilio socket: messages to the call, caller audio to
 /// speech-to-text, invalid messages counted (a flood ends the call).
@@ -61,13 +59,15 @@ pub(super) fn twilio_reader(
                         .decode_vec(payload.as_bytes(), &mut decoded)
                     {
                         Ok(()) => {
-                            if ulaw::rms(&decoded) > VOICE_RMS {
+                            // Decoded once here: the STT worker's watchdog gets the verdict.
+                            let loud = ulaw::is_voice(&decoded);
+                            if loud {
                                 voiced_ms.store(
                                     started.elapsed().as_millis() as u64 + 1,
                                     Ordering::Relaxed,
                                 );
                             }
-                            if audio.is_some_and(|feed| !feed.send(payload)) {
+                            if audio.is_some_and(|feed| !feed.send(payload, loud)) {
                                 dropped_audio += 1;
                             }
                             None

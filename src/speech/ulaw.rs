@@ -48,6 +48,14 @@ pub fn decode_ulaw(byte: u8) -> i16 {
 /// The μ-law byte for silence.
 pub const ULAW_SILENCE: u8 = 0xFF;
 
+/// Caller audio louder than this (RMS of the decoded samples) counts as speech.
+pub const VOICE_RMS: f32 = 500.0;
+
+/// Whether a frame of μ-law audio is loud enough to be someone speaking (or a noise).
+pub fn is_voice(ulaw: &[u8]) -> bool {
+    rms(ulaw) > VOICE_RMS
+}
+
 /// Root-mean-square level of μ-law audio (0 for silence), for voice-activity detection.
 pub fn rms(ulaw: &[u8]) -> f32 {
     if ulaw.is_empty() {

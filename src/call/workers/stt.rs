@@ -6,14 +6,11 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 
 use super::{SttLost, SttOut};
-use base64::Engine as _;
 
 use crate::call::audio_feed::AudioInbox;
-use crate::call::reader::VOICE_RMS;
 use crate::call::Event;
 use crate::poll::{self, Watch};
 use crate::providers::elevenlabs_stt::{SttError, SttEvent, SttSettings, SttStream};
-use crate::speech::ulaw;
 
 /// Speech-to-text for one call: forwards the caller's audio (base64 as Twilio sent it) the
 /// moment it arrives and reports transcripts the moment they arrive; reconnects up to
@@ -97,7 +94,6 @@ fn stt_session(
     // answered by the service either, and a wait with nothing to wait for has no deadline.
     let mut unanswered_speech: Option<Instant> = None;
     let mut heard = stream.messages_heard();
-    let mut decoded = Vec::with_capacity(320);
     loop {
         if readable {
             // Until WouldBlock: that also empties rustls' and tungstenite's buffers, so the
@@ -138,17 +134,11 @@ fn stt_session(
         let (writable, fed) = (watches[0].writable(), watches[1].readable());
         readable = watches[0].readable();
         if fed {
-            for payload in audio.take() {
+            for frame in audio.take() {
+                let payload = frame.payload;
                 stream.send_audio(&payload)?;
-                if unanswered_speech.is_none() {
-                    decoded.clear();
-                    let speech = base64::engine::general_purpose::STANDARD
-                        .decode_vec(payload.as_bytes(), &mut decoded)
-                        .is_ok()
-                        && ulaw::rms(&decoded) > VOICE_RMS;
-                    if speech {
-                        unanswered_speech = Some(Instant::now());
-                    }
+                if frame.loud && unanswered_speech.is_none() {
+                    unanswered_speech = Some(Instant::now());
                 }
                 // Base64 without decoding: every 4 characters are 3 bytes, minus the padding.
                 let padding = payload.bytes().rev().take_while(|b| *b == b'=').count();
