@@ -28,11 +28,12 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::metrics::quantile;
-use crate::sim::caller::{CallerOptions, Heard, SimCaller};
-use crate::sim::hops::{Hop, HopClock, Hops};
+use crate::sim::hops::{Hop, Hops};
 use crate::sim::Simulators;
 
+mod callers;
 mod capacity;
+use callers::{CallerRun, UTTERANCES};
 use capacity::run_capacity;
 pub use capacity::{DEFAULT_MAX_CALLS, DEFAULT_START_CALLS};
 
@@ -74,32 +75,18 @@ impl BenchOptions {
     }
 }
 
-const UTTERANCES: [&str; 4] = [
-    "I need help writing this down",
-    "It happened last Friday",
-    "Can you read that back to me",
-    "Thank you that is all",
-];
-
 /// How long the server may take to log that it listens, and to stop after SIGTERM.
 const SERVER_START_TIMEOUT: Duration = Duration::from_secs(20);
 const SERVER_STOP_TIMEOUT: Duration = Duration::from_secs(15);
 /// How often the harness looks at the callers and samples the server's process.
 const TICK: Duration = Duration::from_millis(250);
+/// Calls are dialed this far apart, as real calls arrive.
+const STAGGER: Duration = Duration::from_millis(20);
 /// How often, while every call is live, the window's figures are sampled (reading every
 /// thread's status costs the harness a file per server thread).
 const WINDOW_SAMPLE_EVERY: Duration = Duration::from_secs(1);
 /// The harness counts as saturated at this share of its cores.
 const SATURATED: f64 = 0.9;
-
-/// One caller's outcome.
-struct CallerRun {
-    /// Milliseconds from the end of each utterance to the first audio heard back.
-    waits_ms: Vec<u64>,
-    failed: Option<String>,
-    /// Times the caller's playback buffer ran dry inside a piece (`SimCaller::frame_gaps`).
-    frame_gaps: u64,
-}
 
 pub fn run(options: &BenchOptions) -> Result<(), Box<dyn Error>> {
     let (server_cpus, harness_cpus) = split_cpus(
@@ -206,6 +193,11 @@ struct Report {
     window: Window,
     /// Times a caller's playback buffer ran dry inside a spoken piece, over every caller.
     frame_gaps: u64,
+    /// Utterances said over an answer, and `clear`s the callers heard.
+    barge_ins: u64,
+    clears: u64,
+    /// Caller frames the harness sent more than `callers::LATE` after their time.
+    late_frames: u64,
     /// Per-hop times taken at the simulators' sockets and in the callers (`sim::hops`).
     hops: Hops,
 }
@@ -256,6 +248,13 @@ impl Report {
         (secs > 0.0).then(|| cpu / (secs * self.harness_cores() as f64))
     }
 
+    /// The harness's CPU milliseconds per call-second, over the window when every call was live.
+    fn harness_ms_per_call_second(&self) -> Option<f64> {
+        let w = self.window.figures()?;
+        (w.calls > 0 && w.secs > 0.0)
+            .then(|| w.harness_cpu_secs * 1000.0 / (w.calls as f64 * w.secs))
+    }
+
     fn harness_saturated(&self) -> bool {
         self.harness_share().is_some_and(|s| s >= SATURATED)
     }
@@ -301,6 +300,10 @@ impl Report {
         println!(
             "frame gaps (a caller's playback buffer ran dry inside a spoken piece): {}",
             self.frame_gaps
+        );
+        println!(
+            "barge-ins (an utterance said over the answer): {}; clears heard: {}",
+            self.barge_ins, self.clears
         );
         println!(
             "turns answered: {} of {}; calls failed: {}; peak simultaneous calls: {}",
@@ -420,6 +423,13 @@ impl Report {
                 );
             }
         }
+        if let Some(ms) = self.harness_ms_per_call_second() {
+            println!(
+                "harness CPU per call-second: {ms:.2} ms (one harness core would drive about {:.0} calls); caller frames sent over 10 ms late: {}",
+                1000.0 / ms.max(0.001),
+                self.late_frames
+            );
+        }
     }
 
     fn to_json(&self, options: &BenchOptions) -> Value {
@@ -488,7 +498,11 @@ impl Report {
             "server_fds_at_rest": self.rest.fds,
             "harness_cpu_share": self.harness_share(),
             "harness_cpu_saturated": self.harness_saturated(),
+            "harness_cpu_ms_per_call_second": self.harness_ms_per_call_second(),
             "frame_gaps": self.frame_gaps,
+            "barge_ins": self.barge_ins,
+            "clears": self.clears,
+            "harness_late_frames": self.late_frames,
             "hops_ms": hops,
             "server_stages_ms": stages,
             "caller_wait_ms": {
@@ -523,49 +537,36 @@ fn measure(
     let mut peak = rest;
     let mut peak_calls = 0;
     let mut window = Window::default();
+    let shared = callers::Shared {
+        live: &live,
+        hops: &hop_clock,
+    };
     let runs: Vec<CallerRun> = std::thread::scope(|scope| {
-        let live = &live;
-        let hop_clock = &hop_clock;
-        let mut spawn_failures = Vec::new();
-        let handles: Vec<_> = (0..options.calls)
-            .filter_map(|i| {
-                // Staggered a little, as real calls arrive.
-                std::thread::sleep(Duration::from_millis(20));
-                std::thread::Builder::new()
-                    .name(format!("bench-caller-{i}"))
-                    .stack_size(256 * 1024)
-                    .spawn_scoped(scope, move || {
-                        one_caller(http, media, options.turns, live, hop_clock, i)
-                    })
-                    .map_err(|err| {
-                        spawn_failures.push(CallerRun {
-                            waits_ms: Vec::new(),
-                            failed: Some(format!("cannot start a caller thread: {err}")),
-                            frame_gaps: 0,
-                        })
-                    })
-                    .ok()
-            })
-            .collect();
-        while handles.iter().any(|h| !h.is_finished()) {
+        let shared = &shared;
+        let driver = std::thread::Builder::new()
+            .name("bench-callers".into())
+            .spawn_scoped(scope, move || {
+                callers::run(http, media, options.calls, options.turns, STAGGER, shared)
+            });
+        let driver = match driver {
+            Ok(driver) => driver,
+            Err(err) => {
+                return Err(format!("cannot start the callers' thread: {err}"));
+            }
+        };
+        while !driver.is_finished() {
             peak = peak.max(&ProcSample::take(&pid));
             let now_live = live.load(Ordering::SeqCst);
             peak_calls = peak_calls.max(now_live);
             window.tick(&pid, now_live == options.calls);
             std::thread::sleep(TICK);
         }
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join().unwrap_or(CallerRun {
-                    waits_ms: Vec::new(),
-                    failed: Some("the caller thread panicked".into()),
-                    frame_gaps: 0,
-                })
-            })
-            .chain(spawn_failures)
-            .collect()
-    });
+        match driver.join() {
+            Ok(Ok(runs)) => Ok(runs),
+            Ok(Err(err)) => Err(format!("the callers could not run: {err}")),
+            Err(_) => Err("the callers' thread panicked".to_string()),
+        }
+    })?;
     // The server ends its calls a little after the callers hang up.
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
@@ -594,6 +595,9 @@ fn measure(
         .collect();
     waits.sort_unstable();
     let frame_gaps = runs.iter().map(|r| r.frame_gaps).sum();
+    let barge_ins = runs.iter().map(|r| r.barge_ins).sum();
+    let clears = runs.iter().map(|r| r.clears).sum();
+    let late_frames = runs.iter().map(|r| r.late_frames).sum();
     Ok(Report {
         calls: options.calls,
         turns_expected: utterances,
@@ -613,93 +617,11 @@ fn measure(
         harness_cpu_secs: harness_end.zip(harness_rest).map(|(e, r)| e - r),
         window,
         frame_gaps,
+        barge_ins,
+        clears,
+        late_frames,
         hops: sims.hops(),
     })
-}
-
-/// Counts the caller as live from the greeting it heard until it returns.
-struct LiveCall<'a>(&'a AtomicUsize);
-
-impl Drop for LiveCall<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-fn one_caller(
-    http: SocketAddr,
-    media: SocketAddr,
-    turns: usize,
-    live: &AtomicUsize,
-    hops: &Arc<HopClock>,
-    index: usize,
-) -> CallerRun {
-    let mut run = CallerRun {
-        waits_ms: Vec::new(),
-        failed: None,
-        frame_gaps: 0,
-    };
-    let caller = match SimCaller::dial(
-        http,
-        media,
-        "parent",
-        CallerOptions {
-            playback_speed: 4,
-            // A voice of its own, so its frames are not another caller's (`sim::hops`).
-            pitch: 180.0 + (index % 200) as f32 * 0.37,
-            hops: Some(Arc::clone(hops)),
-            ..CallerOptions::default()
-        },
-    ) {
-        Ok(caller) => caller,
-        Err(err) => {
-            run.failed = Some(format!("connect: {err}"));
-            return run;
-        }
-    };
-    if !caller.wait_for_echoes(1, Duration::from_secs(60)) {
-        run.failed = Some("the greeting did not play".into());
-        return run;
-    }
-    live.fetch_add(1, Ordering::SeqCst);
-    let _live = LiveCall(live);
-    for turn in 0..turns {
-        let from = caller.log().len();
-        caller.say(UTTERANCES[turn % UTTERANCES.len()]);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while caller.is_speaking() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let Some(done) = caller.speech_done_at() else {
-            run.failed = Some("the caller could not finish speaking".into());
-            return run;
-        };
-        let answered = caller.wait_for(Duration::from_secs(60), |log| {
-            log[from.min(log.len())..]
-                .iter()
-                .any(|(at, h)| *at > done && matches!(h, Heard::Media(_)))
-        });
-        if !answered {
-            run.failed = Some(format!("turn {} got no answer", turn + 1));
-            return run;
-        }
-        if let Some((at, _)) = caller
-            .log()
-            .iter()
-            .skip(from)
-            .find(|(at, h)| *at > done && matches!(h, Heard::Media(_)))
-        {
-            run.waits_ms
-                .push(at.duration_since(done).as_millis() as u64);
-        }
-        if !caller.wait_until_quiet(Duration::from_millis(600), Duration::from_secs(60)) {
-            run.failed = Some(format!("turn {} did not finish playing", turn + 1));
-            return run;
-        }
-    }
-    run.frame_gaps = caller.frame_gaps();
-    caller.hang_up();
-    run
 }
 
 /// The server process's figures at one moment, from `/proc/PID` (Linux).

@@ -46,8 +46,8 @@ pub struct CallerOptions {
 impl Default for CallerOptions {
     fn default() -> CallerOptions {
         CallerOptions {
-            call_sid: format!("CA{}", hex(&crate::ids::random_bytes::<16>())),
-            stream_sid: format!("MZ{}", hex(&crate::ids::random_bytes::<16>())),
+            call_sid: new_sid("CA"),
+            stream_sid: new_sid("MZ"),
             parameters: vec![("role".into(), "parent".into())],
             signature: None,
             playback_speed: 1,
@@ -96,6 +96,57 @@ pub fn stream_parameters(
     super::twilio::stream_of(&twiml)
         .map(|(_, parameters)| parameters)
         .ok_or_else(|| io::Error::other("the TwiML has no <Connect><Stream>"))
+}
+
+/// Opens the Media Stream on `addr` as Twilio does: the WebSocket upgrade (signed when
+/// `options` has a signature), then `connected` and `start` with the options' call, stream and
+/// `<Parameter>`s. The socket keeps a 5 s read timeout.
+pub fn open_stream(addr: SocketAddr, options: &CallerOptions) -> io::Result<WebSocket<TcpStream>> {
+    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+    let mut request = format!("ws://{addr}/call/stream")
+        .into_client_request()
+        .map_err(io::Error::other)?;
+    if let Some(signature) = &options.signature {
+        let value = signature.parse().map_err(io::Error::other)?;
+        request.headers_mut().insert("X-Twilio-Signature", value);
+    }
+    let config = WebSocketConfig::default()
+        .read_buffer_size(16 * 1024)
+        .write_buffer_size(0);
+    let (mut socket, _) = tungstenite::client::client_with_config(request, stream, Some(config))
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    let send = |socket: &mut WebSocket<TcpStream>, value: Value| {
+        socket
+            .send(Message::text(value.to_string()))
+            .map_err(|e| io::Error::other(e.to_string()))
+    };
+    send(
+        &mut socket,
+        json!({"event": "connected", "protocol": "Call", "version": "1.0.0"}),
+    )?;
+    let parameters: serde_json::Map<String, Value> = options
+        .parameters
+        .iter()
+        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+        .collect();
+    send(
+        &mut socket,
+        json!({"event": "start", "sequenceNumber": "1", "streamSid": options.stream_sid,
+               "start": {"accountSid": super::SIM_TWILIO_ACCOUNT_SID,
+                         "streamSid": options.stream_sid, "callSid": options.call_sid,
+                         "tracks": ["inbound"],
+                         "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+                         "customParameters": parameters}}),
+    )?;
+    Ok(socket)
+}
+
+/// `CA…` or `MZ…` and 32 random hex digits, as Twilio's ids look.
+pub fn new_sid(prefix: &str) -> String {
+    format!("{prefix}{}", hex(&crate::ids::random_bytes::<16>()))
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -166,45 +217,7 @@ impl SimCaller {
 
     /// Connects to the media server at `addr` and starts the stream.
     pub fn connect(addr: SocketAddr, options: CallerOptions) -> io::Result<SimCaller> {
-        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-        stream.set_nodelay(true)?;
-        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-        let mut request = format!("ws://{addr}/call/stream")
-            .into_client_request()
-            .map_err(io::Error::other)?;
-        if let Some(signature) = &options.signature {
-            let value = signature.parse().map_err(io::Error::other)?;
-            request.headers_mut().insert("X-Twilio-Signature", value);
-        }
-        let config = WebSocketConfig::default()
-            .read_buffer_size(16 * 1024)
-            .write_buffer_size(0);
-        let (mut socket, _) =
-            tungstenite::client::client_with_config(request, stream, Some(config))
-                .map_err(|e| io::Error::other(e.to_string()))?;
-        let send = |socket: &mut WebSocket<TcpStream>, value: Value| {
-            socket
-                .send(Message::text(value.to_string()))
-                .map_err(|e| io::Error::other(e.to_string()))
-        };
-        send(
-            &mut socket,
-            json!({"event": "connected", "protocol": "Call", "version": "1.0.0"}),
-        )?;
-        let parameters: serde_json::Map<String, Value> = options
-            .parameters
-            .iter()
-            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-            .collect();
-        send(
-            &mut socket,
-            json!({"event": "start", "sequenceNumber": "1", "streamSid": options.stream_sid,
-                   "start": {"accountSid": super::SIM_TWILIO_ACCOUNT_SID,
-                             "streamSid": options.stream_sid, "callSid": options.call_sid,
-                             "tracks": ["inbound"],
-                             "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
-                             "customParameters": parameters}}),
-        )?;
+        let socket = open_stream(addr, &options)?;
         socket
             .get_ref()
             .set_read_timeout(Some(Duration::from_millis(2)))?;
@@ -374,25 +387,104 @@ fn pending_marks(log: &[(Instant, Heard)]) -> usize {
     marks.saturating_sub(echoed)
 }
 
+/// Twilio's playback buffer as the caller hears it, counted in bytes of μ-law: audio queues
+/// up, plays a frame's worth at a time (times the speed), a mark is echoed once the audio
+/// queued before it has played, and `clear` drops what is queued and echoes every pending mark.
+/// It also counts frame gaps: the buffer running dry inside one spoken piece (between its
+/// first media and its mark) while more of that piece was still to come.
+#[derive(Debug, Default)]
+pub struct PhoneBuffer {
+    queued: usize,
+    received_total: u64,
+    played_total: u64,
+    /// Pending marks, each with the total received when it arrived.
+    marks: VecDeque<(u64, String)>,
+    /// A piece is open from its first media to its mark (or a `clear`).
+    piece_open: bool,
+    /// The buffer ran out inside the open piece; a gap once more of it arrives.
+    dry: bool,
+    frame_gaps: u64,
+}
+
+impl PhoneBuffer {
+    /// `len` bytes of audio arrived.
+    pub fn media(&mut self, len: usize) {
+        if len == 0 {
+            return;
+        }
+        if self.piece_open && self.dry {
+            self.frame_gaps += 1;
+        }
+        self.queued += len;
+        self.received_total += len as u64;
+        self.piece_open = true;
+        self.dry = false;
+    }
+
+    /// A mark arrived: it is echoed when what came before it has played.
+    pub fn mark(&mut self, name: String) {
+        self.marks.push_back((self.received_total, name));
+        self.piece_open = false;
+        self.dry = false;
+    }
+
+    /// `clear` arrived: the queue is dropped; returns the marks to echo now, in order.
+    pub fn clear(&mut self) -> Vec<String> {
+        self.queued = 0;
+        self.played_total = self.received_total;
+        self.piece_open = false;
+        self.dry = false;
+        self.marks.drain(..).map(|(_, name)| name).collect()
+    }
+
+    /// One frame's time passed, in which up to `budget` bytes play. Returns how many played
+    /// and the marks whose audio has now played (to echo, in order).
+    pub fn play(&mut self, budget: usize) -> (usize, Vec<String>) {
+        let n = self.queued.min(budget);
+        if self.piece_open && n < budget {
+            self.dry = true;
+        }
+        self.queued -= n;
+        self.played_total += n as u64;
+        let mut echo = Vec::new();
+        while self
+            .marks
+            .front()
+            .is_some_and(|(at, _)| *at <= self.played_total)
+        {
+            if let Some((_, name)) = self.marks.pop_front() {
+                echo.push(name);
+            }
+        }
+        (n, echo)
+    }
+
+    pub fn frame_gaps(&self) -> u64 {
+        self.frame_gaps
+    }
+
+    /// Marks received and not yet echoed.
+    pub fn pending_marks(&self) -> usize {
+        self.marks.len()
+    }
+}
+
 /// The phone's loop: one frame out every 20 ms, playback, and whatever came in.
 fn phone(mut socket: WebSocket<TcpStream>, options: &CallerOptions, shared: &Mutex<Shared>) {
     let b64 = base64::engine::general_purpose::STANDARD;
     let started = Instant::now();
     let mut next = Instant::now();
     let mut chunk = 0u64;
-    let mut buffer: VecDeque<u8> = VecDeque::new();
-    let mut received_total = 0u64;
-    let mut played_total = 0u64;
-    let mut marks: VecDeque<(u64, String)> = VecDeque::new();
-    // A piece is open from its first media to its mark (or a `clear`); `dry` says the buffer
-    // ran out inside it, which is a gap once more of the piece arrives.
-    let mut piece_open = false;
-    let mut dry = false;
+    // The bytes themselves, for the assistant's track; `phone` counts them.
+    let mut audio: VecDeque<u8> = VecDeque::new();
+    let mut phone = PhoneBuffer::default();
     let stream_sid = options.stream_sid.clone();
-    let echo = |socket: &mut WebSocket<TcpStream>, name: &str| {
+    let echo = |socket: &mut WebSocket<TcpStream>, shared: &Mutex<Shared>, name: String| {
         let message = json!({"event": "mark", "streamSid": stream_sid, "sequenceNumber": "0",
                              "mark": {"name": name}});
-        socket.send(Message::text(message.to_string()))
+        let sent = socket.send(Message::text(message.to_string()));
+        lock(shared).log.push((Instant::now(), Heard::Echoed(name)));
+        sent.is_err()
     };
     'call: loop {
         let (frame, outgoing, hang_up, speed) = {
@@ -434,23 +526,16 @@ fn phone(mut socket: WebSocket<TcpStream>, options: &CallerOptions, shared: &Mut
             failed |= socket.send(Message::text(text)).is_err();
         }
         // Playback: real time (times the speed) out of the buffer.
-        let n = buffer.len().min(FRAME * speed);
-        if piece_open && n < FRAME * speed {
-            dry = true;
-        }
-        let played: Vec<u8> = buffer.drain(..n).collect();
-        played_total += n as u64;
+        let (n, due) = phone.play(FRAME * speed);
         {
-            let mut s = lock(shared);
-            let mut track: Vec<u8> = played.iter().take(FRAME).copied().collect();
+            let mut track: Vec<u8> = audio.drain(..n.min(audio.len())).take(FRAME).collect();
             track.resize(FRAME, voice::ULAW_SILENCE);
+            let mut s = lock(shared);
             s.assistant_track.extend_from_slice(&track);
+            s.frame_gaps = phone.frame_gaps();
         }
-        while marks.front().is_some_and(|(at, _)| *at <= played_total) {
-            if let Some((_, name)) = marks.pop_front() {
-                failed |= echo(&mut socket, &name).is_err();
-                lock(shared).log.push((Instant::now(), Heard::Echoed(name)));
-            }
+        for name in due {
+            failed |= echo(&mut socket, shared, name);
         }
         // Whatever arrived since the last frame.
         loop {
@@ -477,17 +562,12 @@ fn phone(mut socket: WebSocket<TcpStream>, options: &CallerOptions, shared: &Mut
                                     Instant::now(),
                                 );
                             }
-                            let audio = b64.decode(payload).unwrap_or_default();
-                            received_total += audio.len() as u64;
-                            let len = audio.len();
-                            buffer.extend(audio);
-                            let gap = piece_open && dry && len > 0;
-                            if len > 0 {
-                                piece_open = true;
-                                dry = false;
-                            }
+                            let bytes = b64.decode(payload).unwrap_or_default();
+                            phone.media(bytes.len());
+                            let len = bytes.len();
+                            audio.extend(bytes);
                             let mut s = lock(shared);
-                            s.frame_gaps += u64::from(gap);
+                            s.frame_gaps = phone.frame_gaps();
                             s.log.push((Instant::now(), Heard::Media(len)));
                         }
                         Some("mark") => {
@@ -495,19 +575,13 @@ fn phone(mut socket: WebSocket<TcpStream>, options: &CallerOptions, shared: &Mut
                             lock(shared)
                                 .log
                                 .push((Instant::now(), Heard::Mark(name.clone())));
-                            marks.push_back((received_total, name));
-                            piece_open = false;
-                            dry = false;
+                            phone.mark(name);
                         }
                         Some("clear") => {
-                            buffer.clear();
-                            played_total = received_total;
-                            piece_open = false;
-                            dry = false;
+                            audio.clear();
                             lock(shared).log.push((Instant::now(), Heard::Clear));
-                            while let Some((_, name)) = marks.pop_front() {
-                                failed |= echo(&mut socket, &name).is_err();
-                                lock(shared).log.push((Instant::now(), Heard::Echoed(name)));
+                            for name in phone.clear() {
+                                failed |= echo(&mut socket, shared, name);
                             }
                         }
                         _ => {}
@@ -604,6 +678,36 @@ mod tests {
         drop(stop);
         let _ = server.join();
         gaps
+    }
+
+    #[test]
+    fn the_phone_buffer_plays_in_real_time_echoes_marks_after_their_audio_and_honours_clear() {
+        let mut phone = PhoneBuffer::default();
+        phone.media(FRAME * 2 + 10);
+        phone.mark("a".into());
+        phone.media(FRAME);
+        phone.mark("b".into());
+        assert_eq!(phone.play(FRAME), (FRAME, vec![]));
+        assert_eq!(phone.play(FRAME), (FRAME, vec![]));
+        // The last 10 bytes of the first piece play: its mark is due, the next is not.
+        assert_eq!(phone.play(10), (10, vec!["a".to_string()]));
+        assert_eq!(phone.pending_marks(), 1);
+        // A clear drops the rest and echoes what is pending at once.
+        assert_eq!(phone.clear(), vec!["b".to_string()]);
+        assert_eq!(phone.play(FRAME), (0, vec![]));
+        assert_eq!(phone.frame_gaps(), 0);
+        // A piece whose audio runs out before more of it comes: one gap.
+        phone.media(FRAME);
+        phone.play(FRAME);
+        phone.play(FRAME);
+        phone.media(FRAME);
+        phone.mark("c".into());
+        assert_eq!(phone.frame_gaps(), 1);
+        // Between pieces (after the mark) an empty buffer is a pause, not a gap.
+        phone.play(FRAME);
+        phone.play(FRAME);
+        phone.media(FRAME);
+        assert_eq!(phone.frame_gaps(), 1);
     }
 
     #[test]

@@ -26,7 +26,7 @@ use super::listener::{ConnectionServer, WsSimCore};
 use super::voice;
 
 /// Loudness (RMS of decoded samples) above which audio counts as speech.
-const SPEECH_RMS: f32 = 500.0;
+pub const SPEECH_RMS: f32 = 500.0;
 /// Audio between two partial transcripts while the caller speaks.
 const PARTIAL_EVERY_SECS: f64 = 0.3;
 

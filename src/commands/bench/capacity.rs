@@ -300,6 +300,9 @@ mod tests {
             harness_cpu_secs: Some(2.0),
             window: Window::default(),
             frame_gaps: 0,
+            barge_ins: 0,
+            clears: 0,
+            late_frames: 0,
             hops: crate::sim::hops::Hops::default(),
         }
     }
