@@ -80,7 +80,7 @@ fn the_bench_runs_simultaneous_calls_and_prints_its_figures() {
 #[test]
 fn the_bench_runs_the_server_as_its_own_process_and_prints_json() {
     let output = binary()
-        .args(["bench", "--calls", "4", "--turns", "1", "--json"])
+        .args(["bench", "--calls", "4", "--turns", "2", "--json"])
         .env_remove("ANTHROPIC_API_KEY")
         .env_remove("ELEVENLABS_API_KEY")
         .output()
@@ -96,8 +96,12 @@ fn the_bench_runs_the_server_as_its_own_process_and_prints_json() {
         serde_json::from_str(stdout.trim()).unwrap_or_else(|err| panic!("{err}: {stdout}"));
     assert_eq!(report["calls"], 4);
     assert_eq!(report["failed_calls"], 0, "{report:#}");
-    assert_eq!(report["turns_expected"], 4);
-    assert_eq!(report["turns_answered"], 4, "{report:#}");
+    assert_eq!(report["turns_expected"], 8);
+    assert_eq!(report["turns_answered"], 8, "{report:#}");
+    // Each caller's second utterance is said over the first answer, and the server clears.
+    assert_eq!(report["barge_ins"], 4, "{report:#}");
+    assert_eq!(report["clears"], 4, "{report:#}");
+    assert!(report["harness_late_frames"].is_u64(), "{report:#}");
     // TLS on every provider socket and a round trip to each, by default.
     assert_eq!(report["tls"], true);
     assert_eq!(report["provider_rtt_ms"], 20);
@@ -136,13 +140,14 @@ fn the_bench_runs_the_server_as_its_own_process_and_prints_json() {
     ] {
         assert!(hops.contains_key(hop), "{hop} in {report:#}");
     }
-    // Four hops are timed at the simulators' sockets and in the callers: each has samples
-    // and ordered, non-negative figures. The callers do not barge in: no partial_to_clear.
+    // Every hop is timed at the simulators' sockets and in the callers: each has samples
+    // and ordered, non-negative figures.
     for hop in [
         "twilio_to_stt",
         "transcript_to_llm",
         "sentence_to_tts",
         "tts_to_twilio",
+        "partial_to_clear",
     ] {
         let figures = &hops[hop];
         assert!(
@@ -153,10 +158,11 @@ fn the_bench_runs_the_server_as_its_own_process_and_prints_json() {
         assert!(q("p50") >= 0.0, "{hop} in {report:#}");
         assert!(q("p50") <= q("p95") && q("p95") <= q("p99") && q("p99") <= q("max"));
     }
-    // One commit and one first sentence per answered turn, each matched once.
-    assert_eq!(hops["transcript_to_llm"]["samples"], 4, "{report:#}");
-    assert_eq!(hops["sentence_to_tts"]["samples"], 4, "{report:#}");
-    assert!(hops["partial_to_clear"].is_null(), "{report:#}");
+    // One commit and one first sentence per answered turn, one clear per barge-in, each
+    // matched once.
+    assert_eq!(hops["transcript_to_llm"]["samples"], 8, "{report:#}");
+    assert_eq!(hops["sentence_to_tts"]["samples"], 8, "{report:#}");
+    assert_eq!(hops["partial_to_clear"]["samples"], 4, "{report:#}");
     for q in ["p50", "p95", "p99", "max"] {
         assert!(report["caller_wait_ms"][q].is_u64(), "{q} in {report:#}");
     }
