@@ -500,3 +500,120 @@ fn with_timestamps(text: &str, secs: f64) -> Value {
     json!({"message_type": "committed_transcript_with_timestamps", "text": text,
            "language_code": "en", "words": words})
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tungstenite::client::IntoClientRequest;
+    use tungstenite::stream::MaybeTlsStream;
+
+    type Client = tungstenite::WebSocket<MaybeTlsStream<std::net::TcpStream>>;
+
+    fn connect(sim: &SttSim) -> Client {
+        let url = format!(
+            "{}/v1/speech-to-text/realtime?audio_format=ulaw_8000&commit_strategy=vad\
+             &vad_silence_threshold_secs=0.3",
+            sim.base_url()
+        );
+        let mut request = url.into_client_request().expect("a request");
+        let key = SttSimOptions::default().api_key;
+        request
+            .headers_mut()
+            .insert("xi-api-key", key.parse().expect("a header value"));
+        let (socket, _) = tungstenite::connect(request).expect("connects");
+        if let MaybeTlsStream::Plain(tcp) = socket.get_ref() {
+            tcp.set_read_timeout(Some(Duration::from_secs(5)))
+                .expect("timeout set");
+        }
+        socket
+    }
+
+    fn send(socket: &mut Client, value: Value) {
+        socket.send(Message::text(value.to_string())).expect("sent");
+    }
+
+    /// The next JSON message from the simulator.
+    fn next(socket: &mut Client) -> Value {
+        loop {
+            if let Message::Text(text) = socket.read().expect("a message") {
+                return serde_json::from_str(text.as_str()).expect("JSON");
+            }
+        }
+    }
+
+    /// 20 ms frames (base64) of `text` spoken, then 400 ms of quiet.
+    fn utterance(text: &str, pitch: f32) -> Vec<String> {
+        let mut audio = voice::speak(text, pitch);
+        audio.extend(std::iter::repeat_n(voice::ULAW_SILENCE, 400 * 8));
+        audio
+            .chunks(160)
+            .map(|c| base64::engine::general_purpose::STANDARD.encode(c))
+            .collect()
+    }
+
+    fn loud(frame: &str) -> bool {
+        let audio = base64::engine::general_purpose::STANDARD
+            .decode(frame)
+            .expect("base64");
+        voice::rms(&audio) > SPEECH_RMS
+    }
+
+    #[test]
+    fn each_utterance_starts_partial_to_clear_once_keyed_by_its_first_loud_chunk() {
+        let sim = SttSim::start(SttSimOptions {
+            commit_latency: Duration::ZERO,
+            ..SttSimOptions::default()
+        })
+        .expect("starts");
+        let clock = Arc::new(HopClock::new());
+        sim.record_hops(Arc::clone(&clock));
+        sim.keep_audio(false);
+        let said = ["one two three four five", "six seven eight nine ten"];
+        sim.push_utterances(said.map(String::from));
+        let mut socket = connect(&sim);
+        assert_eq!(next(&mut socket)["message_type"], "session_started");
+
+        let mut first_loud = Vec::new();
+        let mut later_loud = Vec::new();
+        for (n, text) in said.iter().enumerate() {
+            let frames = utterance(text, 140.0 + 40.0 * n as f32);
+            let mut loud_frames = frames.iter().filter(|f| loud(f));
+            first_loud.push(key_of(loud_frames.next().expect("speech").as_str()));
+            later_loud.extend(loud_frames.map(|f| key_of(f.as_str())));
+            for frame in &frames {
+                send(
+                    &mut socket,
+                    json!({"message_type": "input_audio_chunk", "audio_base_64": frame,
+                           "commit": false, "sample_rate": 8000}),
+                );
+            }
+            let mut partials = 0;
+            loop {
+                let message = next(&mut socket);
+                match message["message_type"].as_str() {
+                    Some("partial_transcript") => partials += 1,
+                    Some("committed_transcript") => {
+                        assert_eq!(message["text"], *text);
+                        break;
+                    }
+                    other => panic!("unexpected {other:?}: {message}"),
+                }
+            }
+            assert!(partials >= 2, "{partials} partials");
+        }
+        // A message that is not audio is still refused, and kept.
+        send(&mut socket, json!({"message_type": "session_config"}));
+        assert_eq!(next(&mut socket)["message_type"], "input_error");
+
+        // The callers' end, for every loud chunk: only each utterance's first was started, and
+        // once (a key started twice would be ambiguous and not count).
+        let at = Instant::now();
+        for &key in first_loud.iter().chain(&later_loud) {
+            clock.end(Hop::PartialToClear, key, at);
+        }
+        assert_eq!(clock.hops().get(Hop::PartialToClear).len(), 2);
+        // Without audio kept, only the refused message was.
+        let received = sim.received(0);
+        assert_eq!(received, vec![json!({"message_type": "session_config"})]);
+    }
+}
