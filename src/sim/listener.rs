@@ -340,6 +340,48 @@ mod tests {
     }
 
     #[test]
+    fn over_tls_the_connection_thread_serves_plaintext_and_closes_with_close_notify() {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, ServerName};
+        let ca = crate::sim::tls::SimCa::generate().expect("a CA");
+        let listener = Listener::start("test-tls", Some(ca.server_config()), |mut stream| {
+            assert!(stream.is_tls());
+            stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+            // Peeked, then read again whole.
+            let line = String::from_utf8_lossy(stream.peek_line(64)?).into_owned();
+            let mut request = [0u8; 11];
+            stream.read_exact(&mut request)?;
+            let echo = format!("{line}|{}", String::from_utf8_lossy(&request));
+            stream.write_all(echo.as_bytes())
+        })
+        .expect("listens");
+        assert!(listener.url("ws").starts_with("wss://localhost:"));
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(ca.ca_pem().as_bytes()).expect("the CA's PEM"))
+            .expect("a root");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = ServerName::try_from("localhost").expect("a name");
+        let conn = rustls::ClientConnection::new(Arc::new(config), name).expect("a client");
+        let tcp =
+            TcpStream::connect_timeout(&listener.addr(), Duration::from_secs(5)).expect("connects");
+        tcp.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout set");
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        tls.write_all(b"GET /\r\nabcd").expect("request sent");
+        let mut answer = String::new();
+        // A clean end: without close_notify rustls reports an unexpected EOF.
+        tls.read_to_string(&mut answer)
+            .expect("answer, then close_notify");
+        assert_eq!(answer, "GET /|GET /\r\nabcd");
+    }
+
+    #[test]
     fn a_round_trip_delays_the_handshake_and_first_response() {
         let listener = greeter().expect("listens");
         let rtt = Duration::from_millis(40);
