@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 use super::hops::{key_of, Hop, HopClock};
 
 use super::http::{Responder, SimRequest, SimServer};
+use super::listener::Tls;
 use crate::personas::Role;
 use crate::providers::anthropic::client::ANTHROPIC_VERSION;
 use crate::providers::anthropic::request::count_breakpoints;
@@ -95,9 +96,14 @@ pub struct AnthropicSim {
 
 impl AnthropicSim {
     pub fn start(timing: Timing) -> io::Result<AnthropicSim> {
+        AnthropicSim::start_with_tls(timing, None)
+    }
+
+    /// [`AnthropicSim::start`], serving `https://localhost` when `tls` is given.
+    pub fn start_with_tls(timing: Timing, tls: Tls) -> io::Result<AnthropicSim> {
         let state = Arc::new(Mutex::new(State::default()));
         let shared = state.clone();
-        let server = SimServer::start("sim-anthropic", move |req, res| {
+        let server = SimServer::start("sim-anthropic", tls, move |req, res| {
             handle(req, res, &shared, timing)
         })?;
         Ok(AnthropicSim { server, state })

@@ -3,13 +3,12 @@
 //! host. A connection goes to the simulator its request line names.
 
 use std::io;
-use std::net::TcpStream;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::elevenlabs_stt::{SttSim, SttSimOptions};
 use super::elevenlabs_tts::{TtsSim, TtsSimOptions};
 use super::http::{Responder, SimRequest};
-use super::listener::Listener;
+use super::listener::{Listener, SimStream, Tls};
 
 pub struct ElevenLabsSim {
     listener: Listener,
@@ -19,11 +18,20 @@ pub struct ElevenLabsSim {
 
 impl ElevenLabsSim {
     pub fn start(tts: TtsSimOptions, stt: SttSimOptions) -> io::Result<ElevenLabsSim> {
+        ElevenLabsSim::start_with_tls(tts, stt, None)
+    }
+
+    /// [`ElevenLabsSim::start`], serving `https://` and `wss://localhost` when `tls` is given.
+    pub fn start_with_tls(
+        tts: TtsSimOptions,
+        stt: SttSimOptions,
+        tls: Tls,
+    ) -> io::Result<ElevenLabsSim> {
         let (stt, serve_stt) = SttSim::detached(stt);
         let key = tts.api_key.clone();
         let (tts, serve_tts) = TtsSim::detached(tts);
-        let listener = Listener::start("sim-elevenlabs", move |stream| {
-            let (method, path) = request_line(&stream)?;
+        let listener = Listener::start("sim-elevenlabs", tls, move |mut stream| {
+            let (method, path) = request_line(&mut stream)?;
             if path.starts_with("/v1/speech-to-text/") {
                 serve_stt(stream)
             } else if method == "POST" {
@@ -45,12 +53,12 @@ impl ElevenLabsSim {
 
     /// The base URL to set as `ELEVENLABS_API_BASE` (REST text-to-speech).
     pub fn api_base_url(&self) -> String {
-        format!("http://{}", self.listener.addr())
+        self.listener.url("http")
     }
 
     /// The base URL to set as `ELEVENLABS_WS_BASE`.
     pub fn ws_base_url(&self) -> String {
-        format!("ws://{}", self.listener.addr())
+        self.listener.url("ws")
     }
 
     pub fn tts(&self) -> &TtsSim {
@@ -63,22 +71,10 @@ impl ElevenLabsSim {
 }
 
 /// The method and path of the HTTP request waiting on `stream`, read without consuming it.
-fn request_line(stream: &TcpStream) -> io::Result<(String, String)> {
+fn request_line(stream: &mut SimStream) -> io::Result<(String, String)> {
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut buf = [0u8; 1024];
-    loop {
-        let n = stream.peek(&mut buf)?;
-        let head = &buf[..n];
-        if let Some(end) = head.windows(2).position(|w| w == b"\r\n") {
-            let line = String::from_utf8_lossy(&head[..end]);
-            let mut words = line.split_whitespace();
-            let method = words.next().unwrap_or("").to_string();
-            return Ok((method, words.next().unwrap_or("").to_string()));
-        }
-        if n == buf.len() || n == 0 || Instant::now() > deadline {
-            return Ok((String::new(), String::new()));
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let line = String::from_utf8_lossy(stream.peek_line(1024)?);
+    let mut words = line.split_whitespace();
+    let method = words.next().unwrap_or("").to_string();
+    Ok((method, words.next().unwrap_or("").to_string()))
 }

@@ -9,20 +9,21 @@
 //! service documents. Errors, dropped connections and a session that goes silent can be
 //! injected.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::io;
-use std::net::TcpStream;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use serde::{Deserialize, Deserializer};
 use serde_json::{json, Value};
 use tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::Message;
 
 use super::hops::{key_of, sampled, Hop, HopClock};
-use super::listener::{ConnectionServer, WsSimCore};
+use super::listener::{ConnectionServer, SimStream, WsSimCore};
 use super::voice;
 
 /// Loudness (RMS of decoded samples) above which audio counts as speech.
@@ -71,8 +72,10 @@ struct State {
     /// Send `committed_transcript_with_timestamps` after every commit even when the URL did
     /// not ask for it.
     always_timestamps: bool,
-    /// Every client message, per session.
+    /// Every client message, per session (audio chunks only without `drop_audio`).
     received: Vec<Vec<Value>>,
+    /// Keep no `input_audio_chunk` in `received` ([`SttSim::keep_audio`]).
+    drop_audio: bool,
     /// Where audio arrivals and commits are timed (`twilio_to_stt`, `transcript_to_llm`).
     hops: Option<Arc<HopClock>>,
 }
@@ -128,7 +131,15 @@ impl SttSim {
         self.core.lock().sessions
     }
 
-    /// Client messages of session `n` (0-based), audio payloads included.
+    /// Whether sessions started from now on keep their `input_audio_chunk` messages for
+    /// [`SttSim::received`] (the default). Off, only the other messages are kept: a load run's
+    /// memory then does not grow with the audio it sends.
+    pub fn keep_audio(&self, on: bool) {
+        self.core.lock().drop_audio = !on;
+    }
+
+    /// Client messages of session `n` (0-based), audio payloads included (unless
+    /// [`SttSim::keep_audio`] is off).
     pub fn received(&self, n: usize) -> Vec<Value> {
         self.core
             .lock()
@@ -156,7 +167,69 @@ struct Session {
     timestamps: bool,
 }
 
-fn serve(stream: TcpStream, options: &SttSimOptions, state: &Mutex<State>) -> io::Result<()> {
+/// A client message as the simulator reads it: the fields it looks at, borrowed from the text
+/// where they need no unescaping.
+#[derive(Deserialize)]
+struct ClientMessage<'a> {
+    #[serde(borrow, default)]
+    message_type: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    audio_base_64: Option<Text<'a>>,
+    /// Present, whatever its value (the service requires the field).
+    #[serde(default, deserialize_with = "present")]
+    commit: bool,
+    #[serde(default)]
+    sample_rate: Option<u64>,
+}
+
+impl ClientMessage<'_> {
+    fn kind(&self) -> &str {
+        self.message_type.as_ref().map_or("", |t| &t.0)
+    }
+
+    fn is_audio(&self) -> bool {
+        self.kind() == "input_audio_chunk"
+    }
+}
+
+/// A JSON string, borrowed when it has no escapes.
+struct Text<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(v.to_string())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(v)))
+            }
+        }
+        deserializer.deserialize_str(Visit)
+    }
+}
+
+fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<bool, D::Error> {
+    serde::de::IgnoredAny::deserialize(deserializer).map(|_| true)
+}
+
+/// Keeps a client message for [`SttSim::received`], unless it is audio and audio is not kept.
+fn keep(state: &Mutex<State>, index: usize, text: &str, is_audio: bool, drop_audio: bool) {
+    if !(is_audio && drop_audio) {
+        let value = serde_json::from_str(text).unwrap_or(Value::Null);
+        lock(state).received[index].push(value);
+    }
+}
+
+fn serve(stream: SimStream, options: &SttSimOptions, state: &Mutex<State>) -> io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     stream.set_nodelay(true)?;
     let mut session = Session {
@@ -216,7 +289,7 @@ fn serve(stream: TcpStream, options: &SttSimOptions, state: &Mutex<State>) -> io
         .write_buffer_size(0);
     let mut socket = tungstenite::accept_hdr_with_config(stream, check, Some(config))
         .map_err(|e| io::Error::other(e.to_string()))?;
-    let (index, fault, hops) = {
+    let (index, fault, hops, drop_audio) = {
         let mut state = lock(state);
         state.sessions += 1;
         state.received.push(Vec::new());
@@ -225,6 +298,7 @@ fn serve(stream: TcpStream, options: &SttSimOptions, state: &Mutex<State>) -> io
             state.received.len() - 1,
             state.faults.pop_front(),
             state.hops.clone(),
+            state.drop_audio,
         )
     };
     if fault == Some(Fault::Silent) {
@@ -232,8 +306,9 @@ fn serve(stream: TcpStream, options: &SttSimOptions, state: &Mutex<State>) -> io
         loop {
             match socket.read() {
                 Ok(Message::Text(text)) => {
-                    let value = serde_json::from_str(text.as_str()).unwrap_or(Value::Null);
-                    lock(state).received[index].push(value);
+                    let is_audio = serde_json::from_str::<ClientMessage>(text.as_str())
+                        .is_ok_and(|m| m.is_audio());
+                    keep(state, index, text.as_str(), is_audio, drop_audio);
                 }
                 Ok(Message::Close(_)) => {
                     // Send the queued close reply: the handshake completes, as with the service.
@@ -250,7 +325,7 @@ fn serve(stream: TcpStream, options: &SttSimOptions, state: &Mutex<State>) -> io
             }
         }
     }
-    let send = |socket: &mut tungstenite::WebSocket<TcpStream>, value: Value| {
+    let send = |socket: &mut tungstenite::WebSocket<SimStream>, value: Value| {
         socket
             .send(Message::text(value.to_string()))
             .map_err(|e| io::Error::other(e.to_string()))
@@ -274,6 +349,9 @@ fn serve(stream: TcpStream, options: &SttSimOptions, state: &Mutex<State>) -> io
     let mut silence_secs = 0.0f64;
     let mut since_partial = 0.0f64;
     let mut utterance: Option<String> = None;
+    // The key of the chunk that started the utterance being heard, until its first partial is
+    // sent (the start of `partial_to_clear`).
+    let mut first_loud: Option<u64> = None;
     loop {
         let message = match socket.read() {
             Ok(message) => message,
@@ -289,34 +367,35 @@ fn serve(stream: TcpStream, options: &SttSimOptions, state: &Mutex<State>) -> io
             continue;
         };
         let received = Instant::now();
-        let value: Value = serde_json::from_str(text.as_str()).unwrap_or(Value::Null);
-        lock(state).received[index].push(value.clone());
-        let kind = value["message_type"].as_str().unwrap_or("");
-        if let (Some(hops), Some(payload)) = (&hops, value["audio_base_64"].as_str()) {
+        let parsed = serde_json::from_str::<ClientMessage>(text.as_str());
+        let is_audio = parsed.as_ref().is_ok_and(ClientMessage::is_audio);
+        keep(state, index, text.as_str(), is_audio, drop_audio);
+        let message = match parsed {
+            Ok(message) => message,
+            Err(_) => {
+                // Not JSON, or a field of an unexpected type: refused as the service would.
+                let value: Value = serde_json::from_str(text.as_str()).unwrap_or(Value::Null);
+                let kind = value["message_type"].as_str().unwrap_or("");
+                send(&mut socket, refusal(kind))?;
+                continue;
+            }
+        };
+        let payload = message.audio_base_64.as_ref().map_or("", |t| &t.0);
+        if let (Some(hops), Some(_)) = (&hops, &message.audio_base_64) {
             let key = key_of(payload);
             if sampled(key) {
                 hops.end(Hop::TwilioToStt, key, received);
             }
         }
-        if kind != "input_audio_chunk" {
-            send(
-                &mut socket,
-                json!({"message_type": "input_error",
-                "error": format!("Unexpected message type: {kind}")}),
-            )?;
+        if !is_audio {
+            send(&mut socket, refusal(message.kind()))?;
             continue;
         }
-        if value.get("commit").is_none() || value["sample_rate"] != json!(8000) {
-            send(
-                &mut socket,
-                json!({"message_type": "input_error",
-                "error": "input_audio_chunk needs commit and sample_rate (8000 for ulaw_8000)"}),
-            )?;
+        if !message.commit || message.sample_rate != Some(8000) {
+            send(&mut socket, refusal(message.kind()))?;
             continue;
         }
-        let Ok(audio) = base64::engine::general_purpose::STANDARD
-            .decode(value["audio_base_64"].as_str().unwrap_or(""))
-        else {
+        let Ok(audio) = base64::engine::general_purpose::STANDARD.decode(payload) else {
             send(
                 &mut socket,
                 json!({"message_type": "input_error", "error": "audio_base_64 is not base64"}),
@@ -347,6 +426,7 @@ fn serve(stream: TcpStream, options: &SttSimOptions, state: &Mutex<State>) -> io
                 speaking = true;
                 speech_secs = 0.0;
                 since_partial = 0.0;
+                first_loud = Some(key_of(payload));
                 utterance.get_or_insert_with(|| {
                     lock(state)
                         .utterances
@@ -367,6 +447,9 @@ fn serve(stream: TcpStream, options: &SttSimOptions, state: &Mutex<State>) -> io
                         &mut socket,
                         json!({"message_type": "partial_transcript", "text": partial.join(" ")}),
                     )?;
+                    if let (Some(hops), Some(key)) = (&hops, first_loud.take()) {
+                        hops.start(Hop::PartialToClear, key, Instant::now());
+                    }
                 }
             }
         } else if speaking {
@@ -391,6 +474,16 @@ fn serve(stream: TcpStream, options: &SttSimOptions, state: &Mutex<State>) -> io
     }
 }
 
+/// The `input_error` for a text message of type `kind` that is not a well-formed audio chunk.
+fn refusal(kind: &str) -> Value {
+    let error = if kind == "input_audio_chunk" {
+        "input_audio_chunk needs commit and sample_rate (8000 for ulaw_8000)".to_string()
+    } else {
+        format!("Unexpected message type: {kind}")
+    };
+    json!({"message_type": "input_error", "error": error})
+}
+
 /// The timestamped twin of a commit: the same text, and each word spread evenly over the
 /// `secs` the utterance took.
 fn with_timestamps(text: &str, secs: f64) -> Value {
@@ -406,4 +499,121 @@ fn with_timestamps(text: &str, secs: f64) -> Value {
         .collect();
     json!({"message_type": "committed_transcript_with_timestamps", "text": text,
            "language_code": "en", "words": words})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tungstenite::client::IntoClientRequest;
+    use tungstenite::stream::MaybeTlsStream;
+
+    type Client = tungstenite::WebSocket<MaybeTlsStream<std::net::TcpStream>>;
+
+    fn connect(sim: &SttSim) -> Client {
+        let url = format!(
+            "{}/v1/speech-to-text/realtime?audio_format=ulaw_8000&commit_strategy=vad\
+             &vad_silence_threshold_secs=0.3",
+            sim.base_url()
+        );
+        let mut request = url.into_client_request().expect("a request");
+        let key = SttSimOptions::default().api_key;
+        request
+            .headers_mut()
+            .insert("xi-api-key", key.parse().expect("a header value"));
+        let (socket, _) = tungstenite::connect(request).expect("connects");
+        if let MaybeTlsStream::Plain(tcp) = socket.get_ref() {
+            tcp.set_read_timeout(Some(Duration::from_secs(5)))
+                .expect("timeout set");
+        }
+        socket
+    }
+
+    fn send(socket: &mut Client, value: Value) {
+        socket.send(Message::text(value.to_string())).expect("sent");
+    }
+
+    /// The next JSON message from the simulator.
+    fn next(socket: &mut Client) -> Value {
+        loop {
+            if let Message::Text(text) = socket.read().expect("a message") {
+                return serde_json::from_str(text.as_str()).expect("JSON");
+            }
+        }
+    }
+
+    /// 20 ms frames (base64) of `text` spoken, then 400 ms of quiet.
+    fn utterance(text: &str, pitch: f32) -> Vec<String> {
+        let mut audio = voice::speak(text, pitch);
+        audio.extend(std::iter::repeat_n(voice::ULAW_SILENCE, 400 * 8));
+        audio
+            .chunks(160)
+            .map(|c| base64::engine::general_purpose::STANDARD.encode(c))
+            .collect()
+    }
+
+    fn loud(frame: &str) -> bool {
+        let audio = base64::engine::general_purpose::STANDARD
+            .decode(frame)
+            .expect("base64");
+        voice::rms(&audio) > SPEECH_RMS
+    }
+
+    #[test]
+    fn each_utterance_starts_partial_to_clear_once_keyed_by_its_first_loud_chunk() {
+        let sim = SttSim::start(SttSimOptions {
+            commit_latency: Duration::ZERO,
+            ..SttSimOptions::default()
+        })
+        .expect("starts");
+        let clock = Arc::new(HopClock::new());
+        sim.record_hops(Arc::clone(&clock));
+        sim.keep_audio(false);
+        let said = ["one two three four five", "six seven eight nine ten"];
+        sim.push_utterances(said.map(String::from));
+        let mut socket = connect(&sim);
+        assert_eq!(next(&mut socket)["message_type"], "session_started");
+
+        let mut first_loud = Vec::new();
+        let mut later_loud = Vec::new();
+        for (n, text) in said.iter().enumerate() {
+            let frames = utterance(text, 140.0 + 40.0 * n as f32);
+            let mut loud_frames = frames.iter().filter(|f| loud(f));
+            first_loud.push(key_of(loud_frames.next().expect("speech").as_str()));
+            later_loud.extend(loud_frames.map(|f| key_of(f.as_str())));
+            for frame in &frames {
+                send(
+                    &mut socket,
+                    json!({"message_type": "input_audio_chunk", "audio_base_64": frame,
+                           "commit": false, "sample_rate": 8000}),
+                );
+            }
+            let mut partials = 0;
+            loop {
+                let message = next(&mut socket);
+                match message["message_type"].as_str() {
+                    Some("partial_transcript") => partials += 1,
+                    Some("committed_transcript") => {
+                        assert_eq!(message["text"], *text);
+                        break;
+                    }
+                    other => panic!("unexpected {other:?}: {message}"),
+                }
+            }
+            assert!(partials >= 2, "{partials} partials");
+        }
+        // A message that is not audio is still refused, and kept.
+        send(&mut socket, json!({"message_type": "session_config"}));
+        assert_eq!(next(&mut socket)["message_type"], "input_error");
+
+        // The callers' end, for every loud chunk: only each utterance's first was started, and
+        // once (a key started twice would be ambiguous and not count).
+        let at = Instant::now();
+        for &key in first_loud.iter().chain(&later_loud) {
+            clock.end(Hop::PartialToClear, key, at);
+        }
+        assert_eq!(clock.hops().get(Hop::PartialToClear).len(), 2);
+        // Without audio kept, only the refused message was.
+        let received = sim.received(0);
+        assert_eq!(received, vec![json!({"message_type": "session_config"})]);
+    }
 }

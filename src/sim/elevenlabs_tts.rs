@@ -6,7 +6,6 @@
 //! for tests.
 
 use std::io;
-use std::net::TcpStream;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -20,7 +19,7 @@ use tungstenite::Message;
 
 use super::hops::{key_of, Hop, HopClock};
 use super::http::{Responder, SimRequest};
-use super::listener::{ConnectionServer, WsSimCore};
+use super::listener::{ConnectionServer, SimStream, WsSimCore};
 use super::voice;
 
 /// Audio bytes per message sent (a quarter second).
@@ -194,7 +193,7 @@ fn refuse(status: u16, message: &str) -> ErrorResponse {
     response
 }
 
-fn serve(stream: TcpStream, options: &TtsSimOptions, state: &Mutex<State>) -> io::Result<()> {
+fn serve(stream: SimStream, options: &TtsSimOptions, state: &Mutex<State>) -> io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     stream.set_nodelay(true)?;
     let mut voice_id = String::new();
@@ -247,7 +246,7 @@ fn serve(stream: TcpStream, options: &TtsSimOptions, state: &Mutex<State>) -> io
     };
     let pitch = pitch_of(&voice_id);
     let first_byte = options.first_byte;
-    let speak = |socket: &mut tungstenite::WebSocket<TcpStream>, text: &str| {
+    let speak = |socket: &mut tungstenite::WebSocket<SimStream>, text: &str| {
         if mute {
             Ok(())
         } else {
@@ -262,7 +261,7 @@ fn serve(stream: TcpStream, options: &TtsSimOptions, state: &Mutex<State>) -> io
     let mut buffered = String::new();
     let mut opened = false;
     let mut last_text = Instant::now();
-    let send = |socket: &mut tungstenite::WebSocket<TcpStream>, value: Value| {
+    let send = |socket: &mut tungstenite::WebSocket<SimStream>, value: Value| {
         socket
             .send(Message::text(value.to_string()))
             .map_err(|e| io::Error::other(e.to_string()))
@@ -394,7 +393,7 @@ fn serve(stream: TcpStream, options: &TtsSimOptions, state: &Mutex<State>) -> io
 }
 
 fn speak(
-    socket: &mut tungstenite::WebSocket<TcpStream>,
+    socket: &mut tungstenite::WebSocket<SimStream>,
     text: &str,
     pitch: f32,
     first_byte: Duration,

@@ -19,7 +19,9 @@
 //!   TTS stream.
 //! - `tts_to_twilio`: a TTS piece's first audio message sent → a caller receiving the media
 //!   frame that is that audio's first 160 bytes (the server frames each piece from its start).
-//! - `partial_to_clear`: not measured yet (the bench's callers do not barge in).
+//! - `partial_to_clear`: the STT sim's first `partial_transcript` of an utterance sent, keyed
+//!   by the payload of the utterance's first loud chunk (RMS above
+//!   [`super::elevenlabs_stt::SPEECH_RMS`]) → the caller that spoke it receiving `clear`.
 //!
 //! Keys are unique only if what is sent is: the bench gives each caller its own pitch, each
 //! utterance its own words, numbers the model's replies ([`super::anthropic::AnthropicSim::number_replies`])

@@ -5,10 +5,10 @@
 //! timeout.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::listener::Listener;
+use super::listener::{Listener, SimStream, Tls};
 
 /// Largest request body a simulator reads.
 const MAX_BODY: usize = 4 << 20;
@@ -39,7 +39,7 @@ impl SimRequest {
 
 /// Writes one response: either whole ([`Responder::send`]) or as a stream of chunks.
 pub struct Responder {
-    stream: TcpStream,
+    stream: SimStream,
     started: bool,
 }
 
@@ -54,8 +54,10 @@ impl Responder {
             "Content-Length: {}\r\nConnection: close\r\n\r\n",
             body.len()
         ));
-        self.stream.write_all(head.as_bytes())?;
-        self.stream.write_all(body)?;
+        // One write (one TLS record when small): head and body leave together.
+        let mut whole = head.into_bytes();
+        whole.extend_from_slice(body);
+        self.stream.write_all(&whole)?;
         self.stream.flush()
     }
 
@@ -76,10 +78,10 @@ impl Responder {
         if data.is_empty() {
             return Ok(());
         }
-        self.stream
-            .write_all(format!("{:x}\r\n", data.len()).as_bytes())?;
-        self.stream.write_all(data)?;
-        self.stream.write_all(b"\r\n")?;
+        let mut chunk = format!("{:x}\r\n", data.len()).into_bytes();
+        chunk.extend_from_slice(data);
+        chunk.extend_from_slice(b"\r\n");
+        self.stream.write_all(&chunk)?;
         self.stream.flush()
     }
 
@@ -115,12 +117,14 @@ pub struct SimServer {
 }
 
 impl SimServer {
-    /// Serves `handler` on 127.0.0.1 at an ephemeral port; `name` names the threads.
-    pub fn start<H>(name: &str, handler: H) -> io::Result<SimServer>
+    /// Serves `handler` on 127.0.0.1 at an ephemeral port, over TLS when `tls` is given;
+    /// `name` names the threads.
+    pub fn start<H>(name: &str, tls: Tls, handler: H) -> io::Result<SimServer>
     where
         H: Fn(&SimRequest, &mut Responder) -> io::Result<()> + Send + Sync + 'static,
     {
-        let listener = Listener::start(name, move |stream| serve_connection(stream, &handler))?;
+        let listener =
+            Listener::start(name, tls, move |stream| serve_connection(stream, &handler))?;
         Ok(SimServer { listener })
     }
 
@@ -133,33 +137,49 @@ impl SimServer {
         self.listener.set_rtt(rtt);
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT`, or `https://localhost:PORT` over TLS.
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr())
+        self.listener.url("http")
     }
 }
 
 /// Serves the requests of one accepted connection with `handler` (for simulators that share a
 /// port between WebSockets and plain HTTP).
-pub fn serve_connection<H>(stream: TcpStream, handler: &H) -> io::Result<()>
+pub fn serve_connection<H>(mut stream: SimStream, handler: &H) -> io::Result<()>
 where
     H: Fn(&SimRequest, &mut Responder) -> io::Result<()>,
 {
     stream.set_read_timeout(Some(READ_TIMEOUT))?;
     stream.set_nodelay(true)?;
-    let mut reader = BufReader::new(stream.try_clone()?);
+    let Some(request) = read_request(&mut stream)? else {
+        return Ok(()); // not HTTP (or the drop-time wake-up connection)
+    };
+    let mut responder = Responder {
+        stream,
+        started: false,
+    };
+    handler(&request, &mut responder)?;
+    if responder.started {
+        responder.finish()?;
+    }
+    Ok(())
+}
+
+/// The one request of a connection (`Connection: close`: nothing after it is read).
+fn read_request(stream: &mut SimStream) -> io::Result<Option<SimRequest>> {
+    let mut reader = BufReader::new(stream);
     let mut line = String::new();
     reader.read_line(&mut line)?;
     let mut parts = line.split_whitespace();
     let (Some(method), Some(target)) = (parts.next(), parts.next()) else {
-        return Ok(()); // not HTTP (or the drop-time wake-up connection)
+        return Ok(None);
     };
     let (method, target) = (method.to_string(), target.to_string());
     let mut headers = Vec::new();
     loop {
         line.clear();
         if reader.read_line(&mut line)? == 0 {
-            return Ok(());
+            return Ok(None);
         }
         let trimmed = line.trim_end();
         if trimmed.is_empty() {
@@ -177,19 +197,10 @@ where
         .min(MAX_BODY);
     let mut body = vec![0u8; length];
     reader.read_exact(&mut body)?;
-    let request = SimRequest {
+    Ok(Some(SimRequest {
         method,
         target,
         headers,
         body,
-    };
-    let mut responder = Responder {
-        stream,
-        started: false,
-    };
-    handler(&request, &mut responder)?;
-    if responder.started {
-        responder.finish()?;
-    }
-    Ok(())
+    }))
 }

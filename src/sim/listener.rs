@@ -1,13 +1,21 @@
 //! The accept loop every simulator shares: a loopback listener on an ephemeral port, one named
 //! thread per connection, and a clean stop (the accept thread is woken and joined on drop).
+//! Started with a TLS configuration, the connection thread ends TLS itself (after the
+//! simulated round trip, [`super::tls::accept`]) and the simulator reads and writes plaintext
+//! through a [`SimStream`]; without one the [`SimStream`] is the plain socket.
 
 use std::cell::Cell;
-use std::io;
+use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
+
+use rustls::{ServerConfig, ServerConnection, StreamOwned};
+
+/// A simulator's TLS configuration: `None` serves plain `http://`/`ws://`.
+pub type Tls = Option<Arc<ServerConfig>>;
 
 thread_local! {
     /// When the connection this thread serves was accepted (set on `{name}-conn` threads).
@@ -20,6 +28,133 @@ pub fn accepted_at() -> Option<Instant> {
     ACCEPTED_AT.with(Cell::get)
 }
 
+/// One accepted connection as a simulator sees it: the socket, or the plaintext of the TLS
+/// session on it. Dropping a TLS stream sends `close_notify`.
+pub struct SimStream {
+    inner: Inner,
+    /// Bytes read ahead by [`SimStream::peek_line`], returned first by `read`.
+    ahead: Vec<u8>,
+}
+
+enum Inner {
+    Plain(TcpStream),
+    Tls(Box<StreamOwned<ServerConnection, TcpStream>>),
+}
+
+impl SimStream {
+    pub fn plain(tcp: TcpStream) -> SimStream {
+        SimStream {
+            inner: Inner::Plain(tcp),
+            ahead: Vec::new(),
+        }
+    }
+
+    pub fn tls(tls: StreamOwned<ServerConnection, TcpStream>) -> SimStream {
+        SimStream {
+            inner: Inner::Tls(Box::new(tls)),
+            ahead: Vec::new(),
+        }
+    }
+
+    fn tcp(&self) -> &TcpStream {
+        match &self.inner {
+            Inner::Plain(tcp) => tcp,
+            Inner::Tls(tls) => &tls.sock,
+        }
+    }
+
+    pub fn is_tls(&self) -> bool {
+        matches!(self.inner, Inner::Tls(_))
+    }
+
+    pub fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.tcp().set_read_timeout(timeout)
+    }
+
+    pub fn set_nodelay(&self, on: bool) -> io::Result<()> {
+        self.tcp().set_nodelay(on)
+    }
+
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.tcp().peer_addr()
+    }
+
+    /// The first line (up to CRLF, at most `max` bytes) of what the peer sent, without
+    /// consuming it: later reads return it again. Shorter when the peer stops sending first
+    /// (each read waits at most the stream's read timeout).
+    pub fn peek_line(&mut self, max: usize) -> io::Result<&[u8]> {
+        let mut buf = [0u8; 512];
+        loop {
+            if let Some(end) = self.ahead.windows(2).position(|w| w == b"\r\n") {
+                return Ok(&self.ahead[..end]);
+            }
+            if self.ahead.len() >= max {
+                return Ok(&self.ahead[..max]);
+            }
+            let want = buf.len().min(max - self.ahead.len());
+            let n = match self.read_inner(&mut buf[..want]) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            if n == 0 {
+                return Ok(&self.ahead);
+            }
+            self.ahead.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    fn read_inner(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match &mut self.inner {
+            Inner::Plain(tcp) => tcp.read(buf),
+            Inner::Tls(tls) => tls.read(buf),
+        }
+    }
+}
+
+impl Read for SimStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if !self.ahead.is_empty() {
+            let n = buf.len().min(self.ahead.len());
+            buf[..n].copy_from_slice(&self.ahead[..n]);
+            self.ahead.drain(..n);
+            return Ok(n);
+        }
+        self.read_inner(buf)
+    }
+}
+
+impl Write for SimStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match &mut self.inner {
+            Inner::Plain(tcp) => tcp.write(buf),
+            Inner::Tls(tls) => tls.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match &mut self.inner {
+            Inner::Plain(tcp) => tcp.flush(),
+            Inner::Tls(tls) => tls.flush(),
+        }
+    }
+}
+
+impl Drop for SimStream {
+    fn drop(&mut self) {
+        if let Inner::Tls(tls) = &mut self.inner {
+            // The simulator is done: say so, as a TLS server does (a peer gone already is
+            // ordinary; the write waits at most the socket's write timeout).
+            tls.conn.send_close_notify();
+            while tls.conn.wants_write() {
+                if !matches!(tls.conn.write_tls(&mut tls.sock), Ok(n) if n > 0) {
+                    break;
+                }
+            }
+        }
+    }
+}
+
 /// A running listener; stops on drop.
 pub struct Listener {
     addr: SocketAddr,
@@ -27,16 +162,18 @@ pub struct Listener {
     acceptor: Option<JoinHandle<()>>,
     /// The simulated network round trip, in microseconds (see [`Listener::set_rtt`]).
     rtt_us: Arc<AtomicU64>,
+    tls: bool,
 }
 
 impl Listener {
     /// Listens on 127.0.0.1:0 and runs `serve` on its own thread (`{name}-conn`) for every
-    /// connection. What `serve` returns is logged at debug level: a simulator's peer hanging
-    /// up is ordinary.
-    pub fn start<F>(name: &str, serve: F) -> io::Result<Listener>
+    /// connection, after ending TLS with `tls` when given. What `serve` returns is logged at
+    /// debug level: a simulator's peer hanging up is ordinary.
+    pub fn start<F>(name: &str, tls: Tls, serve: F) -> io::Result<Listener>
     where
-        F: Fn(TcpStream) -> io::Result<()> + Send + Sync + 'static,
+        F: Fn(SimStream) -> io::Result<()> + Send + Sync + 'static,
     {
+        let secure = tls.is_some();
         let listener = TcpListener::bind("127.0.0.1:0")?;
         let addr = listener.local_addr()?;
         let stopping = Arc::new(AtomicBool::new(false));
@@ -51,7 +188,7 @@ impl Listener {
                         return;
                     }
                     let Ok(stream) = stream else { continue };
-                    let serve = serve.clone();
+                    let (serve, tls) = (serve.clone(), tls.clone());
                     let delay =
                         Duration::from_micros(rtt.load(Ordering::Relaxed)).saturating_mul(2);
                     let spawned = thread::Builder::new()
@@ -65,7 +202,11 @@ impl Listener {
                             if !delay.is_zero() {
                                 thread::sleep(delay);
                             }
-                            if let Err(err) = serve(stream) {
+                            let stream = match tls {
+                                None => Ok(SimStream::plain(stream)),
+                                Some(config) => super::tls::accept(stream, config),
+                            };
+                            if let Err(err) = stream.and_then(|s| serve(s)) {
                                 log::debug!("simulator connection ended: {err}");
                             }
                         });
@@ -79,6 +220,7 @@ impl Listener {
             stopping,
             acceptor: Some(acceptor),
             rtt_us,
+            tls: secure,
         })
     }
 
@@ -92,6 +234,16 @@ impl Listener {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// `scheme://127.0.0.1:PORT` (`http`, `ws`), or with TLS the secure scheme and the host
+    /// name the certificate names: `https://localhost:PORT`, `wss://localhost:PORT`.
+    pub fn url(&self, scheme: &str) -> String {
+        if self.tls {
+            format!("{scheme}s://localhost:{}", self.addr.port())
+        } else {
+            format!("{scheme}://{}", self.addr)
+        }
     }
 }
 
@@ -107,7 +259,7 @@ impl Drop for Listener {
 }
 
 /// Serves one connection of a simulator.
-pub type ConnectionServer = Box<dyn Fn(TcpStream) -> io::Result<()> + Send + Sync>;
+pub type ConnectionServer = Box<dyn Fn(SimStream) -> io::Result<()> + Send + Sync>;
 
 /// A WebSocket simulator's shared state, with a port of its own or served through another
 /// simulator's listener (both ElevenLabs sockets share one port).
@@ -120,7 +272,7 @@ impl<S: Default + Send + 'static> WsSimCore<S> {
     /// The core without a listener, and what serves a connection with its state.
     pub fn detached<F>(serve: F) -> (WsSimCore<S>, ConnectionServer)
     where
-        F: Fn(TcpStream, &std::sync::Mutex<S>) -> io::Result<()> + Send + Sync + 'static,
+        F: Fn(SimStream, &std::sync::Mutex<S>) -> io::Result<()> + Send + Sync + 'static,
     {
         let state = std::sync::Arc::new(std::sync::Mutex::new(S::default()));
         let shared = state.clone();
@@ -136,7 +288,7 @@ impl<S: Default + Send + 'static> WsSimCore<S> {
 
     /// Gives the core a port of its own, served by `server`.
     pub fn listen(mut self, name: &str, server: ConnectionServer) -> io::Result<WsSimCore<S>> {
-        self.listener = Some(Listener::start(name, server)?);
+        self.listener = Some(Listener::start(name, None, server)?);
         Ok(self)
     }
 
@@ -152,7 +304,7 @@ impl<S: Default + Send + 'static> WsSimCore<S> {
     pub fn base_url(&self) -> String {
         self.listener
             .as_ref()
-            .map_or_else(String::new, |l| format!("ws://{}", l.addr()))
+            .map_or_else(String::new, |l| l.url("ws"))
     }
 
     pub fn lock(&self) -> std::sync::MutexGuard<'_, S> {
@@ -180,11 +332,53 @@ mod tests {
     }
 
     fn greeter() -> io::Result<Listener> {
-        Listener::start("test-rtt", |mut stream| {
+        Listener::start("test-rtt", None, |mut stream| {
             let accepted = accepted_at().ok_or_else(|| io::Error::other("no accept time"))?;
             let waited = accepted.elapsed().as_millis();
             stream.write_all(format!("{waited}\n").as_bytes())
         })
+    }
+
+    #[test]
+    fn over_tls_the_connection_thread_serves_plaintext_and_closes_with_close_notify() {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, ServerName};
+        let ca = crate::sim::tls::SimCa::generate().expect("a CA");
+        let listener = Listener::start("test-tls", Some(ca.server_config()), |mut stream| {
+            assert!(stream.is_tls());
+            stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+            // Peeked, then read again whole.
+            let line = String::from_utf8_lossy(stream.peek_line(64)?).into_owned();
+            let mut request = [0u8; 11];
+            stream.read_exact(&mut request)?;
+            let echo = format!("{line}|{}", String::from_utf8_lossy(&request));
+            stream.write_all(echo.as_bytes())
+        })
+        .expect("listens");
+        assert!(listener.url("ws").starts_with("wss://localhost:"));
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(ca.ca_pem().as_bytes()).expect("the CA's PEM"))
+            .expect("a root");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = ServerName::try_from("localhost").expect("a name");
+        let conn = rustls::ClientConnection::new(Arc::new(config), name).expect("a client");
+        let tcp =
+            TcpStream::connect_timeout(&listener.addr(), Duration::from_secs(5)).expect("connects");
+        tcp.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout set");
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        tls.write_all(b"GET /\r\nabcd").expect("request sent");
+        let mut answer = String::new();
+        // A clean end: without close_notify rustls reports an unexpected EOF.
+        tls.read_to_string(&mut answer)
+            .expect("answer, then close_notify");
+        assert_eq!(answer, "GET /|GET /\r\nabcd");
     }
 
     #[test]

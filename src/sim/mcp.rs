@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::http::{Responder, SimRequest, SimServer};
+use super::listener::Tls;
 use crate::providers::mcp::default_tools;
 
 /// How the simulator frames its answers.
@@ -53,9 +54,14 @@ pub struct McpSim {
 
 impl McpSim {
     pub fn start(framing: Framing) -> io::Result<McpSim> {
+        McpSim::start_with_tls(framing, None)
+    }
+
+    /// [`McpSim::start`], serving `https://localhost` when `tls` is given.
+    pub fn start_with_tls(framing: Framing, tls: Tls) -> io::Result<McpSim> {
         let state = Arc::new(Mutex::new(State::default()));
         let shared = state.clone();
-        let server = SimServer::start("sim-mcp", move |req, res| {
+        let server = SimServer::start("sim-mcp", tls, move |req, res| {
             handle(req, res, &shared, framing)
         })?;
         Ok(McpSim { server, state })

@@ -44,32 +44,12 @@ pub struct Simulators {
     pub elevenlabs: elevenlabs::ElevenLabsSim,
     pub mcp: mcp::McpSim,
     pub twilio: twilio::TwilioSim,
-    /// `Some` when started with [`Simulators::start_tls`]: each simulator's TLS front and the
-    /// CA's file.
-    tls: Option<TlsFronts>,
+    /// `Some` when started with [`Simulators::start_tls`]: the file of the CA clients trust
+    /// (removed when the simulators stop).
+    ca_file: Option<tls::CaFile>,
     /// Per-hop times taken at the simulators' sockets (and by callers given
     /// [`Simulators::hop_clock`]).
     hop_clock: Arc<hops::HopClock>,
-}
-
-/// The TLS fronts of [`Simulators::start_tls`], one per simulator, and the CA file clients
-/// trust (removed when the simulators stop).
-struct TlsFronts {
-    anthropic: tls::TlsFront,
-    elevenlabs: tls::TlsFront,
-    mcp: tls::TlsFront,
-    twilio: tls::TlsFront,
-    ca_file: tls::CaFile,
-}
-
-/// The `127.0.0.1:PORT` of a simulator's plain `scheme://127.0.0.1:PORT/...` URL.
-fn addr_of(url: &str) -> io::Result<std::net::SocketAddr> {
-    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
-    rest.split('/')
-        .next()
-        .unwrap_or("")
-        .parse()
-        .map_err(|_| io::Error::other(format!("not a simulator url: {url}")))
 }
 
 impl Simulators {
@@ -80,16 +60,24 @@ impl Simulators {
 
     /// Starts them all, with `timing` overriding the defaults it names.
     pub fn start_with(timing: SimTiming) -> io::Result<Simulators> {
+        Simulators::start_serving(timing, None)
+    }
+
+    /// Starts them all, over TLS with `tls` when given.
+    fn start_serving(timing: SimTiming, tls: listener::Tls) -> io::Result<Simulators> {
         let ms = Duration::from_millis;
         let llm = anthropic::Timing::default();
         let tts = elevenlabs_tts::TtsSimOptions::default();
         let stt = elevenlabs_stt::SttSimOptions::default();
         let sims = Simulators {
-            anthropic: anthropic::AnthropicSim::start(anthropic::Timing {
-                first_token: timing.first_token_ms.map_or(llm.first_token, ms),
-                per_token: timing.token_ms.map_or(llm.per_token, ms),
-            })?,
-            elevenlabs: elevenlabs::ElevenLabsSim::start(
+            anthropic: anthropic::AnthropicSim::start_with_tls(
+                anthropic::Timing {
+                    first_token: timing.first_token_ms.map_or(llm.first_token, ms),
+                    per_token: timing.token_ms.map_or(llm.per_token, ms),
+                },
+                tls.clone(),
+            )?,
+            elevenlabs: elevenlabs::ElevenLabsSim::start_with_tls(
                 elevenlabs_tts::TtsSimOptions {
                     first_byte: timing.tts_first_byte_ms.map_or(tts.first_byte, ms),
                     ..tts
@@ -98,10 +86,15 @@ impl Simulators {
                     commit_latency: timing.stt_commit_ms.map_or(stt.commit_latency, ms),
                     ..stt
                 },
+                tls.clone(),
             )?,
-            mcp: mcp::McpSim::start(mcp::Framing::Sse)?,
-            twilio: twilio::TwilioSim::start(SIM_TWILIO_ACCOUNT_SID, SIM_TWILIO_AUTH_TOKEN)?,
-            tls: None,
+            mcp: mcp::McpSim::start_with_tls(mcp::Framing::Sse, tls.clone())?,
+            twilio: twilio::TwilioSim::start_with_tls(
+                SIM_TWILIO_ACCOUNT_SID,
+                SIM_TWILIO_AUTH_TOKEN,
+                tls,
+            )?,
+            ca_file: None,
             hop_clock: Arc::new(hops::HopClock::new()),
         };
         sims.anthropic.record_hops(Arc::clone(&sims.hop_clock));
@@ -147,59 +140,34 @@ impl Simulators {
 
     /// Starts them all as [`Simulators::start_with`] does, served over TLS as production's
     /// providers are: `https://localhost:PORT` and `wss://localhost:PORT` (a real host name,
-    /// looked up like any other), with a certificate from a CA made now. [`Simulators::env`]
-    /// then points at the TLS ports and sets `PROVIDER_CA_FILE` to the CA's file.
+    /// looked up like any other), with a certificate from a CA made now; each simulator ends
+    /// TLS on its connections' own threads. [`Simulators::env`] then holds the secure URLs and
+    /// sets `PROVIDER_CA_FILE` to the CA's file.
     pub fn start_tls(timing: SimTiming) -> io::Result<Simulators> {
-        let mut sims = Simulators::start_with(timing)?;
         let ca = tls::SimCa::generate()?;
-        let front = |name: &str, url: String| {
-            tls::TlsFront::start(name, ca.server_config(), addr_of(&url)?)
-        };
-        sims.tls = Some(TlsFronts {
-            anthropic: front("sim-anthropic", sims.anthropic.base_url())?,
-            elevenlabs: front("sim-elevenlabs", sims.elevenlabs.api_base_url())?,
-            mcp: front("sim-mcp", sims.mcp.url())?,
-            twilio: front("sim-twilio", sims.twilio.base_url())?,
-            ca_file: tls::CaFile::write(ca.ca_pem())?,
-        });
+        let mut sims = Simulators::start_serving(timing, Some(ca.server_config()))?;
+        sims.ca_file = Some(tls::CaFile::write(ca.ca_pem())?);
         Ok(sims)
     }
 
     /// The file of the CA the simulators' certificates come from, when serving TLS.
     pub fn ca_file(&self) -> Option<&std::path::Path> {
-        self.tls.as_ref().map(|t| t.ca_file.path())
+        self.ca_file.as_ref().map(tls::CaFile::path)
     }
 
     /// The variables that point a server at these simulators.
     pub fn env(&self) -> Vec<(&'static str, String)> {
-        let (anthropic, el_ws, el_api, mcp, twilio) = match &self.tls {
-            None => (
-                self.anthropic.base_url(),
-                self.elevenlabs.ws_base_url(),
-                self.elevenlabs.api_base_url(),
-                self.mcp.url(),
-                self.twilio.base_url(),
-            ),
-            Some(t) => (
-                t.anthropic.rebase(&self.anthropic.base_url(), "https"),
-                t.elevenlabs.rebase(&self.elevenlabs.ws_base_url(), "wss"),
-                t.elevenlabs
-                    .rebase(&self.elevenlabs.api_base_url(), "https"),
-                t.mcp.rebase(&self.mcp.url(), "https"),
-                t.twilio.rebase(&self.twilio.base_url(), "https"),
-            ),
-        };
         let mut env = vec![
-            ("ANTHROPIC_BASE_URL", anthropic),
+            ("ANTHROPIC_BASE_URL", self.anthropic.base_url()),
             ("ANTHROPIC_API_KEY", SIM_ANTHROPIC_API_KEY.to_string()),
-            ("ELEVENLABS_WS_BASE", el_ws),
-            ("ELEVENLABS_API_BASE", el_api),
+            ("ELEVENLABS_WS_BASE", self.elevenlabs.ws_base_url()),
+            ("ELEVENLABS_API_BASE", self.elevenlabs.api_base_url()),
             (
                 "ELEVENLABS_API_KEY",
                 elevenlabs_tts::TtsSimOptions::default().api_key,
             ),
-            ("COTRACKPRO_MCP_URL", mcp),
-            ("TWILIO_API_BASE", twilio),
+            ("COTRACKPRO_MCP_URL", self.mcp.url()),
+            ("TWILIO_API_BASE", self.twilio.base_url()),
             ("TWILIO_ACCOUNT_SID", SIM_TWILIO_ACCOUNT_SID.to_string()),
             ("TWILIO_AUTH_TOKEN", SIM_TWILIO_AUTH_TOKEN.to_string()),
         ];

@@ -17,6 +17,7 @@ use base64::Engine as _;
 use serde_json::json;
 
 use super::http::{Responder, SimRequest, SimServer};
+use super::listener::Tls;
 use crate::http::request::decode_form;
 
 /// A call the simulator was asked to create, with every form field as sent.
@@ -90,10 +91,15 @@ pub struct TwilioSim {
 impl TwilioSim {
     /// A simulator that accepts `account_sid` / `auth_token`.
     pub fn start(account_sid: &str, auth_token: &str) -> io::Result<TwilioSim> {
+        TwilioSim::start_with_tls(account_sid, auth_token, None)
+    }
+
+    /// [`TwilioSim::start`], serving `https://localhost` when `tls` is given.
+    pub fn start_with_tls(account_sid: &str, auth_token: &str, tls: Tls) -> io::Result<TwilioSim> {
         let state = Arc::new(Mutex::new(State::default()));
         let shared = state.clone();
         let (sid, token) = (account_sid.to_string(), auth_token.to_string());
-        let server = SimServer::start("sim-twilio", move |req, res| {
+        let server = SimServer::start("sim-twilio", tls, move |req, res| {
             handle(req, res, &shared, &sid, &token)
         })?;
         Ok(TwilioSim { server, state })
