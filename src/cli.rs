@@ -27,14 +27,15 @@ Commands:
                  the server run as its own process (`serve`), with the simulated providers
                  (over TLS, --plain: without; each MS away: a network round trip, default 20)
                  and callers in this one;
-                 prints caller waits, frame gaps, server stage latencies and the server
-                 process's CPU, memory, threads, descriptors and wake-ups per call.
+                 every second turn is said over the answer (a barge-in); prints caller waits,
+                 frame gaps, per-hop latencies, server stage latencies, the server process's
+                 CPU, memory, threads, descriptors and wake-ups per call, and the harness's CPU.
                  LIST pins a side to CPUs like 1 or 0,2-3 (default with 2+ cores: the server
                  on the last, the harness on the others); --json prints one JSON object;
                  --capacity raises the calls step by step (from N, default 10, ×1.5, up to M,
-                 default 1000; K default 1), each step a fresh server, until a call fails, a
-                 frame gap, a hop's p99 over 10 ms or the harness saturating, and reports the
-                 largest passing count and what broke
+                 default 1000; K default 2: the second a barge-in), each step a fresh server,
+                 until a call fails, a frame gap, a hop's p99 over 10 ms or the harness
+                 saturating, and reports the largest passing count and what broke
   check-config   validate the configuration and print it, secrets redacted
   generate-audio render the fixed phrases and greetings for every configured voice through
                  ElevenLabs into AUDIO_DIR (raw μ-law files and manifest.json); unchanged
@@ -386,7 +387,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
                     } else {
                         20
                     }),
-                    args.turns.unwrap_or(if args.capacity { 1 } else { 3 }),
+                    args.turns.unwrap_or(if args.capacity { 2 } else { 3 }),
                 )
             };
             done(crate::commands::bench::run(&options))

@@ -529,6 +529,8 @@ fn measure(
     let utterances = options.calls * options.turns;
     // Unique words, replies and voices, so every hop's ends can be matched (`sim::hops`).
     sims.distinct_for_hops(true);
+    // Under load the STT simulator keeps no audio (tests read it; a bench would only grow).
+    sims.elevenlabs.stt().keep_audio(false);
     let hop_clock = sims.hop_clock();
     hop_clock.clear();
     sims.elevenlabs.stt().push_utterances(

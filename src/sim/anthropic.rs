@@ -460,6 +460,8 @@ fn stream_start(res: &mut Responder, body: &Value) -> io::Result<()> {
 }
 
 /// The text of the last user message (its text blocks joined), if it has any.
+/// The newest text the caller said: the last text block of the last user message (a caller
+/// who talked over an answer they had not heard yet has two utterances in one message).
 fn last_user_text(body: &Value) -> Option<String> {
     let message = body["messages"]
         .as_array()?
@@ -468,10 +470,11 @@ fn last_user_text(body: &Value) -> Option<String> {
         .find(|m| m["role"] == "user")?;
     match &message["content"] {
         Value::String(text) => Some(text.clone()),
-        Value::Array(blocks) => {
-            let texts: Vec<&str> = blocks.iter().filter_map(|b| b["text"].as_str()).collect();
-            (!texts.is_empty()).then(|| texts.join(" "))
-        }
+        Value::Array(blocks) => blocks
+            .iter()
+            .rev()
+            .find_map(|b| b["text"].as_str())
+            .map(str::to_string),
         _ => None,
     }
 }
