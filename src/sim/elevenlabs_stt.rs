@@ -192,7 +192,8 @@ impl ClientMessage<'_> {
     }
 }
 
-/// A JSON string, borrowed when it has no escapes.
+/// A JSON string, borrowed when it has no escapes. (serde borrows a `Cow<str>` field only when
+/// it stands alone; inside an `Option` it is always copied, and these fields may be absent.)
 struct Text<'a>(Cow<'a, str>);
 
 impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
@@ -316,11 +317,7 @@ fn serve(stream: SimStream, options: &SttSimOptions, state: &Mutex<State>) -> io
                     return Ok(());
                 }
                 Ok(_) => {}
-                Err(tungstenite::Error::Io(e))
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) => {}
+                Err(err) if crate::providers::ws::is_timeout(&err) => {}
                 Err(_) => return Ok(()),
             }
         }

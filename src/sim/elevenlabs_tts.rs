@@ -269,12 +269,7 @@ fn serve(stream: SimStream, options: &TtsSimOptions, state: &Mutex<State>) -> io
     loop {
         let message = match socket.read() {
             Ok(message) => message,
-            Err(tungstenite::Error::Io(e))
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
+            Err(err) if crate::providers::ws::is_timeout(&err) => {
                 if last_text.elapsed() >= inactivity {
                     let seconds = inactivity.as_secs();
                     send(
@@ -370,11 +365,7 @@ fn serve(stream: SimStream, options: &TtsSimOptions, state: &Mutex<State>) -> io
             while Instant::now() < deadline {
                 match socket.read() {
                     Ok(_) => {}
-                    Err(tungstenite::Error::Io(e))
-                        if matches!(
-                            e.kind(),
-                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                        ) => {}
+                    Err(err) if crate::providers::ws::is_timeout(&err) => {}
                     Err(_) => break,
                 }
             }

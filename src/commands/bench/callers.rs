@@ -36,6 +36,7 @@ use serde::Deserialize;
 use tungstenite::{Message, WebSocket};
 
 use crate::poll::{self, WakeReceiver, WakeSender, Watch};
+use crate::providers::ws::is_timeout;
 use crate::sim::caller::{self as sim_caller, CallerOptions, PhoneBuffer};
 use crate::sim::elevenlabs_stt::SPEECH_RMS;
 use crate::sim::hops::{key_of, sampled, Hop, HopClock};
@@ -361,7 +362,7 @@ impl Caller {
         match self.socket.send(Message::text(text)) {
             Ok(()) => {}
             // Queued in the socket's buffer; flushed when writable.
-            Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+            Err(err) if is_timeout(&err) => {
                 self.unflushed = true;
             }
             Err(err) => self.fail(format!("sending: {err}")),
@@ -371,7 +372,7 @@ impl Caller {
     fn flush(&mut self) {
         match self.socket.flush() {
             Ok(()) => self.unflushed = false,
-            Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(err) if is_timeout(&err) => {}
             Err(err) => self.fail(format!("sending: {err}")),
         }
     }
@@ -506,7 +507,7 @@ impl Caller {
         loop {
             let message = match self.socket.read() {
                 Ok(message) => message,
-                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                Err(err) if is_timeout(&err) => {
                     return;
                 }
                 Err(err) => {
