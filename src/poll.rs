@@ -4,10 +4,11 @@
 //! A thread that must both read a socket and act on what other threads hand it (the STT
 //! worker: the provider's transcripts and the caller's audio; the media acceptor: new
 //! connections and the order to stop) waits here on the socket and a [`WakeReceiver`]. std
-//! has no `poll`; the one `unsafe` call is in [`wait`].
+//! has no `poll`; the `unsafe` calls are here, in [`wait`] and in [`Epoll`] (for the bench's
+//! harness, whose loops wait on hundreds of sockets at once).
 
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::time::Instant;
 
@@ -62,15 +63,7 @@ pub fn wait(watches: &mut [Watch<'_>], deadline: Option<Instant>) -> io::Result<
         })
         .collect();
     loop {
-        let timeout_ms: libc::c_int = match deadline {
-            None => -1,
-            Some(deadline) => {
-                let left = deadline.saturating_duration_since(Instant::now());
-                // Rounded up: waking a fraction of a millisecond early would only wait again.
-                let ms = left.as_nanos().div_ceil(1_000_000);
-                libc::c_int::try_from(ms).unwrap_or(libc::c_int::MAX)
-            }
-        };
+        let timeout_ms = timeout_ms(deadline);
         // SAFETY: `fds` is a live, exclusively borrowed array of `fds.len()` pollfd structs for
         // the whole call, and every descriptor in it is borrowed from `watches`, so it stays
         // open until `poll` returns. `poll` writes only the `revents` fields.
@@ -90,6 +83,133 @@ pub fn wait(watches: &mut [Watch<'_>], deadline: Option<Instant>) -> io::Result<
             watch.revents = fd.revents;
         }
         return Ok(ready as usize);
+    }
+}
+
+/// What `poll(2)` and `epoll_wait(2)` take for `deadline`: -1 (none), or the milliseconds left,
+/// rounded up (waking a fraction of a millisecond early would only wait again).
+fn timeout_ms(deadline: Option<Instant>) -> libc::c_int {
+    match deadline {
+        None => -1,
+        Some(deadline) => {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let ms = left.as_nanos().div_ceil(1_000_000);
+            libc::c_int::try_from(ms).unwrap_or(libc::c_int::MAX)
+        }
+    }
+}
+
+/// An `epoll(7)` set, for a thread that waits on many descriptors at once (the benchmark's
+/// harness: hundreds of sockets, where `poll(2)` would look at every one on every wake-up).
+/// Level-triggered: a descriptor is reported for as long as it is ready. Each descriptor is
+/// registered with a token of the caller's choice, which [`Epoll::wait`] reports back.
+pub struct Epoll {
+    fd: OwnedFd,
+    /// What one wait can report, reused from wait to wait.
+    events: Vec<libc::epoll_event>,
+}
+
+/// How many ready descriptors one [`Epoll::wait`] reports at most (the rest, still ready, the
+/// next).
+const EPOLL_BATCH: usize = 256;
+
+/// One descriptor [`Epoll::wait`] found ready.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ready {
+    pub token: u64,
+    /// Data, the end of the stream, or an error waits: a read will not block.
+    pub readable: bool,
+    /// A write will not block (or will report the error at once).
+    pub writable: bool,
+}
+
+fn check(result: libc::c_int) -> io::Result<libc::c_int> {
+    if result < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(result)
+    }
+}
+
+impl Epoll {
+    pub fn new() -> io::Result<Epoll> {
+        // SAFETY: no pointers; the result is a new descriptor this process owns, or -1.
+        let fd = check(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
+        // SAFETY: `fd` was just created and nothing else owns it.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Epoll {
+            fd,
+            events: vec![libc::epoll_event { events: 0, u64: 0 }; EPOLL_BATCH],
+        })
+    }
+
+    fn control(
+        &self,
+        op: libc::c_int,
+        fd: BorrowedFd<'_>,
+        token: u64,
+        write: bool,
+    ) -> io::Result<()> {
+        let mut event = libc::epoll_event {
+            events: (libc::EPOLLIN | if write { libc::EPOLLOUT } else { 0 }) as u32,
+            u64: token,
+        };
+        // SAFETY: both descriptors are open for the call (one owned, one borrowed) and
+        // `event` is a live epoll_event the kernel only reads.
+        check(unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), op, fd.as_raw_fd(), &mut event) })?;
+        Ok(())
+    }
+
+    /// Watches `fd` for reading (and writing, when `write`), reported as `token`. The
+    /// descriptor must be [`Epoll::remove`]d before it is closed.
+    pub fn add(&self, fd: BorrowedFd<'_>, token: u64, write: bool) -> io::Result<()> {
+        self.control(libc::EPOLL_CTL_ADD, fd, token, write)
+    }
+
+    /// Changes whether `fd` is also watched for writing.
+    pub fn modify(&self, fd: BorrowedFd<'_>, token: u64, write: bool) -> io::Result<()> {
+        self.control(libc::EPOLL_CTL_MOD, fd, token, write)
+    }
+
+    pub fn remove(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
+        self.control(libc::EPOLL_CTL_DEL, fd, 0, false)
+    }
+
+    /// Waits until a watched descriptor is ready or `deadline` passes (`None`: no deadline),
+    /// and puts what is ready in `ready` (cleared first). A signal interrupting the wait resumes
+    /// it with the time that is left.
+    pub fn wait(&mut self, ready: &mut Vec<Ready>, deadline: Option<Instant>) -> io::Result<()> {
+        ready.clear();
+        let events = &mut self.events;
+        let n = loop {
+            let max = libc::c_int::try_from(events.len()).unwrap_or(libc::c_int::MAX);
+            // SAFETY: `events` is a live, exclusively borrowed array of at least `max` entries,
+            // which is all the kernel writes.
+            let n = unsafe {
+                libc::epoll_wait(
+                    self.fd.as_raw_fd(),
+                    events.as_mut_ptr(),
+                    max,
+                    timeout_ms(deadline),
+                )
+            };
+            match check(n) {
+                Ok(0) if deadline.is_some_and(|d| Instant::now() < d) => continue,
+                Ok(n) => break n as usize,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) => return Err(err),
+            }
+        };
+        let (read_bits, write_bits) = (
+            (libc::EPOLLIN | libc::EPOLLHUP | libc::EPOLLERR | libc::EPOLLRDHUP) as u32,
+            (libc::EPOLLOUT | libc::EPOLLHUP | libc::EPOLLERR) as u32,
+        );
+        ready.extend(events[..n].iter().map(|e| Ready {
+            token: e.u64,
+            readable: e.events & read_bits != 0,
+            writable: e.events & write_bits != 0,
+        }));
+        Ok(())
     }
 }
 
@@ -176,6 +296,47 @@ mod tests {
         let mut watches = [Watch::read(rx.fd())];
         assert_eq!(wait(&mut watches, None).unwrap(), 1);
         assert!(!rx.drain(), "a dropped sender reads as closed");
+    }
+
+    #[test]
+    fn epoll_reports_ready_descriptors_by_token_and_honours_its_deadline() {
+        let mut epoll = Epoll::new().unwrap();
+        let (tx_a, rx_a) = wake_pair().unwrap();
+        let (_tx_b, rx_b) = wake_pair().unwrap();
+        epoll.add(rx_a.fd(), 7, false).unwrap();
+        epoll.add(rx_b.fd(), 9, false).unwrap();
+        let mut ready = Vec::new();
+        let deadline = Instant::now() + Duration::from_millis(20);
+        epoll.wait(&mut ready, Some(deadline)).unwrap();
+        assert!(ready.is_empty());
+        assert!(Instant::now() >= deadline);
+        tx_a.wake();
+        epoll.wait(&mut ready, None).unwrap();
+        assert_eq!(
+            ready,
+            [Ready {
+                token: 7,
+                readable: true,
+                writable: false
+            }]
+        );
+        // Level-triggered: still ready until drained; then watched for writing too.
+        epoll.wait(&mut ready, Some(Instant::now())).unwrap();
+        assert_eq!(ready.len(), 1);
+        assert!(rx_a.drain());
+        epoll.modify(rx_b.fd(), 9, true).unwrap();
+        epoll.wait(&mut ready, Some(Instant::now())).unwrap();
+        assert_eq!(
+            ready,
+            [Ready {
+                token: 9,
+                readable: false,
+                writable: true
+            }]
+        );
+        epoll.remove(rx_b.fd()).unwrap();
+        epoll.wait(&mut ready, Some(Instant::now())).unwrap();
+        assert!(ready.is_empty());
     }
 
     #[test]

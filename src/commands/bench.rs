@@ -531,6 +531,8 @@ fn measure(
     sims.distinct_for_hops(true);
     // Under load the STT simulator keeps no audio (tests read it; a bench would only grow).
     sims.elevenlabs.stt().keep_audio(false);
+    // Every STT session on one thread of the harness, not a thread each.
+    sims.elevenlabs.stt().one_loop(true);
     let hop_clock = sims.hop_clock();
     hop_clock.clear();
     sims.elevenlabs.stt().push_utterances(

@@ -75,6 +75,16 @@ impl SimStream {
         self.tcp().set_nodelay(on)
     }
 
+    pub fn set_nonblocking(&self, on: bool) -> io::Result<()> {
+        self.tcp().set_nonblocking(on)
+    }
+
+    /// The socket's descriptor, to wait on.
+    pub fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.tcp().as_fd()
+    }
+
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
         self.tcp().peer_addr()
     }
@@ -272,7 +282,7 @@ impl<S: Default + Send + 'static> WsSimCore<S> {
     /// The core without a listener, and what serves a connection with its state.
     pub fn detached<F>(serve: F) -> (WsSimCore<S>, ConnectionServer)
     where
-        F: Fn(SimStream, &std::sync::Mutex<S>) -> io::Result<()> + Send + Sync + 'static,
+        F: Fn(SimStream, &Arc<std::sync::Mutex<S>>) -> io::Result<()> + Send + Sync + 'static,
     {
         let state = std::sync::Arc::new(std::sync::Mutex::new(S::default()));
         let shared = state.clone();

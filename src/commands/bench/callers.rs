@@ -4,7 +4,7 @@
 //! simulated caller (as `sim::caller` has, for tests and the demo) costs the harness a wake-up
 //! per frame per call and a stack each, which is what stopped it near 200 calls a core. Here
 //! one thread (`bench-callers`) holds every caller's non-blocking WebSocket and waits with
-//! `poll(2)` until a socket is readable or the earliest caller's next 20 ms frame is due; the
+//! `epoll(7)` until a socket is readable or the earliest caller's next 20 ms frame is due; the
 //! frames due within [`SLACK`] go out together, so the thread wakes a few hundred times a
 //! second whatever the number of calls. Dialing (Twilio's webhook, then the WebSocket upgrade)
 //! blocks, so it runs on a thread of its own (`bench-dialer`), one call every `stagger`, and
@@ -35,7 +35,7 @@ use crossbeam_channel::{Receiver, Sender};
 use serde::Deserialize;
 use tungstenite::{Message, WebSocket};
 
-use crate::poll::{self, WakeReceiver, WakeSender, Watch};
+use crate::poll::{self, Epoll, WakeReceiver, WakeSender};
 use crate::providers::ws::is_timeout;
 use crate::sim::caller::{self as sim_caller, CallerOptions, PhoneBuffer};
 use crate::sim::elevenlabs_stt::SPEECH_RMS;
@@ -106,7 +106,7 @@ pub fn run(
         .spawn(move || dial_all(http, media, calls, stagger, &opened, &wake))?;
     let runs = drive(calls, turns, &arrivals, &woken, shared);
     let _ = dialer.join();
-    Ok(runs)
+    runs
 }
 
 /// A dialed call, or why it could not be dialed.
@@ -159,18 +159,28 @@ fn drive(
     arrivals: &Receiver<Opened>,
     woken: &WakeReceiver,
     shared: &Shared<'_>,
-) -> Vec<CallerRun> {
+) -> io::Result<Vec<CallerRun>> {
+    /// The token of the dialer's wake-up descriptor; a caller's is its index.
+    const DIALER: u64 = u64::MAX;
+    let mut epoll = Epoll::new()?;
+    epoll.add(woken.fd(), DIALER, false)?;
     let mut runs: Vec<Option<CallerRun>> = (0..calls).map(|_| None).collect();
-    let mut callers: Vec<Caller> = Vec::new();
+    // Callers by index, so a token finds its caller; `None` before dialing and after the end.
+    let mut callers: Vec<Option<Caller>> = (0..calls).map(|_| None).collect();
     let mut outcomes = 0;
     let mut scratch = Scratch::default();
-    // The wake-up end reads as closed for good once the dialer is done: then it is not
-    // watched any more (it would make every wait return at once).
-    let mut dialer_open = true;
-    while outcomes < calls || !callers.is_empty() {
+    let mut ready = Vec::new();
+    while outcomes < calls {
         for (index, outcome) in arrivals.try_iter() {
-            match outcome {
-                Ok(opening) => callers.push(Caller::new(index, opening, turns, Instant::now())),
+            let opened = outcome.and_then(|opening| {
+                let caller = Caller::new(index, opening, turns, Instant::now());
+                epoll
+                    .add(caller.socket.get_ref().as_fd(), index as u64, false)
+                    .map_err(|err| format!("cannot watch the stream: {err}"))?;
+                Ok(caller)
+            });
+            match opened {
+                Ok(caller) => callers[index] = Some(caller),
                 Err(why) => {
                     outcomes += 1;
                     runs[index] = Some(CallerRun {
@@ -181,75 +191,65 @@ fn drive(
             }
         }
         let now = Instant::now();
-        for caller in &mut callers {
+        let mut next: Option<Instant> = None;
+        for slot in &mut callers {
+            let Some(caller) = slot else { continue };
             if caller.next_frame <= now + SLACK {
                 caller.frame(now, shared, &mut scratch);
             }
-        }
-        // Finished callers leave the loop with their outcome.
-        let mut i = 0;
-        while i < callers.len() {
-            if callers[i].outcome.is_some() {
-                let mut caller = callers.swap_remove(i);
+            if caller.outcome.is_some() {
+                // Finished: it leaves the loop with its outcome.
+                let _ = epoll.remove(caller.socket.get_ref().as_fd());
                 caller.finish(shared);
                 outcomes += 1;
                 let index = caller.index;
-                runs[index] = Some(caller.run);
-            } else {
-                i += 1;
+                runs[index] = slot.take().map(|c| c.run);
+                continue;
             }
+            caller.watch_writes(&mut epoll);
+            next = Some(next.map_or(caller.next_frame, |n| n.min(caller.next_frame)));
         }
-        if outcomes >= calls && callers.is_empty() {
+        if outcomes >= calls {
             break;
         }
-        let next = callers.iter().map(|c| c.next_frame).min();
         // With no caller yet the dialer's wake-up is what ends the wait; the deadline only
         // bounds it.
         let deadline = next.unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
-        let ready: Vec<(usize, bool, bool)> = {
-            let mut watches: Vec<Watch<'_>> = Vec::with_capacity(callers.len() + 1);
-            if dialer_open {
-                watches.push(Watch::read(woken.fd()));
-            }
-            watches.extend(
-                callers
-                    .iter()
-                    .map(|c| Watch::read_write(c.socket.get_ref().as_fd(), c.unflushed)),
-            );
-            if poll::wait(&mut watches, Some(deadline)).is_err() {
-                // Interrupted or out of resources: the next turn of the loop tries again.
-                thread::sleep(Duration::from_millis(1));
-            }
-            watches
-                .iter()
-                .enumerate()
-                .filter(|(_, w)| w.readable() || w.writable())
-                .map(|(i, w)| (i, w.readable(), w.writable()))
-                .collect()
-        };
-        let first_caller = usize::from(dialer_open);
-        for (i, readable, writable) in ready {
-            if i < first_caller {
-                dialer_open = woken.drain();
+        if epoll.wait(&mut ready, Some(deadline)).is_err() {
+            // Out of resources: the next turn of the loop tries again.
+            thread::sleep(Duration::from_millis(1));
+        }
+        for event in &ready {
+            if event.token == DIALER {
+                // Closed for good once the dialer is done: then it is not watched any more
+                // (it would end every wait at once).
+                if !woken.drain() {
+                    let _ = epoll.remove(woken.fd());
+                }
                 continue;
             }
-            let caller = &mut callers[i - first_caller];
-            if writable && caller.unflushed {
+            let slot = usize::try_from(event.token)
+                .ok()
+                .and_then(|i| callers.get_mut(i));
+            let Some(Some(caller)) = slot else { continue };
+            if event.writable && caller.unflushed {
                 caller.flush();
             }
-            if readable {
+            if event.readable {
                 caller.read_all(Instant::now(), shared, &mut scratch);
             }
+            caller.watch_writes(&mut epoll);
         }
     }
-    runs.into_iter()
+    Ok(runs
+        .into_iter()
         .map(|run| {
             run.unwrap_or_else(|| CallerRun {
                 failed: Some("the caller never ran".into()),
                 ..CallerRun::default()
             })
         })
-        .collect()
+        .collect())
 }
 
 /// Buffers the loop reuses for every caller.
@@ -292,7 +292,9 @@ struct Caller {
     /// The key of this utterance's first loud frame (`partial_to_clear`).
     utterance_key: Option<u64>,
     live: bool,
+    /// The socket holds data it could not write yet, and whether epoll watches for room.
     unflushed: bool,
+    watching_writes: bool,
     /// Set when the call is over: `Ok` hung up after the script, `Err` why it failed.
     outcome: Option<Result<(), String>>,
     run: CallerRun,
@@ -342,6 +344,7 @@ impl Caller {
             utterance_key: None,
             live: false,
             unflushed: false,
+            watching_writes: false,
             outcome: None,
             run: CallerRun::default(),
         }
@@ -366,6 +369,17 @@ impl Caller {
                 self.unflushed = true;
             }
             Err(err) => self.fail(format!("sending: {err}")),
+        }
+    }
+
+    /// Watches the socket for room to write exactly while it holds unwritten data.
+    fn watch_writes(&mut self, epoll: &mut Epoll) {
+        if self.unflushed != self.watching_writes {
+            let token = self.index as u64;
+            match epoll.modify(self.socket.get_ref().as_fd(), token, self.unflushed) {
+                Ok(()) => self.watching_writes = self.unflushed,
+                Err(err) => self.fail(format!("cannot watch the stream: {err}")),
+            }
         }
     }
 

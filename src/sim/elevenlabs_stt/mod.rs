@@ -22,6 +22,8 @@ use tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::Message;
 
+mod event_loop;
+
 use super::hops::{key_of, sampled, Hop, HopClock};
 use super::listener::{ConnectionServer, SimStream, WsSimCore};
 use super::voice;
@@ -78,6 +80,9 @@ struct State {
     drop_audio: bool,
     /// Where audio arrivals and commits are timed (`twilio_to_stt`, `transcript_to_llm`).
     hops: Option<Arc<HopClock>>,
+    /// Serve sessions on one thread ([`SttSim::one_loop`]), and that thread once started.
+    one_loop: bool,
+    event_loop: Option<event_loop::LoopHandle>,
 }
 
 pub struct SttSim {
@@ -136,6 +141,14 @@ impl SttSim {
     /// memory then does not grow with the audio it sends.
     pub fn keep_audio(&self, on: bool) {
         self.core.lock().drop_audio = !on;
+    }
+
+    /// Whether sessions started from now on are served, once their handshake is done, by one
+    /// thread for all of them (`sim-stt-loop`, waiting on every socket with epoll) instead of
+    /// a thread each: how the benchmark's harness stays light with hundreds of calls. Sessions
+    /// given a fault keep a thread of their own.
+    pub fn one_loop(&self, on: bool) {
+        self.core.lock().one_loop = on;
     }
 
     /// Client messages of session `n` (0-based), audio payloads included (unless
@@ -230,7 +243,7 @@ fn keep(state: &Mutex<State>, index: usize, text: &str, is_audio: bool, drop_aud
     }
 }
 
-fn serve(stream: SimStream, options: &SttSimOptions, state: &Mutex<State>) -> io::Result<()> {
+fn serve(stream: SimStream, options: &SttSimOptions, state: &Arc<Mutex<State>>) -> io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     stream.set_nodelay(true)?;
     let mut session = Session {
@@ -290,7 +303,7 @@ fn serve(stream: SimStream, options: &SttSimOptions, state: &Mutex<State>) -> io
         .write_buffer_size(0);
     let mut socket = tungstenite::accept_hdr_with_config(stream, check, Some(config))
         .map_err(|e| io::Error::other(e.to_string()))?;
-    let (index, fault, hops, drop_audio) = {
+    let (index, fault, hops, drop_audio, one_loop) = {
         let mut state = lock(state);
         state.sessions += 1;
         state.received.push(Vec::new());
@@ -300,6 +313,7 @@ fn serve(stream: SimStream, options: &SttSimOptions, state: &Mutex<State>) -> io
             state.faults.pop_front(),
             state.hops.clone(),
             state.drop_audio,
+            state.one_loop,
         )
     };
     if fault == Some(Fault::Silent) {
@@ -340,15 +354,38 @@ fn serve(stream: SimStream, options: &SttSimOptions, state: &Mutex<State>) -> io
         }
     }
 
-    let mut chunks = 0u32;
-    let mut speaking = false;
-    let mut speech_secs = 0.0f64;
-    let mut silence_secs = 0.0f64;
-    let mut since_partial = 0.0f64;
-    let mut utterance: Option<String> = None;
-    // The key of the chunk that started the utterance being heard, until its first partial is
-    // sent (the start of `partial_to_clear`).
-    let mut first_loud: Option<u64> = None;
+    let mut transcriber = Transcriber {
+        index,
+        fault,
+        hops,
+        drop_audio,
+        silence_threshold: session.silence_secs,
+        timestamps: session.timestamps,
+        chunks: 0,
+        speaking: false,
+        speech_secs: 0.0,
+        silence_secs: 0.0,
+        since_partial: 0.0,
+        utterance: None,
+        first_loud: None,
+    };
+    if one_loop && transcriber.fault.is_none() {
+        let handoff = event_loop::Handoff {
+            socket,
+            transcriber,
+            state: Arc::clone(state),
+            commit_latency: options.commit_latency,
+        };
+        // Refused only if the loop could not start: then this thread serves the session.
+        match event_loop::hand_off(handoff, state) {
+            Ok(()) => return Ok(()),
+            Err(handoff) => {
+                let handoff = *handoff;
+                socket = handoff.socket;
+                transcriber = handoff.transcriber;
+            }
+        }
+    }
     loop {
         let message = match socket.read() {
             Ok(message) => message,
@@ -363,110 +400,176 @@ fn serve(stream: SimStream, options: &SttSimOptions, state: &Mutex<State>) -> io
             }
             continue;
         };
-        let received = Instant::now();
-        let parsed = serde_json::from_str::<ClientMessage>(text.as_str());
+        match transcriber.hear(text.as_str(), Instant::now(), state) {
+            Reply::Nothing => {}
+            Reply::Send(value, partial) => {
+                send(&mut socket, value)?;
+                transcriber.sent_partial(partial);
+            }
+            Reply::Commit(words, speech_secs) => {
+                std::thread::sleep(options.commit_latency);
+                let (commit, timestamped) = transcriber.commit(&words, speech_secs);
+                send(&mut socket, commit)?;
+                transcriber.sent_commit(&words);
+                if let Some(timestamped) = timestamped {
+                    send(&mut socket, timestamped)?;
+                }
+            }
+            Reply::Fail(value) => {
+                send(&mut socket, value)?;
+                let _ = socket.close(None);
+                let _ = socket.flush();
+                return Ok(());
+            }
+            Reply::Drop => return Ok(()),
+        }
+    }
+}
+
+/// One session's transcribing, whichever thread serves it: what the simulator answers to each
+/// client message, from what it has heard so far.
+struct Transcriber {
+    index: usize,
+    fault: Option<Fault>,
+    hops: Option<Arc<HopClock>>,
+    drop_audio: bool,
+    /// The session's VAD silence (from the URL), and whether commits get timestamps.
+    silence_threshold: f64,
+    timestamps: bool,
+    chunks: u32,
+    speaking: bool,
+    speech_secs: f64,
+    silence_secs: f64,
+    since_partial: f64,
+    utterance: Option<String>,
+    /// The key of the chunk that started the utterance being heard, until its first partial is
+    /// sent (the start of `partial_to_clear`).
+    first_loud: Option<u64>,
+}
+
+/// What to do about a client message.
+enum Reply {
+    Nothing,
+    /// Send this; when it carries a key, it is the utterance's first partial
+    /// ([`Transcriber::sent_partial`]).
+    Send(Value, Option<u64>),
+    /// The utterance (its words, and how long it was spoken) is over: commit it after the
+    /// service's processing time ([`Transcriber::commit`]).
+    Commit(String, f64),
+    /// Send this error, then close (an injected fault).
+    Fail(Value),
+    /// Drop the connection without a word (an injected fault).
+    Drop,
+}
+
+impl Transcriber {
+    /// Hears one client text message, received at `received`.
+    fn hear(&mut self, text: &str, received: Instant, state: &Mutex<State>) -> Reply {
+        let parsed = serde_json::from_str::<ClientMessage>(text);
         let is_audio = parsed.as_ref().is_ok_and(ClientMessage::is_audio);
-        keep(state, index, text.as_str(), is_audio, drop_audio);
+        keep(state, self.index, text, is_audio, self.drop_audio);
         let message = match parsed {
             Ok(message) => message,
             Err(_) => {
                 // Not JSON, or a field of an unexpected type: refused as the service would.
-                let value: Value = serde_json::from_str(text.as_str()).unwrap_or(Value::Null);
+                let value: Value = serde_json::from_str(text).unwrap_or(Value::Null);
                 let kind = value["message_type"].as_str().unwrap_or("");
-                send(&mut socket, refusal(kind))?;
-                continue;
+                return Reply::Send(refusal(kind), None);
             }
         };
         let payload = message.audio_base_64.as_ref().map_or("", |t| &t.0);
-        if let (Some(hops), Some(_)) = (&hops, &message.audio_base_64) {
+        if let (Some(hops), Some(_)) = (&self.hops, &message.audio_base_64) {
             let key = key_of(payload);
             if sampled(key) {
                 hops.end(Hop::TwilioToStt, key, received);
             }
         }
-        if !is_audio {
-            send(&mut socket, refusal(message.kind()))?;
-            continue;
-        }
-        if !message.commit || message.sample_rate != Some(8000) {
-            send(&mut socket, refusal(message.kind()))?;
-            continue;
+        if !is_audio || !message.commit || message.sample_rate != Some(8000) {
+            return Reply::Send(refusal(message.kind()), None);
         }
         let Ok(audio) = base64::engine::general_purpose::STANDARD.decode(payload) else {
-            send(
-                &mut socket,
+            return Reply::Send(
                 json!({"message_type": "input_error", "error": "audio_base_64 is not base64"}),
-            )?;
-            continue;
+                None,
+            );
         };
-        chunks += 1;
-        match &fault {
+        self.chunks += 1;
+        match &self.fault {
             Some(Fault::Error {
                 message_type,
                 after_chunks,
-            }) if chunks >= *after_chunks => {
-                send(
-                    &mut socket,
+            }) if self.chunks >= *after_chunks => {
+                return Reply::Fail(
                     json!({"message_type": message_type, "error": format!("simulated {message_type}")}),
-                )?;
-                let _ = socket.close(None);
-                let _ = socket.flush();
-                return Ok(());
+                );
             }
-            Some(Fault::Drop { after_chunks }) if chunks >= *after_chunks => return Ok(()),
+            Some(Fault::Drop { after_chunks }) if self.chunks >= *after_chunks => {
+                return Reply::Drop
+            }
             _ => {}
         }
 
         let secs = audio.len() as f64 / f64::from(voice::SAMPLE_RATE);
         if voice::rms(&audio) > SPEECH_RMS {
-            if !speaking {
-                speaking = true;
-                speech_secs = 0.0;
-                since_partial = 0.0;
-                first_loud = Some(key_of(payload));
-                utterance.get_or_insert_with(|| {
+            if !self.speaking {
+                self.speaking = true;
+                self.speech_secs = 0.0;
+                self.since_partial = 0.0;
+                self.first_loud = Some(key_of(payload));
+                self.utterance.get_or_insert_with(|| {
                     lock(state)
                         .utterances
                         .pop_front()
                         .unwrap_or_else(|| "(inaudible)".to_string())
                 });
             }
-            silence_secs = 0.0;
-            speech_secs += secs;
-            since_partial += secs;
-            if since_partial >= PARTIAL_EVERY_SECS {
-                since_partial = 0.0;
-                if let Some(words) = &utterance {
+            self.silence_secs = 0.0;
+            self.speech_secs += secs;
+            self.since_partial += secs;
+            if self.since_partial >= PARTIAL_EVERY_SECS {
+                self.since_partial = 0.0;
+                if let Some(words) = &self.utterance {
                     // As much of the utterance as has been "heard": about 3 words a second.
-                    let heard = ((speech_secs * 3.0).ceil() as usize).max(1);
+                    let heard = ((self.speech_secs * 3.0).ceil() as usize).max(1);
                     let partial: Vec<&str> = words.split_whitespace().take(heard).collect();
-                    send(
-                        &mut socket,
+                    return Reply::Send(
                         json!({"message_type": "partial_transcript", "text": partial.join(" ")}),
-                    )?;
-                    if let (Some(hops), Some(key)) = (&hops, first_loud.take()) {
-                        hops.start(Hop::PartialToClear, key, Instant::now());
-                    }
+                        self.first_loud.take(),
+                    );
                 }
             }
-        } else if speaking {
-            silence_secs += secs;
-            if silence_secs >= session.silence_secs {
-                speaking = false;
-                if let Some(words) = utterance.take() {
-                    std::thread::sleep(options.commit_latency);
-                    send(
-                        &mut socket,
-                        json!({"message_type": "committed_transcript", "text": words}),
-                    )?;
-                    if let Some(hops) = &hops {
-                        hops.start(Hop::TranscriptToLlm, key_of(words.trim()), Instant::now());
-                    }
-                    if session.timestamps {
-                        send(&mut socket, with_timestamps(&words, speech_secs))?;
-                    }
+        } else if self.speaking {
+            self.silence_secs += secs;
+            if self.silence_secs >= self.silence_threshold {
+                self.speaking = false;
+                if let Some(words) = self.utterance.take() {
+                    return Reply::Commit(words, self.speech_secs);
                 }
             }
+        }
+        Reply::Nothing
+    }
+
+    /// A partial was sent; `first_loud`, when it was the utterance's first, starts
+    /// `partial_to_clear`.
+    fn sent_partial(&self, first_loud: Option<u64>) {
+        if let (Some(hops), Some(key)) = (&self.hops, first_loud) {
+            hops.start(Hop::PartialToClear, key, Instant::now());
+        }
+    }
+
+    /// What committing `words` sends: the transcript, then its timestamped twin when asked.
+    fn commit(&self, words: &str, speech_secs: f64) -> (Value, Option<Value>) {
+        (
+            json!({"message_type": "committed_transcript", "text": words}),
+            self.timestamps.then(|| with_timestamps(words, speech_secs)),
+        )
+    }
+
+    /// The commit of `words` was sent: `transcript_to_llm` starts.
+    fn sent_commit(&self, words: &str) {
+        if let Some(hops) = &self.hops {
+            hops.start(Hop::TranscriptToLlm, key_of(words.trim()), Instant::now());
         }
     }
 }
@@ -557,11 +660,41 @@ mod tests {
 
     #[test]
     fn each_utterance_starts_partial_to_clear_once_keyed_by_its_first_loud_chunk() {
+        transcribes_two_utterances(false, Duration::ZERO);
+    }
+
+    /// Threads of this process named `sim-stt-loop`.
+    fn loop_threads() -> usize {
+        std::fs::read_dir("/proc/self/task")
+            .expect("the process's threads")
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .filter(|name| name.trim() == "sim-stt-loop")
+            .count()
+    }
+
+    #[test]
+    fn on_one_loop_a_session_transcribes_and_commits_as_on_its_own_thread() {
+        let (sim, socket) = transcribes_two_utterances(true, Duration::from_millis(30));
+        assert_eq!(loop_threads(), 1, "the session was served by the loop");
+        // The simulator gone and its last session closed, the loop ends.
+        drop(sim);
+        drop(socket);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while loop_threads() > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(loop_threads(), 0, "the loop ended");
+    }
+
+    /// Two utterances through a session: partials, then the commit of each (after
+    /// `commit_latency`), `partial_to_clear` started once per utterance, audio not kept.
+    fn transcribes_two_utterances(one_loop: bool, commit_latency: Duration) -> (SttSim, Client) {
         let sim = SttSim::start(SttSimOptions {
-            commit_latency: Duration::ZERO,
+            commit_latency,
             ..SttSimOptions::default()
         })
         .expect("starts");
+        sim.one_loop(one_loop);
         let clock = Arc::new(HopClock::new());
         sim.record_hops(Arc::clone(&clock));
         sim.keep_audio(false);
@@ -612,5 +745,6 @@ mod tests {
         // Without audio kept, only the refused message was.
         let received = sim.received(0);
         assert_eq!(received, vec![json!({"message_type": "session_config"})]);
+        (sim, socket)
     }
 }
