@@ -8,7 +8,8 @@
 //! the server gets the last core and the harness the others), and the server's figures are
 //! read from its own process in `/proc/PID` over the window in which every call is live: CPU,
 //! resident memory, threads, file descriptors and context switches (wake-ups). The harness
-//! measures its own CPU over the same window: when it used (nearly) all of its cores, the
+//! measures its own CPU over the same window (less the thread that reads the server's `/proc`):
+//! when it used (nearly) all of its cores, the
 //! report says so, because then the harness, not the server, was the limit. What a caller
 //! waits is measured by the callers; the server's per-stage turn latencies come from its
 //! `GET /metrics`.
@@ -525,7 +526,7 @@ fn measure(
 ) -> Result<Report, Box<dyn Error>> {
     let pid = server.pid.to_string();
     let rest = ProcSample::take(&pid);
-    let harness_rest = process_cpu_secs("self");
+    let harness_rest = harness_cpu_secs();
     let utterances = options.calls * options.turns;
     // Unique words, replies and voices, so every hop's ends can be matched (`sim::hops`).
     sims.distinct_for_hops(true);
@@ -587,7 +588,7 @@ fn measure(
     }
     let wall_secs = started.elapsed().as_secs_f64();
     let end = ProcSample::take(&pid);
-    let harness_end = process_cpu_secs("self");
+    let harness_end = harness_cpu_secs();
     let metrics = http_get(http, "/metrics");
     if let Some(server_peak) = metrics
         .as_ref()
@@ -679,6 +680,13 @@ fn status_field(status: &str, key: &str) -> Option<u64> {
 }
 
 /// utime + stime of `/proc/PID/stat` (`self` for this process), in seconds.
+/// The harness's CPU seconds so far: this process's, less the thread that measures (this one,
+/// which reads the server's `/proc` files: the instrument, not the load it generates).
+fn harness_cpu_secs() -> Option<f64> {
+    let (process, measuring) = (process_cpu_secs("self")?, process_cpu_secs("thread-self")?);
+    Some(process - measuring)
+}
+
 fn process_cpu_secs(pid: &str) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // pid (comm) state … utime stime: fields 14 and 15, counted after the comm's ')'.
@@ -750,7 +758,7 @@ impl Window {
                 .or_insert_with(|| (role, if opening { switches } else { (0, 0) }, switches));
             entry.2 = switches;
         }
-        let sample = (ProcSample::take(pid), process_cpu_secs("self"));
+        let sample = (ProcSample::take(pid), harness_cpu_secs());
         self.first.get_or_insert(sample);
         self.last = Some(sample);
         // The calls live: the server's call threads at the first sample.
