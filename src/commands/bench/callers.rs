@@ -5,10 +5,10 @@
 //! per frame per call and a stack each, which is what stopped it near 200 calls a core. Here
 //! one thread (`bench-callers`) holds every caller's non-blocking WebSocket and waits with
 //! `epoll(7)` until a socket is readable or the earliest caller's next 20 ms frame is due; the
-//! frames due within [`SLACK`] go out together, so the thread wakes a few hundred times a
-//! second whatever the number of calls. Dialing (Twilio's webhook, then the WebSocket upgrade)
-//! blocks, so it runs on a thread of its own (`bench-dialer`), one call every `stagger`, and
-//! hands each opened stream to the loop.
+//! frames due within [`SLACK`] go out together (a few hundred wake-ups a second whatever the
+//! number of calls), and what arrives is read at once, so the hops timed here are not late.
+//! Dialing (Twilio's webhook, then the WebSocket upgrade) blocks, so it runs on a thread of its
+//! own (`bench-dialer`), one call every `stagger`, and hands each opened stream to the loop.
 //!
 //! Each caller is what `sim::caller` is to the server: a frame every 20 ms in real time
 //! (speech when it has something to say, silence otherwise), Twilio's playback buffer played
