@@ -1,6 +1,6 @@
 """The official `elevenlabs` Python SDK's WebSocket clients against our ElevenLabs simulator.
 
-Usage: elevenlabs_ws_interop.py stt|tts, with JSON on stdin; prints JSON. Ends by itself
+Usage: elevenlabs_ws_interop.py stt|tts|multi, with JSON on stdin; prints JSON. Ends by itself
 within about 20 s whatever the simulator does (every wait is bounded).
 
 stt — realtime speech-to-text (`client.speech_to_text.realtime.connect`, i.e.
@@ -19,9 +19,20 @@ tts — streaming text-to-speech over `stream-input`
   Everything else (path, query, headers, messages, how the stream ends) is the SDK's own.
   Prints the URL and headers it sent, the bytes of audio it yielded, every message it
   received, and the error it raised, if any.
+
+multi — the multi-context socket (`multi-stream-input`). The SDK has no client for it, only
+  its message types (`InitialiseContext`, `KeepContextAlive`, `SendTextMulti`,
+  `CloseContext`, `CloseSocket`; replies `AudioOutputMulti`, `FinalOutputMulti`). Input:
+  {"ws_base_url", "api_key", "voice_id", "model_id", "text", "client_messages": [what our
+  client sent, as JSON]}. Speaks `text` in one context with messages the SDK's types build
+  and serialize, reads every reply through the SDK's reply types, then closes the socket.
+  Also reads each of `client_messages` through the SDK's request type it claims to be. Prints
+  the replies' kinds and contexts, the audio bytes, the close code, and every message (ours
+  or the simulator's) the SDK's types refused.
 """
 
 import asyncio
+import base64
 import json
 import re
 import sys
@@ -183,6 +194,75 @@ def tts(request):
     }
 
 
+def multi(request):
+    from elevenlabs import (AudioOutputMulti, CloseContext, CloseSocket, FinalOutputMulti,
+                            GenerationConfig, InitialiseContext, KeepContextAlive,
+                            RealtimeVoiceSettings, SendTextMulti)
+    from websockets.sync.client import connect
+
+    refused = []
+
+    def check(model, message, whose):
+        try:
+            return model.model_validate(message)
+        except Exception as err:  # pydantic's ValidationError
+            refused.append({"whose": whose, "message": message, "error": str(err)[:300]})
+            return None
+
+    # Ours: each message read as the request type its fields say it is.
+    for message in request.get("client_messages", []):
+        if message.get("close_socket"):
+            check(CloseSocket, message, "client")
+        elif message.get("close_context"):
+            check(CloseContext, message, "client")
+        elif "voice_settings" in message or "generation_config" in message:
+            check(InitialiseContext, message, "client")
+        elif message.get("text") == "" and "context_id" in message:
+            check(KeepContextAlive, message, "client")
+        else:
+            check(SendTextMulti, message, "client")
+
+    context = "sdk-1"
+    sent = [
+        InitialiseContext(text=" ", context_id=context,
+                          voice_settings=RealtimeVoiceSettings(stability=0.5, similarity_boost=0.8),
+                          generation_config=GenerationConfig(chunk_length_schedule=[50])),
+        KeepContextAlive(context_id=context),
+        SendTextMulti(text=request["text"] + " ", context_id=context, flush=True),
+        CloseContext(context_id=context, close_context=True),
+    ]
+    url = "%s/v1/text-to-speech/%s/multi-stream-input?model_id=%s&output_format=ulaw_8000" % (
+        request["ws_base_url"], request["voice_id"], request["model_id"])
+    replies = []
+    audio_bytes = 0
+    close_code = None
+    with connect(url, additional_headers={"xi-api-key": request["api_key"]}, open_timeout=5,
+                 close_timeout=2) as ws:
+        for message in sent:
+            ws.send(json.dumps(message.dict()))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            reply = json.loads(ws.recv(max(0.1, deadline - time.monotonic())))
+            if reply.get("audio"):
+                parsed = check(AudioOutputMulti, reply, "simulator")
+                if parsed is not None:
+                    audio_bytes += len(base64.b64decode(parsed.audio))
+                    replies.append({"kind": "audio", "context": parsed.context_id})
+            else:
+                parsed = check(FinalOutputMulti, reply, "simulator")
+                if parsed is not None:
+                    replies.append({"kind": "final", "context": parsed.context_id})
+                    break
+        ws.send(json.dumps(CloseSocket(close_socket=True).dict()))
+        try:
+            while True:
+                ws.recv(5)
+        except Exception:
+            close_code = ws.close_code
+    return {"replies": replies, "audio_bytes": audio_bytes, "close_code": close_code,
+            "refused": refused, "sent": [m.dict() for m in sent]}
+
+
 def main():
     mode = sys.argv[1]
     request = json.load(sys.stdin)
@@ -190,8 +270,10 @@ def main():
         result = asyncio.run(asyncio.wait_for(stt(request), 18))
     elif mode == "tts":
         result = tts(request)
+    elif mode == "multi":
+        result = multi(request)
     else:
-        raise SystemExit("mode: stt or tts")
+        raise SystemExit("mode: stt, tts or multi")
     print(json.dumps(result))
 
 

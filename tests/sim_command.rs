@@ -13,7 +13,7 @@ use cotrackpro_voice::providers::anthropic::client::AnthropicClient;
 use cotrackpro_voice::providers::anthropic::request::{build, RequestParts};
 use cotrackpro_voice::providers::anthropic::Turn;
 use cotrackpro_voice::providers::elevenlabs_stt::{SttSettings, SttStream};
-use cotrackpro_voice::providers::elevenlabs_tts::{TtsSettings, TtsStream};
+use cotrackpro_voice::providers::elevenlabs_tts::{TtsSettings, TtsSocket};
 use cotrackpro_voice::providers::mcp::McpClient;
 use cotrackpro_voice::twilio::rest::{CreateCall, TwilioRest};
 
@@ -93,9 +93,9 @@ fn the_sim_command_serves_every_provider() {
         connect_timeout: Duration::from_secs(5),
         inactivity_secs: 20,
     };
-    let mut speech = TtsStream::open(&tts, "EXAVITQu4vr4xnSDxMaL").unwrap();
-    speech.send_sentence("Hello.").unwrap();
-    speech.abandon();
+    let mut speech = TtsSocket::open(&tts, "EXAVITQu4vr4xnSDxMaL").unwrap();
+    assert!(speech.speak("1-0-1", "Hello.").unwrap() > 0);
+    speech.close();
     let stt = SttSettings {
         ws_base: config.elevenlabs.ws_base.clone(),
         api_key: key,

@@ -1,7 +1,7 @@
 //! A call's speech workers against the simulators, with no tick: the STT worker forwards audio
 //! and transcripts as they come and sleeps in between, and ends when its feed closes; the TTS
-//! worker sleeps while it holds a spare stream, ends at once when its jobs close, and a piece
-//! being read is cut short by its shutdown handle.
+//! worker opens its one socket at once and sleeps while it holds it, a barge-in cuts a piece
+//! being spoken without costing the socket, and the call's end ends it at once.
 
 use std::sync::atomic::AtomicU64;
 
@@ -14,7 +14,7 @@ use base64::Engine as _;
 use crossbeam_channel::{bounded, Receiver};
 
 use cotrackpro_voice::call::workers::{
-    self, audio_feed, Speech, SttOut, TtsJob, TtsOut, TtsShutdown,
+    self, audio_feed, Speech, SttOut, TtsHandle, TtsJob, TtsOut,
 };
 use cotrackpro_voice::call::Event;
 use cotrackpro_voice::config::{BaseUrl, Secret};
@@ -151,146 +151,109 @@ fn tts_settings(sim: &TtsSim) -> TtsSettings {
     }
 }
 
-fn job(speech: Speech, cancel: &Arc<Cancel>) -> TtsJob {
+fn job(seq: u32, speech: Speech, cancel: &Arc<Cancel>) -> TtsJob {
     TtsJob {
         turn: 1,
-        seq: 0,
+        seq,
         speech,
         cancel: cancel.clone(),
     }
 }
 
-#[test]
-fn the_tts_worker_sleeps_with_a_spare_stream_and_ends_when_its_jobs_close() {
-    let sim = TtsSim::start(TtsSimOptions::default()).unwrap();
-    let settings = tts_settings(&sim);
-    let (jobs_tx, jobs) = bounded::<TtsJob>(8);
-    let (events_tx, _events) = bounded::<Event>(64);
-    let shutdown = TtsShutdown::new();
+/// A TTS worker on its own thread, and the call's ends of it.
+struct TtsWorker {
+    handle: TtsHandle,
+    events: Receiver<Event>,
+    worker: JoinHandle<()>,
+}
+
+fn tts_worker(thread: &str, sim: &TtsSim) -> TtsWorker {
+    let settings = tts_settings(sim);
+    let (handle, inbox) = workers::tts_channel(8).unwrap();
+    let (events_tx, events) = bounded::<Event>(256);
     let worker = std::thread::Builder::new()
-        .name("w-tts-spare".into())
-        .spawn(move || workers::tts(&settings, VOICE, &jobs, &events_tx, &shutdown))
+        .name(thread.into())
+        .spawn(move || workers::tts(&settings, VOICE, &inbox, &events_tx))
         .unwrap();
-    let cancel = Arc::new(Cancel::new());
-    jobs_tx.send(job(Speech::Prewarm, &cancel)).unwrap();
+    TtsWorker {
+        handle,
+        events,
+        worker,
+    }
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(5);
-    while sim.sessions().is_empty() && Instant::now() < deadline {
+    while !done() {
+        assert!(Instant::now() < deadline, "{what} within 5 s");
         std::thread::sleep(Duration::from_millis(10));
     }
-    assert_eq!(sim.sessions().len(), 1, "the spare stream was opened");
+}
+
+#[test]
+fn the_tts_worker_opens_its_socket_at_once_sleeps_and_closes_it_at_the_end() {
+    let sim = TtsSim::start(TtsSimOptions::default()).unwrap();
+    let TtsWorker {
+        handle,
+        events: _events,
+        worker,
+    } = tts_worker("w-tts-idle", &sim);
+    // Before any speech: the socket is open for the greeting.
+    wait_until("the socket opened", || sim.sessions().len() == 1);
     std::thread::sleep(Duration::from_millis(50));
-    let before = wakeups("w-tts-spare");
+    let before = wakeups("w-tts-idle");
     std::thread::sleep(Duration::from_millis(300));
-    let idle = wakeups("w-tts-spare") - before;
+    let idle = wakeups("w-tts-idle") - before;
     assert!(idle <= 1, "the worker woke {idle} times in 300 ms");
 
-    // Its spare expires in 15 s; the closed channel ends it now, and the spare is closed.
-    drop(jobs_tx);
+    // The call's end: the worker says close_socket and ends at once.
+    drop(handle);
     assert!(ended_within(&worker, Duration::from_millis(500)));
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while sim.closed_by_client() == 0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert_eq!(sim.closed_by_client(), 1);
+    wait_until("close_socket arrived", || {
+        sim.sessions()[0].1.last() == Some(&serde_json::json!({"close_socket": true}))
+    });
+    assert_eq!(sim.sessions().len(), 1);
 }
 
-/// A TTS worker blocked reading a piece of turn 1 whose first audio would take 10 s.
-struct Stalled {
-    _sim: TtsSim,
-    jobs_tx: crossbeam_channel::Sender<TtsJob>,
-    events: crossbeam_channel::Receiver<Event>,
-    shutdown: TtsShutdown,
-    worker: std::thread::JoinHandle<()>,
-    cancel: Arc<Cancel>,
-}
-
-fn stalled_piece(thread: &str, text: &str) -> Stalled {
+/// A TTS worker whose piece of turn 1 would take 10 s to give its first audio.
+fn stalled_piece(thread: &str, text: &str) -> (TtsSim, TtsWorker) {
     let sim = TtsSim::start(TtsSimOptions {
         first_byte: Duration::from_secs(10),
         ..TtsSimOptions::default()
     })
     .unwrap();
-    let settings = tts_settings(&sim);
-    let (jobs_tx, jobs) = bounded::<TtsJob>(8);
-    let (events_tx, events) = bounded::<Event>(64);
-    let shutdown = TtsShutdown::new();
-    let handle = shutdown.clone();
-    let worker = std::thread::Builder::new()
-        .name(thread.into())
-        .spawn(move || workers::tts(&settings, VOICE, &jobs, &events_tx, &handle))
-        .unwrap();
+    let worker = tts_worker(thread, &sim);
     let cancel = Arc::new(Cancel::new());
-    jobs_tx
-        .send(job(Speech::Text(text.into()), &cancel))
+    worker
+        .handle
+        .send(job(0, Speech::Text(text.into()), &cancel))
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while sim.sessions().first().is_none_or(|(_, m)| m.len() < 3) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    // Its context opened and its text flushed: the simulator is "generating".
+    wait_until("the piece was sent", || {
+        sim.sessions().first().is_some_and(|(_, m)| m.len() >= 2)
+    });
     std::thread::sleep(Duration::from_millis(50));
-    Stalled {
-        _sim: sim,
-        jobs_tx,
-        events,
-        shutdown,
-        worker,
-        cancel,
-    }
+    (sim, worker)
 }
 
 #[test]
-fn the_shutdown_handle_cuts_a_piece_being_read() {
-    let Stalled {
-        _sim,
-        jobs_tx,
-        events,
-        shutdown,
-        worker,
-        cancel,
-    } = stalled_piece("w-tts-cut", "Hello, how can I help?");
-
-    // What the call does at its end: cancel the turn, drop the jobs, shut the worker down.
+fn the_end_of_the_call_ends_a_worker_waiting_for_a_piece_at_once() {
+    let (_sim, worker) = stalled_piece("w-tts-end", "Hello, how can I help?");
     let cut = Instant::now();
-    cancel.cancel();
-    drop(jobs_tx);
-    shutdown.shutdown();
-    assert!(ended_within(&worker, Duration::from_millis(500)));
+    worker.handle.shutdown();
+    assert!(ended_within(&worker.worker, Duration::from_millis(500)));
     assert!(cut.elapsed() < Duration::from_millis(500));
-    // Reported as cut short (what was billed, no audio), not as a failure.
-    let outs: Vec<TtsOut> = events
-        .try_iter()
-        .filter_map(|e| match e {
-            Event::Tts { out, .. } => Some(out),
-            _ => None,
-        })
-        .collect();
-    assert!(
-        matches!(outs.as_slice(), [TtsOut::Done { chars }] if *chars > 0),
-        "{} events, the last {:?}",
-        outs.len(),
-        outs.last().map(|o| match o {
-            TtsOut::Audio(a) => format!("{} bytes of audio", a.len()),
-            other => format!("{other:?}"),
-        })
-    );
 }
 
 #[test]
 fn a_new_turn_cuts_a_stalled_piece_of_the_old_one_and_its_speech_goes_next() {
-    let Stalled {
-        _sim,
-        jobs_tx,
-        events,
-        shutdown,
-        worker,
-        cancel: old_turn,
-    } = stalled_piece("w-tts-turn", "Let me explain the whole process.");
+    let (sim, worker) = stalled_piece("w-tts-turn", "Let me explain the whole process.");
 
-    // Barge-in, as the call does it: the old turn's flag, the cut, then the new turn's piece.
+    // Barge-in, as the call does it: the cut, then the new turn's piece.
     let cut = Instant::now();
-    old_turn.cancel();
-    shutdown.cut_turns_before(2);
-    jobs_tx
+    worker.handle.cut_turns_before(2);
+    worker
+        .handle
         .send(TtsJob {
             turn: 2,
             seq: 0,
@@ -299,27 +262,34 @@ fn a_new_turn_cuts_a_stalled_piece_of_the_old_one_and_its_speech_goes_next() {
         })
         .unwrap();
     let mut seen = Vec::new();
-    while let Ok(event) = events.recv_timeout(Duration::from_secs(2)) {
+    while let Ok(event) = worker.events.recv_timeout(Duration::from_secs(2)) {
         if let Event::Tts { turn, out, .. } = event {
             let done = turn == 2 && matches!(out, TtsOut::Done { .. });
-            seen.push((turn, matches!(out, TtsOut::Done { .. })));
+            seen.push((turn, out));
             if done {
                 break;
             }
         }
     }
-    // Well before the stalled piece's first audio (10 s): the old piece ended as cut short,
-    // and the new turn's speech was delivered whole.
+    // Well before the stalled piece's first audio (10 s): the old piece ended as cut short
+    // (billed, no audio), and the new turn's speech was delivered whole.
     assert!(
         cut.elapsed() < Duration::from_secs(2),
         "took {:?}",
         cut.elapsed()
     );
-    assert_eq!(seen.first(), Some(&(1, true)), "{seen:?}");
-    assert_eq!(seen.last(), Some(&(2, true)), "{seen:?}");
-    drop(jobs_tx);
-    shutdown.shutdown();
-    assert!(ended_within(&worker, Duration::from_millis(500)));
+    assert!(
+        matches!(seen.first(), Some((1, TtsOut::Done { chars })) if *chars > 0),
+        "{seen:?}"
+    );
+    assert!(
+        matches!(seen.last(), Some((2, TtsOut::Done { .. }))),
+        "{seen:?}"
+    );
+    // The barge-in cost the socket nothing: still the one socket.
+    assert_eq!(sim.sessions().len(), 1);
+    worker.handle.shutdown();
+    assert!(ended_within(&worker.worker, Duration::from_millis(500)));
 }
 
 fn stt_settings(sim: &SttSim, silent_service_limit: Duration) -> SttSettings {
@@ -450,18 +420,15 @@ fn an_stt_service_gone_silent_is_replaced_after_the_watchdogs_limit() {
 fn a_piece_that_ends_without_audio_is_retried_once_then_a_failure() {
     let sim = TtsSim::start(TtsSimOptions::default()).unwrap();
     sim.mute_next(2);
-    let settings = tts_settings(&sim);
-    let (jobs_tx, jobs) = bounded::<TtsJob>(8);
-    let (events_tx, events) = bounded::<Event>(64);
-    let shutdown = TtsShutdown::new();
-    let worker = std::thread::Builder::new()
-        .name("w-tts-mute".into())
-        .spawn(move || workers::tts(&settings, VOICE, &jobs, &events_tx, &shutdown))
-        .unwrap();
+    let worker = tts_worker("w-tts-mute", &sim);
     let cancel = Arc::new(Cancel::new());
-    for text in ["Nothing comes of this.", "This one is heard."] {
-        jobs_tx
-            .send(job(Speech::Text(text.into()), &cancel))
+    for (seq, text) in ["Nothing comes of this.", "This one is heard."]
+        .into_iter()
+        .enumerate()
+    {
+        worker
+            .handle
+            .send(job(seq as u32, Speech::Text(text.into()), &cancel))
             .unwrap();
     }
     let mut outs = Vec::new();
@@ -472,7 +439,7 @@ fn a_piece_that_ends_without_audio_is_retried_once_then_a_failure() {
         .count()
         < 2
     {
-        match events.recv_deadline(deadline) {
+        match worker.events.recv_deadline(deadline) {
             Ok(Event::Tts { out, .. }) => outs.push(out),
             Ok(_) => {}
             Err(_) => panic!("no end of both pieces: {outs:?}"),
@@ -488,10 +455,19 @@ fn a_piece_that_ends_without_audio_is_retried_once_then_a_failure() {
     );
     assert!(matches!(outs[1], TtsOut::Audio(_)), "{outs:?}");
     assert!(matches!(outs.last(), Some(TtsOut::Done { .. })), "{outs:?}");
-    // One try and one retry for the mute piece, then the next piece's own stream.
-    assert_eq!(sim.sessions().len(), 3);
-    drop(jobs_tx);
-    assert!(ended_within(&worker, Duration::from_secs(1)));
+    // One try and one retry for the mute piece, then the next piece: three contexts, one
+    // socket.
+    let sessions = sim.sessions();
+    assert_eq!(sessions.len(), 1);
+    let contexts: Vec<&str> = sessions[0]
+        .1
+        .iter()
+        .filter(|m| m.get("voice_settings").is_some())
+        .filter_map(|m| m["context_id"].as_str())
+        .collect();
+    assert_eq!(contexts, ["1-0-1", "1-0-2", "1-1-3"]);
+    drop(worker.handle);
+    assert!(ended_within(&worker.worker, Duration::from_secs(1)));
 }
 
 /// Feeds one base64 frame as the Twilio reader does: with its loudness, decoded once.

@@ -49,7 +49,7 @@ use tungstenite::{Message, WebSocket};
 use self::end::End;
 use self::machine::{Action, AskError, Machine, Rules, Stream, Summary};
 use self::socket::{TwilioSocket, CALL_STACK};
-use self::workers::{AudioInbox, CallLlm, LlmJob, Speech, SttLost, SttOut, TtsJob, TtsShutdown};
+use self::workers::{AudioInbox, CallLlm, LlmJob, Speech, SttLost, SttOut, TtsHandle, TtsJob};
 use crate::calls::CallSlot;
 use crate::config::Config;
 use crate::cost;
@@ -119,10 +119,9 @@ struct Call<'a> {
     llm_tx: Option<Sender<LlmJob>>,
     /// The call's own model and tool clients, shut down when the call ends.
     llm_clients: Option<CallLlm>,
-    tts_tx: Option<Sender<TtsJob>>,
+    /// The text-to-speech worker's jobs, cuts and end.
+    tts: Option<TtsHandle>,
     threads: Threads,
-    /// Ends the TTS worker's provider read in flight when the call ends.
-    tts_shutdown: TtsShutdown,
     /// The caller's audio, for speech-to-text once the stream is admitted.
     stt_inbox: Option<AudioInbox>,
     /// Audio bytes forwarded to speech-to-text (what is billed).
@@ -189,9 +188,8 @@ pub fn run(ctx: &Context<'_>, socket: TwilioSocket, slot: CallSlot, n: u64) {
         cancel: Arc::new(Cancel::new()),
         llm_tx: None,
         llm_clients: None,
-        tts_tx: None,
+        tts: None,
         threads,
-        tts_shutdown: TtsShutdown::new(),
         stt_inbox,
         stt_bytes: stt_bytes.clone(),
         feedback: Vec::new(),
@@ -236,9 +234,10 @@ pub fn run(ctx: &Context<'_>, socket: TwilioSocket, slot: CallSlot, n: u64) {
         let _ = tcp.shutdown(Shutdown::Both);
     }
     call.llm_tx = None;
-    call.tts_tx = None;
-    // After the cancel flag: a piece being read ends now, not at its deadline.
-    call.tts_shutdown.shutdown();
+    // After the cancel flag: the worker closes its socket and ends now, mid-piece or not.
+    if let Some(tts) = call.tts.take() {
+        tts.shutdown();
+    }
     if let Some(clients) = call.llm_clients.take() {
         // A model stream or a tool call in flight is interrupted, not waited out.
         clients.shutdown();
@@ -391,7 +390,9 @@ impl Call<'_> {
                 // by the flag, and a piece being read at once.
                 self.cancel.cancel();
                 self.cancel = Arc::new(Cancel::new());
-                self.tts_shutdown.cut_turns_before(turn);
+                if let Some(tts) = &self.tts {
+                    tts.cut_turns_before(turn);
+                }
             }
             Action::Speak { turn, seq, speech } => {
                 let prewarm = matches!(speech, Speech::Prewarm);
@@ -401,8 +402,8 @@ impl Call<'_> {
                     speech,
                     cancel: self.cancel.clone(),
                 };
-                let queued = match &self.tts_tx {
-                    Some(tts) => match tts.try_send(job) {
+                let queued = match &self.tts {
+                    Some(tts) => match tts.send(job) {
                         Ok(()) => true,
                         Err(err) => {
                             if !prewarm {
@@ -534,15 +535,20 @@ impl Call<'_> {
             log::error!("call: ANTHROPIC_API_KEY is not set; the persona cannot answer");
         }
         if let Some(settings) = self.ctx.providers.tts.clone() {
-            let (tx, rx) = bounded::<TtsJob>(TTS_JOBS_CAP);
-            let events = self.events_tx.clone();
-            let voice = stream.voice.clone();
-            let shutdown = self.tts_shutdown.clone();
-            self.threads
-                .spawn(format!("call-{n}-tts"), PROVIDER_STACK, move || {
-                    workers::tts(&settings, &voice, &rx, &events, &shutdown)
-                });
-            self.tts_tx = Some(tx);
+            match workers::tts_channel(TTS_JOBS_CAP) {
+                Ok((handle, inbox)) => {
+                    let events = self.events_tx.clone();
+                    let voice = stream.voice.clone();
+                    self.threads
+                        .spawn(format!("call-{n}-tts"), PROVIDER_STACK, move || {
+                            workers::tts(&settings, &voice, &inbox, &events)
+                        });
+                    self.tts = Some(handle);
+                }
+                // Logged, and every piece is then reported dropped (the call apologizes and
+                // ends as a call that cannot speak).
+                Err(err) => log::error!(error:% = err; "call.tts_channel_failed"),
+            }
         } else {
             log::error!("call: ELEVENLABS_API_KEY is not set; the persona cannot speak");
         }

@@ -1,17 +1,27 @@
-//! ElevenLabs text-to-speech over its `stream-input` WebSocket, one socket per assistant
-//! response, `ulaw_8000` audio (Twilio's own format: no transcoding), `xi-api-key` in a header.
+//! ElevenLabs text-to-speech over its multi-context WebSocket
+//! (`/v1/text-to-speech/{voice_id}/multi-stream-input`): one socket per call, opened before the
+//! greeting and kept for the whole call, `ulaw_8000` audio (Twilio's own format: no
+//! transcoding), `xi-api-key` in a header.
 //!
-//! The original's trap: `{"text":""}` is end-of-sequence — the service generates what is left,
-//! sends `isFinal` and closes — and it kept sending later replies into that closed socket, so
-//! every reply after the first was lost. Here a stream is opened per response and refuses text
-//! after [`TtsStream::end_input`]. Each sentence is sent with `flush: true`: it is complete, and
-//! waiting for the chunk schedule would only add silence. [`TtsStream::abandon`] drops a stream
-//! mid-sentence (barge-in) without waiting for it.
+//! Each piece of speech (a sentence or a phrase) is a context of its own, named by the caller
+//! of [`TtsSocket::speak`]: the context is opened with the voice settings, given the piece's
+//! text with `flush: true` (generate now: the text is complete), and closed at once
+//! (`close_context`). A flushed context still speaks all of its text after the close (the
+//! AsyncAPI: "if it has already been set to flush it will continue flushing"), and its
+//! `isFinal` then comes right after its last audio: that is how the end of a piece is known.
+//! Replies carry the `contextId` they belong to; audio of a context the caller no longer wants
+//! (barge-in) is the caller's to drop.
 //!
-//! Reads block until the next message or a deadline the caller gives
-//! ([`TtsStream::next_event`]): no read wakes up on a tick. Another thread can end a blocked
-//! read at once through [`TtsStream::interrupt_handle`].
+//! The service holds at most [`MAX_CONTEXTS`] contexts per socket, a context counting until its
+//! `isFinal`; a context idle for `inactivity_timeout` seconds is closed by the service. While
+//! the call has nothing to say, [`TtsSocket::keep_alive`] (`{"text":""}`) keeps the socket.
+//! [`TtsSocket::close`] sends `close_socket` at the call's end.
+//!
+//! After the handshake the socket is non-blocking: its owner waits on [`TtsSocket::fd`] with
+//! [`crate::poll`] and reads everything buffered with [`TtsSocket::read_events`]. No read
+//! wakes on a tick.
 
+use std::os::fd::BorrowedFd;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -21,12 +31,16 @@ use tungstenite::Message;
 use super::ws::{self, ConnectError, Socket};
 use crate::config::{BaseUrl, Secret};
 
-/// Seconds without text after which the service closes the socket (its default is 20, its
+/// Seconds without a message after which the service closes a context (its default is 20, its
 /// maximum 180). A call's reply arrives within seconds, so the default suits; it is sent
 /// explicitly so the limit is ours, not an unstated default.
 pub const DEFAULT_INACTIVITY_SECS: u32 = 20;
 
-/// What a stream needs to know.
+/// Contexts one socket may hold at once (the service refuses a sixth with
+/// `max_active_conversations`, close code 1008).
+pub const MAX_CONTEXTS: usize = 5;
+
+/// What the socket needs to know.
 #[derive(Clone, Debug)]
 pub struct TtsSettings {
     pub ws_base: BaseUrl,
@@ -45,11 +59,11 @@ pub enum TtsError {
         error: String,
         message: String,
     },
-    /// The socket closed before `isFinal`.
+    /// The socket closed, or a write to it failed.
     Closed(String),
-    /// Text after end of input, or a message we cannot read.
+    /// A message we cannot read, or a request we will not send.
     Protocol(String),
-    /// The stream ended (`isFinal`) without a single byte of audio for text that was sent.
+    /// A piece ended (`isFinal`) without a single byte of audio for text that was sent.
     NoAudio {
         chars: u64,
     },
@@ -60,12 +74,12 @@ impl std::fmt::Display for TtsError {
         match self {
             TtsError::Connect(err) => write!(f, "tts: {err}"),
             TtsError::Service { error, message } => {
-                write!(f, "tts stream failed: {error}: {message}")
+                write!(f, "tts socket failed: {error}: {message}")
             }
-            TtsError::Closed(why) => write!(f, "tts stream closed early: {why}"),
+            TtsError::Closed(why) => write!(f, "tts socket closed: {why}"),
             TtsError::Protocol(what) => write!(f, "tts protocol: {what}"),
             TtsError::NoAudio { chars } => {
-                write!(f, "tts stream ended with no audio for {chars} characters")
+                write!(f, "tts piece ended with no audio for {chars} characters")
             }
         }
     }
@@ -73,182 +87,311 @@ impl std::fmt::Display for TtsError {
 
 impl std::error::Error for TtsError {}
 
-/// What a stream produced.
+/// What the socket produced, for one context.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TtsEvent {
     /// μ-law 8 kHz audio, ready for Twilio.
-    Audio(Vec<u8>),
-    /// All text sent has been spoken.
-    Final,
+    Audio { context: String, audio: Vec<u8> },
+    /// The context has spoken all of its text and is gone.
+    Final { context: String },
 }
 
-/// One response's speech.
-pub struct TtsStream {
+/// The opening message of every context: the voice and the chunk schedule. The schedule
+/// matters little (every piece is flushed) but is the original's: 50 characters.
+fn context_opening(context: &str) -> Value {
+    json!({
+        "text": " ",
+        "context_id": context,
+        "voice_settings": {
+            "stability": 0.5,
+            "similarity_boost": 0.75,
+            "style": 0.0,
+            "use_speaker_boost": true,
+            "speed": 1.0,
+        },
+        "generation_config": {"chunk_length_schedule": [50]},
+    })
+}
+
+/// One call's text-to-speech socket.
+pub struct TtsSocket {
     socket: Socket,
-    chars_sent: u64,
-    input_ended: bool,
-    finished: bool,
+    /// A write returned WouldBlock: messages wait in tungstenite's (or rustls') buffer until
+    /// [`TtsSocket::flush`] gets them out.
+    unflushed: bool,
+    /// The close frame arrived or was sent: the socket is done.
+    closed: bool,
 }
 
-impl TtsStream {
+impl TtsSocket {
     /// The socket URL for `voice_id`.
     pub fn url(settings: &TtsSettings, voice_id: &str) -> String {
         format!(
-            "{}/v1/text-to-speech/{voice_id}/stream-input?model_id={}&output_format=ulaw_8000&inactivity_timeout={}",
+            "{}/v1/text-to-speech/{voice_id}/multi-stream-input?model_id={}&output_format=ulaw_8000&inactivity_timeout={}",
             settings.ws_base,
             settings.model_id,
             settings.inactivity_secs.clamp(1, 180)
         )
     }
 
-    /// Opens a stream and sends the opening message (voice settings, chunk schedule).
-    pub fn open(settings: &TtsSettings, voice_id: &str) -> Result<TtsStream, TtsError> {
+    /// Opens the socket (blocking, bounded by the connect timeout), then makes it non-blocking.
+    pub fn open(settings: &TtsSettings, voice_id: &str) -> Result<TtsSocket, TtsError> {
         if !crate::personas::is_valid_voice_id(voice_id) {
             return Err(TtsError::Protocol(format!(
                 "{voice_id:?} is not a voice id"
             )));
         }
-        let mut socket = ws::connect(
-            &TtsStream::url(settings, voice_id),
+        let socket = ws::connect(
+            &TtsSocket::url(settings, voice_id),
             &[("xi-api-key", settings.api_key.expose())],
             settings.connect_timeout,
         )
         .map_err(TtsError::Connect)?;
-        let opening = json!({
-            "text": " ",
-            "voice_settings": {
-                "stability": 0.5,
-                "similarity_boost": 0.75,
-                "style": 0.0,
-                "use_speaker_boost": true,
-                "speed": 1.0,
-            },
-            // The original's schedule: start generating after 50 characters.
-            "generation_config": {"chunk_length_schedule": [50]},
-        });
-        socket
-            .send(Message::text(opening.to_string()))
-            .map_err(|e| TtsError::Closed(e.to_string()))?;
-        Ok(TtsStream {
+        ws::tcp_of(&socket)
+            .ok_or_else(|| TtsError::Protocol("unexpected tls backend".into()))?
+            .set_nonblocking(true)
+            .map_err(|e| TtsError::Closed(format!("cannot make the socket non-blocking: {e}")))?;
+        Ok(TtsSocket {
             socket,
-            chars_sent: 0,
-            input_ended: false,
-            finished: false,
+            unflushed: false,
+            closed: false,
         })
     }
 
-    /// Sends one complete sentence and asks for its audio now.
-    pub fn send_sentence(&mut self, sentence: &str) -> Result<(), TtsError> {
-        if self.input_ended {
-            return Err(TtsError::Protocol("text after the end of input".into()));
-        }
-        let mut text = sentence.trim().to_string();
+    /// Speaks `text` as the new context `context`: opens it, sends the text with `flush`, and
+    /// closes it, so its `isFinal` follows its last audio. Returns the characters sent (what
+    /// ElevenLabs bills); 0 and nothing sent for blank text. Never blocks.
+    pub fn speak(&mut self, context: &str, text: &str) -> Result<u64, TtsError> {
+        let text = text.trim();
         if text.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
-        // The service wants every chunk to end with a space.
-        text.push(' ');
-        self.chars_sent += text.chars().count() as u64;
-        let message = json!({"text": text, "flush": true});
-        self.socket
-            .send(Message::text(message.to_string()))
-            .map_err(|e| TtsError::Closed(e.to_string()))
+        if context.is_empty() {
+            return Err(TtsError::Protocol("a context needs an id".into()));
+        }
+        // The service wants every chunk of text to end with a space.
+        let text = format!("{text} ");
+        self.send(&context_opening(context))?;
+        self.send(&json!({"text": text, "context_id": context, "flush": true}))?;
+        self.send(&json!({"context_id": context, "close_context": true}))?;
+        Ok(text.chars().count() as u64)
     }
 
-    /// Ends the input: the service speaks what is left, sends `isFinal`, and closes.
-    pub fn end_input(&mut self) -> Result<(), TtsError> {
-        if self.input_ended {
-            return Ok(());
-        }
-        self.input_ended = true;
-        self.socket
-            .send(Message::text(json!({"text": ""}).to_string()))
-            .map_err(|e| TtsError::Closed(e.to_string()))
+    /// Closes `context` (what barge-in does to a context still open for text).
+    pub fn close_context(&mut self, context: &str) -> Result<(), TtsError> {
+        self.send(&json!({"context_id": context, "close_context": true}))
     }
 
-    /// The next audio or the end; waits until `deadline` at most. `None` when the deadline
-    /// passed first, or when a message carried neither audio nor the end (ask again).
-    pub fn next_event(&mut self, deadline: Instant) -> Result<Option<TtsEvent>, TtsError> {
-        if self.finished {
-            return Ok(Some(TtsEvent::Final));
+    /// Resets the service's inactivity clock without opening a context.
+    pub fn keep_alive(&mut self) -> Result<(), TtsError> {
+        self.send(&json!({"text": ""}))
+    }
+
+    fn send(&mut self, message: &Value) -> Result<(), TtsError> {
+        if self.closed {
+            return Err(TtsError::Closed("the socket is closed".into()));
         }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Ok(None);
-        }
-        // The read waits for the deadline, not a tick. (A message already buffered by rustls
-        // or tungstenite is returned without touching the socket.)
-        ws::tcp_of(&self.socket)
-            .ok_or_else(|| TtsError::Protocol("unexpected tls backend".into()))?
-            .set_read_timeout(Some(left))
-            .map_err(|e| TtsError::Closed(e.to_string()))?;
-        let message = match self.socket.read() {
-            Ok(message) => message,
-            Err(err) if ws::is_timeout(&err) => return Ok(None),
-            Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed)
-                if self.input_ended =>
-            {
-                self.finished = true;
-                return Ok(Some(TtsEvent::Final));
+        match self.socket.send(Message::text(message.to_string())) {
+            Ok(()) => Ok(()),
+            // Queued: it goes out with the next flush.
+            Err(err) if ws::is_timeout(&err) => {
+                self.unflushed = true;
+                Ok(())
             }
-            Err(err) => return Err(TtsError::Closed(err.to_string())),
-        };
-        let text = match message {
-            Message::Text(text) => text,
-            Message::Close(frame) => {
-                if self.input_ended {
-                    self.finished = true;
-                    return Ok(Some(TtsEvent::Final));
+            Err(err) => {
+                self.closed = true;
+                Err(TtsError::Closed(err.to_string()))
+            }
+        }
+    }
+
+    /// The socket's descriptor, to wait on: readable when an event may be buffered, writable
+    /// when [`TtsSocket::wants_write`] can make progress.
+    pub fn fd(&self) -> Option<BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        ws::tcp_of(&self.socket).map(|tcp| tcp.as_fd())
+    }
+
+    /// Whether messages wait to be written (wait for the socket to be writable, then
+    /// [`TtsSocket::flush`]).
+    pub fn wants_write(&self) -> bool {
+        self.unflushed
+    }
+
+    /// Writes what waits, as far as the socket takes it now.
+    pub fn flush(&mut self) -> Result<(), TtsError> {
+        match self.socket.flush() {
+            Ok(()) => {
+                self.unflushed = false;
+                Ok(())
+            }
+            Err(err) if ws::is_timeout(&err) => {
+                self.unflushed = true;
+                Ok(())
+            }
+            Err(err) => {
+                self.closed = true;
+                Err(TtsError::Closed(err.to_string()))
+            }
+        }
+    }
+
+    /// Reads every message already received, without blocking, into `events`. An error ends
+    /// the socket: the service's error message, its close, or a broken connection (events
+    /// read before it stay in `events`).
+    pub fn read_events(&mut self, events: &mut Vec<TtsEvent>) -> Result<(), TtsError> {
+        loop {
+            let message = match self.socket.read() {
+                Ok(message) => message,
+                Err(err) if ws::is_timeout(&err) => return Ok(()),
+                Err(err) => {
+                    self.closed = true;
+                    return Err(TtsError::Closed(err.to_string()));
                 }
-                let why = frame.map_or_else(
-                    || "no reason".to_string(),
-                    |f| format!("{} {}", u16::from(f.code), f.reason),
-                );
-                return Err(TtsError::Closed(why));
+            };
+            let text = match message {
+                Message::Text(text) => text,
+                Message::Close(frame) => {
+                    self.closed = true;
+                    let why = frame.map_or_else(
+                        || "no reason".to_string(),
+                        |f| format!("{} {}", u16::from(f.code), f.reason),
+                    );
+                    return Err(TtsError::Closed(why));
+                }
+                // Pings are answered by tungstenite; binary frames are not part of this protocol.
+                _ => continue,
+            };
+            if let Some(event) = event_of(text.as_str())? {
+                events.push(event);
             }
-            // Pings are answered by tungstenite; binary frames are not part of this protocol.
-            _ => return Ok(None),
-        };
-        let value: Value = serde_json::from_str(text.as_str())
-            .map_err(|e| TtsError::Protocol(format!("message is not JSON: {e}")))?;
-        if let Some(error) = value.get("error") {
-            return Err(TtsError::Service {
-                error: error
-                    .as_str()
-                    .map_or_else(|| error.to_string(), str::to_string),
-                message: value["message"].as_str().unwrap_or("").to_string(),
-            });
         }
-        if let Some(audio) = value["audio"].as_str().filter(|a| !a.is_empty()) {
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(audio)
-                .map_err(|e| TtsError::Protocol(format!("audio is not base64: {e}")))?;
-            return Ok(Some(TtsEvent::Audio(bytes)));
-        }
-        // The spec says isFinal; some servers and clients say is_final.
-        let is_final = value["isFinal"].as_bool().or(value["is_final"].as_bool());
-        if is_final == Some(true) {
-            self.finished = true;
-            return Ok(Some(TtsEvent::Final));
-        }
-        Ok(None)
     }
 
-    /// A handle another thread can use to end this stream's blocked read at once (the end of
-    /// the call): the read then fails with [`TtsError::Closed`].
-    pub fn interrupt_handle(&self) -> Result<ws::Interrupt, TtsError> {
-        ws::Interrupt::of(&self.socket).map_err(|e| TtsError::Closed(e.to_string()))
+    /// Waits until `deadline` for events (for a thread with nothing else to wait on: tests,
+    /// one-off checks): returns once at least one is in `events`, or the deadline passed.
+    pub fn wait_events(
+        &mut self,
+        events: &mut Vec<TtsEvent>,
+        deadline: Instant,
+    ) -> Result<(), TtsError> {
+        loop {
+            self.read_events(events)?;
+            if !events.is_empty() {
+                return Ok(());
+            }
+            let Some(fd) = self.fd() else {
+                return Err(TtsError::Protocol("unexpected tls backend".into()));
+            };
+            let mut watch = [crate::poll::Watch::read_write(fd, self.unflushed)];
+            let ready = crate::poll::wait(&mut watch, Some(deadline))
+                .map_err(|e| TtsError::Closed(format!("waiting for the socket: {e}")))?;
+            if ready == 0 {
+                return Ok(());
+            }
+            if watch[0].writable() && self.unflushed {
+                self.flush()?;
+            }
+        }
     }
 
-    /// Characters sent for speech (what ElevenLabs bills).
-    pub fn chars_sent(&self) -> u64 {
-        self.chars_sent
+    /// Ends the socket (the call's end): `close_socket`, then the close frame, without
+    /// waiting for an answer.
+    pub fn close(mut self) {
+        if !self.closed {
+            let _ = self.send(&json!({"close_socket": true}));
+            let _ = self.socket.close(None);
+            let _ = self.socket.flush();
+        }
+    }
+}
+
+/// What one text message from the service means: audio or the end of a context, an error, or
+/// nothing we use (alignment alone, for example).
+pub fn event_of(text: &str) -> Result<Option<TtsEvent>, TtsError> {
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| TtsError::Protocol(format!("message is not JSON: {e}")))?;
+    if let Some(error) = value.get("error").filter(|e| !e.is_null()) {
+        return Err(TtsError::Service {
+            error: error
+                .as_str()
+                .map_or_else(|| error.to_string(), str::to_string),
+            message: value["message"].as_str().unwrap_or("").to_string(),
+        });
+    }
+    // The AsyncAPI's messages say `contextId` and `isFinal`; its examples and a third-party
+    // client say `context_id` and `is_final`: both are accepted.
+    let context = value["contextId"]
+        .as_str()
+        .or(value["context_id"].as_str())
+        .map(str::to_string);
+    if let Some(audio) = value["audio"].as_str().filter(|a| !a.is_empty()) {
+        let context =
+            context.ok_or_else(|| TtsError::Protocol("audio without a contextId".to_string()))?;
+        let audio = base64::engine::general_purpose::STANDARD
+            .decode(audio)
+            .map_err(|e| TtsError::Protocol(format!("audio is not base64: {e}")))?;
+        return Ok(Some(TtsEvent::Audio { context, audio }));
+    }
+    let is_final = value["isFinal"].as_bool().or(value["is_final"].as_bool());
+    if is_final == Some(true) {
+        let context =
+            context.ok_or_else(|| TtsError::Protocol("isFinal without a contextId".to_string()))?;
+        return Ok(Some(TtsEvent::Final { context }));
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_are_read_in_either_spelling() {
+        assert_eq!(
+            event_of(r#"{"audio":"AAEC","contextId":"1-0","isFinal":false}"#),
+            Ok(Some(TtsEvent::Audio {
+                context: "1-0".into(),
+                audio: vec![0, 1, 2]
+            }))
+        );
+        assert_eq!(
+            event_of(r#"{"is_final":true,"context_id":"1-0"}"#),
+            Ok(Some(TtsEvent::Final {
+                context: "1-0".into()
+            }))
+        );
+        assert_eq!(
+            event_of(r#"{"isFinal":true,"contextId":"2-1","audio":null}"#),
+            Ok(Some(TtsEvent::Final {
+                context: "2-1".into()
+            }))
+        );
+        assert_eq!(
+            event_of(r#"{"alignment":null,"contextId":"1-0"}"#),
+            Ok(None)
+        );
     }
 
-    /// Drops the stream now (barge-in): a close frame is sent without waiting for an answer,
-    /// and the socket is closed when this returns.
-    pub fn abandon(mut self) {
-        let _ = self.socket.close(None);
-        let _ = self.socket.flush();
+    #[test]
+    fn errors_and_nonsense_are_errors() {
+        assert_eq!(
+            event_of(
+                r#"{"message":"Maximum simultaneous contexts","error":"max_active_conversations","code":1008}"#
+            ),
+            Err(TtsError::Service {
+                error: "max_active_conversations".into(),
+                message: "Maximum simultaneous contexts".into()
+            })
+        );
+        assert!(matches!(event_of("not json"), Err(TtsError::Protocol(_))));
+        assert!(matches!(
+            event_of(r#"{"audio":"AAEC"}"#),
+            Err(TtsError::Protocol(_))
+        ));
+        assert!(matches!(
+            event_of(r#"{"audio":"!!","contextId":"x"}"#),
+            Err(TtsError::Protocol(_))
+        ));
     }
 }

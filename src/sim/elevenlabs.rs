@@ -1,6 +1,6 @@
-//! Both ElevenLabs WebSockets — text-to-speech `stream-input` and realtime speech-to-text — and
-//! the REST text-to-speech `generate-audio` uses, on one port, as the service has them under one
-//! host. A connection goes to the simulator its request line names.
+//! The ElevenLabs WebSockets — text-to-speech (`multi-stream-input` and `stream-input`) and
+//! realtime speech-to-text — and the REST text-to-speech `generate-audio` uses, on one port, as
+//! the service has them under one host. A connection goes to the simulator its request line names.
 
 use std::io;
 use std::time::Duration;

@@ -1,10 +1,19 @@
-//! A simulated ElevenLabs text-to-speech `stream-input` WebSocket. It checks the handshake
-//! (path, `output_format=ulaw_8000`, the `xi-api-key` header) and the opening message, speaks
-//! flushed text — or text past the 50-character schedule — after a configurable time to first
-//! byte, ends with `isFinal` and a close after `{"text":""}`, and closes an idle socket the way
-//! the service does (`input_timeout_exceeded`, close code 1008). Every message received is kept
-//! for tests.
+//! A simulated ElevenLabs text-to-speech WebSocket, both endpoints:
+//! - `multi-stream-input`, what the server uses (one socket per call, a context per piece): it
+//!   holds contexts by `context_id`, speaks a context's flushed text — or text past the
+//!   50-character schedule — after a configurable time to first byte, with `contextId` on every
+//!   reply, and sends `{"isFinal":true,"contextId":…}` when a context is closed. It refuses what
+//!   the service refuses, with the service's error message and close code 1008: an unknown
+//!   field, text for a closed context, voice settings after a context's first message, a sixth
+//!   open context (`max_active_conversations`). `close_socket` ends the socket (1000).
+//! - `stream-input`, one stream per socket, for the official SDK's `convert_realtime`: the
+//!   opening message, text, then `{"text":""}` answered by `isFinal` and a close.
+//!
+//! Both check the handshake (path, `output_format=ulaw_8000`, the `xi-api-key` header), and
+//! close a socket that hears nothing for the inactivity timeout the way the service does
+//! (`input_timeout_exceeded`, close code 1008). Every message received is kept for tests.
 
+use std::collections::BTreeMap;
 use std::io;
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -25,6 +34,22 @@ use super::voice;
 /// Audio bytes per message sent (a quarter second).
 const AUDIO_CHUNK: usize = 2000;
 const TICK: Duration = Duration::from_millis(20);
+/// Contexts one multi-context socket may hold (the service's documented limit).
+const MAX_CONTEXTS: usize = 5;
+/// Fields a multi-context message may carry (the AsyncAPI's `WebsocketTTSClientMessageMulti`
+/// and the messages it lists).
+const MULTI_FIELDS: [&str; 10] = [
+    "text",
+    "context_id",
+    "voice_settings",
+    "generation_config",
+    "pronunciation_dictionary_locators",
+    "flush",
+    "close_context",
+    "close_socket",
+    "xi_api_key",
+    "authorization",
+];
 
 #[derive(Clone, Debug)]
 pub struct TtsSimOptions {
@@ -50,9 +75,10 @@ struct State {
     /// Per connection: the voice and every text message received.
     sessions: Vec<(String, Vec<Value>)>,
     closed_by_client: usize,
-    /// Sessions still to fail (an error message in answer to their first text).
+    /// Pieces still to fail (an error message in answer to their text, and the socket
+    /// closed). On `stream-input` a session is one piece.
     failing: u32,
-    /// Sessions still to answer with no audio at all (`isFinal` alone).
+    /// Pieces still to answer with no audio at all (`isFinal` alone).
     mute: u32,
     /// Where text arrivals and first audio are timed (`sentence_to_tts`, `tts_to_twilio`).
     hops: Option<Arc<HopClock>>,
@@ -91,13 +117,13 @@ impl TtsSim {
         self.core.lock().sessions.clone()
     }
 
-    /// Makes the next `n` sessions fail: their first text is answered with an error message
-    /// and the socket closed, as the service does when it cannot generate.
+    /// Makes the next `n` pieces fail: their text is answered with an error message and the
+    /// socket closed, as the service does when it cannot generate.
     pub fn fail_next(&self, n: u32) {
         self.core.lock().failing += n;
     }
 
-    /// Makes the next `n` sessions speak nothing: their text is taken and the stream ends with
+    /// Makes the next `n` pieces speak nothing: their text is taken and the piece ends with
     /// `isFinal` and not a byte of audio.
     pub fn mute_next(&self, n: u32) {
         self.core.lock().mute += n;
@@ -198,15 +224,31 @@ fn serve(stream: SimStream, options: &TtsSimOptions, state: &Mutex<State>) -> io
     stream.set_nodelay(true)?;
     let mut voice_id = String::new();
     let mut inactivity = options.inactivity;
+    let mut multi = false;
     // The signature is tungstenite's handshake Callback; its error type is not ours to shrink.
     #[allow(clippy::result_large_err)]
     let check = |request: &Request, response: Response| -> Result<Response, ErrorResponse> {
         let path = request.uri().path();
-        let voice = path
+        let rest = path
             .strip_prefix("/v1/text-to-speech/")
-            .and_then(|rest| rest.strip_suffix("/stream-input"))
             .ok_or_else(|| refuse(404, "not found"))?;
+        let voice = if let Some(voice) = rest.strip_suffix("/multi-stream-input") {
+            multi = true;
+            voice
+        } else {
+            rest.strip_suffix("/stream-input")
+                .ok_or_else(|| refuse(404, "not found"))?
+        };
+        if voice.is_empty() || voice.contains('/') {
+            return Err(refuse(404, "not found"));
+        }
         let query = request.uri().query().unwrap_or("");
+        if multi && query_value(query, "model_id") == Some("eleven_v3") {
+            return Err(refuse(
+                400,
+                "multi-context websockets are not available for eleven_v3",
+            ));
+        }
         if query_value(query, "output_format") != Some("ulaw_8000") {
             return Err(refuse(
                 400,
@@ -221,8 +263,16 @@ fn serve(stream: SimStream, options: &TtsSimOptions, state: &Mutex<State>) -> io
             return Err(refuse(401, "Invalid API key"));
         }
         voice_id = voice.to_string();
-        if let Some(secs) = query_value(query, "inactivity_timeout").and_then(|s| s.parse().ok()) {
-            inactivity = Duration::from_secs(secs);
+        if let Some(secs) = query_value(query, "inactivity_timeout") {
+            match secs.parse::<u64>() {
+                Ok(secs @ 1..=180) => inactivity = Duration::from_secs(secs),
+                _ => {
+                    return Err(refuse(
+                        400,
+                        "inactivity_timeout must be a whole number of seconds from 1 to 180",
+                    ))
+                }
+            }
         }
         Ok(response)
     };
@@ -231,6 +281,9 @@ fn serve(stream: SimStream, options: &TtsSimOptions, state: &Mutex<State>) -> io
         .write_buffer_size(0);
     let mut socket = tungstenite::accept_hdr_with_config(stream, check, Some(config))
         .map_err(|e| io::Error::other(e.to_string()))?;
+    if multi {
+        return serve_multi(socket, options, state, &voice_id, inactivity);
+    }
     socket.get_ref().set_read_timeout(Some(TICK))?;
     let hops = lock(state).hops.clone();
     let (session, failing, mute) = {
@@ -255,7 +308,7 @@ fn serve(stream: SimStream, options: &TtsSimOptions, state: &Mutex<State>) -> io
                 state.pieces += 1;
                 state.tag_audio.then_some(state.pieces)
             };
-            speak(socket, text, pitch, first_byte, hops.as_deref(), tag)
+            speak(socket, text, pitch, first_byte, hops.as_deref(), tag, None)
         }
     };
     let mut buffered = String::new();
@@ -390,6 +443,7 @@ fn speak(
     first_byte: Duration,
     hops: Option<&HopClock>,
     tag: Option<u64>,
+    context: Option<&str>,
 ) -> io::Result<()> {
     if text.trim().is_empty() {
         return Ok(());
@@ -403,12 +457,21 @@ fn speak(
         }
     }
     for (n, chunk) in audio.chunks(AUDIO_CHUNK).enumerate() {
-        let message = json!({
-            "audio": base64::engine::general_purpose::STANDARD.encode(chunk),
-            "isFinal": false,
-            "normalizedAlignment": null,
-            "alignment": null,
-        });
+        let audio = base64::engine::general_purpose::STANDARD.encode(chunk);
+        let message = match context {
+            Some(context) => json!({
+                "audio": audio,
+                "normalizedAlignment": null,
+                "alignment": null,
+                "contextId": context,
+            }),
+            None => json!({
+                "audio": audio,
+                "isFinal": false,
+                "normalizedAlignment": null,
+                "alignment": null,
+            }),
+        };
         socket
             .send(Message::text(message.to_string()))
             .map_err(|e| io::Error::other(e.to_string()))?;
@@ -422,4 +485,222 @@ fn speak(
         }
     }
     Ok(())
+}
+
+/// Sends the service's error message, then closes with `code`.
+fn refuse_and_close(
+    socket: &mut tungstenite::WebSocket<SimStream>,
+    error: &str,
+    message: &str,
+    code: CloseCode,
+) -> io::Result<()> {
+    let body = json!({"message": message, "error": error, "code": u16::from(code)});
+    let sent = socket.send(Message::text(body.to_string()));
+    let _ = socket.close(Some(CloseFrame {
+        code,
+        reason: error.to_string().into(),
+    }));
+    let _ = socket.flush();
+    sent.map_err(|e| io::Error::other(e.to_string()))
+}
+
+/// One context of a multi-context socket: text waiting for the chunk schedule or a flush.
+#[derive(Default)]
+struct Context {
+    buffered: String,
+}
+
+/// The `multi-stream-input` socket: see the module docs for what it accepts and refuses.
+fn serve_multi(
+    mut socket: tungstenite::WebSocket<SimStream>,
+    options: &TtsSimOptions,
+    state: &Mutex<State>,
+    voice_id: &str,
+    inactivity: Duration,
+) -> io::Result<()> {
+    let hops = lock(state).hops.clone();
+    let session = {
+        let mut state = lock(state);
+        state.sessions.push((voice_id.to_string(), Vec::new()));
+        state.sessions.len() - 1
+    };
+    let pitch = pitch_of(voice_id);
+    let mut open: BTreeMap<String, Context> = BTreeMap::new();
+    let mut closed: Vec<String> = Vec::new();
+    let mut last_message = Instant::now();
+    let send = |socket: &mut tungstenite::WebSocket<SimStream>, value: Value| {
+        socket
+            .send(Message::text(value.to_string()))
+            .map_err(|e| io::Error::other(e.to_string()))
+    };
+    let client_gone = || {
+        lock(state).closed_by_client += 1;
+        Ok(())
+    };
+    loop {
+        // Waits for the next message or the inactivity limit, whichever comes first.
+        let left = (last_message + inactivity).saturating_duration_since(Instant::now());
+        socket
+            .get_ref()
+            .set_read_timeout(Some(left.max(Duration::from_millis(1))))?;
+        let message = match socket.read() {
+            Ok(message) => message,
+            Err(err) if crate::providers::ws::is_timeout(&err) => {
+                if last_message.elapsed() < inactivity {
+                    continue;
+                }
+                let seconds = inactivity.as_secs();
+                return refuse_and_close(
+                    &mut socket,
+                    "input_timeout_exceeded",
+                    &format!(
+                        "Have not received new text in {seconds} seconds. Closing the socket."
+                    ),
+                    CloseCode::Policy,
+                );
+            }
+            Err(_) => return client_gone(),
+        };
+        let text = match message {
+            Message::Text(text) => text,
+            Message::Close(_) => {
+                let _ = socket.flush();
+                return client_gone();
+            }
+            _ => continue,
+        };
+        last_message = Instant::now();
+        let Ok(Value::Object(fields)) = serde_json::from_str::<Value>(text.as_str()) else {
+            return refuse_and_close(
+                &mut socket,
+                "invalid_request",
+                "Invalid JSON",
+                CloseCode::Policy,
+            );
+        };
+        lock(state).sessions[session]
+            .1
+            .push(Value::Object(fields.clone()));
+        if let Some(unknown) = fields.keys().find(|k| !MULTI_FIELDS.contains(&k.as_str())) {
+            return refuse_and_close(
+                &mut socket,
+                "invalid_request",
+                &format!("Unknown field: {unknown}"),
+                CloseCode::Policy,
+            );
+        }
+        if fields.get("close_socket") == Some(&json!(true)) {
+            // Every flushed context has been spoken (this simulator speaks as it reads): each
+            // open one ends, then the socket.
+            for id in std::mem::take(&mut open).into_keys() {
+                send(&mut socket, json!({"isFinal": true, "contextId": id}))?;
+            }
+            let _ = socket.close(Some(CloseFrame {
+                code: CloseCode::Normal,
+                reason: "".into(),
+            }));
+            let _ = socket.flush();
+            return Ok(());
+        }
+        let id = fields
+            .get("context_id")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        if fields.get("close_context") == Some(&json!(true)) {
+            // Its flushed text has been spoken; text still waiting for the schedule is dropped.
+            if open.remove(&id).is_some() {
+                closed.push(id.clone());
+                send(&mut socket, json!({"isFinal": true, "contextId": id}))?;
+            }
+            continue;
+        }
+        let chunk = fields.get("text").and_then(Value::as_str).unwrap_or("");
+        let has_settings = ["voice_settings", "generation_config"]
+            .iter()
+            .any(|k| fields.get(*k).is_some_and(|v| !v.is_null()));
+        if !open.contains_key(&id) {
+            if chunk.is_empty() && id.is_empty() && !has_settings {
+                // `{"text":""}` with no context: a keep-alive for the socket.
+                continue;
+            }
+            if closed.contains(&id) {
+                return refuse_and_close(
+                    &mut socket,
+                    "invalid_request",
+                    &format!("Context {id} was closed: open a new context for more text"),
+                    CloseCode::Policy,
+                );
+            }
+            if open.len() >= MAX_CONTEXTS {
+                return refuse_and_close(
+                    &mut socket,
+                    "max_active_conversations",
+                    "Maximum simultaneous contexts per WebSocket connection exceeded (5). Please close an existing context before opening a new one.",
+                    CloseCode::Policy,
+                );
+            }
+            open.insert(id.clone(), Context::default());
+            if chunk == " " {
+                // A context's opening space is not text to speak.
+                continue;
+            }
+        } else if has_settings {
+            return refuse_and_close(
+                &mut socket,
+                "invalid_request",
+                "voice_settings and generation_config may only be sent in a context's first message",
+                CloseCode::Policy,
+            );
+        }
+        if let Some(hops) = hops.as_deref().filter(|_| !chunk.trim().is_empty()) {
+            hops.end(Hop::SentenceToTts, key_of(chunk.trim()), last_message);
+        }
+        let Some(context) = open.get_mut(&id) else {
+            continue;
+        };
+        context.buffered.push_str(chunk);
+        let flush = fields.get("flush") == Some(&json!(true));
+        if !(flush || context.buffered.chars().count() >= 50) {
+            continue;
+        }
+        let words = std::mem::take(&mut context.buffered);
+        if words.trim().is_empty() {
+            continue;
+        }
+        let (fail, mute, tag) = {
+            let mut state = lock(state);
+            let fail = state.failing > 0;
+            state.failing = state.failing.saturating_sub(1);
+            let mute = !fail && state.mute > 0;
+            if mute {
+                state.mute -= 1;
+            }
+            state.pieces += 1;
+            (fail, mute, state.tag_audio.then_some(state.pieces))
+        };
+        if fail {
+            return refuse_and_close(
+                &mut socket,
+                "internal_server_error",
+                "simulated generation failure",
+                CloseCode::Error,
+            );
+        }
+        if !mute {
+            let spoke = speak(
+                &mut socket,
+                &words,
+                pitch,
+                options.first_byte,
+                hops.as_deref(),
+                tag,
+                Some(&id),
+            );
+            // A send that fails means the client went away mid-piece.
+            if spoke.is_err() {
+                return client_gone();
+            }
+        }
+    }
 }

@@ -119,7 +119,7 @@ pub enum Action {
     Started(Stream),
     /// Work of turns before this one is cancelled; new work carries this turn.
     NewTurn(u64),
-    /// Queue a piece of speech (a `Prewarm` has no piece: it only opens a stream ahead).
+    /// Queue a piece of speech (a `Prewarm` has no piece: it only makes sure the socket is open).
     Speak { turn: u64, seq: u32, speech: Speech },
     /// Ask the model for the turn's reply to this conversation.
     Ask { turn: u64, history: Vec<Turn> },

@@ -8,20 +8,21 @@
 //! - speech-to-text waits with `poll(2)` on its provider socket and the caller's
 //!   [`AudioFeed`]'s wake-up descriptor; it ends when the feed is dropped (the Twilio reader
 //!   ends with the call) or the event channel is gone;
-//! - text-to-speech waits on its job channel (`recv`, or `recv_deadline` while a spare stream
-//!   ages) and reads a piece's audio with a read timeout set from the piece's deadline; it
-//!   ends when the job channel closes, and [`TtsShutdown::shutdown`] ends a read in flight;
+//! - text-to-speech waits with `poll(2)` on its one provider socket and its [`TtsHandle`]'s
+//!   wake-up descriptor, until its plan's next deadline (a piece's, the keep-alive); it ends
+//!   when the call calls [`TtsHandle::shutdown`] or drops the handle;
 //! - the model worker ends when its job channel closes ([`CallLlm::shutdown`] interrupts a
 //!   stream in flight).
 mod llm;
 mod stt;
 mod tts;
+mod tts_plan;
 
 use std::sync::Arc;
 
 pub use self::llm::{llm, CallLlm, LlmSetup};
 pub use self::stt::stt;
-pub use self::tts::{tts, TtsShutdown};
+pub use self::tts::{tts, tts_channel, TtsHandle, TtsInbox};
 pub use super::audio_feed::{audio_feed, AudioFeed, AudioInbox};
 use crate::providers::anthropic::client::LlmError;
 use crate::providers::anthropic::stream::Usage;
@@ -104,7 +105,8 @@ pub enum Speech {
     Text(String),
     /// Pre-rendered μ-law audio, played in order with the live speech around it.
     Clip(Arc<Vec<u8>>),
-    /// Open a stream now so the next sentence does not wait for the connection.
+    /// Make sure the call's socket is open (one that dropped is reopened now), so the next
+    /// sentence does not wait for the connection.
     Prewarm,
 }
 

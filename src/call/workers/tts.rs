@@ -1,288 +1,260 @@
-//! The text-to-speech worker: one piece of speech at a time, one provider stream per piece.
+//! The text-to-speech worker: carries out what [`Plan`] decides, on one multi-context socket
+//! for the whole call ([`TtsSocket`]).
+//!
+//! It waits with `poll(2)` on two descriptors and the plan's next deadline, never on a tick:
+//! the socket (non-blocking; read until WouldBlock, which also empties rustls' and
+//! tungstenite's buffers, so readiness stays the whole truth; POLLOUT while a message waits)
+//! and the wake-up end of its [`TtsHandle`], which the call writes to after queueing a job,
+//! cutting a turn (barge-in) or ending the call. A barge-in reaches the worker at once and
+//! costs the socket nothing.
 
+use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 
-use super::{Speech, TtsJob, TtsOut};
+use super::tts_plan::{Action, Input, Plan};
+use super::TtsJob;
 use crate::call::Event;
-use crate::providers::elevenlabs_tts::{TtsError, TtsEvent, TtsSettings, TtsStream};
-use crate::providers::ws;
+use crate::poll::{self, WakeReceiver, WakeSender, Watch};
+use crate::providers::elevenlabs_tts::{TtsError, TtsSettings, TtsSocket};
 
-/// A stream opened ahead of need is dropped after this long (the service closes idle ones at
-/// 20 s).
-const SPARE_MAX_AGE: Duration = Duration::from_secs(15);
-/// The longest one piece of speech may take to arrive in full.
-const PIECE_DEADLINE: Duration = Duration::from_secs(20);
-
-enum PieceError {
-    Cancelled,
-    Failed(TtsError),
-}
-
-/// Ends the text-to-speech worker's provider read in flight from another thread: the call
-/// calls [`TtsShutdown::shutdown`] at its end (after setting the turn's cancel flag and
-/// dropping its job sender), so a worker reading a piece does not outlive the call by the
-/// piece's deadline; from then on the worker opens no stream it would wait on. On a new turn
-/// (barge-in) the call calls [`TtsShutdown::cut_turns_before`]: a piece of an older turn whose
-/// provider is slow or stalled does not hold the new turn's speech behind it.
-#[derive(Clone, Debug, Default)]
-pub struct TtsShutdown(Arc<Mutex<ShutdownState>>);
-
+/// What the call tells the worker besides its jobs.
 #[derive(Debug, Default)]
-struct ShutdownState {
+struct Control {
     ended: bool,
-    /// The socket of the piece being read, and the piece's turn.
-    reading: Option<(u64, ws::Interrupt)>,
-    /// Pieces of turns below this one are cancelled.
+    /// Pieces of turns below this one are cut.
     current_turn: u64,
 }
 
-impl TtsShutdown {
-    pub fn new() -> TtsShutdown {
-        TtsShutdown::default()
-    }
+#[derive(Debug)]
+struct Shared {
+    control: Mutex<Control>,
+    wake: WakeSender,
+}
 
-    /// Interrupts the read in flight, if any, and every later one.
-    pub fn shutdown(&self) {
-        let mut state = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        state.ended = true;
-        if let Some((_, socket)) = state.reading.take() {
-            socket.interrupt();
-        }
-    }
-
-    /// The call moved on to `turn`: a piece of an earlier turn being read is cut off now.
-    pub fn cut_turns_before(&self, turn: u64) {
-        let mut state = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        state.current_turn = state.current_turn.max(turn);
-        if state.reading.as_ref().is_some_and(|(t, _)| *t < turn) {
-            if let Some((_, socket)) = state.reading.take() {
-                socket.interrupt();
-            }
-        }
-    }
-
-    pub fn is_shut_down(&self) -> bool {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).ended
-    }
-
-    /// Registers the stream about to be read for a piece of `turn`; false when the call has
-    /// already ended or moved past that turn.
-    fn reading(&self, stream: &TtsStream, turn: u64) -> bool {
-        let mut state = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if state.ended || turn < state.current_turn {
-            return false;
-        }
-        // Without a handle the read still ends by the piece's deadline.
-        state.reading = stream.interrupt_handle().ok().map(|socket| (turn, socket));
-        true
-    }
-
-    fn done_reading(&self) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).reading = None;
+impl Shared {
+    fn control(&self) -> std::sync::MutexGuard<'_, Control> {
+        self.control.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
-/// Text-to-speech for one call: one piece of speech at a time, in order, one stream per piece
-/// (so each piece's end is known exactly and no stream is reused after its end of input).
-///
-/// Waits for jobs with no timeout, or until the spare stream (opened by [`Speech::Prewarm`])
-/// is too old to use; ends when `jobs` closes or `shutdown` is called.
-pub fn tts(
-    settings: &TtsSettings,
-    voice: &str,
-    jobs: &Receiver<TtsJob>,
-    out: &Sender<Event>,
-    shutdown: &TtsShutdown,
-) {
-    let mut spare: Option<(TtsStream, Instant)> = None;
+/// A channel for a call's speech holding at most `cap` jobs, with a wake-up descriptor for the
+/// worker. Fails only when the process has no descriptors left for the wake-up pair.
+pub fn tts_channel(cap: usize) -> io::Result<(TtsHandle, TtsInbox)> {
+    let (wake_tx, wake_rx) = poll::wake_pair()?;
+    let (tx, rx) = bounded(cap);
+    let shared = Arc::new(Shared {
+        control: Mutex::new(Control::default()),
+        wake: wake_tx,
+    });
+    Ok((
+        TtsHandle {
+            tx,
+            shared: shared.clone(),
+        },
+        TtsInbox {
+            rx,
+            shared,
+            wake: wake_rx,
+        },
+    ))
+}
+
+/// The call's end of its text-to-speech worker. Dropping it ends the worker as
+/// [`TtsHandle::shutdown`] does.
+#[derive(Debug)]
+pub struct TtsHandle {
+    tx: Sender<TtsJob>,
+    shared: Arc<Shared>,
+}
+
+impl TtsHandle {
+    /// Queues a job and wakes the worker. Never blocks: a full queue is the caller's to handle.
+    pub fn send(&self, job: TtsJob) -> Result<(), TrySendError<TtsJob>> {
+        self.tx.try_send(job)?;
+        self.shared.wake.wake();
+        Ok(())
+    }
+
+    /// The call moved on to `turn` (barge-in, a new utterance): the older turns' speech stops
+    /// now, the piece being spoken included.
+    pub fn cut_turns_before(&self, turn: u64) {
+        {
+            let mut control = self.shared.control();
+            control.current_turn = control.current_turn.max(turn);
+        }
+        self.shared.wake.wake();
+    }
+
+    /// The call ended: the worker closes its socket (`close_socket`) and returns, whatever it
+    /// was doing.
+    pub fn shutdown(&self) {
+        self.shared.control().ended = true;
+        self.shared.wake.wake();
+    }
+}
+
+impl Drop for TtsHandle {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// The worker's end: jobs, the call's cuts and end, and the descriptor that wakes it.
+#[derive(Debug)]
+pub struct TtsInbox {
+    rx: Receiver<TtsJob>,
+    shared: Arc<Shared>,
+    wake: WakeReceiver,
+}
+
+/// Text-to-speech for one call, until the call ends it (or its events channel is gone).
+pub fn tts(settings: &TtsSettings, voice: &str, inbox: &TtsInbox, out: &Sender<Event>) {
+    // Half the service's inactivity limit: the socket never comes near it.
+    let keepalive = Duration::from_secs(u64::from(settings.inactivity_secs.clamp(2, 180)) / 2);
+    let mut plan = Plan::new(Instant::now(), keepalive);
+    let mut socket: Option<TtsSocket> = None;
+    let mut events = Vec::new();
+    let mut seen_turn = 0;
     loop {
-        let next = match &spare {
-            None => jobs.recv().map_err(|_| RecvTimeoutError::Disconnected),
-            Some((_, opened)) => jobs.recv_deadline(*opened + SPARE_MAX_AGE),
-        };
-        let job = match next {
-            Ok(job) => job,
-            Err(RecvTimeoutError::Timeout) => {
-                if let Some((stream, _)) = spare.take() {
-                    stream.abandon();
-                }
-                continue;
+        // Carrying out an action may queue more (an open socket lets a piece go out).
+        loop {
+            let actions = plan.take_actions();
+            if actions.is_empty() {
+                break;
             }
-            Err(RecvTimeoutError::Disconnected) => break,
-        };
-        if shutdown.is_shut_down() {
+            for action in actions {
+                if !perform(action, settings, voice, &mut socket, &mut plan, out) {
+                    plan.step(Instant::now(), Input::End);
+                }
+            }
+        }
+        if plan.ended() {
             break;
         }
-        if job.cancel.is_cancelled() {
-            continue;
-        }
-        let send = |out_: TtsOut| {
-            out.send(Event::Tts {
-                turn: job.turn,
-                seq: job.seq,
-                out: out_,
-            })
+        let ready = {
+            let mut watches = vec![Watch::read(inbox.wake.fd())];
+            if let Some(fd) = socket.as_ref().and_then(TtsSocket::fd) {
+                let write = socket.as_ref().is_some_and(TtsSocket::wants_write);
+                watches.push(Watch::read_write(fd, write));
+            }
+            match poll::wait(&mut watches, plan.next_deadline()) {
+                Ok(_) => (
+                    watches[0].readable(),
+                    watches.get(1).is_some_and(Watch::readable),
+                    watches.get(1).is_some_and(Watch::writable),
+                ),
+                Err(err) => {
+                    // Not expected (poll fails only on bad arguments): the call cannot speak.
+                    log::error!(error:% = err; "tts.wait_failed");
+                    plan.step(Instant::now(), Input::End);
+                    continue;
+                }
+            }
         };
-        match &job.speech {
-            Speech::Prewarm => {
-                if spare.is_none() {
-                    match TtsStream::open(settings, voice) {
-                        Ok(stream) => spare = Some((stream, Instant::now())),
-                        Err(err) => log::warn!(error:% = err; "tts.prewarm_failed"),
-                    }
-                }
+        let (woken, readable, writable) = ready;
+        let now = Instant::now();
+        if woken {
+            let open = inbox.wake.drain();
+            let (ended, turn) = {
+                let control = inbox.shared.control();
+                (control.ended, control.current_turn)
+            };
+            if ended || !open {
+                plan.step(now, Input::End);
+                continue;
             }
-            Speech::Clip(audio) => {
-                // 400 ms per message: the call cuts it into 20 ms frames.
-                for chunk in audio.chunks(3200) {
-                    if job.cancel.is_cancelled() {
-                        break;
-                    }
-                    if send(TtsOut::Audio(chunk.to_vec())).is_err() {
-                        return;
-                    }
-                }
-                let _ = send(TtsOut::Done { chars: 0 });
+            if turn > seen_turn {
+                seen_turn = turn;
+                plan.step(now, Input::Cut(turn));
             }
-            Speech::Text(text) => {
-                let mut sent_audio = false;
-                let mut billed = 0;
-                for attempt in 1..=2 {
-                    let stream = match spare.take() {
-                        Some((stream, at)) if at.elapsed() < SPARE_MAX_AGE => Ok(stream),
-                        Some((stream, _)) => {
-                            stream.abandon();
-                            TtsStream::open(settings, voice)
-                        }
-                        None => TtsStream::open(settings, voice),
-                    };
-                    let result = match stream {
-                        Ok(stream) => speak_piece(
-                            stream,
-                            text,
-                            &job,
-                            out,
-                            shutdown,
-                            &mut sent_audio,
-                            &mut billed,
-                        ),
-                        Err(err) => Err(PieceError::Failed(err)),
-                    };
-                    match result {
-                        Ok(()) => {
-                            let _ = send(TtsOut::Done { chars: billed });
-                            break;
-                        }
-                        Err(PieceError::Cancelled) => {
-                            // Billed all the same: report it with no audio to play.
-                            let _ = send(TtsOut::Done { chars: billed });
-                            break;
-                        }
-                        Err(PieceError::Failed(err)) if attempt == 1 && !sent_audio => {
-                            log::warn!(error:% = err; "tts.retry");
-                        }
-                        Err(PieceError::Failed(err)) => {
-                            log::error!(error:% = err, chars = billed; "tts.failed");
-                            let _ = send(TtsOut::Failed(err));
-                            break;
-                        }
-                    }
-                }
+            for job in inbox.rx.try_iter() {
+                plan.step(now, Input::Job(job));
             }
         }
-    }
-    if let Some((stream, _)) = spare {
-        stream.abandon();
+        if let Some(live) = socket.as_mut() {
+            let mut result = Ok(());
+            if writable {
+                result = live.flush();
+            }
+            if result.is_ok() && (readable || writable) {
+                result = live.read_events(&mut events);
+            }
+            for event in events.drain(..) {
+                plan.step(now, Input::Event(event));
+            }
+            if let Err(err) = result {
+                if let Some(gone) = socket.take() {
+                    gone.close();
+                }
+                plan.step(now, Input::Lost(err));
+            }
+        }
+        plan.step(now, Input::Tick);
     }
 }
 
-/// Speaks one piece on `stream`, reading until its end, a cancel, or the piece's deadline.
-fn speak_piece(
-    mut stream: TtsStream,
-    text: &str,
-    job: &TtsJob,
+/// Carries out one action; false when the call's event channel is gone (nobody listens).
+fn perform(
+    action: Action,
+    settings: &TtsSettings,
+    voice: &str,
+    socket: &mut Option<TtsSocket>,
+    plan: &mut Plan,
     out: &Sender<Event>,
-    shutdown: &TtsShutdown,
-    sent_audio: &mut bool,
-    billed: &mut u64,
-) -> Result<(), PieceError> {
-    let deadline = Instant::now() + PIECE_DEADLINE;
-    let result = stream.send_sentence(text).and_then(|()| stream.end_input());
-    *billed += stream.chars_sent();
-    if let Err(err) = result {
-        stream.abandon();
-        return Err(PieceError::Failed(err));
-    }
-    if !shutdown.reading(&stream, job.turn) {
-        stream.abandon();
-        return Err(PieceError::Cancelled);
-    }
-    let mut got_audio = false;
-    let read = read_piece(&mut stream, job, out, deadline, &mut got_audio);
-    *sent_audio |= got_audio;
-    shutdown.done_reading();
-    // The service ended the piece without a byte of audio for the text it was given: that is
-    // a failure (retried once, then the apology), never a silent success.
-    let read = match read {
-        Ok(()) if !got_audio && stream.chars_sent() > 0 => {
-            log::warn!(chars = stream.chars_sent(); "tts.no_audio");
-            Err(PieceError::Failed(TtsError::NoAudio {
-                chars: stream.chars_sent(),
-            }))
-        }
-        other => other,
-    };
-    let ended = job.cancel.is_cancelled() || shutdown.is_shut_down();
-    match read {
-        Ok(()) => Ok(()),
-        // A read interrupted by the end of the call is a cancellation, not a failure.
-        Err(PieceError::Failed(_)) if ended => {
-            stream.abandon();
-            Err(PieceError::Cancelled)
-        }
-        Err(err) => {
-            stream.abandon();
-            Err(err)
-        }
-    }
-}
-
-/// Forwards the piece's audio until `isFinal`; checks the cancel flag between provider
-/// events. Each read waits for the next message or the deadline, whichever comes first.
-fn read_piece(
-    stream: &mut TtsStream,
-    job: &TtsJob,
-    out: &Sender<Event>,
-    deadline: Instant,
-    sent_audio: &mut bool,
-) -> Result<(), PieceError> {
-    loop {
-        if job.cancel.is_cancelled() {
-            return Err(PieceError::Cancelled);
-        }
-        if Instant::now() >= deadline {
-            return Err(PieceError::Failed(TtsError::Closed(format!(
-                "no end of audio within {} s",
-                PIECE_DEADLINE.as_secs()
-            ))));
-        }
-        match stream.next_event(deadline).map_err(PieceError::Failed)? {
-            Some(TtsEvent::Audio(audio)) => {
-                *sent_audio = true;
-                let event = Event::Tts {
-                    turn: job.turn,
-                    seq: job.seq,
-                    out: TtsOut::Audio(audio),
-                };
-                if out.send(event).is_err() {
-                    return Err(PieceError::Cancelled);
-                }
+) -> bool {
+    match action {
+        Action::Open => {
+            if let Some(old) = socket.take() {
+                old.close();
             }
-            Some(TtsEvent::Final) => return Ok(()),
-            None => {}
+            // Blocking, bounded by the connect timeout.
+            let input = match TtsSocket::open(settings, voice) {
+                Ok(opened) => {
+                    *socket = Some(opened);
+                    Input::Opened
+                }
+                Err(err) => Input::OpenFailed(err),
+            };
+            plan.step(Instant::now(), input);
+        }
+        Action::Speak { context, text } => {
+            let result = match socket.as_mut() {
+                Some(live) => live.speak(&context, &text),
+                None => Err(TtsError::Closed("no socket".into())),
+            };
+            let input = match result {
+                Ok(chars) => Input::Spoke(chars),
+                Err(err) => {
+                    if let Some(gone) = socket.take() {
+                        gone.close();
+                    }
+                    Input::Lost(err)
+                }
+            };
+            plan.step(Instant::now(), input);
+        }
+        Action::KeepAlive => {
+            if let Some(Err(err)) = socket.as_mut().map(TtsSocket::keep_alive) {
+                if let Some(gone) = socket.take() {
+                    gone.close();
+                }
+                plan.step(Instant::now(), Input::Lost(err));
+            }
+        }
+        Action::Close => {
+            if let Some(gone) = socket.take() {
+                gone.close();
+            }
+        }
+        Action::Out { turn, seq, out: o } => {
+            let event = Event::Tts { turn, seq, out: o };
+            if out.send(event).is_err() {
+                return false;
+            }
         }
     }
+    true
 }
