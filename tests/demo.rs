@@ -102,6 +102,9 @@ fn the_bench_runs_the_server_as_its_own_process_and_prints_json() {
     assert_eq!(report["barge_ins"], 4, "{report:#}");
     assert_eq!(report["clears"], 4, "{report:#}");
     assert!(report["harness_late_frames"].is_u64(), "{report:#}");
+    // One text-to-speech socket per call, whatever the number of sentences, counted at the
+    // simulator.
+    assert_eq!(report["tts_sockets"], 4, "{report:#}");
     // TLS on every provider socket and a round trip to each, by default.
     assert_eq!(report["tls"], true);
     assert_eq!(report["provider_rtt_ms"], 20);

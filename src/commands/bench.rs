@@ -199,6 +199,8 @@ struct Report {
     clears: u64,
     /// Caller frames the harness sent more than `callers::LATE` after their time.
     late_frames: u64,
+    /// Text-to-speech sockets the simulator accepted over the run (one per call is the rule).
+    tts_sockets: u64,
     /// Per-hop times taken at the simulators' sockets and in the callers (`sim::hops`).
     hops: Hops,
 }
@@ -305,6 +307,10 @@ impl Report {
         println!(
             "barge-ins (an utterance said over the answer): {}; clears heard: {}",
             self.barge_ins, self.clears
+        );
+        println!(
+            "text-to-speech sockets opened (counted at the simulator): {} for {} calls",
+            self.tts_sockets, self.calls
         );
         println!(
             "turns answered: {} of {}; calls failed: {}; peak simultaneous calls: {}",
@@ -472,7 +478,7 @@ impl Report {
             })
             .collect();
         let w = &self.waits;
-        json!({
+        let mut report = json!({
             "calls": self.calls,
             "turns": options.turns,
             "failed_calls": self.failures.len(),
@@ -515,7 +521,11 @@ impl Report {
                 "p99": quantile(w, 0.99),
                 "max": quantile(w, 1.0),
             },
-        })
+        });
+        // Past what one `json!` expands.
+        report["tts_sockets"] = json!(self.tts_sockets);
+        report["tts_sockets_per_call"] = json!(self.tts_sockets as f64 / self.calls.max(1) as f64);
+        report
     }
 }
 
@@ -628,6 +638,7 @@ fn measure(
         barge_ins,
         clears,
         late_frames,
+        tts_sockets: sims.elevenlabs.tts().session_count() as u64,
         hops: sims.hops(),
     })
 }

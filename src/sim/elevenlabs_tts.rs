@@ -141,6 +141,12 @@ impl TtsSim {
         self.core.lock().tag_audio = on;
     }
 
+    /// Connections accepted so far (each a session in [`TtsSim::sessions`]), without copying
+    /// their messages.
+    pub fn session_count(&self) -> usize {
+        self.core.lock().sessions.len()
+    }
+
     /// Connections the client closed before the end of its input.
     pub fn closed_by_client(&self) -> usize {
         self.core.lock().closed_by_client
