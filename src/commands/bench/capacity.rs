@@ -303,6 +303,7 @@ mod tests {
             barge_ins: 0,
             clears: 0,
             late_frames: 0,
+            tts_sockets: 0,
             hops: crate::sim::hops::Hops::default(),
         }
     }
