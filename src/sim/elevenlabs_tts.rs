@@ -455,7 +455,7 @@ fn speak(
         return Ok(());
     }
     thread::sleep(first_byte);
-    let mut audio = voice::speak(text, pitch);
+    let mut audio = voice::speak_cached(text, pitch).to_vec();
     if let Some(tag) = tag {
         // 0xF0..=0xFF are μ-law's quietest codes: 4 bits of the number per sample.
         for (i, byte) in audio.iter_mut().take(8).enumerate() {

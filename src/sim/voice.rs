@@ -35,9 +35,49 @@ pub fn speak(text: &str, pitch_hz: f32) -> Vec<u8> {
     out
 }
 
+/// Phrases [`speak_cached`] keeps (about 20 KiB each); past this the cache starts over. The
+/// bench's callers speak in 200 voices, a few phrases each.
+const CACHED_PHRASES: usize = 1024;
+
+/// [`speak`], remembered: the same text in the same voice is synthesized once per process.
+/// The load generator says the same few phrases thousands of times, and synthesis (a few
+/// `sin` per sample) was a tenth of its CPU.
+pub fn speak_cached(text: &str, pitch_hz: f32) -> std::sync::Arc<[u8]> {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex, OnceLock};
+    type Cache = Mutex<HashMap<(String, u32), Arc<[u8]>>>;
+    static CACHE: OnceLock<Cache> = OnceLock::new();
+    let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
+    let key = (text.to_string(), pitch_hz.to_bits());
+    if let Some(audio) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        return audio.clone();
+    }
+    // Synthesized outside the lock: other threads are not held up by it.
+    let audio: Arc<[u8]> = speak(text, pitch_hz).into();
+    let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
+    if cache.len() >= CACHED_PHRASES {
+        cache.clear();
+    }
+    cache.insert(key, audio.clone());
+    audio
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cached_speech_is_the_same_speech() {
+        let once = speak_cached("Cached words", 150.0);
+        let twice = speak_cached("Cached words", 150.0);
+        assert!(std::sync::Arc::ptr_eq(&once, &twice), "synthesized once");
+        assert_eq!(&once[..], &speak("Cached words", 150.0)[..]);
+        assert_ne!(
+            &speak_cached("Cached words", 151.0)[..],
+            &once[..],
+            "per voice"
+        );
+    }
 
     #[test]
     fn speech_length_follows_the_text_and_is_audible() {

@@ -280,7 +280,7 @@ struct Caller {
     started: Instant,
     next_frame: Instant,
     chunk: u64,
-    to_say: Vec<u8>,
+    to_say: std::sync::Arc<[u8]>,
     said: usize,
     phone: PhoneBuffer,
     step: Step,
@@ -333,7 +333,7 @@ impl Caller {
             started: now,
             next_frame: now,
             chunk: 0,
-            to_say: Vec::new(),
+            to_say: std::sync::Arc::from(Vec::new()),
             said: 0,
             phone: PhoneBuffer::default(),
             step: Step::Greeting,
@@ -406,7 +406,7 @@ impl Caller {
             UTTERANCES[self.turn % UTTERANCES.len()],
             self.turn + 1
         );
-        self.to_say = voice::speak(&text, self.pitch());
+        self.to_say = voice::speak_cached(&text, self.pitch());
         self.said = 0;
         self.utterance_key = None;
         self.step = Step::Speaking;
