@@ -213,6 +213,31 @@ impl Epoll {
     }
 }
 
+/// Reads what a socket has now, without blocking and without changing its mode (`recv` with
+/// `MSG_DONTWAIT`): `WouldBlock` when nothing is there. For a descriptor shared with a writer
+/// that must keep blocking (the two halves of a Twilio socket).
+pub fn recv_now(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the call, and `fd` is an
+        // open descriptor for at least as long as the borrow.
+        let n = unsafe {
+            libc::recv(
+                fd.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
 /// Makes a wake-up pair: [`WakeSender::wake`] makes the receiver readable, and dropping the
 /// sender makes it readable for good (end of stream), which the receiver reports as closed.
 pub fn wake_pair() -> io::Result<(WakeSender, WakeReceiver)> {

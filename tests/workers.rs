@@ -1,5 +1,6 @@
-//! A call's speech workers against the simulators, with no tick: the STT worker forwards audio
-//! and transcripts as they come and sleeps in between, and ends when its feed closes; the TTS
+//! A call's speech workers against the simulators, with no tick: speech-to-text
+//! ([`SttLink`], driven here as the Twilio reader drives it) forwards audio and transcripts as
+//! they come and sleeps in between, and ends with its reader; the TTS
 //! worker opens its one socket at once and sleeps while it holds it, a barge-in cuts a piece
 //! being spoken without costing the socket, and the call's end ends it at once.
 
@@ -10,14 +11,12 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use crossbeam_channel::{bounded, Receiver};
 
-use cotrackpro_voice::call::workers::{
-    self, audio_feed, Speech, SttOut, TtsHandle, TtsJob, TtsOut,
-};
+use cotrackpro_voice::call::workers::{self, Speech, SttLink, SttOut, TtsHandle, TtsJob, TtsOut};
 use cotrackpro_voice::call::Event;
 use cotrackpro_voice::config::{BaseUrl, Secret};
+use cotrackpro_voice::poll::{self, Watch};
 use cotrackpro_voice::providers::elevenlabs_stt::SttSettings;
 use cotrackpro_voice::providers::elevenlabs_tts::TtsSettings;
 use cotrackpro_voice::sim::elevenlabs_stt::{SttSim, SttSimOptions};
@@ -69,29 +68,13 @@ fn transcript(events: &Receiver<Event>, within: Duration) -> Option<String> {
 }
 
 #[test]
-fn the_stt_worker_forwards_audio_at_once_sleeps_between_and_ends_with_its_feed() {
+fn speech_to_text_forwards_audio_at_once_sleeps_between_and_ends_with_the_reader() {
     let sim = SttSim::start(SttSimOptions::default()).unwrap();
     sim.push_utterances(["Hello there".to_string()]);
-    let settings = SttSettings {
-        ws_base: BaseUrl::parse(&sim.base_url(), &["ws", "wss"]).unwrap(),
-        api_key: Secret::new(SttSimOptions::default().api_key),
-        model_id: "scribe_v2_realtime".into(),
-        language_code: "en".into(),
-        vad_silence_secs: 0.5,
-        connect_timeout: Duration::from_secs(5),
-        silent_service_limit: Duration::from_secs(20),
-    };
-    let (feed, inbox) = audio_feed(512).unwrap();
-    let (events_tx, events) = bounded::<Event>(256);
-    let sent = Arc::new(AtomicU64::new(0));
-    let counter = sent.clone();
-    let worker = std::thread::Builder::new()
-        .name("w-stt".into())
-        .spawn(move || workers::stt(&settings, 3, inbox, &events_tx, &counter))
-        .unwrap();
+    let driver = LinkDriver::start("w-stt", stt_settings(&sim, Duration::from_secs(20)), 3);
 
-    // Once the session is up, the worker sleeps until something happens: no read timeout
-    // wakes it (a 20 ms tick would be about 15 wake-ups here).
+    // Once the session is up, the link wakes its reader for nothing: no read timeout, no
+    // tick (a 20 ms tick would be about 15 wake-ups here).
     let deadline = Instant::now() + Duration::from_secs(5);
     while sim.sessions() == 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
@@ -100,44 +83,42 @@ fn the_stt_worker_forwards_audio_at_once_sleeps_between_and_ends_with_its_feed()
     let before = wakeups("w-stt");
     std::thread::sleep(Duration::from_millis(300));
     let idle = wakeups("w-stt") - before;
-    assert!(idle <= 2, "the idle worker woke {idle} times in 300 ms");
+    assert!(idle <= 2, "the idle reader woke {idle} times in 300 ms");
 
-    // A frame is forwarded as soon as it is fed.
-    let mut audio = voice::speak("hello there", 150.0);
-    audio.extend(std::iter::repeat_n(voice::ULAW_SILENCE, 700 * 8));
-    let frames: Vec<String> = audio
-        .chunks(160)
-        .map(|c| base64::engine::general_purpose::STANDARD.encode(c))
-        .collect();
+    // A chunk is forwarded as soon as it is handed over.
+    let frames = speech_frames("hello there", 700);
     let fed = Instant::now();
-    assert!(feed_frame(&feed, frames[0].clone()));
+    driver.feed(frames[0].clone());
     while sim.received(0).is_empty() {
         assert!(
             fed.elapsed() < Duration::from_secs(2),
-            "the frame was not forwarded"
+            "the chunk was not forwarded"
         );
         std::thread::sleep(Duration::from_millis(1));
     }
-    for frame in &frames[1..] {
-        assert!(feed_frame(&feed, frame.clone()));
+    // The rest in chunks of five frames (100 ms), as the reader gathers them.
+    for chunk in frames[1..].chunks(5) {
+        driver.feed(chunk.concat());
     }
     assert_eq!(
-        transcript(&events, Duration::from_secs(5)).as_deref(),
+        transcript(&driver.events, Duration::from_secs(5)).as_deref(),
         Some("Hello there")
     );
 
-    // Dropping the feed ends the worker (after the audio queued before it).
-    drop(feed);
+    // The end of the reader ends the session (after the audio handed over before it).
+    let chunks = 1 + frames[1..].chunks(5).count();
+    let (worker, sent) = driver.end();
     assert!(ended_within(&worker, Duration::from_secs(1)));
-    // The simulator may still be reading the last frames (it paused to commit).
+    // The simulator may still be reading the last chunks (it paused to commit).
     let deadline = Instant::now() + Duration::from_secs(2);
-    while sim.received(0).len() < frames.len() && Instant::now() < deadline {
+    while sim.received(0).len() < chunks && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
-    assert_eq!(sim.received(0).len(), frames.len());
+    assert_eq!(sim.received(0).len(), chunks);
+    let bytes: usize = frames.iter().map(Vec::len).sum();
     assert_eq!(
         sent.load(std::sync::atomic::Ordering::Relaxed),
-        audio.len() as u64
+        bytes as u64
     );
 }
 
@@ -304,14 +285,11 @@ fn stt_settings(sim: &SttSim, silent_service_limit: Duration) -> SttSettings {
     }
 }
 
-/// 20 ms frames of `text` spoken, then `silence_ms` of quiet.
-fn speech_frames(text: &str, silence_ms: usize) -> Vec<String> {
+/// 20 ms μ-law frames of `text` spoken, then `silence_ms` of quiet.
+fn speech_frames(text: &str, silence_ms: usize) -> Vec<Vec<u8>> {
     let mut audio = voice::speak(text, 150.0);
     audio.extend(std::iter::repeat_n(voice::ULAW_SILENCE, silence_ms * 8));
-    audio
-        .chunks(160)
-        .map(|c| base64::engine::general_purpose::STANDARD.encode(c))
-        .collect()
+    audio.chunks(160).map(<[u8]>::to_vec).collect()
 }
 
 /// Every speech-to-text event until `quiet` passes without one.
@@ -330,21 +308,16 @@ fn a_commit_and_its_timestamped_twin_are_one_transcript() {
     let sim = SttSim::start(SttSimOptions::default()).unwrap();
     sim.always_timestamps(true);
     sim.push_utterances(["Hello there".to_string(), "Second thing".to_string()]);
-    let settings = stt_settings(&sim, Duration::from_secs(20));
-    let (feed, inbox) = audio_feed(1024).unwrap();
-    let (events_tx, events) = bounded::<Event>(256);
-    let counter = Arc::new(AtomicU64::new(0));
-    let worker = std::thread::Builder::new()
-        .name("w-stt-twins".into())
-        .spawn(move || workers::stt(&settings, 3, inbox, &events_tx, &counter))
-        .unwrap();
+    let driver = LinkDriver::start(
+        "w-stt-twins",
+        stt_settings(&sim, Duration::from_secs(20)),
+        3,
+    );
     for text in ["hello there", "second thing"] {
-        for frame in speech_frames(text, 700) {
-            assert!(feed_frame(&feed, frame));
-        }
+        driver.say(text, 700);
         std::thread::sleep(Duration::from_millis(200));
     }
-    let commits: Vec<String> = stt_events_until_quiet(&events, Duration::from_millis(1500))
+    let commits: Vec<String> = stt_events_until_quiet(&driver.events, Duration::from_millis(1500))
         .into_iter()
         .filter_map(|e| match e {
             SttOut::Committed(text) => Some(text),
@@ -355,7 +328,7 @@ fn a_commit_and_its_timestamped_twin_are_one_transcript() {
     assert_eq!(commits, ["Hello there", "Second thing"]);
     // The simulator did send both kinds for each utterance.
     assert_eq!(sim.sessions(), 1);
-    drop(feed);
+    let (worker, _) = driver.end();
     assert!(ended_within(&worker, Duration::from_secs(1)));
 }
 
@@ -366,22 +339,14 @@ fn an_stt_service_gone_silent_is_replaced_after_the_watchdogs_limit() {
     sim.push_fault(Fault::Silent);
     sim.push_utterances(["Are you there".to_string()]);
     let limit = Duration::from_millis(800);
-    let settings = stt_settings(&sim, limit);
-    let (feed, inbox) = audio_feed(1024).unwrap();
-    let (events_tx, events) = bounded::<Event>(256);
-    let counter = Arc::new(AtomicU64::new(0));
-    let worker = std::thread::Builder::new()
-        .name("w-stt-silent".into())
-        .spawn(move || workers::stt(&settings, 1, inbox, &events_tx, &counter))
-        .unwrap();
+    let driver = LinkDriver::start("w-stt-silent", stt_settings(&sim, limit), 1);
     let deadline = Instant::now() + Duration::from_secs(5);
     while sim.sessions() == 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
     // A quiet caller gets no word from the service either: no reconnect for that.
-    let quiet = speech_frames("", 1200);
-    for frame in &quiet {
-        assert!(feed_frame(&feed, frame.clone()));
+    for frame in speech_frames("", 1200) {
+        driver.feed(frame);
         std::thread::sleep(Duration::from_millis(1));
     }
     std::thread::sleep(limit + Duration::from_millis(400));
@@ -392,9 +357,7 @@ fn an_stt_service_gone_silent_is_replaced_after_the_watchdogs_limit() {
     );
     // The caller speaks; the mute service is replaced once the limit passes.
     let spoke = Instant::now();
-    for frame in speech_frames("are you there", 0) {
-        assert!(feed_frame(&feed, frame));
-    }
+    driver.say("are you there", 0);
     while sim.sessions() < 2 && spoke.elapsed() < Duration::from_secs(5) {
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -405,14 +368,12 @@ fn an_stt_service_gone_silent_is_replaced_after_the_watchdogs_limit() {
         "replaced after {replaced:?}"
     );
     // The new session hears the caller.
-    for frame in speech_frames("are you there", 700) {
-        assert!(feed_frame(&feed, frame));
-    }
+    driver.say("are you there", 700);
     assert_eq!(
-        transcript(&events, Duration::from_secs(5)).as_deref(),
+        transcript(&driver.events, Duration::from_secs(5)).as_deref(),
         Some("Are you there")
     );
-    drop(feed);
+    let (worker, _) = driver.end();
     assert!(ended_within(&worker, Duration::from_secs(1)));
 }
 
@@ -470,10 +431,96 @@ fn a_piece_that_ends_without_audio_is_retried_once_then_a_failure() {
     assert!(ended_within(&worker.worker, Duration::from_secs(1)));
 }
 
-/// Feeds one base64 frame as the Twilio reader does: with its loudness, decoded once.
-fn feed_frame(feed: &cotrackpro_voice::call::audio_feed::AudioFeed, frame: String) -> bool {
-    let loud = base64::engine::general_purpose::STANDARD
-        .decode(&frame)
-        .is_ok_and(|audio| cotrackpro_voice::speech::ulaw::is_voice(&audio));
-    feed.send(frame, loud)
+/// A thread that drives an [`SttLink`] as the Twilio reader does: it waits on the link and on
+/// the test's audio together, and ends (closing the session) when the test drops its feed.
+struct LinkDriver {
+    audio: crossbeam_channel::Sender<Vec<u8>>,
+    wake: Option<poll::WakeSender>,
+    events: Receiver<Event>,
+    sent: Arc<AtomicU64>,
+    worker: JoinHandle<()>,
+}
+
+impl LinkDriver {
+    fn start(thread: &str, settings: SttSettings, reconnects: u32) -> LinkDriver {
+        let (audio, audio_rx) = bounded::<Vec<u8>>(4096);
+        let (wake, wake_rx) = poll::wake_pair().unwrap();
+        let (events_tx, events) = bounded::<Event>(256);
+        let sent = Arc::new(AtomicU64::new(0));
+        let counter = sent.clone();
+        let dial = format!("{thread}-dial");
+        let worker = std::thread::Builder::new()
+            .name(thread.into())
+            .spawn(move || {
+                let mut link = SttLink::new(
+                    Some(settings),
+                    reconnects,
+                    dial,
+                    256 * 1024,
+                    Duration::from_millis(100),
+                    counter,
+                );
+                link.start(&events_tx);
+                loop {
+                    let (woken, readable, writable) = {
+                        let mut watches = vec![Watch::read(wake_rx.fd())];
+                        if let Some(watch) = link.watch() {
+                            watches.push(watch);
+                        }
+                        poll::wait(&mut watches, link.next_deadline()).unwrap();
+                        let link_watch = watches.get(1);
+                        (
+                            watches[0].readable(),
+                            link_watch.is_some_and(Watch::readable),
+                            link_watch.is_some_and(Watch::writable),
+                        )
+                    };
+                    let now = Instant::now();
+                    if woken {
+                        let open = wake_rx.drain();
+                        for chunk in audio_rx.try_iter() {
+                            let loud = cotrackpro_voice::speech::ulaw::is_voice(&chunk);
+                            link.send(&chunk, loud, now, &events_tx);
+                        }
+                        if !open {
+                            break;
+                        }
+                    }
+                    if readable || writable {
+                        link.on_ready(readable, writable, now, &events_tx);
+                    }
+                    link.on_time(now, &events_tx);
+                }
+                link.close();
+            })
+            .unwrap();
+        LinkDriver {
+            audio,
+            wake: Some(wake),
+            events,
+            sent,
+            worker,
+        }
+    }
+
+    /// Hands the link one chunk of μ-law audio.
+    fn feed(&self, chunk: Vec<u8>) {
+        self.audio.send(chunk).unwrap();
+        if let Some(wake) = &self.wake {
+            wake.wake();
+        }
+    }
+
+    /// 20 ms frames of `text` spoken, then `silence_ms` of quiet, fed one by one.
+    fn say(&self, text: &str, silence_ms: usize) {
+        for frame in speech_frames(text, silence_ms) {
+            self.feed(frame);
+        }
+    }
+
+    /// The end of the call: the driver closes the session and ends.
+    fn end(mut self) -> (JoinHandle<()>, Arc<AtomicU64>) {
+        self.wake = None;
+        (self.worker, self.sent)
+    }
 }

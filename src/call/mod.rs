@@ -25,7 +25,6 @@
 //! machine drops any output of an older turn, so no audio of a cancelled turn reaches Twilio
 //! after the `clear`.
 
-pub mod audio_feed;
 pub mod clips;
 pub mod end;
 pub mod machine;
@@ -36,7 +35,7 @@ pub mod socket;
 pub mod workers;
 
 use std::net::{Shutdown, TcpStream};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -49,7 +48,7 @@ use tungstenite::{Message, WebSocket};
 use self::end::End;
 use self::machine::{Action, AskError, Machine, Rules, Stream, Summary};
 use self::socket::{TwilioSocket, CALL_STACK};
-use self::workers::{AudioInbox, CallLlm, LlmJob, Speech, SttLost, SttOut, TtsHandle, TtsJob};
+use self::workers::{CallLlm, LlmJob, Speech, SttLost, SttOut, TtsHandle, TtsJob};
 use crate::calls::CallSlot;
 use crate::config::Config;
 use crate::cost;
@@ -67,7 +66,6 @@ pub use self::machine::Input as Event;
 pub use self::setup::Setup;
 
 const EVENTS_CAP: usize = 1024;
-const AUDIO_CAP: usize = 100;
 const LLM_JOBS_CAP: usize = 4;
 const TTS_JOBS_CAP: usize = 256;
 /// How long the end of a call waits for its threads.
@@ -122,10 +120,8 @@ struct Call<'a> {
     /// The text-to-speech worker's jobs, cuts and end.
     tts: Option<TtsHandle>,
     threads: Threads,
-    /// The caller's audio, for speech-to-text once the stream is admitted.
-    stt_inbox: Option<AudioInbox>,
-    /// Audio bytes forwarded to speech-to-text (what is billed).
-    stt_bytes: Arc<AtomicU64>,
+    /// Set when the stream is admitted: the reader starts speech-to-text.
+    admitted: Arc<AtomicBool>,
     /// Inputs that carrying out actions produced (a failed write, a full queue).
     feedback: Vec<Event>,
 }
@@ -141,37 +137,43 @@ pub fn run(ctx: &Context<'_>, socket: TwilioSocket, slot: CallSlot, n: u64) {
     log::info!(peer:% = peer, connection = n; "call.stream.connected");
     let tcp = writer.get_ref().try_clone().ok();
     let (events_tx, events_rx) = bounded::<Event>(EVENTS_CAP);
-    let (audio_feed, audio_inbox) = match workers::audio_feed(AUDIO_CAP) {
-        Ok((feed, inbox)) => (Some(feed), Some(inbox)),
-        Err(err) => {
-            log::error!(error:% = err; "call.audio_feed_failed");
-            (None, None)
-        }
-    };
     let voiced_ms = Arc::new(AtomicU64::new(0));
+    let admitted = Arc::new(AtomicBool::new(false));
+    let stt_bytes = Arc::new(AtomicU64::new(0));
     let mut threads = Threads::new();
-
+    if ctx.providers.stt.is_none() {
+        log::error!("call: ELEVENLABS_API_KEY is not set; the caller cannot be heard");
+        let _ = events_tx.send(Event::Stt(SttOut::Lost(SttLost::NotConfigured)));
+    }
     {
         let events = events_tx.clone();
         let voiced = voiced_ms.clone();
+        let admitted = admitted.clone();
+        let tuning = &ctx.config.calls.tuning;
+        // Speech-to-text starts when the stream is admitted (no provider is contacted before).
+        let stt = workers::SttLink::new(
+            ctx.providers.stt.clone(),
+            tuning.stt_reconnects,
+            format!("call-{n}-stt-dial"),
+            PROVIDER_STACK,
+            tuning.stt_chunk,
+            stt_bytes.clone(),
+        );
+        let (chunk, read_timeout) = (tuning.stt_chunk, tuning.media_read_timeout);
         threads.spawn(format!("call-{n}-rx"), CALL_STACK, move || {
-            reader::twilio_reader(reader, &events, audio_feed.as_ref(), &voiced, started)
+            reader::twilio_reader(
+                reader,
+                reader::Reader {
+                    events: &events,
+                    stt,
+                    admitted: &admitted,
+                    voiced_ms: &voiced,
+                    started,
+                    chunk,
+                    read_timeout,
+                },
+            )
         });
-    }
-    let stt_bytes = Arc::new(AtomicU64::new(0));
-    // Speech-to-text starts when the stream is admitted (no provider is contacted before).
-    let mut stt_inbox = None;
-    match (&ctx.providers.stt, audio_inbox) {
-        (Some(_), Some(inbox)) => stt_inbox = Some(inbox),
-        (Some(_), None) => {
-            let _ = events_tx.send(Event::Stt(SttOut::Lost(SttLost::NoResources(
-                "no wake-up descriptor for the caller's audio".into(),
-            ))));
-        }
-        (None, _) => {
-            log::error!("call: ELEVENLABS_API_KEY is not set; the caller cannot be heard");
-            let _ = events_tx.send(Event::Stt(SttOut::Lost(SttLost::NotConfigured)));
-        }
     }
 
     let wall_ms = timestamp::now_ms();
@@ -190,8 +192,7 @@ pub fn run(ctx: &Context<'_>, socket: TwilioSocket, slot: CallSlot, n: u64) {
         llm_clients: None,
         tts: None,
         threads,
-        stt_inbox,
-        stt_bytes: stt_bytes.clone(),
+        admitted,
         feedback: Vec::new(),
     };
     // A bug must not leave a call half-alive (threads streaming, record active): a panic in
@@ -504,18 +505,10 @@ impl Call<'_> {
         }
     }
 
+    /// The reader starts speech-to-text the next time it wakes (Twilio sends a frame every
+    /// 20 ms).
     fn start_stt(&mut self) {
-        let (Some(settings), Some(inbox)) = (self.ctx.providers.stt.clone(), self.stt_inbox.take())
-        else {
-            return;
-        };
-        let reconnects = self.ctx.config.calls.tuning.stt_reconnects;
-        let events = self.events_tx.clone();
-        let counter = self.stt_bytes.clone();
-        self.threads
-            .spawn(format!("call-{}-stt", self.n), PROVIDER_STACK, move || {
-                workers::stt(&settings, reconnects, inbox, &events, &counter)
-            });
+        self.admitted.store(true, Ordering::Release);
     }
 
     fn start_workers(&mut self, stream: &Stream) {

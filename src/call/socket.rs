@@ -1,5 +1,5 @@
 //! A Twilio Media Stream after the WebSocket handshake, split in two halves over one TCP
-//! socket: the reader thread reads, the call thread writes. The media listener
+//! socket: the reader thread (`call-N-rx`) reads, the call thread writes. The media listener
 //! ([`crate::media::server`]) does the handshake and hands the call one of these.
 
 use std::io::{self, Read, Write};
@@ -26,11 +26,22 @@ fn ws_config() -> WebSocketConfig {
 /// `read()`; those writes go nowhere here, so they can never interleave with the frames the call
 /// thread writes through the other half. (The call thread answers pings itself, and a close by
 /// closing its half.)
+///
+/// Reads never block: the reader waits for the socket with `poll(2)` and reads what is there
+/// (`recv` with `MSG_DONTWAIT`, so the socket's own mode, which the writing half shares, stays
+/// blocking).
 pub struct ReadHalf(pub TcpStream);
+
+impl ReadHalf {
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.0.as_fd()
+    }
+}
 
 impl Read for ReadHalf {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.read(buf)
+        crate::poll::recv_now(self.fd(), buf)
     }
 }
 

@@ -835,12 +835,13 @@ fn thread_switches(pid: &str) -> Vec<(String, String, Switches)> {
 }
 
 /// The role of a server thread by its name as the kernel keeps it (cut to 15 bytes). The
-/// server names its threads `call-N` (and `call-N-rx`, `-stt`, `-llm`, `-tts`), `http-N`,
+/// server names its threads `call-N` (and `call-N-rx`, `-llm`, `-tts`, `-stt-dial` while a
+/// speech-to-text handshake runs), `http-N`,
 /// `media-accept`, `records-compactor` and `mcp-tools-refresh`; anything else (the main
 /// thread, tiny_http's own threads) is "other".
 fn server_thread_role(name: &str) -> Option<String> {
     if let Some(rest) = name.strip_prefix("call-") {
-        // call-N is the call thread; call-N-rx, call-N-stt, … its helpers.
+        // call-N is the call thread; call-N-rx, call-N-tts, … its helpers.
         return Some(match rest.split_once('-') {
             Some((_, role)) => role.to_string(),
             None => "call".to_string(),

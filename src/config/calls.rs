@@ -80,6 +80,12 @@ const STT_SILENT_SERVICE_SECS: Whole = Whole {
     min: 2,
     max: 600,
 };
+const STT_CHUNK_MS: Whole = Whole {
+    name: "STT_CHUNK_MS",
+    default: 100,
+    min: 20,
+    max: 200,
+};
 const SENTENCE_IDLE_FLUSH_MS: Whole = Whole {
     name: "SENTENCE_IDLE_FLUSH_MS",
     default: 500,
@@ -143,6 +149,9 @@ pub struct CallTuning {
     /// The caller speaks and the speech-to-text service says nothing at all (no partial, no
     /// commit, no error) for this long: the session is replaced, as a reconnect.
     pub stt_silent_service: Duration,
+    /// The caller's audio goes to speech-to-text in chunks this long (20 ms frames gathered):
+    /// fewer wake-ups and messages, at most this much later.
+    pub stt_chunk: Duration,
     /// Buffered text spoken anyway when the model pauses this long mid-sentence.
     pub sentence_idle_flush: Duration,
     /// Pre-rendered phrases (`generate-audio`); missing ones are spoken live.
@@ -224,6 +233,16 @@ impl CallTuning {
             }),
             stt_reconnects: r.whole(&STT_MAX_RECONNECTS) as u32,
             stt_silent_service: r.secs(&STT_SILENT_SERVICE_SECS),
+            stt_chunk: {
+                let chunk = r.millis(&STT_CHUNK_MS);
+                if !chunk.as_millis().is_multiple_of(20) {
+                    r.error(
+                        STT_CHUNK_MS.name,
+                        "must be a multiple of 20 (Twilio's frames are 20 ms)",
+                    );
+                }
+                chunk
+            },
             sentence_idle_flush: r.millis(&SENTENCE_IDLE_FLUSH_MS),
             audio_dir: PathBuf::from(r.string(AUDIO_DIR, &default_audio_dir)),
             shutdown_drain: r.secs(&SHUTDOWN_DRAIN_SECS),
@@ -242,6 +261,7 @@ impl CallTuning {
         out.value(STT_LANGUAGE_CODE, &self.stt_language);
         out.value(STT_MAX_RECONNECTS.name, self.stt_reconnects);
         out.secs(STT_SILENT_SERVICE_SECS.name, self.stt_silent_service);
+        out.millis(STT_CHUNK_MS.name, self.stt_chunk);
         out.millis(SENTENCE_IDLE_FLUSH_MS.name, self.sentence_idle_flush);
         out.value(AUDIO_DIR, self.audio_dir.display());
         out.secs(SHUTDOWN_DRAIN_SECS.name, self.shutdown_drain);

@@ -1,13 +1,12 @@
-//! A call's worker threads: speech-to-text, the model (with its tool loop), text-to-speech.
-//! Each owns its provider socket and reports to the call thread through the call's event
-//! channel. Work for a turn carries that turn's cancel flag, checked between provider events: a
+//! A call's providers: speech-to-text (run on the Twilio reader's thread), and the worker
+//! threads of the model (with its tool loop) and of text-to-speech. Each owns its provider
+//! socket and reports to the call thread through the call's event channel. Work for a turn carries that turn's cancel flag, checked between provider events: a
 //! cancelled turn's work stops, and whatever it still produces is dropped by the call thread by
 //! turn number anyway.
 //!
 //! No worker wakes on a tick; each waits for an event or a real deadline, and ends by an event:
-//! - speech-to-text waits with `poll(2)` on its provider socket and the caller's
-//!   [`AudioFeed`]'s wake-up descriptor; it ends when the feed is dropped (the Twilio reader
-//!   ends with the call) or the event channel is gone;
+//! - speech-to-text ([`SttLink`]) is waited on by the Twilio reader, with `poll(2)`, together
+//!   with the Twilio socket; it ends with the reader;
 //! - text-to-speech waits with `poll(2)` on its one provider socket and its [`TtsHandle`]'s
 //!   wake-up descriptor, until its plan's next deadline (a piece's, the keep-alive); it ends
 //!   when the call calls [`TtsHandle::shutdown`] or drops the handle;
@@ -21,9 +20,8 @@ mod tts_plan;
 use std::sync::Arc;
 
 pub use self::llm::{llm, CallLlm, LlmSetup};
-pub use self::stt::stt;
+pub use self::stt::SttLink;
 pub use self::tts::{tts, tts_channel, TtsHandle, TtsInbox};
-pub use super::audio_feed::{audio_feed, AudioFeed, AudioInbox};
 use crate::providers::anthropic::client::LlmError;
 use crate::providers::anthropic::stream::Usage;
 use crate::providers::anthropic::Turn;

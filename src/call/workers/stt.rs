@@ -1,156 +1,409 @@
-//! The speech-to-text worker: the caller's audio out, transcripts in, on one provider socket.
+//! Speech-to-text for one call, as a part of the `call-N-rx` thread ([`crate::call::reader`]):
+//! the caller's audio out in chunks, transcripts in, on one provider socket.
+//!
+//! [`SttLink`] owns the session and its life: it is dialled once the stream is admitted, on a
+//! short-lived `call-N-stt-dial` thread (a handshake blocks for up to the connect timeout; the
+//! reader must keep reading Twilio meanwhile), retried up to three times with a doubling pause
+//! (a refused key is not retried), replaced when it fails (up to `reconnects` times per spell
+//! of trouble), and given up as lost after that ([`SttOut::Lost`]). A session whose service
+//! says nothing at all for `silent_service_limit` after the caller's speech went to it is
+//! taken for dead and replaced, counted as a reconnect. Audio that arrives while no session
+//! is up waits, up to [`PENDING_MAX_BYTES`] (newer audio past that is dropped and counted).
+//!
+//! The link never blocks and never sleeps: the reader's loop waits on [`SttLink::watch`]'s
+//! descriptor and [`SttLink::next_deadline`] together with the Twilio socket.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Sender;
+use base64::Engine as _;
+use crossbeam_channel::{bounded, Receiver, Sender};
 
 use super::{SttLost, SttOut};
-
-use crate::call::audio_feed::AudioInbox;
 use crate::call::Event;
-use crate::poll::{self, Watch};
+use crate::poll::{self, WakeReceiver, Watch};
 use crate::providers::elevenlabs_stt::{SttError, SttEvent, SttSettings, SttStream};
+use crate::providers::ws::ConnectError;
+use crate::speech::ulaw::{self, FRAME_BYTES};
 
-/// Speech-to-text for one call: forwards the caller's audio (base64 as Twilio sent it) the
-/// moment it arrives and reports transcripts the moment they arrive; reconnects up to
-/// `reconnects` times. A session whose service says nothing at all (no message of any kind)
-/// for `settings.silent_service_limit` after the caller's speech was sent to it is taken for
-/// dead: closed, logged and replaced, counted as a reconnect. `sent_bytes` counts the audio forwarded (what ElevenLabs bills),
-/// readable by the call at any moment.
-///
-/// Ends when the `audio` feed is dropped (the session is closed first) or `out` is gone; after
-/// too many failures it reports [`SttOut::Lost`] and ends.
-pub fn stt(
-    settings: &SttSettings,
-    reconnects: u32,
-    audio: AudioInbox,
-    out: &Sender<Event>,
-    sent_bytes: &AtomicU64,
-) {
-    let mut failures = 0u32;
-    loop {
-        if !audio.is_open() {
-            // The call is over: no new session for nobody.
-            return;
-        }
-        let opened = Instant::now();
-        let mut stream =
-            match SttStream::open_retrying(settings, 3, Duration::from_millis(250), |pause| {
-                audio.pause(pause)
-            }) {
-                Ok(stream) => stream,
-                Err(err) => {
-                    if audio.is_open() {
-                        let _ = out.send(Event::Stt(SttOut::Lost(SttLost::Provider(err))));
-                    }
-                    return;
-                }
-            };
-        let ended = stt_session(
-            &mut stream,
-            &audio,
-            out,
-            sent_bytes,
-            settings.silent_service_limit,
-        );
-        stream.close();
-        let failure = match ended {
-            Ok(()) => return,
-            Err(err) => err,
-        };
-        // Reconnects are counted per trouble spell: a session that held for a while resets
-        // the count (a long call may see unrelated drops, or the service's session limit).
-        if opened.elapsed() > Duration::from_secs(30) {
-            failures = 0;
-        }
-        failures += 1;
-        if failures > reconnects {
-            let _ = out.send(Event::Stt(SttOut::Lost(SttLost::Provider(failure))));
-            return;
-        }
-        if let SttError::Unresponsive(after) = &failure {
-            log::warn!(silentSecs = after.as_secs_f64(), attempt = failures; "stt.watchdog.unresponsive");
-        }
-        log::warn!(error:% = failure, attempt = failures; "stt.reconnect");
-    }
+/// Caller audio kept while no session is up: 2 s (a handshake, a reconnect's pause).
+pub const PENDING_MAX_BYTES: usize = 16_000;
+/// Attempts to open one session, and the pause before the second (doubled for the third).
+const DIAL_ATTEMPTS: u32 = 3;
+const DIAL_PAUSE: Duration = Duration::from_millis(250);
+/// A session that held this long resets the count of reconnects: a long call may see
+/// unrelated drops, or the service's session limit.
+const SPELL_RESET: Duration = Duration::from_secs(30);
+
+enum State {
+    /// The stream is not admitted yet: nothing reaches the provider.
+    Waiting,
+    Dialing {
+        attempt: u32,
+        result: Receiver<Result<SttStream, SttError>>,
+        wake: WakeReceiver,
+    },
+    Pausing {
+        attempt: u32,
+        until: Instant,
+    },
+    Live {
+        // Boxed: the session is large, and the other states are small.
+        stream: Box<SttStream>,
+        opened: Instant,
+        /// The liveness watchdog: the first speech sent since the service last said
+        /// anything (a silent caller is not answered by the service either).
+        unanswered_speech: Option<Instant>,
+        heard: u64,
+    },
+    /// Lost for good, or not configured: audio is dropped.
+    Gone,
 }
 
-/// One session: waits on the provider socket and the audio feed together, forwarding audio
-/// and transcripts as they come. `Ok` when the call is over (feed closed, or nobody listens),
-/// `Err` when the session failed, or when the service stayed mute for `silent_limit` after
-/// the caller's speech went to it ([`SttError::Unresponsive`]).
-fn stt_session(
-    stream: &mut SttStream,
-    audio: &AudioInbox,
-    out: &Sender<Event>,
-    sent_bytes: &AtomicU64,
-    silent_limit: Duration,
-) -> Result<(), SttError> {
-    // Something may already be buffered from the handshake (session_started).
-    let mut readable = true;
-    // The liveness watchdog: the first speech sent since the service last said anything. The
-    // wait below has a deadline only while this is set — a caller who is silent is not
-    // answered by the service either, and a wait with nothing to wait for has no deadline.
-    let mut unanswered_speech: Option<Instant> = None;
-    let mut heard = stream.messages_heard();
-    loop {
-        if readable {
-            // Until WouldBlock: that also empties rustls' and tungstenite's buffers, so the
-            // socket's readiness is again the whole truth for the next wait.
-            while let Some(event) = stream.try_next_event()? {
-                let forwarded = match event {
-                    SttEvent::Partial(text) => out.send(Event::Stt(SttOut::Partial(text))),
-                    SttEvent::Committed(text) => out.send(Event::Stt(SttOut::Committed(text))),
-                    SttEvent::SessionStarted(id) => {
-                        log::debug!(sessionId = id.as_str(); "stt.session_started");
-                        Ok(())
-                    }
+/// One call's speech-to-text session and its life; see the module docs.
+pub struct SttLink {
+    settings: Option<SttSettings>,
+    reconnects: u32,
+    /// The thread name of the dialler (`call-N-stt-dial`).
+    dial_name: String,
+    dial_stack: usize,
+    state: State,
+    failures: u32,
+    /// Audio bytes forwarded (what ElevenLabs bills), readable by the call at any moment.
+    sent_bytes: Arc<AtomicU64>,
+    pending: Vec<u8>,
+    dropped_bytes: u64,
+    /// Bytes per message when what waited goes out (the reader's chunk).
+    chunk_bytes: usize,
+    /// The base64 of a chunk, reused.
+    encoded: String,
+}
+
+impl SttLink {
+    /// A link that starts when [`SttLink::start`] is called; `None` settings: there is no
+    /// speech-to-text on this server (the call thread tells the call so at its start).
+    pub fn new(
+        settings: Option<SttSettings>,
+        reconnects: u32,
+        dial_name: String,
+        dial_stack: usize,
+        chunk: Duration,
+        sent_bytes: Arc<AtomicU64>,
+    ) -> SttLink {
+        SttLink {
+            settings,
+            reconnects,
+            dial_name,
+            dial_stack,
+            state: State::Waiting,
+            failures: 0,
+            sent_bytes,
+            pending: Vec::new(),
+            dropped_bytes: 0,
+            chunk_bytes: (chunk.as_millis() as usize * 8).max(FRAME_BYTES),
+            encoded: String::new(),
+        }
+    }
+
+    /// Whether the link has been started (the stream was admitted).
+    pub fn started(&self) -> bool {
+        !matches!(self.state, State::Waiting)
+    }
+
+    /// The stream is admitted: the session is dialled now.
+    pub fn start(&mut self, out: &Sender<Event>) {
+        if !matches!(self.state, State::Waiting) {
+            return;
+        }
+        // Without settings the call was told at its start (`SttLost::NotConfigured`).
+        self.dial(1, out);
+    }
+
+    /// The descriptor to wait on: the dialler's wake-up while it works, the session's socket
+    /// (writable too while audio waits to go out) when one is up.
+    pub fn watch(&self) -> Option<Watch<'_>> {
+        match &self.state {
+            State::Dialing { wake, .. } => Some(Watch::read(wake.fd())),
+            State::Live { stream, .. } => stream
+                .fd()
+                .map(|fd| Watch::read_write(fd, stream.wants_write())),
+            _ => None,
+        }
+    }
+
+    /// When the link next needs [`SttLink::on_time`]: the end of a pause, or the watchdog.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let limit = self.settings.as_ref().map(|s| s.silent_service_limit);
+        match &self.state {
+            State::Pausing { until, .. } => Some(*until),
+            State::Live {
+                unanswered_speech: Some(since),
+                ..
+            } => limit.map(|l| *since + l),
+            _ => None,
+        }
+    }
+
+    /// Forwards one chunk of the caller's μ-law audio (`loud`: some of it is speech), or keeps
+    /// it while no session is up.
+    pub fn send(&mut self, ulaw: &[u8], loud: bool, now: Instant, out: &Sender<Event>) {
+        match &mut self.state {
+            State::Gone => {}
+            State::Live { .. } => {
+                if let Err(err) = self.forward(ulaw, loud, now) {
+                    self.session_failed(err, now, out);
+                }
+            }
+            _ => {
+                let room = PENDING_MAX_BYTES.saturating_sub(self.pending.len());
+                let kept = ulaw.len().min(room);
+                self.pending.extend_from_slice(&ulaw[..kept]);
+                self.dropped_bytes += (ulaw.len() - kept) as u64;
+            }
+        }
+    }
+
+    fn forward(&mut self, ulaw: &[u8], loud: bool, now: Instant) -> Result<(), SttError> {
+        let State::Live {
+            stream,
+            unanswered_speech,
+            ..
+        } = &mut self.state
+        else {
+            return Ok(());
+        };
+        if ulaw.is_empty() {
+            return Ok(());
+        }
+        self.encoded.clear();
+        base64::engine::general_purpose::STANDARD.encode_string(ulaw, &mut self.encoded);
+        stream.send_audio(&self.encoded)?;
+        if loud && unanswered_speech.is_none() {
+            *unanswered_speech = Some(now);
+        }
+        self.sent_bytes
+            .fetch_add(ulaw.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// After the watched descriptor was ready: takes the dialler's result, or reads the
+    /// session's transcripts (until WouldBlock, which also empties rustls' and tungstenite's
+    /// buffers, so readiness stays the whole truth) and writes what waits.
+    pub fn on_ready(&mut self, readable: bool, writable: bool, now: Instant, out: &Sender<Event>) {
+        match &mut self.state {
+            State::Dialing {
+                attempt,
+                result,
+                wake,
+            } => {
+                let attempt = *attempt;
+                let _ = wake.drain();
+                let dialled = match result.try_recv() {
+                    Ok(dialled) => dialled,
+                    // Still working (a stray wake-up): wait on.
+                    Err(crossbeam_channel::TryRecvError::Empty) => return,
+                    Err(crossbeam_channel::TryRecvError::Disconnected) => Err(SttError::Closed(
+                        "the dialler ended without an answer".into(),
+                    )),
                 };
-                if forwarded.is_err() {
-                    return Ok(());
+                self.dialled(attempt, dialled, now, out);
+            }
+            State::Live { stream, .. } => {
+                let result = (|| {
+                    if writable && stream.wants_write() {
+                        stream.flush()?;
+                    }
+                    if readable {
+                        while let Some(event) = stream.try_next_event()? {
+                            let forwarded = match event {
+                                SttEvent::Partial(text) => {
+                                    out.send(Event::Stt(SttOut::Partial(text)))
+                                }
+                                SttEvent::Committed(text) => {
+                                    out.send(Event::Stt(SttOut::Committed(text)))
+                                }
+                                SttEvent::SessionStarted(id) => {
+                                    log::debug!(sessionId = id.as_str(); "stt.session_started");
+                                    Ok(())
+                                }
+                            };
+                            // Nobody listens: the call is over, the reader ends with it.
+                            if forwarded.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                    Ok(())
+                })();
+                if let Err(err) = result {
+                    self.session_failed(err, now, out);
+                    return;
+                }
+                if let State::Live {
+                    stream,
+                    unanswered_speech,
+                    heard,
+                    ..
+                } = &mut self.state
+                {
+                    if stream.messages_heard() != *heard {
+                        *heard = stream.messages_heard();
+                        *unanswered_speech = None;
+                    }
                 }
             }
-            if stream.messages_heard() != heard {
-                heard = stream.messages_heard();
-                unanswered_speech = None;
+            _ => {}
+        }
+    }
+
+    /// A deadline of [`SttLink::next_deadline`] may have passed.
+    pub fn on_time(&mut self, now: Instant, out: &Sender<Event>) {
+        match &self.state {
+            State::Pausing { attempt, until } if now >= *until => {
+                let attempt = *attempt;
+                self.dial(attempt, out);
             }
-        }
-        let deadline = unanswered_speech.map(|since| since + silent_limit);
-        if let Some(since) = unanswered_speech.filter(|s| s.elapsed() >= silent_limit) {
-            return Err(SttError::Unresponsive(since.elapsed()));
-        }
-        let fd = stream
-            .fd()
-            .ok_or_else(|| SttError::Protocol("the socket has no descriptor".into()))?;
-        let mut watches = [
-            Watch::read_write(fd, stream.wants_write()),
-            Watch::read(audio.fd()),
-        ];
-        // The next event is audio, a transcript, or the end of the call; the only deadline is
-        // the watchdog's, while speech waits for any word from the service.
-        poll::wait(&mut watches, deadline)
-            .map_err(|e| SttError::Closed(format!("waiting for the socket: {e}")))?;
-        let (writable, fed) = (watches[0].writable(), watches[1].readable());
-        readable = watches[0].readable();
-        if fed {
-            for frame in audio.take() {
-                let payload = frame.payload;
-                stream.send_audio(&payload)?;
-                if frame.loud && unanswered_speech.is_none() {
-                    unanswered_speech = Some(Instant::now());
+            State::Live {
+                unanswered_speech: Some(since),
+                ..
+            } => {
+                let limit = self
+                    .settings
+                    .as_ref()
+                    .map_or(Duration::MAX, |s| s.silent_service_limit);
+                if now.saturating_duration_since(*since) >= limit {
+                    let after = now.saturating_duration_since(*since);
+                    log::warn!(silentSecs = after.as_secs_f64(), attempt = self.failures + 1; "stt.watchdog.unresponsive");
+                    self.session_failed(SttError::Unresponsive(after), now, out);
                 }
-                // Base64 without decoding: every 4 characters are 3 bytes, minus the padding.
-                let padding = payload.bytes().rev().take_while(|b| *b == b'=').count();
-                let bytes = (payload.len() / 4 * 3).saturating_sub(padding);
-                sent_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
             }
-            if !audio.is_open() {
-                return Ok(());
+            _ => {}
+        }
+    }
+
+    /// Ends the session (the call is over).
+    pub fn close(self) {
+        if self.dropped_bytes > 0 {
+            log::warn!(frames = self.dropped_bytes / 160; "stt.audio.dropped while speech-to-text was not reading");
+        }
+        if let State::Live { stream, .. } = self.state {
+            stream.close();
+        }
+    }
+
+    fn dial(&mut self, attempt: u32, out: &Sender<Event>) {
+        let Some(settings) = self.settings.clone() else {
+            self.state = State::Gone;
+            return;
+        };
+        let started = (|| {
+            let (wake_tx, wake_rx) = poll::wake_pair()?;
+            let (tx, rx) = bounded(1);
+            std::thread::Builder::new()
+                .name(self.dial_name.clone())
+                .stack_size(self.dial_stack)
+                .spawn(move || {
+                    // One message into a channel of one: never blocks. The wake-up follows it
+                    // (and the sender's drop would wake the reader anyway).
+                    let _ = tx.send(SttStream::open(&settings));
+                    wake_tx.wake();
+                })?;
+            Ok::<_, std::io::Error>((rx, wake_rx))
+        })();
+        match started {
+            Ok((result, wake)) => {
+                self.state = State::Dialing {
+                    attempt,
+                    result,
+                    wake,
+                }
+            }
+            Err(err) => {
+                log::error!(error:% = err; "stt.dial_failed: no thread or descriptor for the handshake");
+                self.state = State::Gone;
+                let _ = out.send(Event::Stt(SttOut::Lost(SttLost::NoResources(
+                    err.to_string(),
+                ))));
             }
         }
-        if writable && stream.wants_write() {
-            stream.flush()?;
+    }
+
+    fn dialled(
+        &mut self,
+        attempt: u32,
+        dialled: Result<SttStream, SttError>,
+        now: Instant,
+        out: &Sender<Event>,
+    ) {
+        match dialled {
+            Ok(stream) => {
+                let heard = stream.messages_heard();
+                self.state = State::Live {
+                    stream: Box::new(stream),
+                    opened: now,
+                    unanswered_speech: None,
+                    heard,
+                };
+                // What the caller said meanwhile goes first, in chunks as it would have.
+                let mut pending = std::mem::take(&mut self.pending);
+                for chunk in pending.chunks(self.chunk_bytes) {
+                    self.send(chunk, ulaw::is_voice(chunk), now, out);
+                }
+                pending.clear();
+                if self.pending.is_empty() {
+                    self.pending = pending;
+                }
+                // Something may already be buffered from the handshake (session_started).
+                self.on_ready(true, false, now, out);
+            }
+            Err(err) => {
+                let refused = matches!(
+                    err,
+                    SttError::Connect(ConnectError::Refused {
+                        status: 401 | 403,
+                        ..
+                    })
+                );
+                if refused || attempt >= DIAL_ATTEMPTS {
+                    self.lost(err, out);
+                } else {
+                    log::warn!(attempt = attempt, error:% = err; "stt.connect.retry");
+                    self.state = State::Pausing {
+                        attempt: attempt + 1,
+                        until: now + DIAL_PAUSE * 2u32.pow(attempt - 1),
+                    };
+                }
+            }
         }
+    }
+
+    fn session_failed(&mut self, err: SttError, now: Instant, out: &Sender<Event>) {
+        let opened = match std::mem::replace(&mut self.state, State::Waiting) {
+            State::Live { stream, opened, .. } => {
+                stream.close();
+                opened
+            }
+            other => {
+                self.state = other;
+                return;
+            }
+        };
+        if now.saturating_duration_since(opened) > SPELL_RESET {
+            self.failures = 0;
+        }
+        self.failures += 1;
+        if self.failures > self.reconnects {
+            self.lost(err, out);
+            return;
+        }
+        log::warn!(error:% = err, attempt = self.failures; "stt.reconnect");
+        self.dial(1, out);
+    }
+
+    fn lost(&mut self, err: SttError, out: &Sender<Event>) {
+        self.state = State::Gone;
+        self.pending.clear();
+        let _ = out.send(Event::Stt(SttOut::Lost(SttLost::Provider(err))));
     }
 }

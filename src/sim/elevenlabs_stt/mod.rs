@@ -447,6 +447,17 @@ struct Transcriber {
     first_loud: Option<u64>,
 }
 
+/// A chunk's 20 ms frames (Twilio's, as the server gathered them), when it is whole frames.
+fn frames(audio: &[u8]) -> std::slice::ChunksExact<'_, u8> {
+    const FRAME: usize = crate::speech::ulaw::FRAME_BYTES;
+    let whole = if audio.len().is_multiple_of(FRAME) {
+        audio
+    } else {
+        &[]
+    };
+    whole.chunks_exact(FRAME)
+}
+
 /// What to do about a client message.
 enum Reply {
     Nothing,
@@ -478,12 +489,6 @@ impl Transcriber {
             }
         };
         let payload = message.audio_base_64.as_ref().map_or("", |t| &t.0);
-        if let (Some(hops), Some(_)) = (&self.hops, &message.audio_base_64) {
-            let key = key_of(payload);
-            if sampled(key) {
-                hops.end(Hop::TwilioToStt, key, received);
-            }
-        }
         if !is_audio || !message.commit || message.sample_rate != Some(8000) {
             return Reply::Send(refusal(message.kind()), None);
         }
@@ -493,6 +498,20 @@ impl Transcriber {
                 None,
             );
         };
+        if let Some(hops) = &self.hops {
+            // A chunk of several 20 ms frames (`STT_CHUNK_MS`): the frame that completed it is
+            // the one the hop times (the ones before it waited for it on purpose).
+            if let Some(last) = frames(&audio).last() {
+                let key = key_of(
+                    base64::engine::general_purpose::STANDARD
+                        .encode(last)
+                        .as_str(),
+                );
+                if sampled(key) {
+                    hops.end(Hop::TwilioToStt, key, received);
+                }
+            }
+        }
         self.chunks += 1;
         match &self.fault {
             Some(Fault::Error {
@@ -509,13 +528,44 @@ impl Transcriber {
             _ => {}
         }
 
+        // The service's voice detection works on the audio, not on how it was sent: 20 ms at a
+        // time, however many frames a message carries. A commit ends the message's reply; a
+        // partial waits for the rest of the message to be heard.
+        let mut reply = Reply::Nothing;
+        let whole: &[u8] = &audio;
+        let pieces: Vec<&[u8]> = if frames(whole).len() > 0 {
+            frames(whole).collect()
+        } else {
+            vec![whole]
+        };
+        for piece in pieces {
+            match self.hear_audio(piece, state) {
+                Reply::Nothing => {}
+                commit @ Reply::Commit(..) => return commit,
+                other => {
+                    if matches!(reply, Reply::Nothing) {
+                        reply = other;
+                    }
+                }
+            }
+        }
+        reply
+    }
+
+    /// Hears one piece of audio (a 20 ms frame): speech starts or goes on, or silence ends it.
+    fn hear_audio(&mut self, audio: &[u8], state: &Mutex<State>) -> Reply {
         let secs = audio.len() as f64 / f64::from(voice::SAMPLE_RATE);
-        if voice::rms(&audio) > SPEECH_RMS {
+        if voice::rms(audio) > SPEECH_RMS {
             if !self.speaking {
                 self.speaking = true;
                 self.speech_secs = 0.0;
                 self.since_partial = 0.0;
-                self.first_loud = Some(key_of(payload));
+                // The utterance's first loud frame, as the caller sent it.
+                self.first_loud = Some(key_of(
+                    base64::engine::general_purpose::STANDARD
+                        .encode(audio)
+                        .as_str(),
+                ));
                 self.utterance.get_or_insert_with(|| {
                     lock(state)
                         .utterances
