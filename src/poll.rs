@@ -238,6 +238,27 @@ pub fn recv_now(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
+/// Sets a socket's receive low-water mark (`SO_RCVLOWAT`): `poll` then reports it readable
+/// only once that many bytes wait (or on end of stream or an error). 1 is the default.
+pub fn set_receive_low_water(fd: BorrowedFd<'_>, bytes: usize) -> io::Result<()> {
+    let value = libc::c_int::try_from(bytes.max(1)).unwrap_or(libc::c_int::MAX);
+    // SAFETY: the option value is a c_int that lives for the call, with its size given.
+    let result = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVLOWAT,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Makes a wake-up pair: [`WakeSender::wake`] makes the receiver readable, and dropping the
 /// sender makes it readable for good (end of stream), which the receiver reports as closed.
 pub fn wake_pair() -> io::Result<(WakeSender, WakeReceiver)> {

@@ -4,12 +4,13 @@
 //! It waits with `poll(2)` on the Twilio socket, the speech-to-text socket (or its dialler)
 //! and the earliest of its deadlines, never on a tick. The caller's audio goes to the provider
 //! in chunks of `STT_CHUNK_MS` ([`Reader::chunk`]): when a frame arrives the reader starts a
-//! chunk and does not watch the Twilio socket until shortly before the chunk's last frame is
-//! due (Twilio keeps sending; its frames wait in the socket); then it reads what is there and
-//! sends the chunk the moment its last frame is in (or when a frame is late). While frames
-//! keep coming, the next chunk starts one chunk later without waking for its first frame. So a
-//! caller costs about two wake-ups per chunk, not one per 20 ms frame, the chunk's last frame
-//! goes on at once, and Twilio's other messages (marks, `stop`) wait at most one chunk.
+//! chunk and sets the Twilio socket's receive low-water mark to the bytes of the frames the
+//! chunk still lacks, so `poll` wakes it only when they are there (Twilio keeps sending; its
+//! frames wait in the socket); it sends the chunk the moment its last frame is in (or when a
+//! frame is late). While frames keep coming, the next chunk starts one chunk later without
+//! waking for its first frame. So a talking caller costs about one wake-up per chunk, not one
+//! per 20 ms frame, the chunk's last frame goes on at once, and Twilio's other messages
+//! (marks, `stop`) wait at most one chunk.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -29,9 +30,9 @@ use crate::twilio::media_messages::{self as twilio_messages, Inbound};
 /// Twilio's frames: 20 ms of audio each. A chunk of N frames is whole when its Nth frame
 /// arrives, N − 1 frames after its first.
 const FRAME: Duration = Duration::from_millis(20);
-/// How early, before a chunk's last frame is due, the reader watches the socket again (frames
-/// come with some jitter).
-const GUARD: Duration = Duration::from_millis(5);
+/// Bytes under the last media message's size counted per frame still missing (sequence numbers
+/// and timestamps grow a digit now and then).
+const SIZE_SLACK: usize = 16;
 /// Invalid messages from Twilio in a row, or in all, after which the call is ended.
 const MAX_INVALID_IN_A_ROW: u32 = 50;
 const MAX_INVALID: u32 = 500;
@@ -68,32 +69,46 @@ pub(super) fn twilio_reader(mut socket: WebSocket<ReadHalf>, mut reader: Reader<
         chunk: Vec::with_capacity(FRAME_BYTES * 16),
         chunk_loud: false,
         last_message: Instant::now(),
+        media_bytes: 0,
     };
     // The nominal start of the chunk being gathered (its first frame's arrival, then one chunk
     // later for each chunk after it while frames keep coming).
     let mut gathering: Option<Instant> = None;
     let chunk_frames = ((reader.chunk.as_millis() / FRAME.as_millis()) as usize).max(1);
+    // The socket's receive low-water mark as last set (see below), and what a media message
+    // takes on the wire (JSON and WebSocket header), learnt from the last one.
+    let mut low_water = 1usize;
     let end = loop {
         if !reader.stt.started() && reader.admitted.load(Ordering::Acquire) {
             reader.stt.start(reader.events);
         }
-        let now = Instant::now();
-        // While a chunk gathers, the Twilio socket is watched again only shortly before its
-        // last frame is due; its frames wait in the socket meanwhile.
-        let watch_from = gathering.map(|start| start + reader.chunk.saturating_sub(FRAME + GUARD));
+        // While a chunk gathers, the socket wakes the reader only once the frames the chunk
+        // still lacks are there: the receive low-water mark is set to their bytes (a little
+        // under, since sizes vary by a few digits; a wake-up early finds the chunk short and
+        // waits again). The chunk goes when whole, or when a frame is late.
+        let wanted = match gathering {
+            Some(_) => {
+                let missing = chunk_frames.saturating_sub(state.chunk.len() / FRAME_BYTES);
+                missing.max(1) * state.media_bytes.saturating_sub(SIZE_SLACK).max(1)
+            }
+            None => 1,
+        };
+        if wanted != low_water {
+            low_water = match poll::set_receive_low_water(socket.get_ref().fd(), wanted) {
+                Ok(()) => wanted,
+                // Without the mark every frame wakes the reader: more wake-ups, same result.
+                Err(_) => 1,
+            };
+        }
         let late_at = gathering.map(|start| start + reader.chunk + FRAME);
-        let watch_twilio = watch_from.is_none_or(|at| now >= at);
         let silent_at = state.last_message + reader.read_timeout;
-        let chunk_deadline = if watch_twilio { late_at } else { watch_from };
-        let deadline = [chunk_deadline, Some(silent_at), reader.stt.next_deadline()]
+        let deadline = [late_at, Some(silent_at), reader.stt.next_deadline()]
             .into_iter()
             .flatten()
             .min();
         let (twilio_ready, stt_read, stt_write) = {
             let mut watches = Vec::with_capacity(2);
-            if watch_twilio {
-                watches.push(Watch::read(socket.get_ref().fd()));
-            }
+            watches.push(Watch::read(socket.get_ref().fd()));
             let stt_watched = match reader.stt.watch() {
                 Some(watch) => {
                     watches.push(watch);
@@ -107,7 +122,7 @@ pub(super) fn twilio_reader(mut socket: WebSocket<ReadHalf>, mut reader: Reader<
             }
             let stt = stt_watched.then(|| &watches[watches.len() - 1]);
             (
-                watch_twilio && watches[0].readable(),
+                watches[0].readable(),
                 stt.is_some_and(Watch::readable),
                 stt.is_some_and(Watch::writable),
             )
@@ -134,7 +149,9 @@ pub(super) fn twilio_reader(mut socket: WebSocket<ReadHalf>, mut reader: Reader<
                 // Frames keep coming while the caller is on: the next chunk starts one chunk
                 // later without waking for its first frame. A chunk that found nothing goes
                 // back to waiting for the socket.
-                gathering = carried.then(|| (start + reader.chunk).max(now - reader.chunk));
+                let next = start + reader.chunk;
+                // (A reader held up for more than a chunk starts again from now.)
+                gathering = carried.then_some(if next + reader.chunk < now { now } else { next });
             }
         }
         if state.last_message + reader.read_timeout <= now {
@@ -160,6 +177,8 @@ struct ReadState {
     chunk: Vec<u8>,
     chunk_loud: bool,
     last_message: Instant,
+    /// The last media message's size on the wire (its text and a WebSocket header).
+    media_bytes: usize,
 }
 
 impl ReadState {
@@ -183,6 +202,7 @@ impl ReadState {
             let bad = match message {
                 Message::Text(text) => match twilio_messages::parse(text.as_str()) {
                     Ok(Inbound::Media { payload, .. }) => {
+                        self.media_bytes = text.len() + 4;
                         self.frame.clear();
                         match base64::engine::general_purpose::STANDARD
                             .decode_vec(payload.as_bytes(), &mut self.frame)
