@@ -38,7 +38,7 @@ pub mod workers;
 use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::thread::{self, JoinHandle};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, Select, Sender};
@@ -129,6 +129,8 @@ struct Call<'a> {
     stt_bytes: Arc<AtomicU64>,
     /// Inputs that carrying out actions produced (a failed write, a full queue).
     feedback: Vec<Event>,
+    /// The call's place under the cap; its threads are started through it and hold it.
+    slot: &'a CallSlot,
 }
 
 /// Runs one call on the current (`call-N`) thread until it ends, then cleans up after it.
@@ -155,9 +157,15 @@ pub fn run(ctx: &Context<'_>, socket: TwilioSocket, slot: CallSlot, n: u64) {
     {
         let events = events_tx.clone();
         let voiced = voiced_ms.clone();
-        threads.spawn(format!("call-{n}-rx"), CALL_STACK, move || {
+        let spawned = threads.spawn(&slot, format!("call-{n}-rx"), CALL_STACK, move || {
             reader::twilio_reader(reader, &events, audio_feed.as_ref(), &voiced, started)
         });
+        if let Err(end) = spawned {
+            ctx.metrics
+                .thread_spawn_failures
+                .fetch_add(1, Ordering::Relaxed);
+            let _ = events_tx.send(Event::TwilioGone(end));
+        }
     }
     let stt_bytes = Arc::new(AtomicU64::new(0));
     // Speech-to-text starts when the stream is admitted (no provider is contacted before).
@@ -195,6 +203,7 @@ pub fn run(ctx: &Context<'_>, socket: TwilioSocket, slot: CallSlot, n: u64) {
         stt_inbox,
         stt_bytes: stt_bytes.clone(),
         feedback: Vec::new(),
+        slot: &slot,
     };
     // A bug must not leave a call half-alive (threads streaming, record active): a panic in
     // the call thread ends the call like any failure.
@@ -222,6 +231,7 @@ pub fn run(ctx: &Context<'_>, socket: TwilioSocket, slot: CallSlot, n: u64) {
     let close = match &summary.end {
         // Told why (policy), so a misconfigured deployment is not a mystery.
         End::Unauthorized(_) => Some((CloseCode::Policy, "stream not admitted")),
+        End::NoThread(_) => Some((CloseCode::Again, "server busy, try again later")),
         end if summary.started && end.may_close_socket() => Some((CloseCode::Normal, "call ended")),
         _ => None,
     };
@@ -270,21 +280,24 @@ impl Threads {
         }
     }
 
-    fn spawn<F>(&mut self, name: String, stack: usize, f: F)
+    /// Starts a thread of the call (holding its `slot`); a refusal is how the call ends.
+    fn spawn<F>(&mut self, slot: &CallSlot, name: String, stack: usize, f: F) -> Result<(), End>
     where
         F: FnOnce() + Send + 'static,
     {
         let done = self.done_tx.clone();
-        let spawned = thread::Builder::new()
-            .name(name.clone())
-            .stack_size(stack)
-            .spawn(move || {
-                let _done = done;
-                f();
-            });
-        match spawned {
-            Ok(handle) => self.handles.push(handle),
-            Err(err) => log::error!(thread = name.as_str(), error:% = err; "call.spawn_failed"),
+        match slot.spawn(name.clone(), stack, move || {
+            let _done = done;
+            f();
+        }) {
+            Ok(handle) => {
+                self.handles.push(handle);
+                Ok(())
+            }
+            Err(err) => {
+                log::error!(thread = name.as_str(), error:% = err; "call.spawn_failed: call refused with 1013");
+                Err(End::NoThread(name))
+            }
         }
     }
 
@@ -503,6 +516,17 @@ impl Call<'_> {
         }
     }
 
+    /// Starts a provider worker of the call; if the system refuses, the call ends (1013).
+    fn spawn(&mut self, name: String, f: impl FnOnce() + Send + 'static) {
+        if let Err(end) = self.threads.spawn(self.slot, name, PROVIDER_STACK, f) {
+            self.ctx
+                .metrics
+                .thread_spawn_failures
+                .fetch_add(1, Ordering::Relaxed);
+            self.feedback.push(Event::TwilioGone(end));
+        }
+    }
+
     fn start_stt(&mut self) {
         let (Some(settings), Some(inbox)) = (self.ctx.providers.stt.clone(), self.stt_inbox.take())
         else {
@@ -511,10 +535,10 @@ impl Call<'_> {
         let reconnects = self.ctx.config.calls.tuning.stt_reconnects;
         let events = self.events_tx.clone();
         let counter = self.stt_bytes.clone();
-        self.threads
-            .spawn(format!("call-{}-stt", self.n), PROVIDER_STACK, move || {
-                workers::stt(&settings, reconnects, inbox, &events, &counter)
-            });
+        let name = format!("call-{}-stt", self.n);
+        self.spawn(name, move || {
+            workers::stt(&settings, reconnects, inbox, &events, &counter)
+        });
     }
 
     fn start_workers(&mut self, stream: &Stream) {
@@ -525,10 +549,9 @@ impl Call<'_> {
             let system = prompts::system_prompt(stream.role);
             let clients = CallLlm::new(&setup);
             self.llm_clients = Some(clients.clone());
-            self.threads
-                .spawn(format!("call-{n}-llm"), PROVIDER_STACK, move || {
-                    workers::llm(&setup, &clients, &system, &rx, &events)
-                });
+            self.spawn(format!("call-{n}-llm"), move || {
+                workers::llm(&setup, &clients, &system, &rx, &events)
+            });
             self.llm_tx = Some(tx);
         } else {
             log::error!("call: ANTHROPIC_API_KEY is not set; the persona cannot answer");
@@ -538,10 +561,9 @@ impl Call<'_> {
             let events = self.events_tx.clone();
             let voice = stream.voice.clone();
             let shutdown = self.tts_shutdown.clone();
-            self.threads
-                .spawn(format!("call-{n}-tts"), PROVIDER_STACK, move || {
-                    workers::tts(&settings, &voice, &rx, &events, &shutdown)
-                });
+            self.spawn(format!("call-{n}-tts"), move || {
+                workers::tts(&settings, &voice, &rx, &events, &shutdown)
+            });
             self.tts_tx = Some(tx);
         } else {
             log::error!("call: ELEVENLABS_API_KEY is not set; the persona cannot speak");
@@ -625,6 +647,7 @@ fn complete(ctx: &Context<'_>, summary: &mut Summary) {
         tool_calls: Some(std::mem::take(&mut summary.tool_calls)),
         cost_summary: Some(cost),
         barge_ins: Some(summary.barge_ins),
+        end_reason: (status != CallStatus::Completed).then(|| summary.end.to_string()),
         ..RecordEvent::new(
             EventKind::Completed,
             &summary.call_sid,
