@@ -800,6 +800,57 @@ fn a_call_whose_thread_cannot_start_is_refused_with_1013_and_the_server_goes_on(
     assert_eq!(wait_threads_gone(), Vec::<String>::new());
 }
 
+/// A compaction (here, or a `compact` process) holds the records lock: the call's first line
+/// waits for it on the records writer, not on the call, so the greeting plays meanwhile.
+#[test]
+fn a_greeting_is_sent_while_a_compaction_holds_the_records_lock() {
+    use cotrackpro_voice::sim::caller::{new_sid, stream_parameters};
+    use cotrackpro_voice::twilio::stream_token;
+    let rig = Rig::start(&[]);
+    let app = rig.server.app();
+    // A call the webhook never saw (no record yet), admitted with its own token: the call
+    // itself must write its first line.
+    let call_sid = new_sid("CA");
+    let mut parameters =
+        stream_parameters(rig.server.addr, "parent", &new_sid("CA")).expect("the TwiML");
+    let now_secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs() as i64;
+    for (name, value) in parameters.iter_mut() {
+        if name == stream_token::PARAMETER {
+            *value = app.stream_tokens.mint(&call_sid, now_secs);
+        }
+    }
+    let lock = std::fs::File::open(rig.server.records().dir().join("calls.lock")).expect("lock");
+    lock.lock().expect("the records lock");
+
+    let caller = SimCaller::connect(
+        rig.server.media_addr,
+        CallerOptions {
+            call_sid: call_sid.clone(),
+            parameters,
+            playback_speed: 25,
+            ..CallerOptions::default()
+        },
+    )
+    .expect("the stream");
+    assert!(
+        caller.wait_for_echoes(1, WAIT),
+        "the greeting played while the lock was held: {:?}",
+        shape(&caller.log())
+    );
+
+    drop(lock);
+    caller.hang_up();
+    let record = rig.record_after_end(&call_sid);
+    assert_eq!(
+        record.role, "parent",
+        "the first line was written after all"
+    );
+    assert_eq!(record.status, CallStatus::Completed);
+}
+
 #[test]
 fn a_flood_of_invalid_messages_ends_the_call_cleanly() {
     let rig = Rig::start(&[]);

@@ -57,7 +57,8 @@ use crate::metrics::Metrics;
 use crate::personas::prompts;
 use crate::providers::cancel::Cancel;
 use crate::records::event::{CallStatus, Event as RecordEvent, EventKind, Transcript};
-use crate::records::{ttl_from, RecordStore};
+use crate::records::ttl_from;
+use crate::records::writer::RecordWriter;
 use crate::timestamp;
 use crate::twilio::media_messages::Inbound;
 use crate::twilio::stream_token::{self, StreamTokens};
@@ -70,6 +71,9 @@ const EVENTS_CAP: usize = 1024;
 const AUDIO_CAP: usize = 100;
 const LLM_JOBS_CAP: usize = 4;
 const TTS_JOBS_CAP: usize = 256;
+/// How long the end of a call waits for its `completed` line to be on file (queued behind a
+/// compaction, or a stalled disk); past it the line is still written, later.
+const RECORD_WAIT: Duration = Duration::from_secs(5);
 /// How long the end of a call waits for its threads.
 const JOIN_WAIT: Duration = Duration::from_secs(1);
 
@@ -77,7 +81,8 @@ const JOIN_WAIT: Duration = Duration::from_secs(1);
 /// the providers. (Not the whole server state: a call knows nothing of HTTP.)
 pub struct Context<'a> {
     pub config: &'a Config,
-    pub records: &'a RecordStore,
+    /// Where the record goes: the process's records writer (the call never writes the file).
+    pub records: &'a RecordWriter,
     pub metrics: &'a Metrics,
     pub providers: &'a Setup,
     /// Admits streams by their per-call token.
@@ -491,16 +496,8 @@ impl Call<'_> {
         self.start_workers(stream);
     }
 
+    /// Queued for the records writer: the greeting never waits for the records file.
     fn ensure_record(&self, stream: &Stream) {
-        let records = self.ctx.records;
-        match crate::records::index::sid_key(&stream.call_sid) {
-            Some(key) if records.summary(&key).is_some() => return,
-            Some(_) => {}
-            None => {
-                log::warn!(callSid = stream.call_sid.as_str(); "call: not a Twilio call SID; no record kept");
-                return;
-            }
-        }
         let now = timestamp::now_ms();
         let ttl = ttl_from(now, self.ctx.config.records.ttl_days);
         let event = RecordEvent::created(
@@ -511,9 +508,7 @@ impl Call<'_> {
             now,
             ttl,
         );
-        if let Err(err) = records.append(&event) {
-            log::error!(callSid = stream.call_sid.as_str(), error:% = err; "records.createCallRecord.failed");
-        }
+        self.ctx.records.create_if_absent(event);
     }
 
     /// Starts a provider worker of the call; if the system refuses, the call ends (1013).
@@ -655,7 +650,9 @@ fn complete(ctx: &Context<'_>, summary: &mut Summary) {
             ttl_from(now, ctx.config.records.ttl_days),
         )
     };
-    if let Err(err) = ctx.records.append(&event) {
+    // The call's only wait on the records file, at its end: its verdict is on file before the
+    // stream closes.
+    if let Err(err) = ctx.records.append_and_wait(event, RECORD_WAIT) {
         log::error!(callSid = summary.call_sid.as_str(), error:% = err; "records.completeCall.failed");
     }
 }

@@ -185,7 +185,7 @@ fn serve_connection(
     };
     let context = crate::call::Context {
         config: &app.config,
-        records: &app.records,
+        records: &app.record_writer,
         metrics: &app.metrics,
         providers: &app.voice,
         stream_tokens: &app.stream_tokens,
