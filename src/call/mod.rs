@@ -11,8 +11,15 @@
 //! nothing to do sleeps until something happens or a timer is really due.
 //!
 //! Channels, and what happens when one is full:
-//! - the call's input channel (1024): every worker blocks on it; the call thread never blocks
-//!   on anything but it (its writes to Twilio have a timeout), so it drains at once;
+//! - the call's inputs come on two channels, both read by the call thread, which never blocks
+//!   on anything but them (its writes to Twilio have a timeout), so it drains them at once:
+//!   control (64: Twilio's messages from the reader, transcripts, the model's text; a sender
+//!   blocks when full) and speech (32: the text-to-speech worker's audio and piece ends, in
+//!   order; the worker blocks when full, which only slows its reading). Control is read first
+//!   whenever both have something, so a `stop`, a mark or a transcript never waits behind
+//!   audio. Sizes: a slot is 128 bytes allocated and touched up front, so these 12 KiB per
+//!   call replaced a single channel of 1,024 slots (128 KiB) that a thread draining at once
+//!   never came near filling;
 //! - caller audio to speech-to-text (100 frames, 2 s): the reader never waits — when the STT
 //!   worker is reconnecting, the newest audio is dropped and counted (the caller's words in a
 //!   reconnect are lost either way);
@@ -67,7 +74,8 @@ use crate::twilio::stream_token::{self, StreamTokens};
 pub use self::machine::Input as Event;
 pub use self::setup::Setup;
 
-const EVENTS_CAP: usize = 1024;
+const EVENTS_CAP: usize = 64;
+const SPEECH_EVENTS_CAP: usize = 32;
 const AUDIO_CAP: usize = 100;
 const LLM_JOBS_CAP: usize = 4;
 const TTS_JOBS_CAP: usize = 256;
@@ -115,6 +123,8 @@ struct Call<'a> {
     /// A write to Twilio failed: nothing more is written.
     write_failed: bool,
     events_tx: Sender<Event>,
+    /// The text-to-speech worker's outputs (see the module docs: read after control).
+    speech_tx: Sender<Event>,
     started: Instant,
     /// The reader's last loud frame, in milliseconds from `started` plus one (0: none yet).
     voiced_ms: Arc<AtomicU64>,
@@ -149,6 +159,7 @@ pub fn run(ctx: &Context<'_>, socket: TwilioSocket, slot: CallSlot, n: u64) {
     log::info!(peer:% = peer, connection = n; "call.stream.connected");
     let tcp = writer.get_ref().try_clone().ok();
     let (events_tx, events_rx) = bounded::<Event>(EVENTS_CAP);
+    let (speech_tx, speech_rx) = bounded::<Event>(SPEECH_EVENTS_CAP);
     let (audio_feed, audio_inbox) = match workers::audio_feed(AUDIO_CAP) {
         Ok((feed, inbox)) => (Some(feed), Some(inbox)),
         Err(err) => {
@@ -196,6 +207,7 @@ pub fn run(ctx: &Context<'_>, socket: TwilioSocket, slot: CallSlot, n: u64) {
         writer,
         write_failed: false,
         events_tx,
+        speech_tx,
         started,
         voiced_ms,
         voiced_seen: 0,
@@ -213,7 +225,7 @@ pub fn run(ctx: &Context<'_>, socket: TwilioSocket, slot: CallSlot, n: u64) {
     // A bug must not leave a call half-alive (threads streaming, record active): a panic in
     // the call thread ends the call like any failure.
     let end = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        call.drive(&events_rx, slot.ending())
+        call.drive(&events_rx, &speech_rx, slot.ending())
     })) {
         Ok(end) => end,
         Err(_) => {
@@ -259,6 +271,7 @@ pub fn run(ctx: &Context<'_>, socket: TwilioSocket, slot: CallSlot, n: u64) {
         clients.shutdown();
     }
     drop(events_rx);
+    drop(speech_rx);
     let threads = std::mem::replace(&mut call.threads, Threads::new());
     drop(call);
     threads.join_by(Instant::now() + JOIN_WAIT);
@@ -340,13 +353,18 @@ const PROVIDER_STACK: usize = 1024 * 1024;
 impl Call<'_> {
     /// Waits for inputs until the machine's next deadline, steps the machine, carries out its
     /// actions; returns how the call ended.
-    fn drive(&mut self, events: &Receiver<Event>, ending: &Receiver<()>) -> End {
+    fn drive(
+        &mut self,
+        events: &Receiver<Event>,
+        speech: &Receiver<Event>,
+        ending: &Receiver<()>,
+    ) -> End {
         let mut ending = Some(ending);
         loop {
             if let Some(end) = self.machine.end() {
                 return end.clone();
             }
-            let input = wait(events, &mut ending, self.machine.next_deadline());
+            let input = wait(events, speech, &mut ending, self.machine.next_deadline());
             let now = Instant::now();
             let voiced = self.voiced_ms.load(Ordering::Relaxed);
             if voiced != self.voiced_seen {
@@ -553,7 +571,7 @@ impl Call<'_> {
         }
         if let Some(settings) = self.ctx.providers.tts.clone() {
             let (tx, rx) = bounded::<TtsJob>(TTS_JOBS_CAP);
-            let events = self.events_tx.clone();
+            let events = self.speech_tx.clone();
             let voice = stream.voice.clone();
             let shutdown = self.tts_shutdown.clone();
             self.spawn(format!("call-{n}-tts"), move || {
@@ -566,14 +584,20 @@ impl Call<'_> {
     }
 }
 
-/// Waits for the next input: an event, the end of the server's drain, or the deadline.
+/// Waits for the next input: an event (control first), the end of the server's drain, or the
+/// deadline.
 fn wait(
     events: &Receiver<Event>,
+    speech: &Receiver<Event>,
     ending: &mut Option<&Receiver<()>>,
     deadline: Option<Instant>,
 ) -> Event {
+    if let Ok(event) = events.try_recv() {
+        return event;
+    }
     let mut select = Select::new();
     let events_index = select.recv(events);
+    let speech_index = select.recv(speech);
     if let Some(ending) = ending {
         select.recv(ending);
     }
@@ -586,6 +610,12 @@ fn wait(
     };
     if operation.index() == events_index {
         return match operation.recv(events) {
+            Ok(event) => event,
+            Err(_) => Event::TwilioGone(End::ChannelClosed),
+        };
+    }
+    if operation.index() == speech_index {
+        return match operation.recv(speech) {
             Ok(event) => event,
             Err(_) => Event::TwilioGone(End::ChannelClosed),
         };
@@ -654,5 +684,35 @@ fn complete(ctx: &Context<'_>, summary: &mut Summary) {
     // stream closes.
     if let Err(err) = ctx.records.append_and_wait(event, RECORD_WAIT) {
         log::error!(callSid = summary.call_sid.as_str(), error:% = err; "records.completeCall.failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_is_read_before_speech_whatever_arrived_first() {
+        let (control_tx, control) = bounded::<Event>(4);
+        let (speech_tx, speech) = bounded::<Event>(4);
+        speech_tx
+            .send(Event::TwilioGone(End::TwilioClosed))
+            .unwrap();
+        speech_tx.send(Event::Deadline).unwrap();
+        control_tx.send(Event::Shutdown).unwrap();
+        let mut ending = None;
+        let far = Some(Instant::now() + Duration::from_secs(5));
+        assert!(matches!(
+            wait(&control, &speech, &mut ending, far),
+            Event::Shutdown
+        ));
+        assert!(matches!(
+            wait(&control, &speech, &mut ending, far),
+            Event::TwilioGone(End::TwilioClosed)
+        ));
+        assert!(matches!(
+            wait(&control, &speech, &mut ending, far),
+            Event::Deadline
+        ));
     }
 }
