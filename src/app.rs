@@ -10,6 +10,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::outbound::idempotency::{FileIdempotencyStore, IdempotencyStore};
 use crate::rate_limit::{InMemoryRateLimiter, RateLimiter};
+use crate::records::writer::{RecordWriter, QUEUE_LINES};
 use crate::records::RecordStore;
 use crate::twilio::stream_token::StreamTokens;
 
@@ -18,6 +19,8 @@ pub struct App {
     pub started_at: Instant,
     pub calls: Arc<CallRegistry>,
     pub records: Arc<RecordStore>,
+    /// The calls' record lines, written off their threads (`records-writer`).
+    pub record_writer: RecordWriter,
     pub rate_limiter: Box<dyn RateLimiter>,
     /// The providers calls use (clients, settings, pre-rendered clips).
     pub voice: Setup,
@@ -37,6 +40,7 @@ impl App {
         App {
             started_at: Instant::now(),
             calls: Arc::new(CallRegistry::default()),
+            record_writer: RecordWriter::start(records.clone(), QUEUE_LINES),
             records,
             rate_limiter: Box::new(InMemoryRateLimiter::default()),
             voice: Setup::from_config(&config),

@@ -527,7 +527,9 @@ fn print_config(config: &Config) {
     for (key, value) in config.effective() {
         let _ = writeln!(stdout, "{key}={value}");
     }
-    for warning in &config.warnings {
+    let limits = crate::config::limits::ProcessLimits::read();
+    let limits = crate::config::limits::warnings(config.calls.max_concurrent, &limits);
+    for warning in config.warnings.iter().chain(&limits) {
         let _ = writeln!(stdout, "# warning: {warning}");
     }
     let _ = writeln!(stdout, "# configuration OK");

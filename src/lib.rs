@@ -33,6 +33,7 @@ pub mod twilio;
 
 // Leaves: configuration and plain values.
 pub mod config;
+pub mod http_client;
 pub mod ids;
 pub mod logging;
 pub mod personas;

@@ -29,6 +29,8 @@ pub struct Metrics {
     pub calls_failed: AtomicU64,
     pub calls_reaped: AtomicU64,
     pub calls_refused: AtomicU64,
+    /// Threads the system would not start (each refused its call, or its connection).
+    pub thread_spawn_failures: AtomicU64,
     pub barge_ins: AtomicU64,
     pub tool_calls: AtomicU64,
     pub turns: AtomicU64,
@@ -117,6 +119,12 @@ impl Metrics {
             "counter",
             "Streams refused at MAX_CONCURRENT_CALLS.",
             &[("", get(&self.calls_refused))],
+        );
+        metric(
+            "cotrackpro_thread_spawn_failures_total",
+            "counter",
+            "Threads the system would not start; the call they were for was refused (1013).",
+            &[("", get(&self.thread_spawn_failures))],
         );
         metric(
             "cotrackpro_turns_total",

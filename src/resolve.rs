@@ -224,16 +224,23 @@ pub fn bounded(agent: &ureq::Agent) -> ureq::Agent {
     agent_with(agent.config().clone(), Resolver::system())
 }
 
-/// A provider's agent from `builder`: bounded lookups, as [`bounded`], and the process's
-/// provider trust (`PROVIDER_CA_FILE`, see [`crate::tls`]) when CAs were added to it.
+/// A provider's agent from `builder`: bounded lookups, as [`bounded`], and the provider
+/// transport ([`crate::http_client::ProviderConnector`]: the process's TLS configuration, see
+/// [`crate::tls`], and requests a [`crate::http_client::RequestScope`] can interrupt), with
+/// buffers sized for provider messages rather than ureq's 128 KiB defaults.
 pub fn provider_agent(
     builder: ureq::config::ConfigBuilder<ureq::typestate::AgentScope>,
 ) -> ureq::Agent {
-    let builder = match crate::tls::current().ureq() {
-        Some(tls) => builder.tls_config(tls),
-        None => builder,
-    };
-    agent_with(builder.build(), Resolver::system())
+    let config = builder
+        .input_buffer_size(crate::http_client::INPUT_BUFFER_BYTES)
+        .output_buffer_size(crate::http_client::OUTPUT_BUFFER_BYTES)
+        .max_response_header_size(crate::http_client::INPUT_BUFFER_BYTES)
+        .build();
+    ureq::Agent::with_parts(
+        config,
+        crate::http_client::ProviderConnector,
+        Resolver::system(),
+    )
 }
 
 /// An agent with `config` that resolves names through `resolver` (tests: one that hangs).

@@ -4,8 +4,9 @@
 //!
 //! The trust is the process's: [`trust`] adds a configuration's CAs once at start-up (the server,
 //! `generate-audio`), and every provider connection reads it where it is opened — the WebSocket
-//! connector ([`crate::providers::ws`]) and every ureq agent (through
-//! [`crate::resolve::bounded`], the one place agents are finished). Trust only grows: a test
+//! connector ([`crate::providers::ws`]) and every provider ureq agent (through
+//! [`crate::http_client::ProviderConnector`]): one `ClientConfig` for all of them, built when
+//! the trust changes (start-up), so roots are parsed once and TLS sessions resume. Trust only grows: a test
 //! process that runs several servers trusts the union of their CAs, and a CA nobody added is
 //! refused.
 
@@ -83,57 +84,45 @@ impl ExtraCas {
     }
 }
 
-/// The trust every provider connection uses now: `None` parts mean the libraries' built-in
-/// roots (nothing was added).
-#[derive(Clone, Default)]
+/// The trust every provider connection uses now: one rustls configuration, shared by every
+/// WebSocket ([`crate::providers::ws`]) and every provider HTTP agent ([`crate::http_client`]),
+/// so the roots are parsed once and a new connection resumes a session an earlier one made.
 pub struct Trust {
     extra: Vec<CertificateDer<'static>>,
     rustls: Option<Arc<rustls::ClientConfig>>,
-    ureq: Option<ureq::tls::TlsConfig>,
 }
 
 impl Trust {
     fn with(extra: Vec<CertificateDer<'static>>) -> Trust {
-        if extra.is_empty() {
-            return Trust::default();
-        }
         let mut store = rustls::RootCertStore::empty();
         store.add_parsable_certificates(webpki_root_certs::TLS_SERVER_ROOT_CERTS.iter().cloned());
         store.add_parsable_certificates(extra.iter().cloned());
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let rustls = rustls::ClientConfig::builder_with_provider(provider)
+        // Fails only for a crypto provider without the default protocol versions (ring has
+        // them); then connections fall back to the libraries' own configurations.
+        let rustls = match rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map(|b| b.with_root_certificates(store).with_no_client_auth())
-            .ok()
-            .map(Arc::new);
-        let all = webpki_root_certs::TLS_SERVER_ROOT_CERTS
-            .iter()
-            .chain(extra.iter())
-            .map(|c| ureq::tls::Certificate::from_der(c.as_ref()).to_owned());
-        let ureq = ureq::tls::TlsConfig::builder()
-            .root_certs(ureq::tls::RootCerts::from(all))
-            .build();
-        Trust {
-            extra,
-            rustls,
-            ureq: Some(ureq),
-        }
+        {
+            Ok(builder) => Some(Arc::new(
+                builder.with_root_certificates(store).with_no_client_auth(),
+            )),
+            Err(err) => {
+                log::error!(error:% = err; "tls.config_failed");
+                None
+            }
+        };
+        Trust { extra, rustls }
     }
 
-    /// The rustls configuration for a WebSocket (`None`: tungstenite's built-in roots).
+    /// The process's rustls configuration (`None` only if it could not be built).
     pub fn rustls(&self) -> Option<Arc<rustls::ClientConfig>> {
         self.rustls.clone()
     }
-
-    /// The ureq TLS configuration (`None`: ureq's built-in roots).
-    pub fn ureq(&self) -> Option<ureq::tls::TlsConfig> {
-        self.ureq.clone()
-    }
 }
 
-fn process() -> &'static RwLock<Trust> {
-    static TRUST: std::sync::OnceLock<RwLock<Trust>> = std::sync::OnceLock::new();
-    TRUST.get_or_init(|| RwLock::new(Trust::default()))
+fn process() -> &'static RwLock<Arc<Trust>> {
+    static TRUST: std::sync::OnceLock<RwLock<Arc<Trust>>> = std::sync::OnceLock::new();
+    TRUST.get_or_init(|| RwLock::new(Arc::new(Trust::with(Vec::new()))))
 }
 
 /// Trusts `cas` for every provider connection opened from now on, in addition to the built-in
@@ -151,11 +140,25 @@ pub fn trust(cas: &ExtraCas) {
         }
     }
     if extra.len() != before {
-        *guard = Trust::with(extra);
+        *guard = Arc::new(Trust::with(extra));
     }
 }
 
 /// What provider connections trust now.
-pub fn current() -> Trust {
+pub fn current() -> Arc<Trust> {
     process().read().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_connection_shares_one_configuration_until_a_new_ca_is_trusted() {
+        let first = current().rustls().expect("built");
+        assert!(Arc::ptr_eq(&first, &current().rustls().expect("built")));
+        // Nothing new to trust: the same configuration (and its session cache) stays.
+        trust(&ExtraCas::default());
+        assert!(Arc::ptr_eq(&first, &current().rustls().expect("built")));
+    }
 }

@@ -317,6 +317,91 @@ fn cancelling_stops_the_stream_at_the_next_event() {
     );
 }
 
+/// Streams `body` on a named thread, sending each text delta and then the result.
+fn stream_on_thread(
+    name: &str,
+    client: AnthropicClient,
+    body: serde_json::Value,
+) -> crossbeam_channel::Receiver<
+    Result<String, Result<cotrackpro_voice::providers::anthropic::client::Outcome, LlmError>>,
+> {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let cancel = Cancel::new();
+            let result = client.stream(&body, &cancel, |item| {
+                if let StreamItem::Text(text) = item {
+                    let _ = tx.send(Ok(text.clone()));
+                }
+            });
+            let _ = tx.send(Err(result));
+        })
+        .expect("thread");
+    rx
+}
+
+#[test]
+fn a_handles_shutdown_cuts_its_own_stream_in_flight_and_no_other() {
+    let sim = AnthropicSim::start(Timing {
+        first_token: Duration::from_millis(10),
+        per_token: Duration::from_millis(20),
+    })
+    .unwrap();
+    // The first request speaks, then keeps its connection silent for 5 s and ends without a
+    // `message_stop` (a Malformed error, had nothing cut it); the second speaks for a while.
+    sim.push([
+        Reply::StallAfter {
+            text: "Let me think about that.".into(),
+            quiet: Duration::from_secs(5),
+        },
+        Reply::Text("One two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen twenty.".into()),
+    ]);
+    // One client (one agent, one pool), two calls' handles.
+    let server = client_with(&sim, 10_000, 10_000);
+    let (ended_call, other_call) = (server.handle(), server.handle());
+
+    let ended = stream_on_thread("test-llm-ended", ended_call.clone(), hello());
+    let first = ended.recv_timeout(Duration::from_secs(10)).expect("words");
+    assert!(first.is_ok(), "{first:?}");
+    let other = stream_on_thread("test-llm-other", other_call, hello());
+    let first = other.recv_timeout(Duration::from_secs(10)).expect("words");
+    assert!(first.is_ok(), "{first:?}");
+
+    ended_call.shutdown();
+    let result = loop {
+        match ended.recv_timeout(Duration::from_secs(10)) {
+            Ok(Ok(_)) => continue,
+            Ok(Err(result)) => break result,
+            Err(_) => panic!("the stream was not cut by the shutdown"),
+        }
+    };
+    // Cut by the shutdown: not the stall's end (Malformed) nor a timeout.
+    assert!(matches!(result, Err(LlmError::Transport(_))), "{result:?}");
+
+    let mut heard = String::new();
+    let result = loop {
+        match other.recv_timeout(Duration::from_secs(10)) {
+            Ok(Ok(text)) => heard.push_str(&text),
+            Ok(Err(result)) => break result,
+            Err(_) => panic!("the other stream never ended"),
+        }
+    };
+    let outcome = result.expect("the other call's stream is untouched");
+    assert!(!outcome.cancelled);
+    assert!(heard.contains("twenty"), "{heard}");
+
+    // Later requests of the ended call fail before reaching the API, without retries.
+    let requests = sim.requests().len();
+    let later = ended_call.stream(&hello(), &Cancel::new(), |_| {});
+    assert!(matches!(later, Err(LlmError::Transport(_))), "{later:?}");
+    assert_eq!(sim.requests().len(), requests);
+    // The server's client and the other handles still work.
+    sim.push([Reply::Text("Still here.".into())]);
+    let (result, _) = collect(&server, &hello());
+    assert!(result.is_ok(), "{result:?}");
+}
+
 #[test]
 fn replies_follow_the_persona_of_the_system_prompt() {
     use cotrackpro_voice::personas::Role;

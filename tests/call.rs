@@ -747,6 +747,113 @@ fn over_the_cap_a_stream_is_closed_with_1013() {
 }
 
 #[test]
+fn a_call_whose_thread_cannot_start_is_refused_with_1013_and_the_server_goes_on() {
+    let rig = Rig::start(&[]);
+    let app = rig.server.app();
+    let failures = || {
+        app.metrics
+            .thread_spawn_failures
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    // A worker started once the stream is admitted: the call has a record, which says why.
+    app.calls.refuse_threads_named(Some("-llm"));
+    let refused = rig.caller();
+    assert!(refused.wait_closed(WAIT));
+    assert_eq!(
+        refused.log().last().map(|(_, h)| h.clone()),
+        Some(Heard::Closed(Some(1013)))
+    );
+    let record = rig.record_after_end(refused.call_sid());
+    assert_eq!(record.status, CallStatus::Failed);
+    let reason = record.end_reason.clone().unwrap_or_default();
+    assert!(reason.contains("-llm"), "{reason:?}");
+    assert_eq!(failures(), 1);
+    assert!(app
+        .metrics
+        .render(0, 0)
+        .contains("cotrackpro_thread_spawn_failures_total 1\n"));
+
+    // The reader, started before the stream says which call it is: refused the same way, at
+    // once after the upgrade (so this client sends nothing, lest its write meet the close).
+    app.calls.refuse_threads_named(Some("-rx"));
+    let stream = std::net::TcpStream::connect(rig.server.media_addr).expect("connects");
+    stream.set_read_timeout(Some(WAIT)).expect("a read timeout");
+    let url = format!("ws://{}/call/stream", rig.server.media_addr);
+    let (mut socket, _) = tungstenite::client(url, stream).expect("the upgrade");
+    let code = loop {
+        match socket.read() {
+            Ok(tungstenite::Message::Close(frame)) => break frame.map(|f| u16::from(f.code)),
+            Ok(_) => {}
+            Err(err) => panic!("no close frame: {err}"),
+        }
+    };
+    assert_eq!(code, Some(1013));
+    assert_eq!(failures(), 2);
+
+    // The server carries on: the next call is greeted and ends as usual.
+    app.calls.refuse_threads_named(None);
+    let caller = rig.caller();
+    assert!(caller.wait_for_echoes(1, WAIT), "the greeting played");
+    let call_sid = caller.call_sid().to_string();
+    caller.hang_up();
+    let record = rig.record_after_end(&call_sid);
+    assert_eq!(record.status, CallStatus::Completed);
+    assert_eq!(record.end_reason, None);
+    assert_eq!(wait_threads_gone(), Vec::<String>::new());
+}
+
+/// A compaction (here, or a `compact` process) holds the records lock: the call's first line
+/// waits for it on the records writer, not on the call, so the greeting plays meanwhile.
+#[test]
+fn a_greeting_is_sent_while_a_compaction_holds_the_records_lock() {
+    use cotrackpro_voice::sim::caller::{new_sid, stream_parameters};
+    use cotrackpro_voice::twilio::stream_token;
+    let rig = Rig::start(&[]);
+    let app = rig.server.app();
+    // A call the webhook never saw (no record yet), admitted with its own token: the call
+    // itself must write its first line.
+    let call_sid = new_sid("CA");
+    let mut parameters =
+        stream_parameters(rig.server.addr, "parent", &new_sid("CA")).expect("the TwiML");
+    let now_secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs() as i64;
+    for (name, value) in parameters.iter_mut() {
+        if name == stream_token::PARAMETER {
+            *value = app.stream_tokens.mint(&call_sid, now_secs);
+        }
+    }
+    let lock = std::fs::File::open(rig.server.records().dir().join("calls.lock")).expect("lock");
+    lock.lock().expect("the records lock");
+
+    let caller = SimCaller::connect(
+        rig.server.media_addr,
+        CallerOptions {
+            call_sid: call_sid.clone(),
+            parameters,
+            playback_speed: 25,
+            ..CallerOptions::default()
+        },
+    )
+    .expect("the stream");
+    assert!(
+        caller.wait_for_echoes(1, WAIT),
+        "the greeting played while the lock was held: {:?}",
+        shape(&caller.log())
+    );
+
+    drop(lock);
+    caller.hang_up();
+    let record = rig.record_after_end(&call_sid);
+    assert_eq!(
+        record.role, "parent",
+        "the first line was written after all"
+    );
+    assert_eq!(record.status, CallStatus::Completed);
+}
+
+#[test]
 fn a_flood_of_invalid_messages_ends_the_call_cleanly() {
     let rig = Rig::start(&[]);
     let caller = rig.greeted();

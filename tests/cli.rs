@@ -216,3 +216,31 @@ fn serve_refuses_to_start_on_a_busy_port() {
         "{stderr}"
     );
 }
+
+/// Under a descriptor limit too low for the configured calls, `check-config` says so (and how
+/// many calls the limit holds); under one that holds them it says nothing.
+#[test]
+fn check_config_warns_when_the_open_files_limit_cannot_hold_the_calls() {
+    let with_limit = |open_files: u32, calls: &str| {
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!(
+                "ulimit -n {open_files} && exec \"$0\" check-config"
+            ))
+            .arg(env!("CARGO_BIN_EXE_cotrackpro-voice"))
+            .env_clear()
+            .envs([("SERVER_DOMAIN", DOMAIN), ("MAX_CONCURRENT_CALLS", calls)]);
+        run(command)
+    };
+    let (code, stdout, stderr) = with_limit(512, "100");
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("# warning: MAX_CONCURRENT_CALLS=100 needs about 1256 open files")
+            && stdout.contains("RLIMIT_NOFILE is 512: calls past about 25 will fail"),
+        "{stdout}"
+    );
+    let (code, stdout, stderr) = with_limit(512, "20");
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!stdout.contains("RLIMIT_NOFILE"), "{stdout}");
+}

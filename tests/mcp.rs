@@ -470,3 +470,43 @@ fn structured_content_the_official_sdk_wraps_is_said_once() {
         "tier 1\n{\"hotline\":\"988\",\"result\":\"tier 1\"}"
     );
 }
+
+#[test]
+fn a_handles_shutdown_cuts_its_own_tool_call_in_flight_and_no_other() {
+    let sim = McpSim::start(Framing::Sse).unwrap();
+    let shared = client(&sim.url(), 10_000);
+    shared.list_tools().unwrap();
+    // Every tool call now takes 3 s: had nothing cut it, each would end as a success.
+    sim.set_delay(Duration::from_secs(3));
+    let start = |name: &str, handle: std::sync::Arc<McpClient>| {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                let _ = tx.send(handle.call_tool("check_safety", &json!({"context": "x"})));
+            })
+            .unwrap();
+        rx
+    };
+    let ended = std::sync::Arc::new(shared.handle());
+    let ended_result = start("test-mcp-ended", ended.clone());
+    let other_result = start("test-mcp-other", std::sync::Arc::new(shared.handle()));
+    // Both requests reached the server (it records a call before its delay).
+    let mut waited = 0;
+    while sim.calls().len() < 2 {
+        assert!(waited < 500, "the tool calls never arrived");
+        std::thread::sleep(Duration::from_millis(10));
+        waited += 1;
+    }
+
+    ended.shutdown();
+    let outcome = ended_result
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the call ended");
+    assert!(outcome.is_error, "cut, not answered: {}", outcome.text);
+    let outcome = other_result
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the other call ended");
+    assert!(!outcome.is_error, "untouched: {}", outcome.text);
+    assert_eq!(sim.sessions_opened(), 1);
+}

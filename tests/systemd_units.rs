@@ -101,3 +101,32 @@ fn the_service_is_sandboxed_and_keeps_state() {
         assert!(unit.lines().any(|l| l == line), "missing {line}");
     }
 }
+
+/// The unit's limits hold issue 14's target (1,000 calls) by the per-call figures
+/// `check-config` uses, so a change to either is seen here.
+#[test]
+fn the_service_limits_hold_a_thousand_calls() {
+    use cotrackpro_voice::config::limits::{needed, warnings, ProcessLimits};
+    let unit = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("systemd/cotrackpro-voice.service"),
+    )
+    .unwrap();
+    let setting = |name: &str| -> u64 {
+        let prefix = format!("{name}=");
+        unit.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .unwrap_or_else(|| panic!("the unit sets {name}"))
+            .parse()
+            .unwrap_or_else(|_| panic!("{name} is a number"))
+    };
+    let limits = ProcessLimits {
+        open_files: Some(setting("LimitNOFILE")),
+        cgroup_tasks: Some(setting("TasksMax")),
+        user_tasks: None,
+    };
+    assert_eq!(warnings(1000, &limits), Vec::<String>::new());
+    let (fds, tasks) = needed(1000);
+    // Sized for the target, not for ten times it.
+    assert!(limits.open_files < Some(fds * 2) && limits.cgroup_tasks < Some(tasks * 2));
+    assert!(unit.lines().any(|l| l == "Environment=MALLOC_ARENA_MAX=2"));
+}

@@ -457,6 +457,13 @@ impl LinkDriver {
                     reconnects,
                     dial,
                     256 * 1024,
+                    Arc::new(|name, stack, f| {
+                        std::thread::Builder::new()
+                            .name(name)
+                            .stack_size(stack)
+                            .spawn(f)
+                            .map(drop)
+                    }),
                     Duration::from_millis(100),
                     counter,
                 );

@@ -44,6 +44,9 @@ pub enum End {
     ChannelClosed,
     /// A bug: the call thread panicked.
     Internal,
+    /// The system refused to start one of the call's threads (this one): the call is refused
+    /// with close code 1013, "try again later".
+    NoThread(String),
 }
 
 impl End {
@@ -65,7 +68,8 @@ impl End {
             | End::SpeechToTextLost
             | End::ServerShutdown
             | End::ChannelClosed
-            | End::Internal => CallStatus::Failed,
+            | End::Internal
+            | End::NoThread(_) => CallStatus::Failed,
         }
     }
 
@@ -100,6 +104,7 @@ impl fmt::Display for End {
             End::ServerShutdown => f.write_str("server shutting down"),
             End::ChannelClosed => f.write_str("call channel closed"),
             End::Internal => f.write_str("internal error"),
+            End::NoThread(name) => write!(f, "the server could not start thread {name}"),
         }
     }
 }

@@ -2,7 +2,9 @@
 //!
 //! ```text
 //!  Twilio ws ─► call-N-rx ─inputs─► call-N: Machine::step(now, input) → actions ─► Twilio ws
-//!                  └─ caller audio (base64, untouched) ─► call-N-stt ─transcripts─┘
+//!                 │ ▲ caller audio in chunks out, transcripts in (same thread)
+//!                 ▼ │
+//!             ElevenLabs STT
 //!  call-N ─jobs─► call-N-llm (Claude + tools) ─text─► call-N ─pieces─► call-N-tts ─audio─► call-N
 //! ```
 //!
@@ -11,11 +13,18 @@
 //! nothing to do sleeps until something happens or a timer is really due.
 //!
 //! Channels, and what happens when one is full:
-//! - the call's input channel (1024): every worker blocks on it; the call thread never blocks
-//!   on anything but it (its writes to Twilio have a timeout), so it drains at once;
-//! - caller audio to speech-to-text (100 frames, 2 s): the reader never waits — when the STT
-//!   worker is reconnecting, the newest audio is dropped and counted (the caller's words in a
-//!   reconnect are lost either way);
+//! - the call's inputs come on two channels, both read by the call thread, which never blocks
+//!   on anything but them (its writes to Twilio have a timeout), so it drains them at once:
+//!   control (64: Twilio's messages from the reader, transcripts, the model's text; a sender
+//!   blocks when full) and speech (32: the text-to-speech worker's audio and piece ends, in
+//!   order; the worker blocks when full, which only slows its reading). Control is read first
+//!   whenever both have something, so a `stop`, a mark or a transcript never waits behind
+//!   audio. Sizes: a slot is 128 bytes allocated and touched up front, so these 12 KiB per
+//!   call replaced a single channel of 1,024 slots (128 KiB) that a thread draining at once
+//!   never came near filling;
+//! - caller audio to speech-to-text: no channel, the reader sends it itself; while no session
+//!   is up (a handshake, a reconnect) it keeps 2 s, then drops the newest and counts it (the
+//!   caller's words in a long reconnect are lost either way);
 //! - jobs to the model (4) and to text-to-speech (256 pieces): the call uses `try_send`; a full
 //!   queue means a stuck worker, and the piece is dropped and logged rather than the call
 //!   stalling (the machine is told, and forgets the piece).
@@ -37,7 +46,7 @@ pub mod workers;
 use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::thread::{self, JoinHandle};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, Select, Sender};
@@ -56,7 +65,8 @@ use crate::metrics::Metrics;
 use crate::personas::prompts;
 use crate::providers::cancel::Cancel;
 use crate::records::event::{CallStatus, Event as RecordEvent, EventKind, Transcript};
-use crate::records::{ttl_from, RecordStore};
+use crate::records::ttl_from;
+use crate::records::writer::RecordWriter;
 use crate::timestamp;
 use crate::twilio::media_messages::Inbound;
 use crate::twilio::stream_token::{self, StreamTokens};
@@ -65,9 +75,13 @@ use crate::twilio::stream_token::{self, StreamTokens};
 pub use self::machine::Input as Event;
 pub use self::setup::Setup;
 
-const EVENTS_CAP: usize = 1024;
+const EVENTS_CAP: usize = 64;
+const SPEECH_EVENTS_CAP: usize = 32;
 const LLM_JOBS_CAP: usize = 4;
 const TTS_JOBS_CAP: usize = 256;
+/// How long the end of a call waits for its `completed` line to be on file (queued behind a
+/// compaction, or a stalled disk); past it the line is still written, later.
+const RECORD_WAIT: Duration = Duration::from_secs(5);
 /// How long the end of a call waits for its threads.
 const JOIN_WAIT: Duration = Duration::from_secs(1);
 
@@ -75,7 +89,8 @@ const JOIN_WAIT: Duration = Duration::from_secs(1);
 /// the providers. (Not the whole server state: a call knows nothing of HTTP.)
 pub struct Context<'a> {
     pub config: &'a Config,
-    pub records: &'a RecordStore,
+    /// Where the record goes: the process's records writer (the call never writes the file).
+    pub records: &'a RecordWriter,
     pub metrics: &'a Metrics,
     pub providers: &'a Setup,
     /// Admits streams by their per-call token.
@@ -108,6 +123,8 @@ struct Call<'a> {
     /// A write to Twilio failed: nothing more is written.
     write_failed: bool,
     events_tx: Sender<Event>,
+    /// The text-to-speech worker's outputs (see the module docs: read after control).
+    speech_tx: Sender<Event>,
     started: Instant,
     /// The reader's last loud frame, in milliseconds from `started` plus one (0: none yet).
     voiced_ms: Arc<AtomicU64>,
@@ -124,6 +141,8 @@ struct Call<'a> {
     admitted: Arc<AtomicBool>,
     /// Inputs that carrying out actions produced (a failed write, a full queue).
     feedback: Vec<Event>,
+    /// The call's place under the cap; its threads are started through it and hold it.
+    slot: &'a CallSlot,
 }
 
 /// Runs one call on the current (`call-N`) thread until it ends, then cleans up after it.
@@ -137,6 +156,7 @@ pub fn run(ctx: &Context<'_>, socket: TwilioSocket, slot: CallSlot, n: u64) {
     log::info!(peer:% = peer, connection = n; "call.stream.connected");
     let tcp = writer.get_ref().try_clone().ok();
     let (events_tx, events_rx) = bounded::<Event>(EVENTS_CAP);
+    let (speech_tx, speech_rx) = bounded::<Event>(SPEECH_EVENTS_CAP);
     let voiced_ms = Arc::new(AtomicU64::new(0));
     let admitted = Arc::new(AtomicBool::new(false));
     let stt_bytes = Arc::new(AtomicU64::new(0));
@@ -156,11 +176,16 @@ pub fn run(ctx: &Context<'_>, socket: TwilioSocket, slot: CallSlot, n: u64) {
             tuning.stt_reconnects,
             format!("call-{n}-stt-dial"),
             PROVIDER_STACK,
+            {
+                // A handshake's thread holds the call's place too, until it ends.
+                let slot = slot.clone();
+                Arc::new(move |name, stack, f| slot.spawn(name, stack, f).map(drop))
+            },
             tuning.stt_chunk,
             stt_bytes.clone(),
         );
         let (chunk, read_timeout) = (tuning.stt_chunk, tuning.media_read_timeout);
-        threads.spawn(format!("call-{n}-rx"), CALL_STACK, move || {
+        let spawned = threads.spawn(&slot, format!("call-{n}-rx"), CALL_STACK, move || {
             reader::twilio_reader(
                 reader,
                 reader::Reader {
@@ -174,6 +199,12 @@ pub fn run(ctx: &Context<'_>, socket: TwilioSocket, slot: CallSlot, n: u64) {
                 },
             )
         });
+        if let Err(end) = spawned {
+            ctx.metrics
+                .thread_spawn_failures
+                .fetch_add(1, Ordering::Relaxed);
+            let _ = events_tx.send(Event::TwilioGone(end));
+        }
     }
 
     let wall_ms = timestamp::now_ms();
@@ -184,6 +215,7 @@ pub fn run(ctx: &Context<'_>, socket: TwilioSocket, slot: CallSlot, n: u64) {
         writer,
         write_failed: false,
         events_tx,
+        speech_tx,
         started,
         voiced_ms,
         voiced_seen: 0,
@@ -194,11 +226,12 @@ pub fn run(ctx: &Context<'_>, socket: TwilioSocket, slot: CallSlot, n: u64) {
         threads,
         admitted,
         feedback: Vec::new(),
+        slot: &slot,
     };
     // A bug must not leave a call half-alive (threads streaming, record active): a panic in
     // the call thread ends the call like any failure.
     let end = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        call.drive(&events_rx, slot.ending())
+        call.drive(&events_rx, &speech_rx, slot.ending())
     })) {
         Ok(end) => end,
         Err(_) => {
@@ -221,6 +254,7 @@ pub fn run(ctx: &Context<'_>, socket: TwilioSocket, slot: CallSlot, n: u64) {
     let close = match &summary.end {
         // Told why (policy), so a misconfigured deployment is not a mystery.
         End::Unauthorized(_) => Some((CloseCode::Policy, "stream not admitted")),
+        End::NoThread(_) => Some((CloseCode::Again, "server busy, try again later")),
         end if summary.started && end.may_close_socket() => Some((CloseCode::Normal, "call ended")),
         _ => None,
     };
@@ -244,6 +278,7 @@ pub fn run(ctx: &Context<'_>, socket: TwilioSocket, slot: CallSlot, n: u64) {
         clients.shutdown();
     }
     drop(events_rx);
+    drop(speech_rx);
     let threads = std::mem::replace(&mut call.threads, Threads::new());
     drop(call);
     threads.join_by(Instant::now() + JOIN_WAIT);
@@ -270,21 +305,24 @@ impl Threads {
         }
     }
 
-    fn spawn<F>(&mut self, name: String, stack: usize, f: F)
+    /// Starts a thread of the call (holding its `slot`); a refusal is how the call ends.
+    fn spawn<F>(&mut self, slot: &CallSlot, name: String, stack: usize, f: F) -> Result<(), End>
     where
         F: FnOnce() + Send + 'static,
     {
         let done = self.done_tx.clone();
-        let spawned = thread::Builder::new()
-            .name(name.clone())
-            .stack_size(stack)
-            .spawn(move || {
-                let _done = done;
-                f();
-            });
-        match spawned {
-            Ok(handle) => self.handles.push(handle),
-            Err(err) => log::error!(thread = name.as_str(), error:% = err; "call.spawn_failed"),
+        match slot.spawn(name.clone(), stack, move || {
+            let _done = done;
+            f();
+        }) {
+            Ok(handle) => {
+                self.handles.push(handle);
+                Ok(())
+            }
+            Err(err) => {
+                log::error!(thread = name.as_str(), error:% = err; "call.spawn_failed: call refused with 1013");
+                Err(End::NoThread(name))
+            }
         }
     }
 
@@ -315,20 +353,27 @@ impl Threads {
 }
 
 /// Stack of the provider workers: they run TLS handshakes and certificate checks (rustls),
-/// whose stack use is not ours to bound, so they get a generous margin. Only the pages a
-/// thread touches are committed, so the margin costs address space, not memory.
-const PROVIDER_STACK: usize = 1024 * 1024;
+/// whose stack use is not ours to bound, so they get a generous margin. Measured in `bench`
+/// (the touched pages of their stacks in /proc/PID/smaps): at most 52 KiB, so 512 KiB is ten
+/// times that. Only the pages a thread touches are resident; the rest is address space (and
+/// commit charge, under strict overcommit), which a thousand calls' 3,000 workers multiply.
+const PROVIDER_STACK: usize = 512 * 1024;
 
 impl Call<'_> {
     /// Waits for inputs until the machine's next deadline, steps the machine, carries out its
     /// actions; returns how the call ended.
-    fn drive(&mut self, events: &Receiver<Event>, ending: &Receiver<()>) -> End {
+    fn drive(
+        &mut self,
+        events: &Receiver<Event>,
+        speech: &Receiver<Event>,
+        ending: &Receiver<()>,
+    ) -> End {
         let mut ending = Some(ending);
         loop {
             if let Some(end) = self.machine.end() {
                 return end.clone();
             }
-            let input = wait(events, &mut ending, self.machine.next_deadline());
+            let input = wait(events, speech, &mut ending, self.machine.next_deadline());
             let now = Instant::now();
             let voiced = self.voiced_ms.load(Ordering::Relaxed);
             if voiced != self.voiced_seen {
@@ -480,16 +525,8 @@ impl Call<'_> {
         self.start_workers(stream);
     }
 
+    /// Queued for the records writer: the greeting never waits for the records file.
     fn ensure_record(&self, stream: &Stream) {
-        let records = self.ctx.records;
-        match crate::records::index::sid_key(&stream.call_sid) {
-            Some(key) if records.summary(&key).is_some() => return,
-            Some(_) => {}
-            None => {
-                log::warn!(callSid = stream.call_sid.as_str(); "call: not a Twilio call SID; no record kept");
-                return;
-            }
-        }
         let now = timestamp::now_ms();
         let ttl = ttl_from(now, self.ctx.config.records.ttl_days);
         let event = RecordEvent::created(
@@ -500,8 +537,17 @@ impl Call<'_> {
             now,
             ttl,
         );
-        if let Err(err) = records.append(&event) {
-            log::error!(callSid = stream.call_sid.as_str(), error:% = err; "records.createCallRecord.failed");
+        self.ctx.records.create_if_absent(event);
+    }
+
+    /// Starts a provider worker of the call; if the system refuses, the call ends (1013).
+    fn spawn(&mut self, name: String, f: impl FnOnce() + Send + 'static) {
+        if let Err(end) = self.threads.spawn(self.slot, name, PROVIDER_STACK, f) {
+            self.ctx
+                .metrics
+                .thread_spawn_failures
+                .fetch_add(1, Ordering::Relaxed);
+            self.feedback.push(Event::TwilioGone(end));
         }
     }
 
@@ -519,10 +565,9 @@ impl Call<'_> {
             let system = prompts::system_prompt(stream.role);
             let clients = CallLlm::new(&setup);
             self.llm_clients = Some(clients.clone());
-            self.threads
-                .spawn(format!("call-{n}-llm"), PROVIDER_STACK, move || {
-                    workers::llm(&setup, &clients, &system, &rx, &events)
-                });
+            self.spawn(format!("call-{n}-llm"), move || {
+                workers::llm(&setup, &clients, &system, &rx, &events)
+            });
             self.llm_tx = Some(tx);
         } else {
             log::error!("call: ANTHROPIC_API_KEY is not set; the persona cannot answer");
@@ -530,12 +575,11 @@ impl Call<'_> {
         if let Some(settings) = self.ctx.providers.tts.clone() {
             match workers::tts_channel(TTS_JOBS_CAP) {
                 Ok((handle, inbox)) => {
-                    let events = self.events_tx.clone();
+                    let events = self.speech_tx.clone();
                     let voice = stream.voice.clone();
-                    self.threads
-                        .spawn(format!("call-{n}-tts"), PROVIDER_STACK, move || {
-                            workers::tts(&settings, &voice, &inbox, &events)
-                        });
+                    self.spawn(format!("call-{n}-tts"), move || {
+                        workers::tts(&settings, &voice, &inbox, &events)
+                    });
                     self.tts = Some(handle);
                 }
                 // Logged, and every piece is then reported dropped (the call apologizes and
@@ -548,14 +592,20 @@ impl Call<'_> {
     }
 }
 
-/// Waits for the next input: an event, the end of the server's drain, or the deadline.
+/// Waits for the next input: an event (control first), the end of the server's drain, or the
+/// deadline.
 fn wait(
     events: &Receiver<Event>,
+    speech: &Receiver<Event>,
     ending: &mut Option<&Receiver<()>>,
     deadline: Option<Instant>,
 ) -> Event {
+    if let Ok(event) = events.try_recv() {
+        return event;
+    }
     let mut select = Select::new();
     let events_index = select.recv(events);
+    let speech_index = select.recv(speech);
     if let Some(ending) = ending {
         select.recv(ending);
     }
@@ -568,6 +618,12 @@ fn wait(
     };
     if operation.index() == events_index {
         return match operation.recv(events) {
+            Ok(event) => event,
+            Err(_) => Event::TwilioGone(End::ChannelClosed),
+        };
+    }
+    if operation.index() == speech_index {
+        return match operation.recv(speech) {
             Ok(event) => event,
             Err(_) => Event::TwilioGone(End::ChannelClosed),
         };
@@ -624,6 +680,7 @@ fn complete(ctx: &Context<'_>, summary: &mut Summary) {
         tool_calls: Some(std::mem::take(&mut summary.tool_calls)),
         cost_summary: Some(cost),
         barge_ins: Some(summary.barge_ins),
+        end_reason: (status != CallStatus::Completed).then(|| summary.end.to_string()),
         ..RecordEvent::new(
             EventKind::Completed,
             &summary.call_sid,
@@ -631,7 +688,39 @@ fn complete(ctx: &Context<'_>, summary: &mut Summary) {
             ttl_from(now, ctx.config.records.ttl_days),
         )
     };
-    if let Err(err) = ctx.records.append(&event) {
+    // The call's only wait on the records file, at its end: its verdict is on file before the
+    // stream closes.
+    if let Err(err) = ctx.records.append_and_wait(event, RECORD_WAIT) {
         log::error!(callSid = summary.call_sid.as_str(), error:% = err; "records.completeCall.failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_is_read_before_speech_whatever_arrived_first() {
+        let (control_tx, control) = bounded::<Event>(4);
+        let (speech_tx, speech) = bounded::<Event>(4);
+        speech_tx
+            .send(Event::TwilioGone(End::TwilioClosed))
+            .unwrap();
+        speech_tx.send(Event::Deadline).unwrap();
+        control_tx.send(Event::Shutdown).unwrap();
+        let mut ending = None;
+        let far = Some(Instant::now() + Duration::from_secs(5));
+        assert!(matches!(
+            wait(&control, &speech, &mut ending, far),
+            Event::Shutdown
+        ));
+        assert!(matches!(
+            wait(&control, &speech, &mut ending, far),
+            Event::TwilioGone(End::TwilioClosed)
+        ));
+        assert!(matches!(
+            wait(&control, &speech, &mut ending, far),
+            Event::Deadline
+        ));
     }
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use super::clips::Clips;
 use super::workers::LlmSetup;
 use crate::config::Config;
+use crate::providers::anthropic::client::AnthropicClient;
 use crate::providers::elevenlabs_stt::SttSettings;
 use crate::providers::elevenlabs_tts::{TtsSettings, DEFAULT_INACTIVITY_SECS};
 use crate::providers::mcp::{default_tools, McpClient, ToolCatalog};
@@ -59,7 +60,7 @@ impl Setup {
         let llm = config.anthropic.api_key.clone().map(|api_key| {
             Arc::new(LlmSetup {
                 anthropic: config.anthropic.clone(),
-                api_key,
+                client: AnthropicClient::new(&config.anthropic, api_key),
                 max_tool_rounds: tuning.max_tool_rounds,
                 tools,
                 mcp: mcp.clone(),

@@ -10,12 +10,33 @@ use crate::personas::{is_valid_voice_id, Role};
 use super::read::{Float, Reader, Report, Whole};
 use crate::phone;
 
+/// Calls one server core carries within every service level, from the capacity search
+/// (`bench --capacity`; README, "Sizing a VM"): 80 today. When `MAX_CONCURRENT_CALLS` is not
+/// set, the cap is this many per core the process may run on ([`default_max_concurrent`]).
+/// Update it after measuring: issue 14's target is at least 500.
+pub const CALLS_PER_CORE: usize = 80;
+
+/// `default` is one core's worth; unset, the cap is [`default_max_concurrent`] of the cores.
 const MAX_CONCURRENT_CALLS: Whole = Whole {
     name: "MAX_CONCURRENT_CALLS",
-    default: 200,
+    default: CALLS_PER_CORE as u64,
     min: 1,
     max: 10_000,
 };
+
+/// The admission cap when none is configured: [`CALLS_PER_CORE`] for each of `cores`, within
+/// the variable's range.
+pub fn default_max_concurrent(cores: usize) -> usize {
+    (CALLS_PER_CORE * cores.max(1)).clamp(
+        MAX_CONCURRENT_CALLS.min as usize,
+        MAX_CONCURRENT_CALLS.max as usize,
+    )
+}
+
+/// The cores this process may run on (its CPU affinity and cgroup quota, as std reads them).
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
 /// The original's name for [`MAX_CONCURRENT_CALLS`]; both are accepted.
 const MAX_CONCURRENT_SESSIONS: Whole = Whole {
     name: "MAX_CONCURRENT_SESSIONS",
@@ -286,6 +307,7 @@ fn read_max_concurrent(r: &mut Reader<'_>) -> usize {
             calls
         }
         (false, true) => sessions,
+        (false, false) => default_max_concurrent(cores()),
         _ => calls,
     }
 }

@@ -14,6 +14,7 @@ mod calls;
 mod elevenlabs;
 mod env;
 mod env_file;
+pub mod limits;
 mod mcp;
 mod outbound;
 mod prices;
@@ -28,7 +29,7 @@ use std::fmt;
 use std::net::IpAddr;
 
 pub use anthropic::AnthropicConfig;
-pub use calls::{CallTuning, CallsConfig, NumberOverride};
+pub use calls::{default_max_concurrent, CallTuning, CallsConfig, NumberOverride, CALLS_PER_CORE};
 pub use elevenlabs::ElevenLabsConfig;
 pub use env::Env;
 pub use env_file::EnvFileError;

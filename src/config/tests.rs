@@ -76,7 +76,11 @@ fn defaults_of_a_minimal_development_config() {
     );
     assert_eq!(config.records.ttl_days, 365.0);
     assert_eq!(config.records.dir, PathBuf::from("./data"));
-    assert_eq!(config.calls.max_concurrent, 200);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(
+        config.calls.max_concurrent,
+        super::calls::default_max_concurrent(cores)
+    );
     assert_eq!(config.calls.default_role, Role::Parent);
     assert_eq!(config.prices.claude_output_per_mtok, 15.0);
     assert!(config.warnings.is_empty());

@@ -106,14 +106,17 @@ fn accept_loop(app: &Arc<App>, listener: &TcpListener, stop: &WakeReceiver) {
                 }
                 pending.fetch_add(1, Ordering::SeqCst);
                 let n = CONNECTION.fetch_add(1, Ordering::Relaxed);
-                let app = app.clone();
+                let for_call = app.clone();
                 let counter = pending.clone();
                 let spawned = thread::Builder::new()
                     .name(format!("call-{n}"))
                     .stack_size(CALL_STACK)
-                    .spawn(move || serve_connection(&app, stream, peer, n, &counter));
+                    .spawn(move || serve_connection(&for_call, stream, peer, n, &counter));
                 if let Err(err) = spawned {
                     pending.fetch_sub(1, Ordering::SeqCst);
+                    app.metrics
+                        .thread_spawn_failures
+                        .fetch_add(1, Ordering::Relaxed);
                     log::error!(error:% = err; "media.spawn_failed: connection dropped");
                 }
             }
@@ -182,7 +185,7 @@ fn serve_connection(
     };
     let context = crate::call::Context {
         config: &app.config,
-        records: &app.records,
+        records: &app.record_writer,
         metrics: &app.metrics,
         providers: &app.voice,
         stream_tokens: &app.stream_tokens,

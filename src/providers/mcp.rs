@@ -8,8 +8,10 @@
 //! never an error that ends the caller's turn. A 404 for a request carrying a session id means
 //! the server forgot the session: the client initializes again, once, and retries.
 //!
-//! One session serves the whole server: calls use [`McpClient::handle`]s of one client (their
-//! own connections, the shared session) and the server ends it with `DELETE` at shutdown.
+//! One session and one agent (one pool of connections) serve the whole server: calls use
+//! [`McpClient::handle`]s of one client, each with its own [`RequestScope`] so that a call's
+//! end cuts its own tool call in flight and no other; the server ends the session with
+//! `DELETE` at shutdown.
 //! `tools/list` is followed through `nextCursor`; tool names the model API would refuse are
 //! mapped (and mapped back for `tools/call`); non-text results become words the model can read;
 //! an SSE answer the server ends early is resumed with `GET` and `Last-Event-ID`. The facts
@@ -24,6 +26,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::config::Secret;
+use crate::http_client::RequestScope;
 use crate::providers::anthropic::ToolDefinition;
 use crate::providers::sse::SseReader;
 
@@ -88,6 +91,8 @@ struct Shared {
     url: String,
     token: Option<Secret>,
     timeout: Duration,
+    /// Every handle's requests go through it (their scopes tell them apart).
+    agent: ureq::Agent,
     session: Mutex<Option<Session>>,
     /// Held while a session is being opened, so that users arriving meanwhile wait for that
     /// one instead of opening their own (bounded by the opener's request timeout).
@@ -101,23 +106,30 @@ struct Shared {
 /// A client for one MCP server, safe to share between threads.
 ///
 /// The session is the server's (one `initialize` for every user of the client and its
-/// [`handle`](McpClient::handle)s); the connections are the handle's: [`shutdown`]
-/// (McpClient::shutdown) interrupts this handle's requests only, so a call that ends cuts its
-/// own tool call in flight without touching the session other calls use.
+/// [`handle`](McpClient::handle)s), and so is the agent; each handle's requests are its own:
+/// [`shutdown`](McpClient::shutdown) interrupts this handle's requests only, so a call that
+/// ends cuts its own tool call in flight without touching the session other calls use.
 pub struct McpClient {
     shared: Arc<Shared>,
-    agent: ureq::Agent,
+    /// This handle's requests (what `shutdown` ends).
+    scope: RequestScope,
     /// Set by `shutdown`; wakes a wait before an SSE reconnection.
     stopped: Arc<(Mutex<bool>, Condvar)>,
 }
 
-/// A request agent with bounded name lookups (see `crate::resolve`).
+/// Idle connections kept to the MCP server between tool calls (of any call): tool calls are
+/// rarer than turns, and an idle connection costs its buffers.
+const IDLE_CONNECTIONS: usize = 16;
+
+/// The request agent, with bounded name lookups (see `crate::resolve`).
 fn agent(timeout: Duration) -> ureq::Agent {
     crate::resolve::provider_agent(
         ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_connect(Some(Duration::from_secs(3).min(timeout)))
-            .timeout_global(Some(timeout)),
+            .timeout_global(Some(timeout))
+            .max_idle_connections(IDLE_CONNECTIONS)
+            .max_idle_connections_per_host(IDLE_CONNECTIONS),
     )
 }
 
@@ -133,23 +145,24 @@ impl McpClient {
                 url: url.to_string(),
                 token,
                 timeout,
+                agent: agent(timeout),
                 session: Mutex::new(None),
                 opening: Mutex::new(()),
                 generations: AtomicU64::new(0),
                 next_id: AtomicU64::new(1),
                 names: RwLock::new(HashMap::new()),
             }),
-            agent: agent(timeout),
+            scope: RequestScope::new(),
             stopped: Arc::new((Mutex::new(false), Condvar::new())),
         }
     }
 
-    /// Another user of the same session (and tool names) with connections of its own: its
+    /// Another user of the same session, tool names and agent with requests of its own: its
     /// [`shutdown`](McpClient::shutdown) ends its requests only. One per call.
     pub fn handle(&self) -> McpClient {
         McpClient {
             shared: self.shared.clone(),
-            agent: agent(self.shared.timeout),
+            scope: RequestScope::new(),
             stopped: Arc::new((Mutex::new(false), Condvar::new())),
         }
     }
@@ -157,7 +170,7 @@ impl McpClient {
     /// Interrupts every request of this handle now; later ones fail at once (the end of a
     /// call: a tool call in flight must not outlive it). The shared session stays open.
     pub fn shutdown(&self) {
-        self.agent.clone().shutdown();
+        self.scope.shutdown();
         let (stopped, wake) = &*self.stopped;
         *lock(stopped) = true;
         wake.notify_all();
@@ -172,10 +185,14 @@ impl McpClient {
         let Some(id) = &session.id else {
             return;
         };
-        // A fresh, short-lived agent: this handle's may have been shut down.
-        let agent = agent(self.shared.timeout.min(Duration::from_secs(3)));
-        let mut request = agent
+        // Outside any handle's scope (this one may have been shut down), and short.
+        let mut request = self
+            .shared
+            .agent
             .delete(&self.shared.url)
+            .config()
+            .timeout_global(Some(self.shared.timeout.min(Duration::from_secs(3))))
+            .build()
             .header("Mcp-Session-Id", id)
             .header("MCP-Protocol-Version", &session.protocol);
         if let Some(token) = &self.shared.token {
@@ -376,7 +393,10 @@ impl McpClient {
     /// and the session id the server set.
     fn post(&self, message: &Value, session: Option<&Session>) -> Result<Answer, McpError> {
         let deadline = Instant::now() + self.shared.timeout;
+        // This thread's requests are this handle's until the answer is read (resumptions too).
+        let _scope = self.scope.enter();
         let mut request = self
+            .shared
             .agent
             .post(&self.shared.url)
             .header("Content-Type", "application/json")
@@ -471,6 +491,7 @@ impl McpClient {
             }
             log::debug!(lastEventId = last_id.as_str(), waitedMs = wait.as_millis() as u64; "mcp.sse.resume");
             let mut request = self
+                .shared
                 .agent
                 .get(&self.shared.url)
                 .header("Accept", "text/event-stream")

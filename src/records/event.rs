@@ -192,6 +192,9 @@ pub struct Event {
     pub cost_summary: Option<CostSummary>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub barge_ins: Option<u64>,
+    /// Why the call ended, in words for the operator, when it did not end normally.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_reason: Option<String>,
 }
 
 impl Event {
@@ -246,6 +249,7 @@ impl Event {
             tool_calls: None,
             cost_summary: None,
             barge_ins: None,
+            end_reason: None,
         }
     }
 }
@@ -275,6 +279,9 @@ pub struct CallRecord {
     pub ttl: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cost_summary: Option<CostSummary>,
+    /// Why the call ended, when it did not end normally (not kept by the index's lists).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_reason: Option<String>,
     /// Set by a `deleted` event; such a record is never shown.
     #[serde(skip)]
     pub deleted: bool,
@@ -303,6 +310,7 @@ impl CallRecord {
             barge_ins: 0,
             ttl: 0,
             cost_summary: None,
+            end_reason: None,
             deleted: false,
             last_sequence: None,
         }
@@ -340,6 +348,7 @@ impl CallRecord {
             tool_calls: Some(self.tool_calls),
             cost_summary: self.cost_summary,
             barge_ins: Some(self.barge_ins),
+            end_reason: self.end_reason,
         }
     }
 }
@@ -480,6 +489,9 @@ impl CallState for CallRecord {
         }
         if let Some(barge_ins) = event.barge_ins {
             self.barge_ins = barge_ins;
+        }
+        if let Some(reason) = &event.end_reason {
+            self.end_reason = Some(reason.clone());
         }
     }
 }

@@ -311,6 +311,7 @@ impl Summary {
             barge_ins: self.barge_ins.into(),
             ttl: self.ttl,
             cost_summary: self.cost(),
+            end_reason: None,
             deleted: self.deleted,
             last_sequence: (self.last_sequence != NONE_U32).then_some(self.last_sequence.into()),
         }

@@ -21,10 +21,16 @@
 //! or writes, a store brings its index up to date with the file: it reloads the index when
 //! another process replaced the file, and reads the lines other processes appended since (so a
 //! `compact` process started before the server's last appends still keeps them).
+//!
+//! **Calls never write the file themselves**: their lines go through the process's
+//! [`writer::RecordWriter`] (one `records-writer` thread, a bounded queue), so a compaction
+//! holding the lock delays that thread, not a call's greeting; a call waits only at its end,
+//! for its `completed` line to be on file.
 
 mod compaction;
 pub mod event;
 pub mod index;
+pub mod writer;
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};

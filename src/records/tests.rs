@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use super::event::{CallStatus, CostSummary, Direction, Transcript, TranscriptEntry};
+use super::writer::{Delivery, RecordWriter, QUEUE_LINES};
 use super::*;
 use crate::personas::Role;
 
@@ -358,4 +359,89 @@ fn compaction_keeps_every_live_call_exactly_whatever_its_lines() {
         .lines()
         .count();
     assert_eq!(lines, before.iter().flatten().count(), "one line per call");
+}
+
+// The records writer (`writer.rs`).
+
+fn shared_store(dir: &TempDir) -> Arc<RecordStore> {
+    Arc::new(RecordStore::open(&dir.0).unwrap().0)
+}
+
+fn first_line(n: u32) -> Event {
+    let now = timestamp::now_ms();
+    Event::created(
+        &sid(n),
+        Role::Parent,
+        Direction::Inbound,
+        "unknown",
+        now,
+        far_ttl(),
+    )
+}
+
+/// Holds the records lock as a compaction (here or in another process) does.
+fn hold_lock(store: &RecordStore) -> File {
+    let lock = File::open(store.dir().join(LOCK_FILE)).unwrap();
+    lock.lock().unwrap();
+    lock
+}
+
+#[test]
+fn a_full_queue_makes_the_caller_write_its_own_line_and_nothing_is_lost() {
+    let dir = TempDir::new("writer-full");
+    let store = shared_store(&dir);
+    let writer = Arc::new(RecordWriter::start(store.clone(), 1));
+    let lock = hold_lock(&store);
+    // The writer takes the first line and waits for the lock with it.
+    assert_eq!(writer.create_if_absent(first_line(1)), Delivery::Queued);
+    let mut waited = 0;
+    while writer.queued() > 0 {
+        assert!(waited < 500, "the writer never took the line");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        waited += 1;
+    }
+    // The second fills the queue; a third would be given back to its caller, which then
+    // writes it itself (waiting for the lock like the writer).
+    assert_eq!(writer.create_if_absent(first_line(2)), Delivery::Queued);
+    let refused = writer.try_queue_for_test(first_line(3));
+    assert!(refused.is_err(), "the queue is full");
+    let third = {
+        let writer = writer.clone();
+        std::thread::Builder::new()
+            .name("test-records-caller".into())
+            .spawn(move || writer.create_if_absent(first_line(3)))
+            .unwrap()
+    };
+    drop(lock);
+    third.join().unwrap();
+    drop(Arc::into_inner(writer).expect("the only owner left"));
+    for n in 1..=3 {
+        assert!(store.summary(&key(n)).is_some(), "call {n} has its record");
+    }
+}
+
+#[test]
+fn a_waited_append_is_on_file_when_it_returns_and_a_first_line_is_written_once() {
+    let dir = TempDir::new("writer-wait");
+    let store = shared_store(&dir);
+    let writer = RecordWriter::start(store.clone(), QUEUE_LINES);
+    writer.create_if_absent(first_line(1));
+    writer.create_if_absent(first_line(1));
+    let done = Event {
+        status: Some(CallStatus::Completed),
+        ..Event::new(
+            EventKind::Completed,
+            &sid(1),
+            &timestamp::format_ms(timestamp::now_ms()),
+            far_ttl(),
+        )
+    };
+    writer
+        .append_and_wait(done, std::time::Duration::from_secs(10))
+        .unwrap();
+    let record = store.get(&key(1)).unwrap().expect("a record");
+    assert_eq!(record.status, CallStatus::Completed);
+    assert_eq!(record.role, "parent");
+    let lines = std::fs::read_to_string(store.path()).unwrap();
+    assert_eq!(lines.lines().count(), 2, "one created line, one completed");
 }

@@ -17,16 +17,17 @@ use crate::providers::mcp::{McpClient, ToolCatalog};
 /// What the model worker needs, shared by every call.
 pub struct LlmSetup {
     pub anthropic: crate::config::AnthropicConfig,
-    pub api_key: crate::config::Secret,
+    /// The server's client: one agent and connection pool for every call's requests.
+    pub client: AnthropicClient,
     pub max_tool_rounds: u32,
     pub tools: Arc<ToolCatalog>,
     /// The server's MCP client (`COTRACKPRO_MCP_URL`): one session for every call.
     pub mcp: Option<Arc<McpClient>>,
 }
 
-/// One call's own clients: their connections end with the call ([`CallLlm::shutdown`]
-/// interrupts a read in flight, so the worker never outlives the call by a timeout). The MCP
-/// client is a handle of the server's: the session is shared, the connections are the call's.
+/// One call's handles of the server's clients: the agents and the MCP session are shared, the
+/// requests are the call's ([`CallLlm::shutdown`] interrupts the call's read in flight, and
+/// only it, so the worker never outlives the call by a timeout).
 #[derive(Clone)]
 pub struct CallLlm {
     pub client: AnthropicClient,
@@ -36,7 +37,7 @@ pub struct CallLlm {
 impl CallLlm {
     pub fn new(setup: &LlmSetup) -> CallLlm {
         CallLlm {
-            client: AnthropicClient::new(&setup.anthropic, setup.api_key.clone()),
+            client: setup.client.handle(),
             mcp: setup.mcp.as_ref().map(|mcp| Arc::new(mcp.handle())),
         }
     }

@@ -27,6 +27,11 @@ use crate::providers::elevenlabs_stt::{SttError, SttEvent, SttSettings, SttStrea
 use crate::providers::ws::ConnectError;
 use crate::speech::ulaw::{self, FRAME_BYTES};
 
+/// Starts a named thread with a stack size (the call's slot in the server, a plain thread in
+/// tests); an error is the system's refusal.
+pub type Spawner =
+    Arc<dyn Fn(String, usize, Box<dyn FnOnce() + Send>) -> std::io::Result<()> + Send + Sync>;
+
 /// Caller audio kept while no session is up: 2 s (a handshake, a reconnect's pause).
 pub const PENDING_MAX_BYTES: usize = 16_000;
 /// Attempts to open one session, and the pause before the second (doubled for the third).
@@ -65,9 +70,10 @@ enum State {
 pub struct SttLink {
     settings: Option<SttSettings>,
     reconnects: u32,
-    /// The thread name of the dialler (`call-N-stt-dial`).
+    /// The thread name of the dialler (`call-N-stt-dial`), its stack, and how it is started.
     dial_name: String,
     dial_stack: usize,
+    spawn: Spawner,
     state: State,
     failures: u32,
     /// Audio bytes forwarded (what ElevenLabs bills), readable by the call at any moment.
@@ -88,6 +94,7 @@ impl SttLink {
         reconnects: u32,
         dial_name: String,
         dial_stack: usize,
+        spawn: Spawner,
         chunk: Duration,
         sent_bytes: Arc<AtomicU64>,
     ) -> SttLink {
@@ -96,6 +103,7 @@ impl SttLink {
             reconnects,
             dial_name,
             dial_stack,
+            spawn,
             state: State::Waiting,
             failures: 0,
             sent_bytes,
@@ -300,15 +308,16 @@ impl SttLink {
         let started = (|| {
             let (wake_tx, wake_rx) = poll::wake_pair()?;
             let (tx, rx) = bounded(1);
-            std::thread::Builder::new()
-                .name(self.dial_name.clone())
-                .stack_size(self.dial_stack)
-                .spawn(move || {
+            (self.spawn)(
+                self.dial_name.clone(),
+                self.dial_stack,
+                Box::new(move || {
                     // One message into a channel of one: never blocks. The wake-up follows it
                     // (and the sender's drop would wake the reader anyway).
                     let _ = tx.send(SttStream::open(&settings));
                     wake_tx.wake();
-                })?;
+                }),
+            )?;
             Ok::<_, std::io::Error>((rx, wake_rx))
         })();
         match started {

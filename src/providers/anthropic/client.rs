@@ -15,6 +15,10 @@
 //!   allows (nothing was consumed).
 //! - **Cancellation** (barge-in): the flag is checked between events and between retries; the
 //!   connection is dropped, which closes it.
+//! - **One agent for the server**: every call streams through one ureq agent (one pool of
+//!   connections, buffers sized by [`crate::resolve::provider_agent`]); each call has its own
+//!   [`AnthropicClient::handle`], whose [`shutdown`](AnthropicClient::shutdown) cuts that call's
+//!   request in flight — and only it — through its [`RequestScope`].
 
 use crate::providers::cancel::Cancel;
 use std::cell::Cell;
@@ -28,6 +32,7 @@ use super::retry;
 use super::stream::{Assembler, StreamItem, Usage};
 use super::Block;
 use crate::config::{AnthropicConfig, Secret};
+use crate::http_client::RequestScope;
 use crate::providers::sse::{SseError, SseReader};
 
 /// The API version this client speaks.
@@ -98,10 +103,18 @@ pub struct Outcome {
     pub attempts: u32,
 }
 
-/// A client for one configuration; cheap to clone (the agent shares its connection pool).
+/// Idle connections the server's agent keeps to the API for the next turn (of any call): a
+/// reused connection saves a TCP and TLS handshake (a round trip or two before the first
+/// token). A turn's request lasts seconds and calls speak every ten or so, so a few dozen are
+/// busy at once even at a thousand calls; an idle one costs its buffers, about 50 KiB.
+const IDLE_CONNECTIONS: usize = 64;
+
+/// A client for one configuration; cheap to clone (clones share the agent, its connection
+/// pool, and the request scope that [`shutdown`](AnthropicClient::shutdown) ends).
 #[derive(Clone)]
 pub struct AnthropicClient {
     agent: ureq::Agent,
+    scope: RequestScope,
     url: String,
     api_key: Secret,
     first_token_timeout: Duration,
@@ -138,10 +151,13 @@ impl AnthropicClient {
                     config.stall_timeout,
                 )))
                 .timeout_recv_response(Some(config.first_token_timeout))
-                .timeout_global(Some(config.stream_timeout)),
+                .timeout_global(Some(config.stream_timeout))
+                .max_idle_connections(IDLE_CONNECTIONS)
+                .max_idle_connections_per_host(IDLE_CONNECTIONS),
         );
         AnthropicClient {
             agent,
+            scope: RequestScope::new(),
             url: format!("{}/v1/messages", config.base_url),
             api_key,
             first_token_timeout: config.first_token_timeout,
@@ -152,11 +168,20 @@ impl AnthropicClient {
         }
     }
 
-    /// Interrupts every request of this client (and its clones) now, a blocked read included;
-    /// later requests fail at once. For the end of a call: its worker must not wait out a
-    /// timeout.
+    /// Another user of the same agent (one per call): its requests share the pool, and its
+    /// [`shutdown`](AnthropicClient::shutdown) ends its own requests only.
+    pub fn handle(&self) -> AnthropicClient {
+        AnthropicClient {
+            scope: RequestScope::new(),
+            ..self.clone()
+        }
+    }
+
+    /// Interrupts every request of this client (and its clones, not its other handles) now, a
+    /// blocked read included; later requests fail at once. For the end of a call: its worker
+    /// must not wait out a timeout.
     pub fn shutdown(&self) {
-        self.agent.clone().shutdown();
+        self.scope.shutdown();
     }
 
     /// Changes the retry policy (tests use short backoffs). The backoff is still capped at 8 s
@@ -176,6 +201,8 @@ impl AnthropicClient {
         mut on_item: impl FnMut(&StreamItem),
     ) -> Result<Outcome, LlmError> {
         let body = serde_json::to_vec(body).map_err(|e| LlmError::Malformed(e.to_string()))?;
+        // This thread's reads and writes are this client's until the stream is over.
+        let _scope = self.scope.enter();
         let mut attempt = 0u32;
         loop {
             attempt += 1;
@@ -188,7 +215,7 @@ impl AnthropicClient {
                 Err(Failure::Final(error)) => return Err(error),
                 Err(Failure::Retryable { error, retry_after }) => (error, retry_after),
             };
-            if attempt > self.max_retries {
+            if attempt > self.max_retries || self.scope.is_shut_down() {
                 return Err(error);
             }
             let wait = retry_after
