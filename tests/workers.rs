@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use crossbeam_channel::{bounded, Receiver};
 
 use cotrackpro_voice::call::workers::{
@@ -80,6 +79,7 @@ fn the_stt_worker_forwards_audio_at_once_sleeps_between_and_ends_with_its_feed()
         vad_silence_secs: 0.5,
         connect_timeout: Duration::from_secs(5),
         silent_service_limit: Duration::from_secs(20),
+        chunk: Duration::from_millis(20),
     };
     let (feed, inbox) = audio_feed(512).unwrap();
     let (events_tx, events) = bounded::<Event>(256);
@@ -105,12 +105,9 @@ fn the_stt_worker_forwards_audio_at_once_sleeps_between_and_ends_with_its_feed()
     // A frame is forwarded as soon as it is fed.
     let mut audio = voice::speak("hello there", 150.0);
     audio.extend(std::iter::repeat_n(voice::ULAW_SILENCE, 700 * 8));
-    let frames: Vec<String> = audio
-        .chunks(160)
-        .map(|c| base64::engine::general_purpose::STANDARD.encode(c))
-        .collect();
+    let frames: Vec<&[u8]> = audio.chunks(160).collect();
     let fed = Instant::now();
-    assert!(feed_frame(&feed, frames[0].clone()));
+    assert!(feed_frame(&feed, frames[0]));
     while sim.received(0).is_empty() {
         assert!(
             fed.elapsed() < Duration::from_secs(2),
@@ -119,7 +116,7 @@ fn the_stt_worker_forwards_audio_at_once_sleeps_between_and_ends_with_its_feed()
         std::thread::sleep(Duration::from_millis(1));
     }
     for frame in &frames[1..] {
-        assert!(feed_frame(&feed, frame.clone()));
+        assert!(feed_frame(&feed, frame));
     }
     assert_eq!(
         transcript(&events, Duration::from_secs(5)).as_deref(),
@@ -138,6 +135,92 @@ fn the_stt_worker_forwards_audio_at_once_sleeps_between_and_ends_with_its_feed()
     assert_eq!(
         sent.load(std::sync::atomic::Ordering::Relaxed),
         audio.len() as u64
+    );
+}
+
+/// The μ-law of every audio chunk the simulator received in session `n`, one entry a chunk.
+fn chunks_received(sim: &SttSim, n: usize) -> Vec<Vec<u8>> {
+    sim.received(n)
+        .iter()
+        .filter_map(|m| m["audio_base_64"].as_str().map(str::to_string))
+        .map(|b64| base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64).unwrap())
+        .collect()
+}
+
+/// Waits (bounded) until the simulator has received `bytes` of audio in session 0.
+fn wait_for_audio(sim: &SttSim, bytes: usize) -> Vec<Vec<u8>> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let chunks = chunks_received(sim, 0);
+        if chunks.iter().map(Vec::len).sum::<usize>() >= bytes || Instant::now() > deadline {
+            return chunks;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn the_stt_worker_joins_frames_into_chunks_and_sends_a_partial_one_when_due_and_at_the_end() {
+    let sim = SttSim::start(SttSimOptions::default()).unwrap();
+    sim.push_utterances(["Hello there".to_string()]);
+    let settings = SttSettings {
+        chunk: Duration::from_millis(100),
+        ..stt_settings(&sim, Duration::from_secs(20))
+    };
+    let (feed, inbox) = audio_feed(512).unwrap();
+    let (events_tx, events) = bounded::<Event>(256);
+    let sent = Arc::new(AtomicU64::new(0));
+    let counter = sent.clone();
+    let worker = std::thread::Builder::new()
+        .name("w-stt-chunks".into())
+        .spawn(move || workers::stt(&settings, 3, inbox, &events_tx, &counter))
+        .unwrap();
+
+    // Speech, then quiet, then one frame more than whole chunks.
+    let mut audio = voice::speak("hello there", 150.0);
+    audio.truncate(audio.len() / 160 * 160);
+    audio.extend(std::iter::repeat_n(voice::ULAW_SILENCE, 700 * 8));
+    let frames: Vec<Vec<u8>> = audio
+        .chunks(160)
+        .map(<[u8]>::to_vec)
+        .chain(std::iter::once(vec![0x7F; 160]))
+        .collect();
+    let mut fed = Vec::new();
+    for frame in &frames {
+        assert!(feed_frame(&feed, frame));
+        fed.extend_from_slice(frame);
+    }
+    // The service hears chunks of five frames as it heard frames.
+    assert_eq!(
+        transcript(&events, Duration::from_secs(5)).as_deref(),
+        Some("Hello there")
+    );
+    // The last frame does not fill a chunk: it goes when its chunk is due.
+    let chunks = wait_for_audio(&sim, fed.len());
+    assert_eq!(
+        chunks.concat(),
+        fed,
+        "the chunks' audio is the frames joined"
+    );
+    assert!(chunks.iter().all(|c| c.len() % 160 == 0 && c.len() <= 800));
+    assert!(
+        chunks.len() < frames.len(),
+        "frames were joined: {} chunks for {} frames",
+        chunks.len(),
+        frames.len()
+    );
+    assert_eq!(chunks.last().map(Vec::len), Some(160));
+
+    // At the end of the call what is left goes before the session closes.
+    assert!(feed_frame(&feed, &[0x11; 160]));
+    fed.extend_from_slice(&[0x11; 160]);
+    drop(feed);
+    assert!(ended_within(&worker, Duration::from_secs(2)));
+    let chunks = wait_for_audio(&sim, fed.len());
+    assert_eq!(chunks.concat(), fed);
+    assert_eq!(
+        sent.load(std::sync::atomic::Ordering::Relaxed),
+        fed.len() as u64
     );
 }
 
@@ -331,17 +414,15 @@ fn stt_settings(sim: &SttSim, silent_service_limit: Duration) -> SttSettings {
         vad_silence_secs: 0.5,
         connect_timeout: Duration::from_secs(5),
         silent_service_limit,
+        chunk: Duration::from_millis(20),
     }
 }
 
 /// 20 ms frames of `text` spoken, then `silence_ms` of quiet.
-fn speech_frames(text: &str, silence_ms: usize) -> Vec<String> {
+fn speech_frames(text: &str, silence_ms: usize) -> Vec<Vec<u8>> {
     let mut audio = voice::speak(text, 150.0);
     audio.extend(std::iter::repeat_n(voice::ULAW_SILENCE, silence_ms * 8));
-    audio
-        .chunks(160)
-        .map(|c| base64::engine::general_purpose::STANDARD.encode(c))
-        .collect()
+    audio.chunks(160).map(<[u8]>::to_vec).collect()
 }
 
 /// Every speech-to-text event until `quiet` passes without one.
@@ -370,7 +451,7 @@ fn a_commit_and_its_timestamped_twin_are_one_transcript() {
         .unwrap();
     for text in ["hello there", "second thing"] {
         for frame in speech_frames(text, 700) {
-            assert!(feed_frame(&feed, frame));
+            assert!(feed_frame(&feed, &frame));
         }
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -411,7 +492,7 @@ fn an_stt_service_gone_silent_is_replaced_after_the_watchdogs_limit() {
     // A quiet caller gets no word from the service either: no reconnect for that.
     let quiet = speech_frames("", 1200);
     for frame in &quiet {
-        assert!(feed_frame(&feed, frame.clone()));
+        assert!(feed_frame(&feed, frame));
         std::thread::sleep(Duration::from_millis(1));
     }
     std::thread::sleep(limit + Duration::from_millis(400));
@@ -423,7 +504,7 @@ fn an_stt_service_gone_silent_is_replaced_after_the_watchdogs_limit() {
     // The caller speaks; the mute service is replaced once the limit passes.
     let spoke = Instant::now();
     for frame in speech_frames("are you there", 0) {
-        assert!(feed_frame(&feed, frame));
+        assert!(feed_frame(&feed, &frame));
     }
     while sim.sessions() < 2 && spoke.elapsed() < Duration::from_secs(5) {
         std::thread::sleep(Duration::from_millis(10));
@@ -436,7 +517,7 @@ fn an_stt_service_gone_silent_is_replaced_after_the_watchdogs_limit() {
     );
     // The new session hears the caller.
     for frame in speech_frames("are you there", 700) {
-        assert!(feed_frame(&feed, frame));
+        assert!(feed_frame(&feed, &frame));
     }
     assert_eq!(
         transcript(&events, Duration::from_secs(5)).as_deref(),
@@ -494,10 +575,7 @@ fn a_piece_that_ends_without_audio_is_retried_once_then_a_failure() {
     assert!(ended_within(&worker, Duration::from_secs(1)));
 }
 
-/// Feeds one base64 frame as the Twilio reader does: with its loudness, decoded once.
-fn feed_frame(feed: &cotrackpro_voice::call::audio_feed::AudioFeed, frame: String) -> bool {
-    let loud = base64::engine::general_purpose::STANDARD
-        .decode(&frame)
-        .is_ok_and(|audio| cotrackpro_voice::speech::ulaw::is_voice(&audio));
-    feed.send(frame, loud)
+/// Feeds one frame as the Twilio reader does: with its loudness.
+fn feed_frame(feed: &cotrackpro_voice::call::audio_feed::AudioFeed, frame: &[u8]) -> bool {
+    feed.send(frame, cotrackpro_voice::speech::ulaw::is_voice(frame))
 }

@@ -1,7 +1,11 @@
 //! Caller audio from the Twilio reader to the speech-to-text worker: a bounded channel of
-//! base64 frames plus a wake-up descriptor, so the worker can wait on its provider socket and
+//! μ-law frames plus a wake-up descriptor, so the worker can wait on its provider socket and
 //! on new audio at once with `poll(2)` ([`crate::poll`]) and forward each frame the moment it
 //! arrives — no read timeout, no tick.
+//!
+//! A frame is the decoded μ-law, inline (the reader decodes every frame anyway, to measure its
+//! loudness): the channel's slots are allocated once, so a frame costs no allocation, and the
+//! worker joins frames into chunks of `STT_CHUNK_MS` and encodes each chunk once.
 //!
 //! The reader never waits: [`AudioFeed::send`] drops a frame when the channel is full (the
 //! worker is reconnecting; the caller's words in a reconnect are lost either way) and says so,
@@ -15,6 +19,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 
 use crate::poll::{self, WakeReceiver, WakeSender, Watch};
+use crate::speech::ulaw::FRAME_BYTES;
 
 /// A feed of caller audio holding at most `cap` frames (each 20 ms). Fails only when the
 /// process has no descriptors left for the wake-up pair.
@@ -31,14 +36,25 @@ pub fn audio_feed(cap: usize) -> io::Result<(AudioFeed, AudioInbox)> {
     ))
 }
 
-/// One 20 ms frame of the caller's audio.
+/// One frame of the caller's audio: up to 20 ms of μ-law (Twilio's frames are exactly that;
+/// a longer payload is queued as several frames).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Frame {
-    /// Base64 μ-law, as Twilio sent it.
-    pub payload: String,
+    ulaw: [u8; FRAME_BYTES],
+    len: u8,
     /// Loud enough to be speech ([`crate::speech::ulaw::is_voice`]), as the reader found when
-    /// it decoded the frame (so the worker need not decode it again).
+    /// it decoded the payload (so the worker need not look again).
     pub loud: bool,
+}
+
+// `len` holds a frame's length.
+const _: () = assert!(FRAME_BYTES <= u8::MAX as usize);
+
+impl Frame {
+    /// The frame's μ-law bytes.
+    pub fn ulaw(&self) -> &[u8] {
+        &self.ulaw[..usize::from(self.len)]
+    }
 }
 
 /// The sending end, held by the Twilio reader.
@@ -49,24 +65,32 @@ pub struct AudioFeed {
 }
 
 impl AudioFeed {
-    /// Queues one frame (base64 μ-law, as Twilio sent it) and wakes the worker. Never blocks.
-    /// Returns false when the frame was dropped because the queue is full; a frame for a
-    /// worker that has ended is dropped silently (true: nothing is behind).
+    /// Queues the caller's μ-law (one Twilio payload, in frames of at most 20 ms) and wakes
+    /// the worker. Never blocks, never allocates. Returns false when audio was dropped because
+    /// the queue is full; audio for a worker that has ended is dropped silently (true: nothing
+    /// is behind).
     #[must_use]
-    pub fn send(&self, base64_payload: String, loud: bool) -> bool {
-        let frame = Frame {
-            payload: base64_payload,
-            loud,
-        };
-        match self.tx.try_send(frame) {
-            Ok(()) => {
-                // After the frame is queued, so a woken worker always finds it.
-                self.wake.wake();
-                true
+    pub fn send(&self, ulaw: &[u8], loud: bool) -> bool {
+        let mut queued = false;
+        let mut all = true;
+        for piece in ulaw.chunks(FRAME_BYTES) {
+            let mut frame = Frame {
+                ulaw: [0; FRAME_BYTES],
+                len: piece.len() as u8,
+                loud,
+            };
+            frame.ulaw[..piece.len()].copy_from_slice(piece);
+            match self.tx.try_send(frame) {
+                Ok(()) => queued = true,
+                Err(TrySendError::Full(_)) => all = false,
+                Err(TrySendError::Disconnected(_)) => break,
             }
-            Err(TrySendError::Full(_)) => false,
-            Err(TrySendError::Disconnected(_)) => true,
         }
+        if queued {
+            // After the frames are queued, so a woken worker always finds them.
+            self.wake.wake();
+        }
+        all
     }
 }
 
@@ -137,7 +161,7 @@ mod tests {
             .spawn(move || {
                 std::thread::sleep(Duration::from_millis(30));
                 let sent = Instant::now();
-                assert!(feed.send("AAAA".into(), false));
+                assert!(feed.send(&[1, 2, 3], false));
                 (feed, sent)
             })
             .unwrap();
@@ -147,15 +171,15 @@ mod tests {
         let (feed, sent) = sender.join().unwrap();
         assert!(woke.duration_since(sent) < Duration::from_millis(20));
         assert_eq!(
-            inbox.take().map(|f| f.payload).collect::<Vec<_>>(),
-            vec!["AAAA".to_string()]
+            inbox.take().map(|f| f.ulaw().to_vec()).collect::<Vec<_>>(),
+            vec![vec![1, 2, 3]]
         );
         assert!(inbox.is_open());
 
         // Full: the third frame is dropped and said to be.
-        assert!(feed.send("BBBB".into(), false));
-        assert!(feed.send("CCCC".into(), false));
-        assert!(!feed.send("DDDD".into(), false));
+        assert!(feed.send(&[2], false));
+        assert!(feed.send(&[3], false));
+        assert!(!feed.send(&[4], false));
         drop(feed);
         let mut watch = [Watch::read(inbox.fd())];
         assert_eq!(
@@ -199,7 +223,22 @@ mod tests {
     fn a_feed_whose_worker_ended_swallows_frames() {
         let (feed, inbox) = audio_feed(1).unwrap();
         drop(inbox);
-        assert!(feed.send("AAAA".into(), false));
-        assert!(feed.send("AAAA".into(), false));
+        assert!(feed.send(&[1], false));
+        assert!(feed.send(&[1], false));
+    }
+
+    #[test]
+    fn a_long_payload_is_queued_as_frames_of_twenty_ms() {
+        let (feed, inbox) = audio_feed(4).unwrap();
+        let audio: Vec<u8> = (0..400).map(|i| i as u8).collect();
+        assert!(feed.send(&audio, true));
+        let frames: Vec<Frame> = inbox.take().collect();
+        assert_eq!(
+            frames.iter().map(|f| f.ulaw().len()).collect::<Vec<_>>(),
+            vec![160, 160, 80]
+        );
+        assert!(frames.iter().all(|f| f.loud));
+        let joined: Vec<u8> = frames.iter().flat_map(|f| f.ulaw().to_vec()).collect();
+        assert_eq!(joined, audio);
     }
 }

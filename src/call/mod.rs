@@ -2,7 +2,7 @@
 //!
 //! ```text
 //!  Twilio ws ─► call-N-rx ─inputs─► call-N: Machine::step(now, input) → actions ─► Twilio ws
-//!                  └─ caller audio (base64, untouched) ─► call-N-stt ─transcripts─┘
+//!                  └─ caller audio (μ-law, decoded once) ─► call-N-stt ─transcripts─┘
 //!  call-N ─jobs─► call-N-llm (Claude + tools) ─text─► call-N ─pieces─► call-N-tts ─audio─► call-N
 //! ```
 //!
@@ -13,9 +13,9 @@
 //! Channels, and what happens when one is full:
 //! - the call's input channel (1024): every worker blocks on it; the call thread never blocks
 //!   on anything but it (its writes to Twilio have a timeout), so it drains at once;
-//! - caller audio to speech-to-text (100 frames, 2 s): the reader never waits — when the STT
-//!   worker is reconnecting, the newest audio is dropped and counted (the caller's words in a
-//!   reconnect are lost either way);
+//! - caller audio to speech-to-text (100 frames of 20 ms, 2 s): the reader never waits — when
+//!   the STT worker is reconnecting, the newest audio is dropped and counted (the caller's words
+//!   in a reconnect are lost either way);
 //! - jobs to the model (4) and to text-to-speech (256 pieces): the call uses `try_send`; a full
 //!   queue means a stuck worker, and the piece is dropped and logged rather than the call
 //!   stalling (the machine is told, and forgets the piece).
@@ -30,7 +30,7 @@ pub mod clips;
 pub mod end;
 pub mod machine;
 pub mod playback;
-mod reader;
+pub mod reader;
 pub mod setup;
 pub mod socket;
 pub mod workers;
@@ -59,7 +59,7 @@ use crate::providers::cancel::Cancel;
 use crate::records::event::{CallStatus, Event as RecordEvent, EventKind, Transcript};
 use crate::records::{ttl_from, RecordStore};
 use crate::timestamp;
-use crate::twilio::media_messages::Inbound;
+use crate::twilio::media_messages::{Inbound, MediaFrames};
 use crate::twilio::stream_token::{self, StreamTokens};
 
 /// What the call's threads send the call thread: the machine's inputs.
@@ -109,6 +109,8 @@ struct Call<'a> {
     writer: WebSocket<TcpStream>,
     /// A write to Twilio failed: nothing more is written.
     write_failed: bool,
+    /// The stream's `media` messages, built in one reused buffer (from `Started` on).
+    frames: Option<MediaFrames>,
     events_tx: Sender<Event>,
     started: Instant,
     /// The reader's last loud frame, in milliseconds from `started` plus one (0: none yet).
@@ -182,6 +184,7 @@ pub fn run(ctx: &Context<'_>, socket: TwilioSocket, slot: CallSlot, n: u64) {
         machine: Machine::new(ctx.rules(), started, wall_ms, format!("unknown-{n}")),
         writer,
         write_failed: false,
+        frames: None,
         events_tx,
         started,
         voiced_ms,
@@ -384,6 +387,7 @@ impl Call<'_> {
     fn perform(&mut self, action: Action) {
         match action {
             Action::Twilio(text) => self.send(Message::text(text)),
+            Action::Media(ulaw) => self.send_media(&ulaw),
             Action::Pong(payload) => self.send(Message::Pong(payload.into())),
             Action::Started(stream) => self.on_started(&stream),
             Action::NewTurn(turn) => {
@@ -454,7 +458,21 @@ impl Call<'_> {
         if self.write_failed {
             return;
         }
-        if let Err(err) = self.writer.send(message) {
+        let sent = self.writer.send(message);
+        self.sent(sent);
+    }
+
+    fn send_media(&mut self, ulaw: &[u8]) {
+        let Some(frames) = self.frames.as_mut().filter(|_| !self.write_failed) else {
+            return;
+        };
+        let sent = socket::send_media(&mut self.writer, frames, ulaw);
+        self.sent(sent);
+    }
+
+    /// Notes a failed write: nothing more is written, and the machine is told.
+    fn sent(&mut self, result: tungstenite::Result<()>) {
+        if let Err(err) = result {
             // The machine gives the reader a moment to say how the call ended first.
             log::debug!(callSid = self.machine.call_sid(), error:% = err; "twilio.send_failed");
             self.write_failed = true;
@@ -463,6 +481,7 @@ impl Call<'_> {
     }
 
     fn on_started(&mut self, stream: &Stream) {
+        self.frames = Some(MediaFrames::new(&stream.stream_sid));
         log::info!(
             callSid = stream.call_sid.as_str(),
             role = stream.role.as_str(),

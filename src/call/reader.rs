@@ -13,7 +13,7 @@ use super::socket::ReadHalf;
 use super::workers::AudioFeed;
 use super::Event;
 use crate::speech::ulaw::{self, FRAME_BYTES};
-use crate::twilio::media_messages::{self as twilio_messages, Inbound};
+use crate::twilio::media_messages::{self as twilio_messages, Inbound, Received};
 
 /// Invalid messages from Twilio in a row, or in all, after which the call is ended.
 const MAX_INVALID_IN_A_ROW: u32 = 50;
@@ -28,74 +28,97 @@ pub(super) fn twilio_reader(
     voiced_ms: &AtomicU64,
     started: Instant,
 ) {
-    let mut invalid = 0u32;
-    let mut in_a_row = 0u32;
-    let mut dropped_audio = 0u64;
-    let mut decoded = Vec::with_capacity(FRAME_BYTES * 2);
-    let gone = |end: End| {
-        let _ = events.send(Event::TwilioGone(end));
-    };
+    let mut reader = TwilioReader::new(events, audio, voiced_ms, started);
     loop {
         let message = match socket.read() {
             Ok(message) => message,
             Err(err) if crate::providers::ws::is_timeout(&err) => {
-                gone(End::TwilioSilent);
+                reader.gone(End::TwilioSilent);
                 break;
             }
             Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
-                gone(End::TwilioClosed);
+                reader.gone(End::TwilioClosed);
                 break;
             }
             Err(err) => {
-                gone(End::TwilioLost(err.to_string()));
+                reader.gone(End::TwilioLost(err.to_string()));
                 break;
             }
         };
+        if !reader.on_message(message) {
+            break;
+        }
+    }
+    if reader.dropped_audio > 0 {
+        log::warn!(frames = reader.dropped_audio; "stt.audio.dropped while speech-to-text was not reading");
+    }
+}
+
+/// What the reader does with each message from Twilio, apart from the socket (the tests that
+/// count a frame's allocations drive it too). A media frame is decoded once, into a reused
+/// buffer, for its loudness and for speech-to-text: it allocates nothing.
+pub struct TwilioReader<'a> {
+    events: &'a Sender<Event>,
+    audio: Option<&'a AudioFeed>,
+    /// The last loud frame, in milliseconds from `started` plus one (see `call::Call`).
+    voiced_ms: &'a AtomicU64,
+    started: Instant,
+    decoded: Vec<u8>,
+    dropped_audio: u64,
+    invalid: u32,
+    in_a_row: u32,
+}
+
+impl<'a> TwilioReader<'a> {
+    pub fn new(
+        events: &'a Sender<Event>,
+        audio: Option<&'a AudioFeed>,
+        voiced_ms: &'a AtomicU64,
+        started: Instant,
+    ) -> TwilioReader<'a> {
+        TwilioReader {
+            events,
+            audio,
+            voiced_ms,
+            started,
+            decoded: Vec::with_capacity(FRAME_BYTES * 2),
+            dropped_audio: 0,
+            invalid: 0,
+            in_a_row: 0,
+        }
+    }
+
+    /// Tells the call that the connection is over, and how.
+    fn gone(&self, end: End) {
+        let _ = self.events.send(Event::TwilioGone(end));
+    }
+
+    /// Handles one message; false when reading should stop (the call was told why).
+    pub fn on_message(&mut self, message: Message) -> bool {
         let bad = match message {
             Message::Text(text) => match twilio_messages::parse(text.as_str()) {
-                Ok(Inbound::Media { payload, .. }) => {
-                    decoded.clear();
-                    match base64::engine::general_purpose::STANDARD
-                        .decode_vec(payload.as_bytes(), &mut decoded)
-                    {
-                        Ok(()) => {
-                            // Decoded once here: the STT worker's watchdog gets the verdict.
-                            let loud = ulaw::is_voice(&decoded);
-                            if loud {
-                                voiced_ms.store(
-                                    started.elapsed().as_millis() as u64 + 1,
-                                    Ordering::Relaxed,
-                                );
-                            }
-                            if audio.is_some_and(|feed| !feed.send(payload, loud)) {
-                                dropped_audio += 1;
-                            }
-                            None
-                        }
-                        Err(err) => Some(format!("media payload is not base64: {err}")),
-                    }
+                Ok(Received::Media(media)) => self.on_media(&media.payload),
+                Ok(Received::Message(Inbound::Stop)) => {
+                    let _ = self.events.send(Event::Twilio(Inbound::Stop));
+                    return false;
                 }
-                Ok(Inbound::Stop) => {
-                    let _ = events.send(Event::Twilio(Inbound::Stop));
-                    break;
-                }
-                Ok(other) => {
-                    if events.send(Event::Twilio(other)).is_err() {
-                        break;
+                Ok(Received::Message(other)) => {
+                    if self.events.send(Event::Twilio(other)).is_err() {
+                        return false;
                     }
                     None
                 }
                 Err(bad) => Some(bad.to_string()),
             },
             Message::Close(_) => {
-                gone(End::TwilioClosed);
-                break;
+                self.gone(End::TwilioClosed);
+                return false;
             }
             // RFC 6455: a ping is answered with a pong carrying its payload. tungstenite's own
             // reply goes into this half's sink; the call thread, the only writer, sends it.
             Message::Ping(payload) => {
-                if events.send(Event::Ping(payload.to_vec())).is_err() {
-                    break;
+                if self.events.send(Event::Ping(payload.to_vec())).is_err() {
+                    return false;
                 }
                 None
             }
@@ -103,21 +126,47 @@ pub(super) fn twilio_reader(
             Message::Pong(_) | Message::Frame(_) => None,
         };
         match bad {
-            None => in_a_row = 0,
+            None => self.in_a_row = 0,
             Some(why) => {
-                invalid += 1;
-                in_a_row += 1;
+                self.invalid += 1;
+                self.in_a_row += 1;
+                let invalid = self.invalid;
                 if invalid <= 3 || invalid.is_power_of_two() {
                     log::warn!(reason = why.as_str(), count = invalid; "twilio.message.invalid (skipped)");
                 }
-                if in_a_row >= MAX_INVALID_IN_A_ROW || invalid >= MAX_INVALID {
-                    gone(End::TwilioInvalid(invalid));
-                    break;
+                if self.in_a_row >= MAX_INVALID_IN_A_ROW || invalid >= MAX_INVALID {
+                    self.gone(End::TwilioInvalid(invalid));
+                    return false;
                 }
             }
         }
+        true
     }
-    if dropped_audio > 0 {
-        log::warn!(frames = dropped_audio; "stt.audio.dropped while speech-to-text was not reading");
+
+    /// A media payload: its loudness noted, its audio fed to speech-to-text. `Some(why)` when
+    /// it is not base64.
+    fn on_media(&mut self, payload: &str) -> Option<String> {
+        self.decoded.clear();
+        if let Err(err) = base64::engine::general_purpose::STANDARD
+            .decode_vec(payload.as_bytes(), &mut self.decoded)
+        {
+            return Some(format!("media payload is not base64: {err}"));
+        }
+        // Decoded once here: the call's silence timers and the STT worker's watchdog get the
+        // verdict, speech-to-text the samples.
+        let loud = ulaw::is_voice(&self.decoded);
+        if loud {
+            self.voiced_ms.store(
+                self.started.elapsed().as_millis() as u64 + 1,
+                Ordering::Relaxed,
+            );
+        }
+        if self
+            .audio
+            .is_some_and(|feed| !feed.send(&self.decoded, loud))
+        {
+            self.dropped_audio += 1;
+        }
+        None
     }
 }

@@ -80,6 +80,14 @@ const STT_SILENT_SERVICE_SECS: Whole = Whole {
     min: 2,
     max: 600,
 };
+/// Caller audio goes to speech-to-text in chunks this long (whole 20 ms frames): longer chunks
+/// wake the STT worker and the provider less often, and delay what they hear by as much.
+const STT_CHUNK_MS: Whole = Whole {
+    name: "STT_CHUNK_MS",
+    default: 20,
+    min: 20,
+    max: 200,
+};
 const SENTENCE_IDLE_FLUSH_MS: Whole = Whole {
     name: "SENTENCE_IDLE_FLUSH_MS",
     default: 500,
@@ -143,6 +151,9 @@ pub struct CallTuning {
     /// The caller speaks and the speech-to-text service says nothing at all (no partial, no
     /// commit, no error) for this long: the session is replaced, as a reconnect.
     pub stt_silent_service: Duration,
+    /// Caller audio is sent to speech-to-text in chunks this long (`STT_CHUNK_MS`): 20–200 ms,
+    /// whole 20 ms frames.
+    pub stt_chunk: Duration,
     /// Buffered text spoken anyway when the model pauses this long mid-sentence.
     pub sentence_idle_flush: Duration,
     /// Pre-rendered phrases (`generate-audio`); missing ones are spoken live.
@@ -224,6 +235,7 @@ impl CallTuning {
             }),
             stt_reconnects: r.whole(&STT_MAX_RECONNECTS) as u32,
             stt_silent_service: r.secs(&STT_SILENT_SERVICE_SECS),
+            stt_chunk: read_stt_chunk(r),
             sentence_idle_flush: r.millis(&SENTENCE_IDLE_FLUSH_MS),
             audio_dir: PathBuf::from(r.string(AUDIO_DIR, &default_audio_dir)),
             shutdown_drain: r.secs(&SHUTDOWN_DRAIN_SECS),
@@ -242,11 +254,28 @@ impl CallTuning {
         out.value(STT_LANGUAGE_CODE, &self.stt_language);
         out.value(STT_MAX_RECONNECTS.name, self.stt_reconnects);
         out.secs(STT_SILENT_SERVICE_SECS.name, self.stt_silent_service);
+        out.millis(STT_CHUNK_MS.name, self.stt_chunk);
         out.millis(SENTENCE_IDLE_FLUSH_MS.name, self.sentence_idle_flush);
         out.value(AUDIO_DIR, self.audio_dir.display());
         out.secs(SHUTDOWN_DRAIN_SECS.name, self.shutdown_drain);
         out.secs(IDLE_REAP_SECS.name, self.idle_reap);
     }
+}
+
+/// `STT_CHUNK_MS`: in range, and whole 20 ms frames (Twilio's unit).
+fn read_stt_chunk(r: &mut Reader<'_>) -> Duration {
+    let chunk = r.millis(&STT_CHUNK_MS);
+    if !chunk.as_millis().is_multiple_of(20) {
+        r.error(
+            STT_CHUNK_MS.name,
+            format!(
+                "must be a multiple of 20 (Twilio's frames are 20 ms), got {}",
+                chunk.as_millis()
+            ),
+        );
+        return Duration::from_millis(STT_CHUNK_MS.default);
+    }
+    chunk
 }
 
 fn read_max_concurrent(r: &mut Reader<'_>) -> usize {

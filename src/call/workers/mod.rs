@@ -20,7 +20,7 @@ mod tts;
 use std::sync::Arc;
 
 pub use self::llm::{llm, CallLlm, LlmSetup};
-pub use self::stt::stt;
+pub use self::stt::{stt, Sent, SttChunks};
 pub use self::tts::{tts, TtsShutdown};
 pub use super::audio_feed::{audio_feed, AudioFeed, AudioInbox};
 use crate::providers::anthropic::client::LlmError;
