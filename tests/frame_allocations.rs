@@ -198,7 +198,7 @@ fn inbound_allocations_per_frame(chunk: Duration, tls: bool) -> f64 {
         let (forwarded, allocations) = counted(|| {
             let message = reading.read().unwrap();
             assert!(reader.on_message(message));
-            chunks.feed(&mut stt, inbox.take(), Instant::now()).unwrap()
+            chunks.feed(&mut stt, inbox.take()).unwrap()
         });
         if n >= WARM_UP {
             total += allocations;

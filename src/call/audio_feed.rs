@@ -1,7 +1,8 @@
 //! Caller audio from the Twilio reader to the speech-to-text worker: a bounded channel of
 //! μ-law frames plus a wake-up descriptor, so the worker can wait on its provider socket and
-//! on new audio at once with `poll(2)` ([`crate::poll`]) and forward each frame the moment it
-//! arrives — no read timeout, no tick.
+//! on new audio at once with `poll(2)` ([`crate::poll`]) — no read timeout, no tick. The
+//! worker says how many frames it wants before it is woken ([`AudioInbox::wake_after`]): one
+//! to forward each frame as it arrives, a chunk's worth (`STT_CHUNK_MS`) to wake once a chunk.
 //!
 //! A frame is the decoded μ-law, inline (the reader decodes every frame anyway, to measure its
 //! loudness): the channel's slots are allocated once, so a frame costs no allocation, and the
@@ -14,6 +15,8 @@
 
 use std::io;
 use std::os::fd::BorrowedFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
@@ -26,14 +29,32 @@ use crate::speech::ulaw::FRAME_BYTES;
 pub fn audio_feed(cap: usize) -> io::Result<(AudioFeed, AudioInbox)> {
     let (wake_tx, wake_rx) = poll::wake_pair()?;
     let (tx, rx) = bounded(cap);
+    let counts = Arc::new(Counts {
+        queued: AtomicUsize::new(0),
+        wanted: AtomicUsize::new(1),
+    });
     Ok((
-        AudioFeed { tx, wake: wake_tx },
+        AudioFeed {
+            tx,
+            wake: wake_tx,
+            counts: counts.clone(),
+        },
         AudioInbox {
             rx,
             wake: wake_rx,
             open: std::cell::Cell::new(true),
+            counts,
         },
     ))
+}
+
+/// Frames queued since the worker last took them, and how many it wants before it is woken.
+/// (Sequentially consistent: the worker's "want, then look" and the reader's "count, then
+/// look" must not both miss the other.)
+#[derive(Debug)]
+struct Counts {
+    queued: AtomicUsize,
+    wanted: AtomicUsize,
 }
 
 /// One frame of the caller's audio: up to 20 ms of μ-law (Twilio's frames are exactly that;
@@ -42,6 +63,8 @@ pub fn audio_feed(cap: usize) -> io::Result<(AudioFeed, AudioInbox)> {
 pub struct Frame {
     ulaw: [u8; FRAME_BYTES],
     len: u8,
+    /// When the reader queued it (a chunk is due one chunk's length after its first frame).
+    pub queued_at: Instant,
     /// Loud enough to be speech ([`crate::speech::ulaw::is_voice`]), as the reader found when
     /// it decoded the payload (so the worker need not look again).
     pub loud: bool,
@@ -62,33 +85,39 @@ impl Frame {
 pub struct AudioFeed {
     tx: Sender<Frame>,
     wake: WakeSender,
+    counts: Arc<Counts>,
 }
 
 impl AudioFeed {
     /// Queues the caller's μ-law (one Twilio payload, in frames of at most 20 ms) and wakes
-    /// the worker. Never blocks, never allocates. Returns false when audio was dropped because
-    /// the queue is full; audio for a worker that has ended is dropped silently (true: nothing
-    /// is behind).
+    /// the worker if it wants this many frames. Never blocks, never allocates. Returns false
+    /// when audio was dropped because the queue is full; audio for a worker that has ended is
+    /// dropped silently (true: nothing is behind).
     #[must_use]
     pub fn send(&self, ulaw: &[u8], loud: bool) -> bool {
-        let mut queued = false;
+        let queued_at = Instant::now();
+        let mut queued = 0;
         let mut all = true;
         for piece in ulaw.chunks(FRAME_BYTES) {
             let mut frame = Frame {
                 ulaw: [0; FRAME_BYTES],
                 len: piece.len() as u8,
+                queued_at,
                 loud,
             };
             frame.ulaw[..piece.len()].copy_from_slice(piece);
             match self.tx.try_send(frame) {
-                Ok(()) => queued = true,
+                Ok(()) => queued += 1,
                 Err(TrySendError::Full(_)) => all = false,
                 Err(TrySendError::Disconnected(_)) => break,
             }
         }
-        if queued {
+        if queued > 0 {
             // After the frames are queued, so a woken worker always finds them.
-            self.wake.wake();
+            let waiting = self.counts.queued.fetch_add(queued, Ordering::SeqCst) + queued;
+            if waiting >= self.counts.wanted.load(Ordering::SeqCst) {
+                self.wake.wake();
+            }
         }
         all
     }
@@ -101,6 +130,7 @@ pub struct AudioInbox {
     wake: WakeReceiver,
     /// Cleared once the end of the wake-up stream was seen (the feed is gone).
     open: std::cell::Cell<bool>,
+    counts: Arc<Counts>,
 }
 
 impl AudioInbox {
@@ -109,13 +139,24 @@ impl AudioInbox {
         self.wake.fd()
     }
 
-    /// After the inbox's descriptor was readable: reads the wake-ups and returns the frames
-    /// waiting, in order. The feed may have closed meanwhile: see [`AudioInbox::is_open`].
+    /// Reads the wake-ups and returns the frames waiting, in order (whether the descriptor
+    /// was readable or not: frames short of what the worker wanted wake nobody). The feed may
+    /// have closed meanwhile: see [`AudioInbox::is_open`].
     pub fn take(&self) -> impl Iterator<Item = Frame> + '_ {
+        self.counts.queued.store(0, Ordering::SeqCst);
         if !self.wake.drain() {
             self.open.set(false);
         }
         self.rx.try_iter()
+    }
+
+    /// Asks to be woken once `frames` (at least one) have been queued since the last
+    /// [`AudioInbox::take`]. True when that many already wait: take them rather than sleep.
+    /// (The end of the feed wakes the worker whatever it asked.)
+    pub fn wake_after(&self, frames: usize) -> bool {
+        let frames = frames.max(1);
+        self.counts.wanted.store(frames, Ordering::SeqCst);
+        self.counts.queued.load(Ordering::SeqCst) >= frames
     }
 
     /// False once the feed was seen closed (the call is ending).
@@ -225,6 +266,27 @@ mod tests {
         drop(inbox);
         assert!(feed.send(&[1], false));
         assert!(feed.send(&[1], false));
+    }
+
+    #[test]
+    fn the_worker_is_woken_once_the_frames_it_wants_are_queued() {
+        let (feed, inbox) = audio_feed(16).unwrap();
+        let readable = |inbox: &AudioInbox| {
+            let mut watch = [Watch::read(inbox.fd())];
+            poll::wait(&mut watch, Some(Instant::now())).unwrap() == 1
+        };
+        assert!(!inbox.wake_after(3));
+        assert!(feed.send(&[1], false));
+        assert!(feed.send(&[2], false));
+        assert!(!readable(&inbox), "two frames of three wake nobody");
+        assert!(feed.send(&[3], false));
+        assert!(readable(&inbox));
+        assert_eq!(inbox.take().count(), 3);
+        // Frames already queued when the worker asks are said to be there.
+        assert!(feed.send(&[4], false));
+        assert!(inbox.wake_after(1));
+        assert_eq!(inbox.take().count(), 1);
+        assert!(!readable(&inbox));
     }
 
     #[test]

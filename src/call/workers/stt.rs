@@ -11,6 +11,10 @@ use crate::call::audio_feed::{AudioInbox, Frame};
 use crate::call::Event;
 use crate::poll::{self, Watch};
 use crate::providers::elevenlabs_stt::{SttError, SttEvent, SttSettings, SttStream};
+use crate::speech::ulaw::FRAME_BYTES;
+
+/// Twilio's frame interval.
+const FRAME: Duration = Duration::from_millis(20);
 
 /// Speech-to-text for one call: forwards the caller's audio in chunks of `settings.chunk`
 /// ([`SttChunks`]) and reports transcripts the moment they arrive; reconnects up to
@@ -135,12 +139,27 @@ fn stt_session(
         if let Some(since) = unanswered_speech.filter(|s| s.elapsed() >= silent_limit) {
             return Err(SttError::Unresponsive(since.elapsed()));
         }
-        // The next event is audio, a transcript, the end of the call, or a partial chunk's
-        // time to go; and the watchdog's deadline, while speech waits for any word from the
-        // service.
+        // Whatever woke the worker, the frames waiting are taken (the feed wakes it only once
+        // a chunk's worth waits, so some may be there unannounced).
+        let now = Instant::now();
+        note(chunks.feed(stream, audio.take())?, &mut unanswered_speech);
+        if !audio.is_open() {
+            // The call is over: what is left of the audio goes now.
+            note(chunks.send(stream)?, &mut unanswered_speech);
+            return Ok(());
+        }
+        note(chunks.send_due(stream, now)?, &mut unanswered_speech);
+        let Some(audio_deadline) = chunks.arm(audio, now) else {
+            // The frames it would wait for are already there.
+            readable = false;
+            continue;
+        };
+        // The next event is a chunk's worth of audio, a transcript, the end of the call, or a
+        // partial chunk's time to go; and the watchdog's deadline, while speech waits for any
+        // word from the service.
         let deadline = [
             unanswered_speech.map(|since| since + silent_limit),
-            chunks.deadline(),
+            audio_deadline,
         ]
         .into_iter()
         .flatten()
@@ -154,41 +173,31 @@ fn stt_session(
         ];
         poll::wait(&mut watches, deadline)
             .map_err(|e| SttError::Closed(format!("waiting for the socket: {e}")))?;
-        let (writable, fed) = (watches[0].writable(), watches[1].readable());
         readable = watches[0].readable();
-        let now = Instant::now();
-        if fed {
-            note(
-                chunks.feed(stream, audio.take(), now)?,
-                &mut unanswered_speech,
-            );
-            if !audio.is_open() {
-                // The call is over: what is left of the audio goes now.
-                note(chunks.send(stream)?, &mut unanswered_speech);
-                return Ok(());
-            }
-        }
-        note(chunks.send_due(stream, now)?, &mut unanswered_speech);
-        if writable && stream.wants_write() {
+        if watches[0].writable() && stream.wants_write() {
             stream.flush()?;
         }
     }
 }
 
 /// The caller's audio joined into chunks of `STT_CHUNK_MS` before it goes to speech-to-text:
-/// fewer messages, so fewer wake-ups of the provider socket's threads on both sides. A chunk
-/// goes when it is full, when its first frame has waited one chunk's length (a pause in the
-/// feed never holds audio longer), and when the call ends. The μ-law is joined raw and encoded
-/// once per chunk (base64 pieces cannot be joined unless each is a multiple of 3 bytes; a
-/// Twilio frame is 160).
+/// fewer messages, and the worker woken once a chunk rather than once a frame. A chunk goes
+/// when it is full, when its first frame has waited one chunk's length (a pause in the feed
+/// never holds audio longer), and when the call ends. The μ-law is joined raw and encoded once
+/// per chunk (base64 pieces cannot be joined unless each is a multiple of 3 bytes; a Twilio
+/// frame is 160).
 #[derive(Debug)]
 pub struct SttChunks {
     ulaw: Vec<u8>,
     full_bytes: usize,
     length: Duration,
-    /// When the chunk's first frame arrived.
+    /// When the chunk's first frame was queued by the reader.
     since: Option<Instant>,
     loud: bool,
+    /// While the chunk is empty: when the next chunk's frames should have woken the worker.
+    expected_by: Option<Instant>,
+    /// They did not come (Twilio paused): the next frame wakes the worker.
+    paused: bool,
 }
 
 /// What sending a chunk (or none) did, for the byte count and the watchdog.
@@ -214,24 +223,25 @@ impl SttChunks {
     pub fn new(length: Duration) -> SttChunks {
         let full_bytes = (length.as_millis() as usize * 8).max(1);
         SttChunks {
-            ulaw: Vec::with_capacity(full_bytes + crate::speech::ulaw::FRAME_BYTES),
+            ulaw: Vec::with_capacity(full_bytes + FRAME_BYTES),
             full_bytes,
             length,
             since: None,
             loud: false,
+            expected_by: None,
+            paused: false,
         }
     }
 
-    /// Adds the `frames` that arrived at `now`, sending each chunk they fill.
+    /// Adds `frames`, sending each chunk they fill.
     pub fn feed(
         &mut self,
         stream: &mut SttStream,
         frames: impl Iterator<Item = Frame>,
-        now: Instant,
     ) -> Result<Sent, SttError> {
         let mut sent = Sent::default();
         for frame in frames {
-            if self.push(&frame, now) {
+            if self.push(&frame) {
                 sent = sent.and(self.send(stream)?);
             }
         }
@@ -240,7 +250,7 @@ impl SttChunks {
 
     /// Sends the chunk if its first frame has waited its length by `now`.
     pub fn send_due(&mut self, stream: &mut SttStream, now: Instant) -> Result<Sent, SttError> {
-        if self.deadline().is_some_and(|due| due <= now) {
+        if self.since.is_some_and(|since| since + self.length <= now) {
             self.send(stream)
         } else {
             Ok(Sent::default())
@@ -261,19 +271,107 @@ impl SttChunks {
         self.ulaw.clear();
         self.since = None;
         self.loud = false;
+        // The next chunk is expected from now on (see `arm`).
+        self.expected_by = None;
         Ok(sent)
     }
 
-    /// When the chunk must go even if it is not full; `None` while it is empty.
-    pub fn deadline(&self) -> Option<Instant> {
-        self.since.map(|since| since + self.length)
+    /// Asks `audio` to wake the worker when the chunk can be filled, and says until when the
+    /// worker may sleep (`Some(None)`: until something happens; `None`: the frames are
+    /// already there, take them). While frames flow (Twilio sends one every 20 ms) the worker
+    /// wakes once a chunk. With a partial chunk the wait ends at the chunk's due time; with an
+    /// empty one, a frame after the next chunk should have been full (Twilio paused): then the
+    /// first frame to come wakes the worker, and its chunk is due a chunk's length later.
+    pub fn arm(&mut self, audio: &AudioInbox, now: Instant) -> Option<Option<Instant>> {
+        let frames_per_chunk = self.full_bytes.div_ceil(FRAME_BYTES);
+        let missing = frames_per_chunk.saturating_sub(self.ulaw.len() / FRAME_BYTES);
+        let (wanted, until) = match self.since {
+            Some(since) => {
+                self.expected_by = None;
+                self.paused = false;
+                (missing, Some(since + self.length))
+            }
+            None if self.paused => (1, None),
+            None => match self.expected_by {
+                Some(by) if by <= now => {
+                    self.expected_by = None;
+                    self.paused = true;
+                    (1, None)
+                }
+                Some(by) => (missing, Some(by)),
+                None => {
+                    let by = now + self.length + FRAME;
+                    self.expected_by = Some(by);
+                    (missing, Some(by))
+                }
+            },
+        };
+        if audio.wake_after(wanted) {
+            None
+        } else {
+            Some(until)
+        }
     }
 
     /// Adds one frame; true when the chunk is full.
-    fn push(&mut self, frame: &Frame, now: Instant) -> bool {
-        self.since.get_or_insert(now);
+    fn push(&mut self, frame: &Frame) -> bool {
+        self.since.get_or_insert(frame.queued_at);
         self.ulaw.extend_from_slice(frame.ulaw());
         self.loud |= frame.loud;
         self.ulaw.len() >= self.full_bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::call::audio_feed::audio_feed;
+
+    const CHUNK: Duration = Duration::from_millis(100);
+
+    fn woken(audio: &AudioInbox) -> bool {
+        let mut watch = [Watch::read(audio.fd())];
+        poll::wait(&mut watch, Some(Instant::now())).unwrap() == 1
+    }
+
+    #[test]
+    fn the_worker_is_woken_once_a_chunk_or_when_a_partial_one_is_due() {
+        let (feed, audio) = audio_feed(32).unwrap();
+        let mut chunks = SttChunks::new(CHUNK);
+        let t0 = Instant::now();
+        // Empty: five frames wake it; if they do not come, a frame after they were due.
+        assert_eq!(chunks.arm(&audio, t0), Some(Some(t0 + CHUNK + FRAME)));
+        for _ in 0..4 {
+            assert!(feed.send(&[0xFF; 160], false));
+        }
+        assert!(!woken(&audio), "four frames of five wake nobody");
+        assert!(feed.send(&[0xFF; 160], false));
+        assert!(woken(&audio));
+
+        // Two frames in the chunk: three more wake it, and it is due one chunk after its first.
+        let frames: Vec<Frame> = audio.take().collect();
+        assert_eq!(frames.len(), 5);
+        assert!(!chunks.push(&frames[0]) && !chunks.push(&frames[1]));
+        let due = frames[0].queued_at + CHUNK;
+        assert_eq!(chunks.arm(&audio, Instant::now()), Some(Some(due)));
+        assert!(feed.send(&[0xFF; 160], false) && feed.send(&[0xFF; 160], false));
+        assert!(!woken(&audio));
+        assert!(feed.send(&[0xFF; 160], false));
+        assert!(woken(&audio));
+    }
+
+    #[test]
+    fn after_a_pause_in_the_feed_the_next_frame_wakes_the_worker() {
+        let (feed, audio) = audio_feed(32).unwrap();
+        let mut chunks = SttChunks::new(CHUNK);
+        let t0 = Instant::now();
+        let expected = t0 + CHUNK + FRAME;
+        assert_eq!(chunks.arm(&audio, t0), Some(Some(expected)));
+        // The chunk's frames did not come by then: no deadline, and one frame wakes it.
+        assert_eq!(chunks.arm(&audio, expected), Some(None));
+        assert!(feed.send(&[0xFF; 160], false));
+        assert!(woken(&audio));
+        // Asked again with the frame already there: take it, do not sleep.
+        assert_eq!(chunks.arm(&audio, expected), None);
     }
 }
