@@ -229,6 +229,11 @@ fn enums_and_flags() {
 #[test]
 fn stt_chunks_are_whole_frames_from_20_to_200_ms() {
     let chunk = |v: &str| ok(&[("STT_CHUNK_MS", v)]).calls.tuning.stt_chunk;
+    assert_eq!(
+        ok(&[]).calls.tuning.stt_chunk,
+        Duration::from_millis(40),
+        "the default"
+    );
     assert_eq!(chunk("20"), Duration::from_millis(20));
     assert_eq!(chunk("200"), Duration::from_millis(200));
     fails(&[("STT_CHUNK_MS", "50")], "STT_CHUNK_MS", "multiple of 20");
