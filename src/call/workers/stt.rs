@@ -20,8 +20,8 @@ const FRAME: Duration = Duration::from_millis(20);
 /// ([`SttChunks`]) and reports transcripts the moment they arrive; reconnects up to
 /// `reconnects` times. A session whose service says nothing at all (no message of any kind)
 /// for `settings.silent_service_limit` after the caller's speech was sent to it is taken for
-/// dead: closed, logged and replaced, counted as a reconnect. `sent_bytes` counts the audio forwarded (what ElevenLabs bills),
-/// readable by the call at any moment.
+/// dead: closed, logged and replaced, counted as a reconnect. `sent_bytes` counts the audio
+/// forwarded (what ElevenLabs bills), readable by the call at any moment.
 ///
 /// Ends when the `audio` feed is dropped (the session is closed first) or `out` is gone; after
 /// too many failures it reports [`SttOut::Lost`] and ends.
