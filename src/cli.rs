@@ -22,7 +22,7 @@ Commands:
                  --fast plays the assistant 4x faster than real time
   serve          run the webhook server (HTTP_PORT) and the media-stream server (MEDIA_PORT)
   bench [--calls N] [--turns K] [--provider-rtt-ms MS] [--plain] [--server-cpus LIST]
-        [--harness-cpus LIST] [--json] [--capacity [--max-calls M]]
+        [--harness-cpus LIST] [--stt-chunk-ms MS] [--json] [--capacity [--max-calls M]]
                  N simultaneous simulated calls (default 20) of K turns (default 3) against
                  the server run as its own process (`serve`), with the simulated providers
                  (over TLS, --plain: without; each MS away: a network round trip, default 20)
@@ -97,6 +97,8 @@ pub struct Args {
     pub turns: Option<usize>,
     /// `bench --provider-rtt-ms`.
     pub provider_rtt_ms: Option<u64>,
+    /// `bench --stt-chunk-ms`: the server's `STT_CHUNK_MS` (its configuration checks it).
+    pub stt_chunk_ms: Option<u64>,
     /// `bench --json`, `--plain`, `--server-cpus`, `--harness-cpus`.
     pub json: bool,
     pub plain: bool,
@@ -136,6 +138,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
     let mut calls = None;
     let mut turns = None;
     let mut provider_rtt_ms = None;
+    let mut stt_chunk_ms = None;
     let mut json = false;
     let mut plain = false;
     let mut server_cpus = None;
@@ -241,6 +244,13 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
                         })?,
                 );
             }
+            "--stt-chunk-ms" => {
+                let value = value_of(inline_value, &mut args, || format!("{flag} needs a number"))?;
+                stt_chunk_ms =
+                    Some(value.parse::<u64>().map_err(|_| {
+                        format!("{flag} {value:?} is not a number of milliseconds")
+                    })?);
+            }
             "--json" => json = true,
             "--capacity" => capacity = true,
             "--plain" => plain = true,
@@ -305,6 +315,9 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
     if provider_rtt_ms.is_some() && command != Command::Bench {
         return Err("--provider-rtt-ms goes with the bench command".to_string());
     }
+    if stt_chunk_ms.is_some() && command != Command::Bench {
+        return Err("--stt-chunk-ms goes with the bench command".to_string());
+    }
     if (json || plain || server_cpus.is_some() || harness_cpus.is_some())
         && command != Command::Bench
     {
@@ -326,6 +339,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
         calls,
         turns,
         provider_rtt_ms,
+        stt_chunk_ms,
         json,
         plain,
         server_cpus,
@@ -372,6 +386,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
         Command::Bench => {
             let options = crate::commands::bench::BenchOptions {
                 provider_rtt_ms: args.provider_rtt_ms.unwrap_or(20),
+                stt_chunk_ms: args.stt_chunk_ms,
                 json: args.json,
                 tls: !args.plain,
                 server_cpus: args.server_cpus.clone(),
@@ -583,6 +598,7 @@ mod tests {
             calls: None,
             turns: None,
             provider_rtt_ms: None,
+            stt_chunk_ms: None,
             json: false,
             plain: false,
             server_cpus: None,
@@ -631,6 +647,10 @@ mod tests {
     fn bench_takes_a_provider_round_trip() {
         let parsed = args(&["bench", "--calls", "4", "--provider-rtt-ms=35"]).unwrap();
         assert_eq!(parsed.provider_rtt_ms, Some(35));
+        let parsed = args(&["bench", "--stt-chunk-ms", "100"]).unwrap();
+        assert_eq!(parsed.stt_chunk_ms, Some(100));
+        assert!(args(&["bench", "--stt-chunk-ms", "soon"]).is_err());
+        assert!(args(&["serve", "--stt-chunk-ms", "100"]).is_err());
         assert_eq!(args(&["bench"]).unwrap().provider_rtt_ms, None);
         assert!(args(&["bench", "--provider-rtt-ms", "soon"])
             .unwrap_err()

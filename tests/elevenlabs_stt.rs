@@ -23,6 +23,7 @@ fn settings(base: &str, key: &str) -> SttSettings {
         vad_silence_secs: 0.5,
         connect_timeout: Duration::from_secs(5),
         silent_service_limit: Duration::from_secs(20),
+        chunk: Duration::from_millis(20),
     }
 }
 
@@ -30,18 +31,15 @@ fn key() -> String {
     SttSimOptions::default().api_key
 }
 
-/// 20 ms Twilio frames (160 bytes of μ-law, base64) of speech for `text`, then `silence_ms`.
-fn frames(text: &str, silence_ms: usize) -> Vec<String> {
+/// 20 ms Twilio frames (160 bytes of μ-law) of speech for `text`, then `silence_ms`.
+fn frames(text: &str, silence_ms: usize) -> Vec<Vec<u8>> {
     let mut audio = voice::speak(text, 150.0);
     audio.extend(std::iter::repeat_n(voice::ULAW_SILENCE, silence_ms * 8));
-    audio
-        .chunks(160)
-        .map(|c| base64::engine::general_purpose::STANDARD.encode(c))
-        .collect()
+    audio.chunks(160).map(<[u8]>::to_vec).collect()
 }
 
 /// Sends one frame; if the socket did not take it all, waits until it did.
-fn send(stream: &mut SttStream, frame: &str) -> Result<(), SttError> {
+fn send(stream: &mut SttStream, frame: &[u8]) -> Result<(), SttError> {
     stream.send_audio(frame)?;
     let deadline = Instant::now() + Duration::from_secs(5);
     while stream.wants_write() && Instant::now() < deadline {
@@ -52,7 +50,7 @@ fn send(stream: &mut SttStream, frame: &str) -> Result<(), SttError> {
 
 /// Sends every frame (reading what has arrived after each), then reads events until a commit
 /// (or 5 s).
-fn speak(stream: &mut SttStream, frames: &[String]) -> Vec<SttEvent> {
+fn speak(stream: &mut SttStream, frames: &[Vec<u8>]) -> Vec<SttEvent> {
     let mut events = Vec::new();
     for frame in frames {
         send(stream, frame).unwrap();
@@ -101,8 +99,8 @@ fn speech_gives_partials_then_one_committed_transcript() {
     );
     assert!(!summary.looks_silent());
 
-    // What went over the wire: the documented chunk message, Twilio's payload untouched. (The
-    // frames go out without pause, so the simulator may still be reading the last ones.)
+    // What went over the wire: the documented chunk message, the audio in base64. (The frames
+    // go out without pause, so the simulator may still be reading the last ones.)
     let deadline = Instant::now() + Duration::from_secs(5);
     while sim.received(0).len() < audio.len() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
@@ -111,7 +109,9 @@ fn speech_gives_partials_then_one_committed_transcript() {
     assert_eq!(received.len(), audio.len());
     assert_eq!(
         received[0],
-        json!({"message_type": "input_audio_chunk", "audio_base_64": audio[0], "commit": false, "sample_rate": 8000})
+        json!({"message_type": "input_audio_chunk",
+               "audio_base_64": base64::engine::general_purpose::STANDARD.encode(&audio[0]),
+               "commit": false, "sample_rate": 8000})
     );
 }
 
@@ -298,7 +298,10 @@ fn the_official_elevenlabs_sdk_transcribes_from_the_simulator() {
     let said = "I think my son is being bullied at school";
     sims.elevenlabs.stt().push_utterances([said.to_string()]);
     // Twilio-sized frames: about three seconds of speech, then a second of quiet.
-    let chunks = frames(said, 1000);
+    let chunks: Vec<String> = frames(said, 1000)
+        .iter()
+        .map(|c| base64::engine::general_purpose::STANDARD.encode(c))
+        .collect();
     let result = crate::support::run_python(
         "elevenlabs_ws_interop.py",
         &["stt"],

@@ -104,6 +104,7 @@ fn the_sim_command_serves_every_provider() {
         vad_silence_secs: 1.0,
         connect_timeout: Duration::from_secs(5),
         silent_service_limit: Duration::from_secs(20),
+        chunk: Duration::from_millis(20),
     };
     let mut listening = SttStream::open(&stt).unwrap();
     let started = listening

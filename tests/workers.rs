@@ -282,6 +282,7 @@ fn stt_settings(sim: &SttSim, silent_service_limit: Duration) -> SttSettings {
         vad_silence_secs: 0.5,
         connect_timeout: Duration::from_secs(5),
         silent_service_limit,
+        chunk: Duration::from_millis(100),
     }
 }
 
@@ -464,7 +465,6 @@ impl LinkDriver {
                             .spawn(f)
                             .map(drop)
                     }),
-                    Duration::from_millis(100),
                     counter,
                 );
                 link.start(&events_tx);

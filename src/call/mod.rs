@@ -25,7 +25,8 @@
 //! - caller audio to speech-to-text: no channel, the reader sends it itself; while no session
 //!   is up (a handshake, a reconnect) it keeps 2 s, then drops the newest and counts it (the
 //!   caller's words in a long reconnect are lost either way);
-//! - jobs to the model (4) and to text-to-speech (256 pieces): the call uses `try_send`; a full
+//! - jobs to the model (4) and to text-to-speech (64 pieces: a long answer is a dozen sentences,
+//!   and a cut turn's pieces leave the queue at once): the call uses `try_send`; a full
 //!   queue means a stuck worker, and the piece is dropped and logged rather than the call
 //!   stalling (the machine is told, and forgets the piece).
 //!
@@ -38,7 +39,7 @@ pub mod clips;
 pub mod end;
 pub mod machine;
 pub mod playback;
-mod reader;
+pub mod reader;
 pub mod setup;
 pub mod socket;
 pub mod workers;
@@ -68,7 +69,7 @@ use crate::records::event::{CallStatus, Event as RecordEvent, EventKind, Transcr
 use crate::records::ttl_from;
 use crate::records::writer::RecordWriter;
 use crate::timestamp;
-use crate::twilio::media_messages::Inbound;
+use crate::twilio::media_messages::{Inbound, MediaFrames};
 use crate::twilio::stream_token::{self, StreamTokens};
 
 /// What the call's threads send the call thread: the machine's inputs.
@@ -78,7 +79,7 @@ pub use self::setup::Setup;
 const EVENTS_CAP: usize = 64;
 const SPEECH_EVENTS_CAP: usize = 32;
 const LLM_JOBS_CAP: usize = 4;
-const TTS_JOBS_CAP: usize = 256;
+const TTS_JOBS_CAP: usize = 64;
 /// How long the end of a call waits for its `completed` line to be on file (queued behind a
 /// compaction, or a stalled disk); past it the line is still written, later.
 const RECORD_WAIT: Duration = Duration::from_secs(5);
@@ -122,6 +123,8 @@ struct Call<'a> {
     writer: WebSocket<TcpStream>,
     /// A write to Twilio failed: nothing more is written.
     write_failed: bool,
+    /// The stream's `media` messages, built in one reused buffer (from `Started` on).
+    frames: Option<MediaFrames>,
     events_tx: Sender<Event>,
     /// The text-to-speech worker's outputs (see the module docs: read after control).
     speech_tx: Sender<Event>,
@@ -181,7 +184,6 @@ pub fn run(ctx: &Context<'_>, socket: TwilioSocket, slot: CallSlot, n: u64) {
                 let slot = slot.clone();
                 Arc::new(move |name, stack, f| slot.spawn(name, stack, f).map(drop))
             },
-            tuning.stt_chunk,
             stt_bytes.clone(),
         );
         let (chunk, read_timeout) = (tuning.stt_chunk, tuning.media_read_timeout);
@@ -214,6 +216,7 @@ pub fn run(ctx: &Context<'_>, socket: TwilioSocket, slot: CallSlot, n: u64) {
         machine: Machine::new(ctx.rules(), started, wall_ms, format!("unknown-{n}")),
         writer,
         write_failed: false,
+        frames: None,
         events_tx,
         speech_tx,
         started,
@@ -429,6 +432,7 @@ impl Call<'_> {
     fn perform(&mut self, action: Action) {
         match action {
             Action::Twilio(text) => self.send(Message::text(text)),
+            Action::Media(ulaw) => self.send_media(&ulaw),
             Action::Pong(payload) => self.send(Message::Pong(payload.into())),
             Action::Started(stream) => self.on_started(&stream),
             Action::NewTurn(turn) => {
@@ -501,7 +505,21 @@ impl Call<'_> {
         if self.write_failed {
             return;
         }
-        if let Err(err) = self.writer.send(message) {
+        let sent = self.writer.send(message);
+        self.sent(sent);
+    }
+
+    fn send_media(&mut self, ulaw: &[u8]) {
+        let Some(frames) = self.frames.as_mut().filter(|_| !self.write_failed) else {
+            return;
+        };
+        let sent = socket::send_media(&mut self.writer, frames, ulaw);
+        self.sent(sent);
+    }
+
+    /// Notes a failed write: nothing more is written, and the machine is told.
+    fn sent(&mut self, result: tungstenite::Result<()>) {
+        if let Err(err) = result {
             // The machine gives the reader a moment to say how the call ended first.
             log::debug!(callSid = self.machine.call_sid(), error:% = err; "twilio.send_failed");
             self.write_failed = true;
@@ -510,6 +528,7 @@ impl Call<'_> {
     }
 
     fn on_started(&mut self, stream: &Stream) {
+        self.frames = Some(MediaFrames::new(&stream.stream_sid));
         log::info!(
             callSid = stream.call_sid.as_str(),
             role = stream.role.as_str(),

@@ -25,7 +25,7 @@ use super::workers::SttLink;
 use super::Event;
 use crate::poll::{self, Watch};
 use crate::speech::ulaw::{self, FRAME_BYTES};
-use crate::twilio::media_messages::{self as twilio_messages, Inbound};
+use crate::twilio::media_messages::{self as twilio_messages, Inbound, Received};
 
 /// Twilio's frames: 20 ms of audio each. A chunk of N frames is whole when its Nth frame
 /// arrives, N − 1 frames after its first.
@@ -52,25 +52,19 @@ pub(super) struct Reader<'a> {
     pub read_timeout: Duration,
 }
 
-/// Why a read of everything available stopped.
-enum Drained {
-    /// Nothing more now.
-    Empty,
-    /// The call is over on Twilio's side (or nobody listens any more).
-    Gone(Option<End>),
+/// What to do after a message.
+#[derive(Debug, PartialEq)]
+pub enum Flow {
+    /// Read on.
+    Go,
+    /// The call is over on Twilio's side, or nobody listens any more: the call was told, or
+    /// is told this (`Some`).
+    Stop(Option<End>),
 }
 
 /// Reads the Twilio socket until the call ends; see the module docs.
 pub(super) fn twilio_reader(mut socket: WebSocket<ReadHalf>, mut reader: Reader<'_>) {
-    let mut state = ReadState {
-        invalid: 0,
-        in_a_row: 0,
-        frame: Vec::with_capacity(FRAME_BYTES * 2),
-        chunk: Vec::with_capacity(FRAME_BYTES * 16),
-        chunk_loud: false,
-        last_message: Instant::now(),
-        media_bytes: 0,
-    };
+    let mut state = TwilioReader::new(reader.events, reader.voiced_ms, reader.started);
     // The nominal start of the chunk being gathered (its first frame's arrival, then one chunk
     // later for each chunk after it while frames keep coming).
     let mut gathering: Option<Instant> = None;
@@ -130,7 +124,7 @@ pub(super) fn twilio_reader(mut socket: WebSocket<ReadHalf>, mut reader: Reader<
         let now = Instant::now();
         let late = late_at.is_some_and(|at| now >= at);
         if twilio_ready || late {
-            if let Drained::Gone(end) = state.drain(&mut socket, &reader, now) {
+            if let Flow::Stop(end) = state.drain(&mut socket, now) {
                 break end;
             }
             if gathering.is_none() && !state.chunk.is_empty() {
@@ -168,7 +162,14 @@ pub(super) fn twilio_reader(mut socket: WebSocket<ReadHalf>, mut reader: Reader<
     reader.stt.close();
 }
 
-struct ReadState {
+/// What the reader does with each message from Twilio, apart from the socket and the timing
+/// (the test that counts a frame's allocations drives it too): a media frame is decoded once,
+/// into a reused buffer, for its loudness and into the chunk for speech-to-text, allocating
+/// nothing; the other messages go to the call; a flood of invalid ones ends it.
+pub struct TwilioReader<'a> {
+    events: &'a Sender<Event>,
+    voiced_ms: &'a AtomicU64,
+    started: Instant,
     invalid: u32,
     in_a_row: u32,
     /// One frame decoded (reused).
@@ -181,85 +182,185 @@ struct ReadState {
     media_bytes: usize,
 }
 
-impl ReadState {
-    /// Reads every message the socket has now: audio into the chunk, the rest to the call.
-    fn drain(
-        &mut self,
-        socket: &mut WebSocket<ReadHalf>,
-        reader: &Reader<'_>,
-        now: Instant,
-    ) -> Drained {
+impl<'a> TwilioReader<'a> {
+    pub fn new(events: &'a Sender<Event>, voiced_ms: &'a AtomicU64, started: Instant) -> Self {
+        TwilioReader {
+            events,
+            voiced_ms,
+            started,
+            invalid: 0,
+            in_a_row: 0,
+            frame: Vec::with_capacity(FRAME_BYTES * 2),
+            chunk: Vec::with_capacity(FRAME_BYTES * 16),
+            chunk_loud: false,
+            last_message: Instant::now(),
+            media_bytes: 0,
+        }
+    }
+
+    /// The caller's audio gathered so far (decoded μ-law), and whether any of it is speech.
+    pub fn chunk(&self) -> (&[u8], bool) {
+        (&self.chunk, self.chunk_loud)
+    }
+
+    /// The chunk went to speech-to-text: the next one starts empty.
+    pub fn clear_chunk(&mut self) {
+        self.chunk.clear();
+        self.chunk_loud = false;
+    }
+
+    /// Reads every message the socket has now.
+    fn drain(&mut self, socket: &mut WebSocket<ReadHalf>, now: Instant) -> Flow {
         loop {
             let message = match socket.read() {
                 Ok(message) => message,
-                Err(err) if crate::providers::ws::is_timeout(&err) => return Drained::Empty,
+                Err(err) if crate::providers::ws::is_timeout(&err) => return Flow::Go,
                 Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
-                    return Drained::Gone(Some(End::TwilioClosed))
+                    return Flow::Stop(Some(End::TwilioClosed))
                 }
-                Err(err) => return Drained::Gone(Some(End::TwilioLost(err.to_string()))),
+                Err(err) => return Flow::Stop(Some(End::TwilioLost(err.to_string()))),
             };
             self.last_message = now;
-            let bad = match message {
-                Message::Text(text) => match twilio_messages::parse(text.as_str()) {
-                    Ok(Inbound::Media { payload, .. }) => {
-                        self.media_bytes = text.len() + 4;
-                        self.frame.clear();
-                        match base64::engine::general_purpose::STANDARD
-                            .decode_vec(payload.as_bytes(), &mut self.frame)
-                        {
-                            Ok(()) => {
-                                // Decoded once here: the watchdog and barge-in get the verdict.
-                                if ulaw::is_voice(&self.frame) {
-                                    self.chunk_loud = true;
-                                    reader.voiced_ms.store(
-                                        reader.started.elapsed().as_millis() as u64 + 1,
-                                        Ordering::Relaxed,
-                                    );
-                                }
-                                self.chunk.extend_from_slice(&self.frame);
-                                None
-                            }
-                            Err(err) => Some(format!("media payload is not base64: {err}")),
-                        }
-                    }
-                    Ok(Inbound::Stop) => {
-                        let _ = reader.events.send(Event::Twilio(Inbound::Stop));
-                        return Drained::Gone(None);
-                    }
-                    Ok(other) => {
-                        if reader.events.send(Event::Twilio(other)).is_err() {
-                            return Drained::Gone(None);
-                        }
-                        None
-                    }
-                    Err(bad) => Some(bad.to_string()),
-                },
-                Message::Close(_) => return Drained::Gone(Some(End::TwilioClosed)),
-                // RFC 6455: a ping is answered with a pong carrying its payload. tungstenite's
-                // own reply goes into this half's sink; the call thread, the only writer,
-                // sends it.
-                Message::Ping(payload) => {
-                    if reader.events.send(Event::Ping(payload.to_vec())).is_err() {
-                        return Drained::Gone(None);
+            if let stop @ Flow::Stop(_) = self.on_message(message) {
+                return stop;
+            }
+        }
+    }
+
+    /// Handles one message: audio into the chunk, the rest to the call.
+    pub fn on_message(&mut self, message: Message) -> Flow {
+        let bad = match message {
+            Message::Text(text) => match twilio_messages::parse(text.as_str()) {
+                Ok(Received::Media(media)) => {
+                    self.media_bytes = text.len() + 4;
+                    self.on_media(&media.payload)
+                }
+                Ok(Received::Message(Inbound::Stop)) => {
+                    let _ = self.events.send(Event::Twilio(Inbound::Stop));
+                    return Flow::Stop(None);
+                }
+                Ok(Received::Message(other)) => {
+                    if self.events.send(Event::Twilio(other)).is_err() {
+                        return Flow::Stop(None);
                     }
                     None
                 }
-                Message::Binary(_) => Some("binary frame".to_string()),
-                Message::Pong(_) | Message::Frame(_) => None,
-            };
-            match bad {
-                None => self.in_a_row = 0,
-                Some(why) => {
-                    self.invalid += 1;
-                    self.in_a_row += 1;
-                    if self.invalid <= 3 || self.invalid.is_power_of_two() {
-                        log::warn!(reason = why.as_str(), count = self.invalid; "twilio.message.invalid (skipped)");
-                    }
-                    if self.in_a_row >= MAX_INVALID_IN_A_ROW || self.invalid >= MAX_INVALID {
-                        return Drained::Gone(Some(End::TwilioInvalid(self.invalid)));
-                    }
+                Err(bad) => Some(bad.to_string()),
+            },
+            Message::Close(_) => return Flow::Stop(Some(End::TwilioClosed)),
+            // RFC 6455: a ping is answered with a pong carrying its payload. tungstenite's own
+            // reply goes into this half's sink; the call thread, the only writer, sends it.
+            Message::Ping(payload) => {
+                if self.events.send(Event::Ping(payload.to_vec())).is_err() {
+                    return Flow::Stop(None);
+                }
+                None
+            }
+            Message::Binary(_) => Some("binary frame".to_string()),
+            Message::Pong(_) | Message::Frame(_) => None,
+        };
+        match bad {
+            None => self.in_a_row = 0,
+            Some(why) => {
+                self.invalid += 1;
+                self.in_a_row += 1;
+                if self.invalid <= 3 || self.invalid.is_power_of_two() {
+                    log::warn!(reason = why.as_str(), count = self.invalid; "twilio.message.invalid (skipped)");
+                }
+                if self.in_a_row >= MAX_INVALID_IN_A_ROW || self.invalid >= MAX_INVALID {
+                    return Flow::Stop(Some(End::TwilioInvalid(self.invalid)));
                 }
             }
         }
+        Flow::Go
+    }
+
+    /// A media frame: decoded once, for its loudness and into the chunk.
+    fn on_media(&mut self, payload: &str) -> Option<String> {
+        self.frame.clear();
+        if let Err(err) = base64::engine::general_purpose::STANDARD
+            .decode_vec(payload.as_bytes(), &mut self.frame)
+        {
+            return Some(format!("media payload is not base64: {err}"));
+        }
+        // Decoded once here: the call's silence timers and the watchdog get the verdict,
+        // speech-to-text the samples.
+        if ulaw::is_voice(&self.frame) {
+            self.chunk_loud = true;
+            self.voiced_ms.store(
+                self.started.elapsed().as_millis() as u64 + 1,
+                Ordering::Relaxed,
+            );
+        }
+        self.chunk.extend_from_slice(&self.frame);
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use base64::Engine as _;
+    use crossbeam_channel::bounded;
+
+    use super::*;
+
+    fn media(frame: &[u8], n: usize) -> Message {
+        let payload = base64::engine::general_purpose::STANDARD.encode(frame);
+        Message::text(format!(
+            r#"{{"event":"media","sequenceNumber":"{}","media":{{"track":"inbound","chunk":"{n}","timestamp":"{}","payload":"{payload}"}},"streamSid":"MZ1"}}"#,
+            n + 1,
+            n * 20
+        ))
+    }
+
+    #[test]
+    fn frames_join_into_the_chunk_decoded_and_the_rest_goes_to_the_call() {
+        let (events_tx, events) = bounded::<Event>(8);
+        let voiced = AtomicU64::new(0);
+        let mut reader = TwilioReader::new(&events_tx, &voiced, Instant::now());
+        let speech = crate::sim::voice::speak("hello there", 150.0);
+        let frames: Vec<&[u8]> = speech.chunks(FRAME_BYTES).take(5).collect();
+        for (n, frame) in frames.iter().enumerate() {
+            assert_eq!(reader.on_message(media(frame, n)), Flow::Go);
+        }
+        let (chunk, loud) = reader.chunk();
+        assert_eq!(
+            chunk,
+            frames.concat().as_slice(),
+            "the frames, decoded, in order"
+        );
+        assert!(loud);
+        assert_ne!(
+            voiced.load(Ordering::Relaxed),
+            0,
+            "the call hears the voice"
+        );
+        assert!(reader.media_bytes > 200, "a media message's size is learnt");
+        reader.clear_chunk();
+        assert_eq!(reader.chunk(), (&[][..], false));
+
+        let mark = r#"{"event":"mark","streamSid":"MZ1","mark":{"name":"1-0"}}"#;
+        assert_eq!(reader.on_message(Message::text(mark)), Flow::Go);
+        assert!(matches!(
+            events.try_recv(),
+            Ok(Event::Twilio(Inbound::Mark { name })) if name == "1-0"
+        ));
+        let stop = r#"{"event":"stop","streamSid":"MZ1","stop":{"callSid":"CA1"}}"#;
+        assert_eq!(reader.on_message(Message::text(stop)), Flow::Stop(None));
+    }
+
+    #[test]
+    fn a_flood_of_invalid_messages_stops_the_reader() {
+        let (events_tx, _events) = bounded::<Event>(8);
+        let voiced = AtomicU64::new(0);
+        let mut reader = TwilioReader::new(&events_tx, &voiced, Instant::now());
+        let mut flow = Flow::Go;
+        for _ in 0..MAX_INVALID_IN_A_ROW {
+            flow = reader.on_message(Message::text("not json"));
+        }
+        assert_eq!(
+            flow,
+            Flow::Stop(Some(End::TwilioInvalid(MAX_INVALID_IN_A_ROW)))
+        );
     }
 }

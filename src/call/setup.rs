@@ -41,6 +41,7 @@ impl Setup {
             vad_silence_secs: tuning.vad_silence_secs,
             connect_timeout: el.connect_timeout,
             silent_service_limit: tuning.stt_silent_service,
+            chunk: tuning.stt_chunk,
         });
         let mcp = config.mcp.url.as_ref().map(|url| {
             Arc::new(McpClient::new(

@@ -6,6 +6,10 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 
 use tungstenite::protocol::{Role, WebSocket, WebSocketConfig};
+use tungstenite::Message;
+
+use crate::speech::ulaw::FRAME_BYTES;
+use crate::twilio::media_messages::MediaFrames;
 
 /// Largest message accepted from Twilio (a media frame is about 300 bytes; `start` a few KiB).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
@@ -81,4 +85,21 @@ impl TwilioSocket {
             peer,
         })
     }
+}
+
+/// Writes `ulaw` to Twilio as `media` messages of one 20 ms frame each, each built in
+/// `frames`' reused buffer and written at once (the writer does not buffer): no allocation
+/// per frame once the buffers have grown.
+pub fn send_media<S: Read + Write>(
+    writer: &mut WebSocket<S>,
+    frames: &mut MediaFrames,
+    ulaw: &[u8],
+) -> tungstenite::Result<()> {
+    for frame in ulaw.chunks(FRAME_BYTES) {
+        // `None` does not happen (see `AudioMessage::build`); the frame would be skipped.
+        if let Some(text) = frames.frame(frame) {
+            writer.send(Message::Text(text))?;
+        }
+    }
+    Ok(())
 }

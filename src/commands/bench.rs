@@ -53,6 +53,8 @@ pub struct BenchOptions {
     pub tls: bool,
     /// The simulated providers' network round trip, in milliseconds (`--provider-rtt-ms`).
     pub provider_rtt_ms: u64,
+    /// The server's `STT_CHUNK_MS` (`--stt-chunk-ms`); `None`: its default.
+    pub stt_chunk_ms: Option<u64>,
     /// `--capacity`: raise the number of calls step by step, from `calls`, until a service
     /// level breaks ([`run_capacity`]).
     pub capacity: bool,
@@ -70,6 +72,7 @@ impl BenchOptions {
             harness_cpus: None,
             tls: true,
             provider_rtt_ms: 20,
+            stt_chunk_ms: None,
             capacity: false,
             max_calls: DEFAULT_MAX_CALLS,
         }
@@ -145,25 +148,28 @@ fn run_step(
         options.calls
     ));
     let max_calls = (options.calls + 1).to_string();
-    let env = super::loopback_env(
-        &sims,
-        &records_dir,
-        &[
-            ("LOG_LEVEL", "info"),
-            ("LOG_FORMAT", "json"),
-            ("MAX_CONCURRENT_CALLS", &max_calls),
-            ("REPROMPT_AFTER_MS", "60000"),
-        ],
-    );
+    let stt_chunk_ms = options.stt_chunk_ms.map(|ms| ms.to_string());
+    let mut settings = vec![
+        ("LOG_LEVEL", "info"),
+        ("LOG_FORMAT", "json"),
+        ("MAX_CONCURRENT_CALLS", max_calls.as_str()),
+        ("REPROMPT_AFTER_MS", "60000"),
+    ];
+    if let Some(ms) = &stt_chunk_ms {
+        settings.push(("STT_CHUNK_MS", ms));
+    }
+    let env = super::loopback_env(&sims, &records_dir, &settings);
     // Checked here so a bad setting is reported as such, not as a server that did not start.
     let config = super::config_from_pairs(&env)?;
     let vad_silence_secs = config.calls.tuning.vad_silence_secs;
+    let stt_chunk_ms = config.calls.tuning.stt_chunk.as_millis() as u64;
     let mut server = ServerProcess::spawn(&env, server_cpus.as_deref())?;
     let measured = measure(&server, &sims, options);
     let stopped = server.stop();
     let _ = std::fs::remove_dir_all(&records_dir);
     let mut report = measured?;
     report.vad_silence_secs = vad_silence_secs;
+    report.stt_chunk_ms = stt_chunk_ms;
     report.server_cpus = server_cpus.clone();
     report.harness_cpus = harness_cpus.clone();
     Ok((report, stopped.map_err(Into::into)))
@@ -182,6 +188,8 @@ struct Report {
     server_cpus: Option<Vec<usize>>,
     harness_cpus: Option<Vec<usize>>,
     vad_silence_secs: f64,
+    /// The server's `STT_CHUNK_MS`.
+    stt_chunk_ms: u64,
     /// The server's `/metrics` after the run, or why it could not be read.
     metrics: Result<String, String>,
     wall_secs: f64,
@@ -525,6 +533,7 @@ impl Report {
         // Past what one `json!` expands.
         report["tts_sockets"] = json!(self.tts_sockets);
         report["tts_sockets_per_call"] = json!(self.tts_sockets as f64 / self.calls.max(1) as f64);
+        report["stt_chunk_ms"] = json!(self.stt_chunk_ms);
         report
     }
 }
@@ -627,6 +636,7 @@ fn measure(
         server_cpus: None,
         harness_cpus: None,
         vad_silence_secs: 0.0,
+        stt_chunk_ms: 0,
         metrics,
         wall_secs,
         rest,
@@ -931,6 +941,9 @@ impl ServerProcess {
         command
             .arg("serve")
             .env_clear()
+            // As the shipped unit runs it (systemd/cotrackpro-voice.service): glibc's heap in
+            // two arenas, so the figures are production's.
+            .env("MALLOC_ARENA_MAX", "2")
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

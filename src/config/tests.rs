@@ -1,6 +1,7 @@
 //! One test per validation rule of [`Config::from_env`], and the all-problems-at-once report.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use log::LevelFilter;
 
@@ -227,6 +228,21 @@ fn enums_and_flags() {
     assert_eq!(ok(&[("LOG_LEVEL", "silent")]).log.level, LevelFilter::Off);
     assert_eq!(ok(&[("LOG_FORMAT", "json")]).log.format, LogFormat::Json);
     assert_eq!(ok(&[("DEFAULT_ROLE", "gal")]).calls.default_role, Role::Gal);
+}
+
+#[test]
+fn stt_chunks_are_whole_frames_from_20_to_200_ms() {
+    let chunk = |v: &str| ok(&[("STT_CHUNK_MS", v)]).calls.tuning.stt_chunk;
+    assert_eq!(
+        ok(&[]).calls.tuning.stt_chunk,
+        Duration::from_millis(100),
+        "the default"
+    );
+    assert_eq!(chunk("20"), Duration::from_millis(20));
+    assert_eq!(chunk("200"), Duration::from_millis(200));
+    fails(&[("STT_CHUNK_MS", "50")], "STT_CHUNK_MS", "multiple of 20");
+    fails(&[("STT_CHUNK_MS", "0")], "STT_CHUNK_MS", "from 20 to 200");
+    fails(&[("STT_CHUNK_MS", "220")], "STT_CHUNK_MS", "from 20 to 200");
 }
 
 #[test]

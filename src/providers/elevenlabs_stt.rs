@@ -3,7 +3,8 @@
 //! The session is configured by the URL's query string only — μ-law 8 kHz, the language, VAD
 //! commits and their silence threshold. (The original sent a `session_config` message, which
 //! the service rejects with `input_error`; the session kept its defaults and never transcribed
-//! a word.) The caller's audio goes out as the base64 Twilio sent, untouched. Every message
+//! a word.) The caller's audio goes out in chunks of `STT_CHUNK_MS`, each encoded once into a
+//! message built in a reused buffer ([`AudioMessage`]). Every message
 //! type containing `error`, and each documented error type, is an error; an unknown type is
 //! logged once per session and ignored.
 //!
@@ -16,11 +17,12 @@ use std::collections::BTreeSet;
 use std::os::fd::BorrowedFd;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::Value;
 use tungstenite::Message;
 
 use super::ws::{self, ConnectError, Socket};
 use crate::config::{BaseUrl, Secret};
+use crate::speech::audio_message::AudioMessage;
 
 /// The error message types the service documents (besides any type containing "error").
 const ERROR_TYPES: &[&str] = &[
@@ -55,6 +57,8 @@ pub struct SttSettings {
     /// The caller speaks and the service says nothing at all for this long: the session is
     /// taken for dead and replaced (`STT_SILENT_SERVICE_SECS`).
     pub silent_service_limit: Duration,
+    /// The caller's audio goes in chunks this long, whole 20 ms frames (`STT_CHUNK_MS`).
+    pub chunk: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,6 +136,8 @@ pub struct SttStream {
     unpaired_commit: Option<&'static str>,
     /// Messages of any kind received (the liveness watchdog's evidence).
     messages: u64,
+    /// The `input_audio_chunk` messages, built in one reused buffer.
+    chunks: AudioMessage,
 }
 
 const COMMITTED: &str = "committed_transcript";
@@ -168,6 +174,10 @@ impl SttStream {
             unknown_types: BTreeSet::new(),
             unpaired_commit: None,
             messages: 0,
+            chunks: AudioMessage::new(
+                r#"{"message_type":"input_audio_chunk","audio_base_64":""#.to_string(),
+                r#"","commit":false,"sample_rate":8000}"#,
+            ),
         })
     }
 
@@ -234,26 +244,23 @@ impl SttStream {
         }
     }
 
-    /// Forwards one chunk of the caller's audio: the base64 μ-law exactly as Twilio sent it.
-    /// Never blocks: what the socket does not take now stays queued (see
-    /// [`SttStream::wants_write`]), up to the socket's write-buffer limit, past which this
-    /// fails.
-    pub fn send_audio(&mut self, base64_ulaw: &str) -> Result<(), SttError> {
-        let message = json!({
-            "message_type": "input_audio_chunk",
-            "audio_base_64": base64_ulaw,
-            "commit": false,
-            "sample_rate": 8000,
-        });
-        match self.socket.send(Message::text(message.to_string())) {
+    /// Forwards one chunk of the caller's μ-law, as an `input_audio_chunk` built in the
+    /// session's reused buffer (base64-encoded once, here). Never blocks: what the socket does
+    /// not take now stays queued (see [`SttStream::wants_write`]), up to the socket's
+    /// write-buffer limit, past which this fails.
+    pub fn send_audio(&mut self, ulaw: &[u8]) -> Result<(), SttError> {
+        let Some(text) = self.chunks.build(ulaw) else {
+            return Err(SttError::Protocol(
+                "audio could not be base64-encoded".into(),
+            ));
+        };
+        match self.socket.send(Message::Text(text)) {
             Ok(()) => {}
             // Queued: it goes out with the next flush.
             Err(err) if ws::is_timeout(&err) => self.unflushed = true,
             Err(err) => return Err(SttError::Closed(err.to_string())),
         }
-        // Base64 without decoding: every 4 characters are 3 bytes, minus the padding.
-        let padding = base64_ulaw.bytes().rev().take_while(|b| *b == b'=').count();
-        self.audio_bytes += (base64_ulaw.len() / 4 * 3).saturating_sub(padding) as u64;
+        self.audio_bytes += ulaw.len() as u64;
         Ok(())
     }
 

@@ -111,8 +111,10 @@ impl std::fmt::Display for AskError {
 /// Something for the call thread to do, in order.
 #[derive(Debug)]
 pub enum Action {
-    /// Send this text message to Twilio (media, mark, clear).
+    /// Send this text message to Twilio (mark, clear).
     Twilio(String),
+    /// Send this μ-law audio to Twilio: whole 20 ms frames, one `media` message each.
+    Media(Vec<u8>),
     /// Answer a ping (RFC 6455: a pong with the same payload).
     Pong(Vec<u8>),
     /// The stream started: open the call's record, start its workers for this persona.
@@ -399,7 +401,6 @@ impl<'a> Machine<'a> {
                 self.note_transcript(now, "user", &format!("[keypad: {digit}]"));
             }
             Inbound::Stop => self.finish(End::CallerHungUp),
-            Inbound::Media { .. } => {}
         }
     }
 
@@ -552,6 +553,13 @@ impl<'a> Machine<'a> {
             return;
         }
         self.actions.push(Action::Twilio(text));
+    }
+
+    fn media(&mut self, ulaw: Vec<u8>) {
+        if self.write_failed_at.is_some() || self.end().is_some() || ulaw.is_empty() {
+            return;
+        }
+        self.actions.push(Action::Media(ulaw));
     }
 
     fn wall_ms(&self, now: Instant) -> i64 {

@@ -4,8 +4,6 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use base64::Engine as _;
-
 use super::{ms_between, Action, Carry, Machine};
 use crate::call::playback::{Kind, Piece};
 use crate::call::workers::{Speech, TtsOut};
@@ -46,7 +44,8 @@ impl Machine<'_> {
                     }
                 }
                 // Whole 20 ms frames: what does not fill one waits for the next audio of the
-                // piece (or is padded with silence at its end).
+                // piece (or is padded with silence at its end). The audio's own buffer goes to
+                // the call thread; the carry keeps one buffer for the piece.
                 if self.carry.piece != (turn, seq) {
                     self.carry = Carry {
                         piece: (turn, seq),
@@ -55,13 +54,14 @@ impl Machine<'_> {
                 }
                 let mut audio = audio;
                 if !self.carry.bytes.is_empty() {
-                    let mut joined = std::mem::take(&mut self.carry.bytes);
-                    joined.extend_from_slice(&audio);
-                    audio = joined;
+                    self.carry.bytes.extend_from_slice(&audio);
+                    std::mem::swap(&mut self.carry.bytes, &mut audio);
+                    self.carry.bytes.clear();
                 }
                 let whole = audio.len() / FRAME_BYTES * FRAME_BYTES;
-                self.carry.bytes = audio.split_off(whole);
-                self.send_frames(&sid, &audio);
+                self.carry.bytes.extend_from_slice(&audio[whole..]);
+                audio.truncate(whole);
+                self.media(audio);
                 if whole > 0 {
                     self.note_first_frame(now, turn);
                 }
@@ -70,7 +70,7 @@ impl Machine<'_> {
                 if self.carry.piece == (turn, seq) && !self.carry.bytes.is_empty() {
                     let mut last = std::mem::take(&mut self.carry.bytes);
                     last.resize(FRAME_BYTES, ulaw::ULAW_SILENCE);
-                    self.send_frames(&sid, &last);
+                    self.media(last);
                     self.note_first_frame(now, turn);
                 }
                 if let Some(name) = self.playback.end(turn, seq) {
@@ -133,13 +133,6 @@ impl Machine<'_> {
             .as_ref()
             .and_then(|s| self.rules.clips.phrase(&s.voice, phrase));
         self.say(Kind::Phrase, phrase.text(), clip);
-    }
-
-    pub(super) fn send_frames(&mut self, sid: &str, audio: &[u8]) {
-        for frame in audio.chunks(FRAME_BYTES) {
-            let payload = base64::engine::general_purpose::STANDARD.encode(frame);
-            self.twilio(media_messages::media(sid, &payload));
-        }
     }
 
     pub(super) fn note_first_frame(&mut self, now: Instant, turn: u64) {

@@ -17,7 +17,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use crossbeam_channel::{bounded, Receiver, Sender};
 
 use super::{SttLost, SttOut};
@@ -82,8 +81,6 @@ pub struct SttLink {
     dropped_bytes: u64,
     /// Bytes per message when what waited goes out (the reader's chunk).
     chunk_bytes: usize,
-    /// The base64 of a chunk, reused.
-    encoded: String,
 }
 
 impl SttLink {
@@ -95,9 +92,9 @@ impl SttLink {
         dial_name: String,
         dial_stack: usize,
         spawn: Spawner,
-        chunk: Duration,
         sent_bytes: Arc<AtomicU64>,
     ) -> SttLink {
+        let chunk = settings.as_ref().map_or(Duration::ZERO, |s| s.chunk);
         SttLink {
             settings,
             reconnects,
@@ -110,7 +107,6 @@ impl SttLink {
             pending: Vec::new(),
             dropped_bytes: 0,
             chunk_bytes: (chunk.as_millis() as usize * 8).max(FRAME_BYTES),
-            encoded: String::new(),
         }
     }
 
@@ -184,9 +180,7 @@ impl SttLink {
         if ulaw.is_empty() {
             return Ok(());
         }
-        self.encoded.clear();
-        base64::engine::general_purpose::STANDARD.encode_string(ulaw, &mut self.encoded);
-        stream.send_audio(&self.encoded)?;
+        stream.send_audio(ulaw)?;
         if loud && unanswered_speech.is_none() {
             *unanswered_speech = Some(now);
         }

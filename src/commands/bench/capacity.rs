@@ -292,6 +292,7 @@ mod tests {
             server_cpus: Some(vec![1]),
             harness_cpus: Some(vec![0]),
             vad_silence_secs: 0.8,
+            stt_chunk_ms: 100,
             metrics: Err("synthetic".into()),
             wall_secs: 10.0,
             rest: sample,

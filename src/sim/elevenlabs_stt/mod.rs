@@ -9,7 +9,6 @@
 //! service documents. Errors, dropped connections and a session that goes silent can be
 //! injected.
 
-use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::io;
 use std::sync::{Arc, Mutex};
@@ -27,6 +26,7 @@ mod event_loop;
 use super::hops::{key_of, sampled, Hop, HopClock};
 use super::listener::{ConnectionServer, SimStream, WsSimCore};
 use super::voice;
+use crate::speech::audio_message::JsonText;
 
 /// Loudness (RMS of decoded samples) above which audio counts as speech.
 pub const SPEECH_RMS: f32 = 500.0;
@@ -185,9 +185,9 @@ struct Session {
 #[derive(Deserialize)]
 struct ClientMessage<'a> {
     #[serde(borrow, default)]
-    message_type: Option<Text<'a>>,
+    message_type: Option<JsonText<'a>>,
     #[serde(borrow, default)]
-    audio_base_64: Option<Text<'a>>,
+    audio_base_64: Option<JsonText<'a>>,
     /// Present, whatever its value (the service requires the field).
     #[serde(default, deserialize_with = "present")]
     commit: bool,
@@ -202,32 +202,6 @@ impl ClientMessage<'_> {
 
     fn is_audio(&self) -> bool {
         self.kind() == "input_audio_chunk"
-    }
-}
-
-/// A JSON string, borrowed when it has no escapes. (serde borrows a `Cow<str>` field only when
-/// it stands alone; inside an `Option` it is always copied, and these fields may be absent.)
-struct Text<'a>(Cow<'a, str>);
-
-impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Visit;
-        impl<'de> serde::de::Visitor<'de> for Visit {
-            type Value = Text<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Text<'de>, E> {
-                Ok(Text(Cow::Borrowed(v)))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Text<'de>, E> {
-                Ok(Text(Cow::Owned(v.to_string())))
-            }
-            fn visit_string<E>(self, v: String) -> Result<Text<'de>, E> {
-                Ok(Text(Cow::Owned(v)))
-            }
-        }
-        deserializer.deserialize_str(Visit)
     }
 }
 
@@ -489,10 +463,11 @@ impl Transcriber {
             }
         };
         let payload = message.audio_base_64.as_ref().map_or("", |t| &t.0);
+        let decoded = base64::engine::general_purpose::STANDARD.decode(payload);
         if !is_audio || !message.commit || message.sample_rate != Some(8000) {
             return Reply::Send(refusal(message.kind()), None);
         }
-        let Ok(audio) = base64::engine::general_purpose::STANDARD.decode(payload) else {
+        let Ok(audio) = decoded else {
             return Reply::Send(
                 json!({"message_type": "input_error", "error": "audio_base_64 is not base64"}),
                 None,
@@ -502,11 +477,7 @@ impl Transcriber {
             // A chunk of several 20 ms frames (`STT_CHUNK_MS`): the frame that completed it is
             // the one the hop times (the ones before it waited for it on purpose).
             if let Some(last) = frames(&audio).last() {
-                let key = key_of(
-                    base64::engine::general_purpose::STANDARD
-                        .encode(last)
-                        .as_str(),
-                );
+                let key = frame_key(last);
                 if sampled(key) {
                     hops.end(Hop::TwilioToStt, key, received);
                 }
@@ -561,11 +532,7 @@ impl Transcriber {
                 self.speech_secs = 0.0;
                 self.since_partial = 0.0;
                 // The utterance's first loud frame, as the caller sent it.
-                self.first_loud = Some(key_of(
-                    base64::engine::general_purpose::STANDARD
-                        .encode(audio)
-                        .as_str(),
-                ));
+                self.first_loud = Some(frame_key(audio));
                 self.utterance.get_or_insert_with(|| {
                     lock(state)
                         .utterances
@@ -622,6 +589,15 @@ impl Transcriber {
             hops.start(Hop::TranscriptToLlm, key_of(words.trim()), Instant::now());
         }
     }
+}
+
+/// The key the callers time a frame by: its payload as Twilio carries it (base64 of 160 bytes).
+fn frame_key(frame: &[u8]) -> u64 {
+    key_of(
+        base64::engine::general_purpose::STANDARD
+            .encode(frame)
+            .as_str(),
+    )
 }
 
 /// The `input_error` for a text message of type `kind` that is not a well-formed audio chunk.
