@@ -262,9 +262,7 @@ impl TtsSocket {
                 // Pings are answered by tungstenite; binary frames are not part of this protocol.
                 _ => continue,
             };
-            if let Some(event) = event_of(text.as_str())? {
-                events.push(event);
-            }
+            events_of(text.as_str(), events)?;
         }
     }
 
@@ -306,9 +304,10 @@ impl TtsSocket {
     }
 }
 
-/// What one text message from the service means: audio or the end of a context, an error, or
-/// nothing we use (alignment alone, for example).
-pub fn event_of(text: &str) -> Result<Option<TtsEvent>, TtsError> {
+/// What one text message from the service means, added to `events`: audio, the end of a
+/// context (both, in that order, if a message carries both), nothing we use (alignment
+/// alone), or an error.
+pub fn events_of(text: &str, events: &mut Vec<TtsEvent>) -> Result<(), TtsError> {
     let value: Value = serde_json::from_str(text)
         .map_err(|e| TtsError::Protocol(format!("message is not JSON: {e}")))?;
     if let Some(error) = value.get("error").filter(|e| !e.is_null()) {
@@ -321,55 +320,75 @@ pub fn event_of(text: &str) -> Result<Option<TtsEvent>, TtsError> {
     }
     // The AsyncAPI's messages say `contextId` and `isFinal`; its examples and a third-party
     // client say `context_id` and `is_final`: both are accepted.
-    let context = value["contextId"]
-        .as_str()
-        .or(value["context_id"].as_str())
-        .map(str::to_string);
+    let context = || {
+        value["contextId"]
+            .as_str()
+            .or(value["context_id"].as_str())
+            .map(str::to_string)
+    };
     if let Some(audio) = value["audio"].as_str().filter(|a| !a.is_empty()) {
         let context =
-            context.ok_or_else(|| TtsError::Protocol("audio without a contextId".to_string()))?;
+            context().ok_or_else(|| TtsError::Protocol("audio without a contextId".to_string()))?;
         let audio = base64::engine::general_purpose::STANDARD
             .decode(audio)
             .map_err(|e| TtsError::Protocol(format!("audio is not base64: {e}")))?;
-        return Ok(Some(TtsEvent::Audio { context, audio }));
+        events.push(TtsEvent::Audio { context, audio });
     }
     let is_final = value["isFinal"].as_bool().or(value["is_final"].as_bool());
     if is_final == Some(true) {
-        let context =
-            context.ok_or_else(|| TtsError::Protocol("isFinal without a contextId".to_string()))?;
-        return Ok(Some(TtsEvent::Final { context }));
+        let context = context()
+            .ok_or_else(|| TtsError::Protocol("isFinal without a contextId".to_string()))?;
+        events.push(TtsEvent::Final { context });
     }
-    Ok(None)
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn event_of(text: &str) -> Result<Vec<TtsEvent>, TtsError> {
+        let mut events = Vec::new();
+        events_of(text, &mut events).map(|()| events)
+    }
+
     #[test]
     fn replies_are_read_in_either_spelling() {
         assert_eq!(
             event_of(r#"{"audio":"AAEC","contextId":"1-0","isFinal":false}"#),
-            Ok(Some(TtsEvent::Audio {
+            Ok(vec![TtsEvent::Audio {
                 context: "1-0".into(),
                 audio: vec![0, 1, 2]
-            }))
+            }])
         );
         assert_eq!(
             event_of(r#"{"is_final":true,"context_id":"1-0"}"#),
-            Ok(Some(TtsEvent::Final {
+            Ok(vec![TtsEvent::Final {
                 context: "1-0".into()
-            }))
+            }])
         );
         assert_eq!(
             event_of(r#"{"isFinal":true,"contextId":"2-1","audio":null}"#),
-            Ok(Some(TtsEvent::Final {
+            Ok(vec![TtsEvent::Final {
                 context: "2-1".into()
-            }))
+            }])
         );
         assert_eq!(
             event_of(r#"{"alignment":null,"contextId":"1-0"}"#),
-            Ok(None)
+            Ok(vec![])
+        );
+        // A last chunk that also ends its context: both, the audio first.
+        assert_eq!(
+            event_of(r#"{"audio":"AAEC","contextId":"3-0","isFinal":true}"#),
+            Ok(vec![
+                TtsEvent::Audio {
+                    context: "3-0".into(),
+                    audio: vec![0, 1, 2]
+                },
+                TtsEvent::Final {
+                    context: "3-0".into()
+                }
+            ])
         );
     }
 

@@ -8,7 +8,8 @@
 //! of trouble), and given up as lost after that ([`SttOut::Lost`]). A session whose service
 //! says nothing at all for `silent_service_limit` after the caller's speech went to it is
 //! taken for dead and replaced, counted as a reconnect. Audio that arrives while no session
-//! is up waits, up to [`PENDING_MAX_BYTES`] (newer audio past that is dropped and counted).
+//! is up waits, up to [`PENDING_MAX_BYTES`] (the newest is kept, the oldest dropped and
+//! counted); a chunk whose send failed waits with it.
 //!
 //! The link never blocks and never sleeps: the reader's loop waits on [`SttLink::watch`]'s
 //! descriptor and [`SttLink::next_deadline`] together with the Twilio socket.
@@ -157,13 +158,20 @@ impl SttLink {
             State::Live { .. } => {
                 if let Err(err) = self.forward(ulaw, loud, now) {
                     self.session_failed(err, now, out);
+                    // The chunk waits for the next session (no state after a failure is live).
+                    if !matches!(self.state, State::Live { .. }) {
+                        self.send(ulaw, loud, now, out);
+                    }
                 }
             }
             _ => {
-                let room = PENDING_MAX_BYTES.saturating_sub(self.pending.len());
-                let kept = ulaw.len().min(room);
-                self.pending.extend_from_slice(&ulaw[..kept]);
-                self.dropped_bytes += (ulaw.len() - kept) as u64;
+                // The newest audio is kept: what the caller says last matters most.
+                self.pending.extend_from_slice(ulaw);
+                let over = self.pending.len().saturating_sub(PENDING_MAX_BYTES);
+                if over > 0 {
+                    self.pending.drain(..over);
+                    self.dropped_bytes += over as u64;
+                }
             }
         }
     }

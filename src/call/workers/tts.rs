@@ -126,6 +126,25 @@ pub fn tts(settings: &TtsSettings, voice: &str, inbox: &TtsInbox, out: &Sender<E
                 break;
             }
             for action in actions {
+                if matches!(action, Action::Open) {
+                    // A connect blocks (up to its timeout): the call's end or a cut that came
+                    // meanwhile is taken first, and may make it unneeded.
+                    let (ended, turn) = {
+                        let control = inbox.shared.control();
+                        (control.ended, control.current_turn)
+                    };
+                    if ended {
+                        plan.step(Instant::now(), Input::End);
+                    } else if turn > seen_turn {
+                        seen_turn = turn;
+                        plan.step(Instant::now(), Input::Cut(turn));
+                    }
+                }
+                // Once the call has ended only the socket's close is carried out (it comes in
+                // the next batch); what else this batch held is dropped.
+                if plan.ended() && !matches!(action, Action::Close) {
+                    continue;
+                }
                 if !perform(action, settings, voice, &mut socket, &mut plan, out) {
                     plan.step(Instant::now(), Input::End);
                 }

@@ -12,7 +12,9 @@
 //!   an error, the piece ended mute, or its deadline passed) is tried once more, on a new
 //!   socket when the old one is gone; then it is reported failed (the call apologizes).
 //! - A socket that drops is reopened once at once, so the next piece does not wait for the
-//!   connection; after that it is opened when a piece needs it.
+//!   connection; after that it is opened when a piece needs it. After a failed open the next
+//!   waits a pause (1 s, doubling to 8 s), and a refused key (401, 403) is not tried again:
+//!   its pieces fail at once.
 //! - A cut (barge-in: the call moved to a newer turn) drops the older turns' pieces: the one
 //!   being spoken is reported done (billed, no more audio) and its late audio is dropped by
 //!   context; its context counts against the service's limit until its `isFinal`.
@@ -23,11 +25,16 @@ use std::time::{Duration, Instant};
 
 use super::{Speech, TtsJob, TtsOut};
 use crate::providers::elevenlabs_tts::{TtsError, TtsEvent, MAX_CONTEXTS};
+use crate::providers::ws::ConnectError;
 
 /// The longest one piece of speech may take to arrive in full.
 pub const PIECE_DEADLINE: Duration = Duration::from_secs(20);
 /// Audio bytes per message when a clip is handed to the call (400 ms).
 const CLIP_CHUNK: usize = 3200;
+/// The pause after a failed open before the next, doubling up to the maximum: a provider that
+/// is down costs a connect timeout per pause, not one per piece back to back.
+const OPEN_PAUSE_MIN: Duration = Duration::from_secs(1);
+const OPEN_PAUSE_MAX: Duration = Duration::from_secs(8);
 
 /// What happens to the worker.
 #[derive(Debug)]
@@ -100,6 +107,11 @@ pub struct Plan {
     last_sent: Instant,
     /// Reopened once after a drop; cleared by the next piece spoken in full.
     reopened: bool,
+    /// After a failed open, no other before this (the pause doubles, 1 s to 8 s).
+    next_open_at: Option<Instant>,
+    open_pause: Duration,
+    /// The service refused the key (401, 403): nothing is spoken live any more.
+    refused: Option<TtsError>,
     queue: VecDeque<TtsJob>,
     current: Option<Current>,
     /// Contexts sent and not yet final (a cut piece's included).
@@ -119,6 +131,9 @@ impl Plan {
             keepalive_every,
             last_sent: now,
             reopened: false,
+            next_open_at: None,
+            open_pause: Duration::ZERO,
+            refused: None,
             queue: VecDeque::new(),
             current: None,
             open: Vec::new(),
@@ -149,7 +164,11 @@ impl Plan {
     pub fn next_deadline(&self) -> Option<Instant> {
         let piece = self.current.as_ref().map(|c| c.deadline);
         let keepalive = (self.socket == Socket::Up).then(|| self.last_sent + self.keepalive_every);
-        [piece, keepalive].into_iter().flatten().min()
+        // A piece waits for the socket's next try.
+        let open = self
+            .next_open_at
+            .filter(|_| self.socket == Socket::Down && self.current.is_some());
+        [piece, keepalive, open].into_iter().flatten().min()
     }
 
     pub fn step(&mut self, now: Instant, input: Input) {
@@ -164,7 +183,7 @@ impl Plan {
                 match job.speech {
                     Speech::Prewarm => {
                         if self.socket == Socket::Down {
-                            self.open_socket();
+                            self.open_socket(now);
                         }
                     }
                     _ => self.queue.push_back(job),
@@ -197,10 +216,25 @@ impl Plan {
             Input::Opened => {
                 self.socket = Socket::Up;
                 self.last_sent = now;
+                self.next_open_at = None;
+                self.open_pause = Duration::ZERO;
             }
             Input::OpenFailed(err) => {
                 self.socket = Socket::Down;
                 log::warn!(error:% = err; "tts.open_failed");
+                if matches!(
+                    err,
+                    TtsError::Connect(ConnectError::Refused {
+                        status: 401 | 403,
+                        ..
+                    })
+                ) {
+                    // A refused key is not tried again: every piece fails at once (the call
+                    // apologizes with its pre-rendered phrase, if it has one).
+                    self.refused = Some(err.clone());
+                }
+                self.open_pause = (self.open_pause * 2).clamp(OPEN_PAUSE_MIN, OPEN_PAUSE_MAX);
+                self.next_open_at = Some(now + self.open_pause);
                 // A piece waiting for this socket fails its attempt.
                 if self.current.is_some() {
                     self.piece_failed(now, err);
@@ -208,7 +242,19 @@ impl Plan {
             }
             Input::Spoke(chars) => {
                 self.last_sent = now;
-                if let Some(current) = &mut self.current {
+                if chars == 0 {
+                    // Nothing to say (blank text): nothing was sent, and no isFinal will come.
+                    if let Some(current) = self.current.take() {
+                        self.open
+                            .retain(|c| Some(c.as_str()) != current.context.as_deref());
+                        self.out(
+                            &current,
+                            TtsOut::Done {
+                                chars: current.billed,
+                            },
+                        );
+                    }
+                } else if let Some(current) = &mut self.current {
                     current.billed += chars;
                 }
             }
@@ -263,7 +309,7 @@ impl Plan {
                 // A piece being retried opens its own; otherwise once at once.
                 if self.current.is_none() && !self.reopened {
                     self.reopened = true;
-                    self.open_socket();
+                    self.open_socket(now);
                 }
             }
             Input::Tick => {
@@ -292,7 +338,12 @@ impl Plan {
         self.advance(now);
     }
 
-    fn open_socket(&mut self) {
+    /// Opens the socket, unless a failed open's pause still runs (then a waiting piece opens
+    /// it at the pause's end) or the key was refused.
+    fn open_socket(&mut self, now: Instant) {
+        if self.refused.is_some() || self.next_open_at.is_some_and(|at| now < at) {
+            return;
+        }
         self.socket = Socket::Opening;
         self.actions.push(Action::Open);
     }
@@ -368,9 +419,15 @@ impl Plan {
             if current.context.is_some() {
                 return;
             }
+            if let Some(err) = self.refused.clone() {
+                if let Some(current) = self.current.take() {
+                    self.out(&current, TtsOut::Failed(err));
+                }
+                continue;
+            }
             match self.socket {
                 Socket::Down => {
-                    self.open_socket();
+                    self.open_socket(now);
                     return;
                 }
                 Socket::Opening => return,
@@ -646,8 +703,62 @@ mod tests {
         assert_eq!(plan.take_actions(), vec![Action::Open]);
         plan.step(t0, Input::OpenFailed(TtsError::Closed("refused".into())));
         assert!(plan.take_actions().is_empty(), "not retried in a loop");
+        // A piece waits for the pause after the failed open, then opens the socket.
         plan.step(t0, text(1, 0, "Hello."));
+        assert!(plan.take_actions().is_empty());
+        assert_eq!(plan.next_deadline(), Some(t0 + OPEN_PAUSE_MIN));
+        plan.step(t0 + OPEN_PAUSE_MIN, Input::Tick);
         assert_eq!(plan.take_actions(), vec![Action::Open]);
+    }
+
+    #[test]
+    fn failed_opens_are_paced_and_a_refused_key_is_not_tried_again() {
+        let t0 = Instant::now();
+        let mut plan = Plan::new(t0, KEEPALIVE);
+        plan.take_actions();
+        plan.step(t0, text(1, 0, "One."));
+        plan.step(t0, Input::OpenFailed(TtsError::Closed("timed out".into())));
+        // The piece's retry waits 1 s, and a second failure doubles the pause.
+        assert!(plan.take_actions().is_empty());
+        plan.step(t0 + OPEN_PAUSE_MIN, Input::Tick);
+        assert_eq!(plan.take_actions(), vec![Action::Open]);
+        let t1 = t0 + OPEN_PAUSE_MIN;
+        plan.step(t1, Input::OpenFailed(TtsError::Closed("timed out".into())));
+        assert_eq!(outs(&plan.take_actions()), vec![(1, 0, "failed".into())]);
+        plan.step(t1, text(1, 1, "Two."));
+        assert!(plan.take_actions().is_empty());
+        assert_eq!(plan.next_deadline(), Some(t1 + OPEN_PAUSE_MIN * 2));
+        plan.step(t1 + OPEN_PAUSE_MIN * 2, Input::Tick);
+        assert_eq!(plan.take_actions(), vec![Action::Open]);
+        // A refused key: this piece and every later one fail at once, with no new socket.
+        let t2 = t1 + OPEN_PAUSE_MIN * 2;
+        let refused = TtsError::Connect(ConnectError::Refused {
+            status: 401,
+            body: "Invalid API key".into(),
+        });
+        plan.step(t2, Input::OpenFailed(refused));
+        plan.step(t2, text(1, 2, "Three."));
+        assert_eq!(
+            outs(&plan.take_actions()),
+            vec![(1, 1, "failed".into()), (1, 2, "failed".into())]
+        );
+        plan.step(t2 + OPEN_PAUSE_MAX, Input::Tick);
+        assert!(plan.take_actions().is_empty(), "never opened again");
+    }
+
+    #[test]
+    fn a_blank_piece_is_done_at_once() {
+        let t0 = Instant::now();
+        let mut plan = up(t0);
+        plan.step(t0, text(1, 0, "   "));
+        plan.step(t0, text(1, 1, "Next."));
+        plan.take_actions();
+        // Nothing was sent for it, so no isFinal will come.
+        plan.step(t0, Input::Spoke(0));
+        let actions = plan.take_actions();
+        assert_eq!(outs(&actions), vec![(1, 0, "done 0".into())]);
+        assert_eq!(speaks(&actions), vec![("1-1-2".into(), "Next.".into())]);
+        assert_eq!(plan.open_contexts(), 1);
     }
 
     #[test]
@@ -697,6 +808,9 @@ mod tests {
         plan.take_actions();
         plan.step(t0, Input::OpenFailed(TtsError::Closed("y".into())));
         plan.step(t0, Input::Job(job(1, u32::MAX, Speech::Prewarm)));
+        assert!(plan.take_actions().is_empty(), "not within the pause");
+        let later = t0 + OPEN_PAUSE_MIN;
+        plan.step(later, Input::Job(job(1, u32::MAX, Speech::Prewarm)));
         assert_eq!(plan.take_actions(), vec![Action::Open]);
     }
 }

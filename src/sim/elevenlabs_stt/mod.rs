@@ -500,8 +500,8 @@ impl Transcriber {
         }
 
         // The service's voice detection works on the audio, not on how it was sent: 20 ms at a
-        // time, however many frames a message carries. A commit ends the message's reply; a
-        // partial waits for the rest of the message to be heard.
+        // time, however many frames a message carries. A commit is the message's reply (a
+        // partial cannot follow it within one chunk: it needs more speech than a chunk holds).
         let mut reply = Reply::Nothing;
         let whole: &[u8] = &audio;
         let pieces: Vec<&[u8]> = if frames(whole).len() > 0 {
@@ -512,7 +512,9 @@ impl Transcriber {
         for piece in pieces {
             match self.hear_audio(piece, state) {
                 Reply::Nothing => {}
-                commit @ Reply::Commit(..) => return commit,
+                // A commit is the message's answer; the frames after it are still heard (the
+                // next utterance may begin in them).
+                commit @ Reply::Commit(..) => reply = commit,
                 other => {
                     if matches!(reply, Reply::Nothing) {
                         reply = other;
