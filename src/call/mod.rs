@@ -386,10 +386,12 @@ impl Call<'_> {
             }
             let input = self.admit(input);
             self.step(now, input);
+            self.flush();
             while !self.feedback.is_empty() {
                 for input in std::mem::take(&mut self.feedback) {
                     self.step(Instant::now(), input);
                 }
+                self.flush();
             }
         }
     }
@@ -501,12 +503,23 @@ impl Call<'_> {
         }
     }
 
+    /// Queues a message for Twilio; what a step queued goes out in one write at its end
+    /// ([`Call::flush`]).
     fn send(&mut self, message: Message) {
         if self.write_failed {
             return;
         }
-        let sent = self.writer.send(message);
+        let sent = self.writer.write(message);
         self.sent(sent);
+    }
+
+    /// Writes what the last step queued for Twilio.
+    fn flush(&mut self) {
+        if self.write_failed {
+            return;
+        }
+        let flushed = self.writer.flush();
+        self.sent(flushed);
     }
 
     fn send_media(&mut self, ulaw: &[u8]) {

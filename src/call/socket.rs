@@ -16,12 +16,20 @@ pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 /// Stack of a call's threads: they hold small buffers, never deep recursion.
 pub const CALL_STACK: usize = 256 * 1024;
 
+/// What the call thread writes to Twilio waits in the socket's buffer until it is flushed once
+/// per step of the machine (a piece of speech's frames, its mark: one write, not one a frame);
+/// past this much it goes out at once.
+const WRITE_BATCH_BYTES: usize = 16 * 1024;
+/// What may wait unwritten before a write fails (Twilio not reading).
+const MAX_UNWRITTEN_BYTES: usize = 256 * 1024;
+
 /// The socket settings for both halves of a Twilio connection: small buffers (three sockets per
-/// call must fit the memory budget) and no write buffering (a 160-byte frame goes out at once).
+/// call must fit the memory budget); the writing half batches a step's messages.
 fn ws_config() -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(8 * 1024)
-        .write_buffer_size(0)
+        .write_buffer_size(WRITE_BATCH_BYTES)
+        .max_write_buffer_size(MAX_UNWRITTEN_BYTES)
         .max_message_size(Some(MAX_MESSAGE_BYTES))
         .max_frame_size(Some(MAX_MESSAGE_BYTES))
 }
@@ -87,9 +95,9 @@ impl TwilioSocket {
     }
 }
 
-/// Writes `ulaw` to Twilio as `media` messages of one 20 ms frame each, each built in
-/// `frames`' reused buffer and written at once (the writer does not buffer): no allocation
-/// per frame once the buffers have grown.
+/// Queues `ulaw` for Twilio as `media` messages of one 20 ms frame each, each built in
+/// `frames`' reused buffer and copied into the socket's write buffer: no allocation per frame
+/// once the buffers have grown. The caller flushes (once per step of the machine).
 pub fn send_media<S: Read + Write>(
     writer: &mut WebSocket<S>,
     frames: &mut MediaFrames,
@@ -98,7 +106,7 @@ pub fn send_media<S: Read + Write>(
     for frame in ulaw.chunks(FRAME_BYTES) {
         // `None` does not happen (see `AudioMessage::build`); the frame would be skipped.
         if let Some(text) = frames.frame(frame) {
-            writer.send(Message::Text(text))?;
+            writer.write(Message::Text(text))?;
         }
     }
     Ok(())

@@ -5,16 +5,17 @@
 //! reading of the limits ([`ProcessLimits::read`]) is two files: `/proc/self/limits` and the
 //! cgroup's `pids.max`.
 
-/// Threads of one call: the call thread, the Twilio reader, and the speech-to-text, model and
-/// text-to-speech workers. (A thread that outlives its call keeps the call's place under the
-/// cap, so the cap bounds these.)
+/// Threads of one call at most: the call thread, the Twilio reader (which carries
+/// speech-to-text), the model and text-to-speech workers, and the short-lived thread of a
+/// speech-to-text handshake. (A thread that outlives its call keeps the call's place under
+/// the cap, so the cap bounds these.)
 pub const THREADS_PER_CALL: u64 = 5;
 
 /// Descriptors of one call at most: the Twilio socket three times (the reader's and the
-/// writer's halves, and the handle that shuts it down), the speech-to-text socket, two
-/// text-to-speech sockets (the piece being spoken and one opened ahead), the audio feed's
-/// socket pair, and one Anthropic and one MCP connection in flight. `bench` counts about 8 per
-/// call (`server_fds_per_call`: not every call holds a spare or a tool call at once).
+/// writer's halves, and the handle that shuts it down), the speech-to-text socket, the
+/// text-to-speech socket and its worker's wake-up pair, a handshake's wake-up pair while one
+/// runs, and one Anthropic and one MCP connection in flight. `bench` counts about 7 per call
+/// (`server_fds_per_call`: not every call holds a tool call at once).
 pub const FDS_PER_CALL: u64 = 10;
 
 /// Threads of the server itself, calls aside: HTTP workers, the acceptor, the records writer,
