@@ -11,10 +11,11 @@ use super::read::{Float, Reader, Report, Whole};
 use crate::phone;
 
 /// Calls one server core carries within every service level, from the capacity search
-/// (`bench --capacity`; README, "Sizing a VM"): 300 passed, 450 broke the hops' 10 ms p99.
-/// When `MAX_CONCURRENT_CALLS` is not set, the cap is this many per core the process may run
-/// on ([`default_max_concurrent`]). Update it when a new measurement says otherwise.
-pub const CALLS_PER_CORE: usize = 300;
+/// (`bench --capacity`; README, "Sizing a VM"): 450 passed with room, 500 only just, 600 broke
+/// the hops' 10 ms p99. When `MAX_CONCURRENT_CALLS` is not set, the cap is this many per core
+/// the process may run on ([`default_max_concurrent`]). Update it when a new measurement says
+/// otherwise.
+pub const CALLS_PER_CORE: usize = 450;
 
 /// `default` is one core's worth; unset, the cap is [`default_max_concurrent`] of the cores.
 const MAX_CONCURRENT_CALLS: Whole = Whole {
