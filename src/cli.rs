@@ -470,7 +470,11 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
                 Err(code) => return code,
             };
             crate::logging::init(&config.log);
-            for warning in &config.warnings {
+            // The process's descriptor and task limits too, as `check-config` prints them: an
+            // operator reading the journal at start-up learns the cap cannot be held.
+            let limits = crate::config::limits::ProcessLimits::read();
+            let limits = crate::config::limits::warnings(config.calls.max_concurrent, &limits);
+            for warning in config.warnings.iter().chain(&limits) {
                 log::warn!("{warning}");
             }
             match crate::serve::run(config) {

@@ -244,3 +244,26 @@ fn check_config_warns_when_the_open_files_limit_cannot_hold_the_calls() {
     assert_eq!(code, 0, "{stderr}");
     assert!(!stdout.contains("RLIMIT_NOFILE"), "{stdout}");
 }
+
+/// `serve` says at start-up what `check-config` says of the limits: the journal of a server
+/// that cannot hold its cap tells the operator so before the first call fails.
+#[test]
+fn serve_warns_at_start_up_when_the_open_files_limit_cannot_hold_the_calls() {
+    let records = TempDir::new("serve-limits");
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg("ulimit -n 512 && exec \"$0\" serve")
+        .arg(env!("CARGO_BIN_EXE_cotrackpro-voice"));
+    let command = crate::support::serve_env(command, &records, &[("MAX_CONCURRENT_CALLS", "100")]);
+    let server = crate::support::Spawned::spawn(command);
+    let warning = server.wait_for_line("the limits warning", |l| l.contains("RLIMIT_NOFILE"));
+    let line: serde_json::Value = serde_json::from_str(&warning).expect("a JSON log line");
+    assert_eq!(line["level"], "WARN", "{line}");
+    assert!(
+        warning.contains("calls past about 25 will fail"),
+        "{warning}"
+    );
+    // It still serves: the warning is advice, not a refusal.
+    server.wait_for_line("the listening line", |l| l.contains("listening"));
+}

@@ -265,8 +265,21 @@ pub fn serve_binary(
     extra: &[(&str, &str)],
 ) -> (Spawned, SocketAddr, serde_json::Value) {
     let mut command = binary();
+    command.arg("serve");
+    let server = Spawned::spawn(serve_env(command, records, extra));
+    let line = server.wait_for_line("the listening line", |l| l.contains("listening"));
+    let line: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
+    let addr = line["http"]
+        .as_str()
+        .and_then(|a| a.parse().ok())
+        .expect("the listening line names the HTTP address");
+    (server, addr, line)
+}
+
+/// `command` (which runs `serve`) with only the environment a test server needs: ephemeral
+/// ports, JSON logs, records in `records`, and `extra` variables.
+pub fn serve_env(mut command: Command, records: &TempDir, extra: &[(&str, &str)]) -> Command {
     command
-        .arg("serve")
         .env_clear()
         .env("RECORDS_DIR", records.path())
         .envs([
@@ -277,14 +290,7 @@ pub fn serve_binary(
             ("HTTP_WORKERS", "4"),
         ])
         .envs(extra.iter().copied());
-    let server = Spawned::spawn(command);
-    let line = server.wait_for_line("the listening line", |l| l.contains("listening"));
-    let line: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
-    let addr = line["http"]
-        .as_str()
-        .and_then(|a| a.parse().ok())
-        .expect("the listening line names the HTTP address");
-    (server, addr, line)
+    command
 }
 
 /// A child process whose stderr lines arrive on a channel; killed on drop.
