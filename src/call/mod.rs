@@ -157,7 +157,6 @@ pub fn run(ctx: &Context<'_>, socket: TwilioSocket, slot: CallSlot, n: u64) {
         peer,
     } = socket;
     log::info!(peer:% = peer, connection = n; "call.stream.connected");
-    let tcp = writer.get_ref().try_clone().ok();
     let (events_tx, events_rx) = bounded::<Event>(EVENTS_CAP);
     let (speech_tx, speech_rx) = bounded::<Event>(SPEECH_EVENTS_CAP);
     let voiced_ms = Arc::new(AtomicU64::new(0));
@@ -268,9 +267,8 @@ pub fn run(ctx: &Context<'_>, socket: TwilioSocket, slot: CallSlot, n: u64) {
         }));
         let _ = call.writer.flush();
     }
-    if let Some(tcp) = &tcp {
-        let _ = tcp.shutdown(Shutdown::Both);
-    }
+    // Both halves end: the reader sees the end of the stream at once.
+    let _ = call.writer.get_ref().shutdown(Shutdown::Both);
     call.llm_tx = None;
     // After the cancel flag: the worker closes its socket and ends now, mid-piece or not.
     if let Some(tts) = call.tts.take() {

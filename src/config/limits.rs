@@ -11,11 +11,11 @@
 /// the cap, so the cap bounds these.)
 pub const THREADS_PER_CALL: u64 = 5;
 
-/// Descriptors of one call at most: the Twilio socket three times (the reader's and the
-/// writer's halves, and the handle that shuts it down), the speech-to-text socket, the
-/// text-to-speech socket and its worker's wake-up pair, a handshake's wake-up pair while one
-/// runs, and one Anthropic and one MCP connection in flight. `bench` counts about 7 per call
-/// (`server_fds_per_call`: not every call holds a tool call at once).
+/// Descriptors of one call at most: the Twilio socket twice (the reader's and the writer's
+/// halves), the speech-to-text socket, the text-to-speech socket and its worker's wake-up
+/// pair, a handshake's wake-up pair while one runs, and one Anthropic and one MCP connection in
+/// flight. `bench` counts about 6 per call (`server_fds_per_call`: not every call holds a
+/// handshake or a tool call at once).
 pub const FDS_PER_CALL: u64 = 10;
 
 /// Threads of the server itself, calls aside: HTTP workers, the acceptor, the records writer,
