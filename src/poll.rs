@@ -54,14 +54,28 @@ impl<'a> Watch<'a> {
 /// how many are ready; 0 means the deadline passed. A signal interrupting the wait resumes it
 /// with the time that is left.
 pub fn wait(watches: &mut [Watch<'_>], deadline: Option<Instant>) -> io::Result<usize> {
-    let mut fds: Vec<libc::pollfd> = watches
-        .iter()
-        .map(|w| libc::pollfd {
+    // A call's threads wait on two or three descriptors at every wake-up: on the stack, then.
+    const INLINE: usize = 4;
+    const UNUSED: libc::pollfd = libc::pollfd {
+        fd: -1,
+        events: 0,
+        revents: 0,
+    };
+    let mut inline = [UNUSED; INLINE];
+    let mut heap = Vec::new();
+    let fds: &mut [libc::pollfd] = if watches.len() <= INLINE {
+        &mut inline[..watches.len()]
+    } else {
+        heap.resize(watches.len(), UNUSED);
+        &mut heap
+    };
+    for (fd, w) in fds.iter_mut().zip(watches.iter()) {
+        *fd = libc::pollfd {
             fd: w.fd.as_raw_fd(),
             events: libc::POLLIN | if w.write { libc::POLLOUT } else { 0 },
             revents: 0,
-        })
-        .collect();
+        };
+    }
     loop {
         let timeout_ms = timeout_ms(deadline);
         // SAFETY: `fds` is a live, exclusively borrowed array of `fds.len()` pollfd structs for
@@ -79,7 +93,7 @@ pub fn wait(watches: &mut [Watch<'_>], deadline: Option<Instant>) -> io::Result<
         if ready == 0 && deadline.is_some_and(|d| Instant::now() < d) {
             continue;
         }
-        for (watch, fd) in watches.iter_mut().zip(&fds) {
+        for (watch, fd) in watches.iter_mut().zip(fds.iter()) {
             watch.revents = fd.revents;
         }
         return Ok(ready as usize);
@@ -256,6 +270,29 @@ pub fn set_receive_low_water(fd: BorrowedFd<'_>, bytes: usize) -> io::Result<()>
         Ok(())
     } else {
         Err(io::Error::last_os_error())
+    }
+}
+
+/// [`wait`] on `first` and, when there is one, `second` (a call's threads at every wake-up);
+/// returns both, their readiness filled in.
+pub fn wait_either<'a>(
+    first: Watch<'a>,
+    second: Option<Watch<'a>>,
+    deadline: Option<Instant>,
+) -> io::Result<(Watch<'a>, Option<Watch<'a>>)> {
+    match second {
+        Some(second) => {
+            let mut both = [first, second];
+            wait(&mut both, deadline)?;
+            let [first, second] = both;
+            Ok((first, Some(second)))
+        }
+        None => {
+            let mut one = [first];
+            wait(&mut one, deadline)?;
+            let [first] = one;
+            Ok((first, None))
+        }
     }
 }
 

@@ -469,19 +469,17 @@ impl LinkDriver {
                 );
                 link.start(&events_tx);
                 loop {
-                    let (woken, readable, writable) = {
-                        let mut watches = vec![Watch::read(wake_rx.fd())];
-                        if let Some(watch) = link.watch() {
-                            watches.push(watch);
-                        }
-                        poll::wait(&mut watches, link.next_deadline()).unwrap();
-                        let link_watch = watches.get(1);
-                        (
-                            watches[0].readable(),
-                            link_watch.is_some_and(Watch::readable),
-                            link_watch.is_some_and(Watch::writable),
-                        )
-                    };
+                    let (wake, link_watch) = poll::wait_either(
+                        Watch::read(wake_rx.fd()),
+                        link.watch(),
+                        link.next_deadline(),
+                    )
+                    .unwrap();
+                    let (woken, readable, writable) = (
+                        wake.readable(),
+                        link_watch.as_ref().is_some_and(Watch::readable),
+                        link_watch.as_ref().is_some_and(Watch::writable),
+                    );
                     let now = Instant::now();
                     if woken {
                         let open = wake_rx.drain();

@@ -65,28 +65,14 @@ pub enum Flow {
 /// Reads the Twilio socket until the call ends; see the module docs.
 pub(super) fn twilio_reader(mut socket: WebSocket<ReadHalf>, mut reader: Reader<'_>) {
     let mut state = TwilioReader::new(reader.events, reader.voiced_ms, reader.started);
-    // The nominal start of the chunk being gathered (its first frame's arrival, then one chunk
-    // later for each chunk after it while frames keep coming).
-    let mut gathering: Option<Instant> = None;
-    let chunk_frames = ((reader.chunk.as_millis() / FRAME.as_millis()) as usize).max(1);
-    // The socket's receive low-water mark as last set (see below), and what a media message
-    // takes on the wire (JSON and WebSocket header), learnt from the last one.
+    let mut clock = ChunkClock::new(reader.chunk);
+    // The socket's receive low-water mark as last set.
     let mut low_water = 1usize;
     let end = loop {
         if !reader.stt.started() && reader.admitted.load(Ordering::Acquire) {
             reader.stt.start(reader.events);
         }
-        // While a chunk gathers, the socket wakes the reader only once the frames the chunk
-        // still lacks are there: the receive low-water mark is set to their bytes (a little
-        // under, since sizes vary by a few digits; a wake-up early finds the chunk short and
-        // waits again). The chunk goes when whole, or when a frame is late.
-        let wanted = match gathering {
-            Some(_) => {
-                let missing = chunk_frames.saturating_sub(state.chunk.len() / FRAME_BYTES);
-                missing.max(1) * state.media_bytes.saturating_sub(SIZE_SLACK).max(1)
-            }
-            None => 1,
-        };
+        let wanted = clock.low_water(state.chunk.len() / FRAME_BYTES, state.media_bytes);
         if wanted != low_water {
             low_water = match poll::set_receive_low_water(socket.get_ref().fd(), wanted) {
                 Ok(()) => wanted,
@@ -94,59 +80,32 @@ pub(super) fn twilio_reader(mut socket: WebSocket<ReadHalf>, mut reader: Reader<
                 Err(_) => 1,
             };
         }
-        let late_at = gathering.map(|start| start + reader.chunk + FRAME);
         let silent_at = state.last_message + reader.read_timeout;
-        let deadline = [late_at, Some(silent_at), reader.stt.next_deadline()]
+        let deadline = [clock.late_at(), Some(silent_at), reader.stt.next_deadline()]
             .into_iter()
             .flatten()
             .min();
-        let (twilio_ready, stt_read, stt_write) = {
-            let mut watches = Vec::with_capacity(2);
-            watches.push(Watch::read(socket.get_ref().fd()));
-            let stt_watched = match reader.stt.watch() {
-                Some(watch) => {
-                    watches.push(watch);
-                    true
-                }
-                None => false,
-            };
-            if let Err(err) = poll::wait(&mut watches, deadline) {
+        let twilio = Watch::read(socket.get_ref().fd());
+        let (twilio_ready, stt_read, stt_write) =
+            match poll::wait_either(twilio, reader.stt.watch(), deadline) {
+                Ok((twilio, stt)) => (
+                    twilio.readable(),
+                    stt.as_ref().is_some_and(Watch::readable),
+                    stt.as_ref().is_some_and(Watch::writable),
+                ),
                 // Not expected (poll fails only on bad arguments): the call cannot go on.
-                break Some(End::TwilioLost(format!("waiting for the socket: {err}")));
-            }
-            let stt = stt_watched.then(|| &watches[watches.len() - 1]);
-            (
-                watches[0].readable(),
-                stt.is_some_and(Watch::readable),
-                stt.is_some_and(Watch::writable),
-            )
-        };
+                Err(err) => break Some(End::TwilioLost(format!("waiting for the socket: {err}"))),
+            };
         let now = Instant::now();
-        let late = late_at.is_some_and(|at| now >= at);
-        if twilio_ready || late {
+        if twilio_ready || clock.is_late(now) {
             if let Flow::Stop(end) = state.drain(&mut socket, now) {
                 break end;
             }
-            if gathering.is_none() && !state.chunk.is_empty() {
-                gathering = Some(now);
-            }
         }
-        if let Some(start) = gathering {
-            // Whole (its last frame is in), or a frame is late: it goes now.
-            if state.chunk.len() >= chunk_frames * FRAME_BYTES || late {
-                let carried = !state.chunk.is_empty();
-                reader
-                    .stt
-                    .send(&state.chunk, state.chunk_loud, now, reader.events);
-                state.chunk.clear();
-                state.chunk_loud = false;
-                // Frames keep coming while the caller is on: the next chunk starts one chunk
-                // later without waking for its first frame. A chunk that found nothing goes
-                // back to waiting for the socket.
-                let next = start + reader.chunk;
-                // (A reader held up for more than a chunk starts again from now.)
-                gathering = carried.then_some(if next + reader.chunk < now { now } else { next });
-            }
+        if clock.due(now, state.chunk.len() / FRAME_BYTES) {
+            let (audio, loud) = state.chunk();
+            reader.stt.send(audio, loud, now, reader.events);
+            state.clear_chunk();
         }
         if state.last_message + reader.read_timeout <= now {
             break Some(End::TwilioSilent);
@@ -160,6 +119,71 @@ pub(super) fn twilio_reader(mut socket: WebSocket<ReadHalf>, mut reader: Reader<
         let _ = reader.events.send(Event::TwilioGone(end));
     }
     reader.stt.close();
+}
+
+/// When the caller's audio goes to speech-to-text, as a pure rule of the time and the frames
+/// gathered (see the module docs): a chunk starts with its first frame, goes when it is whole
+/// or a frame is late, and while frames keep coming the next starts one chunk later.
+#[derive(Debug)]
+struct ChunkClock {
+    chunk: Duration,
+    frames: usize,
+    /// The nominal start of the chunk being gathered.
+    gathering: Option<Instant>,
+}
+
+impl ChunkClock {
+    fn new(chunk: Duration) -> ChunkClock {
+        ChunkClock {
+            chunk,
+            frames: ((chunk.as_millis() / FRAME.as_millis()) as usize).max(1),
+            gathering: None,
+        }
+    }
+
+    /// The Twilio socket's receive low-water mark: while a chunk gathers, the bytes of the
+    /// frames it still lacks (a little under, since sizes vary by a few digits; a wake-up early
+    /// finds the chunk short and waits again); otherwise 1, any byte.
+    fn low_water(&self, frames_in: usize, media_bytes: usize) -> usize {
+        match self.gathering {
+            Some(_) => {
+                let missing = self.frames.saturating_sub(frames_in).max(1);
+                missing * media_bytes.saturating_sub(SIZE_SLACK).max(1)
+            }
+            None => 1,
+        }
+    }
+
+    /// When the chunk's frames are late: it goes with what it has.
+    fn late_at(&self) -> Option<Instant> {
+        self.gathering.map(|start| start + self.chunk + FRAME)
+    }
+
+    fn is_late(&self, now: Instant) -> bool {
+        self.late_at().is_some_and(|at| now >= at)
+    }
+
+    /// After a read, with `frames_in` frames gathered: whether the chunk goes now. When it
+    /// does, the next chunk's clock is set.
+    fn due(&mut self, now: Instant, frames_in: usize) -> bool {
+        if self.gathering.is_none() && frames_in > 0 {
+            self.gathering = Some(now);
+        }
+        let Some(start) = self.gathering else {
+            return false;
+        };
+        let late = self.is_late(now);
+        if frames_in < self.frames && !late {
+            return false;
+        }
+        // Frames keep coming while the caller is on: the next chunk starts one chunk later
+        // without waking for its first frame (a reader held up for more than a chunk starts
+        // again from now). A chunk that found nothing goes back to waiting for the socket.
+        let next = start + self.chunk;
+        self.gathering =
+            (frames_in > 0).then_some(if next + self.chunk < now { now } else { next });
+        frames_in > 0
+    }
 }
 
 /// What the reader does with each message from Twilio, apart from the socket and the timing
@@ -347,6 +371,53 @@ mod tests {
         ));
         let stop = r#"{"event":"stop","streamSid":"MZ1","stop":{"callSid":"CA1"}}"#;
         assert_eq!(reader.on_message(Message::text(stop)), Flow::Stop(None));
+    }
+
+    #[test]
+    fn a_chunk_starts_with_its_first_frame_and_goes_when_whole_or_late() {
+        let chunk = Duration::from_millis(100);
+        let mut clock = ChunkClock::new(chunk);
+        let t0 = Instant::now();
+        assert_eq!(
+            clock.low_water(0, 330),
+            1,
+            "idle: any byte wakes the reader"
+        );
+        assert_eq!(clock.late_at(), None);
+        assert!(!clock.due(t0, 1), "one frame of five");
+        // The reader sleeps until the four missing frames' bytes are there.
+        assert_eq!(clock.low_water(1, 330), 4 * (330 - SIZE_SLACK));
+        assert_eq!(clock.late_at(), Some(t0 + chunk + FRAME));
+        assert!(clock.due(t0 + FRAME * 4, 5), "whole");
+        // Frames keep coming: the next chunk is already timed, from one chunk later.
+        assert_eq!(clock.late_at(), Some(t0 + chunk * 2 + FRAME));
+        assert_eq!(clock.low_water(0, 330), 5 * (330 - SIZE_SLACK));
+        assert!(!clock.due(t0 + chunk + FRAME * 2, 3));
+        // A frame is late: what there is goes.
+        assert!(clock.due(t0 + chunk * 2 + FRAME, 3));
+        // The caller's frames stopped: the late chunk finds none, and the clock rests.
+        assert!(!clock.due(t0 + chunk * 3 + FRAME, 0));
+        assert_eq!(clock.late_at(), None);
+        assert_eq!(clock.low_water(0, 330), 1);
+    }
+
+    #[test]
+    fn a_reader_held_up_starts_its_next_chunk_from_now() {
+        let chunk = Duration::from_millis(100);
+        let mut clock = ChunkClock::new(chunk);
+        let t0 = Instant::now();
+        assert!(!clock.due(t0, 1));
+        let later = t0 + chunk * 5;
+        assert!(clock.due(later, 9));
+        assert_eq!(clock.late_at(), Some(later + chunk + FRAME));
+    }
+
+    #[test]
+    fn twenty_ms_chunks_go_frame_by_frame() {
+        let mut clock = ChunkClock::new(FRAME);
+        let t0 = Instant::now();
+        assert!(clock.due(t0, 1));
+        assert!(clock.due(t0 + FRAME, 1));
     }
 
     #[test]

@@ -219,8 +219,7 @@ impl SttStream {
     /// The socket's descriptor, to wait on: readable when an event may be buffered, writable
     /// when [`SttStream::wants_write`] can make progress.
     pub fn fd(&self) -> Option<BorrowedFd<'_>> {
-        use std::os::fd::AsFd;
-        ws::tcp_of(&self.socket).map(|tcp| tcp.as_fd())
+        ws::fd_of(&self.socket)
     }
 
     /// Whether frames wait to be written (wait for the socket to be writable, then
@@ -231,17 +230,9 @@ impl SttStream {
 
     /// Writes what waits, as far as the socket takes it now.
     pub fn flush(&mut self) -> Result<(), SttError> {
-        match self.socket.flush() {
-            Ok(()) => {
-                self.unflushed = false;
-                Ok(())
-            }
-            Err(err) if ws::is_timeout(&err) => {
-                self.unflushed = true;
-                Ok(())
-            }
-            Err(err) => Err(SttError::Closed(err.to_string())),
-        }
+        self.unflushed = ws::left_queued(self.socket.flush())
+            .map_err(|err| SttError::Closed(err.to_string()))?;
+        Ok(())
     }
 
     /// Forwards one chunk of the caller's μ-law, as an `input_audio_chunk` built in the
@@ -254,12 +245,9 @@ impl SttStream {
                 "audio could not be base64-encoded".into(),
             ));
         };
-        match self.socket.send(Message::Text(text)) {
-            Ok(()) => {}
-            // Queued: it goes out with the next flush.
-            Err(err) if ws::is_timeout(&err) => self.unflushed = true,
-            Err(err) => return Err(SttError::Closed(err.to_string())),
-        }
+        // What is queued goes out with the next flush.
+        self.unflushed |= ws::left_queued(self.socket.send(Message::Text(text)))
+            .map_err(|err| SttError::Closed(err.to_string()))?;
         self.audio_bytes += ulaw.len() as u64;
         Ok(())
     }

@@ -191,25 +191,24 @@ impl TtsSocket {
         if self.closed {
             return Err(TtsError::Closed("the socket is closed".into()));
         }
-        match self.socket.send(Message::text(message.to_string())) {
-            Ok(()) => Ok(()),
-            // Queued: it goes out with the next flush.
-            Err(err) if ws::is_timeout(&err) => {
-                self.unflushed = true;
-                Ok(())
-            }
-            Err(err) => {
-                self.closed = true;
-                Err(TtsError::Closed(err.to_string()))
-            }
-        }
+        // What is queued goes out with the next flush.
+        let sent = ws::left_queued(self.socket.send(Message::text(message.to_string())));
+        self.unflushed |= self.check(sent)?;
+        Ok(())
+    }
+
+    /// A failed write or flush ends the socket.
+    fn check(&mut self, result: tungstenite::Result<bool>) -> Result<bool, TtsError> {
+        result.map_err(|err| {
+            self.closed = true;
+            TtsError::Closed(err.to_string())
+        })
     }
 
     /// The socket's descriptor, to wait on: readable when an event may be buffered, writable
     /// when [`TtsSocket::wants_write`] can make progress.
     pub fn fd(&self) -> Option<BorrowedFd<'_>> {
-        use std::os::fd::AsFd;
-        ws::tcp_of(&self.socket).map(|tcp| tcp.as_fd())
+        ws::fd_of(&self.socket)
     }
 
     /// Whether messages wait to be written (wait for the socket to be writable, then
@@ -220,20 +219,9 @@ impl TtsSocket {
 
     /// Writes what waits, as far as the socket takes it now.
     pub fn flush(&mut self) -> Result<(), TtsError> {
-        match self.socket.flush() {
-            Ok(()) => {
-                self.unflushed = false;
-                Ok(())
-            }
-            Err(err) if ws::is_timeout(&err) => {
-                self.unflushed = true;
-                Ok(())
-            }
-            Err(err) => {
-                self.closed = true;
-                Err(TtsError::Closed(err.to_string()))
-            }
-        }
+        let flushed = ws::left_queued(self.socket.flush());
+        self.unflushed = self.check(flushed)?;
+        Ok(())
     }
 
     /// Reads every message already received, without blocking, into `events`. An error ends

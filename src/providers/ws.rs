@@ -176,6 +176,23 @@ pub fn tcp_of(socket: &Socket) -> Option<&TcpStream> {
     }
 }
 
+/// The descriptor under a (possibly TLS) WebSocket, to wait on with [`crate::poll`].
+pub fn fd_of(socket: &Socket) -> Option<std::os::fd::BorrowedFd<'_>> {
+    use std::os::fd::AsFd;
+    tcp_of(socket).map(|tcp| tcp.as_fd())
+}
+
+/// What a write or flush on a non-blocking socket left behind: `Ok(true)` when part of it waits
+/// in tungstenite's or rustls' buffers for a later flush (the socket had no room now),
+/// `Ok(false)` when all of it went out.
+pub fn left_queued(result: tungstenite::Result<()>) -> tungstenite::Result<bool> {
+    match result {
+        Ok(()) => Ok(false),
+        Err(err) if is_timeout(&err) => Ok(true),
+        Err(err) => Err(err),
+    }
+}
+
 /// Whether an error from a read or write is the socket's timeout or a non-blocking socket
 /// having nothing to give (or no room) now, not a failure.
 pub fn is_timeout(err: &tungstenite::Error) -> bool {

@@ -153,17 +153,16 @@ pub fn tts(settings: &TtsSettings, voice: &str, inbox: &TtsInbox, out: &Sender<E
         if plan.ended() {
             break;
         }
-        let ready = {
-            let mut watches = vec![Watch::read(inbox.wake.fd())];
-            if let Some(fd) = socket.as_ref().and_then(TtsSocket::fd) {
-                let write = socket.as_ref().is_some_and(TtsSocket::wants_write);
-                watches.push(Watch::read_write(fd, write));
-            }
-            match poll::wait(&mut watches, plan.next_deadline()) {
-                Ok(_) => (
-                    watches[0].readable(),
-                    watches.get(1).is_some_and(Watch::readable),
-                    watches.get(1).is_some_and(Watch::writable),
+        let provider = socket.as_ref().and_then(|live| {
+            live.fd()
+                .map(|fd| Watch::read_write(fd, live.wants_write()))
+        });
+        let (woken, readable, writable) =
+            match poll::wait_either(Watch::read(inbox.wake.fd()), provider, plan.next_deadline()) {
+                Ok((wake, provider)) => (
+                    wake.readable(),
+                    provider.as_ref().is_some_and(Watch::readable),
+                    provider.as_ref().is_some_and(Watch::writable),
                 ),
                 Err(err) => {
                     // Not expected (poll fails only on bad arguments): the call cannot speak.
@@ -171,9 +170,7 @@ pub fn tts(settings: &TtsSettings, voice: &str, inbox: &TtsInbox, out: &Sender<E
                     plan.step(Instant::now(), Input::End);
                     continue;
                 }
-            }
-        };
-        let (woken, readable, writable) = ready;
+            };
         let now = Instant::now();
         if woken {
             let open = inbox.wake.drain();
