@@ -169,18 +169,7 @@ fn serve_connection(
             reason: "server at capacity, try again later".into(),
         }));
         let _ = writer.flush();
-        // A clean close: read (and drop) what the client sent until its close answer, for at
-        // most a second, so it sees our close code rather than a reset connection.
-        let _ = writer
-            .get_ref()
-            .set_read_timeout(Some(Duration::from_secs(1)));
-        let until = std::time::Instant::now() + Duration::from_secs(1);
-        while std::time::Instant::now() < until {
-            match reader.read() {
-                Ok(tungstenite::Message::Close(_)) | Err(_) => break,
-                Ok(_) => {}
-            }
-        }
+        drain_until_close(&mut reader);
         return;
     };
     let context = crate::call::Context {
@@ -191,6 +180,28 @@ fn serve_connection(
         stream_tokens: &app.stream_tokens,
     };
     crate::call::run(&context, socket, slot, n);
+}
+
+/// A clean close: reads (and drops) what the client sent until its close answer, for at most a
+/// second, so it sees our close code rather than a connection reset under its next write. The
+/// reading half never blocks, so it waits for data with `poll`.
+fn drain_until_close(reader: &mut tungstenite::WebSocket<crate::call::socket::ReadHalf>) {
+    let until = std::time::Instant::now() + Duration::from_secs(1);
+    loop {
+        match reader.read() {
+            Ok(tungstenite::Message::Close(_)) => return,
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(err)) if err.kind() == io::ErrorKind::WouldBlock => {
+                let fd = reader.get_ref().fd();
+                let mut watch = [crate::poll::Watch::read(fd)];
+                match crate::poll::wait(&mut watch, Some(until)) {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+            Err(_) => return,
+        }
+    }
 }
 
 /// A handshake request, as far as we need it.
