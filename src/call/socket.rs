@@ -89,7 +89,12 @@ impl TwilioSocket {
                 Role::Server,
                 Some(ws_config()),
             ),
-            writer: WebSocket::from_raw_socket(stream, Role::Server, Some(ws_config())),
+            // The writing half never reads: no read buffer for it.
+            writer: WebSocket::from_raw_socket(
+                stream,
+                Role::Server,
+                Some(ws_config().read_buffer_size(0)),
+            ),
             peer,
         })
     }
