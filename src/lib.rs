@@ -41,5 +41,6 @@ pub mod phone;
 pub mod poll;
 pub mod resolve;
 pub mod speech;
+pub mod stack;
 pub mod timestamp;
 pub mod tls;

@@ -942,8 +942,9 @@ impl ServerProcess {
             .arg("serve")
             .env_clear()
             // As the shipped unit runs it (systemd/cotrackpro-voice.service): glibc's heap in
-            // two arenas, so the figures are production's.
+            // two arenas and no per-thread caches, so the figures are production's.
             .env("MALLOC_ARENA_MAX", "2")
+            .env("GLIBC_TUNABLES", "glibc.malloc.tcache_count=0")
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
