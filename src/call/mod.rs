@@ -698,6 +698,12 @@ fn complete(ctx: &Context<'_>, summary: &mut Summary) {
         .barge_ins
         .fetch_add(summary.barge_ins, Ordering::Relaxed);
     metrics
+        .dtmf_dropped
+        .fetch_add(summary.dtmf_dropped, Ordering::Relaxed);
+    metrics
+        .marks_overdue
+        .fetch_add(summary.marks_overdue, Ordering::Relaxed);
+    metrics
         .tool_calls
         .fetch_add(summary.tool_calls.len() as u64, Ordering::Relaxed);
     let now = timestamp::now_ms();
