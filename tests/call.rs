@@ -744,6 +744,19 @@ fn over_the_cap_a_stream_is_closed_with_1013() {
         Some(Heard::Closed(Some(1013)))
     );
     assert_eq!(rig.server.app().calls.active(), 1, "the first call goes on");
+    // The refused call's record has its verdict; it does not stay active.
+    let key = sid_key(second.call_sid()).expect("a call SID");
+    let record = rig
+        .server
+        .records()
+        .get(&key)
+        .expect("records")
+        .expect("a record");
+    assert_eq!(record.status, CallStatus::Failed);
+    assert!(record
+        .end_reason
+        .unwrap_or_default()
+        .contains("MAX_CONCURRENT_CALLS"));
 }
 
 #[test]

@@ -396,3 +396,45 @@ fn a_close_frame_is_answered_with_a_close_frame() {
     let record = rig.record_after_end(&call_sid);
     assert_eq!(record.status, CallStatus::Completed);
 }
+
+/// A stream whose audio is not 8 kHz μ-law is refused after its (good) token was checked:
+/// the call's record gets the verdict and does not stay `active`.
+#[test]
+fn a_wrong_media_format_ends_the_call_with_its_verdict_on_file() {
+    let rig = Rig::start(&[]);
+    let call_sid = new_sid("CA");
+    let parameters: serde_json::Map<String, serde_json::Value> =
+        stream_parameters(rig.server.addr, "parent", &call_sid)
+            .expect("TwiML")
+            .into_iter()
+            .map(|(k, v)| (k, serde_json::Value::String(v)))
+            .collect();
+    assert_eq!(
+        rig.record_after_end(&call_sid).status,
+        CallStatus::Active,
+        "the webhook made the record"
+    );
+    let stream = TcpStream::connect(rig.server.media_addr).expect("connects");
+    stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("a read timeout");
+    let url = format!("ws://{}/call/stream", rig.server.media_addr);
+    let (mut socket, _) = tungstenite::client(url, stream).expect("the upgrade");
+    let start = json!({"event": "start", "sequenceNumber": "1", "streamSid": "MZ1",
+        "start": {"accountSid": "AC1", "streamSid": "MZ1", "callSid": call_sid,
+                  "tracks": ["inbound"],
+                  "mediaFormat": {"encoding": "audio/l16", "sampleRate": 16000, "channels": 1},
+                  "customParameters": parameters}});
+    socket
+        .send(Message::text(start.to_string()))
+        .expect("the start");
+    assert_eq!(close_code(&mut socket), Ok(Some(1000)));
+    drop(socket);
+    let record = rig.record_after_end(&call_sid);
+    assert_eq!(record.status, CallStatus::Failed);
+    assert!(record
+        .end_reason
+        .unwrap_or_default()
+        .contains("unsupported media format"));
+    assert_eq!(rig.sims.elevenlabs.stt().sessions(), 0);
+}

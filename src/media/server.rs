@@ -250,6 +250,7 @@ fn serve_connection(
             limit = limit;
             "call.refused: MAX_CONCURRENT_CALLS reached; stream closed with 1013"
         );
+        record_refusal(app, &start);
         let TwilioSocket {
             mut reader,
             mut writer,
@@ -375,6 +376,42 @@ fn source_of(peer: SocketAddr, forwarded_for: Option<&str>) -> IpAddr {
         .and_then(|v| v.rsplit(',').next())
         .and_then(|last| last.trim().parse::<IpAddr>().ok())
         .unwrap_or(peer.ip())
+}
+
+/// A stream refused at `MAX_CONCURRENT_CALLS` after its `start`: when the start is the call's
+/// own (its token is good; it is used up here, the stream being refused anyway), the call's
+/// record gets the verdict, so it does not stay `active`. A start without a good token
+/// changes no record.
+fn record_refusal(app: &App, start: &StreamStart) {
+    use crate::records::event::{CallStatus, Event, EventKind};
+    use crate::twilio::stream_token;
+    let now = crate::timestamp::now_ms();
+    let token = start.parameter(stream_token::PARAMETER);
+    if app
+        .stream_tokens
+        .admit(token, &start.call_sid, now / 1000)
+        .is_err()
+    {
+        return;
+    }
+    let at = crate::timestamp::format_ms(now);
+    let event = Event {
+        status: Some(CallStatus::Failed),
+        ended_at: Some(at.clone()),
+        end_reason: Some("refused: MAX_CONCURRENT_CALLS reached (closed with 1013)".into()),
+        ..Event::new(
+            EventKind::Completed,
+            &start.call_sid,
+            &at,
+            crate::records::ttl_from(now, app.config.records.ttl_days),
+        )
+    };
+    if let Err(err) = app
+        .record_writer
+        .append_and_wait(event, Duration::from_secs(5))
+    {
+        log::error!(callSid = start.call_sid.as_str(), error:% = err; "records.completeCall.failed");
+    }
 }
 
 /// A clean close: reads (and drops) what the client sent until its close answer, for at most a
