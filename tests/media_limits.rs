@@ -144,12 +144,7 @@ fn a_flood_of_idle_connections_from_one_source_does_not_keep_real_calls_out() {
 #[test]
 fn audio_before_start_is_dropped_and_a_stream_without_start_is_closed() {
     let rig = Rig::start(&[]);
-    let stream = TcpStream::connect(rig.server.media_addr).expect("connects");
-    stream
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .expect("a read timeout");
-    let url = format!("ws://{}/call/stream", rig.server.media_addr);
-    let (mut socket, _) = tungstenite::client(url, stream).expect("the upgrade");
+    let mut socket = upgraded(&rig);
     let frame = json!({"event": "media", "sequenceNumber": "2", "streamSid": "MZ1",
                        "media": {"track": "inbound", "chunk": "1", "timestamp": "0",
                                  "payload": "/////w=="}});
@@ -357,19 +352,40 @@ fn marks_never_echoed_still_bring_the_reprompt_and_the_end_of_the_call() {
 fn an_oversized_message_is_closed_with_1009() {
     let rig = Rig::start(&[]);
     let call_sid = new_sid("CA");
-    let mut socket = raw_stream(&rig, &call_sid);
+    let socket = raw_stream(&rig, &call_sid);
     let big = json!({"event": "media", "media": {"payload": "A".repeat(200 * 1024)}});
+    closes_failed(&rig, socket, &call_sid, &big, 1009, "over the size limit");
+}
+
+/// Sends `message`; the server closes with `code`, and the call's record says it failed for
+/// `reason`.
+fn closes_failed(
+    rig: &Rig,
+    mut socket: WebSocket<TcpStream>,
+    call_sid: &str,
+    message: &serde_json::Value,
+    code: u16,
+    reason: &str,
+) {
     socket
-        .send(Message::text(big.to_string()))
+        .send(Message::text(message.to_string()))
         .expect("the message is sent");
-    assert_eq!(close_code(&mut socket), Ok(Some(1009)));
+    assert_eq!(close_code(&mut socket), Ok(Some(code)));
     drop(socket);
-    let record = rig.record_after_end(&call_sid);
+    let record = rig.record_after_end(call_sid);
     assert_eq!(record.status, CallStatus::Failed);
-    assert!(record
-        .end_reason
-        .unwrap_or_default()
-        .contains("over the size limit"));
+    let why = record.end_reason.unwrap_or_default();
+    assert!(why.contains(reason), "{why}");
+}
+
+/// The WebSocket upgrade alone, the socket reading with a short timeout.
+fn upgraded(rig: &Rig) -> WebSocket<TcpStream> {
+    let stream = TcpStream::connect(rig.server.media_addr).expect("connects");
+    stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("a read timeout");
+    let url = format!("ws://{}/call/stream", rig.server.media_addr);
+    tungstenite::client(url, stream).expect("the upgrade").0
 }
 
 /// A close frame from the client is answered with a close frame carrying its code.
@@ -414,27 +430,19 @@ fn a_wrong_media_format_ends_the_call_with_its_verdict_on_file() {
         CallStatus::Active,
         "the webhook made the record"
     );
-    let stream = TcpStream::connect(rig.server.media_addr).expect("connects");
-    stream
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .expect("a read timeout");
-    let url = format!("ws://{}/call/stream", rig.server.media_addr);
-    let (mut socket, _) = tungstenite::client(url, stream).expect("the upgrade");
+    let socket = upgraded(&rig);
     let start = json!({"event": "start", "sequenceNumber": "1", "streamSid": "MZ1",
         "start": {"accountSid": "AC1", "streamSid": "MZ1", "callSid": call_sid,
                   "tracks": ["inbound"],
                   "mediaFormat": {"encoding": "audio/l16", "sampleRate": 16000, "channels": 1},
                   "customParameters": parameters}});
-    socket
-        .send(Message::text(start.to_string()))
-        .expect("the start");
-    assert_eq!(close_code(&mut socket), Ok(Some(1000)));
-    drop(socket);
-    let record = rig.record_after_end(&call_sid);
-    assert_eq!(record.status, CallStatus::Failed);
-    assert!(record
-        .end_reason
-        .unwrap_or_default()
-        .contains("unsupported media format"));
+    closes_failed(
+        &rig,
+        socket,
+        &call_sid,
+        &start,
+        1000,
+        "unsupported media format",
+    );
     assert_eq!(rig.sims.elevenlabs.stt().sessions(), 0);
 }
