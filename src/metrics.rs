@@ -79,9 +79,10 @@ impl MediaDrop {
 }
 
 impl Metrics {
-    /// Counts a media-port connection closed before its stream started.
-    pub fn media_drop(&self, why: MediaDrop) {
-        self.media_dropped[why as usize].fetch_add(1, Ordering::Relaxed);
+    /// Counts a media-port connection closed before its stream started; returns the count
+    /// for that reason, this one included.
+    pub fn media_drop(&self, why: MediaDrop) -> u64 {
+        self.media_dropped[why as usize].fetch_add(1, Ordering::Relaxed) + 1
     }
 
     pub fn media_dropped(&self, why: MediaDrop) -> u64 {

@@ -177,12 +177,17 @@ fn lock(table: &PendingTable) -> std::sync::MutexGuard<'_, Pending<TcpStream>> {
 
 /// Closes a waiting connection that must make room, and says so.
 fn make_room(app: &App, evicted: super::pending::Evicted<TcpStream>) {
-    app.metrics.media_drop(evicted.why);
-    log::warn!(
-        source:% = evicted.source,
-        reason = evicted.why.as_str();
-        "media.dropped: too many connections waiting for a handshake or start; the oldest was closed"
-    );
+    let count = app.metrics.media_drop(evicted.why);
+    // A flood makes one of these per connection: the first few, then every power of two,
+    // with the running count (the metric has every one).
+    if count <= 3 || count.is_power_of_two() {
+        log::warn!(
+            source:% = evicted.source,
+            reason = evicted.why.as_str(),
+            count = count;
+            "media.dropped: too many connections waiting for a handshake or start; the oldest was closed"
+        );
+    }
     // Its thread's read ends at once.
     let _ = evicted.handle.shutdown(std::net::Shutdown::Both);
 }
@@ -225,10 +230,18 @@ fn serve_connection(
         Ok(Some(socket)) => socket,
         Ok(None) => return,
         Err(err) => {
-            if err.kind() == io::ErrorKind::TimedOut {
-                app.metrics.media_drop(MediaDrop::HandshakeTimeout);
+            let timed_out = matches!(
+                err.kind(),
+                io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+            );
+            let count = match timed_out {
+                true => app.metrics.media_drop(MediaDrop::HandshakeTimeout),
+                false => 0,
+            };
+            // Idle connections make one of these each: the first few, then every power of two.
+            if count <= 3 || count.is_power_of_two() {
+                log::warn!(peer:% = peer, error:% = err, count = count; "media.handshake_failed");
             }
-            log::warn!(peer:% = peer, error:% = err; "media.handshake_failed");
             return;
         }
     };
@@ -289,8 +302,10 @@ fn await_start(app: &App, socket: &mut TwilioSocket, deadline: Instant) -> Optio
                 let mut watch = [Watch::read(socket.reader.get_ref().fd())];
                 match poll::wait(&mut watch, Some(deadline)) {
                     Ok(0) => {
-                        app.metrics.media_drop(MediaDrop::StartTimeout);
-                        log::warn!(peer:% = peer, frames = frames; "media.dropped: no start within the deadline; stream closed with 1008");
+                        let count = app.metrics.media_drop(MediaDrop::StartTimeout);
+                        if count <= 3 || count.is_power_of_two() {
+                            log::warn!(peer:% = peer, frames = frames, count = count; "media.dropped: no start within the deadline; stream closed with 1008");
+                        }
                         socket::close_and_drain(
                             socket,
                             CloseFrame {
@@ -359,7 +374,8 @@ fn await_start(app: &App, socket: &mut TwilioSocket, deadline: Instant) -> Optio
             break None;
         }
     };
-    if frames > 0 {
+    // (A stream that never started says its frames in its own line.)
+    if frames > 0 && start.is_some() {
         log::warn!(peer:% = peer, frames = frames; "media.audio_before_start: dropped, never sent to speech-to-text");
     }
     start
