@@ -116,7 +116,13 @@ fn a_flood_of_idle_connections_from_one_source_does_not_keep_real_calls_out() {
             caller.log().len()
         );
         most_waiting = most_waiting.max(waiting_threads());
+        let call_sid = caller.call_sid().to_string();
         caller.hang_up();
+        // Ended (the next call does not overlap it), and recorded as a normal call.
+        assert_eq!(
+            rig.record_after_end(&call_sid).status,
+            CallStatus::Completed
+        );
     }
     stop.store(true, Ordering::Relaxed);
     let attempts = flood.join().expect("the flood ends");
