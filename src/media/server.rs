@@ -230,17 +230,19 @@ fn serve_connection(
         Ok(Some(socket)) => socket,
         Ok(None) => return,
         Err(err) => {
-            let timed_out = matches!(
+            if matches!(
                 err.kind(),
                 io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
-            );
-            let count = match timed_out {
-                true => app.metrics.media_drop(MediaDrop::HandshakeTimeout),
-                false => 0,
-            };
-            // Idle connections make one of these each: the first few, then every power of two.
-            if count <= 3 || count.is_power_of_two() {
-                log::warn!(peer:% = peer, error:% = err, count = count; "media.handshake_failed");
+            ) {
+                let count = app.metrics.media_drop(MediaDrop::HandshakeTimeout);
+                // Idle connections make one of these each: the first few, then every power
+                // of two.
+                if count <= 3 || count.is_power_of_two() {
+                    log::warn!(peer:% = peer, error:% = err, count = count; "media.handshake_failed");
+                }
+            } else {
+                // Closed mid-handshake (by the client, or to make room: counted there).
+                log::debug!(peer:% = peer, error:% = err; "media.handshake_failed");
             }
             return;
         }
@@ -605,4 +607,26 @@ fn handshake(
     stream.set_read_timeout(Some(config.calls.tuning.media_read_timeout))?;
     stream.set_write_timeout(Some(Duration::from_secs(5)))?;
     TwilioSocket::split(stream, leftover, peer).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_source_is_the_peer_unless_the_local_proxy_forwarded_it() {
+        let proxy: SocketAddr = "127.0.0.1:50000".parse().unwrap();
+        let remote: SocketAddr = "198.51.100.7:50000".parse().unwrap();
+        let forwarded = Some("203.0.113.9, 192.0.2.44");
+        // The proxy's own view is the last address; what the client claimed before it is not.
+        assert_eq!(
+            source_of(proxy, forwarded),
+            "192.0.2.44".parse::<IpAddr>().unwrap()
+        );
+        // A peer elsewhere is who it is, whatever it says.
+        assert_eq!(source_of(remote, forwarded), remote.ip());
+        // Nothing (or nothing readable) forwarded: the peer.
+        assert_eq!(source_of(proxy, None), proxy.ip());
+        assert_eq!(source_of(proxy, Some("unknown")), proxy.ip());
+    }
 }
