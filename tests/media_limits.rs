@@ -145,6 +145,21 @@ fn a_flood_of_idle_connections_from_one_source_does_not_keep_real_calls_out() {
     assert_eq!(rig.server.app().calls.peak(), 1, "no slot for the flood");
 }
 
+/// A close frame before `start` is answered with one too.
+#[test]
+fn a_close_before_start_is_answered_with_a_close() {
+    let rig = Rig::start(&[]);
+    let mut socket = upgraded(&rig);
+    socket
+        .close(Some(CloseFrame {
+            code: CloseCode::Normal,
+            reason: "".into(),
+        }))
+        .expect("the close is sent");
+    assert_eq!(close_code(&mut socket), Ok(Some(1000)));
+    assert_eq!(rig.server.app().calls.peak(), 0);
+}
+
 /// A stream that sends audio and never `start`: no call slot, no speech-to-text, the audio
 /// counted and dropped, and the stream closed (1008) at the start deadline.
 #[test]

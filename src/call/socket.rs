@@ -168,3 +168,18 @@ pub fn send_media<S: Read + Write>(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_close_is_answered_with_its_own_code_or_a_normal_one() {
+        assert_eq!(close_answer(Some(1001)).code, CloseCode::Away);
+        assert_eq!(close_answer(Some(4000)).code, CloseCode::from(4000));
+        // Codes that may not be sent on the wire (1005 "no code", 1006, 1015) and none.
+        for code in [Some(1005), Some(1006), Some(1015), None] {
+            assert_eq!(close_answer(code).code, CloseCode::Normal, "{code:?}");
+        }
+    }
+}
