@@ -34,10 +34,61 @@ pub struct Metrics {
     pub barge_ins: AtomicU64,
     pub tool_calls: AtomicU64,
     pub turns: AtomicU64,
+    /// Media-port connections closed before their stream started, by why (see
+    /// [`MediaDrop`]).
+    pub media_dropped: [AtomicU64; MediaDrop::ALL.len()],
+    /// Caller audio frames that came before `start` (dropped, never sent to speech-to-text).
+    pub media_frames_before_start: AtomicU64,
+    /// Key presses dropped: not a key, or over the per-call limit.
+    pub dtmf_dropped: AtomicU64,
+    /// Marks Twilio never echoed within `MARK_TIMEOUT_MS`, taken as played.
+    pub marks_overdue: AtomicU64,
     recent: Mutex<VecDeque<TurnLatency>>,
 }
 
+/// Why a media-port connection was closed before its stream started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MediaDrop {
+    /// Its source had the most connections waiting for a handshake or `start`: the oldest of
+    /// them made room for a new one.
+    PeerLimit,
+    /// Every place for connections waiting was taken: the oldest made room.
+    GlobalLimit,
+    /// The handshake request was not complete in time.
+    HandshakeTimeout,
+    /// No `start` came in time after the handshake.
+    StartTimeout,
+}
+
+impl MediaDrop {
+    pub const ALL: [MediaDrop; 4] = [
+        MediaDrop::PeerLimit,
+        MediaDrop::GlobalLimit,
+        MediaDrop::HandshakeTimeout,
+        MediaDrop::StartTimeout,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MediaDrop::PeerLimit => "peer_limit",
+            MediaDrop::GlobalLimit => "global_limit",
+            MediaDrop::HandshakeTimeout => "handshake_timeout",
+            MediaDrop::StartTimeout => "start_timeout",
+        }
+    }
+}
+
 impl Metrics {
+    /// Counts a media-port connection closed before its stream started; returns the count
+    /// for that reason, this one included.
+    pub fn media_drop(&self, why: MediaDrop) -> u64 {
+        self.media_dropped[why as usize].fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    pub fn media_dropped(&self, why: MediaDrop) -> u64 {
+        self.media_dropped[why as usize].load(Ordering::Relaxed)
+    }
+
     pub fn record_turn(&self, latency: &TurnLatency) {
         self.turns.fetch_add(1, Ordering::Relaxed);
         let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
@@ -144,6 +195,40 @@ impl Metrics {
             "CoTrackPro tool calls.",
             &[("", get(&self.tool_calls))],
         );
+        let drops: Vec<(String, u64)> = MediaDrop::ALL
+            .iter()
+            .map(|why| {
+                (
+                    format!("{{reason=\"{}\"}}", why.as_str()),
+                    self.media_dropped(*why),
+                )
+            })
+            .collect();
+        let drops: Vec<(&str, u64)> = drops.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+        metric(
+            "cotrackpro_media_connections_dropped_total",
+            "counter",
+            "Media-port connections closed before their stream started, by reason.",
+            &drops,
+        );
+        metric(
+            "cotrackpro_media_frames_before_start_total",
+            "counter",
+            "Caller audio frames received before start, dropped.",
+            &[("", get(&self.media_frames_before_start))],
+        );
+        metric(
+            "cotrackpro_dtmf_dropped_total",
+            "counter",
+            "Key presses dropped: not one of 0-9*#ABCD, or over the per-call limit.",
+            &[("", get(&self.dtmf_dropped))],
+        );
+        metric(
+            "cotrackpro_marks_overdue_total",
+            "counter",
+            "Marks never echoed within MARK_TIMEOUT_MS, taken as played.",
+            &[("", get(&self.marks_overdue))],
+        );
 
         let recent = self.recent_turns();
         out.push_str("# HELP cotrackpro_turn_latency_ms Milliseconds from the end of the caller's speech to each stage of the answer, over recent turns.\n# TYPE cotrackpro_turn_latency_ms summary\n");
@@ -197,6 +282,13 @@ mod tests {
         assert!(text.contains("cotrackpro_calls_started_total 3\n"));
         assert!(text.contains("cotrackpro_calls_ended_total{status=\"failed\"} 1\n"));
         assert!(text.contains("cotrackpro_turns_total 3\n"));
+        metrics.media_drop(MediaDrop::PeerLimit);
+        let text = metrics.render(2, 5);
+        assert!(
+            text.contains("cotrackpro_media_connections_dropped_total{reason=\"peer_limit\"} 1\n")
+        );
+        assert!(text
+            .contains("cotrackpro_media_connections_dropped_total{reason=\"start_timeout\"} 0\n"));
         assert!(text
             .contains("cotrackpro_turn_latency_ms{stage=\"first_frame\",quantile=\"0.5\"} 200\n"));
         assert!(text.contains("cotrackpro_turn_latency_ms_sum{stage=\"first_frame\"} 600\n"));

@@ -744,6 +744,19 @@ fn over_the_cap_a_stream_is_closed_with_1013() {
         Some(Heard::Closed(Some(1013)))
     );
     assert_eq!(rig.server.app().calls.active(), 1, "the first call goes on");
+    // The refused call's record has its verdict; it does not stay active.
+    let key = sid_key(second.call_sid()).expect("a call SID");
+    let record = rig
+        .server
+        .records()
+        .get(&key)
+        .expect("records")
+        .expect("a record");
+    assert_eq!(record.status, CallStatus::Failed);
+    assert!(record
+        .end_reason
+        .unwrap_or_default()
+        .contains("MAX_CONCURRENT_CALLS"));
 }
 
 #[test]
@@ -773,13 +786,23 @@ fn a_call_whose_thread_cannot_start_is_refused_with_1013_and_the_server_goes_on(
         .render(0, 0)
         .contains("cotrackpro_thread_spawn_failures_total 1\n"));
 
-    // The reader, started before the stream says which call it is: refused the same way, at
-    // once after the upgrade (so this client sends nothing, lest its write meet the close).
+    // The reader, the call's first thread: refused the same way, and the call's record says so.
     app.calls.refuse_threads_named(Some("-rx"));
-    let stream = std::net::TcpStream::connect(rig.server.media_addr).expect("connects");
-    stream.set_read_timeout(Some(WAIT)).expect("a read timeout");
-    let url = format!("ws://{}/call/stream", rig.server.media_addr);
-    let (mut socket, _) = tungstenite::client(url, stream).expect("the upgrade");
+    let options = CallerOptions::default();
+    let parameters = cotrackpro_voice::sim::caller::stream_parameters(
+        rig.server.addr,
+        "parent",
+        &options.call_sid,
+    )
+    .expect("TwiML");
+    let mut socket = cotrackpro_voice::sim::caller::open_stream(
+        rig.server.media_addr,
+        &CallerOptions {
+            parameters,
+            ..options.clone()
+        },
+    )
+    .expect("the stream");
     let code = loop {
         match socket.read() {
             Ok(tungstenite::Message::Close(frame)) => break frame.map(|f| u16::from(f.code)),
@@ -789,6 +812,10 @@ fn a_call_whose_thread_cannot_start_is_refused_with_1013_and_the_server_goes_on(
     };
     assert_eq!(code, Some(1013));
     assert_eq!(failures(), 2);
+    drop(socket);
+    let record = rig.record_after_end(&options.call_sid);
+    assert_eq!(record.status, CallStatus::Failed);
+    assert!(record.end_reason.unwrap_or_default().contains("-rx"));
 
     // The server carries on: the next call is greeted and ends as usual.
     app.calls.refuse_threads_named(None);
@@ -987,9 +1014,11 @@ fn the_stream_handshake_is_checked() {
             .set_read_timeout(Some(Duration::from_secs(5)))
             .expect("timeout");
         stream.write_all(request.as_bytes()).expect("write");
-        let mut answer = String::new();
-        let _ = stream.read_to_string(&mut answer);
-        answer
+        // Bytes, not a string: after a 101 come WebSocket frames (a close, when no `start`
+        // follows the upgrade).
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        String::from_utf8_lossy(&answer).into_owned()
     };
     let upgrade = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n";
     let answer = raw(&format!("GET /other HTTP/1.1\r\nHost: x\r\n{upgrade}\r\n"));
@@ -1109,30 +1138,42 @@ fn a_stream_is_admitted_only_with_its_own_unused_token() {
 
 #[test]
 fn a_silent_dead_connection_is_noticed_by_the_read_timeout() {
-    use std::io::{Read, Write};
+    use cotrackpro_voice::sim::caller::{open_stream, stream_parameters};
     let rig = Rig::start(&[("MEDIA_READ_TIMEOUT_MS", "600")]);
-    let mut stream = std::net::TcpStream::connect(rig.server.media_addr).expect("connect");
-    stream
-        .write_all(b"GET /call/stream HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
-        .expect("write");
-    let mut head = [0u8; 12];
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    stream.read_exact(&mut head).expect("answer");
-    assert_eq!(&head, b"HTTP/1.1 101");
+    let options = CallerOptions::default();
+    let parameters =
+        stream_parameters(rig.server.addr, "parent", &options.call_sid).expect("TwiML");
+    // The stream starts, then nothing more is sent (and nothing read).
+    let _socket = open_stream(
+        rig.server.media_addr,
+        &CallerOptions {
+            parameters,
+            ..options.clone()
+        },
+    )
+    .expect("the stream");
     let deadline = Instant::now() + Duration::from_secs(1);
     while rig.server.app().calls.active() == 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
     }
     assert_eq!(rig.server.app().calls.active(), 1);
-    // Nothing more is sent: the server gives up on its own.
+    // The server gives up on its own.
     let deadline = Instant::now() + Duration::from_secs(5);
     while rig.server.app().calls.active() > 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert_eq!(rig.server.app().calls.active(), 0);
     assert_eq!(wait_threads_gone(), Vec::<String>::new());
+    let record = rig.record_after_end(&options.call_sid);
+    assert_eq!(record.status, CallStatus::Failed);
+    assert!(
+        record
+            .end_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("MEDIA_READ_TIMEOUT_MS")),
+        "{:?}",
+        record.end_reason
+    );
 }
 
 #[test]

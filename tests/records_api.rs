@@ -148,14 +148,21 @@ fn an_answered_call_is_recorded_and_its_status_callbacks_update_it() {
     );
 }
 
+/// A status callback for a CallSid we never answered or placed is refused (answered 204, as
+/// Twilio expects, and logged): it leaves no orphan record behind.
 #[test]
-fn a_callback_for_a_call_we_never_answered_still_makes_an_expiring_record() {
+fn a_callback_for_a_call_we_never_answered_makes_no_record() {
     let server = server(&[]);
-    assert_eq!(status(&server, 7, "no-answer", 0, None), 204);
-    let record = get(&server, &format!("/records/{}", sid(7))).json();
-    assert_eq!(record["status"], "failed");
-    assert_eq!(record["role"], "unknown");
-    assert!(record["ttl"].is_i64());
+    assert_eq!(status(&server, 7, "ringing", 0, None), 204);
+    assert_eq!(status(&server, 7, "no-answer", 1, None), 204);
+    assert_eq!(get(&server, &format!("/records/{}", sid(7))).status, 404);
+    assert!(get(&server, "/records").json()["records"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    let file = server.records_dir.path().join("calls.jsonl");
+    let lines = std::fs::read_to_string(file).unwrap_or_default();
+    assert!(!lines.contains(&sid(7)), "{lines}");
 }
 
 #[test]

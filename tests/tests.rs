@@ -12,6 +12,7 @@ mod elevenlabs_tts;
 mod generate_audio;
 mod http_routes;
 mod mcp;
+mod media_limits;
 mod module_graph;
 mod outbound;
 mod provider_tls;

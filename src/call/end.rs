@@ -14,6 +14,10 @@ pub enum End {
     CallerHungUp,
     /// Twilio closed the WebSocket without a `stop`.
     TwilioClosed,
+    /// Twilio sent a close frame (with this code): it is answered with one.
+    ClosedByTwilio(Option<u16>),
+    /// Twilio sent a message over the size limit: the stream is closed with 1009.
+    MessageTooBig,
     /// Twilio sent nothing for `MEDIA_READ_TIMEOUT_MS` (it sends a frame every 20 ms).
     TwilioSilent,
     /// The Twilio connection failed while reading.
@@ -26,6 +30,9 @@ pub enum End {
     NoStart,
     /// The `start` message did not carry a valid, unused token for its call.
     Unauthorized(TokenError),
+    /// The `start` names a call that is over (its record is final): a finished call is never
+    /// reopened, and its record is not touched.
+    CallOver,
     /// The stream's audio is not 8 kHz mono μ-law.
     UnsupportedMedia,
     /// Speech-to-text could not be had before the call started.
@@ -53,16 +60,20 @@ impl End {
     /// The final status the call's record gets.
     pub fn status(&self) -> CallStatus {
         match self {
-            End::CallerHungUp | End::TwilioClosed | End::CallerSilent | End::MaxDuration => {
-                CallStatus::Completed
-            }
+            End::CallerHungUp
+            | End::TwilioClosed
+            | End::ClosedByTwilio(_)
+            | End::CallerSilent
+            | End::MaxDuration => CallStatus::Completed,
             End::Idle => CallStatus::ForceReaped,
             End::TwilioSilent
             | End::TwilioLost(_)
             | End::TwilioWriteFailed
             | End::TwilioInvalid(_)
+            | End::MessageTooBig
             | End::NoStart
             | End::Unauthorized(_)
+            | End::CallOver
             | End::UnsupportedMedia
             | End::SpeechToTextUnavailable
             | End::SpeechToTextLost
@@ -74,7 +85,7 @@ impl End {
     }
 
     /// Whether our side should still send a close frame: not when the connection is closed
-    /// or broken. (After `stop` it is still open, and a close ends it cleanly; a peer that
+    /// or broken (a close frame from Twilio is answered: RFC 6455 §5.5.1). (After `stop` it is still open, and a close ends it cleanly; a peer that
     /// floods us with invalid messages is told why it is closed.)
     pub fn may_close_socket(&self) -> bool {
         !matches!(
@@ -89,12 +100,15 @@ impl fmt::Display for End {
         match self {
             End::CallerHungUp => f.write_str("caller hung up"),
             End::TwilioClosed => f.write_str("twilio closed the stream"),
+            End::ClosedByTwilio(_) => f.write_str("twilio closed the stream (close answered)"),
+            End::MessageTooBig => f.write_str("twilio sent a message over the size limit"),
             End::TwilioSilent => f.write_str("twilio sent nothing within MEDIA_READ_TIMEOUT_MS"),
             End::TwilioLost(why) => write!(f, "twilio connection lost: {why}"),
             End::TwilioWriteFailed => f.write_str("twilio connection lost while sending"),
             End::TwilioInvalid(count) => write!(f, "{count} invalid messages from twilio"),
             End::NoStart => f.write_str("twilio sent no start message"),
             End::Unauthorized(why) => write!(f, "stream refused: {why}"),
+            End::CallOver => f.write_str("stream refused: the call is over"),
             End::UnsupportedMedia => f.write_str("unsupported media format"),
             End::SpeechToTextUnavailable => f.write_str("speech-to-text unavailable"),
             End::SpeechToTextLost => f.write_str("speech-to-text lost"),
@@ -119,6 +133,9 @@ mod tests {
         assert_eq!(End::MaxDuration.status(), CallStatus::Completed);
         assert_eq!(End::CallerSilent.status(), CallStatus::Completed);
         assert_eq!(End::Idle.status(), CallStatus::ForceReaped);
+        assert_eq!(End::ClosedByTwilio(None).status(), CallStatus::Completed);
+        assert_eq!(End::MessageTooBig.status(), CallStatus::Failed);
+        assert_eq!(End::CallOver.status(), CallStatus::Failed);
         assert_eq!(End::TwilioWriteFailed.status(), CallStatus::Failed);
         assert_eq!(End::SpeechToTextLost.status(), CallStatus::Failed);
         assert_eq!(End::Internal.status(), CallStatus::Failed);
@@ -130,6 +147,8 @@ mod tests {
         assert!(!End::TwilioClosed.may_close_socket());
         assert!(!End::TwilioLost("reset".into()).may_close_socket());
         assert!(End::TwilioInvalid(50).may_close_socket());
+        assert!(End::ClosedByTwilio(Some(1000)).may_close_socket());
+        assert!(End::MessageTooBig.may_close_socket());
         assert!(End::MaxDuration.may_close_socket());
         assert!(End::ServerShutdown.may_close_socket());
         assert!(End::Idle.may_close_socket());

@@ -69,7 +69,7 @@ use crate::records::event::{CallStatus, Event as RecordEvent, EventKind, Transcr
 use crate::records::ttl_from;
 use crate::records::writer::RecordWriter;
 use crate::timestamp;
-use crate::twilio::media_messages::{Inbound, MediaFrames};
+use crate::twilio::media_messages::{Inbound, MediaFrames, StreamStart};
 use crate::twilio::stream_token::{self, StreamTokens};
 
 /// What the call's threads send the call thread: the machine's inputs.
@@ -149,12 +149,17 @@ struct Call<'a> {
     admitted: Arc<AtomicBool>,
     /// Inputs that carrying out actions produced (a failed write, a full queue).
     feedback: Vec<Event>,
+    /// The CallSid of the `start` admitted (its token was good and the call is not over):
+    /// its record gets the call's verdict however the call ends.
+    admitted_sid: Option<String>,
     /// The call's place under the cap; its threads are started through it and hold it.
     slot: &'a CallSlot,
 }
 
 /// Runs one call on the current (`call-N`) thread until it ends, then cleans up after it.
-pub fn run(ctx: &Context<'_>, socket: TwilioSocket, slot: CallSlot, n: u64) {
+/// `start` is the stream's `start` message, read by the listener before the call took its
+/// place under the cap.
+pub fn run(ctx: &Context<'_>, socket: TwilioSocket, slot: CallSlot, n: u64, start: StreamStart) {
     let started = Instant::now();
     let TwilioSocket {
         reader,
@@ -233,12 +238,18 @@ pub fn run(ctx: &Context<'_>, socket: TwilioSocket, slot: CallSlot, n: u64) {
         threads,
         admitted,
         feedback: Vec::new(),
+        admitted_sid: None,
         slot: &slot,
     };
     // A bug must not leave a call half-alive (threads streaming, record active): a panic in
     // the call thread ends the call like any failure.
     let end = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        call.drive(&events_rx, &speech_rx, slot.ending())
+        call.drive(
+            Event::Twilio(Inbound::Start(start)),
+            &events_rx,
+            &speech_rx,
+            slot.ending(),
+        )
     })) {
         Ok(end) => end,
         Err(_) => {
@@ -257,23 +268,41 @@ pub fn run(ctx: &Context<'_>, socket: TwilioSocket, slot: CallSlot, n: u64) {
     summary
         .usage
         .add_stt_secs(stt_bytes.load(Ordering::Relaxed) as f64 / 8000.0);
+    // A stream admitted but refused by the machine (its media format) still has a record,
+    // which gets the verdict: no call stays `active`.
+    if let (false, Some(sid)) = (summary.started, &call.admitted_sid) {
+        summary.call_sid.clone_from(sid);
+        summary.started = true;
+    }
     complete(ctx, &mut summary);
     let close = match &summary.end {
         // Told why (policy), so a misconfigured deployment is not a mystery.
-        End::Unauthorized(_) => Some((CloseCode::Policy, "stream not admitted")),
-        End::NoThread(_) => Some((CloseCode::Again, "server busy, try again later")),
-        end if summary.started && end.may_close_socket() => Some((CloseCode::Normal, "call ended")),
+        End::Unauthorized(_) => Some(close_frame(CloseCode::Policy, "stream not admitted")),
+        End::CallOver => Some(close_frame(CloseCode::Policy, "the call is over")),
+        End::NoThread(_) => Some(close_frame(
+            CloseCode::Again,
+            "server busy, try again later",
+        )),
+        End::MessageTooBig => Some(close_frame(CloseCode::Size, "message too big")),
+        // RFC 6455: a close frame is answered with one.
+        End::ClosedByTwilio(code) => Some(socket::close_answer(*code)),
+        end if summary.started && end.may_close_socket() => {
+            Some(close_frame(CloseCode::Normal, "call ended"))
+        }
         _ => None,
     };
-    if let Some((code, reason)) = close.filter(|_| !call.write_failed) {
-        let _ = call.writer.close(Some(CloseFrame {
-            code,
-            reason: reason.into(),
-        }));
+    if let Some(frame) = close.filter(|_| !call.write_failed) {
+        let _ = call.writer.close(Some(frame));
         let _ = call.writer.flush();
     }
-    // Both halves end: the reader sees the end of the stream at once.
-    let _ = call.writer.get_ref().shutdown(Shutdown::Both);
+    let how = match summary.end {
+        // The reader drops the rest of the oversized message until the client closes too
+        // (closing over unread bytes would reset the connection before our 1009 is read).
+        End::MessageTooBig => Shutdown::Write,
+        // Both halves end: the reader sees the end of the stream at once.
+        _ => Shutdown::Both,
+    };
+    let _ = call.writer.get_ref().shutdown(how);
     call.llm_tx = None;
     // After the cancel flag: the worker closes its socket and ends now, mid-piece or not.
     if let Some(tts) = call.tts.take() {
@@ -366,16 +395,19 @@ impl Threads {
 const PROVIDER_STACK: usize = 512 * 1024;
 
 impl Call<'_> {
-    /// Waits for inputs until the machine's next deadline, steps the machine, carries out its
-    /// actions; returns how the call ended.
+    /// Steps the machine with `first` (the stream's `start`), then waits for inputs until the
+    /// machine's next deadline, steps the machine, carries out its actions; returns how the
+    /// call ended.
     fn drive(
         &mut self,
+        first: Event,
         events: &Receiver<Event>,
         speech: &Receiver<Event>,
         ending: &Receiver<()>,
     ) -> End {
         let mut ending = Some(ending);
         let mut stack_released = false;
+        let mut first = Some(first);
         loop {
             if !stack_released && self.frames.is_some() {
                 // The handshake, the `start` and the greeting went deep; the call goes on in a
@@ -386,7 +418,10 @@ impl Call<'_> {
             if let Some(end) = self.machine.end() {
                 return end.clone();
             }
-            let input = wait(events, speech, &mut ending, self.machine.next_deadline());
+            let input = match first.take() {
+                Some(start) => start,
+                None => wait(events, speech, &mut ending, self.machine.next_deadline()),
+            };
             let now = Instant::now();
             let voiced = self.voiced_ms.load(Ordering::Relaxed);
             if voiced != self.voiced_seen {
@@ -406,9 +441,10 @@ impl Call<'_> {
         }
     }
 
-    /// A `start` is admitted only with a valid, unused token for its own CallSid; otherwise the
-    /// stream ends here, before any provider is contacted.
-    fn admit(&self, input: Event) -> Event {
+    /// A `start` is admitted only with a valid, unused token for its own CallSid, and only for
+    /// a call that is not over (the store never reopens a finished call); otherwise the stream
+    /// ends here, before any provider is contacted, and no record is touched.
+    fn admit(&mut self, input: Event) -> Event {
         let Event::Twilio(Inbound::Start(start)) = &input else {
             return input;
         };
@@ -423,16 +459,31 @@ impl Call<'_> {
             .stream_tokens
             .admit(token, &start.call_sid, now_secs)
         {
-            Ok(()) => input,
+            Ok(()) => {}
             Err(why) => {
                 log::warn!(
                     callSid = start.call_sid.as_str(),
                     reason:% = why;
                     "call.refused: stream not admitted"
                 );
-                Event::TwilioGone(End::Unauthorized(why))
+                return Event::TwilioGone(End::Unauthorized(why));
             }
         }
+        let store = self.ctx.records.store();
+        match store.may_stream(&start.call_sid) {
+            Ok(true) => {}
+            Ok(false) => {
+                log::warn!(callSid = start.call_sid.as_str(); "call.refused: the call is over; its record is not reopened");
+                return Event::TwilioGone(End::CallOver);
+            }
+            // The records file cannot be read: the call goes on (its record is written when
+            // it can be, as when the webhook could not write it).
+            Err(err) => {
+                log::error!(callSid = start.call_sid.as_str(), error:% = err; "records.read.failed: stream admitted without the check");
+            }
+        }
+        self.admitted_sid = Some(start.call_sid.clone());
+        input
     }
 
     fn step(&mut self, now: Instant, input: Event) {
@@ -677,6 +728,13 @@ fn wait(
     Event::Shutdown
 }
 
+fn close_frame(code: CloseCode, reason: &'static str) -> CloseFrame {
+    CloseFrame {
+        code,
+        reason: reason.into(),
+    }
+}
+
 /// The record's completion event, the metrics and the `cost.call.summary` line.
 fn complete(ctx: &Context<'_>, summary: &mut Summary) {
     let status = summary.end.status();
@@ -709,6 +767,12 @@ fn complete(ctx: &Context<'_>, summary: &mut Summary) {
     metrics
         .barge_ins
         .fetch_add(summary.barge_ins, Ordering::Relaxed);
+    metrics
+        .dtmf_dropped
+        .fetch_add(summary.dtmf_dropped, Ordering::Relaxed);
+    metrics
+        .marks_overdue
+        .fetch_add(summary.marks_overdue, Ordering::Relaxed);
     metrics
         .tool_calls
         .fetch_add(summary.tool_calls.len() as u64, Ordering::Relaxed);

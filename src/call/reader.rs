@@ -69,6 +69,9 @@ pub(super) fn twilio_reader(mut socket: WebSocket<ReadHalf>, mut reader: Reader<
     // The socket's receive low-water mark as last set.
     let mut low_water = 1usize;
     let mut release_stack_at = Some(reader.started + std::time::Duration::from_secs(5));
+    // What the listener read past `start` waits in the socket's buffer, where `poll` cannot
+    // see it: the first pass reads without waiting for the socket.
+    let mut buffered = true;
     let end = loop {
         if !reader.stt.started() && reader.admitted.load(Ordering::Acquire) {
             reader.stt.start(reader.events);
@@ -86,6 +89,11 @@ pub(super) fn twilio_reader(mut socket: WebSocket<ReadHalf>, mut reader: Reader<
             .into_iter()
             .flatten()
             .min();
+        let deadline = if buffered {
+            Some(Instant::now())
+        } else {
+            deadline
+        };
         let twilio = Watch::read(socket.get_ref().fd());
         let (twilio_ready, stt_read, stt_write) =
             match poll::wait_either(twilio, reader.stt.watch(), deadline) {
@@ -98,7 +106,7 @@ pub(super) fn twilio_reader(mut socket: WebSocket<ReadHalf>, mut reader: Reader<
                 Err(err) => break Some(End::TwilioLost(format!("waiting for the socket: {err}"))),
             };
         let now = Instant::now();
-        if twilio_ready || clock.is_late(now) {
+        if twilio_ready || clock.is_late(now) || std::mem::take(&mut buffered) {
             if let Flow::Stop(end) = state.drain(&mut socket, now) {
                 break end;
             }
@@ -122,8 +130,14 @@ pub(super) fn twilio_reader(mut socket: WebSocket<ReadHalf>, mut reader: Reader<
             release_stack_at = None;
         }
     };
+    let too_big = end == Some(End::MessageTooBig);
     if let Some(end) = end {
         let _ = reader.events.send(Event::TwilioGone(end));
+    }
+    if too_big {
+        // The call thread writes the close (1009) and ends our side; what is still arriving
+        // of the message is dropped meanwhile, so closing does not reset the connection.
+        super::socket::drain_raw(socket.get_mut(), Instant::now() + super::socket::DRAIN_WAIT);
     }
     reader.stt.close();
 }
@@ -249,6 +263,10 @@ impl<'a> TwilioReader<'a> {
                 Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
                     return Flow::Stop(Some(End::TwilioClosed))
                 }
+                // The call closes with 1009; the rest of the message is read and dropped.
+                Err(tungstenite::Error::Capacity(_)) => {
+                    return Flow::Stop(Some(End::MessageTooBig))
+                }
                 Err(err) => return Flow::Stop(Some(End::TwilioLost(err.to_string()))),
             };
             self.last_message = now;
@@ -278,7 +296,10 @@ impl<'a> TwilioReader<'a> {
                 }
                 Err(bad) => Some(bad.to_string()),
             },
-            Message::Close(_) => return Flow::Stop(Some(End::TwilioClosed)),
+            // Answered by the call thread (this half's writes go nowhere).
+            Message::Close(frame) => {
+                return Flow::Stop(Some(End::ClosedByTwilio(frame.map(|f| u16::from(f.code)))))
+            }
             // RFC 6455: a ping is answered with a pong carrying its payload. tungstenite's own
             // reply goes into this half's sink; the call thread, the only writer, sends it.
             Message::Ping(payload) => {

@@ -5,7 +5,10 @@
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 
-use tungstenite::protocol::{Role, WebSocket, WebSocketConfig};
+use std::time::{Duration, Instant};
+
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::{CloseFrame, Role, WebSocket, WebSocketConfig};
 use tungstenite::Message;
 
 use crate::speech::ulaw::FRAME_BYTES;
@@ -102,6 +105,55 @@ impl TwilioSocket {
     }
 }
 
+/// How long a closing connection's unread bytes are read and dropped before it is closed (a
+/// socket closed with unread bytes sends a reset, and the close frame before it is lost).
+pub const DRAIN_WAIT: Duration = Duration::from_secs(1);
+
+/// The close frame that answers a client's close (RFC 6455 §5.5.1: the answer echoes the
+/// code; a code that may not be sent, such as 1005 "none given", is answered with 1000).
+pub fn close_answer(code: Option<u16>) -> CloseFrame {
+    let code = code
+        .map(CloseCode::from)
+        .filter(|c| c.is_allowed())
+        .unwrap_or(CloseCode::Normal);
+    CloseFrame {
+        code,
+        reason: "".into(),
+    }
+}
+
+/// Writes a close frame with `code` through the writing half, then ends our side of the
+/// connection (FIN after the frame) and reads and drops what the client still sends through
+/// the reading half until it closes too, for at most [`DRAIN_WAIT`]: a message over the limit
+/// is still arriving when we close, and closing over unread bytes would reset the
+/// connection before the client reads our close frame.
+pub fn close_and_drain(socket: &mut TwilioSocket, frame: CloseFrame) {
+    let _ = socket.writer.close(Some(frame));
+    let _ = socket.writer.flush();
+    let _ = socket.writer.get_ref().shutdown(std::net::Shutdown::Write);
+    drain_raw(socket.reader.get_mut(), Instant::now() + DRAIN_WAIT);
+}
+
+/// Reads and drops bytes from `half` until the peer closes or `deadline` passes.
+pub fn drain_raw(half: &mut ReadHalf, deadline: Instant) {
+    let mut sink = [0u8; 4096];
+    loop {
+        match half.read(&mut sink) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                let mut watch = [crate::poll::Watch::read(half.fd())];
+                match crate::poll::wait(&mut watch, Some(deadline)) {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
+}
+
 /// Queues `ulaw` for Twilio as `media` messages of one 20 ms frame each, each built in
 /// `frames`' reused buffer and copied into the socket's write buffer: no allocation per frame
 /// once the buffers have grown. The caller flushes (once per step of the machine).
@@ -117,4 +169,19 @@ pub fn send_media<S: Read + Write>(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_close_is_answered_with_its_own_code_or_a_normal_one() {
+        assert_eq!(close_answer(Some(1001)).code, CloseCode::Away);
+        assert_eq!(close_answer(Some(4000)).code, CloseCode::from(4000));
+        // Codes that may not be sent on the wire (1005 "no code", 1006, 1015) and none.
+        for code in [Some(1005), Some(1006), Some(1015), None] {
+            assert_eq!(close_answer(code).code, CloseCode::Normal, "{code:?}");
+        }
+    }
 }

@@ -77,6 +77,14 @@ const MEDIA_READ_TIMEOUT_MS: Whole = Whole {
     min: 500,
     max: 120_000,
 };
+/// How long after its audio should have finished playing a mark may take to come back before
+/// the piece is taken as heard (a client that never echoes marks must not hold a call open).
+const MARK_TIMEOUT_MS: Whole = Whole {
+    name: "MARK_TIMEOUT_MS",
+    default: 5_000,
+    min: 500,
+    max: 60_000,
+};
 const MAX_TOOL_ROUNDS: Whole = Whole {
     name: "MAX_TOOL_ROUNDS",
     default: 3,
@@ -165,6 +173,9 @@ pub struct CallTuning {
     /// No message from Twilio for this long means the connection is dead (it sends a media
     /// frame every 20 ms for the whole call).
     pub media_read_timeout: Duration,
+    /// A mark not echoed this long after its audio should have finished playing: the piece is
+    /// taken as heard and the client logged as broken (`MARK_TIMEOUT_MS`).
+    pub mark_timeout: Duration,
     /// Tool rounds one reply may take before the model must answer in words.
     pub max_tool_rounds: u32,
     /// Speech-to-text: the silence that ends the caller's utterance, and the language.
@@ -244,6 +255,7 @@ impl CallTuning {
             max_reprompts: r.whole(&MAX_REPROMPTS) as u32,
             max_duration: r.secs(&MAX_CALL_SECS),
             media_read_timeout: r.millis(&MEDIA_READ_TIMEOUT_MS),
+            mark_timeout: r.millis(&MARK_TIMEOUT_MS),
             max_tool_rounds: r.whole(&MAX_TOOL_ROUNDS) as u32,
             vad_silence_secs: r.float(&STT_VAD_SILENCE_SECS),
             stt_language: r.parse(STT_LANGUAGE_CODE, "en".to_string(), |v| {
@@ -273,6 +285,7 @@ impl CallTuning {
         out.value(MAX_REPROMPTS.name, self.max_reprompts);
         out.secs(MAX_CALL_SECS.name, self.max_duration);
         out.millis(MEDIA_READ_TIMEOUT_MS.name, self.media_read_timeout);
+        out.millis(MARK_TIMEOUT_MS.name, self.mark_timeout);
         out.value(MAX_TOOL_ROUNDS.name, self.max_tool_rounds);
         out.value(STT_VAD_SILENCE_SECS.name, self.vad_silence_secs);
         out.value(STT_LANGUAGE_CODE, &self.stt_language);

@@ -4,36 +4,60 @@
 //! these; see the design notes in `ARCHITECTURE.md`).
 //!
 //! Each connection gets one named thread (`call-N`) that does the WebSocket handshake itself
-//! (only `GET /call/stream`, Twilio's signature checked when validation is on and one is sent), takes a place
-//! under `MAX_CONCURRENT_CALLS` — over it the stream is closed with 1013 "try again later", as
-//! the original did — and then runs the call ([`crate::call`]).
+//! (only `GET /call/stream`, Twilio's signature checked when validation is on and one is sent),
+//! waits for Twilio's `start`, then takes a place under `MAX_CONCURRENT_CALLS` — over it the
+//! stream is closed with 1013 "try again later", as the original did — and runs the call
+//! ([`crate::call`]).
+//!
+//! Before its `start` a connection is nobody's call: it holds no place under the cap and no
+//! provider session, and has deadlines of its own, apart from the call's timers: the whole
+//! handshake request within [`HANDSHAKE_TIMEOUT`], then `start` within [`START_TIMEOUT`] (Twilio
+//! sends `connected` and `start` at once). Audio before `start` is dropped and counted. At most
+//! [`MAX_PENDING_HANDSHAKES`] connections wait so, [`MAX_PENDING_PER_SOURCE`] of them from one
+//! source; past that the oldest waiting one is closed to make room ([`super::pending`]), so a
+//! flood of idle sockets only displaces itself. Behind the TLS proxy on this machine (a
+//! loopback peer) the source is the last address of the proxy's `X-Forwarded-For`.
 //!
 //! The acceptor sleeps in `poll(2)` on the listener and a wake-up descriptor: it wakes for a
 //! connection or for [`MediaServer::stop_accepting`], never on a timer.
 
 use std::io::{self, Read, Write};
+use std::net::IpAddr;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::CloseFrame;
+use tungstenite::Message;
 
-use crate::call::socket::{TwilioSocket, CALL_STACK};
+use super::pending::Pending;
+use crate::call::socket::{self, TwilioSocket, CALL_STACK};
 
 use crate::app::App;
 use crate::calls::CallRegistry;
+use crate::metrics::MediaDrop;
 use crate::poll::{self, WakeReceiver, WakeSender, Watch};
+use crate::twilio::media_messages::{self, Inbound, Received, StreamStart};
 
 /// Longest handshake request accepted.
 const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// How long a client may take to send its whole handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Handshakes in progress at once; more connections are closed at once (a flood of idle
-/// connections must not take every thread from real calls).
-const MAX_PENDING_HANDSHAKES: usize = 64;
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long after the handshake `start` may take (Twilio sends it at once).
+pub const START_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections waiting for their handshake or `start` at once (each holds a thread).
+pub const MAX_PENDING_HANDSHAKES: usize = 64;
+/// Of those, from one source. A real stream waits one round trip; a source with this many
+/// waiting is a flood (or a burst of calls from one Twilio address larger than any seen).
+pub const MAX_PENDING_PER_SOURCE: usize = 16;
+/// Invalid messages tolerated before `start`.
+const MAX_INVALID_BEFORE_START: u32 = 10;
+
+/// The waiting connections, each with a clone of its socket to close it by.
+type PendingTable = Mutex<Pending<TcpStream>>;
 
 /// The running listener.
 pub struct MediaServer {
@@ -84,7 +108,10 @@ impl Drop for MediaServer {
 fn accept_loop(app: &Arc<App>, listener: &TcpListener, stop: &WakeReceiver) {
     use std::os::fd::AsFd;
     static CONNECTION: AtomicU64 = AtomicU64::new(1);
-    let pending = Arc::new(AtomicUsize::new(0));
+    let pending: Arc<PendingTable> = Arc::new(Mutex::new(Pending::new(
+        MAX_PENDING_HANDSHAKES,
+        MAX_PENDING_PER_SOURCE,
+    )));
     loop {
         let mut watches = [Watch::read(listener.as_fd()), Watch::read(stop.fd())];
         if let Err(err) = poll::wait(&mut watches, None) {
@@ -99,21 +126,34 @@ fn accept_loop(app: &Arc<App>, listener: &TcpListener, stop: &WakeReceiver) {
         }
         match listener.accept() {
             Ok((stream, peer)) => {
-                if pending.load(Ordering::SeqCst) >= MAX_PENDING_HANDSHAKES {
-                    log::warn!(peer:% = peer; "media.refused: too many handshakes in progress");
-                    drop(stream);
-                    continue;
+                // A clone to close it by, should it have to make room (one more descriptor
+                // for each of at most MAX_PENDING_HANDSHAKES connections).
+                let handle = match stream.try_clone() {
+                    Ok(handle) => handle,
+                    Err(err) => {
+                        log::error!(peer:% = peer, error:% = err; "media.accept_failed: connection dropped");
+                        continue;
+                    }
+                };
+                let (ticket, evicted) = lock(&pending).admit(peer.ip(), handle);
+                if let Some(evicted) = evicted {
+                    make_room(app, evicted);
                 }
-                pending.fetch_add(1, Ordering::SeqCst);
                 let n = CONNECTION.fetch_add(1, Ordering::Relaxed);
                 let for_call = app.clone();
-                let counter = pending.clone();
+                let table = pending.clone();
                 let spawned = thread::Builder::new()
                     .name(format!("call-{n}"))
                     .stack_size(CALL_STACK)
-                    .spawn(move || serve_connection(&for_call, stream, peer, n, &counter));
+                    .spawn(move || {
+                        let waiting = Waiting {
+                            table: &table,
+                            ticket,
+                        };
+                        serve_connection(&for_call, stream, peer, n, &waiting)
+                    });
                 if let Err(err) = spawned {
-                    pending.fetch_sub(1, Ordering::SeqCst);
+                    lock(&pending).release(ticket);
                     app.metrics
                         .thread_spawn_failures
                         .fetch_add(1, Ordering::Relaxed);
@@ -131,23 +171,89 @@ fn accept_loop(app: &Arc<App>, listener: &TcpListener, stop: &WakeReceiver) {
     }
 }
 
+fn lock(table: &PendingTable) -> std::sync::MutexGuard<'_, Pending<TcpStream>> {
+    table.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Closes a waiting connection that must make room, and says so.
+fn make_room(app: &App, evicted: super::pending::Evicted<TcpStream>) {
+    let count = app.metrics.media_drop(evicted.why);
+    // A flood makes one of these per connection: the first few, then every power of two,
+    // with the running count (the metric has every one).
+    if count <= 3 || count.is_power_of_two() {
+        log::warn!(
+            source:% = evicted.source,
+            reason = evicted.why.as_str(),
+            count = count;
+            "media.dropped: too many connections waiting for a handshake or start; the oldest was closed"
+        );
+    }
+    // Its thread's read ends at once.
+    let _ = evicted.handle.shutdown(std::net::Shutdown::Both);
+}
+
+/// A connection's place among the waiting ones, left when it is dropped.
+struct Waiting<'a> {
+    table: &'a PendingTable,
+    ticket: u64,
+}
+
+impl Waiting<'_> {
+    /// The connection's real source is `source` (forwarded by the proxy).
+    fn rekey(&self, app: &App, source: IpAddr) {
+        let evicted = lock(self.table).rekey(self.ticket, source);
+        if let Some(evicted) = evicted {
+            make_room(app, evicted);
+        }
+    }
+
+    /// No longer waiting; `false` if it had been made to leave meanwhile.
+    fn leave(&self) -> bool {
+        lock(self.table).release(self.ticket)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.leave();
+    }
+}
+
 fn serve_connection(
     app: &Arc<App>,
     stream: TcpStream,
     peer: SocketAddr,
     n: u64,
-    pending: &AtomicUsize,
+    waiting: &Waiting<'_>,
 ) {
-    let handshake = handshake(app, stream, peer);
-    pending.fetch_sub(1, Ordering::SeqCst);
-    let socket = match handshake {
+    let mut socket = match handshake(app, stream, peer, waiting) {
         Ok(Some(socket)) => socket,
         Ok(None) => return,
         Err(err) => {
-            log::warn!(peer:% = peer, error:% = err; "media.handshake_failed");
+            if matches!(
+                err.kind(),
+                io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+            ) {
+                let count = app.metrics.media_drop(MediaDrop::HandshakeTimeout);
+                // Idle connections make one of these each: the first few, then every power
+                // of two.
+                if count <= 3 || count.is_power_of_two() {
+                    log::warn!(peer:% = peer, error:% = err, count = count; "media.handshake_failed");
+                }
+            } else {
+                // Closed mid-handshake (by the client, or to make room: counted there).
+                log::debug!(peer:% = peer, error:% = err; "media.handshake_failed");
+            }
             return;
         }
     };
+    let Some(start) = await_start(app, &mut socket, Instant::now() + START_TIMEOUT) else {
+        return;
+    };
+    if !waiting.leave() {
+        // Made to leave just as its `start` came: its socket is closed already.
+        return;
+    }
     let limit = app.config.calls.max_concurrent;
     let Some(slot) = CallRegistry::try_admit(&app.calls, limit) else {
         app.metrics
@@ -159,6 +265,7 @@ fn serve_connection(
             limit = limit;
             "call.refused: MAX_CONCURRENT_CALLS reached; stream closed with 1013"
         );
+        record_refusal(app, &start);
         let TwilioSocket {
             mut reader,
             mut writer,
@@ -179,7 +286,150 @@ fn serve_connection(
         providers: &app.voice,
         stream_tokens: &app.stream_tokens,
     };
-    crate::call::run(&context, socket, slot, n);
+    crate::call::run(&context, socket, slot, n, start);
+}
+
+/// Reads the stream until Twilio's `start` (see the module docs): `connected` is noted,
+/// audio dropped and counted, a ping answered, a close answered with a close, a message over
+/// the size limit closed with 1009; no `start` by `deadline` closes the stream (1008).
+/// `None`: the stream ended without one (and was closed as it should be).
+fn await_start(app: &App, socket: &mut TwilioSocket, deadline: Instant) -> Option<StreamStart> {
+    let peer = socket.peer;
+    let mut frames = 0u64;
+    let mut invalid = 0u32;
+    let start = loop {
+        let message = match socket.reader.read() {
+            Ok(message) => message,
+            Err(tungstenite::Error::Io(err)) if err.kind() == io::ErrorKind::WouldBlock => {
+                let mut watch = [Watch::read(socket.reader.get_ref().fd())];
+                match poll::wait(&mut watch, Some(deadline)) {
+                    Ok(0) => {
+                        let count = app.metrics.media_drop(MediaDrop::StartTimeout);
+                        if count <= 3 || count.is_power_of_two() {
+                            log::warn!(peer:% = peer, frames = frames, count = count; "media.dropped: no start within the deadline; stream closed with 1008");
+                        }
+                        socket::close_and_drain(
+                            socket,
+                            CloseFrame {
+                                code: CloseCode::Policy,
+                                reason: "no start message".into(),
+                            },
+                        );
+                        break None;
+                    }
+                    Ok(_) => continue,
+                    Err(_) => break None,
+                }
+            }
+            Err(tungstenite::Error::Capacity(_)) => {
+                log::warn!(peer:% = peer; "media.refused: message over the size limit before start; closed with 1009");
+                socket::close_and_drain(
+                    socket,
+                    CloseFrame {
+                        code: CloseCode::Size,
+                        reason: "message too big".into(),
+                    },
+                );
+                break None;
+            }
+            Err(_) => break None,
+        };
+        match message {
+            Message::Text(text) => match media_messages::parse(text.as_str()) {
+                Ok(Received::Message(Inbound::Start(start))) => break Some(start),
+                Ok(Received::Media(_)) => {
+                    frames += 1;
+                    app.metrics
+                        .media_frames_before_start
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(Received::Message(Inbound::Stop)) => {
+                    socket::close_and_drain(socket, socket::close_answer(Some(1000)));
+                    break None;
+                }
+                // `connected`, and marks or keys that cannot mean anything yet.
+                Ok(Received::Message(_)) => {}
+                Err(_) => invalid += 1,
+            },
+            Message::Ping(payload) => {
+                let _ = socket.writer.send(Message::Pong(payload));
+            }
+            Message::Close(frame) => {
+                let code = frame.map(|f| u16::from(f.code));
+                let _ = socket
+                    .writer
+                    .send(Message::Close(Some(socket::close_answer(code))));
+                break None;
+            }
+            Message::Binary(_) => invalid += 1,
+            Message::Pong(_) | Message::Frame(_) => {}
+        }
+        if invalid >= MAX_INVALID_BEFORE_START {
+            log::warn!(peer:% = peer, invalid = invalid; "media.refused: invalid messages before start; closed with 1008");
+            socket::close_and_drain(
+                socket,
+                CloseFrame {
+                    code: CloseCode::Policy,
+                    reason: "invalid messages".into(),
+                },
+            );
+            break None;
+        }
+    };
+    // (A stream that never started says its frames in its own line.)
+    if frames > 0 && start.is_some() {
+        log::warn!(peer:% = peer, frames = frames; "media.audio_before_start: dropped, never sent to speech-to-text");
+    }
+    start
+}
+
+/// The connection's source: the peer, or, for a peer on this machine (the TLS proxy), the
+/// last address of its `X-Forwarded-For` (the one the proxy itself saw; earlier ones are the
+/// client's word).
+fn source_of(peer: SocketAddr, forwarded_for: Option<&str>) -> IpAddr {
+    if !peer.ip().is_loopback() {
+        return peer.ip();
+    }
+    forwarded_for
+        .and_then(|v| v.rsplit(',').next())
+        .and_then(|last| last.trim().parse::<IpAddr>().ok())
+        .unwrap_or(peer.ip())
+}
+
+/// A stream refused at `MAX_CONCURRENT_CALLS` after its `start`: when the start is the call's
+/// own (its token is good; it is used up here, the stream being refused anyway), the call's
+/// record gets the verdict, so it does not stay `active`. A start without a good token
+/// changes no record.
+fn record_refusal(app: &App, start: &StreamStart) {
+    use crate::records::event::{CallStatus, Event, EventKind};
+    use crate::twilio::stream_token;
+    let now = crate::timestamp::now_ms();
+    let token = start.parameter(stream_token::PARAMETER);
+    if app
+        .stream_tokens
+        .admit(token, &start.call_sid, now / 1000)
+        .is_err()
+    {
+        return;
+    }
+    let at = crate::timestamp::format_ms(now);
+    let event = Event {
+        status: Some(CallStatus::Failed),
+        ended_at: Some(at.clone()),
+        end_reason: Some("refused: MAX_CONCURRENT_CALLS reached (closed with 1013)".into()),
+        ..Event::new(
+            EventKind::Completed,
+            &start.call_sid,
+            &at,
+            crate::records::ttl_from(now, app.config.records.ttl_days),
+        )
+    };
+    if let Err(err) = app
+        .record_writer
+        .append_and_wait(event, Duration::from_secs(5))
+    {
+        log::error!(callSid = start.call_sid.as_str(), error:% = err; "records.completeCall.failed");
+    }
 }
 
 /// A clean close: reads (and drops) what the client sent until its close answer, for at most a
@@ -289,11 +539,16 @@ fn handshake(
     app: &App,
     mut stream: TcpStream,
     peer: SocketAddr,
+    waiting: &Waiting<'_>,
 ) -> io::Result<Option<TwilioSocket>> {
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
     stream.set_write_timeout(Some(HANDSHAKE_TIMEOUT))?;
     let (head, leftover) = read_head(&mut stream)?;
+    let source = source_of(peer, head.header("X-Forwarded-For"));
+    if source != peer.ip() {
+        waiting.rekey(app, source);
+    }
     if head.path != "/call/stream" {
         log::warn!(peer:% = peer, path = head.path.as_str(); "media.refused: unknown path");
         refuse(
@@ -352,4 +607,26 @@ fn handshake(
     stream.set_read_timeout(Some(config.calls.tuning.media_read_timeout))?;
     stream.set_write_timeout(Some(Duration::from_secs(5)))?;
     TwilioSocket::split(stream, leftover, peer).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_source_is_the_peer_unless_the_local_proxy_forwarded_it() {
+        let proxy: SocketAddr = "127.0.0.1:50000".parse().unwrap();
+        let remote: SocketAddr = "198.51.100.7:50000".parse().unwrap();
+        let forwarded = Some("203.0.113.9, 192.0.2.44");
+        // The proxy's own view is the last address; what the client claimed before it is not.
+        assert_eq!(
+            source_of(proxy, forwarded),
+            "192.0.2.44".parse::<IpAddr>().unwrap()
+        );
+        // A peer elsewhere is who it is, whatever it says.
+        assert_eq!(source_of(remote, forwarded), remote.ip());
+        // Nothing (or nothing readable) forwarded: the peer.
+        assert_eq!(source_of(proxy, None), proxy.ip());
+        assert_eq!(source_of(proxy, Some("unknown")), proxy.ip());
+    }
 }

@@ -353,6 +353,114 @@ impl CallRecord {
     }
 }
 
+/// Why the store refuses an event: it never reopens a finished call, and never makes a record
+/// for a call it does not know (the rules of [`refusal`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// A status callback for a CallSid with no record: not a call we answered or placed.
+    UnknownCall,
+    /// A status callback after Twilio's own final status for the call (a replay).
+    TwilioFinished,
+    /// A call's outcome (transcript, cost) for a call that has one on file already: a second
+    /// stream of a finished call.
+    OutcomeOnFile,
+}
+
+impl Refusal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::UnknownCall => "status callback for a call with no record",
+            Refusal::TwilioFinished => "status callback after Twilio's final status",
+            Refusal::OutcomeOnFile => "the call's outcome is on file already",
+        }
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Whether the store refuses `event` for a call in `state` (`None`: no record). The rules:
+/// - a status callback needs a record (the webhook answering the call, or the placing of an
+///   outbound call, writes it first), and is refused once Twilio has reported a final status;
+///   before that it is taken even when the call's own verdict is on file (Twilio's
+///   `completed` follows the close of the stream and completes the record);
+/// - a call's outcome is written once: a second stream with the same CallSid cannot rewrite
+///   the transcript;
+/// - `created` and `deleted` events are never refused (a repeated `created` changes nothing,
+///   see [`fold`]).
+pub fn refusal<S: CallState>(state: Option<&S>, event: &Event) -> Option<Refusal> {
+    match (event.event, state) {
+        (EventKind::Status, None) => Some(Refusal::UnknownCall),
+        (EventKind::Status, Some(s)) if s.twilio_progress() >= twilio_progress("completed") => {
+            Some(Refusal::TwilioFinished)
+        }
+        (EventKind::Completed, Some(s)) if s.has_outcome() => Some(Refusal::OutcomeOnFile),
+        _ => None,
+    }
+}
+
+/// Whether a stream may start for a call in `state`: not when the call is over (a final
+/// status, from its own end or from Twilio, or its outcome on file).
+pub fn may_stream<S: CallState>(state: Option<&S>) -> bool {
+    state.is_none_or(|s| !s.is_deleted() && !s.status().is_final() && !s.has_outcome())
+}
+
+/// Longest records line written. A call's own bounds keep far under it (its transcript is at
+/// most 256 KiB of text); a line over it loses the end of its transcript, then its tool
+/// calls, and says so ([`bounded_line`]).
+pub const MAX_LINE_BYTES: usize = 1024 * 1024;
+
+/// `event` as one line (without its newline) of at most `max` bytes: when it is longer, the
+/// newest transcript entries are dropped until it fits and a last entry says how many were
+/// kept; if it still does not fit, its tool calls go too. Also says whether it was cut.
+pub fn bounded_line(event: &Event, max: usize) -> serde_json::Result<(Vec<u8>, bool)> {
+    let line = serde_json::to_vec(event)?;
+    if line.len() <= max {
+        return Ok((line, false));
+    }
+    let mut event = event.clone();
+    let entries = event
+        .transcript
+        .as_ref()
+        .map(Transcript::entries)
+        .unwrap_or_default();
+    let with = |event: &mut Event, keep: usize| -> serde_json::Result<Vec<u8>> {
+        if event.transcript.is_some() {
+            let mut kept = entries[..keep].to_vec();
+            kept.push(TranscriptEntry {
+                role: "system".into(),
+                text: format!(
+                    "[transcript truncated: {keep} of {} entries kept]",
+                    entries.len()
+                ),
+                timestamp: event.at.clone(),
+            });
+            event.transcript = Some(Transcript::from_entries(&kept));
+        }
+        serde_json::to_vec(event)
+    };
+    // The most entries that fit, by halving: a handful of serializations of a rare line.
+    let (mut fits, mut over) = (0usize, entries.len() + 1);
+    let mut best = with(&mut event, 0)?;
+    while fits + 1 < over {
+        let mid = (fits + over) / 2;
+        let line = with(&mut event, mid)?;
+        if line.len() <= max {
+            (fits, best) = (mid, line);
+        } else {
+            over = mid;
+        }
+    }
+    if best.len() > max {
+        event.tool_calls = event.tool_calls.as_ref().map(|_| Vec::new());
+        best = with(&mut event, 0)?;
+    }
+    Ok((best, true))
+}
+
 /// What a fold needs to read and change of a call's state. Implemented by the full
 /// [`CallRecord`] and by the index's compact summary, so both follow the one set of rules in
 /// [`fold`].
@@ -370,6 +478,8 @@ pub trait CallState {
     fn status(&self) -> CallStatus;
     fn set_status(&mut self, status: CallStatus);
     fn twilio_progress(&self) -> u8;
+    /// Whether a call's outcome (its `completed` event, with the cost) has been applied.
+    fn has_outcome(&self) -> bool;
     fn set_twilio_status(&mut self, twilio: &str);
     fn note_sequence(&mut self, sequence: u64);
     /// Takes what a `completed` event (or a status callback's duration) carries.
@@ -458,6 +568,10 @@ impl CallState for CallRecord {
 
     fn twilio_progress(&self) -> u8 {
         self.twilio_status.as_deref().map_or(0, twilio_progress)
+    }
+
+    fn has_outcome(&self) -> bool {
+        self.cost_summary.is_some()
     }
 
     fn set_twilio_status(&mut self, twilio: &str) {

@@ -237,6 +237,10 @@ impl CallState for Summary {
             .map_or(0, |i| twilio_progress(TWILIO_STATUSES[i as usize]))
     }
 
+    fn has_outcome(&self) -> bool {
+        self.has_cost
+    }
+
     fn set_twilio_status(&mut self, twilio: &str) {
         self.twilio_status = TWILIO_STATUSES
             .iter()

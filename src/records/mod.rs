@@ -181,11 +181,16 @@ impl RecordStore {
         self.write_event(&mut inner, event)
     }
 
-    /// Appends `event` unless it would change nothing: a retried webhook or a callback that
-    /// arrives after a later one. Returns whether a line was written.
+    /// Appends `event` unless it would change nothing (a retried webhook or a callback that
+    /// arrives after a later one) or the store refuses it ([`event::refusal`]: a status
+    /// callback for a call with no record or after Twilio's final status; refusals are
+    /// logged). Returns whether a line was written.
     pub fn append_if_changed(&self, event: &Event) -> Result<bool, RecordsError> {
         let mut inner = self.lock_inner();
         self.refresh(&mut inner, false)?;
+        if self.refuses(&inner, event) {
+            return Ok(false);
+        }
         if let Some(key) = index::sid_key(&event.call_sid) {
             if let Some(summary) = inner.index.get(&key) {
                 let before = summary.to_record(&key);
@@ -203,9 +208,50 @@ impl RecordStore {
         Ok(true)
     }
 
+    /// Appends a call's outcome (its `completed` event) unless one is on file already: a
+    /// finished call is never reopened (logged). Returns whether a line was written.
+    pub fn complete(&self, event: &Event) -> Result<bool, RecordsError> {
+        let mut inner = self.lock_inner();
+        self.refresh(&mut inner, false)?;
+        if self.refuses(&inner, event) {
+            return Ok(false);
+        }
+        self.write_event(&mut inner, event)?;
+        Ok(true)
+    }
+
+    /// Whether a stream may start for `call_sid`: not for a call that is over (a final
+    /// status, or its outcome on file). A call with no record may (its token says we
+    /// answered it; see `call::Call::admit`).
+    pub fn may_stream(&self, call_sid: &str) -> Result<bool, RecordsError> {
+        let mut inner = self.lock_inner();
+        self.refresh(&mut inner, false)?;
+        let state = index::sid_key(call_sid).and_then(|key| inner.index.get(&key));
+        Ok(event::may_stream(state))
+    }
+
+    /// Applies the store's refusal rules to `event` (logging a refusal).
+    fn refuses(&self, inner: &Inner, event: &Event) -> bool {
+        let state = index::sid_key(&event.call_sid).and_then(|key| inner.index.get(&key));
+        let Some(why) = event::refusal(state, event) else {
+            return false;
+        };
+        log::warn!(
+            callSid = event.call_sid.as_str(),
+            event:? = event.event,
+            twilioStatus = event.twilio_status.as_deref().unwrap_or(""),
+            reason = why.as_str();
+            "records.refused: no record changed"
+        );
+        true
+    }
+
     fn write_event(&self, inner: &mut Inner, event: &Event) -> Result<(), RecordsError> {
-        let mut line =
-            serde_json::to_vec(event).map_err(|e| RecordsError::io(&self.path, e.into()))?;
+        let (mut line, cut) = event::bounded_line(event, event::MAX_LINE_BYTES)
+            .map_err(|e| RecordsError::io(&self.path, e.into()))?;
+        if cut {
+            log::warn!(callSid = event.call_sid.as_str(), bytes = line.len(); "records.line_truncated: over the line limit; the end of the transcript was cut");
+        }
         line.push(b'\n');
         let durable = matches!(event.event, EventKind::Completed | EventKind::Deleted);
         let lock = self.cross_process_lock()?;

@@ -445,3 +445,114 @@ fn a_waited_append_is_on_file_when_it_returns_and_a_first_line_is_written_once()
     let lines = std::fs::read_to_string(store.path()).unwrap();
     assert_eq!(lines.lines().count(), 2, "one created line, one completed");
 }
+
+fn status_event(n: u32, twilio: &str, seq: u64) -> Event {
+    Event {
+        status: CallStatus::from_twilio(twilio),
+        twilio_status: Some(twilio.into()),
+        sequence_number: Some(seq),
+        ..Event::new(EventKind::Status, &sid(n), "t", far_ttl())
+    }
+}
+
+#[test]
+fn a_status_callback_for_an_unknown_call_or_after_twilios_final_status_is_refused() {
+    let dir = TempDir::new("refusals");
+    let (store, _) = RecordStore::open(&dir.0).unwrap();
+    // No record: nothing is written, no orphan appears.
+    assert!(!store
+        .append_if_changed(&status_event(1, "ringing", 0))
+        .unwrap());
+    assert!(store.summary(&key(1)).is_none());
+
+    store.append(&created(2, "judge", 1_000)).unwrap();
+    // Progress before the stream, then the call's own verdict, then Twilio's `completed`:
+    // all taken (the last completes the record).
+    assert!(store
+        .append_if_changed(&status_event(2, "in-progress", 1))
+        .unwrap());
+    assert!(store.complete(&completed(2)).unwrap());
+    let done = Event {
+        duration_secs: Some(75),
+        ..status_event(2, "completed", 2)
+    };
+    assert!(store.append_if_changed(&done).unwrap());
+    // After Twilio's final status nothing more from a callback.
+    let late = Event {
+        duration_secs: Some(9_999),
+        ..status_event(2, "failed", 3)
+    };
+    assert!(!store.append_if_changed(&late).unwrap());
+    let record = store.get(&key(2)).unwrap().unwrap();
+    assert_eq!(record.status, CallStatus::Completed);
+    assert_eq!(record.twilio_status.as_deref(), Some("completed"));
+    assert_eq!(record.duration_secs, Some(75));
+    let lines = std::fs::read_to_string(store.path()).unwrap();
+    assert_eq!(lines.lines().count(), 4, "{lines}");
+    assert!(!lines.contains(&sid(1)));
+}
+
+#[test]
+fn a_finished_call_is_never_reopened_by_a_second_stream() {
+    let dir = TempDir::new("second-stream");
+    let (store, _) = RecordStore::open(&dir.0).unwrap();
+    store.append(&created(3, "parent", 1_000)).unwrap();
+    assert!(store.may_stream(&sid(3)).unwrap(), "an active call");
+    assert!(store.may_stream(&sid(4)).unwrap(), "a call with no record");
+    assert!(store.complete(&completed(3)).unwrap());
+    assert!(!store.may_stream(&sid(3)).unwrap());
+    // A second outcome cannot replace the transcript.
+    let mut second = completed(3);
+    second.transcript = Some(Transcript::from_entries(&[]));
+    second.status = Some(CallStatus::Failed);
+    assert!(!store.complete(&second).unwrap());
+    let record = store.get(&key(3)).unwrap().unwrap();
+    assert_eq!(record.transcript.entries().len(), 1);
+    assert_eq!(record.status, CallStatus::Completed);
+
+    // A final status from Twilio alone closes the call to streams too.
+    store.append(&created(5, "parent", 1_000)).unwrap();
+    store
+        .append_if_changed(&status_event(5, "no-answer", 1))
+        .unwrap();
+    assert!(!store.may_stream(&sid(5)).unwrap());
+}
+
+#[test]
+fn a_line_over_the_limit_keeps_the_start_of_its_transcript_and_says_so() {
+    use super::event::{bounded_line, MAX_LINE_BYTES};
+    let entry = |i: usize| TranscriptEntry {
+        role: "user".into(),
+        text: format!("{i}: {}", "x".repeat(10_000)),
+        timestamp: "t".into(),
+    };
+    let mut event = completed(6);
+    event.transcript = Some(Transcript::from_entries(
+        &(0..300).map(entry).collect::<Vec<_>>(),
+    ));
+    let (line, cut) = bounded_line(&event, MAX_LINE_BYTES).unwrap();
+    assert!(cut);
+    assert!(line.len() <= MAX_LINE_BYTES);
+    let back: Event = serde_json::from_slice(&line).unwrap();
+    let entries = back.transcript.unwrap().entries();
+    let kept = entries.len() - 1;
+    assert!(kept > 50, "{kept}");
+    assert!(entries[0].text.starts_with("0: "));
+    assert_eq!(
+        entries.last().unwrap().text,
+        format!("[transcript truncated: {kept} of 300 entries kept]")
+    );
+    // A small line is untouched.
+    let (line, cut) = bounded_line(&completed(6), MAX_LINE_BYTES).unwrap();
+    assert!(!cut);
+    assert_eq!(line, serde_json::to_vec(&completed(6)).unwrap());
+
+    // Through the store: the line on file is within the limit.
+    let dir = TempDir::new("long-line");
+    let (store, _) = RecordStore::open(&dir.0).unwrap();
+    store.append(&created(6, "parent", 1_000)).unwrap();
+    store.complete(&event).unwrap();
+    let text = std::fs::read_to_string(store.path()).unwrap();
+    assert!(text.lines().all(|l| l.len() <= MAX_LINE_BYTES));
+    assert!(store.get(&key(6)).unwrap().is_some());
+}

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
-use super::event::Event;
+use super::event::{Event, EventKind};
 use super::{index, RecordStore, RecordsError};
 
 /// Lines the queue holds. A call queues two (its first line and its `completed`), minutes
@@ -120,7 +120,7 @@ impl RecordWriter {
                     Ok(())
                 }
             },
-            Err(Job::Append(event, _)) => self.store.append(&event),
+            Err(Job::Append(event, _)) => append(&self.store, &event),
             Err(Job::CreateIfAbsent(_)) => Ok(()),
         }
     }
@@ -163,7 +163,7 @@ fn write_lines(store: &RecordStore, jobs: &Receiver<Job>) {
         match job {
             Job::CreateIfAbsent(event) => create_if_absent(store, &event),
             Job::Append(event, done) => {
-                let result = store.append(&event);
+                let result = append(store, &event);
                 if let Err(err) = &result {
                     log::error!(callSid = event.call_sid.as_str(), error:% = err; "records.append.failed");
                 }
@@ -171,6 +171,15 @@ fn write_lines(store: &RecordStore, jobs: &Receiver<Job>) {
                 let _ = done.send(result.map_err(|e| e.to_string()));
             }
         }
+    }
+}
+
+/// A queued append: a call's outcome by the store's rule (never a second one; a refusal is
+/// logged there and is not an error of the file), anything else as it is.
+fn append(store: &RecordStore, event: &Event) -> Result<(), RecordsError> {
+    match event.event {
+        EventKind::Completed => store.complete(event).map(drop),
+        _ => store.append(event),
     }
 }
 

@@ -41,6 +41,9 @@ pub struct CallerOptions {
     /// Where this caller times its ends of the hops (`twilio_to_stt`: sampled speech frames
     /// sent; `tts_to_twilio`: media received), see [`super::hops`].
     pub hops: Option<Arc<super::hops::HopClock>>,
+    /// Whether marks are echoed once their audio has played, as Twilio does (`false`: a
+    /// broken client that never echoes them).
+    pub echo_marks: bool,
 }
 
 impl Default for CallerOptions {
@@ -53,6 +56,7 @@ impl Default for CallerOptions {
             playback_speed: 1,
             pitch: 210.0,
             hops: None,
+            echo_marks: true,
         }
     }
 }
@@ -480,6 +484,9 @@ fn phone(mut socket: WebSocket<TcpStream>, options: &CallerOptions, shared: &Mut
     let mut phone = PhoneBuffer::default();
     let stream_sid = options.stream_sid.clone();
     let echo = |socket: &mut WebSocket<TcpStream>, shared: &Mutex<Shared>, name: String| {
+        if !options.echo_marks {
+            return false;
+        }
         let message = json!({"event": "mark", "streamSid": stream_sid, "sequenceNumber": "0",
                              "mark": {"name": name}});
         let sent = socket.send(Message::text(message.to_string()));

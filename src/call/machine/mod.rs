@@ -20,6 +20,15 @@
 //!   its goodbye, the reply that never ends, the sentence idle flush, reprompts after silence
 //!   and the goodbye after the last one, the closing phrase's grace, a failed write.
 //! - An apology is said once per turn, never for a failed phrase (no apology loop).
+//! - A mark not echoed by [`CallTuning::mark_timeout`] after its audio should have finished
+//!   playing is taken as played (the piece leaves the playback, not the transcript): a client
+//!   that never echoes marks gets its reprompts and goodbye, and is logged once as broken.
+//! - What the caller sends is bounded: a key press is one of `0-9*#ABCD`, at most
+//!   [`MAX_DTMF_PER_CALL`] are kept, and the transcript keeps at most
+//!   [`MAX_TRANSCRIPT_BYTES`] of text (each entry at most [`MAX_ENTRY_BYTES`]), its truncation
+//!   marked in it.
+//!
+//! [`CallTuning::mark_timeout`]: crate::config::CallTuning::mark_timeout
 
 use std::time::{Duration, Instant};
 
@@ -49,6 +58,21 @@ pub const CLOSING_GRACE: Duration = Duration::from_secs(20);
 pub const WRITE_FAILURE_GRACE: Duration = Duration::from_millis(500);
 /// Loud caller audio holds the silence timer this long after it (breath, noise between words).
 pub const VOICE_HOLD: Duration = Duration::from_secs(1);
+/// Key presses a call keeps (logged and in the transcript); more are dropped and counted. A
+/// caller navigating by keypad presses a few dozen; 2,000 `dtmf` messages are a flood.
+pub const MAX_DTMF_PER_CALL: u32 = 100;
+/// Text the transcript keeps: about four hours of talk. Past it one entry says it was cut.
+pub const MAX_TRANSCRIPT_BYTES: usize = 256 * 1024;
+/// Text one transcript entry keeps (an utterance of several minutes); longer is cut, marked.
+pub const MAX_ENTRY_BYTES: usize = 4 * 1024;
+/// What marks the end of a cut entry, and the entry that says the transcript was cut.
+pub const TRUNCATED: &str = " [truncated]";
+pub const TRANSCRIPT_TRUNCATED: &str = "[transcript truncated: later entries were not kept]";
+
+/// Whether `digit` is one key press Twilio can report: `0`–`9`, `*`, `#`, `A`–`D`.
+pub fn is_dtmf_digit(digit: &str) -> bool {
+    matches!(digit.as_bytes(), [b'0'..=b'9' | b'*' | b'#' | b'A'..=b'D'])
+}
 
 /// Something that happened, for the machine to decide on.
 #[derive(Debug)]
@@ -193,6 +217,10 @@ pub struct Summary {
     pub transcript: Vec<TranscriptEntry>,
     pub tool_calls: Vec<ToolCallRecord>,
     pub usage: CallUsage,
+    /// Key presses dropped: not a key, or over [`MAX_DTMF_PER_CALL`].
+    pub dtmf_dropped: u64,
+    /// Marks taken as played because they never came back.
+    pub marks_overdue: u64,
 }
 
 pub struct Machine<'a> {
@@ -217,10 +245,22 @@ pub struct Machine<'a> {
 
     history: Vec<Turn>,
     transcript: Vec<TranscriptEntry>,
+    /// Text in the transcript, against [`MAX_TRANSCRIPT_BYTES`].
+    transcript_bytes: usize,
+    transcript_cut: bool,
     tool_calls: Vec<ToolCallRecord>,
     usage: CallUsage,
     caller_turns: u64,
     barge_ins: u64,
+    dtmf_kept: u32,
+    dtmf_dropped: u64,
+
+    /// When the audio sent so far should have finished playing (Twilio plays in real time,
+    /// in order); `None` when nothing is playing as far as we know.
+    played_by: Option<Instant>,
+    /// Marks sent and not yet echoed, oldest first, each with when it is overdue.
+    marks_due: std::collections::VecDeque<(String, Instant)>,
+    marks_overdue: u64,
 
     /// Since when nobody has spoken (the reprompt's clock); `None` while a turn is answered.
     quiet_since: Option<Instant>,
@@ -258,10 +298,17 @@ impl<'a> Machine<'a> {
             heard: Vec::new(),
             history: Vec::new(),
             transcript: Vec::new(),
+            transcript_bytes: 0,
+            transcript_cut: false,
             tool_calls: Vec::new(),
             usage: CallUsage::default(),
             caller_turns: 0,
             barge_ins: 0,
+            dtmf_kept: 0,
+            dtmf_dropped: 0,
+            played_by: None,
+            marks_due: std::collections::VecDeque::new(),
+            marks_overdue: 0,
             quiet_since: None,
             reprompts: 0,
             caller_active_at: now,
@@ -318,6 +365,9 @@ impl<'a> Machine<'a> {
             at(failed + WRITE_FAILURE_GRACE);
         }
         at(self.caller_active_at + self.rules.calls.tuning.idle_reap);
+        if let Some((_, due)) = self.marks_due.front() {
+            at(*due);
+        }
         match &self.phase {
             Phase::Ended(_) => {}
             Phase::Closing { by, .. } => at(*by),
@@ -385,6 +435,8 @@ impl<'a> Machine<'a> {
             transcript: std::mem::take(&mut self.transcript),
             tool_calls: std::mem::take(&mut self.tool_calls),
             usage: self.usage.clone(),
+            dtmf_dropped: self.dtmf_dropped,
+            marks_overdue: self.marks_overdue,
         }
     }
 
@@ -395,13 +447,34 @@ impl<'a> Machine<'a> {
             Inbound::Connected => log::debug!("twilio.connected"),
             Inbound::Start(start) => self.on_start(start),
             Inbound::Mark { name } => self.on_mark(now, &name),
-            Inbound::Dtmf { digit } => {
-                log::info!(callSid = self.call_sid(), digit = digit.as_str(); "call.dtmf");
-                self.caller_active_at = now;
-                self.note_transcript(now, "user", &format!("[keypad: {digit}]"));
-            }
+            Inbound::Dtmf { digit } => self.on_dtmf(now, &digit),
             Inbound::Stop => self.finish(End::CallerHungUp),
         }
+    }
+
+    /// A key press: kept when it is one key and the call has not pressed too many; otherwise
+    /// dropped, counted, and logged (the first few times, by length only: it is not a key).
+    fn on_dtmf(&mut self, now: Instant, digit: &str) {
+        if !is_dtmf_digit(digit) {
+            self.dtmf_dropped += 1;
+            if self.dtmf_dropped <= 3 {
+                log::warn!(callSid = self.call_sid(), chars = digit.chars().count(); "call.dtmf.refused: not a key");
+            }
+            return;
+        }
+        if self.dtmf_kept >= MAX_DTMF_PER_CALL {
+            self.dtmf_dropped += 1;
+            if self.dtmf_kept == MAX_DTMF_PER_CALL {
+                // Once: the counter goes past the limit and says no more.
+                self.dtmf_kept += 1;
+                log::warn!(callSid = self.call_sid(), limit = MAX_DTMF_PER_CALL; "call.dtmf.refused: too many key presses; the rest are dropped");
+            }
+            return;
+        }
+        self.dtmf_kept += 1;
+        log::info!(callSid = self.call_sid(), digit = digit; "call.dtmf");
+        self.caller_active_at = now;
+        self.note_transcript(now, "user", &format!("[keypad: {digit}]"));
     }
 
     fn on_start(&mut self, start: StreamStart) {
@@ -464,6 +537,7 @@ impl<'a> Machine<'a> {
             self.finish(End::TwilioWriteFailed);
             return;
         }
+        self.take_overdue_marks(now);
         let tuning = &self.rules.calls.tuning;
         if now >= self.caller_active_at + tuning.idle_reap {
             log::warn!(callSid = self.call_sid(); "call.reaped: no sign of the caller");
@@ -566,11 +640,30 @@ impl<'a> Machine<'a> {
         self.started_wall_ms + ms_between(self.started, now) as i64
     }
 
+    /// Adds to the transcript within its bounds (see the module docs): an entry over
+    /// [`MAX_ENTRY_BYTES`] is cut and marked; past [`MAX_TRANSCRIPT_BYTES`] one entry says the
+    /// rest was not kept, and nothing more is added.
     fn note_transcript(&mut self, now: Instant, role: &str, text: &str) {
+        if self.transcript_cut {
+            return;
+        }
+        let timestamp = timestamp::format_ms(self.wall_ms(now));
+        let text = truncate_marked(text, MAX_ENTRY_BYTES);
+        if self.transcript_bytes + text.len() > MAX_TRANSCRIPT_BYTES {
+            self.transcript_cut = true;
+            log::warn!(callSid = self.call_sid(), bytes = self.transcript_bytes; "call.transcript.truncated");
+            self.transcript.push(TranscriptEntry {
+                role: "system".to_string(),
+                text: TRANSCRIPT_TRUNCATED.to_string(),
+                timestamp,
+            });
+            return;
+        }
+        self.transcript_bytes += text.len();
         self.transcript.push(TranscriptEntry {
             role: role.to_string(),
-            text: text.to_string(),
-            timestamp: timestamp::format_ms(self.wall_ms(now)),
+            text,
+            timestamp,
         });
     }
 
@@ -591,6 +684,19 @@ impl<'a> Machine<'a> {
             by: now + CLOSING_GRACE,
         };
     }
+}
+
+/// `text` cut to at most `max` bytes (on a character boundary) with [`TRUNCATED`] at its end
+/// when it was longer.
+pub fn truncate_marked(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut cut = max.saturating_sub(TRUNCATED.len());
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}{TRUNCATED}", &text[..cut])
 }
 
 fn ms_between(from: Instant, to: Instant) -> u64 {

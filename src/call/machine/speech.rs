@@ -2,7 +2,7 @@
 //! frames with a mark after each piece, and the marks Twilio echoes back (what was heard).
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::{ms_between, Action, Carry, Machine};
 use crate::call::playback::{Kind, Piece};
@@ -13,6 +13,10 @@ use crate::twilio::media_messages;
 
 impl Machine<'_> {
     pub(super) fn on_mark(&mut self, now: Instant, name: &str) {
+        // Marks come back in order: this one and every one before it are no longer awaited.
+        if let Some(pos) = self.marks_due.iter().position(|(n, _)| n == name) {
+            self.marks_due.drain(..=pos);
+        }
         if let Some(piece) = self.playback.echoed(name) {
             self.note_transcript(now, "assistant", &piece.text);
             if piece.kind == Kind::Reply {
@@ -61,6 +65,7 @@ impl Machine<'_> {
                 let whole = audio.len() / FRAME_BYTES * FRAME_BYTES;
                 self.carry.bytes.extend_from_slice(&audio[whole..]);
                 audio.truncate(whole);
+                self.note_audio_sent(now, whole);
                 self.media(audio);
                 if whole > 0 {
                     self.note_first_frame(now, turn);
@@ -70,11 +75,13 @@ impl Machine<'_> {
                 if self.carry.piece == (turn, seq) && !self.carry.bytes.is_empty() {
                     let mut last = std::mem::take(&mut self.carry.bytes);
                     last.resize(FRAME_BYTES, ulaw::ULAW_SILENCE);
+                    self.note_audio_sent(now, FRAME_BYTES);
                     self.media(last);
                     self.note_first_frame(now, turn);
                 }
                 if let Some(name) = self.playback.end(turn, seq) {
                     self.twilio(media_messages::mark(&sid, &name));
+                    self.await_echo(now, name);
                 }
             }
             TtsOut::Failed(err) => {
@@ -88,6 +95,7 @@ impl Machine<'_> {
                     .is_some_and(|p| p.kind == Kind::Phrase);
                 if let Some(name) = self.playback.end(turn, seq) {
                     self.twilio(media_messages::mark(&sid, &name));
+                    self.await_echo(now, name);
                 }
                 let first_failure = !was_phrase
                     && self
@@ -99,6 +107,41 @@ impl Machine<'_> {
                     self.say_phrase(Phrase::Apology);
                 }
             }
+        }
+    }
+
+    /// `ulaw_bytes` of audio went to Twilio at `now`: it plays after what is queued before it,
+    /// in real time (8 bytes a millisecond).
+    fn note_audio_sent(&mut self, now: Instant, ulaw_bytes: usize) {
+        let from = self.played_by.map_or(now, |by| by.max(now));
+        self.played_by = Some(from + Duration::from_micros(ulaw_bytes as u64 * 125));
+    }
+
+    /// A mark went out: its echo is due when the audio before it has played, plus
+    /// `MARK_TIMEOUT_MS`.
+    fn await_echo(&mut self, now: Instant, name: String) {
+        let played = self.played_by.map_or(now, |by| by.max(now));
+        self.marks_due
+            .push_back((name, played + self.rules.calls.tuning.mark_timeout));
+    }
+
+    /// Marks whose echo is overdue at `now` are taken as played: their pieces leave the
+    /// playback (so the turn ends and the reprompt clock runs) but not into the transcript,
+    /// which keeps what Twilio confirmed. Logged once per call: the client is broken.
+    pub(super) fn take_overdue_marks(&mut self, now: Instant) {
+        while let Some((name, _)) = self.marks_due.front().filter(|(_, due)| now >= *due) {
+            let name = name.clone();
+            self.marks_due.pop_front();
+            self.marks_overdue += 1;
+            if self.marks_overdue == 1 {
+                log::warn!(
+                    callSid = self.call_sid(),
+                    mark = name.as_str();
+                    "twilio.marks.overdue: a mark never came back; taking its audio as played (a broken client)"
+                );
+            }
+            let _ = self.playback.echoed(&name);
+            self.maybe_finish_turn(now);
         }
     }
 

@@ -541,7 +541,8 @@ fn words_without_an_ending_are_spoken_after_the_idle_flush() {
 
 #[test]
 fn silence_is_reprompted_then_the_call_says_goodbye_and_ends_after_its_mark() {
-    let mut bench = Bench::with(&[("MAX_REPROMPTS", "2")]);
+    // Marks come back here; their deadline must not come before the reprompt's.
+    let mut bench = Bench::with(&[("MAX_REPROMPTS", "2"), ("MARK_TIMEOUT_MS", "60000")]);
     bench.greeted();
     let quiet = bench.now;
     let after = bench.tuning().reprompt_after;
@@ -598,7 +599,8 @@ fn the_caller_speaking_resets_the_reprompts_and_loud_audio_holds_the_clock() {
 
 #[test]
 fn the_maximum_duration_says_time_is_up_and_ends_after_the_goodbye() {
-    let mut bench = Bench::with(&[("MAX_CALL_SECS", "60")]);
+    // The piece is still playing at the limit: its mark is not overdue yet.
+    let mut bench = Bench::with(&[("MAX_CALL_SECS", "60"), ("MARK_TIMEOUT_MS", "60000")]);
     bench.greeted();
     bench.say("Tell me everything");
     bench.llm(1, LlmOut::Delta("There is a lot to say. ".into()));
@@ -825,4 +827,177 @@ fn the_transcript_is_what_was_heard_and_said() {
     assert!(summary.transcript[0]
         .timestamp
         .starts_with("2023-11-14T22:13:20"));
+}
+
+#[test]
+fn only_real_keys_are_kept_and_at_most_the_per_call_limit() {
+    let mut bench = Bench::new();
+    bench.greeted();
+    let dtmf = |digit: &str| {
+        Input::Twilio(Inbound::Dtmf {
+            digit: digit.into(),
+        })
+    };
+    for digit in ["12", "", "x", "*#", "e", "\u{661}"] {
+        bench.step(dtmf(digit));
+    }
+    for digit in ["0", "9", "*", "#", "A", "D"] {
+        bench.step(dtmf(digit));
+    }
+    let summary = bench.machine.summary(bench.now);
+    let keys: Vec<&str> = summary
+        .transcript
+        .iter()
+        .filter(|e| e.text.starts_with("[keypad"))
+        .map(|e| e.text.as_str())
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "[keypad: 0]",
+            "[keypad: 9]",
+            "[keypad: *]",
+            "[keypad: #]",
+            "[keypad: A]",
+            "[keypad: D]"
+        ]
+    );
+    assert_eq!(summary.dtmf_dropped, 6);
+
+    let mut bench = Bench::new();
+    bench.greeted();
+    for _ in 0..MAX_DTMF_PER_CALL + 50 {
+        bench.step(dtmf("5"));
+    }
+    let summary = bench.machine.summary(bench.now);
+    let kept = summary
+        .transcript
+        .iter()
+        .filter(|e| e.text == "[keypad: 5]")
+        .count();
+    assert_eq!(kept, MAX_DTMF_PER_CALL as usize);
+    assert_eq!(summary.dtmf_dropped, 50);
+}
+
+#[test]
+fn the_transcript_is_bounded_and_says_where_it_was_cut() {
+    let mut bench = Bench::new();
+    bench.greeted();
+    let long = "word ".repeat(2_000);
+    bench.say(&long);
+    let summary = bench.machine.summary(bench.now);
+    let entry = &summary.transcript.last().expect("the utterance").text;
+    assert!(entry.len() <= MAX_ENTRY_BYTES, "{}", entry.len());
+    assert!(entry.ends_with(TRUNCATED));
+
+    // Entries until the whole is over its bound: one marker, then nothing more.
+    let mut bench = Bench::new();
+    bench.greeted();
+    let entry = "x".repeat(MAX_ENTRY_BYTES - 100);
+    for _ in 0..(MAX_TRANSCRIPT_BYTES / entry.len() + 10) {
+        bench.say(&entry);
+    }
+    let summary = bench.machine.summary(bench.now);
+    let bytes: usize = summary.transcript.iter().map(|e| e.text.len()).sum();
+    assert!(bytes <= MAX_TRANSCRIPT_BYTES + TRANSCRIPT_TRUNCATED.len());
+    let last = summary.transcript.last().expect("entries");
+    assert_eq!(last.text, TRANSCRIPT_TRUNCATED);
+    assert_eq!(
+        summary
+            .transcript
+            .iter()
+            .filter(|e| e.text == TRANSCRIPT_TRUNCATED)
+            .count(),
+        1
+    );
+    assert_eq!(truncate_marked("é".repeat(10).as_str(), 15).len(), 14);
+}
+
+#[test]
+fn a_mark_that_never_comes_back_is_taken_as_played_after_its_deadline() {
+    let mut bench = Bench::with(&[("MARK_TIMEOUT_MS", "2000")]);
+    bench.start();
+    // One second of greeting audio (8,000 bytes) and its mark, sent at once.
+    bench.play(0, 0, 8_000);
+    assert!(bench.machine.is_speaking());
+    let due = bench.t0 + Duration::from_millis(1_000 + 2_000);
+    assert_eq!(bench.machine.next_deadline(), Some(due));
+    // Nothing happens before it.
+    bench.at(2_900);
+    bench.step(Input::Deadline);
+    assert!(bench.machine.is_speaking());
+    let actions = bench.wait();
+    assert_eq!(bench.now, due);
+    assert!(actions.is_empty(), "{actions:?}");
+    assert!(!bench.machine.is_speaking(), "taken as played");
+    // The reprompt clock runs from then.
+    let after = bench.tuning().reprompt_after;
+    assert_eq!(bench.machine.next_deadline(), Some(due + after));
+    // A late echo of it changes nothing.
+    assert!(bench.echo(0, 0).is_empty());
+    let summary = bench.machine.summary(bench.now);
+    assert_eq!(summary.marks_overdue, 1);
+    assert!(
+        summary.transcript.is_empty(),
+        "the transcript keeps only what Twilio confirmed"
+    );
+}
+
+#[test]
+fn marks_queue_behind_the_audio_before_them_and_an_echo_clears_the_earlier_ones() {
+    let mut bench = Bench::with(&[("MARK_TIMEOUT_MS", "1000")]);
+    bench.greeted();
+    bench.at(1_000);
+    bench.say("Tell me");
+    bench.llm(1, LlmOut::Delta("One sentence. Two sentence. ".into()));
+    // Two pieces of two seconds each, sent at once: the second plays after the first.
+    bench.play(1, 0, 16_000);
+    bench.play(1, 1, 16_000);
+    assert_eq!(
+        bench.machine.next_deadline(),
+        Some(bench.now + Duration::from_millis(2_000 + 1_000))
+    );
+    assert_eq!(
+        bench.machine.marks_due.back().map(|(_, due)| *due),
+        Some(bench.now + Duration::from_millis(4_000 + 1_000))
+    );
+    // The second's echo means the first played too: nothing is awaited any more.
+    bench.echo(1, 1);
+    assert!(bench.machine.marks_due.is_empty());
+    assert_eq!(bench.machine.summary(bench.now).marks_overdue, 0);
+}
+
+#[test]
+fn a_client_that_never_echoes_marks_is_reprompted_then_the_call_ends() {
+    let mut bench = Bench::with(&[
+        ("MARK_TIMEOUT_MS", "1000"),
+        ("REPROMPT_AFTER_MS", "2000"),
+        ("MAX_REPROMPTS", "2"),
+    ]);
+    let actions = bench.start();
+    let (turn, seq, _) = spoken(&actions)[0].clone();
+    bench.play(turn, seq, 1_600);
+    let mut reprompts = 0;
+    let mut end = None;
+    for _ in 0..20 {
+        let actions = bench.wait();
+        for (turn, seq, text) in spoken(&actions) {
+            if text == Phrase::Reprompt.text() {
+                reprompts += 1;
+            }
+            // The phone gets the audio and the mark, and never answers.
+            bench.play(turn, seq, 1_600);
+        }
+        if let Some(e) = ended(&actions) {
+            end = Some(e.clone());
+            break;
+        }
+    }
+    assert_eq!(reprompts, 2);
+    assert_eq!(end, Some(End::CallerSilent));
+    assert!(
+        bench.now < bench.t0 + Duration::from_secs(20),
+        "ended after {:?}",
+        bench.now - bench.t0
+    );
 }

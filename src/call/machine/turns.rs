@@ -181,6 +181,9 @@ impl Machine<'_> {
             }
             self.playback.clear();
         }
+        // Twilio drops what it buffered and echoes the cut marks at once.
+        self.marks_due.clear();
+        self.played_by = None;
         self.carry.bytes.clear();
         if let Some(live) = self.live.take() {
             let heard: Vec<&str> = self
