@@ -43,3 +43,5 @@ pub mod resolve;
 pub mod speech;
 pub mod timestamp;
 pub mod tls;
+// systemd's readiness and watchdog (sd_notify), and the accept loops' beats it watches.
+pub mod watchdog;

@@ -35,6 +35,16 @@ const HTTP_MAX_BODY_BYTES: Whole = Whole {
     min: 1024,
     max: 10 * 1024 * 1024,
 };
+/// Open webhook connections at most; past it a connection is answered 503 and closed at once.
+/// Each takes one descriptor: the unit's LimitNOFILE= counts them (src/config/limits.rs).
+const HTTP_MAX_CONNECTIONS: Whole = Whole {
+    name: "HTTP_MAX_CONNECTIONS",
+    default: 1024,
+    min: 16,
+    max: 65536,
+};
+/// The reverse proxies whose `X-Forwarded-For` the access log believes.
+const TRUSTED_PROXY: &str = "TRUSTED_PROXY";
 /// The fallback for both domains below.
 const SERVER_DOMAIN: &str = "SERVER_DOMAIN";
 const API_DOMAIN: &str = "API_DOMAIN";
@@ -105,10 +115,15 @@ impl Domains {
 }
 
 /// The HTTP listener's limits.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct HttpLimits {
     pub workers: usize,
     pub max_body_bytes: usize,
+    /// `HTTP_MAX_CONNECTIONS`.
+    pub max_connections: usize,
+    /// `TRUSTED_PROXY`: peers whose `X-Forwarded-For` names the client. Empty: the peer's
+    /// own address is the client.
+    pub trusted_proxies: Vec<IpAddr>,
 }
 
 /// The server section as read, before its values move into [`Config`]'s top-level fields.
@@ -146,6 +161,8 @@ impl Server {
         let http = HttpLimits {
             workers: r.whole(&HTTP_WORKERS) as usize,
             max_body_bytes: r.whole(&HTTP_MAX_BODY_BYTES) as usize,
+            max_connections: r.whole(&HTTP_MAX_CONNECTIONS) as usize,
+            trusted_proxies: r.parse(TRUSTED_PROXY, Vec::new(), parse_addresses),
         };
         let domains = read_domains(r);
         let log = LogConfig {
@@ -176,6 +193,21 @@ impl Server {
         out.value(MEDIA_PORT.name, config.media_port);
         out.value(HTTP_WORKERS.name, config.http.workers);
         out.value(HTTP_MAX_BODY_BYTES.name, config.http.max_body_bytes);
+        out.value(HTTP_MAX_CONNECTIONS.name, config.http.max_connections);
+        let proxies: Vec<String> = config
+            .http
+            .trusted_proxies
+            .iter()
+            .map(|ip| ip.to_string())
+            .collect();
+        out.value(
+            TRUSTED_PROXY,
+            if proxies.is_empty() {
+                "[not set: the peer address is the client]".to_string()
+            } else {
+                proxies.join(",")
+            },
+        );
         out.value(API_DOMAIN, &config.domains.api);
         out.value(WS_DOMAIN, &config.domains.ws);
         out.value(LOG_LEVEL, config.log.level.to_string().to_ascii_lowercase());
@@ -198,6 +230,20 @@ fn read_domains(r: &mut Reader<'_>) -> Option<Domains> {
         }
     }
     Some(Domains { api: api?, ws: ws? })
+}
+
+/// `TRUSTED_PROXY`: IP addresses, comma-separated (`127.0.0.1,::1`). Addresses, not names or
+/// ranges: the check runs on every request and must not resolve anything.
+fn parse_addresses(v: &str) -> Result<Vec<IpAddr>, String> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(|a| {
+            a.parse().map_err(|_| {
+                format!("{a:?} is not an IP address (list addresses, comma-separated)")
+            })
+        })
+        .collect()
 }
 
 fn parse_level(v: &str) -> Result<LevelFilter, String> {

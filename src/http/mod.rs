@@ -1,29 +1,37 @@
-//! The webhook and API listener on `HTTP_PORT`: tiny_http accepting connections, a fixed pool of
-//! named worker threads answering them, and [`route`], one table from method and path to handler.
+//! The webhook and API listener on `HTTP_PORT`: our own accept loop (`http-accept`, see
+//! [`listener`]) reading every request whole within bounded size and time, a fixed pool of named
+//! worker threads answering them, and [`route`], one table from method and path to handler.
 //!
 //! Every response carries `X-Request-Id`, every request gets one access-log line, and a handler
-//! that panics answers 500 instead of taking its worker down. tiny_http sets no socket timeouts,
-//! so the listener is meant to sit behind a TLS reverse proxy that buffers requests (README).
+//! that panics answers 500 instead of taking its worker down. Why not tiny_http (the design
+//! card's choice): its accept thread panics or ends on the first `accept` error (EMFILE), it
+//! reads heads without a size limit and bodies without a deadline, one thread per connection,
+//! and it gives no way to hand it connections we accepted ourselves (README, "The HTTP tier").
 
 mod cron;
 mod dashboard;
 mod health;
+pub mod listener;
 mod outbound;
 pub mod records;
 pub mod request;
 pub mod response;
 mod twilio;
+pub mod wire;
 
-use std::io;
+use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
 
 use crate::app::App;
 use crate::ids::RequestId;
+use crate::poll::WakeSender;
+use listener::{Conn, Job};
 
 pub use request::Incoming;
 pub use response::Reply;
@@ -32,36 +40,70 @@ pub use response::Reply;
 /// same generous stack as the call's provider workers (only touched pages are committed).
 const WORKER_STACK_BYTES: usize = 1024 * 1024;
 
+/// How long writing a response may block on a client that does not read.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Requests that have arrived and wait for a worker, per worker. Past this the accept loop
+/// answers 503 at once rather than let a queue grow while every worker is busy.
+const QUEUED_PER_WORKER: usize = 8;
+
 /// The running HTTP listener. [`HttpServer::shutdown`] stops it; dropping it without that leaves
-/// the workers running until the process exits.
+/// the threads running until the process exits.
 pub struct HttpServer {
-    server: Arc<tiny_http::Server>,
+    /// Dropping it stops the accept loop (its wake-up descriptor reads end-of-stream).
+    stop: Option<WakeSender>,
+    acceptor: Option<JoinHandle<()>>,
     workers: Vec<JoinHandle<()>>,
-    stopping: Arc<AtomicBool>,
     local_addr: SocketAddr,
 }
 
 impl HttpServer {
-    /// Serves `listener` with `app.config.http.workers` worker threads.
+    /// Serves `listener` with an accept loop and `app.config.http.workers` worker threads.
     pub fn start(app: Arc<App>, listener: TcpListener) -> io::Result<HttpServer> {
         let local_addr = listener.local_addr()?;
-        let server = tiny_http::Server::from_listener(listener, None)
-            .map_err(|err| io::Error::other(format!("cannot serve HTTP: {err}")))?;
-        let server = Arc::new(server);
-        let stopping = Arc::new(AtomicBool::new(false));
+        listener.set_nonblocking(true)?;
+        let limits = &app.config.http;
+        let (jobs_tx, jobs) = crossbeam_channel::bounded::<Job>(limits.workers * QUEUED_PER_WORKER);
+        // Never full: every connection in it holds one of `max_connections` places.
+        let (returned_tx, returned) = crossbeam_channel::bounded::<Conn>(limits.max_connections);
+        let (stop, wake) = crate::poll::wake_pair()?;
+        // Workers wake the loop when they give a connection back; a second pair, so that the
+        // workers' copies do not keep the loop from seeing `stop` dropped.
+        let (returned_wake, returned_woken) = crate::poll::wake_pair()?;
+        let returned_wake = Arc::new(returned_wake);
         let mut workers = Vec::new();
-        for idx in 0..app.config.http.workers {
-            let (app, server, stopping) = (app.clone(), server.clone(), stopping.clone());
+        for idx in 0..limits.workers {
+            let (app, jobs, returned_tx, returned_wake) = (
+                app.clone(),
+                jobs.clone(),
+                returned_tx.clone(),
+                returned_wake.clone(),
+            );
             let worker = thread::Builder::new()
                 .name(format!("http-{idx}"))
                 .stack_size(WORKER_STACK_BYTES)
-                .spawn(move || worker_loop(&app, &server, &stopping))?;
+                .spawn(move || worker_loop(&app, &jobs, &returned_tx, &returned_wake))?;
             workers.push(worker);
         }
+        let lp = listener::Loop {
+            listener,
+            max_connections: limits.max_connections,
+            max_body_bytes: limits.max_body_bytes,
+            counters: app.http_counters.clone(),
+            jobs: jobs_tx,
+            returned,
+            wake,
+            returned_woken,
+            beat: app.liveness.http.clone(),
+        };
+        let acceptor = thread::Builder::new()
+            .name("http-accept".into())
+            .stack_size(256 * 1024)
+            .spawn(move || listener::run(lp))?;
         Ok(HttpServer {
-            server,
+            stop: Some(stop),
+            acceptor: Some(acceptor),
             workers,
-            stopping,
             local_addr,
         })
     }
@@ -70,13 +112,19 @@ impl HttpServer {
         self.local_addr
     }
 
-    /// Lets requests in progress finish, then stops every worker and closes the listener.
-    pub fn shutdown(self) {
-        self.stopping.store(true, Ordering::SeqCst);
-        // `unblock` wakes one blocked `recv` each time.
-        for _ in &self.workers {
-            self.server.unblock();
+    /// A test hook: ends the accept loop as a crash of it would, leaving the workers and
+    /// everything else running (the watchdog must notice; see `crate::watchdog`).
+    pub fn kill_accept_loop_for_test(&mut self) {
+        drop(self.stop.take());
+        if let Some(acceptor) = self.acceptor.take() {
+            let _ = acceptor.join();
         }
+    }
+
+    /// Stops accepting, lets requests in progress finish, then stops every worker.
+    pub fn shutdown(mut self) {
+        // The loop ends and drops the job queue's sender: each worker ends after its request.
+        self.kill_accept_loop_for_test();
         for worker in self.workers {
             if worker.join().is_err() {
                 log::error!("an HTTP worker thread panicked");
@@ -93,64 +141,83 @@ impl HttpServer {
     }
 }
 
-fn worker_loop(app: &App, server: &tiny_http::Server, stopping: &AtomicBool) {
-    loop {
-        match server.recv() {
-            Ok(request) => handle(app, request),
-            Err(_) if stopping.load(Ordering::SeqCst) => return,
-            Err(err) => {
-                // An accept error (e.g. out of file descriptors): log, breathe, go on.
-                log::warn!(error:% = err; "HTTP listener error");
-                thread::sleep(Duration::from_millis(50));
+/// A worker: answers whole requests until the accept loop ends (the queue disconnects).
+fn worker_loop(app: &App, jobs: &Receiver<Job>, returned: &Sender<Conn>, wake: &WakeSender) {
+    while let Ok(job) = jobs.recv() {
+        if let Some(conn) = answer(app, job) {
+            // Kept alive: back to the accept loop for the next request.
+            if returned.try_send(conn).is_ok() {
+                wake.wake();
             }
         }
     }
 }
 
-fn handle(app: &App, mut request: tiny_http::Request) {
-    let started = Instant::now();
-    let request_id = RequestId::from_header(
-        request
-            .headers()
-            .iter()
-            .find(|h| h.field.equiv("X-Request-Id"))
-            .map(|h| h.value.as_str()),
-    );
-    let method = request.method().as_str().to_string();
-    // Only the path is logged: query strings may carry data that does not belong in logs.
-    let path = request.url().split('?').next().unwrap_or("").to_string();
-    let forwarded_for = request
-        .headers()
-        .iter()
-        .find(|h| h.field.equiv("X-Forwarded-For"))
-        .map(|h| h.value.as_str().to_string());
-
-    let reply = match Incoming::read(&mut request, app.config.http.max_body_bytes) {
-        Err(reply) => reply,
-        Ok(incoming) => {
-            catch_unwind(AssertUnwindSafe(|| route(app, &incoming))).unwrap_or_else(|_| {
-                log::error!(requestId:% = request_id, path = path.as_str(); "handler panicked");
-                Reply::error(500, "Internal error")
-            })
-        }
-    };
-
+/// Answers one request; gives the connection back if it may carry another.
+fn answer(app: &App, job: Job) -> Option<Conn> {
+    let Job {
+        conn,
+        head,
+        body,
+        started,
+    } = job;
+    let keep_alive = head.keep_alive();
+    let incoming = Incoming::from_parts(head, body, conn.peer);
+    let request_id = RequestId::from_header(incoming.header("X-Request-Id"));
+    let reply = catch_unwind(AssertUnwindSafe(|| route(app, &incoming))).unwrap_or_else(|_| {
+        log::error!(
+            requestId:% = request_id,
+            path = wire::log_value(&incoming.path, wire::LOG_VALUE_CHARS).as_str();
+            "handler panicked"
+        );
+        Reply::error(500, "Internal error")
+    });
     let status = reply.status;
     let bytes = reply.body.len();
-    let client = forwarded_for
-        .or_else(|| request.remote_addr().map(|a| a.ip().to_string()))
-        .unwrap_or_default();
-    if let Err(err) = request.respond(reply.into_tiny(&request_id)) {
+    let wrote = conn
+        .stream
+        .set_nonblocking(false)
+        .and_then(|()| conn.stream.set_write_timeout(Some(WRITE_TIMEOUT)))
+        .and_then(|()| (&conn.stream).write_all(&reply.into_bytes(&request_id, keep_alive)));
+    if let Err(err) = &wrote {
         log::debug!(requestId:% = request_id, error:% = err; "client went away before the response was sent");
     }
+    let client = client_address(&app.config.http.trusted_proxies, &incoming);
+    // Only the path is logged: query strings may carry data that does not belong in logs.
     log::info!(
         target: "access",
         requestId:% = request_id,
         durationMs = (started.elapsed().as_micros() as f64 / 1000.0),
         bytes = bytes,
         client = client.as_str();
-        "{method} {path} {status}"
+        "{} {} {status}",
+        wire::log_value(&incoming.method, 16),
+        wire::log_value(&incoming.path, wire::LOG_VALUE_CHARS)
     );
+    (wrote.is_ok() && keep_alive && conn.stream.set_nonblocking(true).is_ok()).then_some(conn)
+}
+
+/// The client's address for the access log: the peer, unless the peer is a `TRUSTED_PROXY`,
+/// in which case the nearest address in `X-Forwarded-For` that is not one of ours either
+/// (anything further left was written by the client and proves nothing). Bounded for the log.
+pub fn client_address(trusted: &[std::net::IpAddr], req: &Incoming) -> String {
+    let Some(peer) = req.remote.map(|a| a.ip()) else {
+        return String::new();
+    };
+    if !trusted.contains(&peer) {
+        return peer.to_string();
+    }
+    let Some(forwarded) = req.header("X-Forwarded-For") else {
+        return peer.to_string();
+    };
+    let nearest = forwarded.rsplit(',').map(str::trim).find(|hop| {
+        hop.parse::<std::net::IpAddr>()
+            .map_or(true, |ip| !trusted.contains(&ip))
+    });
+    match nearest {
+        Some(hop) if !hop.is_empty() => wire::log_value(hop, 64),
+        _ => peer.to_string(),
+    }
 }
 
 /// The routes, by path.

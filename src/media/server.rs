@@ -9,7 +9,8 @@
 //! the original did — and then runs the call ([`crate::call`]).
 //!
 //! The acceptor sleeps in `poll(2)` on the listener and a wake-up descriptor: it wakes for a
-//! connection or for [`MediaServer::stop_accepting`], never on a timer.
+//! connection or for [`MediaServer::stop_accepting`], and once a second to beat its liveness
+//! for the systemd watchdog.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -86,8 +87,11 @@ fn accept_loop(app: &Arc<App>, listener: &TcpListener, stop: &WakeReceiver) {
     static CONNECTION: AtomicU64 = AtomicU64::new(1);
     let pending = Arc::new(AtomicUsize::new(0));
     loop {
+        // Liveness for the systemd watchdog (crate::watchdog): beat at least once a second.
+        app.liveness.media.beat();
+        let beat_due = std::time::Instant::now() + crate::http::listener::BEAT_INTERVAL;
         let mut watches = [Watch::read(listener.as_fd()), Watch::read(stop.fd())];
-        if let Err(err) = poll::wait(&mut watches, None) {
+        if let Err(err) = poll::wait(&mut watches, Some(beat_due)) {
             log::error!(error:% = err; "media.accept_failed: cannot wait for connections");
             return;
         }
