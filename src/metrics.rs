@@ -75,15 +75,21 @@ pub fn quantile(sorted: &[u64], q: f64) -> Option<u64> {
     Some(sorted[rank - 1])
 }
 
+/// Appends one metric in the Prometheus text format: its help, its type, and a line per
+/// sample (`labels` is `""` or `{name="value"}`).
+pub fn write_metric(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(&str, u64)]) {
+    out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+    for (labels, value) in samples {
+        out.push_str(&format!("{name}{labels} {value}\n"));
+    }
+}
+
 impl Metrics {
     /// The Prometheus text exposition (version 0.0.4) of these metrics and the live calls.
     pub fn render(&self, active: usize, peak: usize) -> String {
         let mut out = String::new();
         let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
-            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
-            for (labels, value) in samples {
-                out.push_str(&format!("{name}{labels} {value}\n"));
-            }
+            write_metric(&mut out, name, kind, help, samples)
         };
         let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         metric(

@@ -284,3 +284,60 @@ pub fn route(app: &App, req: &Incoming) -> Reply {
         Route::CallOutbound => outbound::outbound(app, req),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from(peer: &str, forwarded: Option<&str>) -> Incoming {
+        Incoming {
+            remote: Some(SocketAddr::new(peer.parse().unwrap(), 40000)),
+            headers: forwarded
+                .map(|v| vec![("X-Forwarded-For".to_string(), v.to_string())])
+                .unwrap_or_default(),
+            ..Incoming::default()
+        }
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_a_trusted_proxy() {
+        let proxy: Vec<std::net::IpAddr> = vec!["127.0.0.1".parse().unwrap()];
+        // No proxy configured, or a peer that is not one: the peer is the client.
+        assert_eq!(
+            client_address(&[], &from("127.0.0.1", Some("203.0.113.9"))),
+            "127.0.0.1"
+        );
+        assert_eq!(
+            client_address(&proxy, &from("198.51.100.7", Some("203.0.113.9"))),
+            "198.51.100.7"
+        );
+        // Through the proxy: the nearest hop it did not add itself; what the client wrote
+        // further left is not believed.
+        assert_eq!(
+            client_address(&proxy, &from("127.0.0.1", Some("6.6.6.6, 203.0.113.9"))),
+            "203.0.113.9"
+        );
+        assert_eq!(
+            client_address(&proxy, &from("127.0.0.1", Some("203.0.113.9, 127.0.0.1"))),
+            "203.0.113.9"
+        );
+        assert_eq!(
+            client_address(&proxy, &from("127.0.0.1", None)),
+            "127.0.0.1"
+        );
+        assert_eq!(
+            client_address(&proxy, &from("127.0.0.1", Some(" , "))),
+            "127.0.0.1"
+        );
+    }
+
+    #[test]
+    fn a_forwarded_for_from_the_proxy_is_bounded_for_the_log() {
+        let proxy: Vec<std::net::IpAddr> = vec!["::1".parse().unwrap()];
+        let huge = format!("{}\nforged line", "x".repeat(10_000));
+        let logged = client_address(&proxy, &from("::1", Some(&huge)));
+        assert!(logged.chars().count() < 100, "{logged}");
+        assert!(!logged.contains('\n'));
+        assert!(logged.ends_with("bytes]"));
+    }
+}
