@@ -165,6 +165,37 @@ fn webhooks_are_answered_within_100_ms_while_500_slow_loris_and_8_stalled_bodies
 }
 
 #[test]
+fn clients_that_never_read_their_answers_hold_no_worker() {
+    let records = TempDir::new("slow-readers");
+    let (server, addr, _) = serve_binary(&records, &[("HTTP_WORKERS", "2")]);
+    answer_call(addr);
+    // Each asks for the dashboard (8 KiB) 400 times in one go and reads nothing: megabytes
+    // of answers, far past what the socket buffers hold. A worker writing them itself would
+    // block until its write timeout; two such clients would hold both workers.
+    let request = "GET /dashboard HTTP/1.1\r\nHost: a\r\n\r\n".repeat(400);
+    let readers: Vec<TcpStream> = (0..4)
+        .map(|_| {
+            let mut s = connect(addr);
+            s.write_all(request.as_bytes()).unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut slowest = Duration::ZERO;
+    for _ in 0..20 {
+        let (status, took) = webhook(addr);
+        assert_eq!(status, 204);
+        slowest = slowest.max(took);
+    }
+    assert!(
+        slowest < Duration::from_millis(500),
+        "a webhook took {slowest:?} while clients did not read"
+    );
+    drop(readers);
+    no_panic(&server);
+}
+
+#[test]
 fn a_huge_header_is_431_and_does_not_grow_the_process() {
     let records = TempDir::new("huge-header");
     let (server, addr, _) = serve_binary(&records, &[]);

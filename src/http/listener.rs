@@ -38,6 +38,9 @@ pub const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
 /// reverse proxy reuses its connections; 60 s is longer than Caddy's default keeps them idle).
 pub const KEEP_ALIVE_IDLE: Duration = Duration::from_secs(60);
 
+/// How long writing an answer may take, for a client that reads slowly.
+pub const WRITE_DEADLINE: Duration = Duration::from_secs(10);
+
 /// How long a refused connection is read (and discarded) after its error response, so that
 /// closing it with unread bytes does not reset it before the client reads the answer.
 const LINGER: Duration = Duration::from_secs(2);
@@ -92,6 +95,16 @@ pub struct Conn {
     _slot: Slot,
 }
 
+/// A worker's answer, for the loop to write (a client that reads slowly holds a buffer here,
+/// never a worker).
+#[derive(Debug)]
+pub struct Answer {
+    pub conn: Conn,
+    pub bytes: Vec<u8>,
+    /// Whether the connection then waits for the next request (else it is closed).
+    pub keep_alive: bool,
+}
+
 /// A request that has fully arrived, for a worker to answer on `conn`.
 #[derive(Debug)]
 pub struct Job {
@@ -114,6 +127,12 @@ enum Phase {
         head: Head,
         head_len: usize,
         len: usize,
+    },
+    /// Writing a worker's answer; the next request waits in the kernel meanwhile.
+    Writing {
+        bytes: Vec<u8>,
+        written: usize,
+        keep_alive: bool,
     },
     /// An error was answered; reading and discarding until the client closes or `LINGER`.
     Linger,
@@ -144,12 +163,12 @@ pub struct Loop {
     pub max_body_bytes: usize,
     pub counters: Arc<HttpCounters>,
     pub jobs: Sender<Job>,
-    /// Kept-alive connections the workers give back.
-    pub returned: Receiver<Conn>,
+    /// The workers' answers, with their connections.
+    pub answered: Receiver<Answer>,
     /// Closed (its sender dropped) to stop the loop.
     pub wake: WakeReceiver,
-    /// Woken by a worker when it gives a connection back.
-    pub returned_woken: WakeReceiver,
+    /// Woken by a worker when it hands an answer over.
+    pub answered_woken: WakeReceiver,
     pub beat: Arc<Beat>,
 }
 
@@ -179,12 +198,16 @@ pub fn run(lp: Loop) {
         let (listener_ready, woken, ready) = {
             let mut watches = Vec::with_capacity(conns.len() + 2);
             watches.push(Watch::read(lp.wake.fd()));
-            watches.push(Watch::read(lp.returned_woken.fd()));
+            watches.push(Watch::read(lp.answered_woken.fd()));
             if accepting {
                 watches.push(Watch::read(lp.listener.as_fd()));
             }
             for r in &conns {
-                watches.push(Watch::read(r.conn.stream.as_fd()));
+                let fd = r.conn.stream.as_fd();
+                watches.push(match r.phase {
+                    Phase::Writing { .. } => Watch::write(fd),
+                    _ => Watch::read(fd),
+                });
             }
             if let Err(err) = poll::wait(&mut watches, Some(deadline)) {
                 // EINTR is retried inside; ENOMEM is all that is left. Breathe and go on.
@@ -193,10 +216,13 @@ pub fn run(lp: Loop) {
                 continue;
             }
             let first_conn = if accepting { 3 } else { 2 };
-            let ready: Vec<bool> = watches[first_conn..].iter().map(Watch::readable).collect();
+            let ready: Vec<bool> = watches[first_conn..]
+                .iter()
+                .map(|w| w.readable() || w.writable())
+                .collect();
             if watches[1].readable() {
-                // Only wake-ups: the connections themselves come through `returned`.
-                lp.returned_woken.drain();
+                // Only wake-ups: the answers themselves come through `answered`.
+                lp.answered_woken.drain();
             }
             (
                 accepting && watches[2].readable(),
@@ -207,31 +233,27 @@ pub fn run(lp: Loop) {
         if woken && !lp.wake.drain() {
             return;
         }
-        while let Ok(conn) = lp.returned.try_recv() {
+        while let Ok(answer) = lp.answered.try_recv() {
             let now = Instant::now();
-            let phase = if conn.buf.is_empty() {
-                Phase::Idle
-            } else {
-                Phase::Head { searched: 0 }
-            };
-            let deadline = now
-                + match phase {
-                    Phase::Idle => KEEP_ALIVE_IDLE,
-                    _ => REQUEST_DEADLINE,
-                };
-            // A pipelined request already in the buffer gets its step below, with the others.
+            // Written in the step below, with the others (as far as the socket takes it).
             conns.push(Reading {
-                conn,
-                phase,
-                deadline,
+                conn: answer.conn,
+                phase: Phase::Writing {
+                    bytes: answer.bytes,
+                    written: 0,
+                    keep_alive: answer.keep_alive,
+                },
+                deadline: now + WRITE_DEADLINE,
                 started: now,
             });
         }
         let now = Instant::now();
         // Back to front, so `swap_remove` never moves an unvisited connection.
         for i in (0..conns.len()).rev() {
-            let readable = ready.get(i).copied().unwrap_or(true);
-            let step = if readable {
+            let ready = ready.get(i).copied().unwrap_or(true);
+            let step = if ready && matches!(conns[i].phase, Phase::Writing { .. }) {
+                write_step(&mut conns[i], lp.max_body_bytes, now)
+            } else if ready {
                 read_step(&mut conns[i], &mut chunk, lp.max_body_bytes, now)
             } else if conns[i].deadline <= now {
                 expire(&conns[i])
@@ -445,10 +467,56 @@ fn advance(r: &mut Reading, max_body: usize) -> Step {
     Step::Wait
 }
 
+/// Writes what the socket takes of the answer; then the connection waits for its next request
+/// (one already buffered is looked at at once) or is closed.
+fn write_step(r: &mut Reading, max_body: usize, now: Instant) -> Step {
+    let Phase::Writing {
+        bytes,
+        written,
+        keep_alive,
+    } = &mut r.phase
+    else {
+        return Step::Wait;
+    };
+    while *written < bytes.len() {
+        match (&r.conn.stream).write(&bytes[*written..]) {
+            Ok(0) => return Step::Close,
+            Ok(n) => *written += n,
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                return if r.deadline <= now {
+                    expire(r)
+                } else {
+                    Step::Wait
+                };
+            }
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return Step::Close,
+        }
+    }
+    if !*keep_alive {
+        // Our side ends; what the client still sends is read and dropped until it closes,
+        // so that closing with unread bytes does not reset the answer away.
+        let _ = r.conn.stream.shutdown(Shutdown::Write);
+        r.phase = Phase::Linger;
+        r.deadline = now + LINGER;
+        return Step::Wait;
+    }
+    if r.conn.buf.is_empty() {
+        r.phase = Phase::Idle;
+        r.deadline = now + KEEP_ALIVE_IDLE;
+        return Step::Wait;
+    }
+    r.phase = Phase::Head { searched: 0 };
+    r.started = now;
+    r.deadline = now + REQUEST_DEADLINE;
+    advance(r, max_body)
+}
+
 /// The deadline of `r` has passed.
 fn expire(r: &Reading) -> Step {
     match r.phase {
-        Phase::Idle | Phase::Linger => Step::Close,
+        // A client that does not read its answer in time: dropped, nothing more to say to it.
+        Phase::Idle | Phase::Linger | Phase::Writing { .. } => Step::Close,
         Phase::Head { .. } | Phase::Body { .. } => Step::Refuse(
             408,
             format!(

@@ -31,7 +31,7 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::app::App;
 use crate::ids::RequestId;
 use crate::poll::WakeSender;
-use listener::{Conn, Job};
+use listener::{Answer, Job};
 
 pub use request::Incoming;
 pub use response::Reply;
@@ -40,8 +40,8 @@ pub use response::Reply;
 /// same generous stack as the call's provider workers (only touched pages are committed).
 const WORKER_STACK_BYTES: usize = 1024 * 1024;
 
-/// How long writing a response may block on a client that does not read.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a worker writes an answer itself, when the accept loop has stopped (shutdown).
+const SHUTDOWN_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Requests that have arrived and wait for a worker, per worker. Past this the accept loop
 /// answers 503 at once rather than let a queue grow while every worker is busy.
@@ -65,24 +65,24 @@ impl HttpServer {
         let limits = &app.config.http;
         let (jobs_tx, jobs) = crossbeam_channel::bounded::<Job>(limits.workers * QUEUED_PER_WORKER);
         // Never full: every connection in it holds one of `max_connections` places.
-        let (returned_tx, returned) = crossbeam_channel::bounded::<Conn>(limits.max_connections);
+        let (answered_tx, answered) = crossbeam_channel::bounded::<Answer>(limits.max_connections);
         let (stop, wake) = crate::poll::wake_pair()?;
-        // Workers wake the loop when they give a connection back; a second pair, so that the
+        // Workers wake the loop when they hand an answer over; a second pair, so that the
         // workers' copies do not keep the loop from seeing `stop` dropped.
-        let (returned_wake, returned_woken) = crate::poll::wake_pair()?;
-        let returned_wake = Arc::new(returned_wake);
+        let (answered_wake, answered_woken) = crate::poll::wake_pair()?;
+        let answered_wake = Arc::new(answered_wake);
         let mut workers = Vec::new();
         for idx in 0..limits.workers {
-            let (app, jobs, returned_tx, returned_wake) = (
+            let (app, jobs, answered_tx, answered_wake) = (
                 app.clone(),
                 jobs.clone(),
-                returned_tx.clone(),
-                returned_wake.clone(),
+                answered_tx.clone(),
+                answered_wake.clone(),
             );
             let worker = thread::Builder::new()
                 .name(format!("http-{idx}"))
                 .stack_size(WORKER_STACK_BYTES)
-                .spawn(move || worker_loop(&app, &jobs, &returned_tx, &returned_wake))?;
+                .spawn(move || worker_loop(&app, &jobs, &answered_tx, &answered_wake))?;
             workers.push(worker);
         }
         let lp = listener::Loop {
@@ -91,9 +91,9 @@ impl HttpServer {
             max_body_bytes: limits.max_body_bytes,
             counters: app.http_counters.clone(),
             jobs: jobs_tx,
-            returned,
+            answered,
             wake,
-            returned_woken,
+            answered_woken,
             beat: app.liveness.http.clone(),
         };
         let acceptor = thread::Builder::new()
@@ -141,20 +141,28 @@ impl HttpServer {
     }
 }
 
-/// A worker: answers whole requests until the accept loop ends (the queue disconnects).
-fn worker_loop(app: &App, jobs: &Receiver<Job>, returned: &Sender<Conn>, wake: &WakeSender) {
+/// A worker: answers whole requests until the accept loop ends (the queue disconnects). The
+/// accept loop writes the answers; once it has stopped (shutdown), the worker writes the last
+/// ones itself, briefly.
+fn worker_loop(app: &App, jobs: &Receiver<Job>, answered: &Sender<Answer>, wake: &WakeSender) {
     while let Ok(job) = jobs.recv() {
-        if let Some(conn) = answer(app, job) {
-            // Kept alive: back to the accept loop for the next request.
-            if returned.try_send(conn).is_ok() {
-                wake.wake();
+        let answer = answer(app, job);
+        match answered.try_send(answer) {
+            Ok(()) => wake.wake(),
+            Err(err) => {
+                let answer = err.into_inner();
+                let stream = &answer.conn.stream;
+                let _ = stream
+                    .set_nonblocking(false)
+                    .and_then(|()| stream.set_write_timeout(Some(SHUTDOWN_WRITE_TIMEOUT)))
+                    .and_then(|()| (&answer.conn.stream).write_all(&answer.bytes));
             }
         }
     }
 }
 
-/// Answers one request; gives the connection back if it may carry another.
-fn answer(app: &App, job: Job) -> Option<Conn> {
+/// Answers one request (the route, the access-log line) and hands back the bytes to write.
+fn answer(app: &App, job: Job) -> Answer {
     let Job {
         conn,
         head,
@@ -174,14 +182,6 @@ fn answer(app: &App, job: Job) -> Option<Conn> {
     });
     let status = reply.status;
     let bytes = reply.body.len();
-    let wrote = conn
-        .stream
-        .set_nonblocking(false)
-        .and_then(|()| conn.stream.set_write_timeout(Some(WRITE_TIMEOUT)))
-        .and_then(|()| (&conn.stream).write_all(&reply.into_bytes(&request_id, keep_alive)));
-    if let Err(err) = &wrote {
-        log::debug!(requestId:% = request_id, error:% = err; "client went away before the response was sent");
-    }
     let client = client_address(&app.config.http.trusted_proxies, &incoming);
     // Only the path is logged: query strings may carry data that does not belong in logs.
     log::info!(
@@ -194,7 +194,11 @@ fn answer(app: &App, job: Job) -> Option<Conn> {
         wire::log_value(&incoming.method, 16),
         wire::log_value(&incoming.path, wire::LOG_VALUE_CHARS)
     );
-    (wrote.is_ok() && keep_alive && conn.stream.set_nonblocking(true).is_ok()).then_some(conn)
+    Answer {
+        conn,
+        bytes: reply.into_bytes(&request_id, keep_alive),
+        keep_alive,
+    }
 }
 
 /// The client's address for the access log: the peer, unless the peer is a `TRUSTED_PROXY`,
