@@ -759,3 +759,48 @@ fn provider_ca_file_must_be_a_readable_pem_file_of_certificates() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn the_http_tier_settings_have_defaults_ranges_and_a_listing() {
+    let config = ok(&[]);
+    assert_eq!(config.http.max_connections, 1024);
+    assert!(config.http.trusted_proxies.is_empty());
+    let rows = config.effective();
+    let value = |rows: &[(&str, String)], key: &str| {
+        rows.iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("{key} is not listed"))
+    };
+    assert_eq!(value(&rows, "HTTP_MAX_CONNECTIONS"), "1024");
+    assert_eq!(
+        value(&rows, "TRUSTED_PROXY"),
+        "[not set: the peer address is the client]"
+    );
+
+    let config = ok(&[
+        ("HTTP_MAX_CONNECTIONS", "64"),
+        ("TRUSTED_PROXY", " 127.0.0.1, ::1 ,"),
+    ]);
+    assert_eq!(config.http.max_connections, 64);
+    assert_eq!(
+        config.http.trusted_proxies,
+        [
+            "127.0.0.1".parse::<std::net::IpAddr>().unwrap(),
+            "::1".parse().unwrap()
+        ]
+    );
+    assert_eq!(value(&config.effective(), "TRUSTED_PROXY"), "127.0.0.1,::1");
+
+    fails(&[("HTTP_MAX_CONNECTIONS", "8")], "HTTP_MAX_CONNECTIONS", "");
+    fails(
+        &[("TRUSTED_PROXY", "proxy.internal")],
+        "TRUSTED_PROXY",
+        "is not an IP address",
+    );
+    fails(
+        &[("TRUSTED_PROXY", "10.0.0.0/8")],
+        "TRUSTED_PROXY",
+        "is not an IP address",
+    );
+}
