@@ -304,3 +304,23 @@ fn a_client_waiting_for_100_continue_gets_it_and_chunked_bodies_are_411() {
     assert_eq!(status, 411);
     assert!(body.contains("Content-Length"), "{body}");
 }
+
+#[test]
+fn a_head_request_gets_the_head_only_and_the_connection_goes_on() {
+    use std::io::{Read, Write};
+    let server = TestServer::start(&[]);
+    let mut stream = raw_connection(&server);
+    stream
+        .write_all(
+            b"HEAD /health HTTP/1.1\r\nHost: a\r\n\r\n\
+              GET /health HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).unwrap();
+    let (head, rest) = raw.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 405 "), "{raw}");
+    assert!(head.contains("Content-Length: "), "{head}");
+    // No body after the HEAD answer's head: the next bytes are the GET's answer.
+    assert!(rest.starts_with("HTTP/1.1 200 "), "{rest}");
+}

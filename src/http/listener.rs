@@ -180,6 +180,7 @@ pub fn run(lp: Loop) {
     let mut chunk = vec![0u8; READ_CHUNK];
     let mut over_cap = RateLimitedLog::default();
     let mut busy = RateLimitedLog::default();
+    let mut refused = RateLimitedLog::default();
     let mut accept_failed = RateLimitedLog::default();
     loop {
         lp.beat.beat();
@@ -266,12 +267,16 @@ pub fn run(lp: Loop) {
                 Step::Refuse(status, message) => {
                     count_refusal(&lp.counters, status);
                     let r = &mut conns[i];
-                    log::warn!(
-                        peer:% = r.conn.peer,
-                        status = status,
-                        reason = message.as_str();
-                        "http.refused"
-                    );
+                    // A flood of bad requests must not become a flood of log lines.
+                    if let Some(suppressed) = refused.due() {
+                        log::warn!(
+                            peer:% = r.conn.peer,
+                            status = status,
+                            reason = message.as_str(),
+                            suppressedSinceLast = suppressed;
+                            "http.refused"
+                        );
+                    }
                     answer_and_linger(r, status, &message, now);
                 }
                 Step::Ready(head, body) => {
@@ -561,7 +566,8 @@ pub fn error_response(status: u16, message: &str) -> Vec<u8> {
     )
 }
 
-/// Refusals come in floods; one warning per interval says how many, instead of one each.
+/// Refusals come in floods; one warning per interval (per kind) says how many were left out
+/// since the last, instead of one line each.
 #[derive(Default)]
 struct RateLimitedLog {
     last: Option<Instant>,

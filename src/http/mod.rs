@@ -181,22 +181,27 @@ fn answer(app: &App, job: Job) -> Answer {
         Reply::error(500, "Internal error")
     });
     let status = reply.status;
-    let bytes = reply.body.len();
+    let body_len = reply.body.len();
     let client = client_address(&app.config.http.trusted_proxies, &incoming);
     // Only the path is logged: query strings may carry data that does not belong in logs.
     log::info!(
         target: "access",
         requestId:% = request_id,
         durationMs = (started.elapsed().as_micros() as f64 / 1000.0),
-        bytes = bytes,
+        bytes = body_len,
         client = client.as_str();
         "{} {} {status}",
         wire::log_value(&incoming.method, 16),
         wire::log_value(&incoming.path, wire::LOG_VALUE_CHARS)
     );
+    let mut bytes = reply.into_bytes(&request_id, keep_alive);
+    if incoming.method == "HEAD" {
+        // The head only, `Content-Length` included, as for the GET it stands for.
+        bytes.truncate(bytes.len() - body_len);
+    }
     Answer {
         conn,
-        bytes: reply.into_bytes(&request_id, keep_alive),
+        bytes,
         keep_alive,
     }
 }
