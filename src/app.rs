@@ -33,7 +33,7 @@ pub struct App {
     /// `POST /call/outbound` requests being handled (they may hold at most half the workers).
     pub outbound_in_flight: std::sync::atomic::AtomicUsize,
     /// The HTTP tier's connection counters (`/metrics`: `cotrackpro_http_*`).
-    pub http_counters: Arc<crate::http::listener::HttpCounters>,
+    pub http_counters: Arc<crate::metrics::HttpCounters>,
     /// The accept loops' beats, which the systemd watchdog reads.
     pub liveness: crate::watchdog::Liveness,
 }

@@ -54,6 +54,9 @@ pub struct Liveness {
     pub media: Arc<Beat>,
 }
 
+/// How often a beating loop beats at least (it wakes this often even when idle).
+pub const BEAT_INTERVAL: Duration = Duration::from_secs(1);
+
 /// A loop is counted dead when it has not beaten for this long (it beats at least every
 /// second; three missed beats is not scheduling noise).
 pub const STALE_AFTER: Duration = Duration::from_secs(3);

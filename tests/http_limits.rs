@@ -148,6 +148,13 @@ fn webhooks_are_answered_within_100_ms_while_500_slow_loris_and_8_stalled_bodies
     }
     latencies.sort();
     let p99 = latencies[latencies.len() * 99 / 100 - 1];
+    // Straight to stderr (the harness captures print!): CI logs show the figure.
+    let _ = writeln!(
+        std::io::stderr().lock(),
+        "webhooks under 500 slow-loris + 8 stalled bodies: p50 {:?}, p99 {p99:?}, max {:?}",
+        latencies[latencies.len() / 2],
+        latencies[latencies.len() - 1]
+    );
     assert!(
         p99 < Duration::from_millis(100),
         "p99 {p99:?} with 500 slow connections and 8 stalled bodies open"
@@ -155,12 +162,20 @@ fn webhooks_are_answered_within_100_ms_while_500_slow_loris_and_8_stalled_bodies
     assert!(metric(addr, "cotrackpro_http_connections_open") >= 508);
 
     // The deadline (10 s from the first byte) answers both kinds with 408 and closes them.
-    let left = Duration::from_secs(11).saturating_sub(opened.elapsed());
+    let left = Duration::from_secs(10).saturating_sub(opened.elapsed());
     std::thread::sleep(left);
     assert_eq!(status_of(&mut stalled[0]), Some(408));
     assert_eq!(status_of(&mut loris[0]), Some(408));
+    // All of them, within a few seconds (the last were opened later than the first).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric(addr, "cotrackpro_http_refused_total{reason=\"timeout\"}") < 508 {
+        assert!(
+            Instant::now() < deadline,
+            "not every slow connection got its 408"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     drop((loris, stalled));
-    assert!(metric(addr, "cotrackpro_http_refused_total{reason=\"timeout\"}") >= 508);
     no_panic(&server);
 }
 

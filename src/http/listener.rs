@@ -20,15 +20,16 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use super::wire::{self, Head, HeadError};
+use crate::metrics::HttpCounters;
 use crate::poll::{self, WakeReceiver, Watch};
-use crate::watchdog::Beat;
+use crate::watchdog::{Beat, BEAT_INTERVAL};
 
 /// How long a request may take to arrive, head and body, from its first byte (or from the
 /// accept, for a connection's first request). Twilio's webhooks arrive in one packet or two.
@@ -48,32 +49,9 @@ const LINGER: Duration = Duration::from_secs(2);
 /// How long accepting pauses after the process ran out of descriptors.
 pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(250);
 
-/// The accept loop wakes at least this often, to beat its liveness (the watchdog's proof that
-/// it still runs) and to expire deadlines.
-pub const BEAT_INTERVAL: Duration = Duration::from_secs(1);
-
 /// One read's buffer. Heads and bodies are copied from it into the connection's own buffer,
 /// which grows only as far as the bytes that arrived (and at most one read past a limit).
 const READ_CHUNK: usize = 16 * 1024;
-
-/// The counters an operator sees in `/metrics` (`cotrackpro_http_*`).
-#[derive(Debug, Default)]
-pub struct HttpCounters {
-    /// Connections open now (reading, queued, being answered, or idle between requests).
-    pub open: AtomicUsize,
-    pub accepted: AtomicU64,
-    /// Refused at once: `HTTP_MAX_CONNECTIONS` reached.
-    pub refused_over_cap: AtomicU64,
-    /// Refused at once: every worker busy and the queue full.
-    pub refused_busy: AtomicU64,
-    /// `accept` failures (out of descriptors and others).
-    pub accept_errors: AtomicU64,
-    /// Answered 408, 413, 431, 400, 411 or 505 before reaching a handler.
-    pub timeouts: AtomicU64,
-    pub heads_too_large: AtomicU64,
-    pub bodies_too_large: AtomicU64,
-    pub malformed: AtomicU64,
-}
 
 /// A connection's place under `HTTP_MAX_CONNECTIONS`, given back when the connection closes.
 #[derive(Debug)]

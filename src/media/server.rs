@@ -89,7 +89,7 @@ fn accept_loop(app: &Arc<App>, listener: &TcpListener, stop: &WakeReceiver) {
     loop {
         // Liveness for the systemd watchdog (crate::watchdog): beat at least once a second.
         app.liveness.media.beat();
-        let beat_due = std::time::Instant::now() + crate::http::listener::BEAT_INTERVAL;
+        let beat_due = std::time::Instant::now() + crate::watchdog::BEAT_INTERVAL;
         let mut watches = [Watch::read(listener.as_fd()), Watch::read(stop.fd())];
         if let Err(err) = poll::wait(&mut watches, Some(beat_due)) {
             log::error!(error:% = err; "media.accept_failed: cannot wait for connections");
