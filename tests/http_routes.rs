@@ -277,7 +277,7 @@ fn a_connection_carries_several_requests_even_pipelined() {
 }
 
 #[test]
-fn a_client_waiting_for_100_continue_gets_it_and_chunked_bodies_are_411() {
+fn a_client_waiting_for_100_continue_gets_it_and_chunked_bodies_are_decoded() {
     use std::io::Write;
     let server = TestServer::start(&[]);
     let mut stream = raw_connection(&server);
@@ -294,10 +294,21 @@ fn a_client_waiting_for_100_continue_gets_it_and_chunked_bodies_are_411() {
     stream.write_all(b"CallStatus=no").unwrap();
     assert_eq!(read_one(&mut stream).0, 400);
 
+    // A chunked body (what a proxy sends when it did not know the length) is decoded.
     let mut chunked = raw_connection(&server);
     chunked
         .write_all(
-            b"POST /call/status HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"POST /call/status HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\
+              Content-Type: application/x-www-form-urlencoded\r\n\r\n\
+              8\r\nCallSid=\r\n22\r\nCA0123456789abcdef0123456789abcdef\r\n\
+              13\r\n&CallStatus=ringing\r\n0\r\n\r\n",
+        )
+        .unwrap();
+    assert_eq!(read_one(&mut chunked).0, 204);
+    // Any other coding is not guessed at.
+    chunked
+        .write_all(
+            b"POST /call/status HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
         )
         .unwrap();
     let (status, body) = read_one(&mut chunked);

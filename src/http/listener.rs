@@ -8,7 +8,8 @@
 //! - a head over [`wire::MAX_HEAD_BYTES`]: 431;
 //! - a head and body not complete [`REQUEST_DEADLINE`] after their first byte (or after the
 //!   connection was accepted): 408;
-//! - a `Content-Length` over `HTTP_MAX_BODY_BYTES`: 413, before any of the body is read;
+//! - a `Content-Length` over `HTTP_MAX_BODY_BYTES`: 413, before any of the body is read (a
+//!   chunked body: 413 as soon as it passes the limit);
 //! - every worker busy and the queue full: 503.
 //!
 //! `accept` failing for want of descriptors (EMFILE, ENFILE) closes a spare descriptor kept for
@@ -26,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
-use super::wire::{self, Head, HeadError};
+use super::wire::{self, Framing, Head, HeadError};
 use crate::metrics::HttpCounters;
 use crate::poll::{self, WakeReceiver, Watch};
 use crate::watchdog::{Beat, BEAT_INTERVAL};
@@ -100,11 +101,11 @@ enum Phase {
     Idle,
     /// Reading the head; the part of `buf` already searched for its end.
     Head { searched: usize },
-    /// Reading a body of `len` bytes after a head of `head_len` bytes.
+    /// Reading the body framed by `framing`, after a head of `head_len` bytes.
     Body {
         head: Head,
         head_len: usize,
-        len: usize,
+        framing: Framing,
     },
     /// Writing a worker's answer; the next request waits in the kernel meanwhile.
     Writing {
@@ -417,12 +418,12 @@ fn advance(r: &mut Reading, max_body: usize) -> Step {
             return Step::Wait;
         };
         let parsed = wire::parse_head(&r.conn.buf[..end])
-            .and_then(|head| head.body_length(max_body).map(|len| (head, len)));
-        let (head, len) = match parsed {
+            .and_then(|head| head.body_framing(max_body).map(|framing| (head, framing)));
+        let (head, framing) = match parsed {
             Ok(parsed) => parsed,
             Err(err) => return Step::Refuse(err.status(), err.message()),
         };
-        if len > 0 && head.expects_continue() && r.conn.buf.len() == end {
+        if framing != Framing::Length(0) && head.expects_continue() && r.conn.buf.len() == end {
             // Small and non-blocking; if it does not fit, the client sends the body anyway
             // after its own short wait.
             let _ = (&r.conn.stream).write(wire::CONTINUE);
@@ -430,24 +431,32 @@ fn advance(r: &mut Reading, max_body: usize) -> Step {
         r.phase = Phase::Body {
             head,
             head_len: end,
-            len,
+            framing,
         };
     }
-    if let Phase::Body { head_len, len, .. } = &r.phase {
-        let (head_len, len) = (*head_len, *len);
-        if r.conn.buf.len() < head_len + len {
-            return Step::Wait;
-        }
-        let Phase::Body { head, .. } = std::mem::replace(&mut r.phase, Phase::Idle) else {
-            return Step::Wait;
-        };
-        let mut body = r.conn.buf.split_off(head_len);
-        // Whatever follows the body is the next (pipelined) request: it stays with the
-        // connection.
-        r.conn.buf = body.split_off(len);
-        return Step::Ready(head, body);
-    }
-    Step::Wait
+    let Phase::Body {
+        head_len, framing, ..
+    } = &r.phase
+    else {
+        return Step::Wait;
+    };
+    let head_len = *head_len;
+    // The body, and where the next (pipelined) request starts, once all of it is in.
+    let (body, used) = match framing {
+        Framing::Length(len) if r.conn.buf.len() < head_len + len => return Step::Wait,
+        Framing::Length(len) => (r.conn.buf[head_len..head_len + len].to_vec(), *len),
+        Framing::Chunked => match wire::decode_chunked(&r.conn.buf[head_len..], max_body) {
+            Ok(None) => return Step::Wait,
+            Ok(Some(decoded)) => decoded,
+            Err(err) => return Step::Refuse(err.status(), err.message()),
+        },
+    };
+    let Phase::Body { head, .. } = std::mem::replace(&mut r.phase, Phase::Idle) else {
+        return Step::Wait;
+    };
+    // Whatever follows the body stays with the connection.
+    r.conn.buf.drain(..head_len + used);
+    Step::Ready(head, body)
 }
 
 /// Writes what the socket takes of the answer; then the connection waits for its next request

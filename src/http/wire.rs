@@ -33,7 +33,7 @@ pub enum HeadError {
     Malformed(&'static str),
     /// `HTTP/2.0` and friends over plain TCP: 505.
     Version,
-    /// A chunked (or otherwise encoded) body: 411, send a `Content-Length`.
+    /// A transfer coding other than `chunked` alone: 411, send a `Content-Length`.
     LengthRequired,
     /// `Content-Length` over the body limit: 413.
     BodyTooLarge { limit: usize },
@@ -60,7 +60,8 @@ impl HeadError {
             HeadError::Malformed(why) => format!("Malformed request: {why}"),
             HeadError::Version => "HTTP version not supported".to_string(),
             HeadError::LengthRequired => {
-                "Length required: send the body with a Content-Length".to_string()
+                "Length required: send the body with a Content-Length (or chunked alone)"
+                    .to_string()
             }
             HeadError::BodyTooLarge { limit } => {
                 format!("Request body is larger than {limit} bytes")
@@ -154,13 +155,27 @@ impl Head {
         header(&self.headers, name)
     }
 
-    /// The body's length: 0 without `Content-Length`. A transfer coding, a repeated or
-    /// unreadable length, or one over `max_body_bytes` is refused (request smuggling starts
-    /// where two framings disagree, so there is only one).
-    pub fn body_length(&self, max_body_bytes: usize) -> Result<usize, HeadError> {
-        if self.header("Transfer-Encoding").is_some() {
+    /// How the body is framed: `Content-Length` (0 without one), or `chunked` (HTTP/1.1 only,
+    /// as a proxy sends a body whose length it did not know). Both at once, a coding other than
+    /// `chunked` alone, a repeated or unreadable length, or one over `max_body_bytes` is
+    /// refused: request smuggling starts where two framings disagree, so there is only one.
+    pub fn body_framing(&self, max_body_bytes: usize) -> Result<Framing, HeadError> {
+        let Some(coding) = self.header("Transfer-Encoding") else {
+            return self.body_length(max_body_bytes).map(Framing::Length);
+        };
+        if self.header("Content-Length").is_some() {
+            return Err(HeadError::Malformed(
+                "both Transfer-Encoding and Content-Length",
+            ));
+        }
+        if !self.http11 || !coding.trim().eq_ignore_ascii_case("chunked") {
             return Err(HeadError::LengthRequired);
         }
+        Ok(Framing::Chunked)
+    }
+
+    /// The `Content-Length` of a request without a transfer coding (see [`Head::body_framing`]).
+    fn body_length(&self, max_body_bytes: usize) -> Result<usize, HeadError> {
         let mut lengths = self
             .headers
             .iter()
@@ -200,6 +215,94 @@ impl Head {
                     .any(|token| token.trim().eq_ignore_ascii_case("close"))
             })
     }
+}
+
+/// How a request's body is delimited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    /// `Content-Length` bytes (0: no body).
+    Length(usize),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+}
+
+/// The most a chunked body may take on the wire beyond the body itself (chunk-size lines,
+/// CRLFs, trailers): a sender of one-byte chunks is refused before it costs more.
+pub const CHUNKED_OVERHEAD_BYTES: usize = 16 * 1024;
+
+/// Decodes a chunked body from the start of `raw` (what follows the head). `Ok(None)`: not all
+/// of it has arrived. `Ok(Some((body, used)))`: the body, and how many bytes of `raw` it took
+/// (what follows is the next request). Chunk extensions are skipped and trailers dropped; a
+/// body over `max_body_bytes`, or wire bytes over that plus [`CHUNKED_OVERHEAD_BYTES`], is 413.
+pub fn decode_chunked(
+    raw: &[u8],
+    max_body_bytes: usize,
+) -> Result<Option<(Vec<u8>, usize)>, HeadError> {
+    let too_large = HeadError::BodyTooLarge {
+        limit: max_body_bytes,
+    };
+    let mut body = Vec::new();
+    let mut pos = 0;
+    // The chunks, up to the last (zero-size) one.
+    loop {
+        let Some(line_end) = find_crlf(raw, pos) else {
+            return incomplete(raw, max_body_bytes);
+        };
+        let line = &raw[pos..line_end];
+        let size_text = line.split(|&b| b == b';').next().unwrap_or(b"");
+        let size_text = std::str::from_utf8(size_text)
+            .map_err(|_| HeadError::Malformed("bad chunk size"))?
+            .trim();
+        if size_text.is_empty() || size_text.len() > 8 {
+            return Err(HeadError::Malformed("bad chunk size"));
+        }
+        let size = usize::from_str_radix(size_text, 16)
+            .map_err(|_| HeadError::Malformed("bad chunk size"))?;
+        pos = line_end + 2;
+        if size == 0 {
+            break;
+        }
+        if body.len() + size > max_body_bytes {
+            return Err(too_large);
+        }
+        let data_end = pos + size;
+        if raw.len() < data_end + 2 {
+            return incomplete(raw, max_body_bytes);
+        }
+        if &raw[data_end..data_end + 2] != b"\r\n" {
+            return Err(HeadError::Malformed("a chunk does not end with CRLF"));
+        }
+        body.extend_from_slice(&raw[pos..data_end]);
+        pos = data_end + 2;
+    }
+    // Trailers, dropped, up to the empty line.
+    loop {
+        let Some(line_end) = find_crlf(raw, pos) else {
+            return incomplete(raw, max_body_bytes);
+        };
+        let empty = line_end == pos;
+        pos = line_end + 2;
+        if empty {
+            return Ok(Some((body, pos)));
+        }
+    }
+}
+
+fn find_crlf(raw: &[u8], from: usize) -> Option<usize> {
+    raw.get(from..)?
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .map(|at| from + at)
+}
+
+/// Not complete yet: wait for more, unless what came is already more than a body may take.
+fn incomplete<T>(raw: &[u8], max_body_bytes: usize) -> Result<Option<T>, HeadError> {
+    if raw.len() > max_body_bytes + CHUNKED_OVERHEAD_BYTES {
+        return Err(HeadError::BodyTooLarge {
+            limit: max_body_bytes,
+        });
+    }
+    Ok(None)
 }
 
 /// The interim response to `Expect: 100-continue`.
@@ -309,9 +412,9 @@ mod tests {
         assert_eq!(head.target, "/call/status?x=1");
         assert!(head.http11 && head.keep_alive() && !head.expects_continue());
         assert_eq!(head.header("x-twilio-signature"), Some("abc="));
-        assert_eq!(head.body_length(64), Ok(12));
+        assert_eq!(head.body_framing(64), Ok(Framing::Length(12)));
         assert_eq!(
-            head.body_length(11),
+            head.body_framing(11),
             Err(HeadError::BodyTooLarge { limit: 11 })
         );
     }
@@ -355,11 +458,19 @@ mod tests {
     #[test]
     fn bodies_have_one_framing_only() {
         let head = |extra: &str| parse_head(format!("POST / HTTP/1.1\r\n{extra}\r\n").as_bytes());
-        assert_eq!(head("").unwrap().body_length(10), Ok(0));
+        let framing = |extra: &str| head(extra).unwrap().body_framing(10);
+        assert_eq!(framing(""), Ok(Framing::Length(0)));
         assert_eq!(
-            head("Transfer-Encoding: chunked\r\n")
-                .unwrap()
-                .body_length(10),
+            framing("Transfer-Encoding: Chunked\r\n"),
+            Ok(Framing::Chunked)
+        );
+        assert_eq!(
+            framing("Transfer-Encoding: gzip, chunked\r\n"),
+            Err(HeadError::LengthRequired)
+        );
+        let http10 = parse_head(b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert_eq!(
+            http10.unwrap().body_framing(10),
             Err(HeadError::LengthRequired)
         );
         for bad in [
@@ -367,18 +478,45 @@ mod tests {
             "Content-Length: -1\r\n",
             "Content-Length: 1e3\r\n",
             "Content-Length: \r\n",
+            "Transfer-Encoding: chunked\r\nContent-Length: 3\r\n",
         ] {
-            assert_eq!(
-                head(bad).unwrap().body_length(10).unwrap_err().status(),
-                400,
-                "{bad}"
-            );
+            assert_eq!(framing(bad).unwrap_err().status(), 400, "{bad}");
         }
         assert_eq!(
-            head("Content-Length: 99999999999999999999999\r\n")
-                .unwrap()
-                .body_length(10),
+            framing("Content-Length: 99999999999999999999999\r\n"),
             Err(HeadError::BodyTooLarge { limit: 10 })
+        );
+    }
+
+    #[test]
+    fn chunked_bodies_decode_as_they_arrive() {
+        let wire = b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\nGET /next";
+        let end = wire.len() - b"GET /next".len();
+        assert_eq!(
+            decode_chunked(wire, 64),
+            Ok(Some((b"hello world".to_vec(), end)))
+        );
+        // Every cut short of the end is "not yet".
+        for cut in 0..end {
+            assert_eq!(decode_chunked(&wire[..cut], 64), Ok(None), "cut at {cut}");
+        }
+        assert_eq!(decode_chunked(b"0\r\n\r\n", 64), Ok(Some((Vec::new(), 5))));
+        assert_eq!(
+            decode_chunked(b"B\r\nhello world\r\n0\r\n\r\n", 10),
+            Err(HeadError::BodyTooLarge { limit: 10 })
+        );
+        for bad in [&b"z\r\n"[..], b"\r\n", b"123456789\r\n", b"2\r\nabc\r\n"] {
+            assert_eq!(
+                decode_chunked(bad, 64).unwrap_err().status(),
+                400,
+                "{bad:?}"
+            );
+        }
+        // Endless chunk extensions or trailers are cut off at the overhead allowance.
+        let endless = vec![b'a'; 64 + CHUNKED_OVERHEAD_BYTES + 1];
+        assert_eq!(
+            decode_chunked(&endless, 64),
+            Err(HeadError::BodyTooLarge { limit: 64 })
         );
     }
 
