@@ -191,7 +191,7 @@ fn the_service_tells_systemd_when_it_is_ready_and_alive_and_is_bounded() {
         "Type=notify",
         "NotifyAccess=main",
         "WatchdogSec=20s",
-        "MemoryMax=1G",
+        "MemoryMax=1536M",
         "UMask=0077",
     ] {
         assert!(unit.lines().any(|l| l == line), "missing {line}");
