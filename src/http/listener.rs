@@ -36,9 +36,10 @@ use crate::watchdog::{Beat, BEAT_INTERVAL};
 /// accept, for a connection's first request). Twilio's webhooks arrive in one packet or two.
 pub const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
 
-/// How long a kept-alive connection may sit idle between requests before it is closed (a
-/// reverse proxy reuses its connections; 60 s is longer than Caddy's default keeps them idle).
-pub const KEEP_ALIVE_IDLE: Duration = Duration::from_secs(60);
+/// How long a kept-alive connection may sit idle between requests before it is closed. Longer
+/// than a reverse proxy keeps its idle upstream connections (Caddy: 2 min by default), so the
+/// proxy closes first and never sends a webhook into a connection we are closing.
+pub const KEEP_ALIVE_IDLE: Duration = Duration::from_secs(150);
 
 /// How long writing an answer may take, for a client that reads slowly.
 pub const WRITE_DEADLINE: Duration = Duration::from_secs(10);
