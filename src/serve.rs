@@ -162,17 +162,14 @@ pub fn watchdog_problems(app: &App) -> Vec<&'static str> {
     problems
 }
 
-/// systemd's notification socket and watchdog interval, read once at start-up (systemd sets
-/// them in the environment; nothing else of the environment is read here).
+/// systemd's notification socket (from `config.systemd`), if any.
 struct Systemd {
     notifier: Option<Arc<Notifier>>,
-    watchdog: Option<Duration>,
 }
 
 impl Systemd {
-    fn from_env() -> Systemd {
-        let var = |name: &str| std::env::var(name).ok();
-        let notifier = match var("NOTIFY_SOCKET").as_deref().map(Notifier::new) {
+    fn new(config: &crate::config::SystemdEnv) -> Systemd {
+        let notifier = match config.notify_socket.as_deref().map(Notifier::new) {
             Some(Ok(notifier)) => notifier.map(Arc::new),
             Some(Err(err)) => {
                 log::warn!(error:% = err; "NOTIFY_SOCKET is set but unusable: no sd_notify");
@@ -180,11 +177,7 @@ impl Systemd {
             }
             None => None,
         };
-        let watchdog = crate::watchdog::interval(
-            var("WATCHDOG_USEC").as_deref(),
-            var("WATCHDOG_PID").as_deref(),
-        );
-        Systemd { notifier, watchdog }
+        Systemd { notifier }
     }
 
     fn notify(&self, message: &str) {
@@ -219,7 +212,8 @@ pub fn run(config: Config) -> Result<(), ServeError> {
         signal_hook::low_level::pipe::register(signal, notify).map_err(ServeError::Spawn)?;
     }
     drop(notify);
-    let systemd = Systemd::from_env();
+    let systemd = Systemd::new(&config.systemd);
+    let watchdog_interval = config.systemd.watchdog;
     let server = Server::start(config)?;
     let config = &server.app.config;
     log::info!(
@@ -234,7 +228,7 @@ pub fn run(config: Config) -> Result<(), ServeError> {
     // Both listeners are bound with their accept loops running, and the records are loaded.
     systemd.notify("READY=1");
     let draining = Arc::new(AtomicBool::new(false));
-    let watchdog = match (&systemd.notifier, systemd.watchdog) {
+    let watchdog = match (&systemd.notifier, watchdog_interval) {
         (Some(notifier), Some(interval)) => {
             let (app, draining) = (server.app.clone(), draining.clone());
             let healthy = move || {

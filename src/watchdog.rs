@@ -123,15 +123,6 @@ impl Notifier {
     }
 }
 
-/// The watchdog interval systemd asks for: `WATCHDOG_USEC`, if `WATCHDOG_PID` is unset or ours.
-pub fn interval(watchdog_usec: Option<&str>, watchdog_pid: Option<&str>) -> Option<Duration> {
-    if watchdog_pid.is_some_and(|pid| pid.trim() != std::process::id().to_string()) {
-        return None;
-    }
-    let usec: u64 = watchdog_usec?.trim().parse().ok()?;
-    (usec > 0).then(|| Duration::from_micros(usec))
-}
-
 /// The `watchdog` thread: pings every `interval / 2` while `healthy` says so. Dropping the
 /// handle's sender ends it.
 pub struct Watchdog {
@@ -202,23 +193,6 @@ impl Drop for Watchdog {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_interval_is_systemds_and_only_for_us() {
-        assert_eq!(
-            interval(Some("2000000"), None),
-            Some(Duration::from_secs(2))
-        );
-        let ours = std::process::id().to_string();
-        assert_eq!(
-            interval(Some("500000"), Some(&ours)),
-            Some(Duration::from_millis(500))
-        );
-        assert_eq!(interval(Some("500000"), Some("1")), None);
-        assert_eq!(interval(Some("0"), None), None);
-        assert_eq!(interval(Some("soon"), None), None);
-        assert_eq!(interval(None, None), None);
-    }
 
     #[test]
     fn a_loop_that_stops_beating_goes_stale() {

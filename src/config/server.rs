@@ -2,6 +2,7 @@
 //! domains Twilio reaches us on, and logging. Its values are [`Config`]'s top-level fields.
 
 use std::net::IpAddr;
+use std::time::Duration;
 
 use log::LevelFilter;
 
@@ -53,6 +54,11 @@ const LOG_LEVEL: &str = "LOG_LEVEL";
 const LOG_FORMAT: &str = "LOG_FORMAT";
 /// Set by systemd for a service whose output goes to the journal.
 const JOURNAL_STREAM: &str = "JOURNAL_STREAM";
+/// Set by systemd for a `Type=notify` service: where `READY=1` and the rest go.
+const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
+/// Set by systemd when the unit has `WatchdogSec=`: the interval, and the process it is for.
+const WATCHDOG_USEC: &str = "WATCHDOG_USEC";
+const WATCHDOG_PID: &str = "WATCHDOG_PID";
 
 /// `APP_ENV`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -126,6 +132,17 @@ pub struct HttpLimits {
     pub trusted_proxies: Vec<IpAddr>,
 }
 
+/// What systemd asked of the process through its environment (none of it is configuration an
+/// operator writes; `check-config` does not list it).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SystemdEnv {
+    /// `NOTIFY_SOCKET`: a path, or an abstract socket name starting with `@`.
+    pub notify_socket: Option<String>,
+    /// `WATCHDOG_USEC`, when set, above zero, and meant for this process (`WATCHDOG_PID`
+    /// unset or ours).
+    pub watchdog: Option<Duration>,
+}
+
 /// The server section as read, before its values move into [`Config`]'s top-level fields.
 pub(super) struct Server {
     pub app_env: AppEnv,
@@ -136,6 +153,7 @@ pub(super) struct Server {
     /// `None` when no usable domain was given (the problem is already reported).
     pub domains: Option<Domains>,
     pub log: LogConfig,
+    pub systemd: SystemdEnv,
 }
 
 impl Server {
@@ -174,6 +192,7 @@ impl Server {
             }),
             timestamps: !r.is_set(JOURNAL_STREAM),
         };
+        let systemd = read_systemd(r, std::process::id());
         Server {
             app_env,
             bind_addr,
@@ -182,6 +201,7 @@ impl Server {
             http,
             domains,
             log,
+            systemd,
         }
     }
 
@@ -212,6 +232,24 @@ impl Server {
         out.value(WS_DOMAIN, &config.domains.ws);
         out.value(LOG_LEVEL, config.log.level.to_string().to_ascii_lowercase());
         out.value(LOG_FORMAT, config.log.format.as_str());
+    }
+}
+
+/// systemd's variables. They come from systemd, not an operator, so a value that does not
+/// parse is not a configuration error: the feature is off, as without the variable.
+fn read_systemd(r: &mut Reader<'_>, our_pid: u32) -> SystemdEnv {
+    let notify_socket = r.raw(NOTIFY_SOCKET).map(str::to_string);
+    let for_us = r
+        .raw(WATCHDOG_PID)
+        .is_none_or(|pid| pid.trim().parse() == Ok(our_pid));
+    let watchdog = r
+        .raw(WATCHDOG_USEC)
+        .and_then(|usec| usec.trim().parse::<u64>().ok())
+        .filter(|&usec| usec > 0 && for_us)
+        .map(Duration::from_micros);
+    SystemdEnv {
+        notify_socket,
+        watchdog,
     }
 }
 
