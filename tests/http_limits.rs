@@ -273,26 +273,35 @@ fn connections_over_the_cap_are_refused_at_once_and_counted() {
     no_panic(&server);
 }
 
-#[test]
-fn running_out_of_descriptors_does_not_kill_the_http_listener() {
-    let records = TempDir::new("emfile");
-    // A descriptor limit far below the connection cap: accept(2) fails with EMFILE.
+/// `serve` under `ulimit -n 64`, with `extra` variables; its HTTP address.
+fn serve_with_64_descriptors(records: &TempDir, extra: &[(&str, &str)]) -> (Spawned, SocketAddr) {
     let mut command = std::process::Command::new("/bin/sh");
     command.args([
         "-c",
         "ulimit -n 64 && exec \"$0\" serve",
         env!("CARGO_BIN_EXE_cotrackpro-voice"),
     ]);
-    let server = Spawned::spawn(crate::support::serve_env(command, &records, &[]));
+    let server = Spawned::spawn(crate::support::serve_env(command, records, extra));
     let line = server.wait_for_line("the listening line", |l| l.contains("listening"));
     let line: serde_json::Value = serde_json::from_str(&line).unwrap();
     let addr: SocketAddr = line["http"].as_str().unwrap().parse().unwrap();
+    (server, addr)
+}
 
-    // More connections than the process has descriptors; the kernel's backlog takes the rest.
-    answer_call(addr);
-    let flood: Vec<TcpStream> = (0..150)
+/// 150 connections, more than the process has descriptors; the kernel's backlog takes the rest.
+fn flood(addr: SocketAddr) -> Vec<TcpStream> {
+    (0..150)
         .filter_map(|_| TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok())
-        .collect();
+        .collect()
+}
+
+#[test]
+fn running_out_of_descriptors_does_not_kill_the_http_listener() {
+    let records = TempDir::new("emfile");
+    // A descriptor limit far below the connection cap: accept(2) fails with EMFILE.
+    let (server, addr) = serve_with_64_descriptors(&records, &[]);
+    answer_call(addr);
+    let flood = flood(addr);
     server.wait_for_line("the accept failure logged", |l| {
         l.contains("http.accept_failed") && l.contains("\"outOfDescriptors\":true")
     });
@@ -334,4 +343,32 @@ fn the_access_log_believes_forwarded_for_only_from_the_proxy_and_bounds_it() {
     let client = line["client"].as_str().unwrap();
     assert!(client.len() < 100, "{client}");
     assert!(client.ends_with("[12000 bytes]"), "{client}");
+}
+
+#[test]
+fn a_connection_cap_under_the_descriptor_limit_keeps_accept_from_failing() {
+    let records = TempDir::new("cap-under-limit");
+    let (server, addr) = serve_with_64_descriptors(&records, &[("HTTP_MAX_CONNECTIONS", "16")]);
+    answer_call(addr);
+    let mut flood = flood(addr);
+    // The excess is answered 503 and closed at once, so descriptors never run out (while the
+    // cap is full a webhook is refused too: the cap protects the process, the proxy in front
+    // absorbs floods).
+    let last = flood.last_mut().expect("connected");
+    assert_eq!(status_of(last), Some(503));
+    drop(flood);
+    answers_again(addr);
+    let refused = "cotrackpro_http_refused_total{reason=\"connections\"}";
+    let deadline = Instant::now() + IO_TIMEOUT;
+    while metric(addr, refused) < 100 {
+        assert!(Instant::now() < deadline, "the flood was not refused");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(webhook(addr).0, 204);
+    assert_eq!(metric(addr, "cotrackpro_http_accept_errors_total"), 0);
+    let lines = server.drain(Duration::from_millis(300));
+    assert!(
+        !lines.iter().any(|l| l.contains("http.accept_failed")),
+        "{lines:#?}"
+    );
 }
