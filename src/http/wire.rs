@@ -127,7 +127,9 @@ pub fn parse_head(bytes: &[u8]) -> Result<Head, HeadError> {
                 "a control character in a header value",
             ));
         }
-        headers.push((name.to_string(), value.trim().to_string()));
+        // Optional whitespace is spaces and tabs only (RFC 9110 5.6.3), not Unicode's.
+        let value = value.trim_matches(|c| c == ' ' || c == '\t');
+        headers.push((name.to_string(), value.to_string()));
     }
     Ok(Head {
         method: method.to_ascii_uppercase(),
