@@ -1,6 +1,6 @@
 //! systemd's notification protocol as the server speaks it: `READY=1`, `WATCHDOG=1` and
 //! `STOPPING=1` from the real binary to a `NOTIFY_SOCKET` the test listens on, and the watchdog
-//! falling silent when an accept loop dies (in-process, through the test hook that ends it).
+//! falling silent when an accept loop dies (in-process: the test ends one with `stop_accepting`).
 
 use std::os::unix::net::UnixDatagram;
 use std::sync::Arc;
@@ -136,7 +136,7 @@ fn pings_stop_when(kill: impl FnOnce(&mut Server)) {
 
 #[test]
 fn the_watchdog_stops_pinging_when_the_http_accept_loop_dies() {
-    pings_stop_when(|server| server.http.kill_accept_loop_for_test());
+    pings_stop_when(|server| server.http.stop_accepting());
 }
 
 #[test]

@@ -112,9 +112,11 @@ impl HttpServer {
         self.local_addr
     }
 
-    /// A test hook: ends the accept loop as a crash of it would, leaving the workers and
-    /// everything else running (the watchdog must notice; see `crate::watchdog`).
-    pub fn kill_accept_loop_for_test(&mut self) {
+    /// Ends the accept loop: no new connection or request is taken, and the workers end once
+    /// they have answered what they hold. On its own (not through [`HttpServer::shutdown`]) it
+    /// is how tests play a dead accept loop, which the systemd watchdog must notice
+    /// (`crate::watchdog`).
+    pub fn stop_accepting(&mut self) {
         drop(self.stop.take());
         if let Some(acceptor) = self.acceptor.take() {
             let _ = acceptor.join();
@@ -124,7 +126,7 @@ impl HttpServer {
     /// Stops accepting, lets requests in progress finish, then stops every worker.
     pub fn shutdown(mut self) {
         // The loop ends and drops the job queue's sender: each worker ends after its request.
-        self.kill_accept_loop_for_test();
+        self.stop_accepting();
         for worker in self.workers {
             if worker.join().is_err() {
                 log::error!("an HTTP worker thread panicked");
