@@ -214,6 +214,84 @@ mod tests {
         assert_eq!(liveness.stale(), vec!["media-accept"]);
     }
 
+    /// A socket to notify, bound in a fresh directory (removed by the caller).
+    fn listening(label: &str) -> (UnixDatagram, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("cotrackpro-{label}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = UnixDatagram::bind(dir.join("notify.sock")).unwrap();
+        (socket, dir)
+    }
+
+    fn pings_within(socket: &UnixDatagram, wait: Duration) -> usize {
+        let deadline = Instant::now() + wait;
+        let mut pings = 0;
+        let mut buf = [0u8; 64];
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            socket
+                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                .unwrap();
+            match socket.recv(&mut buf) {
+                Ok(n) if &buf[..n] == b"WATCHDOG=1" => pings += 1,
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        pings
+    }
+
+    #[test]
+    fn the_watchdog_pings_only_while_the_check_passes_and_not_while_it_blocks() {
+        use std::sync::atomic::AtomicU8;
+        let (socket, dir) = listening("watchdog-unit");
+        let notifier = Arc::new(
+            Notifier::new(dir.join("notify.sock").to_str().unwrap())
+                .unwrap()
+                .unwrap(),
+        );
+        // 0: healthy, 1: a loop is stale, 2: the check blocks (a wedged records lock).
+        let state = Arc::new(AtomicU8::new(0));
+        let (unblock, blocked) = crossbeam_channel::bounded::<()>(1);
+        let check_state = state.clone();
+        let watchdog =
+            Watchdog::start(
+                notifier,
+                Duration::from_millis(40),
+                move || match check_state.load(Ordering::SeqCst) {
+                    0 => Vec::new(),
+                    1 => vec!["http-accept"],
+                    _ => {
+                        let _ = blocked.recv_timeout(Duration::from_secs(5));
+                        Vec::new()
+                    }
+                },
+            )
+            .unwrap();
+        assert!(pings_within(&socket, Duration::from_millis(300)) >= 3);
+        state.store(1, Ordering::SeqCst);
+        let _ = pings_within(&socket, Duration::from_millis(150));
+        assert_eq!(
+            pings_within(&socket, Duration::from_millis(300)),
+            0,
+            "stale"
+        );
+        state.store(2, Ordering::SeqCst);
+        let _ = pings_within(&socket, Duration::from_millis(150));
+        assert_eq!(
+            pings_within(&socket, Duration::from_millis(300)),
+            0,
+            "blocked"
+        );
+        state.store(0, Ordering::SeqCst);
+        unblock.send(()).unwrap();
+        assert!(
+            pings_within(&socket, Duration::from_millis(300)) >= 3,
+            "back"
+        );
+        watchdog.stop();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn notifications_reach_a_path_and_an_abstract_socket() {
         let dir = std::env::temp_dir().join(format!("cotrackpro-notify-{}", std::process::id()));
