@@ -495,6 +495,8 @@ fn write_step(r: &mut Reading, max_body: usize, now: Instant) -> Step {
         return Step::Wait;
     }
     if r.conn.buf.is_empty() {
+        // An idle connection keeps no buffer (the last body's may have been 64 KiB).
+        r.conn.buf = Vec::new();
         r.phase = Phase::Idle;
         r.deadline = now + KEEP_ALIVE_IDLE;
         return Step::Wait;
