@@ -32,6 +32,9 @@ use ureq::unversioned::transport::{
 pub const INPUT_BUFFER_BYTES: usize = 16 * 1024;
 /// See [`INPUT_BUFFER_BYTES`].
 pub const OUTPUT_BUFFER_BYTES: usize = 8 * 1024;
+/// Each buffer of the TCP layer under TLS: it hands bytes to rustls and takes records from it
+/// (a 16 KiB record moves in four reads; a model's streamed events are far smaller).
+const TCP_UNDER_TLS_BUFFER_BYTES: usize = 4 * 1024;
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
@@ -213,10 +216,17 @@ impl Connector<()> for ProviderConnector {
         claim_for_current(&claim)?;
         let agent_register = details.register_shutdown.clone();
         let socket_slot = claim.clone();
+        // Under TLS the TCP layer's buffers only move bytes in and out of rustls: small ones
+        // (a TLS connection has two pairs; a busy server holds hundreds of connections).
+        let tcp_config = if details.needs_tls() {
+            tcp_under_tls_config()
+        } else {
+            details.config
+        };
         let tcp_details = ConnectionDetails {
             uri: details.uri,
             addrs: details.addrs.clone(),
-            config: details.config,
+            config: tcp_config,
             request_level: details.request_level,
             resolver: details.resolver,
             now: details.now,
@@ -242,6 +252,18 @@ impl Connector<()> for ProviderConnector {
         };
         Ok(Some(Box::new(Scoped { inner, claim })))
     }
+}
+
+/// The settings of the TCP layer of a TLS connection: ureq's defaults (`TCP_NODELAY` among
+/// them) with [`TCP_UNDER_TLS_BUFFER_BYTES`] buffers.
+fn tcp_under_tls_config() -> &'static ureq::config::Config {
+    static CONFIG: std::sync::OnceLock<ureq::config::Config> = std::sync::OnceLock::new();
+    CONFIG.get_or_init(|| {
+        ureq::Agent::config_builder()
+            .input_buffer_size(TCP_UNDER_TLS_BUFFER_BYTES)
+            .output_buffer_size(TCP_UNDER_TLS_BUFFER_BYTES)
+            .build()
+    })
 }
 
 fn tls(details: &ConnectionDetails, tcp: Box<dyn Transport>) -> Result<TlsTransport, ureq::Error> {

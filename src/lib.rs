@@ -41,6 +41,7 @@ pub mod phone;
 pub mod poll;
 pub mod resolve;
 pub mod speech;
+pub mod stack;
 pub mod timestamp;
 pub mod tls;
 // systemd's readiness and watchdog (sd_notify), and the accept loops' beats it watches.

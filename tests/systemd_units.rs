@@ -135,6 +135,10 @@ fn the_service_limits_hold_a_thousand_calls() {
     // Sized for the target, not for ten times it.
     assert!(limits.open_files < Some(fds * 2) && limits.cgroup_tasks < Some(tasks * 2));
     assert!(unit.lines().any(|l| l == "Environment=MALLOC_ARENA_MAX=2"));
+    // As the bench runs its server.
+    assert!(unit
+        .lines()
+        .any(|l| l == "Environment=GLIBC_TUNABLES=glibc.malloc.tcache_count=0"));
 }
 
 /// `systemd-analyze security --offline` of a shipped service: its overall exposure, printed.

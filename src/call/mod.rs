@@ -76,8 +76,13 @@ use crate::twilio::stream_token::{self, StreamTokens};
 pub use self::machine::Input as Event;
 pub use self::setup::Setup;
 
-const EVENTS_CAP: usize = 64;
-const SPEECH_EVENTS_CAP: usize = 32;
+/// The call's input channels, allocated whole when the call starts (an event is 120 bytes).
+/// Their senders block while one is full, which only slows the sender down: the call thread
+/// takes events as fast as they come, and a worker that waits is a worker that is ahead.
+/// Control: Twilio's messages, transcripts, the model's text as it streams.
+const EVENTS_CAP: usize = 32;
+/// Speech: the text-to-speech worker's audio and ends of pieces.
+const SPEECH_EVENTS_CAP: usize = 16;
 const LLM_JOBS_CAP: usize = 4;
 const TTS_JOBS_CAP: usize = 64;
 /// How long the end of a call waits for its `completed` line to be on file (queued behind a
@@ -370,7 +375,14 @@ impl Call<'_> {
         ending: &Receiver<()>,
     ) -> End {
         let mut ending = Some(ending);
+        let mut stack_released = false;
         loop {
+            if !stack_released && self.frames.is_some() {
+                // The handshake, the `start` and the greeting went deep; the call goes on in a
+                // few KiB.
+                crate::stack::release_unused();
+                stack_released = true;
+            }
             if let Some(end) = self.machine.end() {
                 return end.clone();
             }

@@ -68,6 +68,7 @@ pub(super) fn twilio_reader(mut socket: WebSocket<ReadHalf>, mut reader: Reader<
     let mut clock = ChunkClock::new(reader.chunk);
     // The socket's receive low-water mark as last set.
     let mut low_water = 1usize;
+    let mut release_stack_at = Some(reader.started + std::time::Duration::from_secs(5));
     let end = loop {
         if !reader.stt.started() && reader.admitted.load(Ordering::Acquire) {
             reader.stt.start(reader.events);
@@ -114,6 +115,12 @@ pub(super) fn twilio_reader(mut socket: WebSocket<ReadHalf>, mut reader: Reader<
             reader.stt.on_ready(stt_read, stt_write, now, reader.events);
         }
         reader.stt.on_time(now, reader.events);
+        if release_stack_at.is_some_and(|at| at <= now) {
+            // The `start` and the first speech-to-text messages went deeper than the frames
+            // that follow; the reader goes on in a few KiB.
+            crate::stack::release_unused();
+            release_stack_at = None;
+        }
     };
     if let Some(end) = end {
         let _ = reader.events.send(Event::TwilioGone(end));

@@ -27,7 +27,9 @@ const MAX_UNWRITTEN_BYTES: usize = 256 * 1024;
 /// call must fit the memory budget); the writing half batches a step's messages.
 fn ws_config() -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(8 * 1024)
+        // Twilio's messages are small (a media frame is about 370 bytes, `start` a few KiB;
+        // a larger one grows the buffer): the reader takes a chunk's frames in one or two reads.
+        .read_buffer_size(4 * 1024)
         .write_buffer_size(WRITE_BATCH_BYTES)
         .max_write_buffer_size(MAX_UNWRITTEN_BYTES)
         .max_message_size(Some(MAX_MESSAGE_BYTES))

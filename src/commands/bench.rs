@@ -84,8 +84,12 @@ const SERVER_START_TIMEOUT: Duration = Duration::from_secs(20);
 const SERVER_STOP_TIMEOUT: Duration = Duration::from_secs(15);
 /// How often the harness looks at the callers and samples the server's process.
 const TICK: Duration = Duration::from_millis(250);
-/// Calls are dialed this far apart, as real calls arrive.
-const STAGGER: Duration = Duration::from_millis(20);
+/// Calls are dialed this far apart, as real calls arrive. Not a multiple of the 20 ms frame:
+/// each caller's frame clock then starts 3 ms after the previous one's (mod 20), so the callers'
+/// frames spread over the frame period as independent calls' do. (At 20 ms every caller would
+/// send in the same instant: a burst no set of real calls makes, which the server's hops would
+/// pay for.)
+const STAGGER: Duration = Duration::from_millis(23);
 /// How often, while every call is live, the window's figures are sampled (reading every
 /// thread's status costs the harness a file per server thread).
 const WINDOW_SAMPLE_EVERY: Duration = Duration::from_secs(1);
@@ -942,8 +946,9 @@ impl ServerProcess {
             .arg("serve")
             .env_clear()
             // As the shipped unit runs it (systemd/cotrackpro-voice.service): glibc's heap in
-            // two arenas, so the figures are production's.
+            // two arenas and no per-thread caches, so the figures are production's.
             .env("MALLOC_ARENA_MAX", "2")
+            .env("GLIBC_TUNABLES", "glibc.malloc.tcache_count=0")
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -109,9 +109,23 @@ pub fn role_addendum(role: Role) -> String {
     format!("CALLER ROLE: {}\n{guidance}", role.as_str())
 }
 
-/// The whole system prompt for `role`: the shared core, then the role's addendum.
-pub fn system_prompt(role: Role) -> String {
-    format!("{CORE_PROMPT}\n\n{}", role_addendum(role))
+/// The whole system prompt for `role`: the shared core, then the role's addendum. Built once
+/// per role and shared by every call of that role (it is about 9 KiB).
+pub fn system_prompt(role: Role) -> std::sync::Arc<str> {
+    static PROMPTS: std::sync::OnceLock<Vec<std::sync::Arc<str>>> = std::sync::OnceLock::new();
+    let prompts = PROMPTS.get_or_init(|| {
+        Role::ALL
+            .iter()
+            .map(|&r| format!("{CORE_PROMPT}\n\n{}", role_addendum(r)).into())
+            .collect()
+    });
+    Role::ALL
+        .iter()
+        .position(|&r| r == role)
+        .and_then(|i| prompts.get(i))
+        .cloned()
+        // Every role is in `Role::ALL`; built afresh should one ever be missing.
+        .unwrap_or_else(|| format!("{CORE_PROMPT}\n\n{}", role_addendum(role)).into())
 }
 
 /// Said before anything else, so the caller knows before they speak.
@@ -224,6 +238,10 @@ mod tests {
     fn every_prompt_shares_the_core_and_names_its_role() {
         for role in Role::ALL {
             let prompt = system_prompt(role);
+            assert!(
+                std::sync::Arc::ptr_eq(&prompt, &system_prompt(role)),
+                "{role}: one prompt shared by every call"
+            );
             assert!(
                 prompt.starts_with(CORE_PROMPT),
                 "{role}: the core is the cached prefix"

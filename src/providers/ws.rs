@@ -101,7 +101,9 @@ pub fn connect_with(
     };
     setup(&tcp).map_err(|e| ConnectError::Failed(e.to_string()))?;
     let config = WebSocketConfig::default()
-        .read_buffer_size(8 * 1024)
+        // Grown to a message's size when one is larger (text-to-speech audio, about 11 KiB);
+        // speech-to-text's messages are a few hundred bytes: two sockets per call.
+        .read_buffer_size(2 * 1024)
         .write_buffer_size(0)
         // What a non-blocking writer may queue while the peer does not read: 256 KiB is 16 s
         // of caller audio as STT messages, then the write fails and the session is retried.

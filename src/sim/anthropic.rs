@@ -595,7 +595,7 @@ mod tests {
     #[test]
     fn the_persona_is_read_from_our_own_system_prompts() {
         for role in Role::ALL {
-            let body = json!({"system": [{"type": "text", "text": system_prompt(role)}]});
+            let body = json!({"system": [{"type": "text", "text": &*system_prompt(role)}]});
             assert_eq!(persona(&body), Some(role));
         }
         assert_eq!(persona(&json!({"system": "no role here"})), None);

@@ -75,21 +75,34 @@ pub fn llm(
             if job.cancel.is_cancelled() {
                 break;
             }
-            let tools = setup.tools.current();
-            let mut body = request::build(&RequestParts {
-                model: &setup.anthropic.model,
-                max_tokens: setup.anthropic.max_tokens,
-                system,
-                tools: &tools,
-                history: &conversation,
-                max_history_messages: setup.anthropic.max_history_messages,
-            });
-            if round >= setup.max_tool_rounds && !tools.is_empty() {
-                // Tools stay defined (the history may hold tool blocks), but no more calls.
-                body["tool_choice"] = json!({"type": "none"});
-            }
+            // Only the bytes are kept while the answer streams: the JSON tree goes at once.
+            let body = {
+                let tools = setup.tools.current();
+                let mut body = request::build(&RequestParts {
+                    model: &setup.anthropic.model,
+                    max_tokens: setup.anthropic.max_tokens,
+                    system,
+                    tools: &tools,
+                    history: &conversation,
+                    max_history_messages: setup.anthropic.max_history_messages,
+                });
+                if round >= setup.max_tool_rounds && !tools.is_empty() {
+                    // Tools stay defined (the history may hold tool blocks), but no more calls.
+                    body["tool_choice"] = json!({"type": "none"});
+                }
+                serde_json::to_vec(&body)
+            };
+            let body = match body {
+                Ok(bytes) => bytes,
+                Err(err) => {
+                    error = Some(crate::providers::anthropic::client::LlmError::Malformed(
+                        err.to_string(),
+                    ));
+                    break;
+                }
+            };
             let mut gone = false;
-            let result = clients.client.stream(&body, &job.cancel, |item| {
+            let result = clients.client.stream_json(&body, &job.cancel, |item| {
                 if let StreamItem::Text(text) = item {
                     if send(LlmOut::Delta(text.clone())).is_err() {
                         gone = true;
@@ -185,5 +198,8 @@ pub fn llm(
         {
             return;
         }
+        // A request through the HTTP client (and a TLS handshake, now and then) went deep;
+        // between turns the worker waits in a few KiB.
+        crate::stack::release_unused();
     }
 }

@@ -234,6 +234,8 @@ fn perform(
                 }
                 Err(err) => Input::OpenFailed(err),
             };
+            // The handshake went deep; the worker goes on in a few KiB.
+            crate::stack::release_unused();
             plan.step(Instant::now(), input);
         }
         Action::Speak { context, text } => {

@@ -198,16 +198,28 @@ impl AnthropicClient {
         &self,
         body: &Value,
         cancel: &Cancel,
-        mut on_item: impl FnMut(&StreamItem),
+        on_item: impl FnMut(&StreamItem),
     ) -> Result<Outcome, LlmError> {
         let body = serde_json::to_vec(body).map_err(|e| LlmError::Malformed(e.to_string()))?;
+        self.stream_json(&body, cancel, on_item)
+    }
+
+    /// [`stream`](Self::stream) with the body already serialized: a call's worker drops the
+    /// request's JSON tree (the system prompt, the tools, the history: tens of KiB) before the
+    /// seconds the answer takes to stream.
+    pub fn stream_json(
+        &self,
+        body: &[u8],
+        cancel: &Cancel,
+        mut on_item: impl FnMut(&StreamItem),
+    ) -> Result<Outcome, LlmError> {
         // This thread's reads and writes are this client's until the stream is over.
         let _scope = self.scope.enter();
         let mut attempt = 0u32;
         loop {
             attempt += 1;
             let started = Instant::now();
-            let (error, retry_after) = match self.attempt(&body, cancel, started, &mut on_item) {
+            let (error, retry_after) = match self.attempt(body, cancel, started, &mut on_item) {
                 Ok(mut outcome) => {
                     outcome.attempts = attempt;
                     return Ok(outcome);
