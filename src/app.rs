@@ -32,6 +32,10 @@ pub struct App {
     pub stream_tokens: StreamTokens,
     /// `POST /call/outbound` requests being handled (they may hold at most half the workers).
     pub outbound_in_flight: std::sync::atomic::AtomicUsize,
+    /// The HTTP tier's connection counters (`/metrics`: `cotrackpro_http_*`).
+    pub http_counters: Arc<crate::metrics::HttpCounters>,
+    /// The accept loops' beats, which the systemd watchdog reads.
+    pub liveness: crate::watchdog::Liveness,
 }
 
 impl App {
@@ -48,6 +52,8 @@ impl App {
             idempotency,
             stream_tokens: StreamTokens::random(),
             outbound_in_flight: std::sync::atomic::AtomicUsize::new(0),
+            http_counters: Arc::default(),
+            liveness: crate::watchdog::Liveness::default(),
             config,
         }
     }

@@ -44,3 +44,5 @@ pub mod speech;
 pub mod stack;
 pub mod timestamp;
 pub mod tls;
+// systemd's readiness and watchdog (sd_notify), and the accept loops' beats it watches.
+pub mod watchdog;

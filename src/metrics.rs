@@ -2,7 +2,7 @@
 //! (Prometheus text format) and the `demo` command.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 /// What one turn took, end of the caller's speech first (milliseconds from it).
@@ -126,15 +126,21 @@ pub fn quantile(sorted: &[u64], q: f64) -> Option<u64> {
     Some(sorted[rank - 1])
 }
 
+/// Appends one metric in the Prometheus text format: its help, its type, and a line per
+/// sample (`labels` is `""` or `{name="value"}`).
+pub fn write_metric(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(&str, u64)]) {
+    out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+    for (labels, value) in samples {
+        out.push_str(&format!("{name}{labels} {value}\n"));
+    }
+}
+
 impl Metrics {
     /// The Prometheus text exposition (version 0.0.4) of these metrics and the live calls.
     pub fn render(&self, active: usize, peak: usize) -> String {
         let mut out = String::new();
         let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
-            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
-            for (labels, value) in samples {
-                out.push_str(&format!("{name}{labels} {value}\n"));
-            }
+            write_metric(&mut out, name, kind, help, samples)
         };
         let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         metric(
@@ -248,6 +254,78 @@ impl Metrics {
                 values.len()
             ));
         }
+        out
+    }
+}
+
+/// The webhook listener's counters (`cotrackpro_http_*` in `/metrics`), kept by its accept loop
+/// (`http::listener`). What each refusal answered is in the README's "The HTTP tier".
+#[derive(Debug, Default)]
+pub struct HttpCounters {
+    /// Connections open now (reading, queued, being answered, or idle between requests).
+    pub open: AtomicUsize,
+    pub accepted: AtomicU64,
+    /// Refused at once: `HTTP_MAX_CONNECTIONS` reached.
+    pub refused_over_cap: AtomicU64,
+    /// Refused at once: every worker busy and the queue full.
+    pub refused_busy: AtomicU64,
+    /// `accept` failures (out of descriptors and others).
+    pub accept_errors: AtomicU64,
+    /// 408: head and body not in within the deadline.
+    pub timeouts: AtomicU64,
+    /// 431: request line and headers over the limit.
+    pub heads_too_large: AtomicU64,
+    /// 413: a `Content-Length` over `HTTP_MAX_BODY_BYTES`.
+    pub bodies_too_large: AtomicU64,
+    /// 400, 411, 505: not a request we serve.
+    pub malformed: AtomicU64,
+}
+
+impl HttpCounters {
+    /// These counters in the Prometheus text format, after [`Metrics::render`]'s.
+    pub fn render(&self, max_connections: usize) -> String {
+        let mut out = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
+            write_metric(&mut out, name, kind, help, samples)
+        };
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        metric(
+            "cotrackpro_http_connections_open",
+            "gauge",
+            "Webhook connections open now.",
+            &[("", self.open.load(Ordering::Relaxed) as u64)],
+        );
+        metric(
+            "cotrackpro_http_connections_max",
+            "gauge",
+            "HTTP_MAX_CONNECTIONS.",
+            &[("", max_connections as u64)],
+        );
+        metric(
+            "cotrackpro_http_connections_accepted_total",
+            "counter",
+            "Webhook connections accepted.",
+            &[("", get(&self.accepted))],
+        );
+        metric(
+            "cotrackpro_http_refused_total",
+            "counter",
+            "Connections and requests the HTTP tier answered itself, by reason.",
+            &[
+                ("{reason=\"connections\"}", get(&self.refused_over_cap)),
+                ("{reason=\"busy\"}", get(&self.refused_busy)),
+                ("{reason=\"timeout\"}", get(&self.timeouts)),
+                ("{reason=\"header_too_large\"}", get(&self.heads_too_large)),
+                ("{reason=\"body_too_large\"}", get(&self.bodies_too_large)),
+                ("{reason=\"malformed\"}", get(&self.malformed)),
+            ],
+        );
+        metric(
+            "cotrackpro_http_accept_errors_total",
+            "counter",
+            "accept(2) failures on HTTP_PORT (out of descriptors and others).",
+            &[("", get(&self.accept_errors))],
+        );
         out
     }
 }

@@ -16,7 +16,8 @@ use std::time::Instant;
 #[derive(Debug)]
 pub struct Watch<'a> {
     fd: BorrowedFd<'a>,
-    write: bool,
+    /// What to wait for (`POLLIN`, `POLLOUT`).
+    events: i16,
     revents: i16,
 }
 
@@ -25,7 +26,17 @@ impl<'a> Watch<'a> {
     pub fn read(fd: BorrowedFd<'a>) -> Watch<'a> {
         Watch {
             fd,
-            write: false,
+            events: libc::POLLIN,
+            revents: 0,
+        }
+    }
+
+    /// Wait until `fd` is writable only (a socket whose answer is being sent, whose next
+    /// request must wait in the kernel, not wake us).
+    pub fn write(fd: BorrowedFd<'a>) -> Watch<'a> {
+        Watch {
+            fd,
+            events: libc::POLLOUT,
             revents: 0,
         }
     }
@@ -34,7 +45,7 @@ impl<'a> Watch<'a> {
     pub fn read_write(fd: BorrowedFd<'a>, write: bool) -> Watch<'a> {
         Watch {
             fd,
-            write,
+            events: libc::POLLIN | if write { libc::POLLOUT } else { 0 },
             revents: 0,
         }
     }
@@ -72,7 +83,7 @@ pub fn wait(watches: &mut [Watch<'_>], deadline: Option<Instant>) -> io::Result<
     for (fd, w) in fds.iter_mut().zip(watches.iter()) {
         *fd = libc::pollfd {
             fd: w.fd.as_raw_fd(),
-            events: libc::POLLIN | if w.write { libc::POLLOUT } else { 0 },
+            events: w.events,
             revents: 0,
         };
     }

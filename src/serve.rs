@@ -2,10 +2,15 @@
 //!
 //! The foreground thread sleeps in a blocking read of a self-pipe the signal handlers write to
 //! (signal-hook's `low_level::pipe`), so it wakes for SIGTERM or SIGINT only.
+//!
+//! Under systemd (`Type=notify`) it says `READY=1` once both listeners accept and the records
+//! are loaded, `STOPPING=1` when the drain starts, and runs the watchdog ([`crate::watchdog`])
+//! when the unit sets `WatchdogSec=`.
 
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
@@ -15,6 +20,7 @@ use crate::config::Config;
 use crate::http::HttpServer;
 use crate::media::server::MediaServer;
 use crate::records::{RecordStore, RecordsError};
+use crate::watchdog::{Notifier, Watchdog};
 
 /// A server that failed to start.
 #[derive(Debug)]
@@ -145,6 +151,42 @@ impl Server {
     }
 }
 
+/// What keeps the watchdog from pinging systemd: the accept loops whose beat is stale. It also
+/// reads the records index, under the store's lock: a store wedged on its lock blocks this
+/// call, so no ping goes out then either.
+pub fn watchdog_problems(app: &App) -> Vec<&'static str> {
+    let problems = app.liveness.stale();
+    if let Some(probe) = crate::records::index::sid_key("CA00000000000000000000000000000000") {
+        let _ = app.records.summary(&probe);
+    }
+    problems
+}
+
+/// systemd's notification socket (from `config.systemd`), if any.
+struct Systemd {
+    notifier: Option<Arc<Notifier>>,
+}
+
+impl Systemd {
+    fn new(config: &crate::config::SystemdEnv) -> Systemd {
+        let notifier = match config.notify_socket.as_deref().map(Notifier::new) {
+            Some(Ok(notifier)) => notifier.map(Arc::new),
+            Some(Err(err)) => {
+                log::warn!(error:% = err; "NOTIFY_SOCKET is set but unusable: no sd_notify");
+                None
+            }
+            None => None,
+        };
+        Systemd { notifier }
+    }
+
+    fn notify(&self, message: &str) {
+        if let Some(notifier) = &self.notifier {
+            notifier.notify(message);
+        }
+    }
+}
+
 /// Compacts the records; a failure is logged and the server runs on with the old file
 /// (compaction is housekeeping, not a reason to stop answering calls).
 pub fn compact_and_log(records: &RecordStore) {
@@ -170,6 +212,8 @@ pub fn run(config: Config) -> Result<(), ServeError> {
         signal_hook::low_level::pipe::register(signal, notify).map_err(ServeError::Spawn)?;
     }
     drop(notify);
+    let systemd = Systemd::new(&config.systemd);
+    let watchdog_interval = config.systemd.watchdog;
     let server = Server::start(config)?;
     let config = &server.app.config;
     log::info!(
@@ -181,9 +225,36 @@ pub fn run(config: Config) -> Result<(), ServeError> {
         signatureValidation = config.twilio.validate_signature;
         "cotrackpro-voice {} listening", env!("CARGO_PKG_VERSION")
     );
+    // Both listeners are bound with their accept loops running, and the records are loaded.
+    systemd.notify("READY=1");
+    let draining = Arc::new(AtomicBool::new(false));
+    let watchdog = match (&systemd.notifier, watchdog_interval) {
+        (Some(notifier), Some(interval)) => {
+            let (app, draining) = (server.app.clone(), draining.clone());
+            let healthy = move || {
+                // While draining, the media loop has stopped on purpose.
+                if draining.load(Ordering::SeqCst) {
+                    Vec::new()
+                } else {
+                    watchdog_problems(&app)
+                }
+            };
+            match Watchdog::start(notifier.clone(), interval, healthy) {
+                Ok(watchdog) => Some(watchdog),
+                Err(err) => {
+                    log::error!(error:% = err; "cannot start the watchdog thread; systemd will restart the service");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
     wait_for_signal(&mut signalled);
     log::info!(activeCalls = server.app.calls.active(); "shutdown requested");
+    draining.store(true, Ordering::SeqCst);
+    systemd.notify("STOPPING=1");
     server.shutdown();
+    drop(watchdog);
     log::info!("stopped");
     Ok(())
 }

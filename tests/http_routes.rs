@@ -214,3 +214,124 @@ fn status_callbacks_are_validated() {
         );
     }
 }
+
+/// A raw connection to `server` with the tests' read timeout.
+fn raw_connection(server: &TestServer) -> std::net::TcpStream {
+    let stream = std::net::TcpStream::connect(server.addr).unwrap();
+    stream
+        .set_read_timeout(Some(crate::support::IO_TIMEOUT))
+        .unwrap();
+    stream
+}
+
+/// Reads one response with a `Content-Length` from `stream`, leaving what follows unread.
+fn read_one(stream: &mut std::net::TcpStream) -> (u16, String) {
+    use std::io::Read;
+    let mut raw = Vec::new();
+    let mut byte = [0u8; 1];
+    while !raw.ends_with(b"\r\n\r\n") {
+        assert_eq!(stream.read(&mut byte).unwrap(), 1, "the head ended early");
+        raw.push(byte[0]);
+    }
+    let head = String::from_utf8(raw).unwrap();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Length: "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut body = vec![0u8; len];
+    stream.read_exact(&mut body).unwrap();
+    (status, String::from_utf8(body).unwrap())
+}
+
+#[test]
+fn a_connection_carries_several_requests_even_pipelined() {
+    use std::io::Write;
+    let server = TestServer::start(&[]);
+    let mut stream = raw_connection(&server);
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_one(&mut stream).0, 200);
+    // Two at once, the second with a body, then one that asks to close.
+    stream
+        .write_all(
+            b"GET /nope HTTP/1.1\r\nHost: a\r\n\r\n\
+              POST /call/status HTTP/1.1\r\nHost: a\r\n\
+              Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 13\r\n\r\n\
+              CallStatus=no\
+              GET /health HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap();
+    assert_eq!(read_one(&mut stream).0, 404);
+    let (status, body) = read_one(&mut stream);
+    assert_eq!(status, 400);
+    assert!(body.contains("CallSid"), "{body}");
+    assert_eq!(read_one(&mut stream).0, 200);
+    let mut rest = Vec::new();
+    use std::io::Read;
+    stream.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "closed after the last answer");
+}
+
+#[test]
+fn a_client_waiting_for_100_continue_gets_it_and_chunked_bodies_are_decoded() {
+    use std::io::Write;
+    let server = TestServer::start(&[]);
+    let mut stream = raw_connection(&server);
+    stream
+        .write_all(
+            b"POST /call/status HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\
+              Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 13\r\n\r\n",
+        )
+        .unwrap();
+    let mut interim = [0u8; 25];
+    use std::io::Read;
+    stream.read_exact(&mut interim).unwrap();
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    stream.write_all(b"CallStatus=no").unwrap();
+    assert_eq!(read_one(&mut stream).0, 400);
+
+    // A chunked body (what a proxy sends when it did not know the length) is decoded.
+    let mut chunked = raw_connection(&server);
+    chunked
+        .write_all(
+            b"POST /call/status HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\
+              Content-Type: application/x-www-form-urlencoded\r\n\r\n\
+              8\r\nCallSid=\r\n22\r\nCA0123456789abcdef0123456789abcdef\r\n\
+              13\r\n&CallStatus=ringing\r\n0\r\n\r\n",
+        )
+        .unwrap();
+    assert_eq!(read_one(&mut chunked).0, 204);
+    // Any other coding is not guessed at.
+    chunked
+        .write_all(
+            b"POST /call/status HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+        )
+        .unwrap();
+    let (status, body) = read_one(&mut chunked);
+    assert_eq!(status, 411);
+    assert!(body.contains("Content-Length"), "{body}");
+}
+
+#[test]
+fn a_head_request_gets_the_head_only_and_the_connection_goes_on() {
+    use std::io::{Read, Write};
+    let server = TestServer::start(&[]);
+    let mut stream = raw_connection(&server);
+    stream
+        .write_all(
+            b"HEAD /health HTTP/1.1\r\nHost: a\r\n\r\n\
+              GET /health HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).unwrap();
+    let (head, rest) = raw.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 405 "), "{raw}");
+    assert!(head.contains("Content-Length: "), "{head}");
+    // No body after the HEAD answer's head: the next bytes are the GET's answer.
+    assert!(rest.starts_with("HTTP/1.1 200 "), "{rest}");
+}

@@ -347,3 +347,43 @@ fn lists_can_be_limited_to_a_time_window() {
     assert_eq!(bad.status, 400);
     assert_eq!(bad.json()["error"], "Invalid startDate");
 }
+
+#[test]
+fn a_made_up_cursor_and_reversed_dates_are_400_not_a_quiet_page() {
+    let server = server(&[]);
+    for n in 1..=3 {
+        answer(&server, n, "judge");
+    }
+    // A real cursor still pages, and an empty one is the first page.
+    let first = get(&server, "/records?limit=2");
+    assert_eq!(first.status, 200);
+    let cursor = first.json()["cursor"].as_str().unwrap().to_string();
+    let second = get(&server, &format!("/records?limit=2&cursor={cursor}"));
+    assert_eq!(second.status, 200);
+    assert_eq!(second.json()["records"].as_array().unwrap().len(), 1);
+    assert_eq!(get(&server, "/records?limit=2&cursor=").status, 200);
+
+    for garbage in ["garbage", "%25%25", "MTIzOkNBbm90YXNpZA", "////"] {
+        let res = get(&server, &format!("/records?cursor={garbage}"));
+        assert_eq!(res.status, 400, "{garbage}");
+        assert_eq!(res.json()["error"], "Invalid cursor", "{garbage}");
+        assert!(res.json()["details"]
+            .as_str()
+            .unwrap()
+            .contains("previous page"));
+    }
+    let by_role = get(&server, "/records/by-role/judge?cursor=nope");
+    assert_eq!(by_role.status, 400);
+
+    let reversed = get(&server, "/records?startDate=2026-11-21&endDate=2026-11-20");
+    assert_eq!(reversed.status, 400);
+    assert_eq!(reversed.json()["error"], "startDate is after endDate");
+    let reversed_times = get(
+        &server,
+        "/records/by-status/active?startDate=2026-11-20T10:00:00Z&endDate=2026-11-20T09:00:00Z",
+    );
+    assert_eq!(reversed_times.status, 400);
+    // One day given as both ends is a window, not a mistake.
+    let same_day = get(&server, "/records?startDate=2026-11-20&endDate=2026-11-20");
+    assert_eq!(same_day.status, 200);
+}

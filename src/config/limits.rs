@@ -25,6 +25,9 @@ pub const SERVER_THREADS: u64 = 128;
 
 /// Descriptors of the server itself: listeners, the records and lock files, idle provider
 /// connections (at most 64 + 16), handshakes in progress (at most 64), logs, with room.
+/// Webhook connections come on top, one each up to `HTTP_MAX_CONNECTIONS` (the unit's
+/// LimitNOFILE= adds them); they are not counted here: the HTTP accept loop survives running
+/// out (it sheds connections and logs `http.accept_failed`), calls would not.
 pub const SERVER_FDS: u64 = 256;
 
 /// The limits that bound the calls, as read (`None`: unlimited, or could not be read).

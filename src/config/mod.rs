@@ -37,7 +37,7 @@ pub use mcp::McpConfig;
 pub use outbound::{CountryAllowList, OutboundConfig};
 pub use prices::{Prices, DEFAULT_PRICES};
 pub use records::RecordsConfig;
-pub use server::{AppEnv, Domains, HttpLimits, LogConfig, LogFormat};
+pub use server::{AppEnv, Domains, HttpLimits, LogConfig, LogFormat, SystemdEnv};
 pub use tls::ProviderTlsConfig;
 pub use twilio::{is_sid, TwilioConfig, WEBHOOK_SHARED_KEY};
 pub use values::{BaseUrl, Domain, RateLimits, Secret};
@@ -87,6 +87,8 @@ pub struct Config {
     pub cron_secret: Option<Secret>,
     pub calls: CallsConfig,
     pub prices: Prices,
+    /// What systemd asked for (`NOTIFY_SOCKET`, `WATCHDOG_USEC`); not listed by `check-config`.
+    pub systemd: SystemdEnv,
     /// Things that are allowed but probably not what the operator meant.
     pub warnings: Vec<String>,
 }
@@ -205,6 +207,7 @@ impl Config {
             cron_secret,
             calls,
             prices,
+            systemd: server.systemd,
             warnings: Vec::new(),
         })
     }

@@ -2,6 +2,7 @@
 //! domains Twilio reaches us on, and logging. Its values are [`Config`]'s top-level fields.
 
 use std::net::IpAddr;
+use std::time::Duration;
 
 use log::LevelFilter;
 
@@ -35,6 +36,16 @@ const HTTP_MAX_BODY_BYTES: Whole = Whole {
     min: 1024,
     max: 10 * 1024 * 1024,
 };
+/// Open webhook connections at most; past it a connection is answered 503 and closed at once.
+/// Each takes one descriptor: the unit's LimitNOFILE= counts them (src/config/limits.rs).
+const HTTP_MAX_CONNECTIONS: Whole = Whole {
+    name: "HTTP_MAX_CONNECTIONS",
+    default: 1024,
+    min: 16,
+    max: 65536,
+};
+/// The reverse proxies whose `X-Forwarded-For` the access log believes.
+const TRUSTED_PROXY: &str = "TRUSTED_PROXY";
 /// The fallback for both domains below.
 const SERVER_DOMAIN: &str = "SERVER_DOMAIN";
 const API_DOMAIN: &str = "API_DOMAIN";
@@ -43,6 +54,11 @@ const LOG_LEVEL: &str = "LOG_LEVEL";
 const LOG_FORMAT: &str = "LOG_FORMAT";
 /// Set by systemd for a service whose output goes to the journal.
 const JOURNAL_STREAM: &str = "JOURNAL_STREAM";
+/// Set by systemd for a `Type=notify` service: where `READY=1` and the rest go.
+const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
+/// Set by systemd when the unit has `WatchdogSec=`: the interval, and the process it is for.
+const WATCHDOG_USEC: &str = "WATCHDOG_USEC";
+const WATCHDOG_PID: &str = "WATCHDOG_PID";
 
 /// `APP_ENV`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,10 +121,26 @@ impl Domains {
 }
 
 /// The HTTP listener's limits.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct HttpLimits {
     pub workers: usize,
     pub max_body_bytes: usize,
+    /// `HTTP_MAX_CONNECTIONS`.
+    pub max_connections: usize,
+    /// `TRUSTED_PROXY`: peers whose `X-Forwarded-For` names the client. Empty: the peer's
+    /// own address is the client.
+    pub trusted_proxies: Vec<IpAddr>,
+}
+
+/// What systemd asked of the process through its environment (none of it is configuration an
+/// operator writes; `check-config` does not list it).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SystemdEnv {
+    /// `NOTIFY_SOCKET`: a path, or an abstract socket name starting with `@`.
+    pub notify_socket: Option<String>,
+    /// `WATCHDOG_USEC`, when set, above zero, and meant for this process (`WATCHDOG_PID`
+    /// unset or ours).
+    pub watchdog: Option<Duration>,
 }
 
 /// The server section as read, before its values move into [`Config`]'s top-level fields.
@@ -121,6 +153,7 @@ pub(super) struct Server {
     /// `None` when no usable domain was given (the problem is already reported).
     pub domains: Option<Domains>,
     pub log: LogConfig,
+    pub systemd: SystemdEnv,
 }
 
 impl Server {
@@ -146,6 +179,8 @@ impl Server {
         let http = HttpLimits {
             workers: r.whole(&HTTP_WORKERS) as usize,
             max_body_bytes: r.whole(&HTTP_MAX_BODY_BYTES) as usize,
+            max_connections: r.whole(&HTTP_MAX_CONNECTIONS) as usize,
+            trusted_proxies: r.parse(TRUSTED_PROXY, Vec::new(), parse_addresses),
         };
         let domains = read_domains(r);
         let log = LogConfig {
@@ -157,6 +192,7 @@ impl Server {
             }),
             timestamps: !r.is_set(JOURNAL_STREAM),
         };
+        let systemd = read_systemd(r, std::process::id());
         Server {
             app_env,
             bind_addr,
@@ -165,6 +201,7 @@ impl Server {
             http,
             domains,
             log,
+            systemd,
         }
     }
 
@@ -176,10 +213,43 @@ impl Server {
         out.value(MEDIA_PORT.name, config.media_port);
         out.value(HTTP_WORKERS.name, config.http.workers);
         out.value(HTTP_MAX_BODY_BYTES.name, config.http.max_body_bytes);
+        out.value(HTTP_MAX_CONNECTIONS.name, config.http.max_connections);
+        let proxies: Vec<String> = config
+            .http
+            .trusted_proxies
+            .iter()
+            .map(|ip| ip.to_string())
+            .collect();
+        out.value(
+            TRUSTED_PROXY,
+            if proxies.is_empty() {
+                "[not set: the peer address is the client]".to_string()
+            } else {
+                proxies.join(",")
+            },
+        );
         out.value(API_DOMAIN, &config.domains.api);
         out.value(WS_DOMAIN, &config.domains.ws);
         out.value(LOG_LEVEL, config.log.level.to_string().to_ascii_lowercase());
         out.value(LOG_FORMAT, config.log.format.as_str());
+    }
+}
+
+/// systemd's variables. They come from systemd, not an operator, so a value that does not
+/// parse is not a configuration error: the feature is off, as without the variable.
+fn read_systemd(r: &mut Reader<'_>, our_pid: u32) -> SystemdEnv {
+    let notify_socket = r.raw(NOTIFY_SOCKET).map(str::to_string);
+    let for_us = r
+        .raw(WATCHDOG_PID)
+        .is_none_or(|pid| pid.trim().parse() == Ok(our_pid));
+    let watchdog = r
+        .raw(WATCHDOG_USEC)
+        .and_then(|usec| usec.trim().parse::<u64>().ok())
+        .filter(|&usec| usec > 0 && for_us)
+        .map(Duration::from_micros);
+    SystemdEnv {
+        notify_socket,
+        watchdog,
     }
 }
 
@@ -198,6 +268,20 @@ fn read_domains(r: &mut Reader<'_>) -> Option<Domains> {
         }
     }
     Some(Domains { api: api?, ws: ws? })
+}
+
+/// `TRUSTED_PROXY`: IP addresses, comma-separated (`127.0.0.1,::1`). Addresses, not names or
+/// ranges: the check runs on every request and must not resolve anything.
+fn parse_addresses(v: &str) -> Result<Vec<IpAddr>, String> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(|a| {
+            a.parse().map_err(|_| {
+                format!("{a:?} is not an IP address (list addresses, comma-separated)")
+            })
+        })
+        .collect()
 }
 
 fn parse_level(v: &str) -> Result<LevelFilter, String> {

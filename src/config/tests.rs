@@ -611,13 +611,17 @@ fn the_effective_listing_names_every_setting_once() {
 }
 
 /// The variables a section looks at but does not list itself: inputs to other values
-/// (`SERVER_DOMAIN` becomes the listed domains, systemd's two decide defaults), the original's
+/// (`SERVER_DOMAIN` becomes the listed domains, systemd's two decide defaults), systemd's
+/// notification and watchdog variables (not an operator's to set), the original's
 /// name for the call cap, and the original's variables that are only warned about.
 fn looked_at_but_not_listed() -> Vec<&'static str> {
     let mut keys = vec![
         "SERVER_DOMAIN",
         "JOURNAL_STREAM",
         "STATE_DIRECTORY",
+        "NOTIFY_SOCKET",
+        "WATCHDOG_USEC",
+        "WATCHDOG_PID",
         "MAX_CONCURRENT_SESSIONS",
     ];
     keys.extend(NOT_CARRIED_OVER.iter().map(|(key, _)| *key));
@@ -758,4 +762,80 @@ fn provider_ca_file_must_be_a_readable_pem_file_of_certificates() {
         "{row}"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_http_tier_settings_have_defaults_ranges_and_a_listing() {
+    let config = ok(&[]);
+    assert_eq!(config.http.max_connections, 1024);
+    assert!(config.http.trusted_proxies.is_empty());
+    let rows = config.effective();
+    let value = |rows: &[(&str, String)], key: &str| {
+        rows.iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("{key} is not listed"))
+    };
+    assert_eq!(value(&rows, "HTTP_MAX_CONNECTIONS"), "1024");
+    assert_eq!(
+        value(&rows, "TRUSTED_PROXY"),
+        "[not set: the peer address is the client]"
+    );
+
+    let config = ok(&[
+        ("HTTP_MAX_CONNECTIONS", "64"),
+        ("TRUSTED_PROXY", " 127.0.0.1, ::1 ,"),
+    ]);
+    assert_eq!(config.http.max_connections, 64);
+    assert_eq!(
+        config.http.trusted_proxies,
+        [
+            "127.0.0.1".parse::<std::net::IpAddr>().unwrap(),
+            "::1".parse().unwrap()
+        ]
+    );
+    assert_eq!(value(&config.effective(), "TRUSTED_PROXY"), "127.0.0.1,::1");
+
+    fails(&[("HTTP_MAX_CONNECTIONS", "8")], "HTTP_MAX_CONNECTIONS", "");
+    fails(
+        &[("TRUSTED_PROXY", "proxy.internal")],
+        "TRUSTED_PROXY",
+        "is not an IP address",
+    );
+    fails(
+        &[("TRUSTED_PROXY", "10.0.0.0/8")],
+        "TRUSTED_PROXY",
+        "is not an IP address",
+    );
+}
+
+#[test]
+fn systemds_notify_socket_and_watchdog_are_taken_as_given() {
+    assert_eq!(ok(&[]).systemd, SystemdEnv::default());
+    let ours = std::process::id().to_string();
+    let config = ok(&[
+        ("NOTIFY_SOCKET", "@/org/freedesktop/systemd1/notify/123"),
+        ("WATCHDOG_USEC", "20000000"),
+        ("WATCHDOG_PID", &ours),
+    ]);
+    assert_eq!(
+        config.systemd,
+        SystemdEnv {
+            notify_socket: Some("@/org/freedesktop/systemd1/notify/123".into()),
+            watchdog: Some(std::time::Duration::from_secs(20)),
+        }
+    );
+    // Another process's watchdog, or a value that is not one, is no watchdog (and no error).
+    for (usec, pid) in [
+        ("20000000", "1"),
+        ("0", ours.as_str()),
+        ("soon", ours.as_str()),
+    ] {
+        let config = ok(&[("WATCHDOG_USEC", usec), ("WATCHDOG_PID", pid)]);
+        assert_eq!(config.systemd.watchdog, None, "{usec} {pid}");
+    }
+    assert_eq!(
+        ok(&[("WATCHDOG_USEC", "500000")]).systemd.watchdog,
+        Some(std::time::Duration::from_millis(500))
+    );
 }

@@ -27,7 +27,8 @@ pub fn metrics(app: &App, req: &Incoming) -> Reply {
     if let Some(refused) = super::records::gate(app, req, "metrics") {
         return refused;
     }
-    let text = app.metrics.render(app.calls.active(), app.calls.peak());
+    let mut text = app.metrics.render(app.calls.active(), app.calls.peak());
+    text.push_str(&app.http_counters.render(app.config.http.max_connections));
     Reply {
         status: 200,
         content_type: "text/plain; version=0.0.4; charset=utf-8",

@@ -1,29 +1,37 @@
-//! The webhook and API listener on `HTTP_PORT`: tiny_http accepting connections, a fixed pool of
-//! named worker threads answering them, and [`route`], one table from method and path to handler.
+//! The webhook and API listener on `HTTP_PORT`: our own accept loop (`http-accept`, see
+//! [`listener`]) reading every request whole within bounded size and time, a fixed pool of named
+//! worker threads answering them, and [`route`], one table from method and path to handler.
 //!
 //! Every response carries `X-Request-Id`, every request gets one access-log line, and a handler
-//! that panics answers 500 instead of taking its worker down. tiny_http sets no socket timeouts,
-//! so the listener is meant to sit behind a TLS reverse proxy that buffers requests (README).
+//! that panics answers 500 instead of taking its worker down. Why not tiny_http (the design
+//! card's choice): its accept thread panics or ends on the first `accept` error (EMFILE), it
+//! reads heads without a size limit and bodies without a deadline, one thread per connection,
+//! and it gives no way to hand it connections we accepted ourselves (README, "The HTTP tier").
 
 mod cron;
 mod dashboard;
 mod health;
+pub mod listener;
 mod outbound;
 pub mod records;
 pub mod request;
 pub mod response;
 mod twilio;
+pub mod wire;
 
-use std::io;
+use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
 
 use crate::app::App;
 use crate::ids::RequestId;
+use crate::poll::WakeSender;
+use listener::{Answer, Job};
 
 pub use request::Incoming;
 pub use response::Reply;
@@ -32,36 +40,70 @@ pub use response::Reply;
 /// same generous stack as the call's provider workers (only touched pages are committed).
 const WORKER_STACK_BYTES: usize = 1024 * 1024;
 
+/// How long a worker writes an answer itself, when the accept loop has stopped (shutdown).
+const SHUTDOWN_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Requests that have arrived and wait for a worker, per worker. Past this the accept loop
+/// answers 503 at once rather than let a queue grow while every worker is busy.
+const QUEUED_PER_WORKER: usize = 8;
+
 /// The running HTTP listener. [`HttpServer::shutdown`] stops it; dropping it without that leaves
-/// the workers running until the process exits.
+/// the threads running until the process exits.
 pub struct HttpServer {
-    server: Arc<tiny_http::Server>,
+    /// Dropping it stops the accept loop (its wake-up descriptor reads end-of-stream).
+    stop: Option<WakeSender>,
+    acceptor: Option<JoinHandle<()>>,
     workers: Vec<JoinHandle<()>>,
-    stopping: Arc<AtomicBool>,
     local_addr: SocketAddr,
 }
 
 impl HttpServer {
-    /// Serves `listener` with `app.config.http.workers` worker threads.
+    /// Serves `listener` with an accept loop and `app.config.http.workers` worker threads.
     pub fn start(app: Arc<App>, listener: TcpListener) -> io::Result<HttpServer> {
         let local_addr = listener.local_addr()?;
-        let server = tiny_http::Server::from_listener(listener, None)
-            .map_err(|err| io::Error::other(format!("cannot serve HTTP: {err}")))?;
-        let server = Arc::new(server);
-        let stopping = Arc::new(AtomicBool::new(false));
+        listener.set_nonblocking(true)?;
+        let limits = &app.config.http;
+        let (jobs_tx, jobs) = crossbeam_channel::bounded::<Job>(limits.workers * QUEUED_PER_WORKER);
+        // Never full: every connection in it holds one of `max_connections` places.
+        let (answered_tx, answered) = crossbeam_channel::bounded::<Answer>(limits.max_connections);
+        let (stop, wake) = crate::poll::wake_pair()?;
+        // Workers wake the loop when they hand an answer over; a second pair, so that the
+        // workers' copies do not keep the loop from seeing `stop` dropped.
+        let (answered_wake, answered_woken) = crate::poll::wake_pair()?;
+        let answered_wake = Arc::new(answered_wake);
         let mut workers = Vec::new();
-        for idx in 0..app.config.http.workers {
-            let (app, server, stopping) = (app.clone(), server.clone(), stopping.clone());
+        for idx in 0..limits.workers {
+            let (app, jobs, answered_tx, answered_wake) = (
+                app.clone(),
+                jobs.clone(),
+                answered_tx.clone(),
+                answered_wake.clone(),
+            );
             let worker = thread::Builder::new()
                 .name(format!("http-{idx}"))
                 .stack_size(WORKER_STACK_BYTES)
-                .spawn(move || worker_loop(&app, &server, &stopping))?;
+                .spawn(move || worker_loop(&app, &jobs, &answered_tx, &answered_wake))?;
             workers.push(worker);
         }
+        let lp = listener::Loop {
+            listener,
+            max_connections: limits.max_connections,
+            max_body_bytes: limits.max_body_bytes,
+            counters: app.http_counters.clone(),
+            jobs: jobs_tx,
+            answered,
+            wake,
+            answered_woken,
+            beat: app.liveness.http.clone(),
+        };
+        let acceptor = thread::Builder::new()
+            .name("http-accept".into())
+            .stack_size(256 * 1024)
+            .spawn(move || listener::run(lp))?;
         Ok(HttpServer {
-            server,
+            stop: Some(stop),
+            acceptor: Some(acceptor),
             workers,
-            stopping,
             local_addr,
         })
     }
@@ -70,13 +112,21 @@ impl HttpServer {
         self.local_addr
     }
 
-    /// Lets requests in progress finish, then stops every worker and closes the listener.
-    pub fn shutdown(self) {
-        self.stopping.store(true, Ordering::SeqCst);
-        // `unblock` wakes one blocked `recv` each time.
-        for _ in &self.workers {
-            self.server.unblock();
+    /// Ends the accept loop: no new connection or request is taken, and the workers end once
+    /// they have answered what they hold. On its own (not through [`HttpServer::shutdown`]) it
+    /// is how tests play a dead accept loop, which the systemd watchdog must notice
+    /// (`crate::watchdog`).
+    pub fn stop_accepting(&mut self) {
+        drop(self.stop.take());
+        if let Some(acceptor) = self.acceptor.take() {
+            let _ = acceptor.join();
         }
+    }
+
+    /// Stops accepting, lets requests in progress finish, then stops every worker.
+    pub fn shutdown(mut self) {
+        // The loop ends and drops the job queue's sender: each worker ends after its request.
+        self.stop_accepting();
         for worker in self.workers {
             if worker.join().is_err() {
                 log::error!("an HTTP worker thread panicked");
@@ -93,64 +143,92 @@ impl HttpServer {
     }
 }
 
-fn worker_loop(app: &App, server: &tiny_http::Server, stopping: &AtomicBool) {
-    loop {
-        match server.recv() {
-            Ok(request) => handle(app, request),
-            Err(_) if stopping.load(Ordering::SeqCst) => return,
+/// A worker: answers whole requests until the accept loop ends (the queue disconnects). The
+/// accept loop writes the answers; once it has stopped (shutdown), the worker writes the last
+/// ones itself, briefly.
+fn worker_loop(app: &App, jobs: &Receiver<Job>, answered: &Sender<Answer>, wake: &WakeSender) {
+    while let Ok(job) = jobs.recv() {
+        let answer = answer(app, job);
+        match answered.try_send(answer) {
+            Ok(()) => wake.wake(),
             Err(err) => {
-                // An accept error (e.g. out of file descriptors): log, breathe, go on.
-                log::warn!(error:% = err; "HTTP listener error");
-                thread::sleep(Duration::from_millis(50));
+                let answer = err.into_inner();
+                let stream = &answer.conn.stream;
+                let _ = stream
+                    .set_nonblocking(false)
+                    .and_then(|()| stream.set_write_timeout(Some(SHUTDOWN_WRITE_TIMEOUT)))
+                    .and_then(|()| (&answer.conn.stream).write_all(&answer.bytes));
             }
         }
     }
 }
 
-fn handle(app: &App, mut request: tiny_http::Request) {
-    let started = Instant::now();
-    let request_id = RequestId::from_header(
-        request
-            .headers()
-            .iter()
-            .find(|h| h.field.equiv("X-Request-Id"))
-            .map(|h| h.value.as_str()),
-    );
-    let method = request.method().as_str().to_string();
-    // Only the path is logged: query strings may carry data that does not belong in logs.
-    let path = request.url().split('?').next().unwrap_or("").to_string();
-    let forwarded_for = request
-        .headers()
-        .iter()
-        .find(|h| h.field.equiv("X-Forwarded-For"))
-        .map(|h| h.value.as_str().to_string());
-
-    let reply = match Incoming::read(&mut request, app.config.http.max_body_bytes) {
-        Err(reply) => reply,
-        Ok(incoming) => {
-            catch_unwind(AssertUnwindSafe(|| route(app, &incoming))).unwrap_or_else(|_| {
-                log::error!(requestId:% = request_id, path = path.as_str(); "handler panicked");
-                Reply::error(500, "Internal error")
-            })
-        }
-    };
-
+/// Answers one request (the route, the access-log line) and hands back the bytes to write.
+fn answer(app: &App, job: Job) -> Answer {
+    let Job {
+        conn,
+        head,
+        body,
+        started,
+    } = job;
+    let keep_alive = head.keep_alive();
+    let incoming = Incoming::from_parts(head, body, conn.peer);
+    let request_id = RequestId::from_header(incoming.header("X-Request-Id"));
+    let reply = catch_unwind(AssertUnwindSafe(|| route(app, &incoming))).unwrap_or_else(|_| {
+        log::error!(
+            requestId:% = request_id,
+            path = wire::log_value(&incoming.path, wire::LOG_VALUE_CHARS).as_str();
+            "handler panicked"
+        );
+        Reply::error(500, "Internal error")
+    });
     let status = reply.status;
-    let bytes = reply.body.len();
-    let client = forwarded_for
-        .or_else(|| request.remote_addr().map(|a| a.ip().to_string()))
-        .unwrap_or_default();
-    if let Err(err) = request.respond(reply.into_tiny(&request_id)) {
-        log::debug!(requestId:% = request_id, error:% = err; "client went away before the response was sent");
-    }
+    let body_len = reply.body.len();
+    let client = client_address(&app.config.http.trusted_proxies, &incoming);
+    // Only the path is logged: query strings may carry data that does not belong in logs.
     log::info!(
         target: "access",
         requestId:% = request_id,
         durationMs = (started.elapsed().as_micros() as f64 / 1000.0),
-        bytes = bytes,
+        bytes = body_len,
         client = client.as_str();
-        "{method} {path} {status}"
+        "{} {} {status}",
+        wire::log_value(&incoming.method, 16),
+        wire::log_value(&incoming.path, wire::LOG_VALUE_CHARS)
     );
+    let mut bytes = reply.into_bytes(&request_id, keep_alive);
+    if incoming.method == "HEAD" {
+        // The head only, `Content-Length` included, as for the GET it stands for.
+        bytes.truncate(bytes.len() - body_len);
+    }
+    Answer {
+        conn,
+        bytes,
+        keep_alive,
+    }
+}
+
+/// The client's address for the access log: the peer, unless the peer is a `TRUSTED_PROXY`,
+/// in which case the nearest address in `X-Forwarded-For` that is not one of ours either
+/// (anything further left was written by the client and proves nothing). Bounded for the log.
+pub fn client_address(trusted: &[std::net::IpAddr], req: &Incoming) -> String {
+    let Some(peer) = req.remote.map(|a| a.ip()) else {
+        return String::new();
+    };
+    if !trusted.contains(&peer) {
+        return peer.to_string();
+    }
+    let Some(forwarded) = req.header("X-Forwarded-For") else {
+        return peer.to_string();
+    };
+    let nearest = forwarded.rsplit(',').map(str::trim).find(|hop| {
+        hop.parse::<std::net::IpAddr>()
+            .map_or(true, |ip| !trusted.contains(&ip))
+    });
+    match nearest {
+        Some(hop) if !hop.is_empty() => wire::log_value(hop, 64),
+        _ => peer.to_string(),
+    }
 }
 
 /// The routes, by path.
@@ -215,5 +293,62 @@ pub fn route(app: &App, req: &Incoming) -> Reply {
         Route::Dashboard => dashboard::dashboard(),
         Route::Metrics => health::metrics(app, req),
         Route::CallOutbound => outbound::outbound(app, req),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from(peer: &str, forwarded: Option<&str>) -> Incoming {
+        Incoming {
+            remote: Some(SocketAddr::new(peer.parse().unwrap(), 40000)),
+            headers: forwarded
+                .map(|v| vec![("X-Forwarded-For".to_string(), v.to_string())])
+                .unwrap_or_default(),
+            ..Incoming::default()
+        }
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_a_trusted_proxy() {
+        let proxy: Vec<std::net::IpAddr> = vec!["127.0.0.1".parse().unwrap()];
+        // No proxy configured, or a peer that is not one: the peer is the client.
+        assert_eq!(
+            client_address(&[], &from("127.0.0.1", Some("203.0.113.9"))),
+            "127.0.0.1"
+        );
+        assert_eq!(
+            client_address(&proxy, &from("198.51.100.7", Some("203.0.113.9"))),
+            "198.51.100.7"
+        );
+        // Through the proxy: the nearest hop it did not add itself; what the client wrote
+        // further left is not believed.
+        assert_eq!(
+            client_address(&proxy, &from("127.0.0.1", Some("6.6.6.6, 203.0.113.9"))),
+            "203.0.113.9"
+        );
+        assert_eq!(
+            client_address(&proxy, &from("127.0.0.1", Some("203.0.113.9, 127.0.0.1"))),
+            "203.0.113.9"
+        );
+        assert_eq!(
+            client_address(&proxy, &from("127.0.0.1", None)),
+            "127.0.0.1"
+        );
+        assert_eq!(
+            client_address(&proxy, &from("127.0.0.1", Some(" , "))),
+            "127.0.0.1"
+        );
+    }
+
+    #[test]
+    fn a_forwarded_for_from_the_proxy_is_bounded_for_the_log() {
+        let proxy: Vec<std::net::IpAddr> = vec!["::1".parse().unwrap()];
+        let huge = format!("{}\nforged line", "x".repeat(10_000));
+        let logged = client_address(&proxy, &from("::1", Some(&huge)));
+        assert!(logged.chars().count() < 100, "{logged}");
+        assert!(!logged.contains('\n'));
+        assert!(logged.ends_with("bytes]"));
     }
 }

@@ -115,7 +115,19 @@ fn list(
     default_limit: usize,
 ) -> Result<Reply, crate::records::RecordsError> {
     let limit = parse_limit(req.query_param("limit").as_deref(), default_limit);
-    let cursor = req.query_param("cursor");
+    // An empty `cursor=` is "no cursor" (a client templating the last page's null); anything
+    // else must be a cursor we handed out: a made-up one used to return page 1 silently.
+    let cursor = req.query_param("cursor").filter(|c| !c.is_empty());
+    if cursor
+        .as_deref()
+        .is_some_and(|c| !crate::records::is_valid_cursor(c))
+    {
+        return Ok(Reply::error_with_details(
+            400,
+            "Invalid cursor",
+            "pass back the cursor of the previous page exactly as it was returned",
+        ));
+    }
     let window = match parse_window(req) {
         Ok(window) => window,
         Err(reply) => return Ok(reply),
@@ -167,10 +179,24 @@ fn parse_window(req: &Incoming) -> Result<Window, Reply> {
             )
         })
     };
-    Ok(Window {
+    let window = Window {
         from_ms: bound("startDate", false)?,
         to_ms: bound("endDate", true)?,
-    })
+    };
+    check_window(&window)?;
+    Ok(window)
+}
+
+/// A window that ends before it starts is a mistake to report, not an empty page to return.
+fn check_window(window: &Window) -> Result<(), Reply> {
+    match (window.from_ms, window.to_ms) {
+        (Some(from), Some(to)) if from > to => Err(Reply::error_with_details(
+            400,
+            "startDate is after endDate",
+            "startDate must be on or before endDate (both days are included)",
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// The original's `parseLimit`: leading digits count (`"25abc"` is 25); missing, zero or
@@ -191,6 +217,17 @@ pub fn parse_limit(raw: Option<&str>, default: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_window_may_be_one_day_but_not_reversed() {
+        let window = |from_ms, to_ms| Window { from_ms, to_ms };
+        assert!(check_window(&window(Some(5), Some(5))).is_ok());
+        assert!(check_window(&window(Some(5), None)).is_ok());
+        assert!(check_window(&window(None, Some(5))).is_ok());
+        let reversed = check_window(&window(Some(6), Some(5))).unwrap_err();
+        assert_eq!(reversed.status, 400);
+        assert!(reversed.body_text().contains("startDate is after endDate"));
+    }
 
     #[test]
     fn limits_follow_the_original() {

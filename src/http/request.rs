@@ -1,10 +1,11 @@
-//! An HTTP request as the route handlers see it: read once from tiny_http with a bounded body,
-//! then plain data (so handlers are tested without sockets), plus form and query decoding.
+//! An HTTP request as the route handlers see it: read whole by the accept loop within its
+//! limits, then plain data (so handlers are tested without sockets), plus form and query
+//! decoding.
 
-use std::io::Read;
 use std::net::SocketAddr;
 
 use super::response::Reply;
+use super::wire::Head;
 
 /// A request whose body has been read (at most the configured limit).
 #[derive(Clone, Debug, Default)]
@@ -21,64 +22,25 @@ pub struct Incoming {
 }
 
 impl Incoming {
-    /// Reads `request`'s head and body. A body over `max_body_bytes` gives a 413 reply without
-    /// being read further; a body that breaks off gives a 400.
-    pub fn read(
-        request: &mut tiny_http::Request,
-        max_body_bytes: usize,
-    ) -> Result<Incoming, Reply> {
-        let url = request.url().to_string();
-        let (path, query) = match url.split_once('?') {
+    /// The request of `head` and `body` from `remote`.
+    pub fn from_parts(head: Head, body: Vec<u8>, remote: SocketAddr) -> Incoming {
+        let (path, query) = match head.target.split_once('?') {
             Some((path, query)) => (path.to_string(), query.to_string()),
-            None => (url, String::new()),
+            None => (head.target, String::new()),
         };
-        let headers = request
-            .headers()
-            .iter()
-            .map(|h| {
-                (
-                    h.field.as_str().as_str().to_string(),
-                    h.value.as_str().to_string(),
-                )
-            })
-            .collect();
-        let too_large = || {
-            Reply::error(
-                413,
-                &format!("Request body is larger than {max_body_bytes} bytes"),
-            )
-        };
-        if request
-            .body_length()
-            .is_some_and(|len| len > max_body_bytes)
-        {
-            return Err(too_large());
-        }
-        let mut body = Vec::new();
-        request
-            .as_reader()
-            .take(max_body_bytes as u64 + 1)
-            .read_to_end(&mut body)
-            .map_err(|err| Reply::error(400, &format!("Could not read the request body: {err}")))?;
-        if body.len() > max_body_bytes {
-            return Err(too_large());
-        }
-        Ok(Incoming {
-            method: request.method().as_str().to_ascii_uppercase(),
+        Incoming {
+            method: head.method,
             path,
             query,
-            headers,
+            headers: head.headers,
             body,
-            remote: request.remote_addr().copied(),
-        })
+            remote: Some(remote),
+        }
     }
 
     /// The first value of header `name`, compared case-insensitively.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        super::wire::header(&self.headers, name)
     }
 
     /// Path and query as the client sent them (`/call/incoming?role=judge`).

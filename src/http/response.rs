@@ -1,6 +1,7 @@
 //! What a route answers, as plain data: status, content type, body, extra headers. Turned into a
-//! tiny_http response (with `X-Request-Id`) in one place, [`Reply::into_tiny`].
+//! response on the wire (with `X-Request-Id`) in one place, [`Reply::into_bytes`].
 
+use super::wire;
 use crate::auth::AuthError;
 use crate::ids::RequestId;
 use crate::rate_limit::Window;
@@ -94,33 +95,34 @@ impl Reply {
         std::str::from_utf8(&self.body).unwrap_or("")
     }
 
-    pub fn into_tiny(
-        self,
-        request_id: &RequestId,
-    ) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
-        let mut response = tiny_http::Response::from_data(self.body).with_status_code(self.status);
+    /// The response on the wire, with `X-Request-Id` and `Cache-Control: no-store` unless the
+    /// route set its own.
+    pub fn into_bytes(self, request_id: &RequestId, keep_alive: bool) -> Vec<u8> {
         // Nothing we answer is meant to be cached unless the route says otherwise.
         let cache_control = (!self
             .headers
             .iter()
             .any(|(k, _)| k.eq_ignore_ascii_case("Cache-Control")))
         .then(|| ("Cache-Control", "no-store".to_string()));
-        let headers = [
+        let headers: Vec<(&str, String)> = [
             ("Content-Type", self.content_type.to_string()),
             ("X-Request-Id", request_id.to_string()),
         ]
         .into_iter()
         .chain(cache_control)
-        .chain(self.headers);
-        for (name, value) in headers {
+        .chain(self.headers)
+        .filter(|(name, value)| {
             // Our header values are ASCII we built or checked; one that is not is dropped
-            // rather than answered with a broken response.
-            match tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()) {
-                Ok(header) => response.add_header(header),
-                Err(()) => log::warn!(header = name; "dropped an invalid response header"),
+            // rather than answered with a broken (or split) response.
+            let ok = wire::valid_header_value(value);
+            if !ok {
+                log::warn!(header = *name; "dropped an invalid response header");
             }
-        }
-        response
+            ok
+        })
+        .collect();
+        let borrowed: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        wire::response_bytes(self.status, &borrowed, &self.body, keep_alive)
     }
 }
 

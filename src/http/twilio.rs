@@ -1,6 +1,7 @@
 //! Twilio's webhooks: `POST /call/incoming` (answer a call with TwiML that opens the media
 //! stream) and `POST /call/status` (call progress callbacks), both behind the signature gate.
 
+use super::wire::{log_value, LOG_VALUE_CHARS};
 use super::{Incoming, Reply};
 use crate::app::App;
 use crate::config::Config;
@@ -36,7 +37,7 @@ pub fn incoming(app: &App, req: &Incoming) -> Reply {
         (None, None) => config.calls.default_role,
         (None, Some(name)) => Role::parse(name).unwrap_or_else(|| {
             log::warn!(
-                requested = name,
+                requested = log_value(name, 32).as_str(),
                 fallback = config.calls.default_role.as_str();
                 "Unknown role requested; using the default persona"
             );
@@ -45,7 +46,7 @@ pub fn incoming(app: &App, req: &Incoming) -> Reply {
     };
 
     log::info!(
-        callSid = param("CallSid").unwrap_or("unknown"),
+        callSid = log_value(param("CallSid").unwrap_or("unknown"), 40).as_str(),
         from = phone::mask(param("From").unwrap_or("unknown")).as_str(),
         role = role.as_str();
         "Incoming call"
@@ -148,7 +149,7 @@ pub fn status(app: &App, req: &Incoming) -> Reply {
         callSid:% = call_sid,
         callStatus = call_status,
         callDuration:? = duration_secs,
-        sequenceNumber = param("SequenceNumber").unwrap_or(""),
+        sequenceNumber = log_value(param("SequenceNumber").unwrap_or(""), 20).as_str(),
         recorded = recorded;
         "Call status update"
     );
@@ -183,8 +184,9 @@ fn signed_params(config: &Config, req: &Incoming) -> Result<Vec<(String, String)
     );
     result.map(|()| params).map_err(|err| {
         log::warn!(
-            path = req.path.as_str(),
-            reason:% = err;
+            path = log_value(&req.path, LOG_VALUE_CHARS).as_str(),
+            // The reason quotes what the client sent (the settings header, the URLs tried).
+            reason = log_value(&err.to_string(), 4 * LOG_VALUE_CHARS).as_str();
             "Invalid Twilio signature"
         );
         Reply::error(403, "Forbidden")

@@ -19,7 +19,8 @@
 //! loopback peer) the source is the last address of the proxy's `X-Forwarded-For`.
 //!
 //! The acceptor sleeps in `poll(2)` on the listener and a wake-up descriptor: it wakes for a
-//! connection or for [`MediaServer::stop_accepting`], never on a timer.
+//! connection or for [`MediaServer::stop_accepting`], and once a second to beat its liveness
+//! for the systemd watchdog.
 
 use std::io::{self, Read, Write};
 use std::net::IpAddr;
@@ -113,8 +114,11 @@ fn accept_loop(app: &Arc<App>, listener: &TcpListener, stop: &WakeReceiver) {
         MAX_PENDING_PER_SOURCE,
     )));
     loop {
+        // Liveness for the systemd watchdog (crate::watchdog): beat at least once a second.
+        app.liveness.media.beat();
+        let beat_due = std::time::Instant::now() + crate::watchdog::BEAT_INTERVAL;
         let mut watches = [Watch::read(listener.as_fd()), Watch::read(stop.fd())];
-        if let Err(err) = poll::wait(&mut watches, None) {
+        if let Err(err) = poll::wait(&mut watches, Some(beat_due)) {
             log::error!(error:% = err; "media.accept_failed: cannot wait for connections");
             return;
         }

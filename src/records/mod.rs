@@ -552,6 +552,12 @@ fn encode_cursor(key: &OrderKey) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
 }
 
+/// Whether `cursor` is one [`RecordStore::list`] could have handed out (the records API
+/// refuses any other with 400 instead of starting from the top).
+pub fn is_valid_cursor(cursor: &str) -> bool {
+    decode_cursor(cursor).is_some()
+}
+
 fn decode_cursor(cursor: &str) -> Option<OrderKey> {
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(cursor)
