@@ -1,17 +1,18 @@
 //! Property tests ("fuzzing", issue 15) of every parser that reads what comes from outside the
-//! process: Twilio's media messages, form bodies and query strings, server-sent events, the
-//! records file, env files, and the TwiML escaper. Each property feeds generated input to a
+//! process: Twilio's media messages, request heads, form bodies and query strings, server-sent
+//! events, the records file, env files, and the TwiML escaper. Each property feeds generated input to a
 //! public function and checks that it never panics, and where text is written and read back,
 //! that the reading gives back what was written.
 //!
 //! **Budget.** Each property runs [`cases`] generated inputs: `FUZZ_CASES` of them (default
-//! [`DEFAULT_CASES`]: the whole set takes about 12 s of CI on two cores), and a quarter or an
-//! eighth of that for the properties that write files. For a longer hunt:
+//! [`DEFAULT_CASES`]: the whole set takes 15–20 s of CI on two cores), and a quarter or an
+//! eighth of that for the properties that open sockets or write files. For a longer hunt:
 //! `FUZZ_CASES=100000 scripts/test fuzz`. Inputs are random on every run; a failure prints the
 //! smallest input it shrank to, which belongs in a regression test beside the parser.
 
 mod env_file;
 mod forms;
+mod http;
 mod records;
 mod sse;
 mod twilio_media;
