@@ -1,12 +1,14 @@
 //! Twilio's Media Streams messages: any text, and any JSON built of the words Twilio uses, is
 //! parsed or refused without a panic; each message Twilio sends reads back with the fields it
-//! was written with, however its numbers are spelled; and what we send Twilio parses back to
-//! what we meant.
+//! was written with, however its numbers are spelled; what we send Twilio parses back to
+//! what we meant; and the stream token a `start` carries admits its own call once, and nothing
+//! else ever.
 
 use base64::Engine as _;
 use cotrackpro_voice::twilio::media_messages::{
     clear, mark, parse, BadMessage, Inbound, MediaFrames, Received,
 };
+use cotrackpro_voice::twilio::stream_token::{StreamTokens, TokenError, TOKEN_TTL_SECS};
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 
@@ -262,5 +264,37 @@ proptest! {
         let cleared: Value = serde_json::from_str(&clear(&stream_sid))
             .map_err(|err| TestCaseError::fail(err.to_string()))?;
         prop_assert_eq!(cleared, json!({"event": "clear", "streamSid": stream_sid}));
+    }
+}
+
+proptest! {
+    #![proptest_config(config(1))]
+
+    #[test]
+    fn a_stream_token_admits_its_call_once_and_nothing_else(
+        secret in any::<[u8; 32]>(),
+        call_sid in "CA[0-9a-f]{32}",
+        other_sid in "CA[0-9a-f]{32}",
+        minted_at in 0i64..4_000_000_000,
+        after_secs in 0..=TOKEN_TTL_SECS,
+        cuts in edits(3),
+        forged in text(60),
+    ) {
+        let tokens = StreamTokens::new(secret);
+        let token = tokens.mint(&call_sid, minted_at);
+        let now = minted_at + after_secs;
+        if other_sid != call_sid {
+            prop_assert_eq!(tokens.admit(Some(&token), &other_sid, now), Err(TokenError::Invalid));
+        }
+        prop_assert_eq!(
+            tokens.admit(Some(&token), &call_sid, minted_at + TOKEN_TTL_SECS + 1),
+            Err(TokenError::Expired)
+        );
+        prop_assert_eq!(tokens.admit(Some(&token), &call_sid, now), Ok(()));
+        prop_assert_eq!(tokens.admit(Some(&token), &call_sid, now), Err(TokenError::Replayed));
+        // Once used, no spelling of it and nothing made up opens a second stream.
+        let edited = mutate(&token, &cuts);
+        prop_assert!(tokens.admit(Some(&edited), &call_sid, now).is_err(), "{:?} admitted after {:?}", edited, token);
+        prop_assert!(tokens.admit(Some(&forged), &call_sid, now).is_err());
     }
 }
