@@ -2,7 +2,8 @@
 //! a call's events appended to a store read back, after a restart and after a compaction, as
 //! the record folded from them in memory; and a file of any lines, torn, blank, not JSON or
 //! JSON of the wrong shape among good ones, opens without a panic, skips exactly the bad
-//! lines, and keeps every good one.
+//! lines, and keeps every good one; and so does a running store while another process appends
+//! such lines in pieces of any size.
 
 use std::collections::BTreeMap;
 
@@ -16,7 +17,7 @@ use cotrackpro_voice::timestamp;
 use cotrackpro_voice::twilio::call_status::TWILIO_STATUSES;
 use proptest::prelude::*;
 
-use super::{config, edits, mutate, text};
+use super::{config, edits, mutate, pieces, text};
 use crate::support::TempDir;
 
 /// A few calls' SIDs, so that events meet in one record.
@@ -227,6 +228,34 @@ impl Line {
     }
 }
 
+/// `lines` as a file, with LF or CRLF endings, the last one ended or not.
+fn file_of(lines: &[Vec<u8>], crlf: bool, newline_at_end: bool) -> Vec<u8> {
+    let ending: &[u8] = if crlf { b"\r\n" } else { b"\n" };
+    let mut file = lines.join(ending);
+    if newline_at_end && !lines.is_empty() {
+        file.extend_from_slice(ending);
+    }
+    file
+}
+
+/// The rule: a line of nothing but white space is skipped; one that is an event of a
+/// well-formed call SID is read; any other line is reported and skipped. The events read, and
+/// how many lines are reported.
+fn sort_lines(lines: &[Vec<u8>]) -> (Vec<Event>, usize) {
+    let mut good = Vec::new();
+    let mut bad_lines = 0;
+    for line in lines {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        match serde_json::from_slice::<Event>(line) {
+            Ok(event) if sid_key(&event.call_sid).is_some() => good.push(event),
+            _ => bad_lines += 1,
+        }
+    }
+    (good, bad_lines)
+}
+
 /// Lines of nothing but white space.
 const BLANK_LINES: &[&[u8]] = &[b"", b" ", b"\r", b"\t \r"];
 
@@ -259,6 +288,30 @@ fn a_cost_reads_back_to_the_last_digit() {
         let back: Event = serde_json::from_str(&line).unwrap();
         assert_eq!(back, event, "{line}");
     }
+}
+
+// Found by `lines_appended_by_another_process_in_pieces_are_read_whole`: a store opened on an
+// empty file took another process's first line, seen half written, for a torn one, skipped it,
+// and never indexed that call.
+#[test]
+fn a_first_line_seen_half_written_is_read_once_whole() {
+    let dir = TempDir::new("fuzz-records");
+    let (store, _) = RecordStore::open(dir.path()).unwrap();
+    let sid = "CA00000000000000000000000000000001";
+    let key = sid_key(sid).unwrap();
+    let event = Event::new(EventKind::Created, sid, "", i64::MAX);
+    let line = format!("{}\n", serde_json::to_string(&event).unwrap());
+    let (head, tail) = line.split_at(line.len() / 2);
+    let mut other_process = std::fs::OpenOptions::new()
+        .append(true)
+        .open(dir.path().join(RECORDS_FILE))
+        .unwrap();
+    std::io::Write::write_all(&mut other_process, head.as_bytes()).unwrap();
+    assert_eq!(store.get(&key).unwrap(), None);
+    std::io::Write::write_all(&mut other_process, tail.as_bytes()).unwrap();
+    let mut expected = CallRecord::empty(sid);
+    expected.apply(&event);
+    assert_eq!(store.get(&key).unwrap(), Some(expected));
 }
 
 proptest! {
@@ -309,29 +362,36 @@ proptest! {
     ) {
         let dir = TempDir::new("fuzz-records");
         let lines: Vec<Vec<u8>> = lines.iter().map(Line::bytes).collect();
-        let ending: &[u8] = if crlf { b"\r\n" } else { b"\n" };
-        let mut file = lines.join(ending);
-        if newline_at_end && !lines.is_empty() {
-            file.extend_from_slice(ending);
-        }
+        let file = file_of(&lines, crlf, newline_at_end);
         std::fs::write(dir.path().join(RECORDS_FILE), &file).map_err(|e| TestCaseError::fail(e.to_string()))?;
-
-        // The rule: a line of nothing but white space is skipped; one that is an event of a
-        // well-formed call SID is read; any other line is reported and skipped.
-        let mut good = Vec::new();
-        let mut bad_lines = 0;
-        for line in &lines {
-            if line.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
-            match serde_json::from_slice::<Event>(line) {
-                Ok(event) if sid_key(&event.call_sid).is_some() => good.push(event),
-                _ => bad_lines += 1,
-            }
-        }
+        let (good, bad_lines) = sort_lines(&lines);
         let expected = folded(&good);
         let (store, bad) = open(&dir)?;
         prop_assert_eq!(bad, bad_lines);
+        prop_assert_eq!(&read_back(&store, expected.keys().cloned())?, &expected);
+    }
+
+    #[test]
+    fn lines_appended_by_another_process_in_pieces_are_read_whole(
+        lines in proptest::collection::vec(line(), 1..10),
+        crlf in any::<bool>(),
+        sizes in proptest::collection::vec(1usize..400, 1..6),
+    ) {
+        let dir = TempDir::new("fuzz-records");
+        let (store, _) = open(&dir)?;
+        let lines: Vec<Vec<u8>> = lines.iter().map(Line::bytes).collect();
+        let file = file_of(&lines, crlf, true);
+        let (good, _) = sort_lines(&lines);
+        let expected = folded(&good);
+        let mut writer = std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.path().join(RECORDS_FILE))
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        for piece in pieces(&file, &sizes) {
+            std::io::Write::write_all(&mut writer, piece).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            // The store reads what is whole so far, and leaves a line still being written.
+            read_back(&store, expected.keys().cloned())?;
+        }
         prop_assert_eq!(&read_back(&store, expected.keys().cloned())?, &expected);
     }
 }
