@@ -2,7 +2,9 @@
 //! may not match its declared length), sent over a real socket to the webhook server, is
 //! answered with a well-formed response that is not a 500 (which is what a handler's panic
 //! becomes) or closed, and the server goes on answering. Also the one header with a syntax of
-//! its own, `X-Twilio-Webhooks-Signature-Settings`. And Twilio's two webhooks given any form
+//! its own, `X-Twilio-Webhooks-Signature-Settings`, and the signature itself: a webhook
+//! signed as Twilio signs it verifies in any parameter order and with or without the default
+//! port, and no change to it, nor any made-up signature, does. And Twilio's two webhooks given any form
 //! and query: `/call/incoming` always answers TwiML that an XML parser reads back as the
 //! persona, direction and token the form asked for, and `/call/status` answers 400 exactly
 //! when the callback is not one Twilio could send.
@@ -14,7 +16,9 @@ use std::time::Duration;
 use cotrackpro_voice::ids::CallSid;
 use cotrackpro_voice::personas::Role;
 use cotrackpro_voice::twilio::call_status::TWILIO_STATUSES;
-use cotrackpro_voice::twilio::signature::shared_key_settings;
+use cotrackpro_voice::twilio::signature::{
+    compute_with, shared_key_settings, verify_webhook, Algorithm, SignatureError, WebhookKeys,
+};
 use proptest::prelude::*;
 use proptest::test_runner::TestRunner;
 
@@ -484,4 +488,64 @@ fn the_webhooks_answer_any_form_as_twilio_would_expect() {
 
 fn first_param<'a>(params: &[(&'a str, &'a str)], name: &str) -> Option<&'a str> {
     params.iter().find(|(k, _)| *k == name).map(|(_, v)| *v)
+}
+
+proptest! {
+    #![proptest_config(config(1))]
+
+    #[test]
+    fn a_signed_webhook_verifies_and_nothing_else_does(
+        auth_token in text(24),
+        shared_key in text(24),
+        shared in any::<bool>(),
+        sha256 in any::<bool>(),
+        path in text(16),
+        port in prop_oneof![Just(None), Just(Some(443)), Just(Some(8443))],
+        params in proptest::collection::vec((text(8), text(16)), 0..6),
+        order in proptest::collection::vec(any::<u64>(), 6),
+        change in (any::<usize>(), text(4)),
+        forged in text(40),
+    ) {
+        let algorithm = if shared && sha256 { Algorithm::HmacSha256 } else { Algorithm::HmacSha1 };
+        let key = if shared { &shared_key } else { &auth_token };
+        let settings = shared.then(|| format!("key=KS1,algorithm={}", algorithm.name()));
+        let keys = WebhookKeys { auth_token: &auth_token, shared_key: Some(&shared_key) };
+        let authority = match port {
+            Some(port) => format!("{DOMAIN}:{port}"),
+            None => DOMAIN.to_string(),
+        };
+        let url = format!("https://{authority}/call/status?x={}", percent_encode(&path));
+        let signature = compute_with(algorithm, key, &url, &params);
+
+        // The server rebuilds the URL without the port Twilio may have signed with.
+        let rebuilt = vec![format!("https://{DOMAIN}/call/status?x={}", percent_encode(&path))];
+        let mut shuffled: Vec<(u64, (String, String))> =
+            order.iter().copied().zip(params.iter().cloned()).collect();
+        shuffled.sort_by_key(|(k, _)| *k);
+        let shuffled: Vec<(String, String)> = shuffled.into_iter().map(|(_, p)| p).collect();
+        let verify = |signature: &str, params: &[(String, String)]| {
+            verify_webhook(keys, settings.as_deref(), Some(signature), &rebuilt, params)
+        };
+        if port != Some(8443) {
+            prop_assert_eq!(verify(&signature, &shuffled), Ok(()));
+        } else {
+            // A port other than the scheme's own is part of what was signed.
+            prop_assert!(verify(&signature, &shuffled).is_err());
+        }
+
+        let (at, new_value) = change;
+        if !params.is_empty() {
+            let mut changed = params.clone();
+            let at = at % changed.len();
+            let new_value = format!("{}{new_value}!", changed[at].1);
+            changed[at].1 = new_value;
+            let verdict = verify(&signature, &changed);
+            prop_assert!(matches!(verdict, Err(SignatureError::Mismatch { .. })), "{:?}", verdict);
+        }
+        prop_assert!(verify(&forged, &params).is_err());
+        prop_assert_eq!(
+            verify_webhook(keys, settings.as_deref(), None, &rebuilt, &params),
+            Err(SignatureError::Missing)
+        );
+    }
 }
