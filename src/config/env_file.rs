@@ -35,7 +35,7 @@ pub fn parse(text: &str) -> Result<Vec<(String, String)>, Vec<EnvFileError>> {
         let start_line = idx + 1;
         // Join continuation lines (an unquoted trailing backslash) into one logical line.
         let mut logical = lines[idx].to_string();
-        while logical.ends_with('\\') && !logical.ends_with("\\\\") && idx + 1 < lines.len() {
+        while is_continued(&logical) && idx + 1 < lines.len() {
             logical.pop();
             idx += 1;
             logical.push_str(lines[idx]);
@@ -73,6 +73,12 @@ fn parse_assignment(line: &str) -> Result<(String, String), String> {
     }
     let value = parse_value(raw_value.trim_start_matches(is_space))?;
     Ok((key.to_string(), value))
+}
+
+/// Whether `line` ends in a backslash that is not itself escaped (an odd run of them): `x\`
+/// and `x\\\` continue on the next line, `x\\` is a value ending in a backslash.
+fn is_continued(line: &str) -> bool {
+    line.bytes().rev().take_while(|&b| b == b'\\').count() % 2 == 1
 }
 
 /// systemd's white space in env files (`WHITESPACE`): what `str::trim` would also strip of
@@ -206,6 +212,11 @@ URL=https://x.example/?a=b"#,
     #[test]
     fn backslash_continues_a_line() {
         check("A=one\\\ntwo\nB=3\n", &[("A", "onetwo"), ("B", "3")]);
+        // An escaped backslash, then the one that continues (found by tests/fuzz/env_file.rs).
+        check(
+            "A=one\\\\\\\ntwo\nB=\"x\\\\\\\ny\"\nC=z\\\\\n",
+            &[("A", "one\\two"), ("B", "x\\y"), ("C", "z\\")],
+        );
     }
 
     // Found by tests/fuzz/env_file.rs: a bare value lost a trailing Unicode space, and an
