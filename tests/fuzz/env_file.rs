@@ -112,8 +112,8 @@ fn assignment() -> impl Strategy<Value = Assignment> {
 }
 
 /// `line` with a `\`-newline continuation inserted after `at` characters, where one may stand:
-/// not after a backslash (which would make it an escaped backslash) and not inside the
-/// padding before the key.
+/// not inside an escape (after an odd run of backslashes, where it would be the escaped
+/// character) and not inside the padding before the key.
 fn continued(line: &str, at: usize) -> String {
     let chars: Vec<char> = line.chars().collect();
     let first = chars
@@ -125,7 +125,8 @@ fn continued(line: &str, at: usize) -> String {
         return line.to_string();
     }
     let at = first + at % (chars.len() - first);
-    if chars[at - 1] == '\\' {
+    let backslashes = chars[..at].iter().rev().take_while(|&&c| c == '\\').count();
+    if backslashes % 2 == 1 {
         return line.to_string();
     }
     let mut out: String = chars[..at].iter().collect();
