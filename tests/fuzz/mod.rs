@@ -7,8 +7,9 @@
 //! **Budget.** Each property runs [`cases`] generated inputs: `FUZZ_CASES` of them (default
 //! [`DEFAULT_CASES`]: the whole set takes 15–20 s of CI on two cores), and a quarter or an
 //! eighth of that for the properties that open sockets or write files. For a longer hunt:
-//! `FUZZ_CASES=100000 scripts/test fuzz`. Inputs are random on every run; a failure prints the
-//! smallest input it shrank to, which belongs in a regression test beside the parser.
+//! `FUZZ_CASES=100000 scripts/test fuzz`. Inputs are random on every run
+//! (`PROPTEST_RNG_SEED=N` fixes them); a failure prints the smallest input it shrank to, which
+//! belongs in a regression test beside the parser.
 
 mod env_file;
 mod forms;
