@@ -5,7 +5,7 @@
 //! that the reading gives back what was written.
 //!
 //! **Budget.** Each property runs [`cases`] generated inputs: `FUZZ_CASES` of them (default
-//! [`DEFAULT_CASES`]: the whole set takes 15–20 s of CI on two cores), and a quarter or an
+//! [`DEFAULT_CASES`]: the whole set takes 8–18 s on two cores, 14 s of CPU), and a quarter or an
 //! eighth of that for the properties that open sockets or write files. For a longer hunt:
 //! `FUZZ_CASES=100000 scripts/test fuzz`. Inputs are random on every run
 //! (`PROPTEST_RNG_SEED=N` fixes them); a failure prints the smallest input it shrank to, which
