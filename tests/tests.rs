@@ -9,6 +9,7 @@ mod dashboard;
 mod demo;
 mod elevenlabs_stt;
 mod elevenlabs_tts;
+mod fuzz;
 mod generate_audio;
 mod http_limits;
 mod http_routes;

@@ -4,7 +4,9 @@
 //! Accepted: blank lines; comments starting with `#` or `;`; `KEY=value` with whitespace around
 //! the key and before the value ignored; values in `"double"` quotes (backslash escapes `\"`,
 //! `\\`, `\n`, `\t`, `\$`, `` \` ``) or `'single'` quotes (literal); an unquoted value with
-//! trailing whitespace trimmed; a backslash at the end of a line continuing it.
+//! trailing whitespace trimmed unless a backslash escapes it; a backslash at the end of a line
+//! continuing it. White space is systemd's: space, tab, CR and LF only, so a value keeps a
+//! trailing no-break space or other Unicode space.
 
 use std::fmt;
 
@@ -33,14 +35,14 @@ pub fn parse(text: &str) -> Result<Vec<(String, String)>, Vec<EnvFileError>> {
         let start_line = idx + 1;
         // Join continuation lines (an unquoted trailing backslash) into one logical line.
         let mut logical = lines[idx].to_string();
-        while logical.ends_with('\\') && !logical.ends_with("\\\\") && idx + 1 < lines.len() {
+        while is_continued(&logical) && idx + 1 < lines.len() {
             logical.pop();
             idx += 1;
             logical.push_str(lines[idx]);
         }
         idx += 1;
 
-        let trimmed = logical.trim_start();
+        let trimmed = logical.trim_start_matches(is_space);
         if trimmed.is_empty() || trimmed.starts_with('#') || trimmed.starts_with(';') {
             continue;
         }
@@ -63,14 +65,26 @@ fn parse_assignment(line: &str) -> Result<(String, String), String> {
     let Some((raw_key, raw_value)) = line.split_once('=') else {
         return Err("expected KEY=value".to_string());
     };
-    let key = raw_key.trim();
+    let key = raw_key.trim_matches(is_space);
     if !is_valid_key(key) {
         return Err(format!(
             "{key:?} is not a valid variable name (letters, digits and _, not starting with a digit)"
         ));
     }
-    let value = parse_value(raw_value.trim_start())?;
+    let value = parse_value(raw_value.trim_start_matches(is_space))?;
     Ok((key.to_string(), value))
+}
+
+/// Whether `line` ends in a backslash that is not itself escaped (an odd run of them): `x\`
+/// and `x\\\` continue on the next line, `x\\` is a value ending in a backslash.
+fn is_continued(line: &str) -> bool {
+    line.bytes().rev().take_while(|&b| b == b'\\').count() % 2 == 1
+}
+
+/// systemd's white space in env files (`WHITESPACE`): what `str::trim` would also strip of
+/// Unicode spaces is part of the value.
+fn is_space(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '\r' | '\n')
 }
 
 fn is_valid_key(key: &str) -> bool {
@@ -116,24 +130,31 @@ fn parse_value(raw: &str) -> Result<String, String> {
             Ok(rest[..end].to_string())
         }
         _ => {
+            // Trailing white space is dropped, but not an escaped space (`A=x\ `).
             let mut value = String::new();
-            let mut chars = raw.trim_end().chars();
+            let mut kept_len = 0;
+            let mut chars = raw.chars();
             while let Some(c) = chars.next() {
                 if c == '\\' {
                     if let Some(next) = chars.next() {
                         value.push(next);
+                        kept_len = value.len();
                     }
                 } else {
                     value.push(c);
+                    if !is_space(c) {
+                        kept_len = value.len();
+                    }
                 }
             }
+            value.truncate(kept_len);
             Ok(value)
         }
     }
 }
 
 fn expect_only_trailing_space(rest: &str) -> Result<(), String> {
-    let rest = rest.trim();
+    let rest = rest.trim_matches(is_space);
     if rest.is_empty() || rest.starts_with('#') {
         Ok(())
     } else {
@@ -191,6 +212,29 @@ URL=https://x.example/?a=b"#,
     #[test]
     fn backslash_continues_a_line() {
         check("A=one\\\ntwo\nB=3\n", &[("A", "onetwo"), ("B", "3")]);
+        // An escaped backslash, then the one that continues (found by tests/fuzz/env_file.rs).
+        check(
+            "A=one\\\\\\\ntwo\nB=\"x\\\\\\\ny\"\nC=z\\\\\n",
+            &[("A", "one\\two"), ("B", "x\\y"), ("C", "z\\")],
+        );
+    }
+
+    // Found by tests/fuzz/env_file.rs: a bare value lost a trailing Unicode space, and an
+    // escaped trailing space, both of which systemd keeps.
+    #[test]
+    fn only_unescaped_ascii_space_is_trimmed() {
+        check(
+            "A=a\u{85}\nB=b\\ \nC=c\\\t  \nD=\u{a0}d\u{3000}\nE=e \t\r\n",
+            &[
+                ("A", "a\u{85}"),
+                ("B", "b "),
+                ("C", "c\t"),
+                ("D", "\u{a0}d\u{3000}"),
+                ("E", "e"),
+            ],
+        );
+        let errors = parse("\u{a0}KEY=x\n").unwrap_err();
+        assert!(errors[0].message.contains("not a valid variable name"));
     }
 
     #[test]

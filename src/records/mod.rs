@@ -404,7 +404,8 @@ impl RecordStore {
             return Ok(());
         }
         if meta.len() > inner.indexed_len {
-            let (consumed, bad) = read_lines(&self.path, inner.indexed_len, &mut inner.index)?;
+            let (consumed, bad) =
+                read_lines(&self.path, inner.indexed_len, false, &mut inner.index)?;
             for line in &bad {
                 log::warn!("{line}");
             }
@@ -428,7 +429,7 @@ fn load(path: &Path) -> Result<(Inner, Vec<BadLine>), RecordsError> {
     let mut index = Index::default();
     // Read first: opening for append ends a torn last line, which would hide that it was torn.
     let bad = if path.exists() {
-        read_lines(path, 0, &mut index)?.1
+        read_lines(path, 0, true, &mut index)?.1
     } else {
         Vec::new()
     };
@@ -479,11 +480,14 @@ fn open_append(path: &Path) -> Result<(File, (u64, u64), u64), RecordsError> {
 
 /// Reads the whole lines of `path` from byte `from` into `index`. Returns the offset after
 /// the last whole line and the lines that could not be read. A last line without its newline
-/// is left unread (it is torn, or still being written by another process) unless it is the
-/// end of a file read from the start, where it is reported as torn.
+/// is left unread (it is torn, or still being written by another process) unless `at_load`
+/// (the whole file read when the store opens, under the lock), where it is reported as torn.
+/// (Not `from == 0`: a store opened on an empty file reads another process's first line from
+/// 0 too, and must not take the line it is still writing for a torn one.)
 fn read_lines(
     path: &Path,
     from: u64,
+    at_load: bool,
     index: &mut Index,
 ) -> Result<(u64, Vec<BadLine>), RecordsError> {
     let mut file = File::open(path).map_err(|e| RecordsError::io(path, e))?;
@@ -503,7 +507,7 @@ fn read_lines(
         }
         line_no += 1;
         let torn = buf.last() != Some(&b'\n');
-        if torn && from > 0 {
+        if torn && !at_load {
             break;
         }
         let line_offset = offset;
@@ -520,7 +524,7 @@ fn read_lines(
         };
         bad.push(BadLine {
             path: path.to_path_buf(),
-            line: (from == 0).then_some(line_no),
+            line: at_load.then_some(line_no),
             offset: line_offset,
             reason,
         });

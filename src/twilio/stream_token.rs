@@ -100,8 +100,13 @@ impl StreamTokens {
         now_secs: i64,
     ) -> Result<(), TokenError> {
         let token = token.ok_or(TokenError::Missing)?;
-        let (expiry, tag) = token.split_once('.').ok_or(TokenError::Malformed)?;
-        let expiry: i64 = expiry.parse().map_err(|_| TokenError::Malformed)?;
+        let (expiry_text, tag) = token.split_once('.').ok_or(TokenError::Malformed)?;
+        let expiry: i64 = expiry_text.parse().map_err(|_| TokenError::Malformed)?;
+        // Only the spelling we mint: `+300` or `0300` would verify as `300` and, being another
+        // string, slip past the used-token check below (one token, many streams).
+        if expiry.to_string() != expiry_text {
+            return Err(TokenError::Malformed);
+        }
         let tag = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(tag)
             .map_err(|_| TokenError::Malformed)?;
@@ -181,6 +186,26 @@ mod tests {
             tokens.admit(Some("12.***"), SID, 1_001),
             Err(TokenError::Malformed)
         );
+    }
+
+    // Found by tests/fuzz/twilio_media.rs: a used token with its expiry respelled opened a
+    // second stream.
+    #[test]
+    fn a_respelled_expiry_does_not_replay_a_token() {
+        let tokens = StreamTokens::new([7; 32]);
+        let token = tokens.mint(SID, 1_000);
+        assert_eq!(tokens.admit(Some(&token), SID, 1_001), Ok(()));
+        for respelled in [
+            format!("+{token}"),
+            format!("0{token}"),
+            format!("00{token}"),
+        ] {
+            assert_eq!(
+                tokens.admit(Some(&respelled), SID, 1_001),
+                Err(TokenError::Malformed),
+                "{respelled}"
+            );
+        }
     }
 
     #[test]
