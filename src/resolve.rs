@@ -63,14 +63,34 @@ impl fmt::Display for ResolveError {
 
 impl std::error::Error for ResolveError {}
 
-/// A bounded resolver: one lookup function, a limit per lookup, and a cap on the lookups left
-/// running after their caller gave up.
+/// How long a name's addresses are used without asking again. ureq resolves the host before it
+/// looks for an idle pooled connection, so without this every model request would wait for a
+/// lookup (a thread and `getaddrinfo`, a DNS round trip on a VM) that its reused connection
+/// does not need. Short, as the providers' addresses (CDNs) move.
+pub const ADDRESS_TTL: Duration = Duration::from_secs(30);
+/// How long an expired answer still serves when asking again fails (a resolver that is down
+/// for a moment must not fail requests over connections that are fine).
+pub const STALE_LIMIT: Duration = Duration::from_secs(600);
+/// Names remembered: the providers' few hosts.
+const CACHE_ENTRIES: usize = 32;
+
+struct Cached {
+    host: String,
+    port: u16,
+    addrs: Vec<SocketAddr>,
+    at: Instant,
+}
+
+/// A bounded resolver: one lookup function, a limit per lookup, a cap on the lookups left
+/// running after their caller gave up, and the recent answers ([`ADDRESS_TTL`]).
 #[derive(Clone)]
 pub struct Resolver {
     lookup: Arc<LookupFn>,
     limit: Duration,
     lingering: Arc<AtomicUsize>,
     max_lingering: usize,
+    cache: Arc<std::sync::Mutex<Vec<Cached>>>,
+    ttl: Duration,
 }
 
 impl fmt::Debug for Resolver {
@@ -103,7 +123,49 @@ impl Resolver {
             limit,
             lingering: Arc::new(AtomicUsize::new(0)),
             max_lingering: MAX_LINGERING,
+            cache: Arc::default(),
+            ttl: ADDRESS_TTL,
         }
+    }
+
+    /// This resolver, using an answer for `ttl` instead of [`ADDRESS_TTL`] (zero: ask every
+    /// time; an expired answer still serves when asking fails).
+    pub fn remembering_for(mut self, ttl: Duration) -> Resolver {
+        self.ttl = ttl;
+        self
+    }
+
+    fn cached(
+        &self,
+        host: &str,
+        port: u16,
+        now: Instant,
+        max_age: Duration,
+    ) -> Option<Vec<SocketAddr>> {
+        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache
+            .iter()
+            .find(|c| {
+                c.host == host && c.port == port && now.saturating_duration_since(c.at) < max_age
+            })
+            .map(|c| c.addrs.clone())
+    }
+
+    fn remember(&self, host: &str, port: u16, addrs: &[SocketAddr], now: Instant) {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache.retain(|c| !(c.host == host && c.port == port));
+        if cache.len() >= CACHE_ENTRIES {
+            // The oldest answer goes.
+            if let Some(oldest) = (0..cache.len()).min_by_key(|&i| cache[i].at) {
+                cache.swap_remove(oldest);
+            }
+        }
+        cache.push(Cached {
+            host: host.to_string(),
+            port,
+            addrs: addrs.to_vec(),
+            at: now,
+        });
     }
 
     /// Lookup threads of this resolver still running.
@@ -122,6 +184,32 @@ impl Resolver {
         if let Ok(ip) = host.parse::<IpAddr>() {
             return Ok(vec![SocketAddr::new(ip, port)]);
         }
+        let now = Instant::now();
+        if let Some(addrs) = self.cached(host, port, now, self.ttl) {
+            return Ok(addrs);
+        }
+        match self.look_up(host, port, deadline) {
+            Ok(addrs) => {
+                self.remember(host, port, &addrs, now);
+                Ok(addrs)
+            }
+            Err(err) => match self.cached(host, port, now, STALE_LIMIT) {
+                Some(addrs) => {
+                    log::warn!(host = host, error:% = err; "dns.stale: asking again failed; the last answer serves");
+                    Ok(addrs)
+                }
+                None => Err(err),
+            },
+        }
+    }
+
+    /// Asks the lookup function, on a thread of its own, until `deadline` or the limit.
+    fn look_up(
+        &self,
+        host: &str,
+        port: u16,
+        deadline: Instant,
+    ) -> Result<Vec<SocketAddr>, ResolveError> {
         let started = Instant::now();
         let deadline = deadline.min(started + self.limit);
         // Count the thread before it exists, so the cap holds under a burst.
@@ -337,6 +425,71 @@ mod tests {
             empty.resolve("none.example", 80, Instant::now() + Duration::from_secs(5)),
             Err(ResolveError::NoAddress("none.example".into()))
         );
+    }
+
+    /// A lookup that answers `answers` in turn (then fails), counting the times it was asked.
+    fn scripted(answers: Vec<io::Result<Vec<SocketAddr>>>) -> (Arc<LookupFn>, Arc<AtomicUsize>) {
+        let asked = Arc::new(AtomicUsize::new(0));
+        let count = asked.clone();
+        let answers = std::sync::Mutex::new(answers.into_iter());
+        let lookup = Arc::new(move |_: &str, _: u16| {
+            count.fetch_add(1, Ordering::SeqCst);
+            let next = answers.lock().unwrap_or_else(|p| p.into_inner()).next();
+            next.unwrap_or_else(|| Err(io::Error::other("no more answers")))
+        });
+        (lookup, asked)
+    }
+
+    #[test]
+    fn an_answer_is_used_again_until_it_expires_and_per_host_and_port() {
+        let one = vec![SocketAddr::from(([127, 0, 0, 1], 443))];
+        let other = vec![SocketAddr::from(([127, 0, 0, 2], 443))];
+        let (lookup, asked) = scripted(vec![Ok(one.clone()), Ok(other.clone()), Ok(other.clone())]);
+        let resolver = Resolver::with_lookup(lookup, Duration::from_secs(5));
+        let soon = || Instant::now() + Duration::from_secs(5);
+        assert_eq!(
+            resolver.resolve("api.example", 443, soon()),
+            Ok(one.clone())
+        );
+        assert_eq!(
+            resolver.resolve("api.example", 443, soon()),
+            Ok(one.clone())
+        );
+        assert_eq!(
+            asked.load(Ordering::SeqCst),
+            1,
+            "the second request asked nobody"
+        );
+        // Another port is another answer.
+        assert_eq!(
+            resolver.resolve("api.example", 8443, soon()),
+            Ok(other.clone())
+        );
+        assert_eq!(asked.load(Ordering::SeqCst), 2);
+        // Expired: asked again, and the new answer is the one used.
+        let impatient = resolver.clone().remembering_for(Duration::ZERO);
+        assert_eq!(impatient.resolve("api.example", 443, soon()), Ok(other));
+        assert_eq!(asked.load(Ordering::SeqCst), 3);
+    }
+
+    #[test]
+    fn when_asking_again_fails_the_last_answer_serves_and_failures_are_not_remembered() {
+        let one = vec![SocketAddr::from(([127, 0, 0, 1], 443))];
+        let (lookup, asked) = scripted(vec![Ok(one.clone())]);
+        let resolver =
+            Resolver::with_lookup(lookup, Duration::from_secs(5)).remembering_for(Duration::ZERO);
+        let soon = || Instant::now() + Duration::from_secs(5);
+        assert_eq!(
+            resolver.resolve("api.example", 443, soon()),
+            Ok(one.clone())
+        );
+        // Expired at once; the resolver fails now, so the old answer serves.
+        assert_eq!(resolver.resolve("api.example", 443, soon()), Ok(one));
+        assert_eq!(asked.load(Ordering::SeqCst), 2);
+        // A name never answered has nothing to fall back on, and its failure is asked again.
+        assert!(resolver.resolve("new.example", 443, soon()).is_err());
+        assert!(resolver.resolve("new.example", 443, soon()).is_err());
+        assert_eq!(asked.load(Ordering::SeqCst), 4);
     }
 
     #[test]
