@@ -45,6 +45,8 @@ use crate::speech::ulaw::FRAME_BYTES as FRAME;
 
 /// Frames due this close to now go out in the same wake-up (a little early, never late).
 pub const SLACK: Duration = Duration::from_millis(2);
+/// The callers' voices.
+const VOICES: usize = 8;
 /// A frame sent this long after its time counts as late: the harness could not keep up.
 pub const LATE: Duration = Duration::from_millis(10);
 /// How long after its first audio an answer is interrupted, on a barge-in turn.
@@ -350,9 +352,11 @@ impl Caller {
         }
     }
 
-    /// A pitch of its own per caller, so its speech sounds like one voice.
+    /// One of [`VOICES`] pitches per caller, so its speech sounds like one voice. A few voices,
+    /// not one a caller: what each says is synthesized once per voice and phrase
+    /// ([`voice::speak_cached`]), not once per caller (it was a twentieth of the harness's CPU).
     fn pitch(&self) -> f32 {
-        180.0 + (self.index % 200) as f32 * 0.37
+        180.0 + (self.index % VOICES) as f32 * 9.0
     }
 
     fn fail(&mut self, why: String) {
