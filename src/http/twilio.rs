@@ -6,6 +6,7 @@ use super::{Incoming, Reply};
 use crate::app::App;
 use crate::config::Config;
 use crate::ids::CallSid;
+use crate::outbound::placements;
 use crate::personas::Role;
 use crate::records::event::{CallStatus, Direction, Event, EventKind};
 use crate::records::ttl_from;
@@ -122,6 +123,12 @@ pub fn status(app: &App, req: &Incoming) -> Reply {
         Some(Err(_)) => return Reply::error(400, "CallDuration is not a whole number of seconds"),
     };
     let now = timestamp::now_ms();
+    if let Some(nonce) = req
+        .query_param(placements::QUERY_PARAMETER)
+        .filter(|n| placements::is_nonce(n))
+    {
+        record_placement(app, &call_sid, &nonce, now);
+    }
     let status = CallStatus::from_twilio(call_status);
     let event = Event {
         status,
@@ -154,6 +161,40 @@ pub fn status(app: &App, req: &Incoming) -> Reply {
         "Call status update"
     );
     Reply::empty(204)
+}
+
+/// A status callback for a call we are placing can beat Twilio's answer to our create
+/// request, and so the record `place_call` writes. While the placement named by the callback
+/// URL's nonce is live (the URL is signed), the callback writes that record itself, the same
+/// one: outbound, the persona, the masked number. A record already there is left as it is.
+fn record_placement(app: &App, call_sid: &CallSid, nonce: &str, now_ms: i64) {
+    let Some(placement) = placements::shared().get(nonce, now_ms) else {
+        return;
+    };
+    let event = Event::created(
+        call_sid.as_str(),
+        placement.role,
+        Direction::Outbound,
+        &placement.masked_to,
+        now_ms,
+        ttl_from(now_ms, app.config.records.ttl_days),
+    );
+    match app.records.append_if_changed(&event) {
+        Ok(written) => {
+            // The call has its record: the nonce has done its work.
+            placements::shared().remove(nonce);
+            if written {
+                log::info!(
+                    callSid:% = call_sid,
+                    to = placement.masked_to.as_str();
+                    "call.outbound.recorded_by_status_callback"
+                );
+            }
+        }
+        Err(err) => {
+            log::error!(callSid:% = call_sid, error:% = err; "records.createCallRecord.failed")
+        }
+    }
 }
 
 /// The form parameters of a Twilio webhook, after checking its signature when that is on.
