@@ -8,7 +8,9 @@ use crate::config::Config;
 use crate::ids::CallSid;
 use crate::outbound::placements;
 use crate::personas::Role;
-use crate::records::event::{CallStatus, Direction, Event, EventKind};
+use crate::records::event::{
+    caller_number_from, known_twilio_status, CallStatus, Direction, Event, EventKind,
+};
 use crate::records::ttl_from;
 use crate::twilio::call_status::TWILIO_STATUSES;
 use crate::twilio::{signature, stream_token, stream_url, twiml};
@@ -61,12 +63,12 @@ pub fn incoming(app: &App, req: &Incoming) -> Reply {
     if let Some(call_sid) = param("CallSid").and_then(CallSid::parse) {
         let now = timestamp::now_ms();
         let event = Event {
-            twilio_status: param("CallStatus").map(str::to_string),
+            twilio_status: twilio_status(param("CallStatus"), &call_sid).map(str::to_string),
             ..Event::created(
                 call_sid.as_str(),
                 role,
                 direction,
-                &phone::mask(param("From").unwrap_or("unknown")),
+                &caller_number_from(param("From")),
                 now,
                 ttl_from(now, config.records.ttl_days),
             )
@@ -110,7 +112,7 @@ pub fn status(app: &App, req: &Incoming) -> Reply {
     let Some(call_sid) = param("CallSid").and_then(CallSid::parse) else {
         return Reply::error(400, "Missing or malformed CallSid");
     };
-    let Some(call_status) = param("CallStatus").filter(|s| TWILIO_STATUSES.contains(s)) else {
+    let Some(call_status) = twilio_status(param("CallStatus"), &call_sid) else {
         return Reply::error_with_details(
             400,
             "Missing or unknown CallStatus",
@@ -161,6 +163,21 @@ pub fn status(app: &App, req: &Incoming) -> Reply {
         "Call status update"
     );
     Reply::empty(204)
+}
+
+/// The webhook's `CallStatus` if it is one Twilio sends; another value is logged (bounded)
+/// and goes no further.
+fn twilio_status(value: Option<&str>, call_sid: &CallSid) -> Option<&'static str> {
+    let value = value?;
+    let known = known_twilio_status(value);
+    if known.is_none() {
+        log::warn!(
+            callSid:% = call_sid,
+            callStatus = log_value(value, 20).as_str();
+            "Unknown CallStatus ignored"
+        );
+    }
+    known
 }
 
 /// A status callback for a call we are placing can beat Twilio's answer to our create
