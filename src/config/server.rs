@@ -40,7 +40,7 @@ const HTTP_MAX_BODY_BYTES: Whole = Whole {
 /// Each takes one descriptor: the unit's LimitNOFILE= counts them (src/config/limits.rs).
 const HTTP_MAX_CONNECTIONS: Whole = Whole {
     name: "HTTP_MAX_CONNECTIONS",
-    default: 1024,
+    default: super::limits::DEFAULT_HTTP_MAX_CONNECTIONS as u64,
     min: 16,
     max: 65536,
 };
