@@ -343,8 +343,7 @@ impl<'a> Outbound<'a> {
             account_sid,
             auth_token.clone(),
         );
-        let created = client.create_call(&call);
-        let created = match created {
+        let created = match client.create_call(&call) {
             Ok(created) => created,
             Err(err) => {
                 placements::shared().remove(&nonce);
