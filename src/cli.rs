@@ -473,7 +473,11 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
             // The process's descriptor and task limits too, as `check-config` prints them: an
             // operator reading the journal at start-up learns the cap cannot be held.
             let limits = crate::config::limits::ProcessLimits::read();
-            let limits = crate::config::limits::warnings(config.calls.max_concurrent, &limits);
+            let limits = crate::config::limits::warnings_with(
+                config.calls.max_concurrent,
+                config.http.max_connections,
+                &limits,
+            );
             for warning in config.warnings.iter().chain(&limits) {
                 log::warn!("{warning}");
             }
@@ -547,7 +551,11 @@ fn print_config(config: &Config) {
         let _ = writeln!(stdout, "{key}={value}");
     }
     let limits = crate::config::limits::ProcessLimits::read();
-    let limits = crate::config::limits::warnings(config.calls.max_concurrent, &limits);
+    let limits = crate::config::limits::warnings_with(
+        config.calls.max_concurrent,
+        config.http.max_connections,
+        &limits,
+    );
     for warning in config.warnings.iter().chain(&limits) {
         let _ = writeln!(stdout, "# warning: {warning}");
     }

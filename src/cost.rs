@@ -1,5 +1,7 @@
 //! What a call costs: provider usage (Claude tokens including cache writes and reads, TTS
-//! characters, STT seconds) priced with the configured rates. Pure arithmetic.
+//! characters, STT seconds) priced with the configured rates. Pure arithmetic, and saturating:
+//! counts come from Anthropic and from the records file, and a plain `+` of a huge one panics
+//! in a debug build and wraps to a small number in a release one.
 
 use std::ops::AddAssign;
 
@@ -16,11 +18,39 @@ pub fn estimate_usd(usage: &CostSummary, prices: &Prices) -> f64 {
         + usage.claude_cache_read_tokens as f64 / 1e6 * prices.claude_cache_read_per_mtok
         + usage.tts_chars as f64 / 1000.0 * prices.tts_per_1k_chars
         + usage.stt_secs / 60.0 * prices.stt_per_min;
-    round6(usd)
+    round6(finite(usd))
 }
 
+/// `x` rounded to 6 decimals. A value too large to scale (past about 1e302) is returned as
+/// it is: far below that, an `f64` has no sixth decimal to round anyway.
 pub fn round6(x: f64) -> f64 {
-    (x * 1e6).round() / 1e6
+    let scaled = x * 1e6;
+    if scaled.is_finite() {
+        scaled.round() / 1e6
+    } else {
+        x
+    }
+}
+
+/// `a + b`, held at the largest finite `f64` (either sign) instead of reaching infinity,
+/// which JSON cannot hold (serde_json writes it as `null`, which then does not read back).
+///
+/// ```
+/// use cotrackpro_voice::cost::saturating_add_f64;
+/// assert_eq!(saturating_add_f64(0.5, 0.25), 0.75);
+/// assert_eq!(saturating_add_f64(f64::MAX, f64::MAX), f64::MAX);
+/// ```
+pub fn saturating_add_f64(a: f64, b: f64) -> f64 {
+    finite(a + b)
+}
+
+/// `x` with infinities held at the largest finite value and NaN as 0.
+fn finite(x: f64) -> f64 {
+    if x.is_nan() {
+        0.0
+    } else {
+        x.clamp(-f64::MAX, f64::MAX)
+    }
 }
 
 /// What one call used, added up as it happens; [`CallUsage::summary`] prices it at the end.
@@ -33,27 +63,32 @@ pub struct CallUsage {
 impl AddAssign<&Usage> for CallUsage {
     fn add_assign(&mut self, claude: &Usage) {
         let u = &mut self.usage;
-        u.claude_input_tokens += claude.input_tokens;
-        u.claude_output_tokens += claude.output_tokens;
-        u.claude_cache_creation_tokens += claude.cache_creation_input_tokens;
-        u.claude_cache_read_tokens += claude.cache_read_input_tokens;
+        // Anthropic's counts are whatever its JSON said: saturate rather than overflow.
+        u.claude_input_tokens = u.claude_input_tokens.saturating_add(claude.input_tokens);
+        u.claude_output_tokens = u.claude_output_tokens.saturating_add(claude.output_tokens);
+        u.claude_cache_creation_tokens = u
+            .claude_cache_creation_tokens
+            .saturating_add(claude.cache_creation_input_tokens);
+        u.claude_cache_read_tokens = u
+            .claude_cache_read_tokens
+            .saturating_add(claude.cache_read_input_tokens);
     }
 }
 
 impl CallUsage {
     /// Characters sent to live text-to-speech (billed).
     pub fn add_tts_chars(&mut self, chars: u64) {
-        self.usage.tts_chars += chars;
+        self.usage.tts_chars = self.usage.tts_chars.saturating_add(chars);
     }
 
     /// Characters played from pre-rendered audio (free, but reported).
     pub fn add_cached_chars(&mut self, chars: u64) {
-        self.usage.tts_chars_cached += chars;
+        self.usage.tts_chars_cached = self.usage.tts_chars_cached.saturating_add(chars);
     }
 
     /// Seconds of the caller's audio sent to speech-to-text.
     pub fn add_stt_secs(&mut self, secs: f64) {
-        self.usage.stt_secs += secs;
+        self.usage.stt_secs = saturating_add_f64(self.usage.stt_secs, secs);
     }
 
     /// The usage with its estimated price.
@@ -147,6 +182,47 @@ mod tests {
             "sums of 0.02 are rounded back to whole frames"
         );
         assert_eq!(summary.estimated_cost_usd, 0.268068);
+    }
+
+    #[test]
+    fn huge_counts_saturate_instead_of_overflowing() {
+        let huge = Usage {
+            input_tokens: u64::MAX,
+            output_tokens: u64::MAX - 1,
+            cache_creation_input_tokens: u64::MAX,
+            cache_read_input_tokens: u64::MAX,
+        };
+        let mut usage = CallUsage::default();
+        usage += &huge;
+        usage += &huge;
+        usage.add_tts_chars(u64::MAX);
+        usage.add_tts_chars(2);
+        usage.add_cached_chars(u64::MAX);
+        usage.add_cached_chars(u64::MAX);
+        usage.add_stt_secs(f64::MAX);
+        usage.add_stt_secs(f64::MAX);
+        let summary = usage.summary(&PRICES);
+        assert_eq!(summary.claude_input_tokens, u64::MAX);
+        assert_eq!(summary.claude_output_tokens, u64::MAX);
+        assert_eq!(summary.claude_cache_creation_tokens, u64::MAX);
+        assert_eq!(summary.claude_cache_read_tokens, u64::MAX);
+        assert_eq!(summary.tts_chars, u64::MAX);
+        assert_eq!(summary.tts_chars_cached, u64::MAX);
+        assert_eq!(summary.stt_secs, f64::MAX);
+        assert!(summary.estimated_cost_usd.is_finite());
+        assert!(summary.estimated_cost_usd > 1e300);
+        // And it is written and read back as a number, not `null`.
+        let line = serde_json::to_string(&summary).unwrap();
+        let back: CostSummary = serde_json::from_str(&line).unwrap();
+        assert_eq!(back, summary);
+    }
+
+    #[test]
+    fn rounding_keeps_large_values() {
+        assert_eq!(round6(0.1234565), 0.123457);
+        assert_eq!(round6(f64::MAX), f64::MAX);
+        assert_eq!(round6(1e303), 1e303);
+        assert_eq!(saturating_add_f64(-f64::MAX, -f64::MAX), -f64::MAX);
     }
 
     #[test]

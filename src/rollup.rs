@@ -38,21 +38,35 @@ pub struct Totals {
 }
 
 impl Totals {
+    /// Adds one call. Saturating: every count here was read from the records file, which
+    /// anyone with access to it can edit, and a plain `+=` of a huge one panics (debug) or
+    /// wraps to a small total (release).
     fn add(&mut self, summary: &Summary, usage: &CostSummary, prices: &Prices) {
-        self.call_count += 1;
-        let secs = summary.duration_secs().unwrap_or(0);
-        self.total_duration_secs += secs;
+        let add = |total: &mut u64, more: u64| *total = total.saturating_add(more);
+        add(&mut self.call_count, 1);
+        add(
+            &mut self.total_duration_secs,
+            summary.duration_secs().unwrap_or(0),
+        );
         self.total_minutes = cost::round6(self.total_duration_secs as f64 / 60.0);
-        self.total_turns += summary.turn_count();
-        self.claude_input_tokens += usage.claude_input_tokens;
-        self.claude_output_tokens += usage.claude_output_tokens;
-        self.claude_cache_creation_tokens += usage.claude_cache_creation_tokens;
-        self.claude_cache_read_tokens += usage.claude_cache_read_tokens;
-        self.tts_chars += usage.tts_chars;
-        self.tts_chars_cached += usage.tts_chars_cached;
-        self.stt_secs = cost::round6(self.stt_secs + usage.stt_secs);
-        self.estimated_cost_usd =
-            cost::round6(self.estimated_cost_usd + cost::estimate_usd(usage, prices));
+        add(&mut self.total_turns, summary.turn_count());
+        add(&mut self.claude_input_tokens, usage.claude_input_tokens);
+        add(&mut self.claude_output_tokens, usage.claude_output_tokens);
+        add(
+            &mut self.claude_cache_creation_tokens,
+            usage.claude_cache_creation_tokens,
+        );
+        add(
+            &mut self.claude_cache_read_tokens,
+            usage.claude_cache_read_tokens,
+        );
+        add(&mut self.tts_chars, usage.tts_chars);
+        add(&mut self.tts_chars_cached, usage.tts_chars_cached);
+        self.stt_secs = cost::round6(cost::saturating_add_f64(self.stt_secs, usage.stt_secs));
+        self.estimated_cost_usd = cost::round6(cost::saturating_add_f64(
+            self.estimated_cost_usd,
+            cost::estimate_usd(usage, prices),
+        ));
     }
 }
 
@@ -257,6 +271,58 @@ mod tests {
         assert!(!rollup.by_role.contains_key("parent"));
         assert_eq!(rollup.skipped.without_cost_summary, 1);
         assert_eq!(rollup.skipped.by_status["active"], 1);
+    }
+
+    #[test]
+    fn huge_values_saturate_instead_of_overflowing() {
+        // The index keeps a call's counts in 32 bits, but the totals take any `CostSummary`:
+        // huge ones, and totals already at their limit, stay at the limit.
+        let huge = CostSummary {
+            claude_input_tokens: u64::MAX,
+            claude_output_tokens: u64::MAX,
+            claude_cache_creation_tokens: u64::MAX,
+            claude_cache_read_tokens: u64::MAX,
+            tts_chars: u64::MAX,
+            tts_chars_cached: u64::MAX,
+            stt_secs: f64::MAX,
+            estimated_cost_usd: f64::MAX,
+        };
+        let summary = call(20_416, 0, Some(Role::Judge), Some(usage(0, 0)));
+        let mut t = Totals::default();
+        t.add(&summary, &huge, &PRICES);
+        t.add(&summary, &huge, &PRICES);
+        assert_eq!(t.call_count, 2);
+        assert_eq!(t.total_duration_secs, 180);
+        assert_eq!(t.claude_input_tokens, u64::MAX);
+        assert_eq!(t.claude_output_tokens, u64::MAX);
+        assert_eq!(t.claude_cache_creation_tokens, u64::MAX);
+        assert_eq!(t.claude_cache_read_tokens, u64::MAX);
+        assert_eq!(t.tts_chars, u64::MAX);
+        assert_eq!(t.tts_chars_cached, u64::MAX);
+        assert_eq!(t.stt_secs, f64::MAX, "held at the largest finite value");
+        let each = cost::estimate_usd(&huge, &PRICES);
+        assert!(each.is_finite() && each > 1e300);
+        assert_eq!(t.estimated_cost_usd, 2.0 * each);
+        // The rollup file holds numbers, not `null`s.
+        let json = serde_json::to_value(&t).unwrap();
+        assert!(
+            json["sttSecs"].is_f64() && json["estimatedCostUsd"].is_f64(),
+            "{json}"
+        );
+
+        let mut full = Totals {
+            call_count: u64::MAX,
+            total_duration_secs: u64::MAX,
+            total_turns: u64::MAX,
+            ..Totals::default()
+        };
+        full.add(&summary, &usage(1, 1), &PRICES);
+        assert_eq!(
+            (full.call_count, full.total_duration_secs, full.total_turns),
+            (u64::MAX, u64::MAX, u64::MAX)
+        );
+        assert!(full.total_minutes.is_finite() && full.total_minutes > 3e17);
+        assert_eq!((full.claude_input_tokens, full.tts_chars), (1, 1));
     }
 
     #[test]

@@ -217,11 +217,12 @@ fn serve_refuses_to_start_on_a_busy_port() {
     );
 }
 
-/// Under a descriptor limit too low for the configured calls, `check-config` says so (and how
-/// many calls the limit holds); under one that holds them it says nothing.
+/// Under a descriptor limit too low for the configured calls and webhook connections,
+/// `check-config` says so (and how many calls the limit holds); under one that holds them it
+/// says nothing.
 #[test]
 fn check_config_warns_when_the_open_files_limit_cannot_hold_the_calls() {
-    let with_limit = |open_files: u32, calls: &str| {
+    let with_limit = |open_files: u32, calls: &str, webhooks: &str| {
         let mut command = Command::new("sh");
         command
             .arg("-c")
@@ -230,19 +231,34 @@ fn check_config_warns_when_the_open_files_limit_cannot_hold_the_calls() {
             ))
             .arg(env!("CARGO_BIN_EXE_cotrackpro-voice"))
             .env_clear()
-            .envs([("SERVER_DOMAIN", DOMAIN), ("MAX_CONCURRENT_CALLS", calls)]);
+            .envs([
+                ("SERVER_DOMAIN", DOMAIN),
+                ("MAX_CONCURRENT_CALLS", calls),
+                ("HTTP_MAX_CONNECTIONS", webhooks),
+            ]);
         run(command)
     };
-    let (code, stdout, stderr) = with_limit(512, "100");
+    // 100 x 10 + 256 + 17 (16 webhook connections and the spare) = 1,273 against 512.
+    let (code, stdout, stderr) = with_limit(512, "100", "16");
     assert_eq!(code, 0, "{stderr}");
     assert!(
-        stdout.contains("# warning: MAX_CONCURRENT_CALLS=100 needs about 1256 open files")
-            && stdout.contains("RLIMIT_NOFILE is 512: calls past about 25 will fail"),
+        stdout.contains(
+            "# warning: MAX_CONCURRENT_CALLS=100 with HTTP_MAX_CONNECTIONS=16 needs about 1273 \
+             open files"
+        ) && stdout.contains("RLIMIT_NOFILE is 512: calls past about 23 will fail"),
         "{stdout}"
     );
-    let (code, stdout, stderr) = with_limit(512, "20");
+    // 20 calls fit beside 16 webhook connections (473), not beside the default 1,024 (1,481).
+    let (code, stdout, stderr) = with_limit(512, "20", "16");
     assert_eq!(code, 0, "{stderr}");
     assert!(!stdout.contains("RLIMIT_NOFILE"), "{stdout}");
+    let (code, stdout, stderr) = with_limit(512, "20", "1024");
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("needs about 1481 open files")
+            && stdout.contains("RLIMIT_NOFILE is 512: calls past about 0 will fail"),
+        "{stdout}"
+    );
 }
 
 /// `serve` says at start-up what `check-config` says of the limits: the journal of a server
@@ -255,13 +271,20 @@ fn serve_warns_at_start_up_when_the_open_files_limit_cannot_hold_the_calls() {
         .arg("-c")
         .arg("ulimit -n 512 && exec \"$0\" serve")
         .arg(env!("CARGO_BIN_EXE_cotrackpro-voice"));
-    let command = crate::support::serve_env(command, &records, &[("MAX_CONCURRENT_CALLS", "100")]);
+    let command = crate::support::serve_env(
+        command,
+        &records,
+        &[
+            ("MAX_CONCURRENT_CALLS", "100"),
+            ("HTTP_MAX_CONNECTIONS", "16"),
+        ],
+    );
     let server = crate::support::Spawned::spawn(command);
     let warning = server.wait_for_line("the limits warning", |l| l.contains("RLIMIT_NOFILE"));
     let line: serde_json::Value = serde_json::from_str(&warning).expect("a JSON log line");
     assert_eq!(line["level"], "WARN", "{line}");
     assert!(
-        warning.contains("calls past about 25 will fail"),
+        warning.contains("calls past about 23 will fail"),
         "{warning}"
     );
     // It still serves: the warning is advice, not a refusal.

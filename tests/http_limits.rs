@@ -320,9 +320,9 @@ fn access_line(server: &Spawned, id: &str) -> serde_json::Value {
 }
 
 #[test]
-fn the_access_log_believes_forwarded_for_only_from_the_proxy_and_bounds_it() {
+fn the_access_log_believes_forwarded_for_only_from_a_trusted_proxy_and_bounds_it() {
     let records = TempDir::new("xff");
-    let (server, addr, _) = serve_binary(&records, &[]);
+    let (server, addr, _) = serve_binary(&records, &[("TRUSTED_PROXY", "none")]);
     // `/health` with a request id (to find its access line) and `X-Forwarded-For`.
     let health = |addr: SocketAddr, id: &str, forwarded: &str| {
         let headers = [
@@ -335,7 +335,8 @@ fn the_access_log_believes_forwarded_for_only_from_the_proxy_and_bounds_it() {
     assert_eq!(access_line(&server, "req-untrusted")["client"], "127.0.0.1");
     drop(server);
 
-    let (server, addr, _) = serve_binary(&records, &[("TRUSTED_PROXY", "127.0.0.1, ::1")]);
+    // By default the proxy on this machine (loopback) is trusted.
+    let (server, addr, _) = serve_binary(&records, &[]);
     assert_eq!(health(addr, "req-trusted", "6.6.6.6, 203.0.113.9"), 200);
     assert_eq!(access_line(&server, "req-trusted")["client"], "203.0.113.9");
     assert_eq!(health(addr, "req-huge", &"x".repeat(12_000)), 200);
@@ -370,5 +371,56 @@ fn a_connection_cap_under_the_descriptor_limit_keeps_accept_from_failing() {
     assert!(
         !lines.iter().any(|l| l.contains("http.accept_failed")),
         "{lines:#?}"
+    );
+}
+
+#[test]
+fn webhook_fields_are_bounded_before_they_reach_a_record() {
+    use cotrackpro_voice::records::index::sid_key;
+    let server = crate::support::TestServer::start(&[]);
+    let sid = "CA0123456789abcdef0123456789abcdef";
+    let junk_status = "ringing\u{202e}".repeat(2_000);
+    let junk_from = format!("+1555\"<script>{}", "9".repeat(5_000));
+    let res = server
+        .request("POST", "/call/incoming")
+        .form(&[
+            ("CallSid", sid),
+            ("CallStatus", &junk_status),
+            ("From", &junk_from),
+        ])
+        .send();
+    assert_eq!(res.status, 200, "the caller is still answered");
+    let record = server
+        .records()
+        .get(&sid_key(sid).expect("sid"))
+        .expect("readable")
+        .expect("a record");
+    assert_eq!(
+        record.twilio_status, None,
+        "an unknown CallStatus is not kept"
+    );
+    assert_eq!(record.caller_number, "un***nown");
+
+    // A status callback with an unknown CallStatus changes nothing; a known one is kept.
+    let res = server
+        .request("POST", "/call/status")
+        .form(&[("CallSid", sid), ("CallStatus", &junk_status)])
+        .send();
+    assert_eq!(res.status, 400);
+    let res = server
+        .request("POST", "/call/status")
+        .form(&[("CallSid", sid), ("CallStatus", "in-progress")])
+        .send();
+    assert_eq!(res.status, 204);
+    let record = server
+        .records()
+        .get(&sid_key(sid).expect("sid"))
+        .expect("readable")
+        .expect("a record");
+    assert_eq!(record.twilio_status.as_deref(), Some("in-progress"));
+    let file = std::fs::read_to_string(server.records().path()).expect("records file");
+    assert!(
+        !file.contains("script") && !file.contains('\u{202e}'),
+        "{file}"
     );
 }

@@ -467,3 +467,66 @@ fn a_wrong_media_format_ends_the_call_with_its_verdict_on_file() {
     );
     assert_eq!(rig.sims.elevenlabs.stt().sessions(), 0);
 }
+
+/// An upgraded, silent connection the proxy on this machine forwarded for `client`.
+fn upgraded_for(rig: &Rig, client: &str) -> WebSocket<TcpStream> {
+    use tungstenite::client::IntoClientRequest;
+    let stream = TcpStream::connect(rig.server.media_addr).expect("connects");
+    stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("a read timeout");
+    let mut request = format!("ws://{}/call/stream", rig.server.media_addr)
+        .into_client_request()
+        .expect("a request");
+    request.headers_mut().insert(
+        "X-Forwarded-For",
+        format!("6.6.6.6, {client}")
+            .parse()
+            .expect("a header value"),
+    );
+    // The 101 comes after the server has read the head, so the source is known by then.
+    tungstenite::client(request, stream).expect("the upgrade").0
+}
+
+/// Whether the server still holds `socket` open (it says nothing before `start`).
+fn still_open(socket: &mut WebSocket<TcpStream>) -> bool {
+    matches!(socket.read(), Err(err) if cotrackpro_voice::providers::ws::is_timeout(&err))
+}
+
+/// The flood limits key a connection by the client a `TRUSTED_PROXY` forwarded (by default
+/// the proxy on this machine), the webhook port's rule: one client's flood through the proxy
+/// displaces only its own connections. With `TRUSTED_PROXY=none` the proxy is one source.
+#[test]
+fn the_flood_limits_believe_forwarded_for_only_from_a_trusted_proxy() {
+    let rig = Rig::start(&[]);
+    let mut bystander = upgraded_for(&rig, "192.0.2.2");
+    let mut flood: Vec<_> = (0..=MAX_PENDING_PER_SOURCE)
+        .map(|_| upgraded_for(&rig, "192.0.2.1"))
+        .collect();
+    let metrics = &rig.server.app().metrics;
+    assert_eq!(
+        metrics.media_dropped(MediaDrop::PeerLimit),
+        1,
+        "one over its share"
+    );
+    assert!(!still_open(&mut flood[0]), "the flood's oldest made room");
+    assert!(
+        still_open(&mut bystander),
+        "another client is not displaced"
+    );
+    drop(rig);
+
+    let rig = Rig::start(&[("TRUSTED_PROXY", "none")]);
+    let mut bystander = upgraded_for(&rig, "192.0.2.2");
+    let _flood: Vec<_> = (0..MAX_PENDING_PER_SOURCE)
+        .map(|_| upgraded_for(&rig, "192.0.2.1"))
+        .collect();
+    assert_eq!(
+        rig.server.app().metrics.media_dropped(MediaDrop::PeerLimit),
+        1
+    );
+    assert!(
+        !still_open(&mut bystander),
+        "untrusted, every connection from the proxy is one source"
+    );
+}

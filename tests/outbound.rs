@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use cotrackpro_voice::records::event::Direction;
+use cotrackpro_voice::outbound::placements;
+use cotrackpro_voice::records::event::{CallRecord, CallStatus, Direction};
 use cotrackpro_voice::records::index::sid_key;
 use cotrackpro_voice::sim::twilio::TwilioSim;
 use cotrackpro_voice::sim::{SIM_TWILIO_ACCOUNT_SID, SIM_TWILIO_AUTH_TOKEN};
@@ -71,24 +72,27 @@ fn places_the_call_and_records_it() {
         call.field("Url"),
         Some(format!("https://{DOMAIN}/call/incoming?role=attorney").as_str())
     );
-    assert_eq!(
-        call.field("StatusCallback"),
-        Some(format!("https://{DOMAIN}/call/status").as_str())
-    );
+    // The callback URL names the placement (see `a_status_callback_that_beats_…`).
+    let nonce = call
+        .field("StatusCallback")
+        .and_then(|url| url.strip_prefix(&format!("https://{DOMAIN}/call/status?placement=")))
+        .expect("the callback URL with its placement nonce");
+    assert!(placements::is_nonce(nonce), "{nonce}");
     assert_eq!(
         call.fields("StatusCallbackEvent"),
         ["initiated", "ringing", "answered", "completed"]
     );
-    let record = rig
-        .server
-        .records()
-        .get(&sid_key(&call.sid).expect("sid"))
-        .expect("readable")
-        .expect("a record");
+    let record = record_of(&rig, &call.sid);
     assert_eq!(record.direction, Direction::Outbound);
     assert_eq!(record.role, "attorney");
     assert_eq!(record.caller_number, "+1***0123");
     assert_eq!(record.twilio_status.as_deref(), Some("queued"));
+    let now = cotrackpro_voice::timestamp::now_ms();
+    assert_eq!(
+        placements::shared().get(nonce, now),
+        None,
+        "the call has its record: its placement is forgotten"
+    );
 }
 
 #[test]
@@ -463,4 +467,91 @@ fn a_twin_that_waits_too_long_gets_409_and_the_call_is_still_placed_once() {
         (200, Some("true"))
     );
     assert_eq!(rig.twilio.created().len(), 1);
+}
+
+fn record_of(rig: &Outbound, sid: &str) -> CallRecord {
+    rig.server
+        .records()
+        .get(&sid_key(sid).expect("sid"))
+        .expect("readable")
+        .expect("a record")
+}
+
+/// Posts a status callback signed by the simulator's Twilio account, as Twilio would.
+fn post_status(rig: &Outbound, path: &str, call_sid: &str, status: &str) -> u16 {
+    let form = [
+        ("CallSid", call_sid),
+        ("AccountSid", SIM_TWILIO_ACCOUNT_SID),
+        ("CallStatus", status),
+        ("Direction", "outbound-api"),
+    ];
+    let signed = cotrackpro_voice::twilio::signature::compute(
+        SIM_TWILIO_AUTH_TOKEN,
+        &format!("https://{DOMAIN}{path}"),
+        &crate::support::owned(&form),
+    );
+    rig.server
+        .request("POST", path)
+        .header("X-Twilio-Signature", &signed)
+        .form(&form)
+        .send()
+        .status
+}
+
+#[test]
+fn a_status_callback_that_beats_the_create_answer_makes_the_record() {
+    let rig = Outbound::start(&[("VALIDATE_TWILIO_SIGNATURE", "true")]);
+    rig.twilio
+        .callback_before_answering(&format!("http://{}", rig.server.addr));
+    let res = rig.call(&json!({"to": "+14165550123", "role": "attorney"}), None);
+    assert_eq!(res.status, 200, "{}", res.body);
+    let sid = res.json()["callSid"].as_str().expect("a sid").to_string();
+    assert_eq!(
+        rig.twilio.early_callbacks(),
+        [(sid.clone(), 204)],
+        "the signed callback reached us before the create was answered"
+    );
+
+    let created = rig.twilio.created();
+    let callback_url = created[0].field("StatusCallback").expect("a callback URL");
+    let nonce = callback_url
+        .strip_prefix(&format!("https://{DOMAIN}/call/status?placement="))
+        .expect("the placement nonce is in the callback URL");
+    assert!(placements::is_nonce(nonce), "{callback_url}");
+
+    // The callback wrote the record place_call would have, and its status stuck: the
+    // create's own `queued` did not move it back.
+    let record = record_of(&rig, &sid);
+    assert_eq!(record.direction, Direction::Outbound);
+    assert_eq!(record.role, "attorney");
+    assert_eq!(record.caller_number, "+1***0123");
+    assert_eq!(record.twilio_status.as_deref(), Some("initiated"));
+    assert_eq!(record.status, CallStatus::Active);
+    let lines = std::fs::read_to_string(rig.server.records().path()).expect("records file");
+    let created_lines = lines
+        .lines()
+        .filter(|l| l.contains(&sid) && l.contains(r#""event":"created""#))
+        .count();
+    assert_eq!(
+        created_lines, 1,
+        "place_call did not write a second record:\n{lines}"
+    );
+
+    // The nonce is spent once the record exists: it makes no record for another call.
+    let now = cotrackpro_voice::timestamp::now_ms();
+    assert_eq!(placements::shared().get(nonce, now), None);
+    let path = format!("/call/status?placement={nonce}");
+    let stranger = "CAffffffffffffffffffffffffffffffff";
+    assert_eq!(post_status(&rig, &path, stranger, "initiated"), 204);
+    // Nor does a nonce never handed out, nor none at all.
+    let forged = format!("/call/status?placement={}", placements::new_nonce());
+    assert_eq!(post_status(&rig, &forged, stranger, "initiated"), 204);
+    assert_eq!(post_status(&rig, "/call/status", stranger, "ringing"), 204);
+    let key = sid_key(stranger).expect("sid");
+    assert!(rig.server.records().get(&key).expect("readable").is_none());
+
+    // Later callbacks carry the same URL and go on updating the call's record.
+    assert_eq!(post_status(&rig, &path, &sid, "completed"), 204);
+    let record = record_of(&rig, &sid);
+    assert_eq!(record.status, CallStatus::Completed);
 }

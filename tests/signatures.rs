@@ -36,6 +36,12 @@ fn our_signatures_are_twilios() {
             owned(CALL_FORM),
         ),
         ("tok", "https://voice.example.com/call/status", vec![]),
+        // An outbound call's status callback, with its placement nonce.
+        (
+            "tok",
+            "https://voice.example.com/call/status?placement=0123456789abcdef0123456789abcdef",
+            owned(CALL_FORM),
+        ),
         (
             "другой",
             "https://voice.example.com:8443/a",
@@ -619,4 +625,59 @@ fn a_shared_key_webhook_without_the_configured_key_is_refused_and_logged() {
     );
     let rest = server.drain(Duration::from_millis(200));
     assert!(rest.iter().all(|l| !l.contains(&signature)));
+}
+
+#[test]
+fn a_placement_nonce_in_the_status_callback_url_is_covered_by_the_signature() {
+    // Twilio signs the StatusCallback URL as we gave it, query included: the nonce cannot be
+    // added, changed or dropped without breaking the signature, by Twilio's verdict and ours.
+    let nonce = "0123456789abcdef0123456789abcdef";
+    let with_nonce = format!("https://{DOMAIN}/call/status?placement={nonce}");
+    let other_nonce = format!("https://{DOMAIN}/call/status?placement={}", "f".repeat(32));
+    let without = format!("https://{DOMAIN}/call/status");
+    let params = owned(CALL_FORM);
+    let cases = [
+        (&with_nonce, &with_nonce, true),
+        (&without, &with_nonce, false),
+        (&other_nonce, &with_nonce, false),
+        (&with_nonce, &without, false),
+    ];
+    let input = json!({ "cases": cases.iter().map(|(signed, received, _)| json!({
+        "token": AUTH_TOKEN,
+        "url": received,
+        "params": params,
+        "signature": twilio_signature::compute(AUTH_TOKEN, signed, &params),
+    })).collect::<Vec<_>>() });
+    let output = run_interop("signatures", &input);
+    for (idx, (signed, received, expected)) in cases.iter().enumerate() {
+        let theirs = output["results"][idx]["valid"].as_bool().unwrap();
+        let ours = twilio_signature::verify(
+            AUTH_TOKEN,
+            Some(&twilio_signature::compute(AUTH_TOKEN, signed, &params)),
+            &[received.to_string()],
+            &params,
+        )
+        .is_ok();
+        assert_eq!(
+            theirs, *expected,
+            "twilio: signed {signed}, received {received}"
+        );
+        assert_eq!(ours, theirs, "ours: signed {signed}, received {received}");
+    }
+
+    // And the running server's gate, which rebuilds the URL from the request line.
+    let server = TestServer::with_signatures();
+    let path = format!("/call/status?placement={nonce}");
+    assert_eq!(
+        post_signed(&server, &path, &with_nonce, &[("Host", DOMAIN)]),
+        204
+    );
+    assert_eq!(
+        post_signed(&server, &path, &without, &[("Host", DOMAIN)]),
+        403
+    );
+    assert_eq!(
+        post_signed(&server, &path, &other_nonce, &[("Host", DOMAIN)]),
+        403
+    );
 }

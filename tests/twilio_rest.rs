@@ -13,7 +13,11 @@ fn call() -> CreateCall {
         to: "+14165550123".into(),
         from: "+15551230000".into(),
         url: "https://voice.example.com/call/incoming?role=attorney".into(),
-        status_callback: Some("https://voice.example.com/call/status".into()),
+        // The query (our placement nonce) must reach Twilio intact: it signs the full URL.
+        status_callback: Some(
+            "https://voice.example.com/call/status?placement=00ff00ff00ff00ff00ff00ff00ff00ff"
+                .into(),
+        ),
         status_callback_events: ["initiated", "ringing", "answered", "completed"]
             .map(String::from)
             .to_vec(),
@@ -41,7 +45,7 @@ fn a_call_is_created_with_the_documented_fields() {
     );
     assert_eq!(
         form.field("StatusCallback"),
-        Some("https://voice.example.com/call/status")
+        Some("https://voice.example.com/call/status?placement=00ff00ff00ff00ff00ff00ff00ff00ff")
     );
     assert_eq!(form.field("StatusCallbackMethod"), Some("POST"));
     assert_eq!(

@@ -1,7 +1,7 @@
 //! Whether the process's limits can hold the configured calls: open descriptors
-//! (`RLIMIT_NOFILE`) and tasks — threads count as tasks — (the cgroup's `pids.max`, which
-//! systemd's `TasksMax=` sets, and `RLIMIT_NPROC`) against `MAX_CONCURRENT_CALLS` times what a
-//! call needs. `check-config` prints the warnings; the comparison is pure ([`warnings`]), the
+//! (`RLIMIT_NOFILE`) against `MAX_CONCURRENT_CALLS` times what a call needs plus the webhook
+//! connections (`HTTP_MAX_CONNECTIONS`), and tasks — threads count as tasks — (the cgroup's
+//! `pids.max`, which systemd's `TasksMax=` sets, and `RLIMIT_NPROC`) against the calls'. `check-config` prints the warnings; the comparison is pure ([`warnings`]), the
 //! reading of the limits ([`ProcessLimits::read`]) is two files: `/proc/self/limits` and the
 //! cgroup's `pids.max`.
 
@@ -25,10 +25,19 @@ pub const SERVER_THREADS: u64 = 128;
 
 /// Descriptors of the server itself: listeners, the records and lock files, idle provider
 /// connections (at most 64 + 16), handshakes in progress (at most 64), logs, with room.
-/// Webhook connections come on top, one each up to `HTTP_MAX_CONNECTIONS` (the unit's
-/// LimitNOFILE= adds them); they are not counted here: the HTTP accept loop survives running
-/// out (it sheds connections and logs `http.accept_failed`), calls would not.
+/// Webhook connections come on top ([`webhook_fds`]).
 pub const SERVER_FDS: u64 = 256;
+
+/// Descriptors of the webhook tier at its cap: one a connection up to `HTTP_MAX_CONNECTIONS`,
+/// and the spare the accept loop keeps for shedding a connection when descriptors run out.
+/// Counted as the unit's LimitNOFILE= comment counts them: the accept loop survives running
+/// out, but a flood of webhook connections then takes the descriptors calls need.
+pub fn webhook_fds(http_max_connections: usize) -> u64 {
+    (http_max_connections as u64).saturating_add(1)
+}
+
+/// `HTTP_MAX_CONNECTIONS`' default, which the unit's LimitNOFILE= is sized for.
+pub const DEFAULT_HTTP_MAX_CONNECTIONS: usize = 1024;
 
 /// The limits that bound the calls, as read (`None`: unlimited, or could not be read).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -41,25 +50,44 @@ pub struct ProcessLimits {
     pub user_tasks: Option<u64>,
 }
 
-/// What `calls` simultaneous calls need: (descriptors, tasks).
+/// What `calls` simultaneous calls need with the webhook tier at `HTTP_MAX_CONNECTIONS`'
+/// default: (descriptors, tasks). See [`needed_with`].
 pub fn needed(calls: usize) -> (u64, u64) {
+    needed_with(calls, DEFAULT_HTTP_MAX_CONNECTIONS)
+}
+
+/// What `calls` simultaneous calls and `http_max_connections` webhook connections need:
+/// (descriptors, tasks).
+pub fn needed_with(calls: usize, http_max_connections: usize) -> (u64, u64) {
     let calls = calls as u64;
     (
-        calls * FDS_PER_CALL + SERVER_FDS,
+        calls * FDS_PER_CALL + SERVER_FDS + webhook_fds(http_max_connections),
         calls * THREADS_PER_CALL + SERVER_THREADS,
     )
 }
 
-/// A warning for each limit that cannot hold `calls` calls.
+/// [`warnings_with`] for the webhook tier at `HTTP_MAX_CONNECTIONS`' default.
 pub fn warnings(calls: usize, limits: &ProcessLimits) -> Vec<String> {
-    let (fds, tasks) = needed(calls);
+    warnings_with(calls, DEFAULT_HTTP_MAX_CONNECTIONS, limits)
+}
+
+/// A warning for each limit that cannot hold `calls` calls beside `http_max_connections`
+/// webhook connections.
+pub fn warnings_with(
+    calls: usize,
+    http_max_connections: usize,
+    limits: &ProcessLimits,
+) -> Vec<String> {
+    let (fds, tasks) = needed_with(calls, http_max_connections);
+    let webhooks = webhook_fds(http_max_connections);
     let mut out = Vec::new();
     if let Some(limit) = limits.open_files.filter(|&l| l < fds) {
         out.push(format!(
-            "MAX_CONCURRENT_CALLS={calls} needs about {fds} open files ({FDS_PER_CALL} a call + \
-             {SERVER_FDS}) but RLIMIT_NOFILE is {limit}: calls past about {} will fail \
-             (raise LimitNOFILE= in the unit)",
-            limit.saturating_sub(SERVER_FDS) / FDS_PER_CALL
+            "MAX_CONCURRENT_CALLS={calls} with HTTP_MAX_CONNECTIONS={http_max_connections} \
+             needs about {fds} open files ({FDS_PER_CALL} a call + {SERVER_FDS} + {webhooks} \
+             for webhook connections) but RLIMIT_NOFILE is {limit}: calls past about {} will \
+             fail (raise LimitNOFILE= in the unit, or lower HTTP_MAX_CONNECTIONS)",
+            limit.saturating_sub(SERVER_FDS + webhooks) / FDS_PER_CALL
         ));
     }
     let task_limits = [
@@ -120,8 +148,10 @@ mod tests {
 
     #[test]
     fn limits_that_hold_the_calls_say_nothing() {
+        // The unit's LimitNOFILE= comment: 1000 x 10 + 256 + 1,025 for webhooks = 11,281.
         let (fds, tasks) = needed(1000);
-        assert_eq!((fds, tasks), (10_256, 5_128));
+        assert_eq!((fds, tasks), (11_281, 5_128));
+        assert_eq!(needed_with(1000, 16), (10_273, 5_128));
         let enough = ProcessLimits {
             open_files: Some(fds),
             cgroup_tasks: Some(tasks),
@@ -137,17 +167,18 @@ mod tests {
     #[test]
     fn each_short_limit_is_named_with_the_calls_it_holds() {
         let short = ProcessLimits {
-            open_files: Some(1024),
+            open_files: Some(2048),
             cgroup_tasks: Some(4915),
             user_tasks: Some(5127),
         };
         let warnings = warnings(1000, &short);
         assert_eq!(warnings.len(), 3, "{warnings:?}");
         assert!(
-            warnings[0].contains("RLIMIT_NOFILE is 1024"),
+            warnings[0].contains("RLIMIT_NOFILE is 2048"),
             "{}",
             warnings[0]
         );
+        // (2048 - 256 - 1025) / 10: the webhook connections' share is not the calls'.
         assert!(warnings[0].contains("past about 76 "), "{}", warnings[0]);
         assert!(warnings[1].contains("pids.max is 4915"), "{}", warnings[1]);
         assert!(warnings[1].contains("past about 957 "), "{}", warnings[1]);
@@ -156,6 +187,27 @@ mod tests {
             "{}",
             warnings[2]
         );
+    }
+
+    #[test]
+    fn the_webhook_tier_counts_against_the_descriptors() {
+        let limits = ProcessLimits {
+            open_files: Some(1024),
+            ..ProcessLimits::default()
+        };
+        // 50 calls fit alone (756), not beside 1,024 webhook connections (1,781)...
+        let crowded = warnings_with(50, 1024, &limits);
+        assert_eq!(crowded.len(), 1, "{crowded:?}");
+        assert!(
+            crowded[0].contains("needs about 1781 open files")
+                && crowded[0].contains("HTTP_MAX_CONNECTIONS=1024")
+                && crowded[0].contains("past about 0 "),
+            "{}",
+            crowded[0]
+        );
+        // ...and do beside 16.
+        assert_eq!(warnings_with(50, 16, &limits), Vec::<String>::new());
+        assert_eq!(warnings(50, &limits), crowded, "the default cap is 1024");
     }
 
     #[test]

@@ -40,12 +40,22 @@ const HTTP_MAX_BODY_BYTES: Whole = Whole {
 /// Each takes one descriptor: the unit's LimitNOFILE= counts them (src/config/limits.rs).
 const HTTP_MAX_CONNECTIONS: Whole = Whole {
     name: "HTTP_MAX_CONNECTIONS",
-    default: 1024,
+    default: super::limits::DEFAULT_HTTP_MAX_CONNECTIONS as u64,
     min: 16,
     max: 65536,
 };
-/// The reverse proxies whose `X-Forwarded-For` the access log believes.
+/// The reverse proxies whose `X-Forwarded-For` the access log and the media port's flood
+/// limits believe.
 const TRUSTED_PROXY: &str = "TRUSTED_PROXY";
+/// `TRUSTED_PROXY`'s default: the documented deployment's TLS proxy runs on this machine
+/// (Caddy, with `BIND_ADDR=127.0.0.1`). Without it every media stream would come from one
+/// source, the proxy, and share one source's flood limit.
+const DEFAULT_TRUSTED_PROXIES: [IpAddr; 2] = [
+    IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+    IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+];
+/// The `TRUSTED_PROXY` value that trusts no proxy (an empty value means unset: the default).
+const NO_PROXY: &str = "none";
 /// The fallback for both domains below.
 const SERVER_DOMAIN: &str = "SERVER_DOMAIN";
 const API_DOMAIN: &str = "API_DOMAIN";
@@ -127,8 +137,9 @@ pub struct HttpLimits {
     pub max_body_bytes: usize,
     /// `HTTP_MAX_CONNECTIONS`.
     pub max_connections: usize,
-    /// `TRUSTED_PROXY`: peers whose `X-Forwarded-For` names the client. Empty: the peer's
-    /// own address is the client.
+    /// `TRUSTED_PROXY`: peers whose `X-Forwarded-For` names the client, for the access log
+    /// and the media port alike (`http::forwarded_client`). Empty: the peer's own address is
+    /// the client.
     pub trusted_proxies: Vec<IpAddr>,
 }
 
@@ -180,7 +191,11 @@ impl Server {
             workers: r.whole(&HTTP_WORKERS) as usize,
             max_body_bytes: r.whole(&HTTP_MAX_BODY_BYTES) as usize,
             max_connections: r.whole(&HTTP_MAX_CONNECTIONS) as usize,
-            trusted_proxies: r.parse(TRUSTED_PROXY, Vec::new(), parse_addresses),
+            trusted_proxies: r.parse(
+                TRUSTED_PROXY,
+                DEFAULT_TRUSTED_PROXIES.to_vec(),
+                parse_addresses,
+            ),
         };
         let domains = read_domains(r);
         let log = LogConfig {
@@ -223,7 +238,7 @@ impl Server {
         out.value(
             TRUSTED_PROXY,
             if proxies.is_empty() {
-                "[not set: the peer address is the client]".to_string()
+                format!("{NO_PROXY} (the peer address is the client)")
             } else {
                 proxies.join(",")
             },
@@ -270,15 +285,20 @@ fn read_domains(r: &mut Reader<'_>) -> Option<Domains> {
     Some(Domains { api: api?, ws: ws? })
 }
 
-/// `TRUSTED_PROXY`: IP addresses, comma-separated (`127.0.0.1,::1`). Addresses, not names or
-/// ranges: the check runs on every request and must not resolve anything.
+/// `TRUSTED_PROXY`: IP addresses, comma-separated (`127.0.0.1,::1`), or `none`. Addresses, not
+/// names or ranges: the check runs on every request and must not resolve anything.
 fn parse_addresses(v: &str) -> Result<Vec<IpAddr>, String> {
+    if v.eq_ignore_ascii_case(NO_PROXY) {
+        return Ok(Vec::new());
+    }
     v.split(',')
         .map(str::trim)
         .filter(|a| !a.is_empty())
         .map(|a| {
             a.parse().map_err(|_| {
-                format!("{a:?} is not an IP address (list addresses, comma-separated)")
+                format!(
+                    "{a:?} is not an IP address (list addresses, comma-separated, or {NO_PROXY})"
+                )
             })
         })
         .collect()

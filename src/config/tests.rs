@@ -768,7 +768,9 @@ fn provider_ca_file_must_be_a_readable_pem_file_of_certificates() {
 fn the_http_tier_settings_have_defaults_ranges_and_a_listing() {
     let config = ok(&[]);
     assert_eq!(config.http.max_connections, 1024);
-    assert!(config.http.trusted_proxies.is_empty());
+    let loopback: [std::net::IpAddr; 2] = ["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()];
+    // The documented deployment's proxy is on this machine: trusted unless told otherwise.
+    assert_eq!(config.http.trusted_proxies, loopback);
     let rows = config.effective();
     let value = |rows: &[(&str, String)], key: &str| {
         rows.iter()
@@ -777,24 +779,30 @@ fn the_http_tier_settings_have_defaults_ranges_and_a_listing() {
             .unwrap_or_else(|| panic!("{key} is not listed"))
     };
     assert_eq!(value(&rows, "HTTP_MAX_CONNECTIONS"), "1024");
+    assert_eq!(value(&rows, "TRUSTED_PROXY"), "127.0.0.1,::1");
+    let none = ok(&[("TRUSTED_PROXY", "none")]);
+    assert!(none.http.trusted_proxies.is_empty());
     assert_eq!(
-        value(&rows, "TRUSTED_PROXY"),
-        "[not set: the peer address is the client]"
+        value(&none.effective(), "TRUSTED_PROXY"),
+        "none (the peer address is the client)"
     );
 
     let config = ok(&[
         ("HTTP_MAX_CONNECTIONS", "64"),
-        ("TRUSTED_PROXY", " 127.0.0.1, ::1 ,"),
+        ("TRUSTED_PROXY", " 10.0.0.5, fd00::5 ,"),
     ]);
     assert_eq!(config.http.max_connections, 64);
     assert_eq!(
         config.http.trusted_proxies,
         [
-            "127.0.0.1".parse::<std::net::IpAddr>().unwrap(),
-            "::1".parse().unwrap()
+            "10.0.0.5".parse::<std::net::IpAddr>().unwrap(),
+            "fd00::5".parse().unwrap()
         ]
     );
-    assert_eq!(value(&config.effective(), "TRUSTED_PROXY"), "127.0.0.1,::1");
+    assert_eq!(
+        value(&config.effective(), "TRUSTED_PROXY"),
+        "10.0.0.5,fd00::5"
+    );
 
     fails(&[("HTTP_MAX_CONNECTIONS", "8")], "HTTP_MAX_CONNECTIONS", "");
     fails(

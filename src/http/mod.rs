@@ -20,7 +20,7 @@ mod twilio;
 pub mod wire;
 
 use std::io::{self, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
@@ -208,27 +208,48 @@ fn answer(app: &App, job: Job) -> Answer {
     }
 }
 
-/// The client's address for the access log: the peer, unless the peer is a `TRUSTED_PROXY`,
-/// in which case the nearest address in `X-Forwarded-For` that is not one of ours either
-/// (anything further left was written by the client and proves nothing). Bounded for the log.
-pub fn client_address(trusted: &[std::net::IpAddr], req: &Incoming) -> String {
+/// The client's address for the access log: the peer, or the nearest `X-Forwarded-For` hop
+/// when the peer is a `TRUSTED_PROXY` (see [`forwarded_client`]). Bounded for the log.
+pub fn client_address(trusted: &[IpAddr], req: &Incoming) -> String {
     let Some(peer) = req.remote.map(|a| a.ip()) else {
         return String::new();
     };
+    match forwarded_client(trusted, peer, req.header("X-Forwarded-For")) {
+        Some(hop) => wire::log_value(hop, 64),
+        None => peer.to_string(),
+    }
+}
+
+/// The one rule, for the webhook port and the media port alike, for when `X-Forwarded-For`
+/// names the client: only when the TCP `peer` is one of the `trusted` proxies, and then it is
+/// the nearest hop that is not itself a trusted proxy (anything further left was written by
+/// the client and proves nothing). `None`: the peer is the client (not a proxy, or it
+/// forwarded nothing usable). The hop is as received: parse it or bound it before use.
+///
+/// ```
+/// use cotrackpro_voice::http::forwarded_client;
+/// let proxy = ["127.0.0.1".parse().unwrap()];
+/// let forwarded = Some("6.6.6.6, 203.0.113.9");
+/// assert_eq!(forwarded_client(&proxy, proxy[0], forwarded), Some("203.0.113.9"));
+/// assert_eq!(forwarded_client(&proxy, "198.51.100.7".parse().unwrap(), forwarded), None);
+/// assert_eq!(forwarded_client(&[], proxy[0], forwarded), None);
+/// ```
+pub fn forwarded_client<'a>(
+    trusted: &[IpAddr],
+    peer: IpAddr,
+    forwarded_for: Option<&'a str>,
+) -> Option<&'a str> {
     if !trusted.contains(&peer) {
-        return peer.to_string();
+        return None;
     }
-    let Some(forwarded) = req.header("X-Forwarded-For") else {
-        return peer.to_string();
-    };
-    let nearest = forwarded.rsplit(',').map(str::trim).find(|hop| {
-        hop.parse::<std::net::IpAddr>()
-            .map_or(true, |ip| !trusted.contains(&ip))
-    });
-    match nearest {
-        Some(hop) if !hop.is_empty() => wire::log_value(hop, 64),
-        _ => peer.to_string(),
-    }
+    forwarded_for?
+        .rsplit(',')
+        .map(str::trim)
+        .find(|hop| {
+            hop.parse::<IpAddr>()
+                .map_or(true, |ip| !trusted.contains(&ip))
+        })
+        .filter(|hop| !hop.is_empty())
 }
 
 /// The routes, by path.

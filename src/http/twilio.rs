@@ -6,8 +6,11 @@ use super::{Incoming, Reply};
 use crate::app::App;
 use crate::config::Config;
 use crate::ids::CallSid;
+use crate::outbound::placements;
 use crate::personas::Role;
-use crate::records::event::{CallStatus, Direction, Event, EventKind};
+use crate::records::event::{
+    caller_number_from, known_twilio_status, CallStatus, Direction, Event, EventKind,
+};
 use crate::records::ttl_from;
 use crate::twilio::call_status::TWILIO_STATUSES;
 use crate::twilio::{signature, stream_token, stream_url, twiml};
@@ -60,12 +63,12 @@ pub fn incoming(app: &App, req: &Incoming) -> Reply {
     if let Some(call_sid) = param("CallSid").and_then(CallSid::parse) {
         let now = timestamp::now_ms();
         let event = Event {
-            twilio_status: param("CallStatus").map(str::to_string),
+            twilio_status: twilio_status(param("CallStatus"), &call_sid).map(str::to_string),
             ..Event::created(
                 call_sid.as_str(),
                 role,
                 direction,
-                &phone::mask(param("From").unwrap_or("unknown")),
+                &caller_number_from(param("From")),
                 now,
                 ttl_from(now, config.records.ttl_days),
             )
@@ -109,7 +112,7 @@ pub fn status(app: &App, req: &Incoming) -> Reply {
     let Some(call_sid) = param("CallSid").and_then(CallSid::parse) else {
         return Reply::error(400, "Missing or malformed CallSid");
     };
-    let Some(call_status) = param("CallStatus").filter(|s| TWILIO_STATUSES.contains(s)) else {
+    let Some(call_status) = twilio_status(param("CallStatus"), &call_sid) else {
         return Reply::error_with_details(
             400,
             "Missing or unknown CallStatus",
@@ -122,6 +125,12 @@ pub fn status(app: &App, req: &Incoming) -> Reply {
         Some(Err(_)) => return Reply::error(400, "CallDuration is not a whole number of seconds"),
     };
     let now = timestamp::now_ms();
+    if let Some(nonce) = req
+        .query_param(placements::QUERY_PARAMETER)
+        .filter(|n| placements::is_nonce(n))
+    {
+        record_placement(app, &call_sid, &nonce, now);
+    }
     let status = CallStatus::from_twilio(call_status);
     let event = Event {
         status,
@@ -154,6 +163,55 @@ pub fn status(app: &App, req: &Incoming) -> Reply {
         "Call status update"
     );
     Reply::empty(204)
+}
+
+/// The webhook's `CallStatus` if it is one Twilio sends; another value is logged (bounded)
+/// and goes no further.
+fn twilio_status(value: Option<&str>, call_sid: &CallSid) -> Option<&'static str> {
+    let value = value?;
+    let known = known_twilio_status(value);
+    if known.is_none() {
+        log::warn!(
+            callSid:% = call_sid,
+            callStatus = log_value(value, 20).as_str();
+            "Unknown CallStatus ignored"
+        );
+    }
+    known
+}
+
+/// A status callback for a call we are placing can beat Twilio's answer to our create
+/// request, and so the record `place_call` writes. While the placement named by the callback
+/// URL's nonce is live (the URL is signed), the callback writes that record itself, the same
+/// one: outbound, the persona, the masked number. A record already there is left as it is.
+fn record_placement(app: &App, call_sid: &CallSid, nonce: &str, now_ms: i64) {
+    let Some(placement) = placements::shared().get(nonce, now_ms) else {
+        return;
+    };
+    let event = Event::created(
+        call_sid.as_str(),
+        placement.role,
+        Direction::Outbound,
+        &placement.masked_to,
+        now_ms,
+        ttl_from(now_ms, app.config.records.ttl_days),
+    );
+    match app.records.append_if_changed(&event) {
+        Ok(written) => {
+            // The call has its record: the nonce has done its work.
+            placements::shared().remove(nonce);
+            if written {
+                log::info!(
+                    callSid:% = call_sid,
+                    to = placement.masked_to.as_str();
+                    "call.outbound.recorded_by_status_callback"
+                );
+            }
+        }
+        Err(err) => {
+            log::error!(callSid:% = call_sid, error:% = err; "records.createCallRecord.failed")
+        }
+    }
 }
 
 /// The form parameters of a Twilio webhook, after checking its signature when that is on.

@@ -15,8 +15,8 @@
 //! sends `connected` and `start` at once). Audio before `start` is dropped and counted. At most
 //! [`MAX_PENDING_HANDSHAKES`] connections wait so, [`MAX_PENDING_PER_SOURCE`] of them from one
 //! source; past that the oldest waiting one is closed to make room ([`super::pending`]), so a
-//! flood of idle sockets only displaces itself. Behind the TLS proxy on this machine (a
-//! loopback peer) the source is the last address of the proxy's `X-Forwarded-For`.
+//! flood of idle sockets only displaces itself. Behind the TLS proxy (a `TRUSTED_PROXY` peer)
+//! the source is the client the proxy forwarded, by the webhook port's rule.
 //!
 //! The acceptor sleeps in `poll(2)` on the listener and a wake-up descriptor: it wakes for a
 //! connection or for [`MediaServer::stop_accepting`], and once a second to beat its liveness
@@ -387,16 +387,12 @@ fn await_start(app: &App, socket: &mut TwilioSocket, deadline: Instant) -> Optio
     start
 }
 
-/// The connection's source: the peer, or, for a peer on this machine (the TLS proxy), the
-/// last address of its `X-Forwarded-For` (the one the proxy itself saw; earlier ones are the
-/// client's word).
-fn source_of(peer: SocketAddr, forwarded_for: Option<&str>) -> IpAddr {
-    if !peer.ip().is_loopback() {
-        return peer.ip();
-    }
-    forwarded_for
-        .and_then(|v| v.rsplit(',').next())
-        .and_then(|last| last.trim().parse::<IpAddr>().ok())
+/// The connection's source for the flood limits: the peer, or, when the peer is one of
+/// `TRUSTED_PROXY` (the TLS proxy), the client it forwarded — the webhook port's rule
+/// ([`crate::http::forwarded_client`]). A hop that is not an address leaves the peer.
+fn source_of(trusted: &[IpAddr], peer: SocketAddr, forwarded_for: Option<&str>) -> IpAddr {
+    crate::http::forwarded_client(trusted, peer.ip(), forwarded_for)
+        .and_then(|hop| hop.parse::<IpAddr>().ok())
         .unwrap_or(peer.ip())
 }
 
@@ -549,7 +545,11 @@ fn handshake(
     stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
     stream.set_write_timeout(Some(HANDSHAKE_TIMEOUT))?;
     let (head, leftover) = read_head(&mut stream)?;
-    let source = source_of(peer, head.header("X-Forwarded-For"));
+    let source = source_of(
+        &app.config.http.trusted_proxies,
+        peer,
+        head.header("X-Forwarded-For"),
+    );
     if source != peer.ip() {
         waiting.rekey(app, source);
     }
@@ -618,19 +618,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_source_is_the_peer_unless_the_local_proxy_forwarded_it() {
+    fn the_source_is_the_peer_unless_a_trusted_proxy_forwarded_it() {
+        let trusted: Vec<IpAddr> = vec!["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()];
         let proxy: SocketAddr = "127.0.0.1:50000".parse().unwrap();
         let remote: SocketAddr = "198.51.100.7:50000".parse().unwrap();
         let forwarded = Some("203.0.113.9, 192.0.2.44");
-        // The proxy's own view is the last address; what the client claimed before it is not.
+        let ip = |text: &str| text.parse::<IpAddr>().unwrap();
+        // The proxy's own view is the nearest hop; what the client claimed before it is not.
+        assert_eq!(source_of(&trusted, proxy, forwarded), ip("192.0.2.44"));
+        // A hop the proxy itself (or another trusted one) added is skipped.
         assert_eq!(
-            source_of(proxy, forwarded),
-            "192.0.2.44".parse::<IpAddr>().unwrap()
+            source_of(&trusted, proxy, Some("192.0.2.44, ::1")),
+            ip("192.0.2.44")
         );
-        // A peer elsewhere is who it is, whatever it says.
-        assert_eq!(source_of(remote, forwarded), remote.ip());
+        // A peer that is not a trusted proxy is who it is, whatever it says — on this
+        // machine too, when no proxy is trusted.
+        assert_eq!(source_of(&trusted, remote, forwarded), remote.ip());
+        assert_eq!(source_of(&[], proxy, forwarded), proxy.ip());
+        let other_local: SocketAddr = "127.0.0.2:50000".parse().unwrap();
+        assert_eq!(
+            source_of(&trusted, other_local, forwarded),
+            other_local.ip()
+        );
         // Nothing (or nothing readable) forwarded: the peer.
-        assert_eq!(source_of(proxy, None), proxy.ip());
-        assert_eq!(source_of(proxy, Some("unknown")), proxy.ip());
+        assert_eq!(source_of(&trusted, proxy, None), proxy.ip());
+        assert_eq!(source_of(&trusted, proxy, Some("unknown")), proxy.ip());
     }
 }

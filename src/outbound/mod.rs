@@ -13,6 +13,7 @@
 
 pub mod dialing;
 pub mod idempotency;
+pub mod placements;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -29,6 +30,7 @@ use crate::records::{ttl_from, RecordStore};
 use crate::timestamp;
 use crate::twilio::rest::{CreateCall, TwilioError, TwilioRest};
 use idempotency::{validate_key, Begin, IdempotencyStore, StoredReply};
+use placements::Placement;
 
 /// Seconds Twilio lets the phone ring.
 const RING_SECS: u32 = 30;
@@ -309,12 +311,27 @@ impl<'a> Outbound<'a> {
             _ => return bad(BadRequest::RoleNotAString),
         };
 
+        // Twilio may post the call's first status callback before `create_call` returns:
+        // the nonce in its URL lets that callback write the record (see `placements`).
+        let nonce = placements::new_nonce();
+        let placement = Placement {
+            role,
+            masked_to: phone::mask(&to),
+        };
+        if let Some(dropped) =
+            placements::shared().insert(nonce.clone(), placement, timestamp::now_ms())
+        {
+            log::warn!(to = dropped.masked_to.as_str(); "call.outbound.placement_dropped");
+        }
         let api = &config.domains.api;
         let call = CreateCall {
             to: to.clone(),
             from: from.to_string(),
             url: format!("https://{api}/call/incoming?role={}", role.as_str()),
-            status_callback: Some(format!("https://{api}/call/status")),
+            status_callback: Some(format!(
+                "https://{api}/call/status?{}={nonce}",
+                placements::QUERY_PARAMETER
+            )),
             status_callback_events: ["initiated", "ringing", "answered", "completed"]
                 .map(String::from)
                 .to_vec(),
@@ -329,6 +346,7 @@ impl<'a> Outbound<'a> {
         let created = match client.create_call(&call) {
             Ok(created) => created,
             Err(err) => {
+                placements::shared().remove(&nonce);
                 log_twilio_failure(&err, &to);
                 return Err(Answer::TwilioFailed(err));
             }
@@ -346,9 +364,15 @@ impl<'a> Outbound<'a> {
                 ttl_from(now, config.records.ttl_days),
             )
         };
-        if let Err(err) = self.records.append_if_changed(&event) {
-            // The call is placed; its record will be created by the incoming webhook.
-            log::error!(callSid = created.sid.as_str(), error:% = err; "records.createCallRecord.failed");
+        // When a callback got here first and wrote the record, this changes nothing: the
+        // record's identity is kept and its Twilio status never moves back.
+        match self.records.append_if_changed(&event) {
+            Ok(_) => placements::shared().remove(&nonce),
+            // The call is placed; its record will be created by its first status callback
+            // (the nonce stays until it expires) or the incoming webhook.
+            Err(err) => {
+                log::error!(callSid = created.sid.as_str(), error:% = err; "records.createCallRecord.failed")
+            }
         }
         log::info!(
             callSid = created.sid.as_str(),

@@ -6,7 +6,7 @@
 
 use crate::personas::Role;
 use crate::timestamp;
-use crate::twilio::call_status::twilio_progress;
+use crate::twilio::call_status::{twilio_progress, TWILIO_STATUSES};
 use serde::{Deserialize, Serialize};
 
 /// The role of a record whose `created` event has not been read (yet).
@@ -408,6 +408,46 @@ pub fn may_stream<S: CallState>(state: Option<&S>) -> bool {
     state.is_none_or(|s| !s.is_deleted() && !s.status().is_final() && !s.has_outcome())
 }
 
+/// Longest caller ID a webhook's `From` may be for a record to take it. Twilio sends an E.164
+/// number, `anonymous`, a `client:` identity or a SIP address, all far shorter.
+pub const MAX_CALLER_ID_CHARS: usize = 64;
+
+/// A Twilio `CallStatus` as a record keeps it: one of the statuses Twilio sends, else `None`
+/// (the webhook's value is never copied into a record as it came).
+///
+/// ```
+/// use cotrackpro_voice::records::event::known_twilio_status;
+/// assert_eq!(known_twilio_status("ringing"), Some("ringing"));
+/// assert_eq!(known_twilio_status("Ringing"), None);
+/// ```
+pub fn known_twilio_status(value: &str) -> Option<&'static str> {
+    TWILIO_STATUSES
+        .iter()
+        .copied()
+        .find(|status| *status == value)
+}
+
+/// A webhook's `From` as a record keeps it: masked (`phone::mask`), and `unknown` (masked)
+/// when absent or not shaped like a caller ID Twilio sends — longer than
+/// [`MAX_CALLER_ID_CHARS`], or with a character other than ASCII letters, digits and
+/// `+ : @ . _ -`. So a record's caller is at most nine printable ASCII characters.
+///
+/// ```
+/// use cotrackpro_voice::records::event::caller_number_from;
+/// assert_eq!(caller_number_from(Some("+15551234567")), "+1***4567");
+/// assert_eq!(caller_number_from(Some("+1555\n1234567")), "un***nown");
+/// ```
+pub fn caller_number_from(from: Option<&str>) -> String {
+    let is_caller_id = |text: &&str| {
+        !text.is_empty()
+            && text.len() <= MAX_CALLER_ID_CHARS
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"+:@._-".contains(&b))
+    };
+    crate::phone::mask(from.filter(is_caller_id).unwrap_or("unknown"))
+}
+
 /// Longest records line written. A call's own bounds keep far under it (its transcript is at
 /// most 256 KiB of text); a line over it loses the end of its transcript, then its tool
 /// calls, and says so ([`bounded_line`]).
@@ -753,6 +793,45 @@ mod tests {
             serde_json::to_string(&record.clone().into_event("2026-11-25T00:00:00.000Z")).unwrap();
         let again = fold(&[serde_json::from_str(&line).unwrap()]);
         assert_eq!(again, record);
+    }
+
+    #[test]
+    fn only_twilios_own_statuses_reach_a_record() {
+        for status in TWILIO_STATUSES {
+            assert_eq!(known_twilio_status(status), Some(status));
+        }
+        for other in [
+            "",
+            "exploded",
+            "Completed",
+            "completed ",
+            "ringing\n",
+            &"q".repeat(10_000),
+        ] {
+            assert_eq!(known_twilio_status(other), None, "{other:?}");
+        }
+    }
+
+    #[test]
+    fn a_caller_id_is_bounded_in_length_and_characters_then_masked() {
+        assert_eq!(caller_number_from(Some("+15551234567")), "+1***4567");
+        assert_eq!(caller_number_from(Some("client:alice")), "cl***lice");
+        assert_eq!(caller_number_from(Some("sip:bob@example.com")), "si***.com");
+        assert_eq!(caller_number_from(Some("anonymous")), "an***mous");
+        let longest = format!("+{}", "1".repeat(MAX_CALLER_ID_CHARS - 1));
+        assert_eq!(caller_number_from(Some(&longest)), "+1***1111");
+        let unknown = "un***nown";
+        for bad in [
+            None,
+            Some(""),
+            Some("+1555123\u{202e}4567"),
+            Some("+1555123<b>4567"),
+            Some("+15551234567\r\nX"),
+            Some("\"quoted\" 5551234567"),
+            Some(format!("+{}", "1".repeat(MAX_CALLER_ID_CHARS)).as_str()),
+        ] {
+            assert_eq!(caller_number_from(bad), unknown, "{bad:?}");
+        }
     }
 
     #[test]

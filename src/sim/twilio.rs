@@ -81,6 +81,11 @@ struct State {
     answered: Vec<AnsweredCall>,
     /// How long a create takes to answer (Twilio's API takes a few hundred ms).
     delay: Duration,
+    /// Post each created call's `initiated` callback to this `http://127.0.0.1:PORT` before
+    /// answering the create (see [`TwilioSim::callback_before_answering`]).
+    callback_first: Option<String>,
+    /// The callbacks posted that way: (call sid, HTTP status our server answered; 0 if none).
+    early_callbacks: Vec<(String, u16)>,
 }
 
 pub struct TwilioSim {
@@ -138,6 +143,18 @@ impl TwilioSim {
     /// Makes every create take `delay` before it answers.
     pub fn set_delay(&self, delay: Duration) {
         lock(&self.state).delay = delay;
+    }
+
+    /// From now on, each created call's `initiated` status callback (signed, to its
+    /// `StatusCallback` URL on `http_base`) is posted before the create is answered, as
+    /// Twilio sometimes does: our server hears of the call before its create returns.
+    pub fn callback_before_answering(&self, http_base: &str) {
+        lock(&self.state).callback_first = Some(http_base.to_string());
+    }
+
+    /// The callbacks posted before answering: (call sid, HTTP status our server answered).
+    pub fn early_callbacks(&self) -> Vec<(String, u16)> {
+        lock(&self.state).early_callbacks.clone()
     }
 
     /// Makes the next create fail with `status` and Twilio error `code`.
@@ -211,14 +228,21 @@ fn handle(
             "CA{}",
             bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
         );
-        let callee = {
+        let (callee, callback_first) = {
             let mut state = lock(state);
             state.created.push(CreatedCall {
                 sid: sid.clone(),
                 form: form.clone(),
             });
-            state.callee.clone()
+            (state.callee.clone(), state.callback_first.clone())
         };
+        if let (Some(http_base), Some(url)) = (callback_first, field("StatusCallback")) {
+            let field = |name: &str| field(name).unwrap_or_default();
+            let params = status_params(&sid, account_sid, &field, "initiated", 0);
+            let code = post_signed(&sim_agent(), &url, &http_base, auth_token, &params)
+                .map_or(0, |(code, _)| code);
+            lock(state).early_callbacks.push((sid.clone(), code));
+        }
         if let Some(callee) = callee {
             let shared = Arc::clone(state);
             let (sid, account, token) =
@@ -308,11 +332,46 @@ pub(crate) fn stream_of(twiml: &str) -> Option<(String, Vec<(String, String)>)> 
     Some((url, parameters))
 }
 
-/// Posts a signed webhook to our server as Twilio would; returns the status and body.
+/// The client the simulator calls our server with.
+fn sim_agent() -> ureq::Agent {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    crate::resolve::bounded(&agent)
+}
+
+/// The form of a status callback for call `sid` reporting `status`; `field` reads the create
+/// request's fields.
+fn status_params(
+    sid: &str,
+    account: &str,
+    field: &dyn Fn(&str) -> String,
+    status: &str,
+    sequence: u64,
+) -> Vec<(String, String)> {
+    vec![
+        ("CallSid".to_string(), sid.to_string()),
+        ("AccountSid".to_string(), account.to_string()),
+        ("From".to_string(), field("From")),
+        ("To".to_string(), field("To")),
+        ("Direction".to_string(), "outbound-api".to_string()),
+        ("CallStatus".to_string(), status.to_string()),
+        (
+            "CallbackSource".to_string(),
+            "call-progress-events".to_string(),
+        ),
+        ("SequenceNumber".to_string(), sequence.to_string()),
+    ]
+}
+
+/// Posts a signed webhook to our server (on `http_base`) as Twilio would; returns the status
+/// and body.
 fn post_signed(
     agent: &ureq::Agent,
     public_url: &str,
-    callee: &Callee,
+    http_base: &str,
     token: &str,
     params: &[(String, String)],
 ) -> Result<(u16, String), String> {
@@ -323,7 +382,7 @@ fn post_signed(
         .collect();
     let body = crate::twilio::rest::encode_form(&pairs);
     let response = agent
-        .post(&on_loopback(public_url, &callee.http_base))
+        .post(&on_loopback(public_url, http_base))
         .header("X-Twilio-Signature", &signature)
         .header("Content-Type", "application/x-www-form-urlencoded")
         .send(body)
@@ -357,12 +416,7 @@ fn carry_out(
         callbacks: Vec::new(),
         error: None,
     };
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(10)))
-        .build()
-        .into();
-    let agent = crate::resolve::bounded(&agent);
+    let agent = sim_agent();
     let events: Vec<String> = form
         .iter()
         .filter(|(k, _)| k == "StatusCallbackEvent")
@@ -375,19 +429,7 @@ fn carry_out(
         if status_url.is_empty() || !events.iter().any(|e| e == event) {
             return;
         }
-        let mut params = vec![
-            ("CallSid".to_string(), sid.to_string()),
-            ("AccountSid".to_string(), account.to_string()),
-            ("From".to_string(), field("From")),
-            ("To".to_string(), field("To")),
-            ("Direction".to_string(), "outbound-api".to_string()),
-            ("CallStatus".to_string(), status.to_string()),
-            (
-                "CallbackSource".to_string(),
-                "call-progress-events".to_string(),
-            ),
-            ("SequenceNumber".to_string(), sequence.to_string()),
-        ];
+        let mut params = status_params(sid, account, &field, status, sequence);
         if status == "completed" {
             params.push((
                 "CallDuration".to_string(),
@@ -395,7 +437,8 @@ fn carry_out(
             ));
         }
         sequence += 1;
-        let code = post_signed(&agent, &status_url, callee, token, &params).map_or(0, |(c, _)| c);
+        let code = post_signed(&agent, &status_url, &callee.http_base, token, &params)
+            .map_or(0, |(c, _)| c);
         answered.callbacks.push((status.to_string(), code));
     };
     callback("initiated", "initiated", &mut answered);
@@ -408,7 +451,7 @@ fn carry_out(
         ("Direction".to_string(), "outbound-api".to_string()),
         ("CallStatus".to_string(), "in-progress".to_string()),
     ];
-    let twiml = match post_signed(&agent, &field("Url"), callee, token, &params) {
+    let twiml = match post_signed(&agent, &field("Url"), &callee.http_base, token, &params) {
         Ok((200, twiml)) => twiml,
         Ok((status, body)) => {
             answered.error = Some(format!("Url answered {status}: {body}"));
