@@ -33,9 +33,11 @@ Commands:
                  LIST pins a side to CPUs like 1 or 0,2-3 (default with 2+ cores: the server
                  on the last, the harness on the others); --json prints one JSON object;
                  --capacity raises the calls step by step (from N, default 10, ×1.5, up to M,
-                 default 1000; K default 2: the second a barge-in), each step a fresh server,
-                 until a call fails, a frame gap, a hop's p99 over 10 ms or the harness
-                 saturating, and reports the largest passing count and what broke
+                 default 1000; K default 4, long enough for every call to be live at once),
+                 each step a fresh server, until a call fails, a frame gap, a hop's p99 over
+                 10 ms, fewer calls live at once than the step has, or the harness saturating
+                 (or its frames going out late), and reports the largest passing count and
+                 what broke
   check-config   validate the configuration and print it, secrets redacted
   generate-audio render the fixed phrases and greetings for every configured voice through
                  ElevenLabs into AUDIO_DIR (raw μ-law files and manifest.json); unchanged
@@ -395,14 +397,15 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
                 max_calls: args
                     .max_calls
                     .unwrap_or(crate::commands::bench::DEFAULT_MAX_CALLS),
-                // A capacity search starts at 10 calls and keeps each step short: one turn.
+                // A capacity search starts at 10 calls; its calls are long enough (four turns)
+                // for every one to be live at once at 1,000 (dialed 23 ms apart).
                 ..crate::commands::bench::BenchOptions::new(
                     args.calls.unwrap_or(if args.capacity {
                         crate::commands::bench::DEFAULT_START_CALLS
                     } else {
                         20
                     }),
-                    args.turns.unwrap_or(if args.capacity { 2 } else { 3 }),
+                    args.turns.unwrap_or(if args.capacity { 4 } else { 3 }),
                 )
             };
             done(crate::commands::bench::run(&options))

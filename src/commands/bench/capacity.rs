@@ -20,6 +20,9 @@ pub const DEFAULT_MAX_CALLS: usize = 1000;
 pub const DEFAULT_START_CALLS: usize = 10;
 /// A hop's p99 above this breaks the service level.
 const HOP_P99_LIMIT_MS: f64 = 10.0;
+/// The share of the callers' frames that may leave over 10 ms late (a moment of the machine's
+/// noise) before the harness counts as saturated.
+const LATE_FRAMES_SHARE: f64 = 0.001;
 
 /// The step after `calls`: ×1.5 rounded up, at least one more, at most `max`; `None` once
 /// `max` is reached.
@@ -41,6 +44,9 @@ fn broken(report: &Report, options: &BenchOptions) -> Option<(String, String)> {
 /// wins:
 /// - `harness_saturated`: the harness used 90 % or more of its cores, so whatever else broke
 ///   may be the harness's doing; the search found the harness's limit, not the server's;
+///   the same when more than [`LATE_FRAMES_SHARE`] of the callers' frames left over 10 ms late;
+/// - `not_simultaneous`: fewer calls were live at once than the step has (the calls were too
+///   short for the ramp): the step measured fewer calls than it says;
 /// - `failed_calls`: any call failed;
 /// - `frame_gaps`: any caller's playback buffer ran dry inside a spoken piece;
 /// - `hop_p99:<name>`: the p99 of a measured hop over 10 ms (the worst such hop; a hop that is
@@ -55,6 +61,26 @@ fn broken_levels(step: &Value) -> Option<(String, String)> {
             "harness_saturated".into(),
             format!(
                 "the harness (simulated providers and callers) used {share} of its cores: it ran out first, so this is not the server's capacity"
+            ),
+        ));
+    }
+    // Frames that left over 10 ms late: the callers' loop fell behind its clock.
+    let late = step["harness_late_frames"].as_u64().unwrap_or(0);
+    let frames = calls as f64 * step["wall_secs"].as_f64().unwrap_or(0.0) * 50.0;
+    if late as f64 > frames * LATE_FRAMES_SHARE {
+        return Some((
+            "harness_saturated".into(),
+            format!(
+                "the harness sent {late} of the callers' frames over 10 ms late: it fell behind, so this is not the server's capacity"
+            ),
+        ));
+    }
+    let peak = step["peak_calls"].as_u64().unwrap_or(calls);
+    if peak < calls {
+        return Some((
+            "not_simultaneous".into(),
+            format!(
+                "at most {peak} of the {calls} calls were live at once: the first ended before the last was dialed; more turns (--turns) make calls long enough"
             ),
         ));
     }
@@ -236,6 +262,9 @@ fn print_summary(capacity: u64, limit: &Limit) {
         "max_calls" => println!(
             "capacity: at least {capacity} simultaneous calls ({detail})"
         ),
+        "not_simultaneous" => println!(
+            "capacity: at least {capacity} simultaneous calls; the step of {at_calls} calls did not have them all live at once ({detail})"
+        ),
         "harness_saturated" => println!(
             "capacity: not found: the harness ran out first, at {at_calls} calls ({detail}); the server met every service level up to {capacity} calls; give the harness more cores (--harness-cpus) to look further"
         ),
@@ -362,6 +391,24 @@ mod tests {
         let (reason, detail) = broken(&r, &options).expect("broken");
         assert_eq!(reason, "harness_saturated");
         assert!(detail.contains("95 %"), "{detail}");
+    }
+
+    #[test]
+    fn a_harness_behind_its_clock_is_saturated_and_a_short_overlap_is_not_a_step() {
+        let options = BenchOptions::new(10, 1);
+        let mut r = report(10);
+        // 10 calls for 10 s: 5,000 frames; 5 late is the noise allowed, 6 is not.
+        r.late_frames = 5;
+        assert_eq!(broken(&r, &options), None);
+        r.late_frames = 6;
+        let (reason, detail) = broken(&r, &options).expect("broken");
+        assert_eq!(reason, "harness_saturated");
+        assert!(detail.contains("6 of the callers' frames"), "{detail}");
+        let mut r = report(10);
+        r.peak_calls = 7;
+        let (reason, detail) = broken(&r, &options).expect("broken");
+        assert_eq!(reason, "not_simultaneous");
+        assert!(detail.contains("at most 7 of the 10 calls"), "{detail}");
     }
 
     #[test]
