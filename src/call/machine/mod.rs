@@ -61,6 +61,9 @@ pub const VOICE_HOLD: Duration = Duration::from_secs(1);
 /// Key presses a call keeps (logged and in the transcript); more are dropped and counted. A
 /// caller navigating by keypad presses a few dozen; 2,000 `dtmf` messages are a flood.
 pub const MAX_DTMF_PER_CALL: u32 = 100;
+/// Keys pressed within this of each other are one entry: after the last, the model hears them
+/// together as a turn ("the caller pressed 1 2 on the keypad").
+pub const KEYPAD_GAP: Duration = Duration::from_millis(1500);
 /// Text the transcript keeps: about four hours of talk. Past it one entry says it was cut.
 pub const MAX_TRANSCRIPT_BYTES: usize = 256 * 1024;
 /// Text one transcript entry keeps (an utterance of several minutes); longer is cut, marked.
@@ -254,6 +257,9 @@ pub struct Machine<'a> {
     barge_ins: u64,
     dtmf_kept: u32,
     dtmf_dropped: u64,
+    /// Keys pressed and not yet told to the model, and when they will be.
+    keys: String,
+    keys_due: Option<Instant>,
 
     /// When the audio sent so far should have finished playing (Twilio plays in real time,
     /// in order); `None` when nothing is playing as far as we know.
@@ -306,6 +312,8 @@ impl<'a> Machine<'a> {
             barge_ins: 0,
             dtmf_kept: 0,
             dtmf_dropped: 0,
+            keys: String::new(),
+            keys_due: None,
             played_by: None,
             marks_due: std::collections::VecDeque::new(),
             marks_overdue: 0,
@@ -375,6 +383,9 @@ impl<'a> Machine<'a> {
             Phase::Talking => {
                 let tuning = &self.rules.calls.tuning;
                 at(self.started + tuning.max_duration);
+                if let Some(due) = self.keys_due {
+                    at(due);
+                }
                 if let Some(live) = self.live.as_ref().filter(|l| !l.llm_done) {
                     at(live.committed + self.rules.reply_deadline);
                     if live.sentences.has_pending() {
@@ -475,6 +486,31 @@ impl<'a> Machine<'a> {
         log::info!(callSid = self.call_sid(), digit = digit; "call.dtmf");
         self.caller_active_at = now;
         self.note_transcript(now, "user", &format!("[keypad: {digit}]"));
+        if matches!(self.phase, Phase::Talking) {
+            self.keys.push_str(digit);
+            self.keys_due = Some(now + KEYPAD_GAP);
+        }
+    }
+
+    /// The keys pressed, once [`KEYPAD_GAP`] has passed after the last: a turn of their own,
+    /// like words said (the record already has each key).
+    fn take_keys(&mut self, now: Instant) {
+        if !self.keys_due.is_some_and(|due| now >= due) {
+            return;
+        }
+        self.keys_due = None;
+        let keys: Vec<String> = std::mem::take(&mut self.keys)
+            .chars()
+            .map(String::from)
+            .collect();
+        if keys.is_empty() {
+            return;
+        }
+        let text = format!("(the caller pressed {} on the keypad)", keys.join(" "));
+        if self.playback.is_speaking() || self.live.is_some() {
+            self.interrupt(now);
+        }
+        self.start_turn(now, &text);
     }
 
     fn on_start(&mut self, start: StreamStart) {
@@ -564,6 +600,8 @@ impl<'a> Machine<'a> {
             self.close_with(now, Phrase::GoodbyeTimeUp, End::MaxDuration);
             return;
         }
+        self.take_keys(now);
+        let tuning = &self.rules.calls.tuning;
         // A reply that never ends (a worker that died) must not leave the call stuck.
         let reply_deadline = self.rules.reply_deadline;
         if let Some(live) = self
@@ -603,7 +641,8 @@ impl<'a> Machine<'a> {
     /// Since when the line has been quiet, when a reprompt is due after a silence: nobody is
     /// answering, nothing is playing. Loud audio holds it (a caller making noise is there).
     fn reprompt_clock(&self) -> Option<Instant> {
-        if self.live.is_some() || self.playback.is_speaking() {
+        // Keys waiting for their turn are the caller answering.
+        if self.live.is_some() || self.playback.is_speaking() || self.keys_due.is_some() {
             return None;
         }
         let quiet = self.quiet_since?;

@@ -708,6 +708,10 @@ fn a_silent_line_is_reaped_and_a_key_press_counts_as_the_caller() {
     bench.greeted();
     bench.at(20_000);
     bench.step(Input::Twilio(Inbound::Dtmf { digit: "5".into() }));
+    // The key is a turn of its own once the keypad gap has passed; its empty answer ends it.
+    let actions = bench.wait();
+    let (turn, _) = asked(&actions).expect("the key went to the model");
+    bench.reply_done(turn, "");
     assert_eq!(
         bench.machine.next_deadline(),
         Some(bench.t0 + Duration::from_secs(50))
@@ -827,6 +831,65 @@ fn the_transcript_is_what_was_heard_and_said() {
     assert!(summary.transcript[0]
         .timestamp
         .starts_with("2023-11-14T22:13:20"));
+}
+
+#[test]
+fn keys_pressed_together_reach_the_model_as_one_turn_after_the_gap() {
+    let mut bench = Bench::new();
+    bench.greeted();
+    let key = |bench: &mut Bench, digit: &str| {
+        bench.step(Input::Twilio(Inbound::Dtmf {
+            digit: digit.into(),
+        }))
+    };
+    bench.at(10_000);
+    assert_eq!(asked(&key(&mut bench, "1")), None);
+    // The second key within the gap waits with the first.
+    bench.at(11_000);
+    assert_eq!(asked(&key(&mut bench, "2")), None);
+    // Whatever else wakes the machine meanwhile, the keys go at the gap after the last.
+    let mut actions = bench.wait();
+    while asked(&actions).is_none() && bench.now < bench.t0 + Duration::from_secs(13) {
+        actions = bench.wait();
+    }
+    assert_eq!(
+        bench.now,
+        bench.t0 + Duration::from_millis(11_000) + KEYPAD_GAP
+    );
+    let (turn, history) = asked(&actions).expect("the keys went to the model");
+    assert_eq!(
+        history.last().map(words).as_deref(),
+        Some("(the caller pressed 1 2 on the keypad)")
+    );
+    // Each key is in the record as it was pressed; the batch is not added again.
+    let summary = bench.machine.summary(bench.now);
+    let keys: Vec<&str> = summary
+        .transcript
+        .iter()
+        .filter(|e| e.role == "user")
+        .map(|e| e.text.as_str())
+        .collect();
+    assert_eq!(keys, ["[keypad: 1]", "[keypad: 2]"]);
+
+    // A key pressed while the answer plays interrupts it, as words would.
+    bench.llm(turn, LlmOut::Delta("Thank you for choosing. ".into()));
+    bench.play(turn, 0, 1600);
+    bench.at(12_600);
+    key(&mut bench, "9");
+    let mut actions = bench.wait();
+    while asked(&actions).is_none() && bench.now < bench.t0 + Duration::from_secs(15) {
+        actions = bench.wait();
+    }
+    assert!(
+        twilio(&actions).contains(&"clear".to_string()),
+        "{:?}",
+        twilio(&actions)
+    );
+    let (_, history) = asked(&actions).expect("the key went to the model");
+    assert_eq!(
+        history.last().map(words).as_deref(),
+        Some("(the caller pressed 9 on the keypad)")
+    );
 }
 
 #[test]
