@@ -39,6 +39,40 @@ fn untyped_fields(line: &str) -> Vec<String> {
     problems
 }
 
+/// The keys that hold values of different JSON types on different lines (`null` goes with any):
+/// a log store that maps each field to one type (Elasticsearch, OpenSearch) refuses or mangles
+/// one of them.
+fn conflicting_types(lines: &[Value]) -> Vec<String> {
+    let kind = |v: &Value| match v {
+        Value::Null => None,
+        Value::Bool(_) => Some("bool"),
+        Value::Number(_) => Some("number"),
+        Value::String(_) => Some("string"),
+        Value::Array(_) => Some("array"),
+        Value::Object(_) => Some("object"),
+    };
+    let mut seen: std::collections::BTreeMap<&str, (&'static str, &Value)> = Default::default();
+    let mut conflicts = Vec::new();
+    for line in lines {
+        let Some(object) = line.as_object() else {
+            continue;
+        };
+        for (key, value) in object {
+            let Some(this) = kind(value) else { continue };
+            match seen.get(key.as_str()) {
+                Some((first, at)) if *first != this => {
+                    conflicts.push(format!("{key}: {first} in {at} but {this} in {line}"));
+                }
+                Some(_) => {}
+                None => {
+                    seen.insert(key, (this, line));
+                }
+            }
+        }
+    }
+    conflicts
+}
+
 fn parse(line: &str) -> Value {
     serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"))
 }
@@ -64,6 +98,13 @@ fn the_checker_catches_debug_strings_and_json_inside_strings() {
     }
     let good = r#"{"level":"INFO","message":"Request { a: Some(1) }","count":12,"tools":["a"],"who":"judge","callDuration":null}"#;
     assert_eq!(untyped_fields(good), Vec::<String>::new());
+    let lines = [
+        serde_json::json!({"status": 200, "callDuration": null}),
+        serde_json::json!({"status": 204, "callDuration": 12}),
+    ];
+    assert!(conflicting_types(&lines).is_empty());
+    let clash = serde_json::json!({"status": "completed"});
+    assert_eq!(conflicting_types(&[lines[0].clone(), clash]).len(), 1);
 }
 
 /// The demo's whole call (five turns, a tool call, a barge-in) in the binary, with every line
@@ -88,6 +129,7 @@ fn every_json_line_of_a_whole_call_is_typed_and_the_calls_lines_name_it() {
     let problems: Vec<String> = raw.iter().flat_map(|l| untyped_fields(l)).collect();
     assert!(problems.is_empty(), "{problems:#?}");
     let lines: Vec<Value> = raw.iter().map(|l| parse(l)).collect();
+    assert_eq!(conflicting_types(&lines), Vec::<String>::new());
 
     let started = find(&lines, "call.started");
     let sid = started["callSid"]

@@ -743,7 +743,7 @@ fn complete(ctx: &Context<'_>, summary: &mut Summary) {
     let cost = summary.usage.summary(&ctx.config.prices);
     log::info!(
         callSid = summary.call_sid.as_str(),
-        status = status.as_str(),
+        callStatus = status.as_str(),
         reason:% = summary.end,
         durationSecs = duration_secs;
         "call.ended"
