@@ -90,11 +90,14 @@ impl CallSlot {
             ));
         }
         let place = self.share.clone();
+        // The call's threads log its CallSid on every line.
+        let call = crate::logging::current_call();
         std::thread::Builder::new()
             .name(name)
             .stack_size(stack)
             .spawn(move || {
                 let _place = place;
+                let _call = crate::logging::enter_call(call);
                 f();
             })
     }

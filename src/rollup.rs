@@ -166,34 +166,37 @@ pub fn run(
     Ok((rollup, path))
 }
 
-/// The `cost.rollup.daily` log line: the totals as fields, per-role totals as JSON.
+/// The `cost.rollup.daily` log line: the totals as fields, per-role totals as an object.
 pub fn log(rollup: &Rollup) {
     let t = &rollup.totals;
-    let by_role = serde_json::to_string(&rollup.by_role).unwrap_or_default();
-    log::info!(
-        date = rollup.date.as_str(),
-        callCount = t.call_count,
-        totalDurationSecs = t.total_duration_secs,
-        totalTurns = t.total_turns,
-        claudeInputTokens = t.claude_input_tokens,
-        claudeOutputTokens = t.claude_output_tokens,
-        claudeCacheCreationTokens = t.claude_cache_creation_tokens,
-        claudeCacheReadTokens = t.claude_cache_read_tokens,
-        ttsChars = t.tts_chars,
-        ttsCharsCached = t.tts_chars_cached,
-        sttSecs = t.stt_secs,
-        estimatedCostUsd = t.estimated_cost_usd,
-        skippedWithoutCostSummary = rollup.skipped.without_cost_summary,
-        byRole = by_role.as_str();
-        "cost.rollup.daily"
-    );
-    if rollup.skipped.without_cost_summary > 0 {
-        log::warn!(
+    let by_role = serde_json::to_value(&rollup.by_role).unwrap_or_default();
+    crate::logging::with_fields(&[("byRole", by_role)], || {
+        log::info!(
             date = rollup.date.as_str(),
-            count = rollup.skipped.without_cost_summary,
-            byStatus = serde_json::to_string(&rollup.skipped.by_status).unwrap_or_default().as_str();
-            "cost.rollup.skipped: calls without a cost summary are not in the totals"
-        );
+            callCount = t.call_count,
+            totalDurationSecs = t.total_duration_secs,
+            totalTurns = t.total_turns,
+            claudeInputTokens = t.claude_input_tokens,
+            claudeOutputTokens = t.claude_output_tokens,
+            claudeCacheCreationTokens = t.claude_cache_creation_tokens,
+            claudeCacheReadTokens = t.claude_cache_read_tokens,
+            ttsChars = t.tts_chars,
+            ttsCharsCached = t.tts_chars_cached,
+            sttSecs = t.stt_secs,
+            estimatedCostUsd = t.estimated_cost_usd,
+            skippedWithoutCostSummary = rollup.skipped.without_cost_summary;
+            "cost.rollup.daily"
+        )
+    });
+    if rollup.skipped.without_cost_summary > 0 {
+        let by_status = serde_json::to_value(&rollup.skipped.by_status).unwrap_or_default();
+        crate::logging::with_fields(&[("byStatus", by_status)], || {
+            log::warn!(
+                date = rollup.date.as_str(),
+                count = rollup.skipped.without_cost_summary;
+                "cost.rollup.skipped: calls without a cost summary are not in the totals"
+            )
+        });
     }
 }
 

@@ -153,11 +153,13 @@ impl Watchdog {
                         reported = false;
                     } else if !reported {
                         // Once per episode: systemd restarts us within WatchdogSec= anyway.
-                        log::error!(
-                            stale = problems.join(", ").as_str(),
-                            watchdogMs = interval.as_millis() as u64;
-                            "watchdog.withheld: not pinging systemd, which will restart the service"
-                        );
+                        let stale = serde_json::json!(problems);
+                        crate::logging::with_fields(&[("stale", stale)], || {
+                            log::error!(
+                                watchdogMs = interval.as_millis() as u64;
+                                "watchdog.withheld: not pinging systemd, which will restart the service"
+                            )
+                        });
                         reported = true;
                     }
                     match stopped.recv_timeout(every) {

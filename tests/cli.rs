@@ -188,7 +188,11 @@ fn serve_logs_json_and_says_why_a_signature_was_refused_without_the_token() {
 
     let access = server.wait_for_line("the access line", |l| l.contains("\"target\":\"access\""));
     let access: serde_json::Value = serde_json::from_str(&access).unwrap();
-    assert_eq!(access["message"], "POST /call/incoming 403");
+    assert_eq!(access["message"], "http.request");
+    assert_eq!(access["method"], "POST");
+    assert_eq!(access["path"], "/call/incoming");
+    assert_eq!(access["status"], 403);
+    assert!(access["durationMs"].is_number(), "{access}");
     assert_eq!(access["requestId"], forged.header("X-Request-Id").unwrap());
 
     let rest = server.drain(Duration::from_millis(200));

@@ -104,7 +104,18 @@ fn the_rollup_command_sums_the_day_and_replaces_its_file() {
         .expect("a cost.rollup.daily log line");
     assert_eq!(daily["callCount"], 3);
     assert_eq!(daily["estimatedCostUsd"], 3.324);
-    assert!(stderr.contains("cost.rollup.skipped"));
+    // Per-role totals are an object on the line, not JSON inside a string.
+    assert_eq!(daily["byRole"]["judge"]["callCount"], 2);
+    let skipped = stderr
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("cost.rollup.skipped"))
+        })
+        .expect("a cost.rollup.skipped log line");
+    assert_eq!(skipped["byStatus"]["active"], 1);
 
     let file = dir.path().join("rollups").join(format!("{DAY}.json"));
     let written: serde_json::Value =

@@ -13,6 +13,7 @@ mod fuzz;
 mod generate_audio;
 mod http_limits;
 mod http_routes;
+mod logs;
 mod mcp;
 mod media_limits;
 mod module_graph;

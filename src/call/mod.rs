@@ -550,11 +550,12 @@ impl Call<'_> {
                 log::info!(
                     callSid = l.call_sid.as_str(),
                     turn = l.turn,
-                    speechEndToCommitMs = l.speech_end_to_commit_ms.unwrap_or(0),
-                    firstTokenMs = l.first_token_ms.unwrap_or(0),
-                    firstSentenceMs = l.first_sentence_ms.unwrap_or(0),
-                    firstAudioMs = l.first_audio_ms.unwrap_or(0),
-                    firstFrameMs = l.first_frame_ms.unwrap_or(0);
+                    // A stage the turn never reached is null, not a measured 0 ms.
+                    speechEndToCommitMs = l.speech_end_to_commit_ms,
+                    firstTokenMs = l.first_token_ms,
+                    firstSentenceMs = l.first_sentence_ms,
+                    firstAudioMs = l.first_audio_ms,
+                    firstFrameMs = l.first_frame_ms;
                     "turn.latency"
                 );
                 self.ctx.metrics.record_turn(&l);
@@ -742,7 +743,7 @@ fn complete(ctx: &Context<'_>, summary: &mut Summary) {
     let cost = summary.usage.summary(&ctx.config.prices);
     log::info!(
         callSid = summary.call_sid.as_str(),
-        status = status.as_str(),
+        callStatus = status.as_str(),
         reason:% = summary.end,
         durationSecs = duration_secs;
         "call.ended"

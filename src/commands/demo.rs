@@ -81,7 +81,15 @@ pub fn run(options: &DemoOptions) -> Result<(), Box<dyn Error>> {
     let sims = Simulators::start()?;
     let records_dir = std::env::temp_dir().join(format!("cotrackpro-demo-{}", std::process::id()));
     let level = std::env::var("LOG_LEVEL").unwrap_or_else(|_| "warn".into());
-    let server = super::start_on_loopback(&sims, &records_dir, &[("LOG_LEVEL", &level)])?;
+    // The log settings are the operator's, as for `serve` (the others are the demo's own).
+    let mut settings = vec![("LOG_LEVEL", level)];
+    for key in ["LOG_FORMAT", "JOURNAL_STREAM"] {
+        if let Ok(value) = std::env::var(key) {
+            settings.push((key, value));
+        }
+    }
+    let settings: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let server = super::start_on_loopback(&sims, &records_dir, &settings)?;
     let result = converse(&server, &sims, options);
     server.shutdown();
     let _ = std::fs::remove_dir_all(&records_dir);

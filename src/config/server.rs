@@ -112,6 +112,9 @@ pub struct LogConfig {
     pub format: LogFormat,
     /// False under systemd (`JOURNAL_STREAM` set): journald stamps every line itself.
     pub timestamps: bool,
+    /// `JOURNAL_STREAM` (`device:inode` of the journal's socket): when it is stderr's, lines
+    /// start with a `<N>` priority for journald.
+    pub journal_stream: Option<String>,
 }
 
 /// The public names Twilio uses to reach us.
@@ -206,6 +209,7 @@ impl Server {
                 _ => Err("must be text or json".to_string()),
             }),
             timestamps: !r.is_set(JOURNAL_STREAM),
+            journal_stream: r.raw(JOURNAL_STREAM).map(str::to_string),
         };
         let systemd = read_systemd(r, std::process::id());
         Server {

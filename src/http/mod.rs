@@ -176,7 +176,7 @@ fn answer(app: &App, job: Job) -> Answer {
     let request_id = RequestId::from_header(incoming.header("X-Request-Id"));
     let reply = catch_unwind(AssertUnwindSafe(|| route(app, &incoming))).unwrap_or_else(|_| {
         log::error!(
-            requestId:% = request_id,
+            requestId = request_id.as_str(),
             path = wire::log_value(&incoming.path, wire::LOG_VALUE_CHARS).as_str();
             "handler panicked"
         );
@@ -186,15 +186,18 @@ fn answer(app: &App, job: Job) -> Answer {
     let body_len = reply.body.len();
     let client = client_address(&app.config.http.trusted_proxies, &incoming);
     // Only the path is logged: query strings may carry data that does not belong in logs.
+    let method = wire::log_value(&incoming.method, 16);
+    let path = wire::log_value(&incoming.path, wire::LOG_VALUE_CHARS);
     log::info!(
         target: "access",
-        requestId:% = request_id,
+        method = method.as_str(),
+        path = path.as_str(),
+        status = status,
         durationMs = (started.elapsed().as_micros() as f64 / 1000.0),
+        requestId = request_id.as_str(),
         bytes = body_len,
         client = client.as_str();
-        "{} {} {status}",
-        wire::log_value(&incoming.method, 16),
-        wire::log_value(&incoming.path, wire::LOG_VALUE_CHARS)
+        "http.request"
     );
     let mut bytes = reply.into_bytes(&request_id, keep_alive);
     if incoming.method == "HEAD" {

@@ -157,8 +157,8 @@ pub fn status(app: &App, req: &Incoming) -> Reply {
     log::info!(
         callSid:% = call_sid,
         callStatus = call_status,
-        callDuration:? = duration_secs,
-        sequenceNumber = log_value(param("SequenceNumber").unwrap_or(""), 20).as_str(),
+        callDuration = duration_secs,
+        sequenceNumber = param("SequenceNumber").and_then(|n| n.parse::<u64>().ok()),
         recorded = recorded;
         "Call status update"
     );

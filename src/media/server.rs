@@ -254,6 +254,11 @@ fn serve_connection(
     let Some(start) = await_start(app, &mut socket, Instant::now() + START_TIMEOUT) else {
         return;
     };
+    // From here every line of this thread and of the call's threads carries the CallSid the
+    // `start` names (bounded: it is the client's until the stream is admitted).
+    let _call = crate::logging::enter_call(Some(
+        crate::http::wire::log_value(&start.call_sid, 40).into(),
+    ));
     if !waiting.leave() {
         // Made to leave just as its `start` came: its socket is closed already.
         return;

@@ -298,8 +298,9 @@ impl<'a> Outbound<'a> {
         let (to, country) = match dialing::check(&to, &config.outbound.allowed_countries) {
             Ok(checked) => checked,
             Err(refusal) => {
-                log::warn!(to = phone::mask(&to).as_str(), reason:? = refusal; "call.outbound.refused");
-                return bad(BadRequest::InvalidNumber(refusal.detail(&phone::mask(&to))));
+                let detail = refusal.detail(&phone::mask(&to));
+                log::warn!(to = phone::mask(&to).as_str(), reason = detail.as_str(); "call.outbound.refused");
+                return bad(BadRequest::InvalidNumber(detail));
             }
         };
         let role = match &body["role"] {

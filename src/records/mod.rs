@@ -236,9 +236,11 @@ impl RecordStore {
         let Some(why) = event::refusal(state, event) else {
             return false;
         };
+        // The kind as it is written in the records file (`statusUpdate`, …).
+        let kind = serde_json::to_value(event.event).unwrap_or_default();
         log::warn!(
             callSid = event.call_sid.as_str(),
-            event:? = event.event,
+            event = kind.as_str().unwrap_or("?"),
             twilioStatus = event.twilio_status.as_deref().unwrap_or(""),
             reason = why.as_str();
             "records.refused: no record changed"

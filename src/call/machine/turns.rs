@@ -96,7 +96,10 @@ impl Machine<'_> {
             }
             LlmOut::ToolsStarted(names) => {
                 let rest = live.sentences.finish();
-                log::info!(callSid = self.call_sid(), tools:? = names; "call.tools");
+                crate::logging::with_fields(
+                    &[("tools", serde_json::json!(names))],
+                    || log::info!(callSid = self.call_sid(); "call.tools"),
+                );
                 self.speak_sentences(now, rest.into_iter().collect());
                 self.say_phrase(Phrase::Hold);
             }
