@@ -495,7 +495,7 @@ impl<'a> Machine<'a> {
     /// The keys pressed, once [`KEYPAD_GAP`] has passed after the last: a turn of their own,
     /// like words said (the record already has each key).
     fn take_keys(&mut self, now: Instant) {
-        if !self.keys_due.is_some_and(|due| now >= due) {
+        if self.keys_due.is_none_or(|due| now < due) {
             return;
         }
         self.keys_due = None;
