@@ -21,6 +21,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const QUIET: Duration = Duration::from_millis(1200);
 /// μ-law samples a second.
 const SAMPLE_RATE: u32 = 8000;
+/// The longest `--say` audio: a call has [`CALL_DEADLINE`] for the greeting, this and a reply.
+const MAX_SAY_SECS: usize = 60;
+/// A larger file is refused before it is read (60 s of 48 kHz 16-bit stereo is 11 MB).
+const MAX_WAV_BYTES: u64 = 32 * 1024 * 1024;
 
 /// What the caller says when no `--say` file is given.
 const SCRIPT: [&str; 2] = [
@@ -377,9 +381,24 @@ pub fn run(options: &CallOptions, credentials: &Credentials) -> Result<(), Box<d
 }
 
 fn read_wav(path: &Path) -> Result<Vec<u8>, Box<dyn Error>> {
-    let bytes =
-        std::fs::read(path).map_err(|e| failed(format!("cannot read {}: {e}", path.display())))?;
-    ulaw_of_wav(&bytes).map_err(|e| failed(format!("{}: {e}", path.display())))
+    let cannot = |e: std::io::Error| failed(format!("cannot read {}: {e}", path.display()));
+    let len = std::fs::metadata(path).map_err(cannot)?.len();
+    if len > MAX_WAV_BYTES {
+        return Err(failed(format!(
+            "{} is {len} bytes; --say takes up to {MAX_SAY_SECS} s of audio",
+            path.display()
+        )));
+    }
+    let bytes = std::fs::read(path).map_err(cannot)?;
+    let ulaw = ulaw_of_wav(&bytes).map_err(|e| failed(format!("{}: {e}", path.display())))?;
+    if ulaw.len() > MAX_SAY_SECS * SAMPLE_RATE as usize {
+        return Err(failed(format!(
+            "{} is {:.0} s long; --say takes up to {MAX_SAY_SECS} s",
+            path.display(),
+            secs(ulaw.len())
+        )));
+    }
+    Ok(ulaw)
 }
 
 /// `what`, and why when the server hung up.
