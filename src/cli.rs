@@ -8,20 +8,77 @@ use std::process::ExitCode;
 
 use crate::config::{Config, ConfigError, Env};
 
-const USAGE: &str = "\
+const USAGE_HEAD: &str = "\
 cotrackpro-voice: phone a CoTrackPro persona (Twilio, ElevenLabs, Anthropic Claude)
 
 Usage: cotrackpro-voice [--env-file PATH] <command>
 
 Commands:
-  demo [--role ROLE] [--wav PATH] [--fast]
+";
+
+const USAGE_OPTIONS: &str = "
+Options:
+  --env-file PATH   read KEY=value lines (systemd EnvironmentFile= format) before the
+                    environment; variables already in the environment win
+  -h, --help        this help; after a command, that command's help
+
+Configuration is read from the environment; see README.md for every variable.
+";
+
+/// The whole help: every command.
+fn usage() -> String {
+    let mut text = USAGE_HEAD.to_string();
+    for (_, help) in COMMANDS {
+        text.push_str(help);
+    }
+    text.push_str(USAGE_OPTIONS);
+    text
+}
+
+/// One command's help, or `None` for a name that is not a command.
+fn command_usage(name: &str) -> Option<String> {
+    let (_, help) = COMMANDS.iter().find(|(n, _)| *n == name)?;
+    Some(format!(
+        "Usage: cotrackpro-voice [--env-file PATH] {}{USAGE_OPTIONS}",
+        help.trim_start()
+    ))
+}
+
+/// Each command: its name and its help (synopsis, then what it does), as `--help` lists them.
+const COMMANDS: &[(&str, &str)] = &[
+    (
+        "demo",
+        "  demo [--role ROLE] [--wav PATH] [--fast]
                  the whole product on loopback, no keys needed: the server and simulated
                  providers, and a simulated caller who talks with a persona (default parent),
                  interrupts it once and says goodbye; prints the conversation with each
                  turn's latencies and writes both sides to PATH (default cotrackpro-demo.wav);
                  --fast plays the assistant 4x faster than real time
-  serve          run the webhook server (HTTP_PORT) and the media-stream server (MEDIA_PORT)
-  bench [--calls N] [--turns K] [--provider-rtt-ms MS] [--plain] [--server-cpus LIST]
+",
+    ),
+    (
+        "call",
+        "  call --server URL [--media URL] [--role ROLE] [--say FILE.wav] [--wav PATH] [--fast]
+                 test a running server without a phone: the signed /call/incoming webhook
+                 (TWILIO_AUTH_TOKEN; the URL signed is https://API_DOMAIN or SERVER_DOMAIN
+                 when set, else URL as given), then the media stream of the TwiML's
+                 <Stream url> (or --media; ws:// or wss://, trusting PROVIDER_CA_FILE too);
+                 says a short script in the simulated voice (or FILE.wav: 8 kHz mono μ-law,
+                 or 16-bit PCM, converted); prints when each reply started and how long it
+                 was (it cannot transcribe them), and writes both sides to PATH (default
+                 cotrackpro-call.wav); exits 0 when the greeting and every reply were heard
+                 and the hang-up was clean, else 1 with the reason; at most 120 s;
+                 --fast plays the assistant 4x faster than real time
+",
+    ),
+    (
+        "serve",
+        "  serve          run the webhook server (HTTP_PORT) and the media-stream server (MEDIA_PORT)
+",
+    ),
+    (
+        "bench",
+        "  bench [--calls N] [--turns K] [--provider-rtt-ms MS] [--plain] [--server-cpus LIST]
         [--harness-cpus LIST] [--stt-chunk-ms MS] [--json] [--capacity [--max-calls M]]
                  N simultaneous simulated calls (default 20) of K turns (default 3) against
                  the server run as its own process (`serve`), with the simulated providers
@@ -38,34 +95,63 @@ Commands:
                  10 ms, fewer calls live at once than the step has, or the harness saturating
                  (or its frames going out late), and reports the largest passing count and
                  what broke
-  check-config   validate the configuration and print it, secrets redacted
-  generate-audio render the fixed phrases and greetings for every configured voice through
+",
+    ),
+    (
+        "check-config",
+        "  check-config   validate the configuration and print it, secrets redacted
+",
+    ),
+    (
+        "generate-audio",
+        "  generate-audio render the fixed phrases and greetings for every configured voice through
                  ElevenLabs into AUDIO_DIR (raw μ-law files and manifest.json); unchanged
                  ones are kept
-  sim [--first-token-ms N] [--token-ms N] [--tts-first-byte-ms N] [--stt-commit-ms N]
+",
+    ),
+    (
+        "sim",
+        "  sim [--first-token-ms N] [--token-ms N] [--tts-first-byte-ms N] [--stt-commit-ms N]
                  run the simulated providers (Anthropic, ElevenLabs, MCP, Twilio) on loopback
                  ports and print the variables that point a server at them
-  compact        compact the call records now (drop expired and deleted calls, one line
+",
+    ),
+    (
+        "compact",
+        "  compact        compact the call records now (drop expired and deleted calls, one line
                  per call); safe while the server runs
-  bench-records [--count N] [--dir PATH]
+",
+    ),
+    (
+        "bench-records",
+        "  bench-records [--count N] [--dir PATH]
                  the records benchmark: N synthetic calls (default 1000000) in PATH
                  (default: a fresh directory under the system temp dir)
-  rollup [--date YYYY-MM-DD]
+",
+    ),
+    (
+        "rollup",
+        "  rollup [--date YYYY-MM-DD]
                  the daily cost rollup of one UTC day (default: yesterday); prints the
                  JSON and writes RECORDS_DIR/rollups/DATE.json
-  help           print this help
-  version        print the version
-
-Options:
-  --env-file PATH   read KEY=value lines (systemd EnvironmentFile= format) before the
-                    environment; variables already in the environment win
-
-Configuration is read from the environment; see README.md for every variable.
-";
+",
+    ),
+    (
+        "help",
+        "  help           print this help
+",
+    ),
+    (
+        "version",
+        "  version        print the version
+",
+    ),
+];
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Command {
     Bench,
+    Call,
     Demo,
     GenerateAudio,
     Serve,
@@ -74,8 +160,78 @@ pub enum Command {
     Rollup,
     BenchRecords,
     Sim,
-    Help,
+    /// The whole help, or one command's (`help bench`, `bench --help`).
+    Help(Option<String>),
     Version,
+}
+
+impl Command {
+    /// The command `name` names on the command line.
+    fn named(name: &str) -> Option<Command> {
+        Some(match name {
+            "demo" => Command::Demo,
+            "call" => Command::Call,
+            "bench" => Command::Bench,
+            "generate-audio" => Command::GenerateAudio,
+            "serve" => Command::Serve,
+            "check-config" => Command::CheckConfig,
+            "compact" => Command::Compact,
+            "rollup" => Command::Rollup,
+            "bench-records" => Command::BenchRecords,
+            "sim" => Command::Sim,
+            "help" => Command::Help(None),
+            "version" => Command::Version,
+            _ => return None,
+        })
+    }
+
+    /// Its name on the command line.
+    fn name(&self) -> &'static str {
+        match self {
+            Command::Demo => "demo",
+            Command::Call => "call",
+            Command::Bench => "bench",
+            Command::GenerateAudio => "generate-audio",
+            Command::Serve => "serve",
+            Command::CheckConfig => "check-config",
+            Command::Compact => "compact",
+            Command::Rollup => "rollup",
+            Command::BenchRecords => "bench-records",
+            Command::Sim => "sim",
+            Command::Help(_) => "help",
+            Command::Version => "version",
+        }
+    }
+}
+
+impl Args {
+    /// The arguments of `help` (`topic`: one command's).
+    fn help(topic: Option<String>) -> Args {
+        Args {
+            command: Command::Help(topic),
+            env_file: None,
+            date: None,
+            count: None,
+            dir: None,
+            sim_timing: crate::sim::SimTiming::default(),
+            role: None,
+            wav: None,
+            fast: false,
+            server: None,
+            media: None,
+            say: None,
+            calls: None,
+            turns: None,
+            provider_rtt_ms: None,
+            stt_chunk_ms: None,
+            json: false,
+            plain: false,
+            server_cpus: None,
+            harness_cpus: None,
+            capacity: false,
+            max_calls: None,
+        }
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -94,6 +250,10 @@ pub struct Args {
     pub role: Option<crate::personas::Role>,
     pub wav: Option<PathBuf>,
     pub fast: bool,
+    /// `call --server`, `--media`, `--say`.
+    pub server: Option<String>,
+    pub media: Option<String>,
+    pub say: Option<PathBuf>,
     /// `bench --calls`, `--turns`.
     pub calls: Option<usize>,
     pub turns: Option<usize>,
@@ -137,6 +297,10 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
     let mut role = None;
     let mut wav = None;
     let mut fast = false;
+    let mut server = None;
+    let mut media = None;
+    let mut say = None;
+    let mut help = false;
     let mut calls = None;
     let mut turns = None;
     let mut provider_rtt_ms = None;
@@ -219,6 +383,31 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
                 }
             }
             "--fast" => fast = true,
+            "--server" | "--media" => {
+                let value = value_of(inline_value, &mut args, || format!("{flag} needs a URL"))?;
+                let schemes: &[&str] = if flag == "--server" {
+                    &["http://", "https://"]
+                } else {
+                    &["ws://", "wss://"]
+                };
+                if !schemes.iter().any(|s| value.starts_with(s)) {
+                    return Err(format!(
+                        "{flag} {value:?} is not a URL starting with {}",
+                        schemes.join(" or ")
+                    ));
+                }
+                if flag == "--server" {
+                    server = Some(value);
+                } else {
+                    media = Some(value);
+                }
+            }
+            "--say" => {
+                let value = value_of(inline_value, &mut args, || {
+                    "--say needs a WAV file".to_string()
+                })?;
+                say = Some(PathBuf::from(value));
+            }
             "--calls" | "--turns" | "--max-calls" => {
                 let value = value_of(inline_value, &mut args, || format!("{flag} needs a number"))?;
                 let n = value
@@ -268,29 +457,28 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
                     harness_cpus = Some(cpus);
                 }
             }
-            "-h" | "--help" => command = Some(Command::Help),
+            "-h" | "--help" => help = true,
             "-V" | "--version" => command = Some(Command::Version),
             other if other.starts_with('-') => return Err(format!("unknown option {other}")),
-            name => {
-                if command.is_some() {
-                    return Err(format!("unexpected argument {name:?}"));
+            name => match (&command, Command::named(name)) {
+                // `help bench`: bench's help.
+                (Some(Command::Help(None)), Some(_)) => {
+                    command = Some(Command::Help(Some(name.to_string())))
                 }
-                command = Some(match name {
-                    "demo" => Command::Demo,
-                    "bench" => Command::Bench,
-                    "generate-audio" => Command::GenerateAudio,
-                    "serve" => Command::Serve,
-                    "check-config" => Command::CheckConfig,
-                    "compact" => Command::Compact,
-                    "rollup" => Command::Rollup,
-                    "bench-records" => Command::BenchRecords,
-                    "sim" => Command::Sim,
-                    "help" => Command::Help,
-                    "version" => Command::Version,
-                    _ => return Err(format!("unknown command {name:?}")),
-                });
-            }
+                (Some(_), _) => return Err(format!("unexpected argument {name:?}")),
+                (None, Some(named)) => command = Some(named),
+                (None, None) => return Err(format!("unknown command {name:?}")),
+            },
         }
+    }
+    if help {
+        // `bench --help`: bench's help; `--help` alone: all of it.
+        let topic = match &command {
+            None | Some(Command::Help(None)) => None,
+            Some(Command::Help(Some(topic))) => Some(topic.clone()),
+            Some(other) => Some(other.name().to_string()),
+        };
+        return Ok(Args::help(topic));
     }
     let command = command.ok_or("no command given")?;
     if date.is_some() && command != Command::Rollup {
@@ -302,8 +490,20 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
     if sim_timing != crate::sim::SimTiming::default() && command != Command::Sim {
         return Err("the timing flags go with the sim command".to_string());
     }
-    if (role.is_some() || wav.is_some() || fast) && command != Command::Demo {
-        return Err("--role, --wav and --fast go with the demo command".to_string());
+    if (role.is_some() || wav.is_some()) && !matches!(command, Command::Demo | Command::Call) {
+        return Err("--role and --wav go with the demo and call commands".to_string());
+    }
+    if fast && !matches!(command, Command::Demo | Command::Call) {
+        return Err("--fast goes with the demo and call commands".to_string());
+    }
+    if (server.is_some() || media.is_some() || say.is_some()) && command != Command::Call {
+        return Err("--server, --media and --say go with the call command".to_string());
+    }
+    if command == Command::Call && server.is_none() {
+        return Err(
+            "call needs --server URL (the server's webhook base, like https://voice.example.com)"
+                .to_string(),
+        );
     }
     if (calls.is_some() || turns.is_some()) && command != Command::Bench {
         return Err("--calls and --turns go with the bench command".to_string());
@@ -338,6 +538,9 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
         role,
         wav,
         fast,
+        server,
+        media,
+        say,
         calls,
         turns,
         provider_rtt_ms,
@@ -354,17 +557,46 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
 /// Runs the command line and returns the process exit code: 0 on success, 1 when the command
 /// failed, 2 for a usage or configuration error.
 pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
-    let args = match parse(args) {
+    let raw: Vec<OsString> = args.into_iter().collect();
+    let args = match parse(raw.iter().cloned()) {
         Ok(args) => args,
         Err(message) => {
-            eprintln!("error: {message}\n\n{USAGE}");
+            eprintln!("error: {message}; see '{}'", help_hint(&raw));
             return ExitCode::from(2);
         }
     };
-    match args.command {
-        Command::Help => {
-            print!("{USAGE}");
+    match &args.command {
+        Command::Help(None) => {
+            print!("{}", usage());
             ExitCode::SUCCESS
+        }
+        Command::Help(Some(topic)) => match command_usage(topic) {
+            Some(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            None => {
+                eprintln!("error: unknown command {topic:?}; see 'cotrackpro-voice --help'");
+                ExitCode::from(2)
+            }
+        },
+        Command::Call => {
+            let (Some(server), Some(config)) = (args.server.clone(), call_credentials(&args))
+            else {
+                return ExitCode::from(2);
+            };
+            let options = crate::commands::call::CallOptions {
+                server,
+                media: args.media.clone(),
+                role: args.role.unwrap_or(crate::personas::Role::Parent),
+                say: args.say.clone(),
+                wav: args
+                    .wav
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from("cotrackpro-call.wav")),
+                speed: if args.fast { 4 } else { 1 },
+            };
+            done(crate::commands::call::run(&options, &config))
         }
         Command::Version => {
             println!("cotrackpro-voice {}", env!("CARGO_PKG_VERSION"));
@@ -496,6 +728,52 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
     }
 }
 
+/// Where a usage error points: the help of the command the arguments name, else the whole help.
+fn help_hint(raw: &[OsString]) -> String {
+    let named = raw
+        .iter()
+        .filter_map(|a| a.to_str())
+        .find(|a| Command::named(a).is_some_and(|c| !matches!(c, Command::Help(_))));
+    match named {
+        Some(name) => format!("cotrackpro-voice {name} --help"),
+        None => "cotrackpro-voice --help".to_string(),
+    }
+}
+
+/// What `call` reads from the configuration: the auth token (required), the account and the
+/// public domain, and the extra CAs (`PROVIDER_CA_FILE`: a proxy whose certificate a private CA
+/// signed). `None` after printing why.
+fn call_credentials(args: &Args) -> Option<crate::commands::call::Credentials> {
+    let env = match Env::load(args.env_file.as_deref()) {
+        Ok(env) => env,
+        Err(errors) => {
+            print_config_errors(&errors);
+            return None;
+        }
+    };
+    let value = |key: &str| env.get(key).map(str::trim).filter(|v| !v.is_empty());
+    let Some(token) = value("TWILIO_AUTH_TOKEN") else {
+        eprintln!("error: TWILIO_AUTH_TOKEN is not set: call signs the webhook with the server's token (set it, or use --env-file)");
+        return None;
+    };
+    if let Some(path) = value("PROVIDER_CA_FILE") {
+        match crate::tls::ExtraCas::from_pem_file(std::path::Path::new(path)) {
+            Ok(cas) => crate::tls::trust(&cas),
+            Err(err) => {
+                eprintln!("error: PROVIDER_CA_FILE: {err}");
+                return None;
+            }
+        }
+    }
+    Some(crate::commands::call::Credentials {
+        auth_token: crate::config::Secret::new(token),
+        account_sid: value("TWILIO_ACCOUNT_SID").map(str::to_string),
+        public_domain: value("API_DOMAIN")
+            .or_else(|| value("SERVER_DOMAIN"))
+            .map(str::to_string),
+    })
+}
+
 /// `compact`: one compaction of `RECORDS_DIR`, reported on stdout as JSON.
 fn compact(config: &Config) -> Result<(), crate::records::RecordsError> {
     let (store, bad) = crate::records::RecordStore::open(&config.records.dir)?;
@@ -603,29 +881,13 @@ mod tests {
         let expected = Args {
             command: Command::Serve,
             env_file: Some(PathBuf::from("/etc/x.env")),
-            date: None,
-            count: None,
-            dir: None,
-            sim_timing: crate::sim::SimTiming::default(),
-            role: None,
-            wav: None,
-            fast: false,
-            calls: None,
-            turns: None,
-            provider_rtt_ms: None,
-            stt_chunk_ms: None,
-            json: false,
-            plain: false,
-            server_cpus: None,
-            harness_cpus: None,
-            capacity: false,
-            max_calls: None,
+            ..Args::help(None)
         };
         assert_eq!(args(&["serve", "--env-file", "/etc/x.env"]), Ok(expected));
         let parsed = args(&["--env-file=/etc/x.env", "check-config"]).unwrap();
         assert_eq!(parsed.command, Command::CheckConfig);
         assert_eq!(parsed.env_file, Some(PathBuf::from("/etc/x.env")));
-        assert_eq!(args(&["--help"]).unwrap().command, Command::Help);
+        assert_eq!(args(&["--help"]).unwrap().command, Command::Help(None));
     }
 
     #[test]
@@ -646,7 +908,89 @@ mod tests {
             .contains("is not one of"));
         assert!(args(&["serve", "--fast"])
             .unwrap_err()
-            .contains("go with the demo command"));
+            .contains("goes with the demo and call commands"));
+    }
+
+    #[test]
+    fn help_after_a_command_is_that_commands_help() {
+        let topic = |list: &[&str]| args(list).unwrap().command;
+        assert_eq!(
+            topic(&["bench", "--help"]),
+            Command::Help(Some("bench".into()))
+        );
+        assert_eq!(topic(&["-h", "call"]), Command::Help(Some("call".into())));
+        assert_eq!(topic(&["help", "sim"]), Command::Help(Some("sim".into())));
+        // A command's help is shown even when its other flags are incomplete.
+        assert_eq!(
+            topic(&["call", "--help", "--fast"]),
+            Command::Help(Some("call".into()))
+        );
+        assert_eq!(topic(&["help"]), Command::Help(None));
+        let bench = command_usage("bench").unwrap();
+        assert!(bench.starts_with("Usage: cotrackpro-voice [--env-file PATH] bench [--calls N]"));
+        assert!(!bench.contains("generate-audio"), "{bench}");
+        assert!(command_usage("launch").is_none());
+        // Every command has its help, and the whole help lists each one.
+        let whole = usage();
+        for (name, _) in COMMANDS {
+            assert!(Command::named(name).is_some(), "{name}");
+            assert!(
+                whole.contains(&format!("\n  {name} ")) || whole.contains(&format!("\n  {name}\n")),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn usage_errors_point_at_the_commands_help() {
+        let hint = |list: &[&str]| help_hint(&list.iter().map(OsString::from).collect::<Vec<_>>());
+        assert_eq!(hint(&["bench", "--x"]), "cotrackpro-voice bench --help");
+        assert_eq!(hint(&["--x"]), "cotrackpro-voice --help");
+        assert_eq!(hint(&["--x", "help"]), "cotrackpro-voice --help");
+    }
+
+    #[test]
+    fn call_flags() {
+        let parsed = args(&[
+            "call",
+            "--server",
+            "https://voice.example.com",
+            "--media=wss://voice.example.com/call/stream",
+            "--say",
+            "hello.wav",
+            "--role",
+            "judge",
+            "--wav",
+            "out.wav",
+        ])
+        .unwrap();
+        assert_eq!(parsed.command, Command::Call);
+        assert_eq!(parsed.server.as_deref(), Some("https://voice.example.com"));
+        assert_eq!(
+            parsed.media.as_deref(),
+            Some("wss://voice.example.com/call/stream")
+        );
+        assert_eq!(parsed.say, Some(PathBuf::from("hello.wav")));
+        assert_eq!(parsed.role, Some(crate::personas::Role::Judge));
+        for (bad, says) in [
+            (&["call"][..], "call needs --server URL"),
+            (
+                &["call", "--server", "voice.example.com"][..],
+                "is not a URL starting with http:// or https://",
+            ),
+            (
+                &["call", "--server", "http://a", "--media", "http://a"][..],
+                "is not a URL starting with ws:// or wss://",
+            ),
+            (&["serve", "--say", "x.wav"][..], "go with the call command"),
+            (
+                &["bench", "--role", "judge"][..],
+                "go with the demo and call commands",
+            ),
+        ] {
+            let err = args(bad).unwrap_err();
+            assert!(err.contains(says), "{bad:?}: {err}");
+        }
     }
 
     #[test]

@@ -129,13 +129,67 @@ fn env_file_is_read_and_the_environment_wins() {
 }
 
 #[test]
-fn usage_errors_exit_2_with_help() {
+fn usage_errors_exit_2_with_a_one_line_hint() {
     let mut command = binary();
     command.arg("launch");
+    let (code, stdout, stderr) = run(command);
+    assert_eq!(code, 2);
+    assert_eq!(stdout, "");
+    assert_eq!(
+        stderr,
+        "error: unknown command \"launch\"; see 'cotrackpro-voice --help'\n"
+    );
+
+    let mut command = binary();
+    command.args(["bench", "--x"]);
     let (code, _, stderr) = run(command);
     assert_eq!(code, 2);
-    assert!(stderr.contains("unknown command \"launch\""));
-    assert!(stderr.contains("Usage: cotrackpro-voice"));
+    assert_eq!(
+        stderr,
+        "error: unknown option --x; see 'cotrackpro-voice bench --help'\n"
+    );
+}
+
+#[test]
+fn help_after_a_command_prints_only_that_commands_help() {
+    let mut command = binary();
+    command.args(["bench", "--help"]);
+    let (code, bench, stderr) = run(command);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        bench.starts_with("Usage: cotrackpro-voice [--env-file PATH] bench "),
+        "{bench}"
+    );
+    assert!(bench.contains("--capacity"));
+    for other in ["generate-audio", "bench-records", "rollup", "call --server"] {
+        assert!(!bench.contains(other), "{other} in bench's help:\n{bench}");
+    }
+
+    let mut command = binary();
+    command.args(["help", "call"]);
+    let (code, call, _) = run(command);
+    assert_eq!(code, 0);
+    assert!(call.contains("call --server URL"), "{call}");
+    assert!(!call.contains("--capacity"));
+
+    let mut command = binary();
+    command.arg("--help");
+    let (code, whole, _) = run(command);
+    assert_eq!(code, 0);
+    for name in [
+        "demo",
+        "call",
+        "serve",
+        "bench",
+        "sim",
+        "rollup",
+        "check-config",
+    ] {
+        assert!(
+            whole.contains(&format!("\n  {name} ")),
+            "{name} missing:\n{whole}"
+        );
+    }
 }
 
 #[test]

@@ -4,6 +4,7 @@ mod support;
 
 mod anthropic;
 mod call;
+mod call_command;
 mod cli;
 mod dashboard;
 mod demo;

@@ -210,17 +210,12 @@ fn converse(
     }
     if let Some(cost) = &record.cost_summary {
         println!(
-            "\nStatus {}, {} turns, {} barge-in, {} tool call(s); Claude {} in / {} out tokens, TTS {} characters ({} pre-rendered), STT {:.1} s: about ${:.4}",
+            "\nStatus {}, {} turns, {} barge-in, {} tool call(s); {}",
             record.status.as_str(),
             record.turn_count,
             record.barge_ins,
             record.tool_calls.len(),
-            cost.claude_input_tokens,
-            cost.claude_output_tokens,
-            cost.tts_chars,
-            cost.tts_chars_cached,
-            cost.stt_secs,
-            cost.estimated_cost_usd
+            cost_line(cost)
         );
     }
     crate::sim::wav::write_stereo(&options.wav, &caller_track, &assistant_track)?;
@@ -230,6 +225,22 @@ fn converse(
         options.wav.display()
     );
     Ok(())
+}
+
+/// What the call used and cost. Every priced quantity is shown: the cache writes and reads are
+/// priced apart from plain input tokens, so without them the figures do not add up to the total.
+fn cost_line(cost: &crate::records::event::CostSummary) -> String {
+    format!(
+        "Claude {} in + {} cache write + {} cache read / {} out tokens, TTS {} characters ({} pre-rendered), STT {:.1} s: about ${:.4}",
+        cost.claude_input_tokens,
+        cost.claude_cache_creation_tokens,
+        cost.claude_cache_read_tokens,
+        cost.claude_output_tokens,
+        cost.tts_chars,
+        cost.tts_chars_cached,
+        cost.stt_secs,
+        cost.estimated_cost_usd
+    )
 }
 
 /// Waits for the caller to finish speaking, then for the answer to start and play out.
@@ -247,4 +258,28 @@ fn await_reply(caller: &SimCaller, from: usize) -> Result<(), Box<dyn Error>> {
         return Err("the answer did not arrive".into());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::event::CostSummary;
+
+    #[test]
+    fn the_cost_line_shows_the_cache_tokens_it_is_priced_on() {
+        let cost = CostSummary {
+            claude_input_tokens: 120,
+            claude_output_tokens: 340,
+            claude_cache_creation_tokens: 2_100,
+            claude_cache_read_tokens: 18_500,
+            tts_chars: 400,
+            tts_chars_cached: 90,
+            stt_secs: 31.25,
+            estimated_cost_usd: 0.0123,
+        };
+        assert_eq!(
+            cost_line(&cost),
+            "Claude 120 in + 2100 cache write + 18500 cache read / 340 out tokens, TTS 400 characters (90 pre-rendered), STT 31.2 s: about $0.0123"
+        );
+    }
 }

@@ -1,10 +1,12 @@
-//! The commands that are not the server: `demo`, `bench` (concurrent simulated calls against
+//! The commands that are not the server: `demo`, `call` (a running server dialed as Twilio
+//! would), `bench` (concurrent simulated calls against
 //! the server in its own process), `bench-records` (the records store at a million calls) and
 //! `generate-audio` (pre-rendered phrases). `cli` dispatches to them; nothing on the serving
 //! path imports them.
 
 pub mod bench;
 pub mod bench_records;
+pub mod call;
 pub mod demo;
 pub mod generate_audio;
 

@@ -8,7 +8,7 @@
 //! audio (the demo writes them to a WAV file).
 
 use std::collections::VecDeque;
-use std::io;
+use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
@@ -122,30 +122,35 @@ pub fn open_stream(addr: SocketAddr, options: &CallerOptions) -> io::Result<WebS
         .write_buffer_size(0);
     let (mut socket, _) = tungstenite::client::client_with_config(request, stream, Some(config))
         .map_err(|e| io::Error::other(e.to_string()))?;
-    let send = |socket: &mut WebSocket<TcpStream>, value: Value| {
+    send_start(&mut socket, options)?;
+    Ok(socket)
+}
+
+/// Sends what Twilio sends first on a new stream: `connected`, then `start` with the options'
+/// call, stream and `<Parameter>`s (as `customParameters`).
+pub fn send_start<S: Read + Write>(
+    socket: &mut WebSocket<S>,
+    options: &CallerOptions,
+) -> io::Result<()> {
+    let mut send = |value: Value| {
         socket
             .send(Message::text(value.to_string()))
             .map_err(|e| io::Error::other(e.to_string()))
     };
-    send(
-        &mut socket,
-        json!({"event": "connected", "protocol": "Call", "version": "1.0.0"}),
-    )?;
+    send(json!({"event": "connected", "protocol": "Call", "version": "1.0.0"}))?;
     let parameters: serde_json::Map<String, Value> = options
         .parameters
         .iter()
         .map(|(k, v)| (k.clone(), Value::String(v.clone())))
         .collect();
     send(
-        &mut socket,
         json!({"event": "start", "sequenceNumber": "1", "streamSid": options.stream_sid,
                "start": {"accountSid": super::SIM_TWILIO_ACCOUNT_SID,
                          "streamSid": options.stream_sid, "callSid": options.call_sid,
                          "tracks": ["inbound"],
                          "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
                          "customParameters": parameters}}),
-    )?;
-    Ok(socket)
+    )
 }
 
 /// `CA…` or `MZ…` and 32 random hex digits, as Twilio's ids look.
@@ -225,6 +230,16 @@ impl SimCaller {
         socket
             .get_ref()
             .set_read_timeout(Some(Duration::from_millis(2)))?;
+        SimCaller::over(socket, options)
+    }
+
+    /// Plays the phone on a stream already opened and started (see [`send_start`]), plain or
+    /// TLS. The socket under it must have a short read timeout (a few milliseconds): the phone
+    /// sends a frame every 20 ms and reads whatever came in between.
+    pub fn over<S: Read + Write + Send + 'static>(
+        socket: WebSocket<S>,
+        options: CallerOptions,
+    ) -> io::Result<SimCaller> {
         let shared = Arc::new(Mutex::new(Shared {
             speed: options.playback_speed.max(1),
             ..Shared::default()
@@ -251,6 +266,14 @@ impl SimCaller {
         let audio = voice::speak(text, self.options.pitch);
         let mut shared = lock(&self.shared);
         shared.to_say.extend(audio);
+        shared.speech_done_at = None;
+    }
+
+    /// Speaks `ulaw` (8 kHz μ-law audio, e.g. from a WAV file) after anything still being
+    /// said, then silence.
+    pub fn say_audio(&self, ulaw: &[u8]) {
+        let mut shared = lock(&self.shared);
+        shared.to_say.extend(ulaw.iter().copied());
         shared.speech_done_at = None;
     }
 
@@ -474,7 +497,11 @@ impl PhoneBuffer {
 }
 
 /// The phone's loop: one frame out every 20 ms, playback, and whatever came in.
-fn phone(mut socket: WebSocket<TcpStream>, options: &CallerOptions, shared: &Mutex<Shared>) {
+fn phone<S: Read + Write>(
+    mut socket: WebSocket<S>,
+    options: &CallerOptions,
+    shared: &Mutex<Shared>,
+) {
     let b64 = base64::engine::general_purpose::STANDARD;
     let started = Instant::now();
     let mut next = Instant::now();
@@ -483,7 +510,7 @@ fn phone(mut socket: WebSocket<TcpStream>, options: &CallerOptions, shared: &Mut
     let mut audio: VecDeque<u8> = VecDeque::new();
     let mut phone = PhoneBuffer::default();
     let stream_sid = options.stream_sid.clone();
-    let echo = |socket: &mut WebSocket<TcpStream>, shared: &Mutex<Shared>, name: String| {
+    let echo = |socket: &mut WebSocket<S>, shared: &Mutex<Shared>, name: String| {
         if !options.echo_marks {
             return false;
         }
