@@ -3,6 +3,7 @@
 mod support;
 
 mod anthropic;
+mod api_keys;
 mod call;
 mod cli;
 mod dashboard;
