@@ -183,6 +183,8 @@ fn answer(app: &App, job: Job) -> Answer {
         Reply::error(500, "Internal error")
     });
     let status = reply.status;
+    let route_name = Route::resolve(&incoming.path).map_or("unknown", Route::name);
+    app.http_counters.response(route_name, status);
     let body_len = reply.body.len();
     let client = client_address(&app.config.http.trusted_proxies, &incoming);
     // Only the path is logged: query strings may carry data that does not belong in logs.
@@ -283,6 +285,21 @@ impl<'a> Route<'a> {
             ["records", sid] => Route::Records(RecordsRoute::One(sid)),
             _ => return None,
         })
+    }
+
+    /// The route's label in `cotrackpro_http_responses_total` (fixed names: a path's own
+    /// segments, such as a call SID, never become label values).
+    fn name(self) -> &'static str {
+        match self {
+            Route::Health => "health",
+            Route::CallIncoming => "call_incoming",
+            Route::CallStatus => "call_status",
+            Route::Records(_) => "records",
+            Route::CronCostRollup => "cron_cost_rollup",
+            Route::Dashboard => "dashboard",
+            Route::Metrics => "metrics",
+            Route::CallOutbound => "call_outbound",
+        }
     }
 
     fn methods(self) -> &'static [&'static str] {
