@@ -620,6 +620,8 @@ pub struct ProcessStats {
     pub cpu_seconds: f64,
     pub resident_bytes: u64,
     pub open_fds: u64,
+    /// The soft `RLIMIT_NOFILE`; `None` when unlimited or unknown.
+    pub max_fds: Option<u64>,
     pub threads: u64,
 }
 
@@ -637,7 +639,16 @@ impl ProcessStats {
         };
         let (ticks, page) = (u64::try_from(ticks).ok()?, u64::try_from(page).ok()?);
         let open_fds = std::fs::read_dir("/proc/self/fd").ok()?.count() as u64;
-        ProcessStats::parse(&stat, &statm, ticks, page, open_fds)
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes only into `limit`, which lives through the call.
+        let max_fds = (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0
+            && limit.rlim_cur != libc::RLIM_INFINITY)
+            .then_some(limit.rlim_cur);
+        let stats = ProcessStats::parse(&stat, &statm, ticks, page, open_fds)?;
+        Some(ProcessStats { max_fds, ..stats })
     }
 
     /// The figures from `/proc/self/stat` and `/proc/self/statm` (see proc(5)); `ticks` is
@@ -663,6 +674,7 @@ impl ProcessStats {
             cpu_seconds: cpu_ticks as f64 / ticks as f64,
             resident_bytes: resident_pages.saturating_mul(page_bytes),
             open_fds,
+            max_fds: None,
             threads: field(20)?,
         })
     }
@@ -689,6 +701,15 @@ impl ProcessStats {
             "Open file descriptors.",
             &[("", self.open_fds)],
         );
+        if let Some(max_fds) = self.max_fds {
+            write_metric(
+                out,
+                "process_max_fds",
+                "gauge",
+                "The open file descriptor limit (soft RLIMIT_NOFILE).",
+                &[("", max_fds)],
+            );
+        }
         write_metric(
             out,
             "process_threads",
@@ -898,6 +919,7 @@ mod tests {
                 cpu_seconds: 3.0,
                 resident_bytes: 2000 * 4096,
                 open_fds: 9,
+                max_fds: None,
                 threads: 17,
             })
         );

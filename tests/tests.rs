@@ -16,6 +16,7 @@ mod http_limits;
 mod http_routes;
 mod mcp;
 mod media_limits;
+mod metrics_exposition;
 mod module_graph;
 mod outbound;
 mod provider_tls;
