@@ -124,7 +124,8 @@ impl LabeledCounter {
         let key = label_set(labels);
         let mut samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
         let value = samples.entry(key).or_insert(0.0);
-        *value = crate::cost::saturating_add_f64(*value, by);
+        // Held at the largest finite value rather than reaching infinity.
+        *value = (*value + by).min(f64::MAX);
     }
 
     pub fn inc(&self, labels: &[(&str, &str)]) {
