@@ -506,3 +506,79 @@ fn the_dashboard_and_alert_rules_load_and_name_only_exported_metrics() {
         );
     }
 }
+
+/// The sum of a counter family's samples whose labels include `provider="..."` when given.
+fn total(exposition: &Exposition, family: &str, provider: Option<&str>) -> f64 {
+    exposition
+        .samples
+        .iter()
+        .filter(|s| s.name == family)
+        .filter(|s| {
+            provider.is_none_or(|p| s.labels.iter().any(|(k, v)| k == "provider" && v == p))
+        })
+        .map(|s| s.value)
+        .sum()
+}
+
+#[test]
+fn provider_retries_and_failures_are_counted_where_they_happen() {
+    use cotrackpro_voice::sim::anthropic::Reply;
+    // This test polls /metrics, which shares the records API's per-key rate limit.
+    let rig = Rig::start(&[
+        ("READ_API_KEY", READ_KEY),
+        ("RECORDS_RATE_LIMIT_PER_MIN", "10000"),
+        ("RECORDS_RATE_LIMIT_PER_HOUR", "100000"),
+    ]);
+    let errors = "cotrackpro_provider_errors_total";
+    let retries = "cotrackpro_provider_retries_total";
+    let tts_failures = "cotrackpro_tts_failures_total";
+    let before = scrape(&rig.server);
+
+    // The model is overloaded once, then answers: one retry, of kind http.
+    rig.sims.anthropic.push([
+        Reply::Status {
+            status: 529,
+            kind: "overloaded_error".into(),
+            retry_after_secs: Some(0),
+        },
+        Reply::Text("Thank you for waiting.".into()),
+    ]);
+    rig.script(&["Are you there", "Say something"]);
+    let caller = rig.greeted();
+    caller.say("Are you there");
+    assert!(
+        caller.wait_for_echoes(2, WAIT),
+        "the answer after the retry"
+    );
+    let retried = "cotrackpro_provider_retries_total{provider=\"anthropic\",kind=\"http\"}";
+    assert!(scrape(&rig.server).value(retried) > before.value(retried));
+
+    // The voice fails the next piece twice: retried once, then a failure.
+    rig.sims
+        .anthropic
+        .push([Reply::Text("This reply cannot be voiced today.".into())]);
+    rig.sims.elevenlabs.tts().fail_next(2);
+    caller.say("Say something");
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut after = scrape(&rig.server);
+    while total(&after, tts_failures, None) <= total(&before, tts_failures, None)
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(50));
+        after = scrape(&rig.server);
+    }
+    for (family, provider) in [
+        (tts_failures, None),
+        (errors, Some("elevenlabs_tts")),
+        (retries, Some("elevenlabs_tts")),
+    ] {
+        let (was, is) = (
+            total(&before, family, provider),
+            total(&after, family, provider),
+        );
+        assert!(is > was, "{family} {provider:?}: {was} -> {is}");
+    }
+    let sid = caller.call_sid().to_string();
+    caller.hang_up();
+    rig.record_after_end(&sid);
+}
