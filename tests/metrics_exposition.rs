@@ -507,6 +507,18 @@ fn the_dashboard_and_alert_rules_load_and_name_only_exported_metrics() {
     }
 }
 
+/// Scrapes until `done` holds of the exposition (or 10 s pass); the last scrape.
+fn wait_for(server: &TestServer, done: impl Fn(&Exposition) -> bool) -> Exposition {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let now = scrape(server);
+        if done(&now) || std::time::Instant::now() > deadline {
+            return now;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// The sum of a counter family's samples whose labels include `provider="..."` when given.
 fn total(exposition: &Exposition, family: &str, provider: Option<&str>) -> f64 {
     exposition
@@ -533,6 +545,11 @@ fn provider_retries_and_failures_are_counted_where_they_happen() {
     let retries = "cotrackpro_provider_retries_total";
     let tts_failures = "cotrackpro_tts_failures_total";
     let before = scrape(&rig.server);
+    // The first speech-to-text session drops after its first chunk: one reconnect.
+    rig.sims
+        .elevenlabs
+        .stt()
+        .push_fault(cotrackpro_voice::sim::elevenlabs_stt::Fault::Drop { after_chunks: 1 });
 
     // The model is overloaded once, then answers: one retry, of kind http.
     rig.sims.anthropic.push([
@@ -543,7 +560,7 @@ fn provider_retries_and_failures_are_counted_where_they_happen() {
         },
         Reply::Text("Thank you for waiting.".into()),
     ]);
-    rig.script(&["Are you there", "Say something"]);
+    rig.script(&["Are you there", "Say something", "Look it up"]);
     let caller = rig.greeted();
     caller.say("Are you there");
     assert!(
@@ -559,18 +576,29 @@ fn provider_retries_and_failures_are_counted_where_they_happen() {
         .push([Reply::Text("This reply cannot be voiced today.".into())]);
     rig.sims.elevenlabs.tts().fail_next(2);
     caller.say("Say something");
-    let deadline = std::time::Instant::now() + WAIT;
-    let mut after = scrape(&rig.server);
-    while total(&after, tts_failures, None) <= total(&before, tts_failures, None)
-        && std::time::Instant::now() < deadline
-    {
-        std::thread::sleep(Duration::from_millis(50));
-        after = scrape(&rig.server);
-    }
+    let after = wait_for(&rig.server, |after| {
+        total(after, tts_failures, None) > total(&before, tts_failures, None)
+    });
+
+    // A tool call on a server with no tools configured answers an error.
+    rig.sims.anthropic.push([
+        Reply::ToolUse {
+            preface: "Let me check.".into(),
+            name: "search_docs".into(),
+            input: serde_json::json!({"query": "custody"}),
+        },
+        Reply::Text("I could not look that up.".into()),
+    ]);
+    caller.say("Look it up");
+    let tool_errors = "cotrackpro_tool_errors_total";
+    let last = wait_for(&rig.server, |now| {
+        total(now, tool_errors, None) > total(&before, tool_errors, None)
+    });
     for (family, provider) in [
         (tts_failures, None),
         (errors, Some("elevenlabs_tts")),
         (retries, Some("elevenlabs_tts")),
+        ("cotrackpro_stt_reconnects_total", None),
     ] {
         let (was, is) = (
             total(&before, family, provider),
@@ -578,6 +606,7 @@ fn provider_retries_and_failures_are_counted_where_they_happen() {
         );
         assert!(is > was, "{family} {provider:?}: {was} -> {is}");
     }
+    assert!(total(&last, tool_errors, None) > total(&before, tool_errors, None));
     let sid = caller.call_sid().to_string();
     caller.hang_up();
     rig.record_after_end(&sid);
