@@ -744,11 +744,34 @@ pub struct HttpCounters {
     pub malformed: AtomicU64,
     /// Responses the routes gave, by `route` and status `code` class (`2xx`...).
     pub responses: LabeledCounter,
+    /// Seconds from a request's first byte to its answer being ready, by route as
+    /// [`HTTP_ROUTES`].
+    durations: [Histogram; HTTP_ROUTES.len()],
 }
 
+/// The routes' fixed names (`http`'s routes), then `unknown` for paths no route serves.
+pub const HTTP_ROUTES: [&str; 9] = [
+    "health",
+    "call_incoming",
+    "call_status",
+    "call_outbound",
+    "records",
+    "cron_cost_rollup",
+    "dashboard",
+    "metrics",
+    "unknown",
+];
+
 impl HttpCounters {
-    /// Counts a response of a route (a fixed name, e.g. `records`) with `status`.
-    pub fn response(&self, route: &str, status: u16) {
+    /// Counts a response of a route (one of [`HTTP_ROUTES`]) with `status`, answered
+    /// `elapsed` after the request's first byte.
+    pub fn response(&self, route: &str, status: u16, elapsed: std::time::Duration) {
+        let idx = HTTP_ROUTES
+            .iter()
+            .position(|r| *r == route)
+            .unwrap_or(HTTP_ROUTES.len() - 1);
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        self.durations[idx].observe_micros(micros);
         let class = match status {
             100..=199 => "1xx",
             200..=299 => "2xx",
@@ -808,6 +831,20 @@ impl HttpCounters {
             "cotrackpro_http_responses_total",
             "Responses of the routes, by route and status class (the tier's own refusals are in cotrackpro_http_refused_total).",
         );
+        write_family(
+            &mut out,
+            "cotrackpro_http_request_duration_seconds",
+            "histogram",
+            "Seconds from a request's first byte to its answer being ready, by route.",
+        );
+        for (route, histogram) in HTTP_ROUTES.iter().zip(&self.durations) {
+            let labels = label_set(&[("route", route)]);
+            histogram.write_samples(
+                &mut out,
+                "cotrackpro_http_request_duration_seconds",
+                &labels,
+            );
+        }
         out
     }
 }

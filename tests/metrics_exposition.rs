@@ -364,6 +364,8 @@ fn the_exposition_is_valid_and_its_counters_only_go_up_across_calls() {
     assert!(second.value(llm_hop).is_some_and(|v| v >= 2.0));
     let answered = "cotrackpro_http_responses_total{route=\"call_incoming\",code=\"2xx\"}";
     assert!(second.value(answered) > first.value(answered));
+    let timed = "cotrackpro_http_request_duration_seconds_count{route=\"call_incoming\"}";
+    assert!(second.value(timed) > first.value(timed));
     let spent = "cotrackpro_spend_usd_total{component=\"claude_output\"}";
     assert!(second.value(spent) > first.value(spent), "{spent}");
     assert_eq!(

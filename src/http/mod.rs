@@ -184,7 +184,8 @@ fn answer(app: &App, job: Job) -> Answer {
     });
     let status = reply.status;
     let route_name = Route::resolve(&incoming.path).map_or("unknown", Route::name);
-    app.http_counters.response(route_name, status);
+    app.http_counters
+        .response(route_name, status, started.elapsed());
     let body_len = reply.body.len();
     let client = client_address(&app.config.http.trusted_proxies, &incoming);
     // Only the path is logged: query strings may carry data that does not belong in logs.
@@ -346,6 +347,31 @@ mod tests {
                 .unwrap_or_default(),
             ..Incoming::default()
         }
+    }
+
+    #[test]
+    fn every_route_has_its_own_series_in_the_metrics() {
+        let paths = [
+            "/health",
+            "/call/incoming",
+            "/call/status",
+            "/call/outbound",
+            "/records/by-role/cps",
+            "/api/cron/cost-rollup",
+            "/dashboard",
+            "/metrics",
+        ];
+        let names: Vec<&str> = paths
+            .iter()
+            .map(|p| Route::resolve(p).map_or("none", Route::name))
+            .collect();
+        let known = &crate::metrics::HTTP_ROUTES;
+        assert_eq!(
+            names,
+            known[..known.len() - 1],
+            "in the order of HTTP_ROUTES"
+        );
+        assert_eq!(known.last(), Some(&"unknown"));
     }
 
     #[test]
