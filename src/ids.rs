@@ -2,7 +2,6 @@
 //! SIDs. Each is checked before it touches a log line, a file or a URL.
 
 use std::fmt;
-use std::io::Read;
 
 /// The id echoed in `X-Request-Id`: the caller's own when it is sane (1–128 printable ASCII
 /// characters), else 16 fresh lowercase hex digits.
@@ -58,14 +57,12 @@ impl fmt::Display for CallSid {
     }
 }
 
-/// `N` bytes from the kernel's random source. Used for identifiers, not keys: if
-/// `/dev/urandom` is unreadable (it never is on a VM), the clock and a counter, hashed with
+/// `N` bytes from the kernel's random source (`getrandom(2)`). Used for identifiers, not keys:
+/// if it fails (it never does on a VM), the clock and a counter, hashed with
 /// std's randomly seeded hasher, still give unique values.
 pub fn random_bytes<const N: usize>() -> [u8; N] {
     let mut bytes = [0u8; N];
-    let filled = std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .is_ok();
+    let filled = getrandom::getrandom(&mut bytes).is_ok();
     if !filled {
         use std::hash::{BuildHasher, Hasher};
         use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,11 +1,16 @@
 //! UTC time as records and APIs write it: epoch milliseconds ⇄ RFC 3339 text
-//! (`2026-11-24T06:00:00.000Z`), and civil dates (`2026-11-24`) for the daily rollup.
-//! Pure arithmetic (Howard Hinnant's days-from-civil algorithm); no time zone database needed
-//! because everything here is UTC.
+//! (`2026-11-24T06:00:00.000Z`), and civil dates (`2026-11-24`) for the daily rollup, through
+//! `jiff` (already compiled in). Everything here is UTC: no time zone database is read.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use jiff::civil::Date;
+use jiff::{Span, Timestamp};
+
 pub const MS_PER_DAY: i64 = 86_400_000;
+
+/// The day the day numbers count from.
+const EPOCH: Date = jiff::civil::date(1970, 1, 1);
 
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> i64 {
@@ -14,136 +19,46 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// `2026-11-24T06:00:00.000Z`.
+/// `2026-11-24T06:00:00.000Z` (an instant outside years -9999..=9999 is written at that bound).
 pub fn format_ms(ms: i64) -> String {
-    let days = ms.div_euclid(MS_PER_DAY);
-    let in_day = ms.rem_euclid(MS_PER_DAY);
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        in_day / 3_600_000,
-        in_day / 60_000 % 60,
-        in_day / 1000 % 60,
-        in_day % 1000
-    )
+    let instant = Timestamp::from_millisecond(ms).unwrap_or(if ms < 0 {
+        Timestamp::MIN
+    } else {
+        Timestamp::MAX
+    });
+    format!("{instant:.3}")
 }
 
-/// Parses `YYYY-MM-DDTHH:MM:SS[.fff…](Z|+00:00)`; other offsets are converted to UTC.
+/// Parses RFC 3339 (`YYYY-MM-DDTHH:MM:SS[.fff…]` and `Z` or an offset, converted to UTC);
+/// `None` for anything else, an impossible date or time among them.
 pub fn parse_ms(text: &str) -> Option<i64> {
+    // jiff also reads ISO 8601's shorter forms and bracketed annotations; the records and the
+    // APIs take the full form only.
     let bytes = text.as_bytes();
-    if bytes.len() < 20 || bytes[10] != b'T' && bytes[10] != b' ' {
+    if bytes.len() < 20 || !matches!(bytes.get(10), Some(b'T' | b't' | b' ')) || text.contains('[')
+    {
         return None;
     }
-    let days = parse_date(&text[..10])?;
-    let num = |range: std::ops::Range<usize>| -> Option<i64> {
-        let part = text.get(range)?;
-        part.bytes()
-            .all(|b| b.is_ascii_digit())
-            .then(|| part.parse().ok())?
-    };
-    if bytes[13] != b':' || bytes[16] != b':' {
-        return None;
-    }
-    let (h, min, s) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if h > 23 || min > 59 || s > 60 {
-        return None;
-    }
-    let mut rest = &text[19..];
-    let mut millis = 0;
-    if let Some(fraction) = rest.strip_prefix('.') {
-        let digits = fraction.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return None;
-        }
-        let padded = format!("{:0<3}", &fraction[..digits.min(3)]);
-        millis = padded.parse::<i64>().ok()?;
-        rest = &fraction[digits..];
-    }
-    let offset_ms = match rest {
-        "Z" | "z" | "+00:00" => 0,
-        _ => {
-            let sign = match rest.as_bytes().first()? {
-                b'+' => 1,
-                b'-' => -1,
-                _ => return None,
-            };
-            let (oh, om) = rest[1..].split_once(':')?;
-            if oh.len() != 2 || om.len() != 2 {
-                return None;
-            }
-            sign * (oh.parse::<i64>().ok()? * 3_600_000 + om.parse::<i64>().ok()? * 60_000)
-        }
-    };
-    Some(days * MS_PER_DAY + h * 3_600_000 + min * 60_000 + s * 1000 + millis - offset_ms)
+    text.parse::<Timestamp>().ok().map(|t| t.as_millisecond())
 }
 
 /// Parses `YYYY-MM-DD` into days since the epoch, refusing impossible dates.
 pub fn parse_date(text: &str) -> Option<i64> {
-    let bytes = text.as_bytes();
-    if bytes.len() != 10 || bytes[4] != b'-' || bytes[7] != b'-' {
+    if text.len() != 10 || !text.is_ascii() {
         return None;
     }
-    let digits = |part: &str| -> Option<i64> {
-        part.bytes()
-            .all(|b| b.is_ascii_digit())
-            .then(|| part.parse().ok())?
-    };
-    let (y, m, d) = (
-        digits(&text[..4])?,
-        digits(&text[5..7])?,
-        digits(&text[8..])?,
-    );
-    if !(1..=12).contains(&m) || d < 1 || d > days_in_month(y, m) {
-        return None;
-    }
-    Some(days_from_civil(y, m, d))
+    let date = Date::strptime("%Y-%m-%d", text).ok()?;
+    Some(i64::from(EPOCH.until(date).ok()?.get_days()))
 }
 
-/// `YYYY-MM-DD` for days since the epoch.
+/// `YYYY-MM-DD` for days since the epoch (clamped to years -9999..=9999).
 pub fn format_date(days: i64) -> String {
-    let (y, m, d) = civil_from_days(days);
-    format!("{y:04}-{m:02}-{d:02}")
-}
-
-fn days_in_month(y: i64, m: i64) -> i64 {
-    match m {
-        2 if y % 4 == 0 && (y % 100 != 0 || y % 400 == 0) => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date.
-pub fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// The date of a day number (the inverse of [`days_from_civil`]).
-pub fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (
-        if m <= 2 {
-            yoe + era * 400 + 1
-        } else {
-            yoe + era * 400
-        },
-        m,
-        d,
-    )
+    let date = Span::new()
+        .try_days(days)
+        .ok()
+        .and_then(|span| EPOCH.checked_add(span).ok())
+        .unwrap_or(if days < 0 { Date::MIN } else { Date::MAX });
+    date.strftime("%Y-%m-%d").to_string()
 }
 
 #[cfg(test)]

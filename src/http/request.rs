@@ -104,33 +104,23 @@ pub fn decode_form(text: &str) -> Result<Vec<(String, String)>, String> {
         .collect()
 }
 
+/// `+` is a space, then `%XX` escapes; an escape that is not two hex digits is refused (Twilio
+/// never sends one), and the bytes must be UTF-8.
 fn percent_decode(text: &str) -> Result<String, String> {
-    let mut bytes = Vec::with_capacity(text.len());
-    let mut iter = text.bytes();
-    while let Some(b) = iter.next() {
-        match b {
-            b'+' => bytes.push(b' '),
-            b'%' => {
-                let hi = iter.next().and_then(hex_value);
-                let lo = iter.next().and_then(hex_value);
-                match (hi, lo) {
-                    (Some(hi), Some(lo)) => bytes.push(hi << 4 | lo),
-                    _ => return Err(format!("bad percent escape in {text:?}")),
-                }
-            }
-            b => bytes.push(b),
-        }
+    let bytes = text.as_bytes();
+    let broken = bytes.iter().enumerate().any(|(i, &b)| {
+        b == b'%'
+            && !(bytes.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                && bytes.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
+    });
+    if broken {
+        return Err(format!("bad percent escape in {text:?}"));
     }
-    String::from_utf8(bytes).map_err(|_| format!("{text:?} does not decode to UTF-8"))
-}
-
-fn hex_value(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
+    let spaced = text.replace('+', " ");
+    percent_encoding::percent_decode_str(&spaced)
+        .decode_utf8()
+        .map(|decoded| decoded.into_owned())
+        .map_err(|_| format!("{text:?} does not decode to UTF-8"))
 }
 
 #[cfg(test)]

@@ -228,18 +228,15 @@ pub fn encode_form(pairs: &[(&str, String)]) -> String {
         .join("&")
 }
 
+/// Everything but `A-Z a-z 0-9 - _ . ~` is escaped (a space as `%20`, which form decoders read as
+/// a space like `+`).
 fn encode_component(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                out.push(b as char)
-            }
-            b' ' => out.push('+'),
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
+    const COMPONENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    percent_encoding::utf8_percent_encode(text, COMPONENT).to_string()
 }
 
 #[cfg(test)]

@@ -9,8 +9,6 @@
 
 use std::time::Duration;
 
-use crate::timestamp::days_from_civil;
-
 /// The longest server-requested wait honoured; a longer one falls back to our own backoff.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 
@@ -75,70 +73,31 @@ pub fn random_unit() -> f64 {
     bits as f64 / (1u64 << 53) as f64
 }
 
-/// Parses an RFC 7231 IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`) to epoch milliseconds.
+/// The IMF-fixdate of RFC 9110 (`Sun, 06 Nov 1994 08:49:37 GMT`).
+const HTTP_DATE: &str = "%a, %d %b %Y %H:%M:%S GMT";
+
+/// Parses an RFC 9110 IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`) to epoch milliseconds;
+/// `None` for anything else, an impossible date or a weekday that is not the date's among them.
 pub fn parse_http_date(text: &str) -> Option<i64> {
-    let rest = text.trim();
-    // The weekday is redundant; it is checked only for shape.
-    let (weekday, rest) = rest.split_once(", ")?;
-    const DAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
-    if !DAYS.contains(&weekday) {
+    let text = text.trim();
+    // The fixed form only: two-digit day, four-digit year, a 24-hour clock.
+    if text.len() != 29 || !text.is_ascii() {
         return None;
     }
-    let mut parts = rest.split(' ');
-    let (day, month, year, time, zone) = (
-        parts.next()?,
-        parts.next()?,
-        parts.next()?,
-        parts.next()?,
-        parts.next()?,
-    );
-    if parts.next().is_some() || zone != "GMT" || day.len() != 2 || year.len() != 4 {
+    let parsed = jiff::fmt::strtime::parse(HTTP_DATE, text).ok()?;
+    let datetime = parsed.to_datetime().ok()?;
+    let weekday = parsed.weekday()?;
+    if datetime.date().weekday() != weekday {
         return None;
     }
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let month = MONTHS.iter().position(|m| *m == month)? as i64 + 1;
-    let number = |part: &str| -> Option<i64> {
-        part.bytes()
-            .all(|b| b.is_ascii_digit())
-            .then(|| part.parse().ok())?
-    };
-    let (day, year) = (number(day)?, number(year)?);
-    let mut clock = time.split(':');
-    let (h, m, s) = (
-        number(clock.next()?)?,
-        number(clock.next()?)?,
-        number(clock.next()?)?,
-    );
-    if clock.next().is_some() || time.len() != 8 || h > 23 || m > 59 || s > 60 {
-        return None;
-    }
-    let days = days_from_civil(year, month, day);
-    // Rejects 31 Feb and the like: the date must come back as written.
-    if crate::timestamp::civil_from_days(days) != (year, month, day) {
-        return None;
-    }
-    Some(((days * 24 + h) * 60 + m) * 60_000 + s * 1000)
+    let instant = datetime.to_zoned(jiff::tz::TimeZone::UTC).ok()?.timestamp();
+    Some(instant.as_millisecond())
 }
 
 /// Epoch milliseconds as an IMF-fixdate (for the simulator's `retry-after` and tests).
 pub fn format_http_date(ms: i64) -> String {
-    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let days = ms.div_euclid(crate::timestamp::MS_PER_DAY);
-    let secs = ms.rem_euclid(crate::timestamp::MS_PER_DAY) / 1000;
-    let (y, m, d) = crate::timestamp::civil_from_days(days);
-    format!(
-        "{}, {d:02} {} {y:04} {:02}:{:02}:{:02} GMT",
-        DAYS[days.rem_euclid(7) as usize],
-        MONTHS[(m - 1).clamp(0, 11) as usize],
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
+    let instant = jiff::Timestamp::from_millisecond(ms).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+    instant.strftime(HTTP_DATE).to_string()
 }
 
 #[cfg(test)]
