@@ -1,6 +1,10 @@
 //! Bearer-token checks for the operator APIs (records, outbound, the cron trigger): a positive,
 //! constant-time match against the configured key, or a refusal that says why. The HTTP reply
 //! for a refusal is built by `http` (`Reply::auth_refused`).
+//!
+//! Two keys have roles ([`Access`]): `READ_API_KEY` reads (the dashboard's data, `GET /records*`,
+//! `/metrics`); `OUTBOUND_API_KEY` places calls, deletes records, and reads too, so deployments
+//! from before the read key keep working.
 
 use std::fmt;
 
@@ -63,6 +67,58 @@ pub fn check_bearer(
     }
 }
 
+/// What a request needs a key for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Reading records and metrics: the read key or the calls key.
+    Read,
+    /// Changing something (placing a call, deleting a record): the calls key only.
+    Write,
+}
+
+impl Access {
+    /// What a request with this HTTP method to the records API or `/metrics` needs: `GET` and
+    /// `HEAD` read; anything else (`DELETE /records/{sid}`) writes.
+    pub fn for_method(method: &str) -> Access {
+        match method {
+            "GET" | "HEAD" => Access::Read,
+            _ => Access::Write,
+        }
+    }
+}
+
+/// Checks `authorization` for `access`: the calls key (`OUTBOUND_API_KEY`) allows both, the
+/// read key (`READ_API_KEY`) reads only. Both keys are compared, in constant time, whichever
+/// matches, so timing does not tell which key a guess was close to. With neither key that
+/// could allow it configured: open in development, refused (503) in production.
+pub fn check_access(
+    authorization: Option<&str>,
+    calls_key: Option<&Secret>,
+    read_key: Option<&Secret>,
+    access: Access,
+    app_env: AppEnv,
+) -> BearerCheck {
+    let read_key = read_key.filter(|_| access == Access::Read);
+    if calls_key.is_none() && read_key.is_none() {
+        return match app_env {
+            AppEnv::Development => BearerCheck::OpenInDevelopment,
+            AppEnv::Production => BearerCheck::Refused(AuthError::KeyNotConfigured {
+                key_name: match access {
+                    Access::Read => "OUTBOUND_API_KEY or READ_API_KEY",
+                    Access::Write => "OUTBOUND_API_KEY",
+                },
+            }),
+        };
+    }
+    let calls = calls_key.is_some_and(|k| bearer_matches(authorization, k.expose()));
+    let read = read_key.is_some_and(|k| bearer_matches(authorization, k.expose()));
+    if calls | read {
+        BearerCheck::Allowed
+    } else {
+        BearerCheck::Refused(AuthError::Wrong)
+    }
+}
+
 /// Whether `header` is exactly `Bearer <expected>`. The comparison takes the same time
 /// wherever the first difference is (only the length can be learned from timing).
 pub fn bearer_matches(header: Option<&str>, expected: &str) -> bool {
@@ -98,6 +154,71 @@ mod tests {
         ] {
             assert!(!bearer_matches(bad, key), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn the_read_key_reads_and_the_calls_key_reads_and_writes() {
+        let calls = Secret::new("calls-key-0123456789");
+        let read = Secret::new("read-key-0123456789ab");
+        let check = |header: &str, access| {
+            check_access(
+                Some(header),
+                Some(&calls),
+                Some(&read),
+                access,
+                AppEnv::Production,
+            )
+        };
+        let refused = BearerCheck::Refused(AuthError::Wrong);
+        assert_eq!(
+            check("Bearer read-key-0123456789ab", Access::Read),
+            BearerCheck::Allowed
+        );
+        assert_eq!(
+            check("Bearer read-key-0123456789ab", Access::Write),
+            refused
+        );
+        assert_eq!(
+            check("Bearer calls-key-0123456789", Access::Read),
+            BearerCheck::Allowed
+        );
+        assert_eq!(
+            check("Bearer calls-key-0123456789", Access::Write),
+            BearerCheck::Allowed
+        );
+        for wrong in [
+            "Bearer read-key-0123456789aX",
+            "Bearer ",
+            "read-key-0123456789ab",
+        ] {
+            assert_eq!(check(wrong, Access::Read), refused, "{wrong}");
+        }
+        // Only the read key configured: it reads, and writing is off (503) in production.
+        assert_eq!(
+            check_access(
+                Some("Bearer read-key-0123456789ab"),
+                None,
+                Some(&read),
+                Access::Read,
+                AppEnv::Production
+            ),
+            BearerCheck::Allowed
+        );
+        assert_eq!(
+            check_access(
+                Some("Bearer read-key-0123456789ab"),
+                None,
+                Some(&read),
+                Access::Write,
+                AppEnv::Production
+            ),
+            BearerCheck::Refused(AuthError::KeyNotConfigured {
+                key_name: "OUTBOUND_API_KEY"
+            })
+        );
+        assert_eq!(Access::for_method("GET"), Access::Read);
+        assert_eq!(Access::for_method("HEAD"), Access::Read);
+        assert_eq!(Access::for_method("DELETE"), Access::Write);
     }
 
     #[test]

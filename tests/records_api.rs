@@ -17,17 +17,7 @@ fn sid(n: u32) -> String {
 }
 
 fn answer(server: &TestServer, n: u32, role: &str) {
-    let res = server
-        .request("POST", &format!("/call/incoming?role={role}"))
-        .form(&[
-            ("CallSid", &sid(n)),
-            ("From", "+15551234567"),
-            ("To", "+15557654321"),
-            ("CallStatus", "ringing"),
-            ("Direction", "inbound"),
-        ])
-        .send();
-    assert_eq!(res.status, 200);
+    server.answer_call(&sid(n), role);
 }
 
 fn status(server: &TestServer, n: u32, status: &str, seq: u32, duration: Option<&str>) -> u16 {
@@ -95,7 +85,7 @@ fn production_without_a_key_refuses_to_serve_records() {
     assert_eq!(res.status, 503);
     assert_eq!(
         res.json()["details"],
-        "OUTBOUND_API_KEY is required in production"
+        "OUTBOUND_API_KEY or READ_API_KEY is required in production"
     );
 }
 

@@ -3,6 +3,7 @@
 mod support;
 
 mod anthropic;
+mod api_keys;
 mod call;
 mod call_command;
 mod cli;
@@ -17,6 +18,7 @@ mod http_routes;
 mod logs;
 mod mcp;
 mod media_limits;
+mod metrics_exposition;
 mod module_graph;
 mod outbound;
 mod provider_tls;

@@ -777,6 +777,7 @@ fn complete(ctx: &Context<'_>, summary: &mut Summary) {
     metrics
         .tool_calls
         .fetch_add(summary.tool_calls.len() as u64, Ordering::Relaxed);
+    metrics.add_spend(&cost, &ctx.config.prices);
     let now = timestamp::now_ms();
     let event = RecordEvent {
         status: Some(status),

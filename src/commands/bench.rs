@@ -281,13 +281,13 @@ impl Report {
         (self.peak_calls > 0).then(|| peak.saturating_sub(rest) as f64 / self.peak_calls as f64)
     }
 
+    /// A stage's latency quantile in milliseconds, estimated from the server's histogram.
     fn stage(&self, stage: &str, q: &str) -> Option<u64> {
         let text = self.metrics.as_ref().ok()?;
-        metric(
-            text,
-            &format!("cotrackpro_turn_latency_ms{{stage=\"{stage}\",quantile=\"{q}\"}}"),
-        )
-        .map(|v| v as u64)
+        let q: f64 = q.parse().ok()?;
+        let label = format!("stage=\"{stage}\"");
+        crate::metrics::histogram_quantile(text, "cotrackpro_turn_stage_seconds", &label, q)
+            .map(|secs| (secs * 1000.0).round() as u64)
     }
 
     fn print(&self, options: &BenchOptions) {

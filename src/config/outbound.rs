@@ -1,6 +1,6 @@
-//! The outbound section: the API key of `POST /call/outbound` (and of the records API and
-//! `/metrics`), its rate limits, the countries it may dial, and how long an idempotent twin
-//! waits.
+//! The outbound section: the API key of `POST /call/outbound` (which also reads the records
+//! API and `/metrics`), the read-only key for the dashboard, records and `/metrics`, the rate
+//! limits, the countries it may dial, and how long an idempotent twin waits.
 
 use std::time::Duration;
 
@@ -8,6 +8,7 @@ use super::read::{Reader, Report, Whole};
 use super::{AppEnv, RateLimits, Secret};
 
 const API_KEY: &str = "OUTBOUND_API_KEY";
+const READ_API_KEY: &str = "READ_API_KEY";
 const RATE_LIMIT_PER_MIN: Whole = Whole {
     name: "OUTBOUND_RATE_LIMIT_PER_MIN",
     default: 30,
@@ -41,7 +42,11 @@ pub enum CountryAllowList {
 
 #[derive(Clone, Debug)]
 pub struct OutboundConfig {
+    /// Places calls (`POST /call/outbound`), deletes records, and reads everything the read
+    /// key reads.
     pub api_key: Option<Secret>,
+    /// Reads only: the dashboard's data, `GET /records*` and `/metrics`.
+    pub read_api_key: Option<Secret>,
     pub rate_limits: RateLimits,
     pub allowed_countries: CountryAllowList,
     /// How long a request waits for an identical one in progress (same `Idempotency-Key`)
@@ -53,6 +58,7 @@ impl OutboundConfig {
     pub(super) fn read(r: &mut Reader<'_>, app_env: AppEnv) -> OutboundConfig {
         let outbound = OutboundConfig {
             api_key: r.secret(API_KEY),
+            read_api_key: r.secret(READ_API_KEY),
             rate_limits: RateLimits {
                 // The ranges make these casts lossless.
                 per_minute: r.whole(&RATE_LIMIT_PER_MIN) as u32,
@@ -65,23 +71,41 @@ impl OutboundConfig {
             ),
             idempotency_wait: r.millis(&IDEMPOTENCY_WAIT_MS),
         };
-        if let Some(key) = &outbound.api_key {
-            if key.expose().len() < MIN_API_KEY_CHARS {
+        for (name, key) in [
+            (API_KEY, &outbound.api_key),
+            (READ_API_KEY, &outbound.read_api_key),
+        ] {
+            if key
+                .as_ref()
+                .is_some_and(|k| k.expose().len() < MIN_API_KEY_CHARS)
+            {
                 r.error(
-                    API_KEY,
+                    name,
                     format!("must be at least {MIN_API_KEY_CHARS} characters (generate one with: openssl rand -hex 32)"),
                 );
             }
-        } else if app_env == AppEnv::Production {
-            r.warn(format!(
-                "{API_KEY} is not set: the records API, /metrics and /call/outbound will answer 503"
-            ));
+        }
+        if let (Some(calls), Some(read)) = (&outbound.api_key, &outbound.read_api_key) {
+            if calls.expose() == read.expose() {
+                r.error(
+                    READ_API_KEY,
+                    format!("must differ from {API_KEY}: a read-only key that places calls is not read-only"),
+                );
+            }
+        }
+        if outbound.api_key.is_none() && app_env == AppEnv::Production {
+            let off = match outbound.read_api_key {
+                Some(_) => "/call/outbound and DELETE /records",
+                None => "the records API, /metrics and /call/outbound",
+            };
+            r.warn(format!("{API_KEY} is not set: {off} will answer 503"));
         }
         outbound
     }
 
     pub(super) fn report(&self, out: &mut Report) {
         out.secret(API_KEY, &self.api_key);
+        out.secret(READ_API_KEY, &self.read_api_key);
         out.value(RATE_LIMIT_PER_MIN.name, self.rate_limits.per_minute);
         out.value(RATE_LIMIT_PER_HOUR.name, self.rate_limits.per_hour);
         let countries = match &self.allowed_countries {

@@ -344,6 +344,29 @@ fn the_outbound_key_must_not_be_guessable() {
 }
 
 #[test]
+fn the_read_key_is_a_redacted_secret_unlike_the_calls_key_and_not_guessable() {
+    let config = ok(&[("READ_API_KEY", " read-key-0123456789abcdef ")]);
+    let key = config.outbound.read_api_key.as_ref().map(|k| k.expose());
+    assert_eq!(key, Some("read-key-0123456789abcdef"));
+    let listing = format!("{:?} {:?}", config.effective(), config);
+    assert!(!listing.contains("read-key-0123456789abcdef"));
+    assert!(config
+        .effective()
+        .iter()
+        .any(|(k, v)| *k == "READ_API_KEY" && v == "[set, redacted]"));
+    assert!(ok(&[]).outbound.read_api_key.is_none());
+    fails(&[("READ_API_KEY", "short")], "READ_API_KEY", "at least 16");
+    fails(
+        &[
+            ("READ_API_KEY", "same-key-0123456789abcdef"),
+            ("OUTBOUND_API_KEY", "same-key-0123456789abcdef"),
+        ],
+        "READ_API_KEY",
+        "must differ from OUTBOUND_API_KEY",
+    );
+}
+
+#[test]
 fn country_allow_list() {
     assert_eq!(
         ok(&[("OUTBOUND_ALLOWED_COUNTRY_CODES", "*")])

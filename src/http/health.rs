@@ -1,6 +1,7 @@
 //! `GET /health`: liveness for the operator, the proxy and the dashboard; `GET /metrics`: the
 //! call counters and turn latencies in Prometheus text format, behind the records API's gate
-//! (Bearer `OUTBOUND_API_KEY` in production: a scraper sends it as its bearer token).
+//! (Bearer `READ_API_KEY`, or `OUTBOUND_API_KEY`: a scraper sends the read key as its bearer
+//! token).
 
 use serde_json::json;
 

@@ -183,6 +183,9 @@ fn answer(app: &App, job: Job) -> Answer {
         Reply::error(500, "Internal error")
     });
     let status = reply.status;
+    let route_name = Route::resolve(&incoming.path).map_or("unknown", Route::name);
+    app.http_counters
+        .response(route_name, status, started.elapsed());
     let body_len = reply.body.len();
     let client = client_address(&app.config.http.trusted_proxies, &incoming);
     // Only the path is logged: query strings may carry data that does not belong in logs.
@@ -288,6 +291,21 @@ impl<'a> Route<'a> {
         })
     }
 
+    /// The route's label in `cotrackpro_http_responses_total` (fixed names: a path's own
+    /// segments, such as a call SID, never become label values).
+    fn name(self) -> &'static str {
+        match self {
+            Route::Health => "health",
+            Route::CallIncoming => "call_incoming",
+            Route::CallStatus => "call_status",
+            Route::Records(_) => "records",
+            Route::CronCostRollup => "cron_cost_rollup",
+            Route::Dashboard => "dashboard",
+            Route::Metrics => "metrics",
+            Route::CallOutbound => "call_outbound",
+        }
+    }
+
     fn methods(self) -> &'static [&'static str] {
         match self {
             Route::Health | Route::CronCostRollup | Route::Dashboard | Route::Metrics => &["GET"],
@@ -332,6 +350,31 @@ mod tests {
                 .unwrap_or_default(),
             ..Incoming::default()
         }
+    }
+
+    #[test]
+    fn every_route_has_its_own_series_in_the_metrics() {
+        let paths = [
+            "/health",
+            "/call/incoming",
+            "/call/status",
+            "/call/outbound",
+            "/records/by-role/cps",
+            "/api/cron/cost-rollup",
+            "/dashboard",
+            "/metrics",
+        ];
+        let names: Vec<&str> = paths
+            .iter()
+            .map(|p| Route::resolve(p).map_or("none", Route::name))
+            .collect();
+        let known = &crate::metrics::HTTP_ROUTES;
+        assert_eq!(
+            names,
+            known[..known.len() - 1],
+            "in the order of HTTP_ROUTES"
+        );
+        assert_eq!(known.last(), Some(&"unknown"));
     }
 
     #[test]

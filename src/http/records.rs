@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::{Incoming, Reply};
 use crate::app::App;
-use crate::auth::{check_bearer, BearerCheck};
+use crate::auth::BearerCheck;
 use crate::personas::Role;
 use crate::rate_limit::RateDecision;
 use crate::records::event::{CallStatus, Event, EventKind};
@@ -81,11 +81,12 @@ pub fn handle(app: &App, req: &Incoming, route: RecordsRoute<'_>) -> Reply {
 pub fn gate(app: &App, req: &Incoming, namespace: &str) -> Option<Reply> {
     let config = &app.config;
     let authorization = req.header("Authorization");
-    match check_bearer(
+    match crate::auth::check_access(
         authorization,
         config.outbound.api_key.as_ref(),
+        config.outbound.read_api_key.as_ref(),
+        crate::auth::Access::for_method(&req.method),
         config.app_env,
-        "OUTBOUND_API_KEY",
     ) {
         BearerCheck::Refused(err) => return Some(Reply::auth_refused(err)),
         BearerCheck::Allowed | BearerCheck::OpenInDevelopment => {}

@@ -347,6 +347,7 @@ impl<'a> Outbound<'a> {
         let created = match client.create_call(&call) {
             Ok(created) => created,
             Err(err) => {
+                crate::metrics::EVENTS.provider_error("twilio", err.metric_kind());
                 placements::shared().remove(&nonce);
                 log_twilio_failure(&err, &to);
                 return Err(Answer::TwilioFailed(err));

@@ -96,6 +96,19 @@ impl std::fmt::Display for SttError {
 
 impl std::error::Error for SttError {}
 
+impl SttError {
+    /// The `kind` label of this failure in `/metrics`.
+    pub fn metric_kind(&self) -> &'static str {
+        match self {
+            SttError::Connect(err) => err.metric_kind(),
+            SttError::Service { .. } => "service",
+            SttError::Closed(_) => "closed",
+            SttError::Protocol(_) => "protocol",
+            SttError::Unresponsive(_) => "unresponsive",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SttEvent {
     SessionStarted(String),

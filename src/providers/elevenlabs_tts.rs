@@ -87,6 +87,19 @@ impl std::fmt::Display for TtsError {
 
 impl std::error::Error for TtsError {}
 
+impl TtsError {
+    /// The `kind` label of this failure in `/metrics`.
+    pub fn metric_kind(&self) -> &'static str {
+        match self {
+            TtsError::Connect(err) => err.metric_kind(),
+            TtsError::Service { .. } => "service",
+            TtsError::Closed(_) => "closed",
+            TtsError::Protocol(_) => "protocol",
+            TtsError::NoAudio { .. } => "no_audio",
+        }
+    }
+}
+
 /// What the socket produced, for one context.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TtsEvent {

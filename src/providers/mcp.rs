@@ -71,6 +71,18 @@ impl std::fmt::Display for McpError {
 
 impl std::error::Error for McpError {}
 
+impl McpError {
+    /// The `kind` label of this failure in `/metrics`.
+    pub fn metric_kind(&self) -> &'static str {
+        match self {
+            McpError::Http { .. } => "http",
+            McpError::Transport(_) => "transport",
+            McpError::Rpc { .. } => "rpc",
+            McpError::Protocol(_) => "protocol",
+        }
+    }
+}
+
 /// What a tool call gave back, for the model's `tool_result`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ToolOutcome {
@@ -323,6 +335,7 @@ impl McpClient {
                 ToolOutcome { text, is_error }
             }
             Err(err) => {
+                crate::metrics::EVENTS.provider_error("mcp", err.metric_kind());
                 log::warn!(tool = server_name.as_str(), error:% = err; "mcp.tool.failed");
                 ToolOutcome {
                     text: match err {
@@ -344,6 +357,7 @@ impl McpClient {
             let message = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
             match self.post(&message, Some(&session)) {
                 Err(McpError::Http { status: 404, .. }) if session.id.is_some() && attempt == 0 => {
+                    crate::metrics::EVENTS.provider_retry("mcp", "session_expired");
                     log::info!(url = self.shared.url.as_str(); "mcp session expired; initializing again");
                     let mut current = lock(&self.shared.session);
                     // Only the session that failed: another user may have opened a new one.

@@ -44,6 +44,17 @@ impl std::fmt::Display for ConnectError {
 
 impl std::error::Error for ConnectError {}
 
+impl ConnectError {
+    /// The `kind` label of this failure in `/metrics`.
+    pub fn metric_kind(&self) -> &'static str {
+        match self {
+            ConnectError::BadUrl(_) => "bad_url",
+            ConnectError::Failed(_) => "connect",
+            ConnectError::Refused { .. } => "refused",
+        }
+    }
+}
+
 /// Opens `url` with extra request `headers`. `connect_timeout` bounds the name lookup and the
 /// TCP connect together (every address found is tried, each with its share of what is left),
 /// then each read and write of the handshake, and stays the write timeout; afterwards reads

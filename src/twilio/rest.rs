@@ -60,6 +60,17 @@ impl std::fmt::Display for TwilioError {
 
 impl std::error::Error for TwilioError {}
 
+impl TwilioError {
+    /// The `kind` label of this failure in `/metrics`.
+    pub fn metric_kind(&self) -> &'static str {
+        match self {
+            TwilioError::Api { .. } => "api",
+            TwilioError::Transport(_) => "transport",
+            TwilioError::Malformed(_) => "malformed",
+        }
+    }
+}
+
 /// An outbound call to place.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CreateCall {

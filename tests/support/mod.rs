@@ -71,6 +71,22 @@ impl TestServer {
         &self.server.as_ref().expect("server is running").app.records
     }
 
+    /// Answers an inbound call as Twilio would (`POST /call/incoming`, unsigned), which makes
+    /// its record; asserts the TwiML came back.
+    pub fn answer_call(&self, call_sid: &str, role: &str) {
+        let res = self
+            .request("POST", &format!("/call/incoming?role={role}"))
+            .form(&[
+                ("CallSid", call_sid),
+                ("From", "+15551234567"),
+                ("To", "+15557654321"),
+                ("CallStatus", "ringing"),
+                ("Direction", "inbound"),
+            ])
+            .send();
+        assert_eq!(res.status, 200, "{}", res.body);
+    }
+
     pub fn request(&self, method: &str, path: &str) -> RequestBuilder {
         RequestBuilder {
             addr: self.addr,

@@ -171,6 +171,11 @@ pub fn llm(
                         is_error: true,
                     },
                 };
+                if outcome.is_error {
+                    crate::metrics::EVENTS
+                        .tool_errors
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 let _ = send(LlmOut::ToolFinished {
                     name: name.clone(),
                     ok: !outcome.is_error,

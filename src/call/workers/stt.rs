@@ -22,6 +22,7 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 
 use super::{SttLost, SttOut};
 use crate::call::Event;
+use crate::metrics::EVENTS;
 use crate::poll::{self, WakeReceiver, Watch};
 use crate::providers::elevenlabs_stt::{SttError, SttEvent, SttSettings, SttStream};
 use crate::providers::ws::ConnectError;
@@ -379,6 +380,7 @@ impl SttLink {
                 if refused || attempt >= DIAL_ATTEMPTS {
                     self.lost(err, out);
                 } else {
+                    EVENTS.provider_retry("elevenlabs_stt", err.metric_kind());
                     log::warn!(attempt = attempt, error:% = err; "stt.connect.retry");
                     self.state = State::Pausing {
                         attempt: attempt + 1,
@@ -408,11 +410,13 @@ impl SttLink {
             self.lost(err, out);
             return;
         }
+        EVENTS.stt_reconnects.fetch_add(1, Ordering::Relaxed);
         log::warn!(error:% = err, attempt = self.failures; "stt.reconnect");
         self.dial(1, out);
     }
 
     fn lost(&mut self, err: SttError, out: &Sender<Event>) {
+        EVENTS.provider_error("elevenlabs_stt", err.metric_kind());
         self.state = State::Gone;
         self.pending.clear();
         let _ = out.send(Event::Stt(SttOut::Lost(SttLost::Provider(err))));

@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 
 use super::tts_plan::{Action, Input, Plan};
-use super::TtsJob;
+use super::{TtsJob, TtsOut};
 use crate::call::Event;
+use crate::metrics::EVENTS;
 use crate::poll::{self, WakeReceiver, WakeSender, Watch};
 use crate::providers::elevenlabs_tts::{TtsError, TtsSettings, TtsSocket};
 
@@ -268,6 +269,11 @@ fn perform(
             }
         }
         Action::Out { turn, seq, out: o } => {
+            if let TtsOut::Failed(err) = &o {
+                let kind = err.metric_kind();
+                EVENTS.tts_failures.inc(&[("kind", kind)]);
+                EVENTS.provider_error("elevenlabs_tts", kind);
+            }
             let event = Event::Tts { turn, seq, out: o };
             if out.send(event).is_err() {
                 return false;

@@ -363,6 +363,7 @@ impl Plan {
             return;
         };
         if current.attempt == 1 && !current.got_audio {
+            crate::metrics::EVENTS.provider_retry("elevenlabs_tts", err.metric_kind());
             log::warn!(error:% = err; "tts.retry");
             current.attempt = 2;
             current.context = None;

@@ -33,6 +33,7 @@ use super::stream::{Assembler, StreamItem, Usage};
 use super::Block;
 use crate::config::{AnthropicConfig, Secret};
 use crate::http_client::RequestScope;
+use crate::metrics::EVENTS;
 use crate::providers::sse::{SseError, SseReader};
 
 /// The API version this client speaks.
@@ -88,6 +89,20 @@ impl std::fmt::Display for LlmError {
 }
 
 impl std::error::Error for LlmError {}
+
+impl LlmError {
+    /// The `kind` label of this failure in `/metrics`.
+    pub fn metric_kind(&self) -> &'static str {
+        match self {
+            LlmError::Http { .. } => "http",
+            LlmError::Stream { .. } => "stream",
+            LlmError::FirstTokenTimeout(_) => "first_token_timeout",
+            LlmError::Timeout(_) => "timeout",
+            LlmError::Transport(_) => "transport",
+            LlmError::Malformed(_) => "malformed",
+        }
+    }
+}
 
 /// How a response ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -224,12 +239,17 @@ impl AnthropicClient {
                     outcome.attempts = attempt;
                     return Ok(outcome);
                 }
-                Err(Failure::Final(error)) => return Err(error),
+                Err(Failure::Final(error)) => {
+                    EVENTS.provider_error("anthropic", error.metric_kind());
+                    return Err(error);
+                }
                 Err(Failure::Retryable { error, retry_after }) => (error, retry_after),
             };
             if attempt > self.max_retries || self.scope.is_shut_down() {
+                EVENTS.provider_error("anthropic", error.metric_kind());
                 return Err(error);
             }
+            EVENTS.provider_retry("anthropic", error.metric_kind());
             let wait = retry_after
                 .unwrap_or_else(|| retry::backoff(self.backoff, attempt - 1, retry::random_unit()));
             log::warn!(
