@@ -30,6 +30,7 @@
 mod compaction;
 pub mod event;
 pub mod index;
+pub mod summary;
 pub mod writer;
 
 use std::fmt;
@@ -319,15 +320,47 @@ impl RecordStore {
         cursor: Option<&str>,
         limit: usize,
     ) -> Result<Page, RecordsError> {
+        self.search(filter, window, None, cursor, limit)
+    }
+
+    /// [`RecordStore::list`] of the calls `search` finds (see [`index::Search`]); `None`:
+    /// every call.
+    pub fn search(
+        &self,
+        filter: Filter,
+        window: Window,
+        search: Option<&index::Search>,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Page, RecordsError> {
         let mut inner = self.lock_inner();
         self.refresh(&mut inner, false)?;
         let after = cursor.and_then(decode_cursor);
         let now_secs = timestamp::now_ms() / 1000;
-        let (page, next) = inner.index.list(filter, window, after, limit, now_secs);
+        let (page, next) =
+            inner
+                .index
+                .list_matching(filter, window, after, limit, now_secs, |key, summary| {
+                    search.is_none_or(|s| s.finds(key, summary))
+                });
         Ok(Page {
             records: page.iter().map(|(key, s)| s.to_list_json(key)).collect(),
             cursor: next.map(|key| encode_cursor(&key)),
         })
+    }
+
+    /// Every live call that started within `window`, up to date with the file (for the
+    /// records summary).
+    pub fn summaries_in(&self, window: Window) -> Result<Vec<Summary>, RecordsError> {
+        let mut inner = self.lock_inner();
+        self.refresh(&mut inner, false)?;
+        let now_secs = timestamp::now_ms() / 1000;
+        Ok(inner
+            .index
+            .live(now_secs)
+            .filter(|(_, s)| window.contains(s.started_at_ms))
+            .map(|(_, s)| s.clone())
+            .collect())
     }
 
     /// Every live call's summary (for rollups and totals).
