@@ -459,6 +459,14 @@ fn a_call_opens_to_its_detail() {
     );
 }
 
+/// The value of `attribute` of each element of `svg` that opens with `element`.
+fn attribute_of_each(svg: &str, element: &str, attribute: &str) -> Vec<String> {
+    svg.split(element)
+        .skip(1)
+        .map(|e| between(e, &format!("{attribute}=\""), "\"").to_string())
+        .collect()
+}
+
 /// The rows of `<tbody id="{tbody}">` whose class is `class`.
 fn rows_of(dom: &str, tbody: &str, class: &str) -> Vec<Row> {
     let body = between(dom, &format!("<tbody id=\"{tbody}\">"), "</tbody>");
@@ -515,27 +523,21 @@ fn range_search_paging_chart_and_refresh() {
     // The chart: a bar per day of the range, a cost point per day, a latency point per day
     // that had turns, failures drawn over their day's bar.
     let chart = between(&dom, "<svg id=\"chart-calls\"", "</svg>");
-    let bar_days: Vec<&str> = chart
-        .split("<rect class=\"bar\"")
-        .skip(1)
-        .map(|b| between(b, "data-date=\"", "\""))
-        .collect();
-    assert_eq!(bar_days, [date(4), date(3), date(2), date(1), date(0)]);
-    let bar_calls: Vec<&str> = chart
-        .split("<rect class=\"bar\"")
-        .skip(1)
-        .map(|b| between(b, "data-calls=\"", "\""))
-        .collect();
-    assert_eq!(bar_calls, ["0", "2", "0", "2", "1"]);
+    assert_eq!(
+        attribute_of_each(chart, "<rect class=\"bar\"", "data-date"),
+        [date(4), date(3), date(2), date(1), date(0)]
+    );
+    assert_eq!(
+        attribute_of_each(chart, "<rect class=\"bar\"", "data-calls"),
+        ["0", "2", "0", "2", "1"]
+    );
     assert_eq!(chart.matches("<rect class=\"bar-bad\"").count(), 2);
     assert_eq!(chart.matches("<circle class=\"cost-point\"").count(), 5);
     let latency = between(&dom, "<svg id=\"chart-latency\"", "</svg>");
-    let points: Vec<&str> = latency
-        .split("<circle class=\"latency-point\"")
-        .skip(1)
-        .map(|p| between(p, "data-ms=\"", "\""))
-        .collect();
-    assert_eq!(points, ["500", "800", "400"]);
+    assert_eq!(
+        attribute_of_each(latency, "<circle class=\"latency-point\"", "data-ms"),
+        ["500", "800", "400"]
+    );
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     screenshot(&url, &dir.join("dashboard-chart.png"));
 
