@@ -105,14 +105,11 @@ fn summary(app: &App, req: &Incoming) -> Result<Reply, crate::records::RecordsEr
         Ok(window) => window,
         Err(reply) => return Ok(reply),
     };
-    let calls = app.records.summaries_in(window)?;
     let day = |ms: i64| ms.div_euclid(timestamp::MS_PER_DAY);
-    let summary = summarize(
-        &calls,
-        window.from_ms.map(day),
-        window.to_ms.map(day),
-        &app.config.prices,
-    );
+    let (first_day, last_day) = (window.from_ms.map(day), window.to_ms.map(day));
+    let summary = app.records.read_window(window, |calls| {
+        summarize(calls, first_day, last_day, &app.config.prices)
+    })?;
     Ok(Reply::json(200, &json!(summary)))
 }
 

@@ -349,18 +349,23 @@ impl RecordStore {
         })
     }
 
-    /// Every live call that started within `window`, up to date with the file (for the
-    /// records summary).
-    pub fn summaries_in(&self, window: Window) -> Result<Vec<Summary>, RecordsError> {
+    /// `read` of every live call that started within `window`, up to date with the file (for
+    /// the records summary). Appends wait while it runs: keep it to arithmetic.
+    pub fn read_window<R>(
+        &self,
+        window: Window,
+        read: impl FnOnce(&[&Summary]) -> R,
+    ) -> Result<R, RecordsError> {
         let mut inner = self.lock_inner();
         self.refresh(&mut inner, false)?;
         let now_secs = timestamp::now_ms() / 1000;
-        Ok(inner
+        let calls: Vec<&Summary> = inner
             .index
             .live(now_secs)
             .filter(|(_, s)| window.contains(s.started_at_ms))
-            .map(|(_, s)| s.clone())
-            .collect())
+            .map(|(_, s)| s)
+            .collect();
+        Ok(read(&calls))
     }
 
     /// Every live call's summary (for rollups and totals).

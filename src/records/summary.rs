@@ -121,13 +121,13 @@ pub struct RangeSummary {
 /// The summary of `calls` (already limited to the range) over the days `first_day..=last_day`
 /// (`None`: the days of the first and last call).
 pub fn summarize(
-    calls: &[Summary],
+    calls: &[&Summary],
     first_day: Option<i64>,
     last_day: Option<i64>,
     prices: &Prices,
 ) -> RangeSummary {
     let mut by_day: BTreeMap<i64, Vec<&Summary>> = BTreeMap::new();
-    for call in calls {
+    for &call in calls {
         by_day
             .entry(call.started_at_ms.div_euclid(MS_PER_DAY))
             .or_default()
@@ -153,7 +153,7 @@ pub fn summarize(
     }
 }
 
-fn totals(calls: &[Summary], prices: &Prices) -> RangeTotals {
+fn totals(calls: &[&Summary], prices: &Prices) -> RangeTotals {
     let mut totals = RangeTotals::default();
     let mut latencies = Vec::new();
     for call in calls {
@@ -259,10 +259,10 @@ mod tests {
         index.apply(&done, u64::from(n) * 10 + 5);
     }
 
-    fn summaries(index: &Index, n: u32) -> Vec<Summary> {
+    fn summaries(index: &Index, n: u32) -> Vec<&Summary> {
         (1..=n)
             .filter_map(|i| sid_key(&format!("CA{i:032x}")))
-            .filter_map(|key| index.get(&key).cloned())
+            .filter_map(|key| index.get(&key))
             .collect()
     }
 
