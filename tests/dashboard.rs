@@ -2,8 +2,10 @@
 //! render and open to a call's detail (transcript with barge-ins and tool uses, latencies, cost
 //! by component, how it ended); the date range, search and cursor paging; totals over the
 //! range; the per-day charts; failed and force-reaped calls marked; auto-refresh; and records
-//! holding markup render as text. Screenshots of the list and of a detail view are written to
-//! the test target's temporary directory (`target/tmp/dashboard-*.png`) for a person to look at.
+//! holding markup render as text. Most checks read the DOM after the page ran (`--dump-dom`);
+//! clicks, typing and auto-refresh are driven over the DevTools protocol ([`Browser`]).
+//! Screenshots of the list, the chart and a detail view are written to the test target's
+//! temporary directory (`target/tmp/dashboard-*.png`) for a person to look at.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -32,11 +34,15 @@ fn chromium() -> PathBuf {
     path
 }
 
-/// Runs headless Chromium on `url` with `output` (`--dump-dom` or `--screenshot=…`) after
-/// 10 s of the page's virtual time; its stdout (at most 60 s).
-fn run_chromium(url: &str, output: &str) -> String {
-    let profile = TempDir::new("chromium-profile");
-    let mut child = Command::new(chromium())
+/// Starts headless Chromium on `url` with the profile `profile` and `flags` besides the ones
+/// every run needs.
+fn start_chromium(
+    profile: &TempDir,
+    flags: &[&str],
+    url: &str,
+    stdout: Stdio,
+) -> std::process::Child {
+    Command::new(chromium())
         .args([
             "--headless",
             "--no-sandbox",
@@ -46,18 +52,28 @@ fn run_chromium(url: &str, output: &str) -> String {
             "--disable-background-networking",
             "--disable-component-update",
             "--disable-sync",
-            "--hide-scrollbars",
-            "--window-size=1280,2000",
-            "--virtual-time-budget=10000",
-            output,
         ])
+        .args(flags)
         .arg(format!("--user-data-dir={}", profile.path().display()))
         .arg(url)
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
+        .stdout(stdout)
         .stderr(Stdio::null())
         .spawn()
-        .expect("start chromium");
+        .expect("start chromium")
+}
+
+/// Runs headless Chromium on `url` with `output` (`--dump-dom` or `--screenshot=…`) after
+/// 10 s of the page's virtual time; its stdout (at most 60 s).
+fn run_chromium(url: &str, output: &str) -> String {
+    let profile = TempDir::new("chromium-profile");
+    let flags = [
+        "--hide-scrollbars",
+        "--window-size=1280,2000",
+        "--virtual-time-budget=10000",
+        output,
+    ];
+    let mut child = start_chromium(&profile, &flags, url, Stdio::piped());
     let deadline = Instant::now() + Duration::from_secs(60);
     while child.try_wait().unwrap().is_none() {
         if Instant::now() > deadline {
@@ -591,4 +607,224 @@ fn the_page_is_self_contained() {
         !res.body.contains(".innerHTML") && !res.body.contains("insertAdjacentHTML"),
         "values must not go through HTML parsing"
     );
+}
+
+/// Headless Chromium driven over the DevTools protocol, for what a deep link cannot show:
+/// clicks, typing, and the page refreshing itself while the test adds a call.
+struct Browser {
+    child: std::process::Child,
+    socket: tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std::net::TcpStream>>,
+    next_id: u64,
+    _profile: TempDir,
+}
+
+impl Browser {
+    fn open(url: &str) -> Browser {
+        let profile = TempDir::new("chromium-cdp");
+        let child = start_chromium(&profile, &["--remote-debugging-port=0"], url, Stdio::null());
+        // Chromium writes the port it chose to the profile, once it listens.
+        let port_file = profile.path().join("DevToolsActivePort");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let port = loop {
+            let text = std::fs::read_to_string(&port_file).unwrap_or_default();
+            if let Some(port) = text.lines().next().and_then(|l| l.parse::<u16>().ok()) {
+                break port;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "chromium wrote no DevToolsActivePort"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let page = loop {
+            let targets = http_get_json(port, "/json/list");
+            let page = targets.as_array().and_then(|targets| {
+                targets
+                    .iter()
+                    .find(|t| t["type"] == "page")
+                    .and_then(|t| t["webSocketDebuggerUrl"].as_str().map(str::to_string))
+            });
+            if let Some(page) = page {
+                break page;
+            }
+            assert!(Instant::now() < deadline, "no page target: {targets}");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let (mut socket, _) = tungstenite::connect(page.as_str()).expect("DevTools WebSocket");
+        if let tungstenite::stream::MaybeTlsStream::Plain(stream) = socket.get_mut() {
+            // A page that never answers fails the test instead of hanging it.
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(20)));
+        }
+        Browser {
+            child,
+            socket,
+            next_id: 1,
+            _profile: profile,
+        }
+    }
+
+    /// The value of the JavaScript expression `expr` in the page.
+    fn eval(&mut self, expr: &str) -> serde_json::Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        let request = serde_json::json!({
+            "id": id,
+            "method": "Runtime.evaluate",
+            "params": { "expression": expr, "returnByValue": true, "awaitPromise": true },
+        });
+        self.socket
+            .send(tungstenite::Message::text(request.to_string()))
+            .expect("send to DevTools");
+        loop {
+            let message = self.socket.read().expect("read from DevTools");
+            let Ok(text) = message.to_text() else {
+                continue;
+            };
+            let reply: serde_json::Value = serde_json::from_str(text).unwrap_or_default();
+            if reply["id"] == id {
+                assert!(
+                    reply["result"]["exceptionDetails"].is_null(),
+                    "{expr}: {reply}"
+                );
+                return reply["result"]["result"]["value"].clone();
+            }
+        }
+    }
+
+    /// Waits (at most 15 s) until `expr` is true in the page.
+    fn wait_until(&mut self, expr: &str) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while self.eval(&format!("Boolean({expr})")) != serde_json::Value::Bool(true) {
+            assert!(Instant::now() < deadline, "never true: {expr}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The CallSid of each listed row.
+    fn listed(&mut self) -> Vec<String> {
+        let sids = self.eval("[...document.querySelectorAll('#rows tr')].map(r => r.dataset.sid)");
+        serde_json::from_value(sids).unwrap_or_default()
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn http_get_json(port: u16, path: &str) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return serde_json::Value::Null;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    );
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    serde_json::from_str(body).unwrap_or_default()
+}
+
+#[test]
+fn clicks_typing_and_auto_refresh_in_a_live_page() {
+    let server = TestServer::start(&[("OUTBOUND_API_KEY", KEY)]);
+    let call = |n, days_ago, caller| Call {
+        n,
+        days_ago,
+        role: "judge",
+        caller,
+        status: CallStatus::Completed,
+        usd: Some(0.1),
+        first_frames: &[700],
+    };
+    seed(
+        &server,
+        &[
+            call(1, 2, "+1***1111"),
+            call(2, 1, "+1***2222"),
+            call(3, 0, "+1***0123"),
+            call(4, 0, "+1***4444"),
+            call(5, 0, "+1***0123"),
+        ],
+    );
+    let mut page = Browser::open(&format!(
+        "http://{}/dashboard#key={KEY}&limit=2&refresh=1",
+        server.addr
+    ));
+    page.wait_until("document.body.dataset.loaded === '2'");
+    assert_eq!(page.listed(), [sid(5), sid(4)]);
+
+    // Older follows the cursor page by page; Newer goes back.
+    page.eval("document.getElementById('older').click()");
+    page.wait_until(&format!(
+        "document.querySelector('#rows tr')?.dataset.sid === '{}'",
+        sid(3)
+    ));
+    assert_eq!(page.listed(), [sid(3), sid(2)]);
+    page.eval("document.getElementById('older').click()");
+    page.wait_until(&format!(
+        "document.querySelector('#rows tr')?.dataset.sid === '{}'",
+        sid(1)
+    ));
+    assert_eq!(page.listed(), [sid(1)]);
+    assert_eq!(page.eval("document.getElementById('older').disabled"), true);
+    page.eval("document.getElementById('newer').click()");
+    page.wait_until(&format!(
+        "document.querySelector('#rows tr')?.dataset.sid === '{}'",
+        sid(3)
+    ));
+    assert_eq!(
+        page.eval("document.getElementById('page-label').textContent"),
+        "page 2 · 2 calls on this page"
+    );
+
+    // A click on a row opens its detail.
+    page.eval(&format!(
+        "document.querySelector('#rows tr[data-sid=\"{}\"]').click()",
+        sid(2)
+    ));
+    page.wait_until(&format!(
+        "document.getElementById('detail-sid').textContent === '{}'",
+        sid(2)
+    ));
+    assert_eq!(page.eval("document.getElementById('detail').hidden"), false);
+    assert_eq!(
+        page.eval("document.querySelectorAll('#latencies tr.latency').length"),
+        1
+    );
+
+    // Typing a search and pressing Enter starts from the first page of what it finds.
+    page.eval(
+        "const q = document.getElementById('q'); q.value = '0123'; \
+         q.dispatchEvent(new KeyboardEvent('keydown', { key: 'Enter' }))",
+    );
+    page.wait_until("document.getElementById('page-label').textContent.startsWith('page 1')");
+    page.wait_until("document.querySelectorAll('#rows tr').length === 2");
+    assert_eq!(page.listed(), [sid(5), sid(3)]);
+
+    // Narrowing the range changes the totals: they are the range's, not the page's.
+    page.eval("document.getElementById('q').value = ''");
+    page.wait_until("document.querySelector('#total-calls .value').textContent === '5'");
+    page.eval(&format!(
+        "const f = document.getElementById('from'); f.value = '{}'; f.dispatchEvent(new Event('change'))",
+        date(0)
+    ));
+    page.wait_until("document.querySelector('#total-calls .value').textContent === '3'");
+    assert_eq!(
+        page.eval("document.querySelectorAll('#chart-calls rect.bar').length"),
+        5 - 4
+    );
+
+    // The page refreshes itself: a call that starts now shows up without a reload.
+    seed(&server, &[call(6, 0, "+1***6666")]);
+    page.wait_until("document.querySelector('#total-calls .value').textContent === '4'");
+    page.wait_until(&format!(
+        "document.querySelector('#rows tr')?.dataset.sid === '{}'",
+        sid(6)
+    ));
 }
