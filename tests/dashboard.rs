@@ -724,10 +724,33 @@ fn http_get_json(port: u16, path: &str) -> serde_json::Value {
         stream,
         "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
     );
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response);
-    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    serde_json::from_str(body).unwrap_or_default()
+    // DevTools keeps the connection open whatever `Connection` says: read what
+    // `Content-Length` announces.
+    let mut response = Vec::new();
+    let mut buf = [0u8; 8192];
+    let body = loop {
+        let Ok(n) = stream.read(&mut buf) else {
+            return serde_json::Value::Null;
+        };
+        response.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&response).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length = head
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix("Content-Length:")
+                        .or(l.strip_prefix("content-length:"))
+                })
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            if n == 0 || length.is_some_and(|len| body.len() >= len) {
+                break body.to_string();
+            }
+        }
+        if n == 0 {
+            return serde_json::Value::Null;
+        }
+    };
+    serde_json::from_str(&body).unwrap_or_default()
 }
 
 #[test]
