@@ -812,9 +812,16 @@ mod tests {
                 ..CostSummary::default()
             }),
             barge_ins: Some(1),
+            turn_latencies: Some(vec![TurnLatencyRecord {
+                turn: 1,
+                speech_end_to_commit_ms: Some(150),
+                first_token_ms: None,
+                first_frame_ms: Some(820),
+            }]),
             ..Event::new(EventKind::Completed, SID, "2026-11-24T10:05:00.000Z", 120)
         };
         let record = fold(&[created(), status("in-progress", 2, 100), completed]);
+        assert_eq!(record.turn_latencies.len(), 1);
         let line =
             serde_json::to_string(&record.clone().into_event("2026-11-25T00:00:00.000Z")).unwrap();
         let again = fold(&[serde_json::from_str(&line).unwrap()]);

@@ -760,6 +760,44 @@ mod tests {
     }
 
     #[test]
+    fn a_search_finds_a_sid_or_the_visible_last_digits() {
+        let mut index = Index::default();
+        for (n, caller) in [
+            (1, "+1***0123"),
+            (2, "+4***9123"),
+            (3, "un***nown"),
+            (4, "***"),
+        ] {
+            let mut event = created(n, "parent", 10 + n as i64);
+            event.caller_number = Some(caller.into());
+            index.apply(&event, n as u64);
+        }
+        let found = |search: &Search| -> Vec<String> {
+            let (page, _) = index.list_matching(
+                Filter::All,
+                Window::default(),
+                None,
+                10,
+                0,
+                |key, summary| search.finds(key, summary),
+            );
+            page.iter().map(|(k, _)| sid_string(k)).collect()
+        };
+        assert_eq!(found(&Search::LastDigits("123".into())), [sid(2), sid(1)]);
+        assert_eq!(found(&Search::LastDigits("0123".into())), [sid(1)]);
+        // The hidden digits are not searched: "+1" is the country code, not the number's end.
+        assert!(found(&Search::LastDigits("1".into())).is_empty());
+        let by_sid = Search::parse(&sid(3)).unwrap();
+        assert_eq!(found(&by_sid), [sid(3)]);
+        assert_eq!(
+            Search::parse(" 0123 "),
+            Some(Search::LastDigits("0123".into()))
+        );
+        assert_eq!(Search::parse("nown"), None);
+        assert_eq!(Search::parse(""), None);
+    }
+
+    #[test]
     fn malformed_sids_are_refused() {
         let mut index = Index::default();
         let mut event = created(1, "parent", 5);
