@@ -2,6 +2,12 @@
 //! right key), validation, each route's JSON, status callbacks that are retried and arrive out
 //! of order, deletion, and the per-key rate limit.
 
+use cotrackpro_voice::records::event::{
+    CallStatus, CostSummary, Event, EventKind, TurnLatencyRecord,
+};
+use cotrackpro_voice::records::ttl_from;
+use cotrackpro_voice::timestamp;
+
 use crate::support::{TestServer, DOMAIN};
 
 const KEY: &str = "records-key-0123456789abcdef";
@@ -376,4 +382,280 @@ fn a_made_up_cursor_and_reversed_dates_are_400_not_a_quiet_page() {
     // One day given as both ends is a window, not a mistake.
     let same_day = get(&server, "/records?startDate=2026-11-20&endDate=2026-11-20");
     assert_eq!(same_day.status, 200);
+}
+
+/// Seeds a call that started at `started` (RFC 3339) with `caller`, ended as `status` with
+/// `usage` when given, and `first_frames` as its turns' latencies.
+fn seed_call(
+    server: &TestServer,
+    n: u32,
+    started: &str,
+    caller: &str,
+    status: CallStatus,
+    usage: Option<CostSummary>,
+    first_frames: &[u64],
+) {
+    let ttl = ttl_from(timestamp::now_ms(), 30.0);
+    let created = Event {
+        role: Some("parent".into()),
+        caller_number: Some(caller.into()),
+        started_at: Some(started.into()),
+        status: Some(CallStatus::Active),
+        ..Event::new(EventKind::Created, &sid(n), started, ttl)
+    };
+    server.records().append(&created).unwrap();
+    if status == CallStatus::Active {
+        return;
+    }
+    let latencies = first_frames
+        .iter()
+        .enumerate()
+        .map(|(i, &ms)| TurnLatencyRecord {
+            turn: i as u64 + 1,
+            first_frame_ms: Some(ms),
+            ..TurnLatencyRecord::default()
+        })
+        .collect();
+    let done = Event {
+        status: Some(status),
+        duration_secs: Some(120),
+        turn_count: Some(first_frames.len() as u64),
+        cost_summary: usage,
+        turn_latencies: Some(latencies),
+        ..Event::new(EventKind::Completed, &sid(n), started, ttl)
+    };
+    server.records().append(&done).unwrap();
+}
+
+fn usage() -> CostSummary {
+    CostSummary {
+        claude_input_tokens: 200_000,
+        claude_output_tokens: 20_000,
+        claude_cache_creation_tokens: 10_000,
+        claude_cache_read_tokens: 50_000,
+        tts_chars: 3_000,
+        stt_secs: 120.0,
+        ..CostSummary::default()
+    }
+}
+
+#[test]
+fn the_summary_totals_every_call_of_a_range_not_one_page() {
+    let server = server(&[]);
+    let (d20, d22) = ("2026-11-20T10:00:00.000Z", "2026-11-22T10:00:00.000Z");
+    seed_call(
+        &server,
+        1,
+        d20,
+        "+1***0001",
+        CallStatus::Completed,
+        Some(usage()),
+        &[300, 500],
+    );
+    seed_call(&server, 2, d20, "+1***0002", CallStatus::Failed, None, &[]);
+    seed_call(
+        &server,
+        3,
+        d20,
+        "+1***0003",
+        CallStatus::ForceReaped,
+        Some(usage()),
+        &[2_000],
+    );
+    seed_call(
+        &server,
+        4,
+        d22,
+        "+1***0004",
+        CallStatus::Completed,
+        Some(usage()),
+        &[400],
+    );
+    seed_call(&server, 5, d22, "+1***0005", CallStatus::Active, None, &[]);
+    seed_call(
+        &server,
+        6,
+        "2026-11-25T10:00:00.000Z",
+        "+1***0006",
+        CallStatus::Completed,
+        Some(usage()),
+        &[100],
+    );
+
+    assert_eq!(server.request("GET", "/records/summary").send().status, 401);
+    let range = "startDate=2026-11-19&endDate=2026-11-22";
+    // One page of the same range holds two calls; the summary counts all five.
+    let page = get(&server, &format!("/records?limit=2&{range}")).json();
+    assert_eq!(page["records"].as_array().unwrap().len(), 2);
+    assert!(page["cursor"].is_string());
+
+    let res = get(&server, &format!("/records/summary?{range}"));
+    assert_eq!(res.status, 200);
+    let summary = res.json();
+    let t = &summary["totals"];
+    assert_eq!(t["callCount"], 5);
+    assert_eq!(
+        (
+            &t["completed"],
+            &t["failed"],
+            &t["forceReaped"],
+            &t["active"]
+        ),
+        (&2.into(), &1.into(), &1.into(), &1.into())
+    );
+    assert_eq!(t["withoutCostSummary"], 2);
+    assert_eq!(t["totalTurns"], 4);
+    assert_eq!(t["p95FirstFrameMs"], 2_000);
+    let total = t["estimatedCostUsd"].as_f64().unwrap();
+    assert!(total > 0.0);
+    let parts: f64 = [
+        "claudeInput",
+        "claudeOutput",
+        "claudeCacheWrite",
+        "claudeCacheRead",
+        "tts",
+        "stt",
+    ]
+    .iter()
+    .map(|k| {
+        let part = t["costBreakdownUsd"][k].as_f64().unwrap();
+        assert!(part > 0.0, "{k}");
+        part
+    })
+    .sum();
+    assert!((parts - total).abs() < 1e-5, "{parts} vs {total}");
+
+    let days = summary["days"].as_array().unwrap();
+    let dates: Vec<&str> = days.iter().map(|d| d["date"].as_str().unwrap()).collect();
+    assert_eq!(
+        dates,
+        ["2026-11-19", "2026-11-20", "2026-11-21", "2026-11-22"]
+    );
+    let calls: Vec<u64> = days
+        .iter()
+        .map(|d| d["callCount"].as_u64().unwrap())
+        .collect();
+    assert_eq!(calls, [0, 3, 0, 2]);
+    assert_eq!(days[1]["p95FirstFrameMs"], 2_000);
+    assert_eq!(days[3]["p95FirstFrameMs"], 400);
+    assert!(days[0]["p95FirstFrameMs"].is_null());
+    // Day 20 holds two of the three priced calls.
+    let day20 = days[1]["estimatedCostUsd"].as_f64().unwrap();
+    assert!(
+        (day20 - total * 2.0 / 3.0).abs() < 1e-5,
+        "{day20} of {total}"
+    );
+
+    // Without a range: every call, days from the first call's to the last's.
+    let all = get(&server, "/records/summary").json();
+    assert_eq!(all["totals"]["callCount"], 6);
+    assert_eq!(all["days"].as_array().unwrap().len(), 6);
+
+    let reversed = get(
+        &server,
+        "/records/summary?startDate=2026-11-22&endDate=2026-11-20",
+    );
+    assert_eq!(reversed.status, 400);
+    let delete = server
+        .request("DELETE", "/records/summary")
+        .header("Authorization", &format!("Bearer {KEY}"))
+        .send();
+    assert_eq!(delete.status, 405);
+    assert_eq!(delete.header("Allow"), Some("GET"));
+}
+
+#[test]
+fn a_search_finds_a_call_by_sid_or_the_last_digits_and_pages_with_the_cursor() {
+    let server = server(&[]);
+    let at = |minute: u32| format!("2026-11-20T10:{minute:02}:00.000Z");
+    for (n, caller) in [
+        (1, "+1***0123"),
+        (2, "+4***4123"),
+        (3, "+1***9999"),
+        (4, "+1***0123"),
+        (5, "***"),
+    ] {
+        seed_call(
+            &server,
+            n,
+            &at(n),
+            caller,
+            CallStatus::Completed,
+            Some(usage()),
+            &[300],
+        );
+    }
+    let sids = |path: &str| -> (Vec<String>, Option<String>) {
+        let res = get(&server, path);
+        assert_eq!(res.status, 200, "{path}: {}", res.body);
+        let body = res.json();
+        let sids = body["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["callSid"].as_str().unwrap().to_string())
+            .collect();
+        (sids, body["cursor"].as_str().map(str::to_string))
+    };
+    assert_eq!(sids("/records?q=123").0, [sid(4), sid(2), sid(1)]);
+    assert_eq!(sids("/records?q=0123").0, [sid(4), sid(1)]);
+    assert_eq!(sids("/records?q=9").0, [sid(3)]);
+    assert!(sids("/records?q=5").0.is_empty());
+    assert_eq!(sids(&format!("/records?q={}", sid(3))).0, [sid(3)]);
+    assert_eq!(
+        sids(&format!("/records/by-role/parent?q={}", sid(2))).0,
+        [sid(2)]
+    );
+
+    let (first, cursor) = sids("/records?q=123&limit=2");
+    assert_eq!(first, [sid(4), sid(2)]);
+    let cursor = cursor.expect("a second page");
+    let (second, end) = sids(&format!("/records?q=123&limit=2&cursor={cursor}"));
+    assert_eq!((second, end), (vec![sid(1)], None));
+
+    for bad in ["abc", "12345", "%2B1***0123", "CA123"] {
+        let res = get(&server, &format!("/records?q={bad}"));
+        assert_eq!(res.status, 400, "{bad}");
+        assert_eq!(res.json()["error"], "Invalid q");
+    }
+}
+
+#[test]
+fn a_full_record_carries_its_cost_by_component_and_turn_latencies() {
+    let server = server(&[]);
+    seed_call(
+        &server,
+        1,
+        "2026-11-20T10:00:00.000Z",
+        "+1***0001",
+        CallStatus::Completed,
+        Some(usage()),
+        &[350, 420],
+    );
+    let record = get(&server, &format!("/records/{}", sid(1))).json();
+    let breakdown = &record["costBreakdownUsd"];
+    assert!(
+        breakdown["claudeCacheRead"].as_f64().unwrap() > 0.0,
+        "{record}"
+    );
+    assert!(breakdown["stt"].as_f64().unwrap() > 0.0);
+    let firsts: Vec<u64> = record["turnLatencies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["firstFrameMs"].as_u64().unwrap())
+        .collect();
+    assert_eq!(firsts, [350, 420]);
+    seed_call(
+        &server,
+        2,
+        "2026-11-20T10:00:00.000Z",
+        "+1***0002",
+        CallStatus::Active,
+        None,
+        &[],
+    );
+    let active = get(&server, &format!("/records/{}", sid(2))).json();
+    assert!(active.get("costBreakdownUsd").is_none());
+    assert!(active.get("turnLatencies").is_none());
 }

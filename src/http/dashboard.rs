@@ -1,6 +1,8 @@
-//! `GET /dashboard`: one self-contained page (no external assets) listing recent calls. It holds
-//! no data itself: the browser fetches `/records` with the key the operator pastes, so the real
-//! gate stays the records API. Values from records are rendered as text only.
+//! `GET /dashboard`: one self-contained page (no external assets, its charts drawn as SVG by its
+//! own script): the calls of a date range with search and cursor paging, each opening to its
+//! detail, and the range's totals and per-day charts from `/records/summary`. It holds no data
+//! itself: the browser fetches the records API with the key the operator pastes, so the real gate
+//! stays the records API. Values from records are rendered as text only.
 
 use super::Reply;
 

@@ -1,6 +1,7 @@
 //! The records API: `GET /records`, `GET|DELETE /records/{callSid}`,
 //! `GET /records/by-role/{role}`, `GET /records/by-status/{status}` (lists take `limit`,
-//! `cursor`, `startDate` and `endDate`). Bearer
+//! `cursor`, `startDate`, `endDate` and `q`, a CallSid or a number's last digits), and
+//! `GET /records/summary` (totals and per-day figures over `startDate`..`endDate`). Bearer
 //! `OUTBOUND_API_KEY` first (so unauthenticated floods cannot spend a real key's budget), then
 //! the per-key rate limit, then validation before anything touches the store.
 
@@ -11,8 +12,9 @@ use crate::app::App;
 use crate::auth::BearerCheck;
 use crate::personas::Role;
 use crate::rate_limit::RateDecision;
-use crate::records::event::{CallStatus, Event, EventKind};
-use crate::records::index::{sid_key, Filter, Window};
+use crate::records::event::{CallRecord, CallStatus, Event, EventKind};
+use crate::records::index::{sid_key, Filter, Search, Window};
+use crate::records::summary::{summarize, CostBreakdown};
 use crate::records::ttl_from;
 use crate::timestamp;
 
@@ -54,6 +56,11 @@ pub fn handle(app: &App, req: &Incoming, route: RecordsRoute<'_>) -> Reply {
                 ),
             )),
         },
+        // `/records/summary` resolves as a SID-shaped path; no CallSid is spelled that way.
+        RecordsRoute::One(SUMMARY) => match req.method.as_str() {
+            "GET" => summary(app, req),
+            _ => Ok(Reply::error(405, "Method not allowed").with_header("Allow", "GET")),
+        },
         RecordsRoute::One(sid) => {
             let Some(key) = sid_key(sid) else {
                 return Reply::error_with_details(
@@ -65,7 +72,7 @@ pub fn handle(app: &App, req: &Incoming, route: RecordsRoute<'_>) -> Reply {
             match req.method.as_str() {
                 "DELETE" => delete(app, sid, &key),
                 _ => store.get(&key).map(|record| match record {
-                    Some(record) => Reply::json(200, &json!(record)),
+                    Some(record) => one_json(app, &record),
                     None => Reply::error(404, "Call record not found"),
                 }),
             }
@@ -75,6 +82,35 @@ pub fn handle(app: &App, req: &Incoming, route: RecordsRoute<'_>) -> Reply {
         log::error!("records API: {err}");
         Reply::error(500, "Records are unavailable")
     })
+}
+
+/// The path segment of `GET /records/summary`.
+const SUMMARY: &str = "summary";
+
+/// A full record, plus its cost by component at the configured prices
+/// (`costBreakdownUsd`, absent while the call has no cost summary).
+fn one_json(app: &App, record: &CallRecord) -> Reply {
+    let mut value = json!(record);
+    if let (Some(object), Some(usage)) = (value.as_object_mut(), &record.cost_summary) {
+        let breakdown = CostBreakdown::of(usage, &app.config.prices);
+        object.insert("costBreakdownUsd".into(), json!(breakdown));
+    }
+    Reply::json(200, &value)
+}
+
+/// `GET /records/summary?startDate&endDate`: [`summarize`] over every live call that started
+/// in the range (both optional), with the days of the range named for the chart.
+fn summary(app: &App, req: &Incoming) -> Result<Reply, crate::records::RecordsError> {
+    let window = match parse_window(req) {
+        Ok(window) => window,
+        Err(reply) => return Ok(reply),
+    };
+    let day = |ms: i64| ms.div_euclid(timestamp::MS_PER_DAY);
+    let (first_day, last_day) = (window.from_ms.map(day), window.to_ms.map(day));
+    let summary = app.records.read_window(window, |calls| {
+        summarize(calls, first_day, last_day, &app.config.prices)
+    })?;
+    Ok(Reply::json(200, &json!(summary)))
 }
 
 /// Authentication, then the per-key rate limit of `namespace`; `Some` is the refusal to send.
@@ -133,7 +169,21 @@ fn list(
         Ok(window) => window,
         Err(reply) => return Ok(reply),
     };
-    let page = app.records.list(filter, window, cursor.as_deref(), limit)?;
+    let query = req.query_param("q").filter(|q| !q.trim().is_empty());
+    let search = match query.as_deref().map(Search::parse) {
+        None => None,
+        Some(Some(search)) => Some(search),
+        Some(None) => {
+            return Ok(Reply::error_with_details(
+                400,
+                "Invalid q",
+                "expected a CallSid (CA and 32 hex digits) or up to 4 last digits of a number",
+            ))
+        }
+    };
+    let page = app
+        .records
+        .search(filter, window, search.as_ref(), cursor.as_deref(), limit)?;
     Ok(Reply::json(
         200,
         &json!({ "records": page.records, "cursor": page.cursor }),

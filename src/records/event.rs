@@ -139,6 +139,20 @@ pub struct ToolCallRecord {
     pub success: bool,
 }
 
+/// How long one turn took to reach the caller, in milliseconds from the end of their speech
+/// (the `turn.latency` log line's stages). A stage the turn never reached is absent.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct TurnLatencyRecord {
+    pub turn: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub speech_end_to_commit_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_token_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_frame_ms: Option<u64>,
+}
+
 /// What a call cost, with the raw usage behind the estimate (the original's fields).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
@@ -195,6 +209,9 @@ pub struct Event {
     /// Why the call ended, in words for the operator, when it did not end normally.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end_reason: Option<String>,
+    /// Each turn's latency, on a `completed` event (older lines have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub turn_latencies: Option<Vec<TurnLatencyRecord>>,
 }
 
 impl Event {
@@ -250,6 +267,7 @@ impl Event {
             cost_summary: None,
             barge_ins: None,
             end_reason: None,
+            turn_latencies: None,
         }
     }
 }
@@ -282,6 +300,9 @@ pub struct CallRecord {
     /// Why the call ended, when it did not end normally (not kept by the index's lists).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end_reason: Option<String>,
+    /// Each turn's latency (not kept by the index's lists).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub turn_latencies: Vec<TurnLatencyRecord>,
     /// Set by a `deleted` event; such a record is never shown.
     #[serde(skip)]
     pub deleted: bool,
@@ -311,6 +332,7 @@ impl CallRecord {
             ttl: 0,
             cost_summary: None,
             end_reason: None,
+            turn_latencies: Vec::new(),
             deleted: false,
             last_sequence: None,
         }
@@ -349,6 +371,7 @@ impl CallRecord {
             cost_summary: self.cost_summary,
             barge_ins: Some(self.barge_ins),
             end_reason: self.end_reason,
+            turn_latencies: (!self.turn_latencies.is_empty()).then_some(self.turn_latencies),
         }
     }
 }
@@ -647,6 +670,9 @@ impl CallState for CallRecord {
         if let Some(reason) = &event.end_reason {
             self.end_reason = Some(reason.clone());
         }
+        if let Some(latencies) = &event.turn_latencies {
+            self.turn_latencies.clone_from(latencies);
+        }
     }
 }
 
@@ -786,9 +812,16 @@ mod tests {
                 ..CostSummary::default()
             }),
             barge_ins: Some(1),
+            turn_latencies: Some(vec![TurnLatencyRecord {
+                turn: 1,
+                speech_end_to_commit_ms: Some(150),
+                first_token_ms: None,
+                first_frame_ms: Some(820),
+            }]),
             ..Event::new(EventKind::Completed, SID, "2026-11-24T10:05:00.000Z", 120)
         };
         let record = fold(&[created(), status("in-progress", 2, 100), completed]);
+        assert_eq!(record.turn_latencies.len(), 1);
         let line =
             serde_json::to_string(&record.clone().into_event("2026-11-25T00:00:00.000Z")).unwrap();
         let again = fold(&[serde_json::from_str(&line).unwrap()]);

@@ -150,6 +150,9 @@ pub struct Summary {
     has_cost: bool,
     caller_number: ShortText,
     cost: CompactCost,
+    /// Each turn's milliseconds from the end of the caller's speech to the first audio frame
+    /// sent back (turns that never reached one are left out), for the per-day p95.
+    first_frame_ms: Box<[u32]>,
     /// Byte offsets of this call's lines in the records file, in file order.
     pub offsets: Box<[u64]>,
 }
@@ -175,6 +178,7 @@ impl Default for Summary {
             has_cost: false,
             caller_number: ShortText::new("unknown"),
             cost: CompactCost::default(),
+            first_frame_ms: Box::new([]),
             offsets: Box::new([]),
         }
     }
@@ -277,6 +281,12 @@ impl CallState for Summary {
         if let Some(barge_ins) = event.barge_ins {
             self.barge_ins = clamp_u32(barge_ins);
         }
+        if let Some(latencies) = &event.turn_latencies {
+            self.first_frame_ms = latencies
+                .iter()
+                .filter_map(|l| l.first_frame_ms.map(clamp_u32))
+                .collect();
+        }
     }
 }
 
@@ -291,6 +301,16 @@ impl Summary {
 
     pub fn cost(&self) -> Option<CostSummary> {
         self.has_cost.then(|| self.cost.to_summary())
+    }
+
+    /// The caller as recorded (masked, e.g. `+1***0123`).
+    pub fn caller_number(&self) -> &str {
+        self.caller_number.as_str()
+    }
+
+    /// Each turn's milliseconds to its first audio frame, as recorded.
+    pub fn first_frame_ms(&self) -> &[u32] {
+        &self.first_frame_ms
     }
 
     /// The record this summary stands for, without transcript and tool calls.
@@ -316,6 +336,7 @@ impl Summary {
             ttl: self.ttl,
             cost_summary: self.cost(),
             end_reason: None,
+            turn_latencies: Vec::new(),
             deleted: self.deleted,
             last_sequence: (self.last_sequence != NONE_U32).then_some(self.last_sequence.into()),
         }
@@ -370,6 +391,59 @@ pub struct Window {
     pub from_ms: Option<i64>,
     pub to_ms: Option<i64>,
 }
+
+impl Window {
+    /// Whether a call that started at `started_at_ms` is within the window.
+    pub fn contains(&self, started_at_ms: i64) -> bool {
+        self.from_ms.is_none_or(|from| started_at_ms >= from)
+            && self.to_ms.is_none_or(|to| started_at_ms <= to)
+    }
+}
+
+/// What the dashboard's search box finds: one call by its SID, or the calls whose caller's
+/// visible last digits (numbers are kept masked, `+1***0123`) end with the digits given.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Search {
+    Sid(SidKey),
+    LastDigits(String),
+}
+
+impl Search {
+    /// `None` for text that is neither a CallSid nor 1 to 4 digits (all a masked number
+    /// shows).
+    ///
+    /// ```
+    /// use cotrackpro_voice::records::index::Search;
+    /// assert_eq!(Search::parse("0123"), Some(Search::LastDigits("0123".into())));
+    /// assert!(Search::parse("CA0123456789abcdef0123456789abcdef").is_some());
+    /// assert_eq!(Search::parse("12345"), None);
+    /// assert_eq!(Search::parse("+1***"), None);
+    /// ```
+    pub fn parse(text: &str) -> Option<Search> {
+        let text = text.trim();
+        if let Some(key) = sid_key(text) {
+            return Some(Search::Sid(key));
+        }
+        let digits =
+            (1..=VISIBLE_DIGITS).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_digit());
+        digits.then(|| Search::LastDigits(text.to_string()))
+    }
+
+    /// Whether the call `key` with `summary` is one the search finds.
+    pub fn finds(&self, key: &SidKey, summary: &Summary) -> bool {
+        match self {
+            Search::Sid(sid) => sid == key,
+            Search::LastDigits(digits) => {
+                let caller = summary.caller_number();
+                let visible = caller.rsplit('*').next().unwrap_or(caller);
+                visible.len() < caller.len() && visible.ends_with(digits.as_str())
+            }
+        }
+    }
+}
+
+/// How many digits a masked number shows at its end (`phone::mask`).
+pub const VISIBLE_DIGITS: usize = 4;
 
 impl Index {
     /// Applies `event`, written at byte `offset`. Returns `false` (and changes nothing) when
@@ -486,6 +560,20 @@ impl Index {
         limit: usize,
         now_secs: i64,
     ) -> (Vec<(SidKey, &Summary)>, Option<OrderKey>) {
+        self.list_matching(filter, window, after, limit, now_secs, |_, _| true)
+    }
+
+    /// [`Index::list`] of only the calls `matches` keeps (a search); the cursor still walks
+    /// the same order, so pages of a search follow on from each other.
+    pub fn list_matching(
+        &self,
+        filter: Filter,
+        window: Window,
+        after: Option<OrderKey>,
+        limit: usize,
+        now_secs: i64,
+        matches: impl Fn(&SidKey, &Summary) -> bool,
+    ) -> (Vec<(SidKey, &Summary)>, Option<OrderKey>) {
         use std::ops::Bound::{Excluded, Included, Unbounded};
         let empty = BTreeSet::new();
         let set = match filter {
@@ -513,7 +601,7 @@ impl Index {
                 break; // everything after is older still
             }
             let (key, summary) = &self.slots[order.1 as usize];
-            if summary.ttl <= now_secs {
+            if summary.ttl <= now_secs || !matches(key, summary) {
                 continue;
             }
             if page.len() == limit {
@@ -669,6 +757,44 @@ mod tests {
             "expired at ttl"
         );
         assert_eq!(index.live(0).count(), 1);
+    }
+
+    #[test]
+    fn a_search_finds_a_sid_or_the_visible_last_digits() {
+        let mut index = Index::default();
+        for (n, caller) in [
+            (1, "+1***0123"),
+            (2, "+4***9123"),
+            (3, "un***nown"),
+            (4, "***"),
+        ] {
+            let mut event = created(n, "parent", 10 + n as i64);
+            event.caller_number = Some(caller.into());
+            index.apply(&event, n as u64);
+        }
+        let found = |search: &Search| -> Vec<String> {
+            let (page, _) = index.list_matching(
+                Filter::All,
+                Window::default(),
+                None,
+                10,
+                0,
+                |key, summary| search.finds(key, summary),
+            );
+            page.iter().map(|(k, _)| sid_string(k)).collect()
+        };
+        assert_eq!(found(&Search::LastDigits("123".into())), [sid(2), sid(1)]);
+        assert_eq!(found(&Search::LastDigits("0123".into())), [sid(1)]);
+        // The hidden digits are not searched: "+1" is the country code, not the number's end.
+        assert!(found(&Search::LastDigits("1".into())).is_empty());
+        let by_sid = Search::parse(&sid(3)).unwrap();
+        assert_eq!(found(&by_sid), [sid(3)]);
+        assert_eq!(
+            Search::parse(" 0123 "),
+            Some(Search::LastDigits("0123".into()))
+        );
+        assert_eq!(Search::parse("nown"), None);
+        assert_eq!(Search::parse(""), None);
     }
 
     #[test]

@@ -30,6 +30,7 @@
 mod compaction;
 pub mod event;
 pub mod index;
+pub mod summary;
 pub mod writer;
 
 use std::fmt;
@@ -321,15 +322,52 @@ impl RecordStore {
         cursor: Option<&str>,
         limit: usize,
     ) -> Result<Page, RecordsError> {
+        self.search(filter, window, None, cursor, limit)
+    }
+
+    /// [`RecordStore::list`] of the calls `search` finds (see [`index::Search`]); `None`:
+    /// every call.
+    pub fn search(
+        &self,
+        filter: Filter,
+        window: Window,
+        search: Option<&index::Search>,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Page, RecordsError> {
         let mut inner = self.lock_inner();
         self.refresh(&mut inner, false)?;
         let after = cursor.and_then(decode_cursor);
         let now_secs = timestamp::now_ms() / 1000;
-        let (page, next) = inner.index.list(filter, window, after, limit, now_secs);
+        let (page, next) =
+            inner
+                .index
+                .list_matching(filter, window, after, limit, now_secs, |key, summary| {
+                    search.is_none_or(|s| s.finds(key, summary))
+                });
         Ok(Page {
             records: page.iter().map(|(key, s)| s.to_list_json(key)).collect(),
             cursor: next.map(|key| encode_cursor(&key)),
         })
+    }
+
+    /// `read` of every live call that started within `window`, up to date with the file (for
+    /// the records summary). Appends wait while it runs: keep it to arithmetic.
+    pub fn read_window<R>(
+        &self,
+        window: Window,
+        read: impl FnOnce(&[&Summary]) -> R,
+    ) -> Result<R, RecordsError> {
+        let mut inner = self.lock_inner();
+        self.refresh(&mut inner, false)?;
+        let now_secs = timestamp::now_ms() / 1000;
+        let calls: Vec<&Summary> = inner
+            .index
+            .live(now_secs)
+            .filter(|(_, s)| window.contains(s.started_at_ms))
+            .map(|(_, s)| s)
+            .collect();
+        Ok(read(&calls))
     }
 
     /// Every live call's summary (for rollups and totals).
