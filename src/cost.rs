@@ -7,7 +7,57 @@ use std::ops::AddAssign;
 
 use crate::config::Prices;
 use crate::providers::anthropic::stream::Usage;
-use crate::records::event::CostSummary;
+
+/// What a call cost, with the raw usage behind the estimate (the original's fields), as the
+/// call's record keeps it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct CostSummary {
+    pub claude_input_tokens: u64,
+    pub claude_output_tokens: u64,
+    pub claude_cache_creation_tokens: u64,
+    pub claude_cache_read_tokens: u64,
+    pub tts_chars: u64,
+    pub tts_chars_cached: u64,
+    pub stt_secs: f64,
+    pub estimated_cost_usd: f64,
+}
+
+/// What each component of `cost` came to at `prices`, in USD, named as `/metrics` names them:
+/// `claude_input`, `claude_output`, `claude_cache_write`, `claude_cache_read`, `tts`, `stt`.
+pub fn spend_by_component(cost: &CostSummary, prices: &Prices) -> [(&'static str, f64); 6] {
+    let per_mtok = |tokens: u64, price: f64| tokens as f64 / 1e6 * price;
+    [
+        (
+            "claude_input",
+            per_mtok(cost.claude_input_tokens, prices.claude_input_per_mtok),
+        ),
+        (
+            "claude_output",
+            per_mtok(cost.claude_output_tokens, prices.claude_output_per_mtok),
+        ),
+        (
+            "claude_cache_write",
+            per_mtok(
+                cost.claude_cache_creation_tokens,
+                prices.claude_cache_write_per_mtok,
+            ),
+        ),
+        (
+            "claude_cache_read",
+            per_mtok(
+                cost.claude_cache_read_tokens,
+                prices.claude_cache_read_per_mtok,
+            ),
+        ),
+        (
+            "tts",
+            cost.tts_chars as f64 / 1000.0 * prices.tts_per_1k_chars,
+        ),
+        ("stt", cost.stt_secs / 60.0 * prices.stt_per_min),
+    ]
+}
+use serde::{Deserialize, Serialize};
 
 /// The estimated USD for this usage, rounded to 6 decimals as the original did. Characters
 /// played from pre-rendered audio (`tts_chars_cached`) cost nothing.
@@ -130,6 +180,32 @@ pub fn log_call_summary(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn spend_by_component_prices_each_part() {
+        let cost = CostSummary {
+            claude_input_tokens: 1_000_000,
+            claude_output_tokens: 100_000,
+            claude_cache_creation_tokens: 0,
+            claude_cache_read_tokens: 2_000_000,
+            tts_chars: 5_000,
+            tts_chars_cached: 9_000,
+            stt_secs: 120.0,
+            estimated_cost_usd: 0.0,
+        };
+        let parts = spend_by_component(&cost, &crate::config::DEFAULT_PRICES);
+        assert_eq!(
+            parts,
+            [
+                ("claude_input", 3.0),
+                ("claude_output", 1.5),
+                ("claude_cache_write", 0.0),
+                ("claude_cache_read", 0.6),
+                ("tts", 0.5),
+                ("stt", 0.016),
+            ]
+        );
+    }
+
     use super::*;
 
     const PRICES: Prices = crate::config::DEFAULT_PRICES;

@@ -11,9 +11,6 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use crate::config::Prices;
-use crate::records::event::CostSummary;
-
 /// What one turn took, end of the caller's speech first (milliseconds from it).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct TurnLatency {
@@ -341,40 +338,11 @@ impl Metrics {
         recent.push_back(latency.clone());
     }
 
-    /// Adds an ended call's estimated cost to the spend counters, by component, at `prices`
-    /// (the same formulas as [`crate::cost::estimate_usd`], component by component).
-    pub fn add_spend(&self, cost: &CostSummary, prices: &Prices) {
-        let per_mtok = |tokens: u64, price: f64| tokens as f64 / 1e6 * price;
-        for (component, usd) in [
-            (
-                "claude_input",
-                per_mtok(cost.claude_input_tokens, prices.claude_input_per_mtok),
-            ),
-            (
-                "claude_output",
-                per_mtok(cost.claude_output_tokens, prices.claude_output_per_mtok),
-            ),
-            (
-                "claude_cache_write",
-                per_mtok(
-                    cost.claude_cache_creation_tokens,
-                    prices.claude_cache_write_per_mtok,
-                ),
-            ),
-            (
-                "claude_cache_read",
-                per_mtok(
-                    cost.claude_cache_read_tokens,
-                    prices.claude_cache_read_per_mtok,
-                ),
-            ),
-            (
-                "tts",
-                cost.tts_chars as f64 / 1000.0 * prices.tts_per_1k_chars,
-            ),
-            ("stt", cost.stt_secs / 60.0 * prices.stt_per_min),
-        ] {
-            self.spend_usd.add(&[("component", component)], usd);
+    /// Adds an ended call's estimated cost to the spend counters, by component (the parts
+    /// [`crate::cost::spend_by_component`] gives).
+    pub fn add_spend(&self, parts: &[(&str, f64)]) {
+        for (component, usd) in parts {
+            self.spend_usd.add(&[("component", component)], *usd);
         }
     }
 
@@ -921,28 +889,16 @@ mod tests {
     }
 
     #[test]
-    fn spend_is_counted_by_component_at_the_configured_prices() {
+    fn spend_is_counted_by_component() {
         let metrics = Metrics::default();
-        let cost = CostSummary {
-            claude_input_tokens: 1_000_000,
-            claude_output_tokens: 100_000,
-            claude_cache_creation_tokens: 0,
-            claude_cache_read_tokens: 2_000_000,
-            tts_chars: 5_000,
-            tts_chars_cached: 9_000,
-            stt_secs: 120.0,
-            estimated_cost_usd: 0.0,
-        };
-        let prices = crate::config::DEFAULT_PRICES;
-        metrics.add_spend(&cost, &prices);
-        metrics.add_spend(&cost, &prices);
+        let parts = [("claude_input", 6.0), ("tts", 0.5), ("stt", 0.016)];
+        metrics.add_spend(&parts);
+        metrics.add_spend(&parts);
         let usd = |c: &str| metrics.spend_usd.get(&[("component", c)]);
-        assert_eq!(usd("claude_input"), 6.0);
-        assert_eq!(usd("claude_output"), 3.0);
-        assert_eq!(usd("claude_cache_write"), 0.0);
-        assert_eq!(usd("claude_cache_read"), 1.2);
+        assert_eq!(usd("claude_input"), 12.0);
         assert_eq!(usd("tts"), 1.0);
         assert_eq!(usd("stt"), 0.032);
+        assert_eq!(usd("claude_output"), 0.0);
     }
 
     #[test]

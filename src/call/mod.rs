@@ -777,7 +777,7 @@ fn complete(ctx: &Context<'_>, summary: &mut Summary) {
     metrics
         .tool_calls
         .fetch_add(summary.tool_calls.len() as u64, Ordering::Relaxed);
-    metrics.add_spend(&cost, &ctx.config.prices);
+    metrics.add_spend(&cost::spend_by_component(&cost, &ctx.config.prices));
     let now = timestamp::now_ms();
     let event = RecordEvent {
         status: Some(status),
@@ -786,6 +786,7 @@ fn complete(ctx: &Context<'_>, summary: &mut Summary) {
         turn_count: Some(summary.caller_turns),
         transcript: Some(Transcript::from_entries(&summary.transcript)),
         tool_calls: Some(std::mem::take(&mut summary.tool_calls)),
+        turn_latencies: Some(std::mem::take(&mut summary.turn_latencies)),
         cost_summary: Some(cost),
         barge_ins: Some(summary.barge_ins),
         end_reason: (status != CallStatus::Completed).then(|| summary.end.to_string()),

@@ -16,6 +16,7 @@ mod outbound;
 pub mod records;
 pub mod request;
 pub mod response;
+pub mod summary;
 mod twilio;
 pub mod wire;
 

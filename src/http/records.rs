@@ -10,11 +10,11 @@ use serde_json::json;
 use super::{Incoming, Reply};
 use crate::app::App;
 use crate::auth::BearerCheck;
+use crate::http::summary::{summarize, CostBreakdown};
 use crate::personas::Role;
 use crate::rate_limit::RateDecision;
 use crate::records::event::{CallRecord, CallStatus, Event, EventKind};
 use crate::records::index::{sid_key, Filter, Search, Window};
-use crate::records::summary::{summarize, CostBreakdown};
 use crate::records::ttl_from;
 use crate::timestamp;
 

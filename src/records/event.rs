@@ -153,19 +153,8 @@ pub struct TurnLatencyRecord {
     pub first_frame_ms: Option<u64>,
 }
 
-/// What a call cost, with the raw usage behind the estimate (the original's fields).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
-pub struct CostSummary {
-    pub claude_input_tokens: u64,
-    pub claude_output_tokens: u64,
-    pub claude_cache_creation_tokens: u64,
-    pub claude_cache_read_tokens: u64,
-    pub tts_chars: u64,
-    pub tts_chars_cached: u64,
-    pub stt_secs: f64,
-    pub estimated_cost_usd: f64,
-}
+/// What a call cost (defined with the pricing, in [`crate::cost`]).
+pub use crate::cost::CostSummary;
 
 /// One line of a records file. Fields other than the first four are present only on the events
 /// that carry them; absent ones are not written.

@@ -30,7 +30,6 @@
 mod compaction;
 pub mod event;
 pub mod index;
-pub mod summary;
 pub mod writer;
 
 use std::fmt;

@@ -43,7 +43,7 @@ use crate::personas::prompts::{self, Phrase};
 use crate::personas::{self, Role};
 use crate::providers::anthropic::request::CALL_CONNECTED;
 use crate::providers::anthropic::Turn;
-use crate::records::event::{Direction, ToolCallRecord, TranscriptEntry};
+use crate::records::event::{Direction, ToolCallRecord, TranscriptEntry, TurnLatencyRecord};
 use crate::speech::sentences::Sentences;
 use crate::timestamp;
 use crate::twilio::media_messages::{Inbound, StreamStart};
@@ -61,6 +61,8 @@ pub const VOICE_HOLD: Duration = Duration::from_secs(1);
 /// Key presses a call keeps (logged and in the transcript); more are dropped and counted. A
 /// caller navigating by keypad presses a few dozen; 2,000 `dtmf` messages are a flood.
 pub const MAX_DTMF_PER_CALL: u32 = 100;
+/// Turns whose latencies the record keeps (a call of an hour has a few hundred).
+pub const MAX_TURN_LATENCIES: usize = 500;
 /// Keys pressed within this of each other are one entry: after the last, the model hears them
 /// together as a turn ("the caller pressed 1 2 on the keypad").
 pub const KEYPAD_GAP: Duration = Duration::from_millis(1500);
@@ -224,6 +226,8 @@ pub struct Summary {
     pub dtmf_dropped: u64,
     /// Marks taken as played because they never came back.
     pub marks_overdue: u64,
+    /// Each answered turn's latencies, for the record (at most [`MAX_TURN_LATENCIES`]).
+    pub turn_latencies: Vec<TurnLatencyRecord>,
 }
 
 pub struct Machine<'a> {
@@ -267,6 +271,7 @@ pub struct Machine<'a> {
     /// Marks sent and not yet echoed, oldest first, each with when it is overdue.
     marks_due: std::collections::VecDeque<(String, Instant)>,
     marks_overdue: u64,
+    turn_latencies: Vec<TurnLatencyRecord>,
 
     /// Since when nobody has spoken (the reprompt's clock); `None` while a turn is answered.
     quiet_since: Option<Instant>,
@@ -317,6 +322,7 @@ impl<'a> Machine<'a> {
             played_by: None,
             marks_due: std::collections::VecDeque::new(),
             marks_overdue: 0,
+            turn_latencies: Vec::new(),
             quiet_since: None,
             reprompts: 0,
             caller_active_at: now,
@@ -448,6 +454,7 @@ impl<'a> Machine<'a> {
             usage: self.usage.clone(),
             dtmf_dropped: self.dtmf_dropped,
             marks_overdue: self.marks_overdue,
+            turn_latencies: self.turn_latencies.clone(),
         }
     }
 

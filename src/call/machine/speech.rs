@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{ms_between, Action, Carry, Machine};
+use super::{ms_between, Action, Carry, Machine, TurnLatencyRecord};
 use crate::call::playback::{Kind, Piece};
 use crate::call::workers::{Speech, TtsOut};
 use crate::personas::prompts::Phrase;
@@ -186,6 +186,14 @@ impl Machine<'_> {
             return;
         }
         live.latency.first_frame_ms = Some(ms_between(live.speech_end, now));
+        if self.turn_latencies.len() < super::MAX_TURN_LATENCIES {
+            self.turn_latencies.push(TurnLatencyRecord {
+                turn: live.latency.turn,
+                speech_end_to_commit_ms: live.latency.speech_end_to_commit_ms,
+                first_token_ms: live.latency.first_token_ms,
+                first_frame_ms: live.latency.first_frame_ms,
+            });
+        }
         self.actions.push(Action::Latency(live.latency.clone()));
     }
 }

@@ -803,6 +803,17 @@ fn the_turn_latency_is_measured_from_the_end_of_speech() {
     assert_eq!(latency.first_frame_ms, Some(1_300));
     assert_eq!(latency.said, "How long does this take");
     assert_eq!(latency.call_sid, SID);
+    // The record keeps it too.
+    let summary = bench.machine.summary(bench.now);
+    assert_eq!(
+        summary.turn_latencies,
+        [crate::records::event::TurnLatencyRecord {
+            turn: 1,
+            speech_end_to_commit_ms: Some(400),
+            first_token_ms: Some(900),
+            first_frame_ms: Some(1_300),
+        }]
+    );
 }
 
 #[test]
