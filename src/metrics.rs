@@ -256,6 +256,8 @@ pub struct Metrics {
     pub media_dropped: [AtomicU64; MediaDrop::ALL.len()],
     /// Caller audio frames that came before `start` (dropped, never sent to speech-to-text).
     pub media_frames_before_start: AtomicU64,
+    /// Media-port connections waiting for their handshake or `start` now.
+    pub media_waiting: AtomicU64,
     /// Key presses dropped: not a key, or over the per-call limit.
     pub dtmf_dropped: AtomicU64,
     /// Marks Twilio never echoed within `MARK_TIMEOUT_MS`, taken as played.
@@ -522,6 +524,12 @@ impl Metrics {
             "counter",
             "Media-port connections closed before their stream started, by reason.",
             &drops,
+        );
+        metric(
+            "cotrackpro_media_connections_waiting",
+            "gauge",
+            "Media-port connections waiting for their handshake or start.",
+            &[("", get(&self.media_waiting))],
         );
         metric(
             "cotrackpro_media_frames_before_start_total",

@@ -301,7 +301,7 @@ fn the_dashboard_lists_filters_and_escapes() {
 
     let wrong_key = rendered_dom(&format!("{base}#key=not-the-key"));
     assert!(rows(&wrong_key).is_empty());
-    assert!(wrong_key.contains("unauthorized — check your API key"));
+    assert!(wrong_key.contains("unauthorized — check your read key (READ_API_KEY)"));
 }
 
 /// The call the detail test opens: force-reaped, with markup in every text a record holds.

@@ -139,7 +139,12 @@ fn accept_loop(app: &Arc<App>, listener: &TcpListener, stop: &WakeReceiver) {
                         continue;
                     }
                 };
-                let (ticket, evicted) = lock(&pending).admit(peer.ip(), handle);
+                let (ticket, evicted) = {
+                    let mut table = lock(&pending);
+                    let admitted = table.admit(peer.ip(), handle);
+                    note_waiting(app, table.len());
+                    admitted
+                };
                 if let Some(evicted) = evicted {
                     make_room(app, evicted);
                 }
@@ -153,11 +158,15 @@ fn accept_loop(app: &Arc<App>, listener: &TcpListener, stop: &WakeReceiver) {
                         let waiting = Waiting {
                             table: &table,
                             ticket,
+                            app: &for_call,
                         };
                         serve_connection(&for_call, stream, peer, n, &waiting)
                     });
                 if let Err(err) = spawned {
-                    lock(&pending).release(ticket);
+                    let mut table = lock(&pending);
+                    table.release(ticket);
+                    note_waiting(app, table.len());
+                    drop(table);
                     app.metrics
                         .thread_spawn_failures
                         .fetch_add(1, Ordering::Relaxed);
@@ -200,12 +209,25 @@ fn make_room(app: &App, evicted: super::pending::Evicted<TcpStream>) {
 struct Waiting<'a> {
     table: &'a PendingTable,
     ticket: u64,
+    app: &'a App,
+}
+
+/// The `cotrackpro_media_connections_waiting` gauge, set under the table's lock.
+fn note_waiting(app: &App, waiting: usize) {
+    app.metrics
+        .media_waiting
+        .store(waiting as u64, Ordering::Relaxed);
 }
 
 impl Waiting<'_> {
     /// The connection's real source is `source` (forwarded by the proxy).
     fn rekey(&self, app: &App, source: IpAddr) {
-        let evicted = lock(self.table).rekey(self.ticket, source);
+        let evicted = {
+            let mut table = lock(self.table);
+            let evicted = table.rekey(self.ticket, source);
+            note_waiting(app, table.len());
+            evicted
+        };
         if let Some(evicted) = evicted {
             make_room(app, evicted);
         }
@@ -213,7 +235,10 @@ impl Waiting<'_> {
 
     /// No longer waiting; `false` if it had been made to leave meanwhile.
     fn leave(&self) -> bool {
-        lock(self.table).release(self.ticket)
+        let mut table = lock(self.table);
+        let left = table.release(self.ticket);
+        note_waiting(self.app, table.len());
+        left
     }
 }
 
