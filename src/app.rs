@@ -32,6 +32,9 @@ pub struct App {
     pub stream_tokens: StreamTokens,
     /// `POST /call/outbound` requests being handled (they may hold at most half the workers).
     pub outbound_in_flight: std::sync::atomic::AtomicUsize,
+    /// Set when the drain starts: new calls are answered 503, so Twilio uses the number's
+    /// fallback URL instead of connecting a call no stream will take.
+    pub draining: std::sync::atomic::AtomicBool,
     /// The HTTP tier's connection counters (`/metrics`: `cotrackpro_http_*`).
     pub http_counters: Arc<crate::metrics::HttpCounters>,
     /// The accept loops' beats, which the systemd watchdog reads.
@@ -52,6 +55,7 @@ impl App {
             idempotency,
             stream_tokens: StreamTokens::random(),
             outbound_in_flight: std::sync::atomic::AtomicUsize::new(0),
+            draining: std::sync::atomic::AtomicBool::new(false),
             http_counters: Arc::default(),
             liveness: crate::watchdog::Liveness::default(),
             config,

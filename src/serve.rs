@@ -128,6 +128,9 @@ impl Server {
     /// Stops taking calls, gives live calls `SHUTDOWN_DRAIN_SECS` to end (then ends them),
     /// stops the webhooks after the requests in progress, and the housekeeping.
     pub fn shutdown(mut self) {
+        self.app
+            .draining
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         self.media.stop_accepting();
         let drain = self.app.config.calls.tuning.shutdown_drain;
         let deadline = std::time::Instant::now() + drain;

@@ -111,6 +111,27 @@ fn incoming_call_connects_the_stream_with_the_requested_persona() {
 }
 
 #[test]
+fn a_draining_server_answers_new_calls_503_so_twilio_uses_the_fallback() {
+    let server = TestServer::start(&[]);
+    server
+        .app()
+        .draining
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let res = server
+        .request("POST", "/call/incoming?role=attorney")
+        .form(CALL)
+        .send();
+    assert_eq!(res.status, 503, "{}", res.body);
+    assert_eq!(res.header("Retry-After"), Some("30"));
+    assert!(!res.body.contains("<Stream"));
+    // Nothing of the call was recorded: no record to reopen later.
+    let record = server
+        .request("GET", "/records/CA0123456789abcdef0123456789abcdef")
+        .send();
+    assert_eq!(record.status, 404, "{}", record.body);
+}
+
+#[test]
 fn incoming_call_falls_back_to_the_configured_default_role() {
     let server = TestServer::start(&[("DEFAULT_ROLE", "advocate")]);
     for query in [

@@ -24,6 +24,13 @@ pub fn incoming(app: &App, req: &Incoming) -> Reply {
         Ok(params) => params,
         Err(reply) => return reply,
     };
+    if app.draining.load(std::sync::atomic::Ordering::SeqCst) {
+        // The media port takes no new stream: Twilio tries the number's fallback URL instead.
+        log::warn!(
+            "Incoming call refused: the server is draining (503; Twilio uses the fallback URL)"
+        );
+        return Reply::error(503, "the server is shutting down").with_header("Retry-After", "30");
+    }
     let config = &app.config;
     let param = |name: &str| {
         params
