@@ -113,8 +113,15 @@ impl Playback {
 /// Words that are only sounds of listening: on their own they never interrupt the assistant.
 const FILLERS: &[&str] = &[
     "um", "umm", "uh", "uhh", "hmm", "hm", "mm", "mmm", "mhm", "uh-huh", "ah", "er", "oh", "okay",
-    "ok", "yeah", "right",
+    "ok", "yeah", "right", "mm-hmm",
 ];
+
+/// Whether `text` is only sounds of listening ("mm-hmm", "okay", "yeah"): said while the
+/// assistant speaks, it is the caller following along, not taking the turn.
+pub fn is_backchannel(text: &str) -> bool {
+    let words = normalize(text);
+    !words.is_empty() && words.split(' ').all(|w| FILLERS.contains(&w))
+}
 
 /// Whether a partial transcript heard while the assistant speaks is the caller talking over
 /// it: longer than `min_chars` (the original's rule, more than 3), not only filler words, and

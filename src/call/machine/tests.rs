@@ -360,6 +360,32 @@ fn filler_and_our_own_echo_do_not_interrupt() {
     assert!(twilio(&bench.partial("explain the process")).is_empty());
     assert!(bench.machine.is_speaking());
     assert_eq!(bench.machine.turn(), 1);
+    // Committed, a backchannel is kept in the transcript but is neither a clear nor a turn.
+    let actions = bench.say("Mm-hmm.");
+    assert!(twilio(&actions).is_empty(), "{:?}", twilio(&actions));
+    assert_eq!(asked(&actions), None);
+    assert!(bench.machine.is_speaking());
+    assert_eq!(bench.machine.turn(), 1);
+    let summary = bench.machine.summary(bench.now);
+    assert!(summary
+        .transcript
+        .iter()
+        .any(|e| e.role == "user" && e.text == "Mm-hmm."));
+    // Words that are more than that still take the turn.
+    let actions = bench.say("Okay wait, stop.");
+    assert!(twilio(&actions).contains(&"clear".to_string()));
+    assert!(asked(&actions).is_some());
+}
+
+#[test]
+fn a_backchannel_is_only_sounds_of_listening() {
+    use crate::call::playback::is_backchannel;
+    for yes in ["mm-hmm", "Uh-huh.", "okay", "Yeah, right.", "hmm"] {
+        assert!(is_backchannel(yes), "{yes}");
+    }
+    for no in ["", "...", "okay wait", "yes please", "stop", "right now"] {
+        assert!(!is_backchannel(no), "{no}");
+    }
 }
 
 #[test]

@@ -46,6 +46,12 @@ impl Machine<'_> {
                 if !matches!(self.phase, Phase::Talking) {
                     return;
                 }
+                if self.playback.is_speaking() && playback::is_backchannel(&text) {
+                    // "Mm-hmm" while the assistant speaks: kept in the transcript, neither an
+                    // interruption nor a turn.
+                    log::info!(callSid = self.call_sid(); "call.backchannel");
+                    return;
+                }
                 if self.playback.is_speaking() || self.live.is_some() {
                     // The caller spoke again before the answer finished: answer both together.
                     if self.playback.is_speaking() {
