@@ -707,13 +707,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
             crate::logging::init(&config.log);
             // The process's descriptor and task limits too, as `check-config` prints them: an
             // operator reading the journal at start-up learns the cap cannot be held.
-            let limits = crate::config::limits::ProcessLimits::read();
-            let limits = crate::config::limits::warnings_with(
-                config.calls.max_concurrent,
-                config.http.max_connections,
-                &limits,
-            );
-            for warning in config.warnings.iter().chain(&limits) {
+            for warning in config.warnings.iter().chain(&limit_warnings(&config)) {
                 log::warn!("{warning}");
             }
             match crate::serve::run(config) {
@@ -825,19 +819,23 @@ fn print_config_errors(errors: &[ConfigError]) {
     }
 }
 
+/// What this process's descriptor and task limits cannot hold of the configured calls and
+/// webhook connections (`check-config` prints it; `serve` logs it at start-up).
+fn limit_warnings(config: &Config) -> Vec<String> {
+    crate::config::limits::warnings_with(
+        config.calls.max_concurrent,
+        config.http.max_connections,
+        &crate::config::limits::ProcessLimits::read(),
+    )
+}
+
 fn print_config(config: &Config) {
     let mut stdout = std::io::stdout().lock();
     let _ = writeln!(stdout, "# effective configuration (secrets redacted)");
     for (key, value) in config.effective() {
         let _ = writeln!(stdout, "{key}={value}");
     }
-    let limits = crate::config::limits::ProcessLimits::read();
-    let limits = crate::config::limits::warnings_with(
-        config.calls.max_concurrent,
-        config.http.max_connections,
-        &limits,
-    );
-    for warning in config.warnings.iter().chain(&limits) {
+    for warning in config.warnings.iter().chain(&limit_warnings(config)) {
         let _ = writeln!(stdout, "# warning: {warning}");
     }
     let _ = writeln!(stdout, "# configuration OK");

@@ -354,6 +354,7 @@ pub fn reason(status: u16) -> &'static str {
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        406 => "Not Acceptable",
         408 => "Request Timeout",
         409 => "Conflict",
         411 => "Length Required",
@@ -366,6 +367,8 @@ pub fn reason(status: u16) -> &'static str {
         502 => "Bad Gateway",
         503 => "Service Unavailable",
         505 => "HTTP Version Not Supported",
+        // Anthropic's "overloaded" (the simulators answer it too).
+        529 => "Overloaded",
         _ => "Unknown",
     }
 }

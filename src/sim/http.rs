@@ -46,7 +46,10 @@ pub struct Responder {
 impl Responder {
     /// A complete response with a body.
     pub fn send(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]) -> io::Result<()> {
-        let mut head = format!("HTTP/1.1 {status} {}\r\n", reason(status));
+        let mut head = format!(
+            "HTTP/1.1 {status} {}\r\n",
+            crate::http::wire::reason(status)
+        );
         for (k, v) in headers {
             head.push_str(&format!("{k}: {v}\r\n"));
         }
@@ -63,7 +66,10 @@ impl Responder {
 
     /// Starts a chunked response; follow with [`Responder::chunk`] and [`Responder::finish`].
     pub fn start_stream(&mut self, status: u16, headers: &[(&str, &str)]) -> io::Result<()> {
-        let mut head = format!("HTTP/1.1 {status} {}\r\n", reason(status));
+        let mut head = format!(
+            "HTTP/1.1 {status} {}\r\n",
+            crate::http::wire::reason(status)
+        );
         for (k, v) in headers {
             head.push_str(&format!("{k}: {v}\r\n"));
         }
@@ -90,24 +96,6 @@ impl Responder {
         self.started = false;
         self.stream.write_all(b"0\r\n\r\n")?;
         self.stream.flush()
-    }
-}
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        201 => "Created",
-        202 => "Accepted",
-        204 => "No Content",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        406 => "Not Acceptable",
-        429 => "Too Many Requests",
-        500 => "Internal Server Error",
-        529 => "Overloaded",
-        _ => "Status",
     }
 }
 
