@@ -1336,6 +1336,7 @@ fn the_twilio_simulator_carries_out_a_created_call_against_the_server() {
                 .to_vec(),
             timeout_secs: None,
             time_limit_secs: None,
+            amd_callback: None,
         })
         .expect("the simulator creates the call");
     let deadline = Instant::now() + WAIT;

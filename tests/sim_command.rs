@@ -136,6 +136,7 @@ fn the_sim_command_serves_every_provider() {
             status_callback_events: vec![],
             timeout_secs: None,
             time_limit_secs: None,
+            amd_callback: None,
         })
         .unwrap();
     assert!(call.sid.starts_with("CA"));

@@ -23,6 +23,7 @@ fn call() -> CreateCall {
             .to_vec(),
         timeout_secs: Some(30),
         time_limit_secs: Some(7200),
+        amd_callback: None,
     }
 }
 

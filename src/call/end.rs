@@ -54,6 +54,11 @@ pub enum End {
     /// The system refused to start one of the call's threads (this one): the call is refused
     /// with close code 1013, "try again later".
     NoThread(String),
+    /// An answering machine took the outbound call: the voicemail message was left (or its
+    /// time ran out) and we hung up.
+    Voicemail,
+    /// A fax machine took the outbound call: we hung up at once.
+    Fax,
 }
 
 impl End {
@@ -64,7 +69,9 @@ impl End {
             | End::TwilioClosed
             | End::ClosedByTwilio(_)
             | End::CallerSilent
-            | End::MaxDuration => CallStatus::Completed,
+            | End::MaxDuration
+            | End::Voicemail
+            | End::Fax => CallStatus::Completed,
             End::Idle => CallStatus::ForceReaped,
             End::TwilioSilent
             | End::TwilioLost(_)
@@ -119,6 +126,8 @@ impl fmt::Display for End {
             End::ChannelClosed => f.write_str("call channel closed"),
             End::Internal => f.write_str("internal error"),
             End::NoThread(name) => write!(f, "the server could not start thread {name}"),
+            End::Voicemail => f.write_str("answering machine: voicemail left"),
+            End::Fax => f.write_str("answered by a fax machine"),
         }
     }
 }
@@ -139,6 +148,8 @@ mod tests {
         assert_eq!(End::TwilioWriteFailed.status(), CallStatus::Failed);
         assert_eq!(End::SpeechToTextLost.status(), CallStatus::Failed);
         assert_eq!(End::Internal.status(), CallStatus::Failed);
+        assert_eq!(End::Voicemail.status(), CallStatus::Completed);
+        assert_eq!(End::Fax.status(), CallStatus::Completed);
     }
 
     #[test]
@@ -152,6 +163,8 @@ mod tests {
         assert!(End::MaxDuration.may_close_socket());
         assert!(End::ServerShutdown.may_close_socket());
         assert!(End::Idle.may_close_socket());
+        assert!(End::Voicemail.may_close_socket());
+        assert!(End::Fax.may_close_socket());
     }
 
     #[test]

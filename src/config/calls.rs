@@ -45,6 +45,12 @@ const MAX_CONCURRENT_SESSIONS: Whole = Whole {
     ..MAX_CONCURRENT_CALLS
 };
 const DEFAULT_ROLE: &str = "DEFAULT_ROLE";
+const VOICEMAIL_MESSAGE: &str = "VOICEMAIL_MESSAGE";
+/// Says who called and asks for a call back, and nothing private: whoever plays the machine
+/// back may not be the person we called.
+pub const DEFAULT_VOICEMAIL_MESSAGE: &str = "Hello, this is an automated call from CoTrackPro. \
+Sorry we missed you. Please call us back at this number when it suits you. Thank you, goodbye.";
+const MAX_VOICEMAIL_CHARS: usize = 500;
 const VOICE_MAP: &str = "VOICE_MAP";
 const INBOUND_PHONE_VOICE_MAP: &str = "INBOUND_PHONE_VOICE_MAP";
 
@@ -199,6 +205,9 @@ pub struct CallTuning {
     /// A call with no sign of the caller (speech, keys) this long is ended as `force-reaped`
     /// (the original's 15-minute reap; the reprompts normally end such a call long before).
     pub idle_reap: Duration,
+    /// What an outbound call says to an answering machine after its beep, then hangs up
+    /// (`VOICEMAIL_MESSAGE`). Anyone may play a voicemail back: it names no one and no case.
+    pub voicemail_message: String,
 }
 
 impl CallsConfig {
@@ -277,6 +286,7 @@ impl CallTuning {
             audio_dir: PathBuf::from(r.string(AUDIO_DIR, &default_audio_dir)),
             shutdown_drain: r.secs(&SHUTDOWN_DRAIN_SECS),
             idle_reap: r.secs(&IDLE_REAP_SECS),
+            voicemail_message: read_voicemail_message(r),
         }
     }
 
@@ -297,7 +307,24 @@ impl CallTuning {
         out.value(AUDIO_DIR, self.audio_dir.display());
         out.secs(SHUTDOWN_DRAIN_SECS.name, self.shutdown_drain);
         out.secs(IDLE_REAP_SECS.name, self.idle_reap);
+        out.value(VOICEMAIL_MESSAGE, &self.voicemail_message);
     }
+}
+
+/// `VOICEMAIL_MESSAGE`: some words, short enough to be left whole before a machine stops
+/// recording (many stop after 30 to 60 seconds; 500 characters take about 30).
+fn read_voicemail_message(r: &mut Reader<'_>) -> String {
+    r.parse(VOICEMAIL_MESSAGE, DEFAULT_VOICEMAIL_MESSAGE.to_string(), |v| {
+        if v.chars().count() > MAX_VOICEMAIL_CHARS {
+            Err(format!(
+                "must be at most {MAX_VOICEMAIL_CHARS} characters (about 30 seconds spoken)"
+            ))
+        } else if v.chars().any(char::is_control) {
+            Err("must be one line of text".to_string())
+        } else {
+            Ok(v.to_string())
+        }
+    })
 }
 
 /// `STT_CHUNK_MS`: in range, and whole 20 ms frames (Twilio's unit).

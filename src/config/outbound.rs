@@ -28,6 +28,9 @@ const IDEMPOTENCY_WAIT_MS: Whole = Whole {
     min: 100,
     max: 60_000,
 };
+/// Whether calls placed ask Twilio for answering-machine detection when the request does not
+/// say (`machineDetection` in the body).
+const MACHINE_DETECTION: &str = "OUTBOUND_MACHINE_DETECTION";
 /// A shorter key can be guessed by trying.
 const MIN_API_KEY_CHARS: usize = 16;
 
@@ -52,6 +55,9 @@ pub struct OutboundConfig {
     /// How long a request waits for an identical one in progress (same `Idempotency-Key`)
     /// before answering 409.
     pub idempotency_wait: Duration,
+    /// Ask for answering-machine detection on calls whose request does not say
+    /// (`OUTBOUND_MACHINE_DETECTION=on|off`, default off).
+    pub machine_detection: bool,
 }
 
 impl OutboundConfig {
@@ -70,6 +76,13 @@ impl OutboundConfig {
                 parse_country_list,
             ),
             idempotency_wait: r.millis(&IDEMPOTENCY_WAIT_MS),
+            machine_detection: r.parse(MACHINE_DETECTION, false, |v| {
+                match v.to_ascii_lowercase().as_str() {
+                    "on" => Ok(true),
+                    "off" => Ok(false),
+                    _ => Err(format!("must be on or off, got {v:?}")),
+                }
+            }),
         };
         for (name, key) in [
             (API_KEY, &outbound.api_key),
@@ -114,6 +127,10 @@ impl OutboundConfig {
         };
         out.value(ALLOWED_COUNTRY_CODES, countries);
         out.millis(IDEMPOTENCY_WAIT_MS.name, self.idempotency_wait);
+        out.value(
+            MACHINE_DETECTION,
+            if self.machine_detection { "on" } else { "off" },
+        );
     }
 }
 

@@ -101,6 +101,7 @@ fn reply_for(answer: &Answer) -> Reply {
                 "to": placed.to,
                 "role": placed.role.as_str(),
                 "status": placed.status,
+                "machineDetection": placed.machine_detection,
             }),
         ),
     }
@@ -121,6 +122,9 @@ fn bad_request(bad: &BadRequest) -> Reply {
             &format!("role must be one of {}", Role::allowed_list()),
         ),
         BadRequest::RoleNotAString => Reply::error(400, "'role' must be a string"),
+        BadRequest::MachineDetectionNotABool => {
+            Reply::error(400, "'machineDetection' must be true or false")
+        }
     }
 }
 

@@ -96,6 +96,8 @@ pub enum BadRequest {
     InvalidNumber(String),
     UnknownRole,
     RoleNotAString,
+    /// `machineDetection` is there but not `true` or `false`.
+    MachineDetectionNotABool,
 }
 
 /// A call Twilio created.
@@ -107,6 +109,8 @@ pub struct Placed {
     pub role: Role,
     /// Twilio's status of the new call (`queued`, …).
     pub status: String,
+    /// Whether Twilio was asked for answering-machine detection.
+    pub machine_detection: bool,
 }
 
 /// An answer, and what waits for it: the idempotency ticket to settle with the reply sent
@@ -311,6 +315,12 @@ impl<'a> Outbound<'a> {
             },
             _ => return bad(BadRequest::RoleNotAString),
         };
+        // Per request, else the server's default (`OUTBOUND_MACHINE_DETECTION`).
+        let machine_detection = match &body["machineDetection"] {
+            Value::Null => config.outbound.machine_detection,
+            Value::Bool(on) => *on,
+            _ => return bad(BadRequest::MachineDetectionNotABool),
+        };
 
         // Twilio may post the call's first status callback before `create_call` returns:
         // the nonce in its URL lets that callback write the record (see `placements`).
@@ -338,6 +348,9 @@ impl<'a> Outbound<'a> {
                 .to_vec(),
             timeout_secs: Some(RING_SECS),
             time_limit_secs: u32::try_from(config.calls.tuning.max_duration.as_secs()).ok(),
+            // Twilio signs its post to this URL like every webhook; the call's record exists
+            // by then (the result comes after the call is answered).
+            amd_callback: machine_detection.then(|| format!("https://{api}/call/amd")),
         };
         let client = TwilioRest::new(
             &config.twilio.api_base.to_string(),
@@ -380,7 +393,8 @@ impl<'a> Outbound<'a> {
             callSid = created.sid.as_str(),
             to = phone::mask(&to).as_str(),
             country = country,
-            role = role.as_str();
+            role = role.as_str(),
+            machineDetection = machine_detection;
             "call.outbound.placed"
         );
         Ok(Placed {
@@ -388,6 +402,7 @@ impl<'a> Outbound<'a> {
             to,
             role,
             status: created.status,
+            machine_detection,
         })
     }
 }

@@ -1,9 +1,10 @@
 //! Twilio's wire formats, pure where they can be: request signatures (`signature.rs`), the
 //! TwiML we answer with (`twiml.rs`), the Media Streams messages (`media_messages.rs`), the
 //! call statuses Twilio reports (`call_status.rs`), the REST client (`rest.rs`) and the
-//! per-call stream token (`stream_token.rs`). Depends on leaves only (`config`'s values,
+//! per-call stream token (`stream_token.rs`) and answering-machine detection (`amd.rs`). Depends on leaves only (`config`'s values,
 //! `ids`), never on `http` or `app`.
 
+pub mod amd;
 pub mod call_status;
 pub mod media_messages;
 pub mod rest;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use serde_json::Value;
 
+use super::amd;
 use crate::config::Secret;
 
 /// Largest response body read.
@@ -85,6 +86,9 @@ pub struct CreateCall {
     pub timeout_secs: Option<u32>,
     /// Longest the call may last, in seconds.
     pub time_limit_secs: Option<u32>,
+    /// Answering-machine detection in the background (`DetectMessageEnd`, `AsyncAmd`), its
+    /// result posted to this URL (see [`super::amd`]); `None`: no detection.
+    pub amd_callback: Option<String>,
 }
 
 /// What Twilio says about a call it created.
@@ -146,6 +150,12 @@ impl TwilioRest {
         }
         if let Some(secs) = call.time_limit_secs {
             form.push(("TimeLimit", secs.to_string()));
+        }
+        if let Some(callback) = &call.amd_callback {
+            form.push((amd::MACHINE_DETECTION, amd::DETECT_MESSAGE_END.to_string()));
+            form.push(("AsyncAmd", "true".to_string()));
+            form.push(("AsyncAmdStatusCallback", callback.clone()));
+            form.push(("AsyncAmdStatusCallbackMethod", "POST".to_string()));
         }
         let url = format!(
             "{}/2010-04-01/Accounts/{}/Calls.json",

@@ -23,6 +23,8 @@
 //! - A mark not echoed by [`CallTuning::mark_timeout`] after its audio should have finished
 //!   playing is taken as played (the piece leaves the playback, not the transcript): a client
 //!   that never echoes marks gets its reprompts and goodbye, and is logged once as broken.
+//! - Answering-machine detection on a call we placed (`amd.rs`): a machine gets the voicemail
+//!   message and the call ends; a fax ends it at once; a person carries on.
 //! - What the caller sends is bounded: a key press is one of `0-9*#ABCD`, at most
 //!   [`MAX_DTMF_PER_CALL`] are kept, and the transcript keeps at most
 //!   [`MAX_TRANSCRIPT_BYTES`] of text (each entry at most [`MAX_ENTRY_BYTES`]), its truncation
@@ -46,6 +48,7 @@ use crate::providers::anthropic::Turn;
 use crate::records::event::{Direction, ToolCallRecord, TranscriptEntry, TurnLatencyRecord};
 use crate::speech::sentences::Sentences;
 use crate::timestamp;
+use crate::twilio::amd::AnsweredBy;
 use crate::twilio::media_messages::{Inbound, StreamStart};
 
 /// How long Twilio may take to send `start` after the stream opens (it sends it at once).
@@ -117,6 +120,8 @@ pub enum Input {
         turn: u64,
         why: AskError,
     },
+    /// Twilio's answering-machine detection said who took the call (see `amd.rs`).
+    AnsweredBy(AnsweredBy),
 }
 
 /// Why the model could not be asked for a reply.
@@ -282,6 +287,8 @@ pub struct Machine<'a> {
     write_failed_at: Option<Instant>,
 
     actions: Vec<Action>,
+    /// Answering-machine detection's result that came before the stream's `start`.
+    early_answer: Option<AnsweredBy>,
 }
 
 #[derive(Default)]
@@ -329,6 +336,7 @@ impl<'a> Machine<'a> {
             last_voice: None,
             write_failed_at: None,
             actions: Vec::new(),
+            early_answer: None,
         }
     }
 
@@ -362,6 +370,7 @@ impl<'a> Machine<'a> {
                 self.maybe_finish_turn(now);
             }
             Input::AskFailed { turn, why } => self.on_ask_failed(turn, &why),
+            Input::AnsweredBy(answered_by) => self.on_answered_by(now, answered_by),
         }
         self.check_time(now);
         std::mem::take(&mut self.actions)
@@ -463,7 +472,7 @@ impl<'a> Machine<'a> {
     fn on_twilio(&mut self, now: Instant, inbound: Inbound) {
         match inbound {
             Inbound::Connected => log::debug!("twilio.connected"),
-            Inbound::Start(start) => self.on_start(start),
+            Inbound::Start(start) => self.on_start(now, start),
             Inbound::Mark { name } => self.on_mark(now, &name),
             Inbound::Dtmf { digit } => self.on_dtmf(now, &digit),
             Inbound::Stop => self.finish(End::CallerHungUp),
@@ -520,7 +529,7 @@ impl<'a> Machine<'a> {
         self.start_turn(now, &text);
     }
 
-    fn on_start(&mut self, start: StreamStart) {
+    fn on_start(&mut self, now: Instant, start: StreamStart) {
         if !matches!(self.phase, Phase::Connecting) {
             log::warn!(callSid = self.call_sid(); "twilio.start repeated; ignored");
             return;
@@ -557,6 +566,9 @@ impl<'a> Machine<'a> {
         self.stream = Some(stream.clone());
         self.phase = Phase::Talking;
         self.actions.push(Action::Started(stream.clone()));
+        if self.answered_before_start(now) {
+            return;
+        }
 
         let greeting = prompts::greeting(role);
         self.history.push(Turn::user(CALL_CONNECTED));
@@ -749,8 +761,11 @@ fn ms_between(from: Instant, to: Instant) -> u64 {
     to.saturating_duration_since(from).as_millis() as u64
 }
 
+mod amd;
 mod speech;
 mod turns;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_amd;
