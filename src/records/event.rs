@@ -6,6 +6,7 @@
 
 use crate::personas::Role;
 use crate::timestamp;
+use crate::twilio::amd::AnsweredBy;
 use crate::twilio::call_status::{twilio_progress, TWILIO_STATUSES};
 use serde::{Deserialize, Serialize};
 
@@ -201,6 +202,10 @@ pub struct Event {
     /// Each turn's latency, on a `completed` event (older lines have none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub turn_latencies: Option<Vec<TurnLatencyRecord>>,
+    /// Who answered an outbound call, as Twilio's answering-machine detection said
+    /// (`human`, `machine_end_beep`, `fax`, …: [`AnsweredBy`]); on a `status` event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answered_by: Option<String>,
 }
 
 impl Event {
@@ -257,6 +262,7 @@ impl Event {
             barge_ins: None,
             end_reason: None,
             turn_latencies: None,
+            answered_by: None,
         }
     }
 }
@@ -298,6 +304,10 @@ pub struct CallRecord {
     /// The highest Twilio `SequenceNumber` applied (retried callbacks are not applied twice).
     #[serde(skip)]
     pub last_sequence: Option<u64>,
+    /// Who answered an outbound call with answering-machine detection (Twilio's
+    /// `AnsweredBy`); the first result is kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answered_by: Option<String>,
 }
 
 impl CallRecord {
@@ -324,6 +334,7 @@ impl CallRecord {
             turn_latencies: Vec::new(),
             deleted: false,
             last_sequence: None,
+            answered_by: None,
         }
     }
 
@@ -361,6 +372,7 @@ impl CallRecord {
             barge_ins: Some(self.barge_ins),
             end_reason: self.end_reason,
             turn_latencies: (!self.turn_latencies.is_empty()).then_some(self.turn_latencies),
+            answered_by: self.answered_by,
         }
     }
 }
@@ -541,8 +553,8 @@ pub trait CallState {
 /// Applies one event to a call's state. The rules: a deleted call stays deleted; identity
 /// (role, direction, caller, start) comes from the first `created` event — a later one is a
 /// retried webhook — and events arriving before it stand in with what they carry; a final
-/// status is never changed; the Twilio status never moves backwards; the record expires with
-/// its latest event.
+/// status is never changed; the Twilio status never moves backwards; the first answering-machine
+/// result is kept (one that is not Twilio's is not); the record expires with its latest event.
 pub fn fold(state: &mut impl CallState, event: &Event) {
     if state.is_deleted() {
         return;
@@ -661,6 +673,10 @@ impl CallState for CallRecord {
         }
         if let Some(latencies) = &event.turn_latencies {
             self.turn_latencies.clone_from(latencies);
+        }
+        if let Some(answered_by) = event.answered_by.as_deref().and_then(AnsweredBy::parse) {
+            self.answered_by
+                .get_or_insert_with(|| answered_by.as_str().to_string());
         }
     }
 }

@@ -16,6 +16,7 @@ use super::event::{
 };
 use crate::personas::Role;
 use crate::timestamp;
+use crate::twilio::amd::AnsweredBy;
 use crate::twilio::call_status::{twilio_progress, TWILIO_STATUSES};
 
 /// A call SID in 16 bytes (`CA` + 32 hex digits, the hex decoded).
@@ -155,6 +156,8 @@ pub struct Summary {
     first_frame_ms: Box<[u32]>,
     /// Byte offsets of this call's lines in the records file, in file order.
     pub offsets: Box<[u64]>,
+    /// 1-based index into [`AnsweredBy::ALL`]; 0 = no answering-machine result.
+    answered_by: u8,
 }
 
 impl Default for Summary {
@@ -180,6 +183,7 @@ impl Default for Summary {
             cost: CompactCost::default(),
             first_frame_ms: Box::new([]),
             offsets: Box::new([]),
+            answered_by: 0,
         }
     }
 }
@@ -287,6 +291,16 @@ impl CallState for Summary {
                 .filter_map(|l| l.first_frame_ms.map(clamp_u32))
                 .collect();
         }
+        if self.answered_by == 0 {
+            if let Some(at) = event
+                .answered_by
+                .as_deref()
+                .and_then(AnsweredBy::parse)
+                .and_then(|a| AnsweredBy::ALL.iter().position(|b| *b == a))
+            {
+                self.answered_by = at as u8 + 1;
+            }
+        }
     }
 }
 
@@ -339,6 +353,11 @@ impl Summary {
             turn_latencies: Vec::new(),
             deleted: self.deleted,
             last_sequence: (self.last_sequence != NONE_U32).then_some(self.last_sequence.into()),
+            answered_by: self
+                .answered_by
+                .checked_sub(1)
+                .and_then(|i| AnsweredBy::ALL.get(i as usize))
+                .map(|a| a.as_str().to_string()),
         }
     }
 

@@ -556,3 +556,45 @@ fn a_line_over_the_limit_keeps_the_start_of_its_transcript_and_says_so() {
     assert!(text.lines().all(|l| l.len() <= MAX_LINE_BYTES));
     assert!(store.get(&key(6)).unwrap().is_some());
 }
+
+fn answered_by_event(n: u32, answered_by: &str) -> Event {
+    Event {
+        answered_by: Some(answered_by.into()),
+        ..Event::new(EventKind::Status, &sid(n), "t", far_ttl())
+    }
+}
+
+#[test]
+fn who_answered_is_kept_once_in_the_record_and_its_summary_and_survives_compaction() {
+    let dir = TempDir::new("answered-by");
+    let (store, _) = RecordStore::open(&dir.0).unwrap();
+    // No record: refused like any callback.
+    assert!(!store
+        .append_if_changed(&answered_by_event(1, "human"))
+        .unwrap());
+    store.append(&created(4, "attorney", 1_000)).unwrap();
+    // Not one of Twilio's values: nothing changes, nothing is written.
+    assert!(!store
+        .append_if_changed(&answered_by_event(4, "robot"))
+        .unwrap());
+    assert!(store
+        .append_if_changed(&answered_by_event(4, "machine_end_beep"))
+        .unwrap());
+    // A repeat, or a later different result, changes nothing: the first is kept.
+    assert!(!store
+        .append_if_changed(&answered_by_event(4, "machine_end_beep"))
+        .unwrap());
+    assert!(!store
+        .append_if_changed(&answered_by_event(4, "human"))
+        .unwrap());
+    let record = store.get(&key(4)).unwrap().unwrap();
+    assert_eq!(record.answered_by.as_deref(), Some("machine_end_beep"));
+    let listed = store.summary(&key(4)).unwrap().to_list_json(&key(4));
+    assert_eq!(listed["answeredBy"], "machine_end_beep");
+    store.compact().unwrap();
+    let (reopened, _) = RecordStore::open(&dir.0).unwrap();
+    let record = reopened.get(&key(4)).unwrap().unwrap();
+    assert_eq!(record.answered_by.as_deref(), Some("machine_end_beep"));
+    let lines = std::fs::read_to_string(reopened.path()).unwrap();
+    assert_eq!(lines.lines().count(), 1, "{lines}");
+}
