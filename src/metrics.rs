@@ -726,7 +726,7 @@ pub struct HttpCounters {
 }
 
 /// The routes' fixed names (`http`'s routes), then `unknown` for paths no route serves.
-pub const HTTP_ROUTES: [&str; 9] = [
+pub const HTTP_ROUTES: [&str; 10] = [
     "health",
     "call_incoming",
     "call_status",
@@ -735,6 +735,7 @@ pub const HTTP_ROUTES: [&str; 9] = [
     "cron_cost_rollup",
     "dashboard",
     "metrics",
+    "call_amd",
     "unknown",
 ];
 

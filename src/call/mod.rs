@@ -59,7 +59,7 @@ use self::end::End;
 use self::machine::{Action, AskError, Machine, Rules, Stream, Summary};
 use self::socket::{TwilioSocket, CALL_STACK};
 use self::workers::{CallLlm, LlmJob, Speech, SttLost, SttOut, TtsHandle, TtsJob};
-use crate::calls::CallSlot;
+use crate::calls::{CallSlot, Listening, Notice};
 use crate::config::Config;
 use crate::cost;
 use crate::metrics::Metrics;
@@ -154,6 +154,8 @@ struct Call<'a> {
     admitted_sid: Option<String>,
     /// The call's place under the cap; its threads are started through it and hold it.
     slot: &'a CallSlot,
+    /// Notices for this call by its CallSid (who answered it) come while this is held.
+    listening: Option<Listening>,
 }
 
 /// Runs one call on the current (`call-N`) thread until it ends, then cleans up after it.
@@ -240,6 +242,7 @@ pub fn run(ctx: &Context<'_>, socket: TwilioSocket, slot: CallSlot, n: u64, star
         feedback: Vec::new(),
         admitted_sid: None,
         slot: &slot,
+        listening: None,
     };
     // A bug must not leave a call half-alive (threads streaming, record active): a panic in
     // the call thread ends the call like any failure.
@@ -483,6 +486,15 @@ impl Call<'_> {
             }
         }
         self.admitted_sid = Some(start.call_sid.clone());
+        // Notices by CallSid (a webhook's) become inputs; a full channel refuses, never
+        // blocks the webhook (the call thread drains its inputs at once, so it is rare).
+        let events = self.events_tx.clone();
+        self.listening = Some(self.slot.listen(&start.call_sid, move |notice| {
+            let event = match notice {
+                Notice::AnsweredBy(answered_by) => Event::AnsweredBy(answered_by),
+            };
+            events.try_send(event).is_ok()
+        }));
         input
     }
 

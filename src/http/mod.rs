@@ -270,6 +270,7 @@ enum Route<'a> {
     Dashboard,
     Metrics,
     CallOutbound,
+    CallAmd,
 }
 
 impl<'a> Route<'a> {
@@ -281,6 +282,7 @@ impl<'a> Route<'a> {
             ["call", "incoming"] => Route::CallIncoming,
             ["call", "status"] => Route::CallStatus,
             ["call", "outbound"] => Route::CallOutbound,
+            ["call", "amd"] => Route::CallAmd,
             ["api", "cron", "cost-rollup"] => Route::CronCostRollup,
             ["dashboard"] => Route::Dashboard,
             ["metrics"] => Route::Metrics,
@@ -304,13 +306,16 @@ impl<'a> Route<'a> {
             Route::Dashboard => "dashboard",
             Route::Metrics => "metrics",
             Route::CallOutbound => "call_outbound",
+            Route::CallAmd => "call_amd",
         }
     }
 
     fn methods(self) -> &'static [&'static str] {
         match self {
             Route::Health | Route::CronCostRollup | Route::Dashboard | Route::Metrics => &["GET"],
-            Route::CallIncoming | Route::CallStatus | Route::CallOutbound => &["POST"],
+            Route::CallIncoming | Route::CallStatus | Route::CallOutbound | Route::CallAmd => {
+                &["POST"]
+            }
             Route::Records(records::RecordsRoute::One(_)) => &["GET", "DELETE"],
             Route::Records(_) => &["GET"],
         }
@@ -336,6 +341,7 @@ pub fn route(app: &App, req: &Incoming) -> Reply {
         Route::Dashboard => dashboard::dashboard(),
         Route::Metrics => health::metrics(app, req),
         Route::CallOutbound => outbound::outbound(app, req),
+        Route::CallAmd => twilio::amd(app, req),
     }
 }
 
@@ -364,6 +370,7 @@ mod tests {
             "/api/cron/cost-rollup",
             "/dashboard",
             "/metrics",
+            "/call/amd",
         ];
         let names: Vec<&str> = paths
             .iter()

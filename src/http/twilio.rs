@@ -1,5 +1,6 @@
 //! Twilio's webhooks: `POST /call/incoming` (answer a call with TwiML that opens the media
-//! stream) and `POST /call/status` (call progress callbacks), both behind the signature gate.
+//! stream), `POST /call/status` (call progress callbacks) and `POST /call/amd` (who answered a
+//! call we placed), all behind the signature gate.
 
 use super::wire::{log_value, LOG_VALUE_CHARS};
 use super::{Incoming, Reply};
@@ -12,6 +13,8 @@ use crate::records::event::{
     caller_number_from, known_twilio_status, CallStatus, Direction, Event, EventKind,
 };
 use crate::records::ttl_from;
+use crate::calls::{Delivery, Notice};
+use crate::twilio::amd::AnsweredBy;
 use crate::twilio::call_status::TWILIO_STATUSES;
 use crate::twilio::{signature, stream_token, stream_url, twiml};
 use crate::{phone, timestamp};
@@ -168,6 +171,73 @@ pub fn status(app: &App, req: &Incoming) -> Reply {
         sequenceNumber = param("SequenceNumber").and_then(|n| n.parse::<u64>().ok()),
         recorded = recorded;
         "Call status update"
+    );
+    Reply::empty(204)
+}
+
+/// `POST /call/amd`: Twilio's answering-machine detection result for a call we placed
+/// (`AsyncAmdStatusCallback`; fields in `twilio::amd`). Checked like every webhook; the record
+/// keeps `answeredBy` and the live call is told without waiting (a call whose stream has not
+/// started yet gets it when it starts: `calls::CallRegistry::notify`). Answers 204 at once.
+pub fn amd(app: &App, req: &Incoming) -> Reply {
+    let params = match signed_params(&app.config, req) {
+        Ok(params) => params,
+        Err(reply) => return reply,
+    };
+    let param = |name: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let Some(call_sid) = param("CallSid").and_then(CallSid::parse) else {
+        return Reply::error(400, "Missing or malformed CallSid");
+    };
+    let Some(answered_by) = param("AnsweredBy").and_then(AnsweredBy::parse) else {
+        log::warn!(
+            callSid:% = call_sid,
+            answeredBy = log_value(param("AnsweredBy").unwrap_or(""), 24).as_str();
+            "Unknown AnsweredBy refused"
+        );
+        let values: Vec<&str> = AnsweredBy::ALL.iter().map(|a| a.as_str()).collect();
+        return Reply::error_with_details(
+            400,
+            "Missing or unknown AnsweredBy",
+            &format!("expected one of {}", values.join(", ")),
+        );
+    };
+    let now = timestamp::now_ms();
+    let event = Event {
+        answered_by: Some(answered_by.as_str().to_string()),
+        ..Event::new(
+            EventKind::Status,
+            call_sid.as_str(),
+            &timestamp::format_ms(now),
+            ttl_from(now, app.config.records.ttl_days),
+        )
+    };
+    // A call with no record is not one we placed: it is not told either.
+    let recorded = match app.records.append_if_changed(&event) {
+        Ok(recorded) => recorded,
+        Err(err) => {
+            log::error!(callSid:% = call_sid, error:% = err; "records.updateAnsweredBy.failed");
+            return Reply::error(500, "Could not record the result");
+        }
+    };
+    let delivery = if recorded {
+        app.calls
+            .notify(call_sid.as_str(), Notice::AnsweredBy(answered_by))
+    } else {
+        // A repeat, or a call we do not know: the call (if any) heard of it already.
+        Delivery::Refused
+    };
+    log::info!(
+        callSid:% = call_sid,
+        answeredBy = answered_by.as_str(),
+        detectionMs = param("MachineDetectionDuration").and_then(|n| n.parse::<u64>().ok()),
+        recorded = recorded,
+        delivery:? = delivery;
+        "Answering machine detection"
     );
     Reply::empty(204)
 }
