@@ -2,6 +2,7 @@
 
 mod support;
 
+mod amd;
 mod anthropic;
 mod api_keys;
 mod call;

@@ -7,6 +7,15 @@
 //! `<Connect><Stream>` it names opened against our media server by a simulated callee, who
 //! listens to the greeting and hangs up. The URLs' host is the public domain, so the requests
 //! go to the loopback addresses given instead, with the signatures over the public URLs.
+//!
+//! Answering-machine detection (`twilio::amd`): `MachineDetection` and
+//! `MachineDetectionTimeout` are checked as Twilio checks them (error 21234). A carried-out
+//! call that asked for it in the background (`AsyncAmd=true`) gets its result posted, signed,
+//! to `AsyncAmdStatusCallback` after [`TwilioSim::set_amd_delay`]; the result is the one the
+//! test chose for the dialled number ([`TwilioSim::answer_as`]), else `human`. A machine's
+//! callee then stays on the line until our server hangs up; a person's hangs up after the
+//! greeting, as without detection. Without `AsyncAmd` the result rides in the `Url` request's
+//! `AnsweredBy`, as Twilio's synchronous detection does.
 
 use std::io;
 use std::net::SocketAddr;
@@ -69,6 +78,11 @@ pub struct AnsweredCall {
     pub callbacks: Vec<(String, u16)>,
     /// What went wrong, if the call could not be carried out.
     pub error: Option<String>,
+    /// The answering-machine result posted: (AnsweredBy, HTTP status our server answered; 0
+    /// if none).
+    pub amd_callback: Option<(String, u16)>,
+    /// Whether our server closed the stream (a machine's callee waits for it).
+    pub server_hung_up: bool,
 }
 
 #[derive(Default)]
@@ -86,6 +100,10 @@ struct State {
     callback_first: Option<String>,
     /// The callbacks posted that way: (call sid, HTTP status our server answered; 0 if none).
     early_callbacks: Vec<(String, u16)>,
+    /// Who answers each dialled number, for calls with answering-machine detection.
+    answers: Vec<(String, String)>,
+    /// How long detection takes before its result is posted.
+    amd_delay: Duration,
 }
 
 pub struct TwilioSim {
@@ -157,6 +175,22 @@ impl TwilioSim {
         lock(&self.state).early_callbacks.clone()
     }
 
+    /// Calls to `to` with answering-machine detection are answered by `answered_by` (one of
+    /// Twilio's `AnsweredBy` values, e.g. `machine_end_beep`); other numbers by `human`.
+    pub fn answer_as(&self, to: &str, answered_by: &str) {
+        let mut state = lock(&self.state);
+        state.answers.retain(|(number, _)| number != to);
+        state
+            .answers
+            .push((to.to_string(), answered_by.to_string()));
+    }
+
+    /// How long after the stream opens the detection result is posted (Twilio's takes
+    /// seconds: a machine's greeting and its beep).
+    pub fn set_amd_delay(&self, delay: Duration) {
+        lock(&self.state).amd_delay = delay;
+    }
+
     /// Makes the next create fail with `status` and Twilio error `code`.
     pub fn fail_next(&self, status: u16, code: u64, message: &str) {
         lock(&self.state).fail_next = Some((status, code, message.to_string()));
@@ -223,6 +257,9 @@ fn handle(
         if field("Url").is_none() && field("Twiml").is_none() {
             return twilio_error(res, 400, 21205, "Url or Twiml parameter is required");
         }
+        if let Some(refusal) = amd_refusal(&field) {
+            return twilio_error(res, 400, 21234, &refusal);
+        }
         let bytes = crate::ids::random_bytes::<16>();
         let sid = format!(
             "CA{}",
@@ -245,6 +282,17 @@ fn handle(
         }
         if let Some(callee) = callee {
             let shared = Arc::clone(state);
+            let to = field("To").unwrap_or_default();
+            let amd = {
+                let state = lock(state);
+                let answer = state
+                    .answers
+                    .iter()
+                    .find(|(number, _)| *number == to)
+                    .map_or("human".to_string(), |(_, a)| a.clone());
+                (answer, state.amd_delay)
+            };
+
             let (sid, account, token) =
                 (sid.clone(), account_sid.to_string(), auth_token.to_string());
             let form = form.clone();
@@ -252,7 +300,7 @@ fn handle(
                 .name("sim-twilio-callee".into())
                 .stack_size(256 * 1024)
                 .spawn(move || {
-                    let answered = carry_out(&callee, &sid, &account, &token, &form);
+                    let answered = carry_out(&callee, &sid, &account, &token, &form, &amd);
                     lock(&shared).answered.push(answered);
                 });
             if let Err(err) = spawned {
@@ -294,6 +342,27 @@ fn handle(
         &[("Content-Type", "application/json")],
         body.to_string().as_bytes(),
     )
+}
+
+/// Why Twilio refuses the request's answering-machine parameters (error 21234), if it does:
+/// `MachineDetection` other than `Enable` or `DetectMessageEnd`, or `MachineDetectionTimeout`
+/// outside 3–59 seconds (Twilio's error page for 21234).
+fn amd_refusal(field: &dyn Fn(&str) -> Option<String>) -> Option<String> {
+    if let Some(value) = field("MachineDetection") {
+        if !crate::twilio::amd::MACHINE_DETECTION_VALUES.contains(&value.as_str()) {
+            return Some(format!(
+                "Invalid Machine Detection configuration value: MachineDetection {value:?}"
+            ));
+        }
+    }
+    if let Some(value) = field("MachineDetectionTimeout") {
+        if !value.parse::<u32>().is_ok_and(|secs| (3..=59).contains(&secs)) {
+            return Some(format!(
+                "Invalid Machine Detection configuration value: MachineDetectionTimeout {value:?}"
+            ));
+        }
+    }
+    None
 }
 
 /// `url` (a public URL of our server) as the same path and query on `base`.
@@ -395,13 +464,15 @@ fn post_signed(
     Ok((status, text))
 }
 
-/// Carries out one created call against our server (see the module docs).
+/// Carries out one created call against our server (see the module docs); `amd` is who
+/// answers if detection is asked, and how long it takes to say so.
 fn carry_out(
     callee: &Callee,
     sid: &str,
     account: &str,
     token: &str,
     form: &[(String, String)],
+    amd: &(String, Duration),
 ) -> AnsweredCall {
     let field = |name: &str| {
         form.iter()
@@ -415,8 +486,14 @@ fn carry_out(
         heard_greeting: false,
         callbacks: Vec::new(),
         error: None,
+        amd_callback: None,
+        server_hung_up: false,
     };
     let agent = sim_agent();
+    // Detection asked, and who answers (the simulator's choice for the number).
+    let detection = field("MachineDetection");
+    let asynchronous = field("AsyncAmd") == "true";
+    let (answered_by, amd_delay) = (amd.0.clone(), amd.1);
     let events: Vec<String> = form
         .iter()
         .filter(|(k, _)| k == "StatusCallbackEvent")
@@ -443,7 +520,7 @@ fn carry_out(
     };
     callback("initiated", "initiated", &mut answered);
     callback("ringing", "ringing", &mut answered);
-    let params = vec![
+    let mut params = vec![
         ("CallSid".to_string(), sid.to_string()),
         ("AccountSid".to_string(), account.to_string()),
         ("From".to_string(), field("From")),
@@ -451,6 +528,11 @@ fn carry_out(
         ("Direction".to_string(), "outbound-api".to_string()),
         ("CallStatus".to_string(), "in-progress".to_string()),
     ];
+    if !detection.is_empty() && !asynchronous {
+        // Synchronous detection: the call waits for the result, which comes with the TwiML's
+        // request.
+        params.push(("AnsweredBy".to_string(), answered_by.clone()));
+    }
     let twiml = match post_signed(&agent, &field("Url"), &callee.http_base, token, &params) {
         Ok((200, twiml)) => twiml,
         Ok((status, body)) => {
@@ -478,7 +560,36 @@ fn carry_out(
     };
     match super::caller::SimCaller::connect(callee.media_addr, options) {
         Ok(phone) => {
-            answered.heard_greeting = phone.wait_for_echoes(1, Duration::from_secs(60));
+            let amd_url = field("AsyncAmdStatusCallback");
+            if !detection.is_empty() && asynchronous && !amd_url.is_empty() {
+                // Bounded: a test's delay is short; a mistaken long one ends in a minute.
+                std::thread::sleep(amd_delay.min(Duration::from_secs(60)));
+                let params = vec![
+                    ("CallSid".to_string(), sid.to_string()),
+                    ("AccountSid".to_string(), account.to_string()),
+                    ("AnsweredBy".to_string(), answered_by.clone()),
+                    (
+                        "MachineDetectionDuration".to_string(),
+                        amd_delay.as_millis().to_string(),
+                    ),
+                ];
+                let code = post_signed(&agent, &amd_url, &callee.http_base, token, &params)
+                    .map_or(0, |(c, _)| c);
+                answered.amd_callback = Some((answered_by.clone(), code));
+            }
+            let machine = answered
+                .amd_callback
+                .as_ref()
+                .and_then(|(a, _)| crate::twilio::amd::AnsweredBy::parse(a))
+                .is_some_and(|a| a.is_machine() || a == crate::twilio::amd::AnsweredBy::Fax);
+            if machine {
+                // A machine records until the line goes dead: our server must hang up.
+                answered.server_hung_up = phone.wait_closed(Duration::from_secs(60));
+                answered.heard_greeting = phone.wait_for_echoes(1, Duration::ZERO);
+            } else {
+                answered.heard_greeting = phone.wait_for_echoes(1, Duration::from_secs(60));
+                answered.server_hung_up = phone.is_closed();
+            }
             phone.hang_up();
         }
         Err(err) => answered.error = Some(format!("the stream did not open: {err}")),
@@ -507,6 +618,7 @@ mod tests {
             ]
         );
         assert_eq!(stream_of("<Response><Say>hi</Say></Response>"), None);
+        assert_eq!(amd_refusal(&|_| None), None, "no detection asked");
         assert_eq!(
             on_loopback(
                 "https://voice.example.com/call/incoming?role=judge",
@@ -514,5 +626,33 @@ mod tests {
             ),
             "http://127.0.0.1:9/call/incoming?role=judge"
         );
+    }
+
+    #[test]
+    fn answering_machine_parameters_are_checked_as_twilio_checks_them() {
+        let form = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        for ok in [
+            &[("MachineDetection", "DetectMessageEnd")][..],
+            &[("MachineDetection", "Enable"), ("MachineDetectionTimeout", "3")],
+            &[("MachineDetectionTimeout", "59")],
+        ] {
+            assert_eq!(amd_refusal(&form(ok)), None, "{ok:?}");
+        }
+        for bad in [
+            &[("MachineDetection", "detectmessageend")][..],
+            &[("MachineDetection", "true")],
+            &[("MachineDetectionTimeout", "2")],
+            &[("MachineDetectionTimeout", "60")],
+            &[("MachineDetectionTimeout", "ten")],
+        ] {
+            assert!(amd_refusal(&form(bad)).is_some(), "{bad:?}");
+        }
     }
 }
