@@ -60,7 +60,13 @@ fn place(rig: &Rig, body: serde_json::Value) -> String {
 fn carried_out(rig: &Rig, sid: &str) -> AnsweredCall {
     let deadline = Instant::now() + WAIT;
     loop {
-        if let Some(call) = rig.sims.twilio.answered().into_iter().find(|c| c.sid == sid) {
+        if let Some(call) = rig
+            .sims
+            .twilio
+            .answered()
+            .into_iter()
+            .find(|c| c.sid == sid)
+        {
             return call;
         }
         assert!(Instant::now() < deadline, "the call was not carried out");
@@ -159,7 +165,11 @@ fn a_request_can_turn_detection_off_and_must_say_it_plainly() {
         .server
         .request("POST", "/call/outbound")
         .header("Authorization", &format!("Bearer {API_KEY}"))
-        .body(json!({ "to": PERSON, "machineDetection": "yes" }).to_string().as_bytes())
+        .body(
+            json!({ "to": PERSON, "machineDetection": "yes" })
+                .to_string()
+                .as_bytes(),
+        )
         .send();
     assert_eq!(res.status, 400, "{}", res.body);
     assert!(res.body.contains("machineDetection"), "{}", res.body);
@@ -208,7 +218,11 @@ fn the_webhook_takes_only_signed_results_of_twilios_and_records_the_first() {
     assert_eq!(post_amd(&server, &form("human"), false), 403, "unsigned");
     assert_eq!(post_amd(&server, &form("robot"), true), 400, "not Twilio's");
     assert_eq!(post_amd(&server, &form("machine_end_silence"), true), 204);
-    assert_eq!(post_amd(&server, &form("human"), true), 204, "a repeat is fine");
+    assert_eq!(
+        post_amd(&server, &form("human"), true),
+        204,
+        "a repeat is fine"
+    );
     let record = server
         .records()
         .get(&sid_key(sid).unwrap())

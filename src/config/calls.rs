@@ -314,17 +314,21 @@ impl CallTuning {
 /// `VOICEMAIL_MESSAGE`: some words, short enough to be left whole before a machine stops
 /// recording (many stop after 30 to 60 seconds; 500 characters take about 30).
 fn read_voicemail_message(r: &mut Reader<'_>) -> String {
-    r.parse(VOICEMAIL_MESSAGE, DEFAULT_VOICEMAIL_MESSAGE.to_string(), |v| {
-        if v.chars().count() > MAX_VOICEMAIL_CHARS {
-            Err(format!(
-                "must be at most {MAX_VOICEMAIL_CHARS} characters (about 30 seconds spoken)"
-            ))
-        } else if v.chars().any(char::is_control) {
-            Err("must be one line of text".to_string())
-        } else {
-            Ok(v.to_string())
-        }
-    })
+    r.parse(
+        VOICEMAIL_MESSAGE,
+        DEFAULT_VOICEMAIL_MESSAGE.to_string(),
+        |v| {
+            if v.chars().count() > MAX_VOICEMAIL_CHARS {
+                Err(format!(
+                    "must be at most {MAX_VOICEMAIL_CHARS} characters (about 30 seconds spoken)"
+                ))
+            } else if v.chars().any(char::is_control) {
+                Err("must be one line of text".to_string())
+            } else {
+                Ok(v.to_string())
+            }
+        },
+    )
 }
 
 /// `STT_CHUNK_MS`: in range, and whole 20 ms frames (Twilio's unit).

@@ -5,6 +5,7 @@
 use super::wire::{log_value, LOG_VALUE_CHARS};
 use super::{Incoming, Reply};
 use crate::app::App;
+use crate::calls::{Delivery, Notice};
 use crate::config::Config;
 use crate::ids::CallSid;
 use crate::outbound::placements;
@@ -13,7 +14,6 @@ use crate::records::event::{
     caller_number_from, known_twilio_status, CallStatus, Direction, Event, EventKind,
 };
 use crate::records::ttl_from;
-use crate::calls::{Delivery, Notice};
 use crate::twilio::amd::AnsweredBy;
 use crate::twilio::call_status::TWILIO_STATUSES;
 use crate::twilio::{signature, stream_token, stream_url, twiml};

@@ -356,7 +356,10 @@ fn amd_refusal(field: &dyn Fn(&str) -> Option<String>) -> Option<String> {
         }
     }
     if let Some(value) = field("MachineDetectionTimeout") {
-        if !value.parse::<u32>().is_ok_and(|secs| (3..=59).contains(&secs)) {
+        if !value
+            .parse::<u32>()
+            .is_ok_and(|secs| (3..=59).contains(&secs))
+        {
             return Some(format!(
                 "Invalid Machine Detection configuration value: MachineDetectionTimeout {value:?}"
             ));
@@ -640,7 +643,10 @@ mod tests {
         };
         for ok in [
             &[("MachineDetection", "DetectMessageEnd")][..],
-            &[("MachineDetection", "Enable"), ("MachineDetectionTimeout", "3")],
+            &[
+                ("MachineDetection", "Enable"),
+                ("MachineDetectionTimeout", "3"),
+            ],
             &[("MachineDetectionTimeout", "59")],
         ] {
             assert_eq!(amd_refusal(&form(ok)), None, "{ok:?}");

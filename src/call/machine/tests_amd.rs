@@ -33,7 +33,7 @@ fn a_machine_after_the_beep_cuts_the_greeting_hears_the_message_and_the_call_end
     // The greeting is playing (sent, not yet echoed) when the result comes.
     bench.play(0, 0, 1600);
     let message = bench.tuning().voicemail_message.clone();
-    let actions = answered(&mut bench.at(2_000), AnsweredBy::MachineEndBeep);
+    let actions = answered(bench.at(2_000), AnsweredBy::MachineEndBeep);
     assert_eq!(twilio(&actions), ["clear"], "the greeting is cut");
     assert_eq!(new_turns(&actions), [1]);
     assert_eq!(spoken(&actions), [(1, 0, message.clone())]);
@@ -41,7 +41,10 @@ fn a_machine_after_the_beep_cuts_the_greeting_hears_the_message_and_the_call_end
     assert!(bench.machine.next_deadline() <= Some(bench.now + VOICEMAIL_GRACE));
 
     let actions = bench.at(2_100).play(1, 0, 3200);
-    assert_eq!(twilio(&actions).last().map(String::as_str), Some("mark:1-0"));
+    assert_eq!(
+        twilio(&actions).last().map(String::as_str),
+        Some("mark:1-0")
+    );
     assert_eq!(ended(&actions), None);
     let actions = bench.at(2_500).echo(1, 0);
     assert_eq!(ended(&actions), Some(&End::Voicemail));
@@ -65,9 +68,13 @@ fn every_kind_of_machine_gets_the_message() {
         let mut bench = Bench::new();
         bench.greeted();
         let message = bench.tuning().voicemail_message.clone();
-        let actions = answered(&mut bench.at(5_000), by);
+        let actions = answered(bench.at(5_000), by);
         assert_eq!(texts(&actions), [message], "{by}");
-        assert_eq!(twilio(&actions), Vec::<String>::new(), "nothing played: no clear");
+        assert_eq!(
+            twilio(&actions),
+            Vec::<String>::new(),
+            "nothing played: no clear"
+        );
         bench.play(1, 0, 320);
         assert_eq!(ended(&bench.echo(1, 0)), Some(&End::Voicemail), "{by}");
     }
@@ -96,8 +103,12 @@ fn the_models_turn_in_flight_is_cancelled_on_a_machine() {
     let actions = bench.at(3_000).say("Hello? Who is this?");
     assert_eq!(asks(&actions), 1);
     let turn = bench.machine.turn();
-    let actions = answered(&mut bench.at(3_500), AnsweredBy::MachineEndBeep);
-    assert_eq!(new_turns(&actions), [turn + 1], "the turn's work is cancelled");
+    let actions = answered(bench.at(3_500), AnsweredBy::MachineEndBeep);
+    assert_eq!(
+        new_turns(&actions),
+        [turn + 1],
+        "the turn's work is cancelled"
+    );
     // What the model still sends for the old turn is dropped.
     let late = bench.llm(turn, LlmOut::Delta("Hi, this is your attorney. ".into()));
     assert!(spoken(&late).is_empty());
@@ -111,10 +122,16 @@ fn the_models_turn_in_flight_is_cancelled_on_a_machine() {
 fn the_machines_own_sounds_neither_interrupt_the_message_nor_start_a_turn() {
     let mut bench = Bench::new();
     bench.greeted();
-    answered(&mut bench.at(4_000), AnsweredBy::MachineEndBeep);
+    answered(bench.at(4_000), AnsweredBy::MachineEndBeep);
     bench.play(1, 0, 8000);
-    let actions = bench.at(4_200).partial("please leave your message after the tone");
-    assert!(twilio(&actions).is_empty(), "no clear: {:?}", twilio(&actions));
+    let actions = bench
+        .at(4_200)
+        .partial("please leave your message after the tone");
+    assert!(
+        twilio(&actions).is_empty(),
+        "no clear: {:?}",
+        twilio(&actions)
+    );
     let actions = bench.say("please leave your message after the tone");
     assert_eq!(asks(&actions), 0);
     let actions = bench.step(Input::Twilio(Inbound::Dtmf { digit: "1".into() }));
@@ -126,7 +143,7 @@ fn the_machines_own_sounds_neither_interrupt_the_message_nor_start_a_turn() {
 fn a_message_never_echoed_still_ends_the_call_in_time() {
     let mut bench = Bench::new();
     bench.greeted();
-    answered(&mut bench.at(1_000), AnsweredBy::MachineEndBeep);
+    answered(bench.at(1_000), AnsweredBy::MachineEndBeep);
     let asked_at = bench.now;
     bench.play(1, 0, 320);
     let mut end = None;
@@ -144,7 +161,7 @@ fn a_message_never_echoed_still_ends_the_call_in_time() {
 fn a_fax_ends_the_call_at_once() {
     let mut bench = Bench::new();
     bench.greeted();
-    let actions = answered(&mut bench.at(2_000), AnsweredBy::Fax);
+    let actions = answered(bench.at(2_000), AnsweredBy::Fax);
     assert_eq!(ended(&actions), Some(&End::Fax));
     assert!(spoken(&actions).is_empty(), "nothing is said to a fax");
 }
@@ -155,7 +172,7 @@ fn a_person_or_no_decision_carries_on() {
         let mut bench = Bench::new();
         bench.start();
         bench.play(0, 0, 1600);
-        let actions = answered(&mut bench.at(500), by);
+        let actions = answered(bench.at(500), by);
         assert!(actions.is_empty(), "{by}: {actions:?}");
         assert!(bench.machine.is_speaking(), "{by}: the greeting goes on");
         bench.echo(0, 0);
@@ -173,7 +190,11 @@ fn a_result_before_the_start_is_kept_for_it() {
     let message = bench.tuning().voicemail_message.clone();
     let actions = bench.at(100).start();
     assert!(actions.iter().any(|a| matches!(a, Action::Started(_))));
-    assert_eq!(texts(&actions), [message], "the message instead of the greeting");
+    assert_eq!(
+        texts(&actions),
+        [message],
+        "the message instead of the greeting"
+    );
     bench.play(1, 0, 320);
     assert_eq!(ended(&bench.echo(1, 0)), Some(&End::Voicemail));
 
