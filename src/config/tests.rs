@@ -870,3 +870,49 @@ fn systemds_notify_socket_and_watchdog_are_taken_as_given() {
         Some(std::time::Duration::from_millis(500))
     );
 }
+
+#[test]
+fn answering_machine_detection_is_off_unless_asked_and_the_voicemail_is_one_short_line() {
+    let config = ok(&[]);
+    assert!(!config.outbound.machine_detection);
+    assert_eq!(
+        config.calls.tuning.voicemail_message,
+        calls::DEFAULT_VOICEMAIL_MESSAGE
+    );
+    assert!(
+        ok(&[("OUTBOUND_MACHINE_DETECTION", "on")])
+            .outbound
+            .machine_detection
+    );
+    assert!(
+        !ok(&[("OUTBOUND_MACHINE_DETECTION", "OFF")])
+            .outbound
+            .machine_detection
+    );
+    fails(
+        &[("OUTBOUND_MACHINE_DETECTION", "maybe")],
+        "OUTBOUND_MACHINE_DETECTION",
+        "on or off",
+    );
+    let config = ok(&[("VOICEMAIL_MESSAGE", "  Please call us back.  ")]);
+    assert_eq!(
+        config.calls.tuning.voicemail_message,
+        "Please call us back."
+    );
+    let long = "a".repeat(501);
+    fails(
+        &[("VOICEMAIL_MESSAGE", long.as_str())],
+        "VOICEMAIL_MESSAGE",
+        "at most 500",
+    );
+    fails(
+        &[("VOICEMAIL_MESSAGE", "Hello\u{7}there")],
+        "VOICEMAIL_MESSAGE",
+        "one line",
+    );
+    let rows = ok(&[("OUTBOUND_MACHINE_DETECTION", "on")]).effective();
+    assert!(rows.contains(&("OUTBOUND_MACHINE_DETECTION", "on".to_string())));
+    assert!(rows
+        .iter()
+        .any(|(k, v)| *k == "VOICEMAIL_MESSAGE" && v.contains("call us back")));
+}
