@@ -216,19 +216,22 @@ pub fn amd(app: &App, req: &Incoming) -> Reply {
             ttl_from(now, app.config.records.ttl_days),
         )
     };
+    let notice = Notice::AnsweredBy(answered_by);
     // A call with no record is not one we placed: it is not told either.
     let recorded = match app.records.append_if_changed(&event) {
         Ok(recorded) => recorded,
         Err(err) => {
             log::error!(callSid:% = call_sid, error:% = err; "records.updateAnsweredBy.failed");
+            // The signature says Twilio sent it for this call: a live call still leaves its
+            // message (or hangs up on a fax) though the record could not say so.
+            app.calls.notify(call_sid.as_str(), notice);
             return Reply::error(500, "Could not record the result");
         }
     };
     let delivery = if recorded {
-        app.calls
-            .notify(call_sid.as_str(), Notice::AnsweredBy(answered_by))
+        app.calls.notify(call_sid.as_str(), notice)
     } else {
-        // A repeat, or a call we do not know: the call (if any) heard of it already.
+        // A repeat (the call was told the first time), or a call we do not know.
         Delivery::Refused
     };
     log::info!(
