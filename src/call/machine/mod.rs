@@ -12,7 +12,8 @@
 //! - The greeting plays when the stream starts; each committed utterance starts a turn: the
 //!   model is asked, its text is cut into sentences, each sentence is spoken as a piece.
 //! - What the caller heard is what Twilio echoed a mark for ([`Playback`]): the transcript,
-//!   the history after a barge-in and the end of a turn all follow the marks.
+//!   the history after a barge-in and the end of a turn all follow the marks. Of a piece cut
+//!   off mid-way, the whole words played so far are kept, marked as cut off (`heard.rs`).
 //! - Barge-in: a partial that is real words (not filler, not our own echo) while we speak
 //!   sends `clear`, cancels the turn and keeps only what was heard in the history. Nothing of a
 //!   cancelled turn is sent to Twilio afterwards.
@@ -282,6 +283,9 @@ pub struct Machine<'a> {
     write_failed_at: Option<Instant>,
 
     actions: Vec<Action>,
+    /// Where each piece's audio is in Twilio's playback, and its alignment: the words heard
+    /// of a piece cut off (`heard.rs`).
+    spoken: heard::Spoken,
 }
 
 #[derive(Default)]
@@ -329,6 +333,7 @@ impl<'a> Machine<'a> {
             last_voice: None,
             write_failed_at: None,
             actions: Vec::new(),
+            spoken: heard::Spoken::default(),
         }
     }
 
@@ -749,8 +754,11 @@ fn ms_between(from: Instant, to: Instant) -> u64 {
     to.saturating_duration_since(from).as_millis() as u64
 }
 
+mod heard;
 mod speech;
 mod turns;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_heard;
