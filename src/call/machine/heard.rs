@@ -4,9 +4,9 @@
 //! The rule:
 //! - Twilio plays what it is sent in order and in real time. Each piece's audio is placed on
 //!   that clock as it is sent: a send plays from when the audio before it ends (or from when
-//!   it is sent, if that is later). When a mark comes back, the piece before it has just ended,
-//!   so the audio after it cannot have started earlier: the estimate is moved later to the echo
-//!   (an echo reaches us after the audio ended, so this errs towards fewer words).
+//!   it is sent, if that is later). When a mark comes back, the piece before it has just ended:
+//!   the audio after it is placed again from that moment (an echo reaches us a little after
+//!   the audio ended, so this errs towards fewer words).
 //! - The text-to-speech service sends an alignment with each chunk of audio: the characters it
 //!   speaks and when each starts and ends within the chunk. Placed at the chunk's offset in the
 //!   piece's audio, they tell which characters had finished playing when `clear` went out.
@@ -54,8 +54,7 @@ struct PieceAudio {
     /// Audio received from text-to-speech: where the next alignment's chunk starts.
     received_bytes: usize,
     sent_bytes: usize,
-    /// Each send: its offset in the piece's audio (bytes) and when it starts playing.
-    sends: Vec<(usize, Instant)>,
+    sends: Vec<Send>,
     /// The aligned characters, joined, and for each its end in `text` and in the piece's audio.
     text: String,
     chars: Vec<Timed>,
@@ -63,6 +62,17 @@ struct PieceAudio {
     full: bool,
     /// All of its audio has arrived.
     done: bool,
+}
+
+/// Audio of a piece sent to Twilio in one go.
+#[derive(Debug, Clone, Copy)]
+struct Send {
+    /// Its offset in the piece's audio, in bytes.
+    offset: usize,
+    bytes: usize,
+    sent_at: Instant,
+    /// When it starts playing, as far as we know.
+    plays_from: Instant,
 }
 
 /// One aligned character: the byte offset after it in the piece's aligned text, and when it
@@ -143,7 +153,12 @@ impl Spoken {
         if sent == 0 || piece.sends.len() >= MAX_SENDS {
             return;
         }
-        piece.sends.push((piece.sent_bytes, from));
+        piece.sends.push(Send {
+            offset: piece.sent_bytes,
+            bytes: sent,
+            sent_at: now,
+            plays_from: from,
+        });
         piece.sent_bytes += sent;
         self.plays_until = Some(from + audio_duration(sent));
     }
@@ -153,8 +168,8 @@ impl Spoken {
         self.piece(turn, seq).done = true;
     }
 
-    /// Twilio echoed the piece's mark at `now`: it and those before it have played, and what
-    /// follows did not start before now.
+    /// Twilio echoed the piece's mark at `now`: it and those before it have played, so what
+    /// follows plays from now (or from when it was sent, if later), each send after the last.
     pub(super) fn played_through(&mut self, now: Instant, turn: u64, seq: u32) {
         if let Some(index) = self
             .pieces
@@ -163,19 +178,14 @@ impl Spoken {
         {
             self.pieces.drain(..=index);
         }
-        let first = self
-            .pieces
-            .iter()
-            .find_map(|p| p.sends.first().map(|(_, at)| *at));
-        let Some(late) = first.and_then(|at| now.checked_duration_since(at)) else {
-            return;
-        };
+        let mut until = now;
         for piece in &mut self.pieces {
-            for (_, at) in &mut piece.sends {
-                *at += late;
+            for send in &mut piece.sends {
+                send.plays_from = send.sent_at.max(until);
+                until = send.plays_from + audio_duration(send.bytes);
             }
         }
-        self.plays_until = self.plays_until.map(|until| until + late);
+        self.plays_until = Some(until);
     }
 
     /// Forgets everything (a `clear`: nothing sent before it plays any more).
@@ -213,16 +223,11 @@ impl PieceAudio {
     /// Bytes of the piece's audio played by `now`.
     fn played_bytes(&self, now: Instant) -> usize {
         let mut played = 0;
-        for (i, (offset, at)) in self.sends.iter().enumerate() {
-            let Some(elapsed) = now.checked_duration_since(*at) else {
+        for send in &self.sends {
+            let Some(elapsed) = now.checked_duration_since(send.plays_from) else {
                 break;
             };
-            let end = self
-                .sends
-                .get(i + 1)
-                .map_or(self.sent_bytes, |(next, _)| *next);
-            let bytes = (elapsed.as_micros() / 125).min((end - offset) as u128) as usize;
-            played = offset + bytes;
+            played = send.offset + (elapsed.as_micros() / 125).min(send.bytes as u128) as usize;
         }
         played
     }

@@ -358,3 +358,21 @@ fn alignment_of_a_piece_no_longer_playing_is_ignored() {
         format!("Under the{CUT_OFF} [interrupted by the caller]")
     );
 }
+
+#[test]
+fn an_early_mark_moves_the_next_piece_earlier_on_the_playback_clock() {
+    let mut call = Call::asked();
+    let first = "Keep a diary.";
+    call.reply(200, first);
+    call.reply(200, SENTENCE);
+    call.piece(300, 0, first, true);
+    call.piece(300, 1, SENTENCE, true);
+    // By the send times the second starts at about 1160 ms; Twilio says the first ended at
+    // 500 ms (a phone that played it faster), so the second has played from then.
+    call.echo(500, 1, 0);
+    call.barge_in(after_chars(500, 12));
+    assert_eq!(
+        call.history_note(),
+        format!("{first} Under the{CUT_OFF} [interrupted by the caller]")
+    );
+}
