@@ -362,6 +362,8 @@ fn the_official_sdk_types_agree_with_our_client_and_the_simulator() {
         "{result}"
     );
     assert_eq!(result["close_code"], 1000, "{result}");
+    // Asked for alignment, the chunks align the text as the SDK's `Alignment` reads it.
+    assert_eq!(result["aligned"], json!(format!("{text} ")), "{result}");
 }
 
 #[test]

@@ -115,7 +115,7 @@ fn the_simulated_voice_aligns_its_audio_only_when_asked() {
     assert!(!messages.is_empty());
     assert!(messages.iter().all(|m| m["alignment"].is_null()));
 
-    // Not a boolean: refused at the handshake, as the service's query validation does.
+    // Not a boolean: refused at the handshake (the service documents a boolean).
     match open(&sim, "&sync_alignment=maybe") {
         Err(ConnectError::Refused { status, .. }) => assert_eq!(status, 422),
         other => panic!("expected a refusal, got {:?}", other.map(|_| ())),

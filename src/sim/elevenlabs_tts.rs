@@ -276,7 +276,8 @@ fn serve(stream: SimStream, options: &TtsSimOptions, state: &Mutex<State>) -> io
             return Err(refuse(401, "Invalid API key"));
         }
         if let Some(value) = query_value(query, "sync_alignment") {
-            // The service's query booleans (FastAPI's): these spellings, any case.
+            // Query booleans as a typical validator reads them (these spellings, any case);
+            // anything else is refused. The service documents only true and false.
             align = match value.to_ascii_lowercase().as_str() {
                 "true" | "1" | "yes" | "on" => true,
                 "false" | "0" | "no" | "off" => false,
