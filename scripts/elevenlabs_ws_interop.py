@@ -26,9 +26,10 @@ multi — the multi-context socket (`multi-stream-input`). The SDK has no client
   {"ws_base_url", "api_key", "voice_id", "model_id", "text", "client_messages": [what our
   client sent, as JSON]}. Speaks `text` in one context with messages the SDK's types build
   and serialize, reads every reply through the SDK's reply types, then closes the socket.
-  Also reads each of `client_messages` through the SDK's request type it claims to be. Prints
-  the replies' kinds and contexts, the audio bytes, the close code, and every message (ours
-  or the simulator's) the SDK's types refused.
+  Also reads each of `client_messages` through the SDK's request type it claims to be. Asks
+  for `sync_alignment`. Prints the replies' kinds and contexts, the audio bytes, the
+  characters of their alignment, the close code, and every message (ours or the simulator's)
+  the SDK's types refused.
 """
 
 import asyncio
@@ -231,10 +232,13 @@ def multi(request):
         SendTextMulti(text=request["text"] + " ", context_id=context, flush=True),
         CloseContext(context_id=context, close_context=True),
     ]
-    url = "%s/v1/text-to-speech/%s/multi-stream-input?model_id=%s&output_format=ulaw_8000" % (
-        request["ws_base_url"], request["voice_id"], request["model_id"])
+    url = ("%s/v1/text-to-speech/%s/multi-stream-input?model_id=%s&output_format=ulaw_8000"
+           "&sync_alignment=true") % (request["ws_base_url"], request["voice_id"],
+                                      request["model_id"])
     replies = []
     audio_bytes = 0
+    # The characters of every chunk's alignment, as the SDK's `Alignment` type reads them.
+    aligned = ""
     close_code = None
     with connect(url, additional_headers={"xi-api-key": request["api_key"]}, open_timeout=5,
                  close_timeout=2) as ws:
@@ -247,6 +251,8 @@ def multi(request):
                 parsed = check(AudioOutputMulti, reply, "simulator")
                 if parsed is not None:
                     audio_bytes += len(base64.b64decode(parsed.audio))
+                    if parsed.alignment is not None:
+                        aligned += "".join(parsed.alignment.chars or [])
                     replies.append({"kind": "audio", "context": parsed.context_id})
             else:
                 parsed = check(FinalOutputMulti, reply, "simulator")
@@ -260,7 +266,7 @@ def multi(request):
         except Exception:
             close_code = ws.close_code
     return {"replies": replies, "audio_bytes": audio_bytes, "close_code": close_code,
-            "refused": refused, "sent": [m.dict() for m in sent]}
+            "refused": refused, "sent": [m.dict() for m in sent], "aligned": aligned}
 
 
 def main():

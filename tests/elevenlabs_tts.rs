@@ -68,6 +68,7 @@ fn drain(socket: &mut TtsSocket, contexts: &[&str]) -> Result<Vec<Vec<u8>>, TtsE
                     assert!(contexts.contains(&context.as_str()), "{context}");
                     finals += 1;
                 }
+                TtsEvent::Alignment { .. } => {}
             }
         }
     }
@@ -161,11 +162,11 @@ fn each_piece_is_a_context_of_its_own_on_one_socket() {
 }
 
 #[test]
-fn the_url_asks_for_the_multi_context_socket_ulaw_and_the_model() {
+fn the_url_asks_for_the_multi_context_socket_ulaw_the_model_and_alignment() {
     let sim = TtsSim::start(options()).unwrap();
     let url = TtsSocket::url(&settings(&sim, "k"), VOICE);
     assert!(url.ends_with(&format!(
-        "/v1/text-to-speech/{VOICE}/multi-stream-input?model_id=eleven_flash_v2_5&output_format=ulaw_8000&inactivity_timeout=20"
+        "/v1/text-to-speech/{VOICE}/multi-stream-input?model_id=eleven_flash_v2_5&output_format=ulaw_8000&inactivity_timeout=20&sync_alignment=true"
     )));
 }
 
@@ -361,6 +362,8 @@ fn the_official_sdk_types_agree_with_our_client_and_the_simulator() {
         "{result}"
     );
     assert_eq!(result["close_code"], 1000, "{result}");
+    // Asked for alignment, the chunks align the text as the SDK's `Alignment` reads it.
+    assert_eq!(result["aligned"], json!(format!("{text} ")), "{result}");
 }
 
 #[test]

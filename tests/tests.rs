@@ -14,6 +14,7 @@ mod elevenlabs_stt;
 mod elevenlabs_tts;
 mod fuzz;
 mod generate_audio;
+mod heard_words;
 mod http_limits;
 mod http_routes;
 mod logs;

@@ -415,7 +415,9 @@ fn a_piece_that_ends_without_audio_is_retried_once_then_a_failure() {
         ),
         "{outs:?}"
     );
-    assert!(matches!(outs[1], TtsOut::Audio(_)), "{outs:?}");
+    // The next piece speaks: each chunk of its audio after its alignment (asked for).
+    assert!(matches!(outs[1], TtsOut::Alignment(_)), "{outs:?}");
+    assert!(matches!(outs[2], TtsOut::Audio(_)), "{outs:?}");
     assert!(matches!(outs.last(), Some(TtsOut::Done { .. })), "{outs:?}");
     // One try and one retry for the mute piece, then the next piece: three contexts, one
     // socket.

@@ -17,6 +17,11 @@
 //! the call has nothing to say, [`TtsSocket::keep_alive`] (`{"text":""}`) keeps the socket.
 //! [`TtsSocket::close`] sends `close_socket` at the call's end.
 //!
+//! The socket asks for `sync_alignment`: each chunk of audio then comes with the characters it
+//! speaks and when each starts within the chunk ([`Alignment`]), so the call knows which words
+//! a caller heard of a piece cut off mid-way. An alignment that is absent, null or not what
+//! the service documents is no alignment; the audio is used all the same.
+//!
 //! After the handshake the socket is non-blocking: its owner waits on [`TtsSocket::fd`] with
 //! [`crate::poll`] and reads everything buffered with [`TtsSocket::read_events`]. No read
 //! wakes on a tick.
@@ -107,6 +112,75 @@ pub enum TtsEvent {
     Audio { context: String, audio: Vec<u8> },
     /// The context has spoken all of its text and is gone.
     Final { context: String },
+    /// Which characters the next `Audio` of this context speaks, and when (it comes just
+    /// before that audio).
+    Alignment {
+        context: String,
+        alignment: Alignment,
+    },
+}
+
+/// Characters one chunk of audio speaks, in order, each with when it starts and ends in
+/// milliseconds from the start of that chunk's audio (the service's `alignment`: times are
+/// relative to the chunk, not to the whole piece).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Alignment {
+    /// The characters, joined.
+    pub text: String,
+    /// One per character: where it ends in `text` (a byte offset) and its times.
+    pub chars: Vec<AlignedChar>,
+}
+
+/// One character of an [`Alignment`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AlignedChar {
+    /// The byte offset in [`Alignment::text`] just after this character.
+    pub end: usize,
+    pub start_ms: u32,
+    pub end_ms: u32,
+}
+
+/// Characters one chunk's alignment may hold: a chunk is a fraction of a sentence; anything
+/// bigger is not what the service sends and is taken as no alignment.
+pub const MAX_ALIGNED_CHARS: usize = 4096;
+
+impl Alignment {
+    /// The alignment in a server message's `alignment` field, or `None` when it is absent,
+    /// null or malformed: three lists of one length (`chars` of strings, `charStartTimesMs`
+    /// and `charDurationsMs` — older docs `charsDurationsMs` — of non-negative numbers).
+    pub fn of(value: &Value) -> Option<Alignment> {
+        let chars = value.get("chars")?.as_array()?;
+        let starts = value.get("charStartTimesMs")?.as_array()?;
+        let durations = value
+            .get("charDurationsMs")
+            .or_else(|| value.get("charsDurationsMs"))?
+            .as_array()?;
+        if chars.is_empty()
+            || chars.len() > MAX_ALIGNED_CHARS
+            || starts.len() != chars.len()
+            || durations.len() != chars.len()
+        {
+            return None;
+        }
+        let ms = |v: &Value| -> Option<u32> {
+            let ms = v.as_f64().filter(|ms| ms.is_finite() && *ms >= 0.0)?;
+            Some(ms.min(f64::from(u32::MAX)).round() as u32)
+        };
+        let mut alignment = Alignment {
+            text: String::new(),
+            chars: Vec::with_capacity(chars.len()),
+        };
+        for ((c, start), duration) in chars.iter().zip(starts).zip(durations) {
+            alignment.text.push_str(c.as_str()?);
+            let start_ms = ms(start)?;
+            alignment.chars.push(AlignedChar {
+                end: alignment.text.len(),
+                start_ms,
+                end_ms: start_ms.saturating_add(ms(duration)?),
+            });
+        }
+        Some(alignment)
+    }
 }
 
 /// The opening message of every context: the voice and the chunk schedule. The schedule
@@ -140,7 +214,7 @@ impl TtsSocket {
     /// The socket URL for `voice_id`.
     pub fn url(settings: &TtsSettings, voice_id: &str) -> String {
         format!(
-            "{}/v1/text-to-speech/{voice_id}/multi-stream-input?model_id={}&output_format=ulaw_8000&inactivity_timeout={}",
+            "{}/v1/text-to-speech/{voice_id}/multi-stream-input?model_id={}&output_format=ulaw_8000&inactivity_timeout={}&sync_alignment=true",
             settings.ws_base,
             settings.model_id,
             settings.inactivity_secs.clamp(1, 180)
@@ -305,9 +379,9 @@ impl TtsSocket {
     }
 }
 
-/// What one text message from the service means, added to `events`: audio, the end of a
-/// context (both, in that order, if a message carries both), nothing we use (alignment
-/// alone), or an error.
+/// What one text message from the service means, added to `events`: audio (after its
+/// alignment, when it has one), the end of a context (after the audio, if a message carries
+/// both), nothing we use (alignment without audio), or an error.
 pub fn events_of(text: &str, events: &mut Vec<TtsEvent>) -> Result<(), TtsError> {
     let value: Value = serde_json::from_str(text)
         .map_err(|e| TtsError::Protocol(format!("message is not JSON: {e}")))?;
@@ -333,6 +407,14 @@ pub fn events_of(text: &str, events: &mut Vec<TtsEvent>) -> Result<(), TtsError>
         let audio = base64::engine::general_purpose::STANDARD
             .decode(audio)
             .map_err(|e| TtsError::Protocol(format!("audio is not base64: {e}")))?;
+        // `alignment`, not `normalizedAlignment`: the words as sent, not as the service
+        // spelled out numbers and abbreviations.
+        if let Some(alignment) = value.get("alignment").and_then(Alignment::of) {
+            events.push(TtsEvent::Alignment {
+                context: context.clone(),
+                alignment,
+            });
+        }
         events.push(TtsEvent::Audio { context, audio });
     }
     let is_final = value["isFinal"].as_bool().or(value["is_final"].as_bool());
@@ -390,6 +472,82 @@ mod tests {
                     context: "3-0".into()
                 }
             ])
+        );
+    }
+
+    #[test]
+    fn an_alignment_comes_before_its_audio_in_either_duration_spelling() {
+        let events = event_of(
+            r#"{"audio":"AAEC","contextId":"1-0","alignment":{"chars":["H","i"," "],"charStartTimesMs":[0,70,140],"charDurationsMs":[70,70,30]},"normalizedAlignment":{"chars":["x"],"charStartTimesMs":[0],"charDurationsMs":[1]}}"#,
+        )
+        .unwrap();
+        let TtsEvent::Alignment { context, alignment } = &events[0] else {
+            panic!("an alignment first: {events:?}");
+        };
+        assert_eq!(context, "1-0");
+        assert_eq!(alignment.text, "Hi ");
+        assert_eq!(
+            alignment.chars,
+            vec![
+                AlignedChar {
+                    end: 1,
+                    start_ms: 0,
+                    end_ms: 70
+                },
+                AlignedChar {
+                    end: 2,
+                    start_ms: 70,
+                    end_ms: 140
+                },
+                AlignedChar {
+                    end: 3,
+                    start_ms: 140,
+                    end_ms: 170
+                },
+            ]
+        );
+        assert!(matches!(events[1], TtsEvent::Audio { .. }));
+        assert_eq!(events.len(), 2);
+        let older = event_of(
+            r#"{"audio":"AAEC","contextId":"1-0","alignment":{"chars":["é"],"charStartTimesMs":[5.4],"charsDurationsMs":[10]}}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            &older[0],
+            TtsEvent::Alignment { alignment, .. }
+                if alignment.text == "é" && alignment.chars[0] == AlignedChar { end: 2, start_ms: 5, end_ms: 15 }
+        ));
+    }
+
+    #[test]
+    fn an_odd_alignment_is_no_alignment_and_the_audio_still_comes() {
+        for odd in [
+            "null",
+            "{}",
+            "[]",
+            r#"{"chars":[],"charStartTimesMs":[],"charDurationsMs":[]}"#,
+            r#"{"chars":["a","b"],"charStartTimesMs":[0],"charDurationsMs":[1,1]}"#,
+            r#"{"chars":["a"],"charStartTimesMs":[-1],"charDurationsMs":[1]}"#,
+            r#"{"chars":[1],"charStartTimesMs":[0],"charDurationsMs":[1]}"#,
+            r#"{"chars":["a"],"charStartTimesMs":["0"],"charDurationsMs":[1]}"#,
+            r#"{"chars":["a"],"charStartTimesMs":[0]}"#,
+        ] {
+            let message = format!(r#"{{"audio":"AAEC","contextId":"1-0","alignment":{odd}}}"#);
+            assert_eq!(
+                event_of(&message),
+                Ok(vec![TtsEvent::Audio {
+                    context: "1-0".into(),
+                    audio: vec![0, 1, 2]
+                }]),
+                "{odd}"
+            );
+        }
+        // Alignment without audio describes nothing.
+        assert_eq!(
+            event_of(
+                r#"{"contextId":"1-0","alignment":{"chars":["a"],"charStartTimesMs":[0],"charDurationsMs":[1]}}"#
+            ),
+            Ok(vec![])
         );
     }
 

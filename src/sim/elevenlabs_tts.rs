@@ -9,9 +9,15 @@
 //! - `stream-input`, one stream per socket, for the official SDK's `convert_realtime`: the
 //!   opening message, text, then `{"text":""}` answered by `isFinal` and a close.
 //!
-//! Both check the handshake (path, `output_format=ulaw_8000`, the `xi-api-key` header), and
+//! Both check the handshake (path, `output_format=ulaw_8000`, the `xi-api-key` header, a
+//! `sync_alignment` that is a boolean), and
 //! close a socket that hears nothing for the inactivity timeout the way the service does
 //! (`input_timeout_exceeded`, close code 1008). Every message received is kept for tests.
+//!
+//! Asked for `sync_alignment=true`, every audio message carries an `alignment`: the characters
+//! whose sound starts in that chunk, each with its start within the chunk and its length, as
+//! the simulated voice says them ([`voice::MS_PER_CHAR`] each). Otherwise `alignment` is null,
+//! as the service sends it.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -231,6 +237,7 @@ fn serve(stream: SimStream, options: &TtsSimOptions, state: &Mutex<State>) -> io
     let mut voice_id = String::new();
     let mut inactivity = options.inactivity;
     let mut multi = false;
+    let mut align = false;
     // The signature is tungstenite's handshake Callback; its error type is not ours to shrink.
     #[allow(clippy::result_large_err)]
     let check = |request: &Request, response: Response| -> Result<Response, ErrorResponse> {
@@ -268,6 +275,15 @@ fn serve(stream: SimStream, options: &TtsSimOptions, state: &Mutex<State>) -> io
         if key != Some(options.api_key.as_str()) {
             return Err(refuse(401, "Invalid API key"));
         }
+        if let Some(value) = query_value(query, "sync_alignment") {
+            // Query booleans as a typical validator reads them (these spellings, any case);
+            // anything else is refused. The service documents only true and false.
+            align = match value.to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" | "on" => true,
+                "false" | "0" | "no" | "off" => false,
+                _ => return Err(refuse(422, "sync_alignment must be a boolean")),
+            };
+        }
         voice_id = voice.to_string();
         if let Some(secs) = query_value(query, "inactivity_timeout") {
             match secs.parse::<u64>() {
@@ -288,7 +304,7 @@ fn serve(stream: SimStream, options: &TtsSimOptions, state: &Mutex<State>) -> io
     let mut socket = tungstenite::accept_hdr_with_config(stream, check, Some(config))
         .map_err(|e| io::Error::other(e.to_string()))?;
     if multi {
-        return serve_multi(socket, options, state, &voice_id, inactivity);
+        return serve_multi(socket, options, state, &voice_id, inactivity, align);
     }
     socket.get_ref().set_read_timeout(Some(TICK))?;
     let hops = lock(state).hops.clone();
@@ -303,8 +319,12 @@ fn serve(stream: SimStream, options: &TtsSimOptions, state: &Mutex<State>) -> io
         }
         (state.sessions.len() - 1, failing, mute)
     };
-    let pitch = pitch_of(&voice_id);
-    let first_byte = options.first_byte;
+    let voice = Voice {
+        pitch: pitch_of(&voice_id),
+        first_byte: options.first_byte,
+        hops: hops.as_deref(),
+        align,
+    };
     let speak = |socket: &mut tungstenite::WebSocket<SimStream>, text: &str| {
         if mute {
             Ok(())
@@ -314,7 +334,7 @@ fn serve(stream: SimStream, options: &TtsSimOptions, state: &Mutex<State>) -> io
                 state.pieces += 1;
                 state.tag_audio.then_some(state.pieces)
             };
-            speak(socket, text, pitch, first_byte, hops.as_deref(), tag, None)
+            speak(socket, text, &voice, tag, None)
         }
     };
     let mut buffered = String::new();
@@ -442,20 +462,46 @@ fn serve(stream: SimStream, options: &TtsSimOptions, state: &Mutex<State>) -> io
     }
 }
 
+/// How a socket's voice speaks: its pitch, its time to first byte, where it times hops, and
+/// whether its audio carries alignment.
+struct Voice<'a> {
+    pitch: f32,
+    first_byte: Duration,
+    hops: Option<&'a HopClock>,
+    align: bool,
+}
+
+/// The `alignment` of the audio bytes `from..to` of `text` as [`voice::speak`] says it: the
+/// characters whose sound starts in those bytes, with their start within them and length.
+fn alignment(text: &str, from: usize, to: usize) -> Value {
+    let per_char = (voice::SAMPLE_RATE * voice::MS_PER_CHAR / 1000) as usize;
+    let (mut chars, mut starts, mut durations) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, c) in text.chars().enumerate() {
+        let start = i * per_char;
+        if start >= to {
+            break;
+        }
+        if start >= from {
+            chars.push(c.to_string());
+            starts.push((start - from) as u64 * 1000 / u64::from(voice::SAMPLE_RATE));
+            durations.push(voice::MS_PER_CHAR);
+        }
+    }
+    json!({"chars": chars, "charStartTimesMs": starts, "charDurationsMs": durations})
+}
+
 fn speak(
     socket: &mut tungstenite::WebSocket<SimStream>,
     text: &str,
-    pitch: f32,
-    first_byte: Duration,
-    hops: Option<&HopClock>,
+    speaker: &Voice,
     tag: Option<u64>,
     context: Option<&str>,
 ) -> io::Result<()> {
     if text.trim().is_empty() {
         return Ok(());
     }
-    thread::sleep(first_byte);
-    let mut audio = voice::speak_cached(text, pitch).to_vec();
+    thread::sleep(speaker.first_byte);
+    let mut audio = voice::speak_cached(text, speaker.pitch).to_vec();
     if let Some(tag) = tag {
         // 0xF0..=0xFF are μ-law's quietest codes: 4 bits of the number per sample.
         for (i, byte) in audio.iter_mut().take(8).enumerate() {
@@ -464,24 +510,31 @@ fn speak(
     }
     for (n, chunk) in audio.chunks(AUDIO_CHUNK).enumerate() {
         let audio = base64::engine::general_purpose::STANDARD.encode(chunk);
+        let from = n * AUDIO_CHUNK;
+        // The simulated voice says the text as written: both alignments are the same.
+        let aligned = if speaker.align {
+            alignment(text, from, from + chunk.len())
+        } else {
+            Value::Null
+        };
         let message = match context {
             Some(context) => json!({
                 "audio": audio,
-                "normalizedAlignment": null,
-                "alignment": null,
+                "normalizedAlignment": aligned,
+                "alignment": aligned,
                 "contextId": context,
             }),
             None => json!({
                 "audio": audio,
                 "isFinal": false,
-                "normalizedAlignment": null,
-                "alignment": null,
+                "normalizedAlignment": aligned,
+                "alignment": aligned,
             }),
         };
         socket
             .send(Message::text(message.to_string()))
             .map_err(|e| io::Error::other(e.to_string()))?;
-        if let Some(hops) = hops.filter(|_| n == 0) {
+        if let Some(hops) = speaker.hops.filter(|_| n == 0) {
             // The server frames each piece from its start: its first media frame to Twilio is
             // these first bytes (padded with silence when the piece is shorter).
             let mut frame = chunk[..chunk.len().min(crate::speech::ulaw::FRAME_BYTES)].to_vec();
@@ -523,6 +576,7 @@ fn serve_multi(
     state: &Mutex<State>,
     voice_id: &str,
     inactivity: Duration,
+    align: bool,
 ) -> io::Result<()> {
     let hops = lock(state).hops.clone();
     let session = {
@@ -530,7 +584,12 @@ fn serve_multi(
         state.sessions.push((voice_id.to_string(), Vec::new()));
         state.sessions.len() - 1
     };
-    let pitch = pitch_of(voice_id);
+    let voice = Voice {
+        pitch: pitch_of(voice_id),
+        first_byte: options.first_byte,
+        hops: hops.as_deref(),
+        align,
+    };
     let mut open: BTreeMap<String, Context> = BTreeMap::new();
     let mut closed: Vec<String> = Vec::new();
     let mut last_message = Instant::now();
@@ -694,15 +753,7 @@ fn serve_multi(
             );
         }
         if !mute {
-            let spoke = speak(
-                &mut socket,
-                &words,
-                pitch,
-                options.first_byte,
-                hops.as_deref(),
-                tag,
-                Some(&id),
-            );
+            let spoke = speak(&mut socket, &words, &voice, tag, Some(&id));
             // A send that fails means the client went away mid-piece.
             if spoke.is_err() {
                 return client_gone();

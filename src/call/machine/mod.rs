@@ -12,7 +12,8 @@
 //! - The greeting plays when the stream starts; each committed utterance starts a turn: the
 //!   model is asked, its text is cut into sentences, each sentence is spoken as a piece.
 //! - What the caller heard is what Twilio echoed a mark for ([`Playback`]): the transcript,
-//!   the history after a barge-in and the end of a turn all follow the marks.
+//!   the history after a barge-in and the end of a turn all follow the marks. Of a piece cut
+//!   off mid-way, the whole words played so far are kept, marked as cut off (`heard.rs`).
 //! - Barge-in: a partial that is real words (not filler, not our own echo) while we speak
 //!   sends `clear`, cancels the turn and keeps only what was heard in the history. Nothing of a
 //!   cancelled turn is sent to Twilio afterwards.
@@ -289,6 +290,9 @@ pub struct Machine<'a> {
     actions: Vec<Action>,
     /// Answering-machine detection's result that came before the stream's `start`.
     early_answer: Option<AnsweredBy>,
+    /// Where each piece's audio is in Twilio's playback, and its alignment: the words heard
+    /// of a piece cut off (`heard.rs`).
+    spoken: heard::Spoken,
 }
 
 #[derive(Default)]
@@ -337,6 +341,7 @@ impl<'a> Machine<'a> {
             write_failed_at: None,
             actions: Vec::new(),
             early_answer: None,
+            spoken: heard::Spoken::default(),
         }
     }
 
@@ -762,6 +767,7 @@ fn ms_between(from: Instant, to: Instant) -> u64 {
 }
 
 mod amd;
+mod heard;
 mod speech;
 mod turns;
 
@@ -769,3 +775,5 @@ mod turns;
 mod tests;
 #[cfg(test)]
 mod tests_amd;
+#[cfg(test)]
+mod tests_heard;

@@ -18,6 +18,7 @@ impl Machine<'_> {
             self.marks_due.drain(..=pos);
         }
         if let Some(piece) = self.playback.echoed(name) {
+            self.spoken.played_through(now, piece.turn, piece.seq);
             self.note_transcript(now, "assistant", &piece.text);
             if piece.kind == Kind::Reply {
                 self.heard.push((piece.turn, piece.text));
@@ -56,6 +57,7 @@ impl Machine<'_> {
                         bytes: Vec::new(),
                     };
                 }
+                let received = audio.len();
                 let mut audio = audio;
                 if !self.carry.bytes.is_empty() {
                     self.carry.bytes.extend_from_slice(&audio);
@@ -65,6 +67,7 @@ impl Machine<'_> {
                 let whole = audio.len() / FRAME_BYTES * FRAME_BYTES;
                 self.carry.bytes.extend_from_slice(&audio[whole..]);
                 audio.truncate(whole);
+                self.spoken.audio(now, turn, seq, received, whole);
                 self.note_audio_sent(now, whole);
                 self.media(audio);
                 if whole > 0 {
@@ -75,13 +78,20 @@ impl Machine<'_> {
                 if self.carry.piece == (turn, seq) && !self.carry.bytes.is_empty() {
                     let mut last = std::mem::take(&mut self.carry.bytes);
                     last.resize(FRAME_BYTES, ulaw::ULAW_SILENCE);
+                    self.spoken.audio(now, turn, seq, 0, FRAME_BYTES);
                     self.note_audio_sent(now, FRAME_BYTES);
                     self.media(last);
                     self.note_first_frame(now, turn);
                 }
+                self.spoken.done(turn, seq);
                 if let Some(name) = self.playback.end(turn, seq) {
                     self.twilio(media_messages::mark(&sid, &name));
                     self.await_echo(now, name);
+                }
+            }
+            TtsOut::Alignment(alignment) => {
+                if self.playback.piece_mut(turn, seq).is_some() {
+                    self.spoken.aligned(turn, seq, alignment);
                 }
             }
             TtsOut::Failed(err) => {

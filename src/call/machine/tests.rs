@@ -12,7 +12,7 @@ use crate::speech::ulaw::{self, FRAME_BYTES};
 
 /// The configuration and clips a test machine borrows (leaked: a test's machine lives as long
 /// as the test, and a `'static` borrow keeps the fixture simple).
-fn rules_with(extra: &[(&str, &str)]) -> Rules<'static> {
+pub(super) fn rules_with(extra: &[(&str, &str)]) -> Rules<'static> {
     let mut env = Env::from_pairs([("SERVER_DOMAIN", "voice.example.com")]);
     for (key, value) in extra {
         env.set(key, value);

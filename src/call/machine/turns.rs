@@ -188,7 +188,8 @@ impl Machine<'_> {
             if let Some(sid) = self.stream.as_ref().map(|s| s.stream_sid.clone()) {
                 self.twilio(media_messages::clear(&sid));
             }
-            self.playback.clear();
+            let cut = self.playback.clear();
+            self.keep_words_heard(now, &cut);
         }
         // Twilio drops what it buffered and echoes the cut marks at once.
         self.marks_due.clear();

@@ -27,7 +27,7 @@ use crate::providers::anthropic::stream::Usage;
 use crate::providers::anthropic::Turn;
 use crate::providers::cancel::Cancel;
 use crate::providers::elevenlabs_stt::SttError;
-use crate::providers::elevenlabs_tts::TtsError;
+use crate::providers::elevenlabs_tts::{Alignment, TtsError};
 
 /// What speech-to-text tells the call.
 #[derive(Debug, Clone, PartialEq)]
@@ -95,6 +95,9 @@ pub enum TtsOut {
     Done { chars: u64 },
     /// The piece could not be spoken (after one retry).
     Failed(TtsError),
+    /// Which characters the next `Audio` of the piece speaks, and when within it (sent just
+    /// before that audio; a chunk without one has no alignment).
+    Alignment(Alignment),
 }
 
 /// What to speak.

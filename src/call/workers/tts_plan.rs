@@ -273,6 +273,21 @@ impl Plan {
                     });
                 }
             }
+            Input::Event(TtsEvent::Alignment { context, alignment }) => {
+                // Passed on for the audio right after it (the audio is what it describes).
+                if let Some(current) = self
+                    .current
+                    .as_ref()
+                    .filter(|c| c.context.as_deref() == Some(context.as_str()))
+                {
+                    let (turn, seq) = (current.turn, current.seq);
+                    self.actions.push(Action::Out {
+                        turn,
+                        seq,
+                        out: TtsOut::Alignment(alignment),
+                    });
+                }
+            }
             Input::Event(TtsEvent::Final { context }) => {
                 self.open.retain(|c| *c != context);
                 let mine = self
@@ -520,6 +535,7 @@ mod tests {
                         TtsOut::Audio(_) => "audio".to_string(),
                         TtsOut::Done { chars } => format!("done {chars}"),
                         TtsOut::Failed(_) => "failed".to_string(),
+                        TtsOut::Alignment(a) => format!("alignment {}", a.text),
                     },
                 )),
                 _ => None,
@@ -549,6 +565,37 @@ mod tests {
             vec![("1-1-2".into(), "How are you?".into())]
         );
         assert_eq!(plan.open_contexts(), 1);
+    }
+
+    #[test]
+    fn an_alignment_goes_to_the_call_before_its_audio_and_only_for_the_current_piece() {
+        use crate::providers::elevenlabs_tts::{AlignedChar, Alignment};
+        let alignment = |context: &str, text: &str| {
+            Input::Event(TtsEvent::Alignment {
+                context: context.into(),
+                alignment: Alignment {
+                    text: text.into(),
+                    chars: vec![AlignedChar {
+                        end: text.len(),
+                        start_ms: 0,
+                        end_ms: 60,
+                    }],
+                },
+            })
+        };
+        let t0 = Instant::now();
+        let mut plan = up(t0);
+        plan.step(t0, text(1, 0, "Hi."));
+        plan.step(t0, Input::Spoke(4));
+        plan.take_actions();
+        plan.step(t0, alignment("1-0-1", "H"));
+        plan.step(t0, audio("1-0-1"));
+        // A context that is not the piece's (a cut piece's late words) is dropped.
+        plan.step(t0, alignment("0-9-9", "x"));
+        assert_eq!(
+            outs(&plan.take_actions()),
+            vec![(1, 0, "alignment H".into()), (1, 0, "audio".into())]
+        );
     }
 
     #[test]
