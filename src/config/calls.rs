@@ -54,6 +54,18 @@ const BARGE_IN_MIN_CHARS: Whole = Whole {
     min: 0,
     max: 200,
 };
+/// After a barge-in `clear`, how long the caller may stay silent (no committed words, no new
+/// partial) before the assistant takes it as a false interruption (a cough) and resumes; 0
+/// turns resuming off. Longer than the speech-to-text's end-of-utterance silence
+/// (`STT_VAD_SILENCE_SECS`), so a real interruption commits first.
+const RESUME_AFTER_MS: Whole = Whole {
+    name: "RESUME_AFTER_MS",
+    default: 1_500,
+    min: 0,
+    max: 10_000,
+};
+/// Words added to the built-in backchannel list of the call's language (comma-separated).
+const BACKCHANNEL_WORDS: &str = "BACKCHANNEL_WORDS";
 const REPROMPT_AFTER_MS: Whole = Whole {
     name: "REPROMPT_AFTER_MS",
     default: 12_000,
@@ -162,8 +174,9 @@ pub struct CallsConfig {
 /// How a live call behaves: barge-in, silence, limits. Every value is validated at start-up.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CallTuning {
-    /// A partial transcript longer than this many characters, while assistant audio plays,
-    /// interrupts it (the original's rule: more than 3).
+    /// Two or more content words of a partial, while assistant audio plays, interrupt it only
+    /// when together longer than this many characters (a stop word interrupts alone; see
+    /// `call::barge_rules`).
     pub barge_in_min_chars: usize,
     /// Caller silence after the assistant finished before "are you still there?".
     pub reprompt_after: Duration,
@@ -199,6 +212,12 @@ pub struct CallTuning {
     /// A call with no sign of the caller (speech, keys) this long is ended as `force-reaped`
     /// (the original's 15-minute reap; the reprompts normally end such a call long before).
     pub idle_reap: Duration,
+    /// Silence after a barge-in's `clear` before the assistant resumes what the caller did not
+    /// hear (`RESUME_AFTER_MS`); zero: a barge-in always cuts the reply.
+    pub resume_after: Duration,
+    /// Words added to the language's built-in backchannel list (`BACKCHANNEL_WORDS`), lower
+    /// case.
+    pub backchannel_words: Vec<String>,
 }
 
 impl CallsConfig {
@@ -277,6 +296,8 @@ impl CallTuning {
             audio_dir: PathBuf::from(r.string(AUDIO_DIR, &default_audio_dir)),
             shutdown_drain: r.secs(&SHUTDOWN_DRAIN_SECS),
             idle_reap: r.secs(&IDLE_REAP_SECS),
+            resume_after: r.millis(&RESUME_AFTER_MS),
+            backchannel_words: r.parse(BACKCHANNEL_WORDS, Vec::new(), parse_backchannel_words),
         }
     }
 
@@ -297,7 +318,31 @@ impl CallTuning {
         out.value(AUDIO_DIR, self.audio_dir.display());
         out.secs(SHUTDOWN_DRAIN_SECS.name, self.shutdown_drain);
         out.secs(IDLE_REAP_SECS.name, self.idle_reap);
+        out.millis(RESUME_AFTER_MS.name, self.resume_after);
+        out.value(BACKCHANNEL_WORDS, self.backchannel_words.join(","));
     }
+}
+
+/// `BACKCHANNEL_WORDS`: comma-separated single words (letters, apostrophes, hyphens), kept in
+/// lower case; empty entries are skipped.
+fn parse_backchannel_words(raw: &str) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    for word in raw.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+        let ok = word.chars().count() <= 40
+            && word
+                .chars()
+                .all(|c| c.is_alphabetic() || c == '\'' || c == '-');
+        if !ok {
+            return Err(format!(
+                "must be single words separated by commas (letters, ' and -), got {word:?}"
+            ));
+        }
+        out.push(word.to_lowercase());
+    }
+    if out.len() > 200 {
+        return Err(format!("at most 200 words, got {}", out.len()));
+    }
+    Ok(out)
 }
 
 /// `STT_CHUNK_MS`: in range, and whole 20 ms frames (Twilio's unit).

@@ -13,9 +13,10 @@
 //!   model is asked, its text is cut into sentences, each sentence is spoken as a piece.
 //! - What the caller heard is what Twilio echoed a mark for ([`Playback`]): the transcript,
 //!   the history after a barge-in and the end of a turn all follow the marks.
-//! - Barge-in: a partial that is real words (not filler, not our own echo) while we speak
-//!   sends `clear`, cancels the turn and keeps only what was heard in the history. Nothing of a
-//!   cancelled turn is sent to Twilio afterwards.
+//! - Barge-in: a partial that interrupts (two content words or a stop word, not our own echo:
+//!   [`crate::call::barge_rules`]) while we speak sends `clear` and pauses the reply; words
+//!   committed then cut the turn and keep only what was heard in the history, silence resumes
+//!   it (`barge.rs`). Nothing of a cancelled turn is sent to Twilio afterwards.
 //! - Timers are deadlines: the start of the stream, the idle reap, the maximum duration and
 //!   its goodbye, the reply that never ends, the sentence idle flush, reprompts after silence
 //!   and the goodbye after the last one, the closing phrase's grace, a failed write.
@@ -32,6 +33,7 @@
 
 use std::time::{Duration, Instant};
 
+use super::barge_rules::Listening;
 use super::clips::Clips;
 use super::end::End;
 use super::playback::{Kind, Playback};
@@ -282,6 +284,10 @@ pub struct Machine<'a> {
     write_failed_at: Option<Instant>,
 
     actions: Vec<Action>,
+    /// The call language's backchannel words (`barge_rules`).
+    listening: Listening,
+    /// A reply cleared by a barge-in, until it is resumed or cut (`barge.rs`).
+    paused: Option<barge::Paused>,
 }
 
 #[derive(Default)]
@@ -329,6 +335,11 @@ impl<'a> Machine<'a> {
             last_voice: None,
             write_failed_at: None,
             actions: Vec::new(),
+            listening: Listening::for_language(
+                &rules.calls.tuning.stt_language,
+                &rules.calls.tuning.backchannel_words,
+            ),
+            paused: None,
         }
     }
 
@@ -400,6 +411,9 @@ impl<'a> Machine<'a> {
                 }
                 if let Some(quiet) = self.reprompt_clock() {
                     at(quiet + tuning.reprompt_after);
+                }
+                if let Some(due) = self.resume_due() {
+                    at(due);
                 }
             }
         }
@@ -514,7 +528,7 @@ impl<'a> Machine<'a> {
             return;
         }
         let text = format!("(the caller pressed {} on the keypad)", keys.join(" "));
-        if self.playback.is_speaking() || self.live.is_some() {
+        if self.playback.is_speaking() || self.live.is_some() || self.is_paused() {
             self.interrupt(now);
         }
         self.start_turn(now, &text);
@@ -608,6 +622,7 @@ impl<'a> Machine<'a> {
             return;
         }
         self.take_keys(now);
+        self.check_resume(now);
         let tuning = &self.rules.calls.tuning;
         // A reply that never ends (a worker that died) must not leave the call stuck.
         let reply_deadline = self.rules.reply_deadline;
@@ -649,7 +664,11 @@ impl<'a> Machine<'a> {
     /// answering, nothing is playing. Loud audio holds it (a caller making noise is there).
     fn reprompt_clock(&self) -> Option<Instant> {
         // Keys waiting for their turn are the caller answering.
-        if self.live.is_some() || self.playback.is_speaking() || self.keys_due.is_some() {
+        if self.live.is_some()
+            || self.playback.is_speaking()
+            || self.keys_due.is_some()
+            || self.is_paused()
+        {
             return None;
         }
         let quiet = self.quiet_since?;
@@ -721,7 +740,7 @@ impl<'a> Machine<'a> {
             Phase::Closing { .. } | Phase::Ended(_) => return,
         }
         log::info!(callSid = self.call_sid(), reason:% = end; "call.closing");
-        if self.live.is_some() || self.playback.is_speaking() {
+        if self.live.is_some() || self.playback.is_speaking() || self.is_paused() {
             self.interrupt(now);
         }
         self.say_phrase(phrase);
@@ -749,8 +768,11 @@ fn ms_between(from: Instant, to: Instant) -> u64 {
     to.saturating_duration_since(from).as_millis() as u64
 }
 
+mod barge;
 mod speech;
 mod turns;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_barge;
