@@ -4,6 +4,7 @@ mod support;
 
 mod anthropic;
 mod api_keys;
+mod barge_in;
 mod call;
 mod call_command;
 mod cli;
