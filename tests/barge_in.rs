@@ -74,7 +74,10 @@ fn uh_huh_during_an_answer_sends_no_clear_and_stays_in_the_transcript() {
     let uh_huh = at("uh-huh").expect("the backchannel is in the transcript");
     assert_eq!(said[uh_huh].0, "user");
     // Said while the answer played: between its first and second sentences.
-    assert!(at(FIRST) < Some(uh_huh) && Some(uh_huh) < at(SECOND), "{said:?}");
+    assert!(
+        at(FIRST) < Some(uh_huh) && Some(uh_huh) < at(SECOND),
+        "{said:?}"
+    );
     assert!(at(THIRD).is_some(), "{said:?}");
 }
 
@@ -113,7 +116,12 @@ fn wait_stop_during_an_answer_clears_it_and_takes_the_turn() {
     );
     let record = rig.record_after_end(&call_sid);
     assert_eq!(record.barge_ins, 1);
-    let said: Vec<String> = record.transcript.entries().into_iter().map(|e| e.text).collect();
+    let said: Vec<String> = record
+        .transcript
+        .entries()
+        .into_iter()
+        .map(|e| e.text)
+        .collect();
     assert!(said.contains(&"wait, stop".to_string()), "{said:?}");
     assert!(!said.contains(&SECOND.to_string()), "{said:?}");
 }

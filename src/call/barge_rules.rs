@@ -164,10 +164,25 @@ mod tests {
     #[test]
     fn a_backchannel_is_only_sounds_of_listening() {
         let en = english();
-        for yes in ["mm-hmm", "Uh-huh.", "okay", "Yeah, right.", "hmm", "Mm-hmm, yes."] {
+        for yes in [
+            "mm-hmm",
+            "Uh-huh.",
+            "okay",
+            "Yeah, right.",
+            "hmm",
+            "Mm-hmm, yes.",
+        ] {
             assert!(en.is_backchannel(yes), "{yes}");
         }
-        for no in ["", "...", "okay wait", "yes please", "stop", "right now", "sí"] {
+        for no in [
+            "",
+            "...",
+            "okay wait",
+            "yes please",
+            "stop",
+            "right now",
+            "sí",
+        ] {
             assert!(!en.is_backchannel(no), "{no}");
         }
     }
@@ -179,7 +194,10 @@ mod tests {
             assert!(es.is_backchannel(yes), "{yes}");
         }
         assert!(!es.is_backchannel("espera"));
-        assert!(!es.is_backchannel("mm-hmm"), "English sounds are not in the Spanish list");
+        assert!(
+            !es.is_backchannel("mm-hmm"),
+            "English sounds are not in the Spanish list"
+        );
         // An unknown language uses the English list; extra words add to any list.
         let fr = Listening::for_language("fr", &["D'accord".into(), "ouais".into()]);
         assert!(fr.is_backchannel("ouais, okay"));
@@ -225,7 +243,10 @@ mod tests {
     #[test]
     fn our_own_words_heard_back_are_echo() {
         let en = english();
-        let playing = ["Let me explain the process to you.", "First, you file the form."];
+        let playing = [
+            "Let me explain the process to you.",
+            "First, you file the form.",
+        ];
         assert!(!en.is_interruption("explain the process", 3, playing));
         // Across two pieces, in order.
         assert!(!en.is_interruption("to you first you file", 3, playing));

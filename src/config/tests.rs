@@ -248,7 +248,11 @@ fn stt_chunks_are_whole_frames_from_20_to_200_ms() {
 #[test]
 fn backchannel_words_are_single_words_and_resume_after_may_be_off() {
     let tuning = ok(&[]).calls.tuning;
-    assert_eq!(tuning.resume_after, Duration::from_millis(1500), "the default");
+    assert_eq!(
+        tuning.resume_after,
+        Duration::from_millis(1500),
+        "the default"
+    );
     assert!(tuning.backchannel_words.is_empty());
     let tuning = ok(&[
         ("RESUME_AFTER_MS", "0"),
@@ -257,14 +261,25 @@ fn backchannel_words_are_single_words_and_resume_after_may_be_off() {
     .calls
     .tuning;
     assert_eq!(tuning.resume_after, Duration::ZERO);
-    assert_eq!(tuning.backchannel_words, vec!["gotcha", "d'accord", "órale"]);
+    assert_eq!(
+        tuning.backchannel_words,
+        vec!["gotcha", "d'accord", "órale"]
+    );
     fails(
         &[("BACKCHANNEL_WORDS", "okay,got it")],
         "BACKCHANNEL_WORDS",
         "single words",
     );
-    fails(&[("BACKCHANNEL_WORDS", "ok;yes")], "BACKCHANNEL_WORDS", "single words");
-    fails(&[("RESUME_AFTER_MS", "20000")], "RESUME_AFTER_MS", "from 0 to 10000");
+    fails(
+        &[("BACKCHANNEL_WORDS", "ok;yes")],
+        "BACKCHANNEL_WORDS",
+        "single words",
+    );
+    fails(
+        &[("RESUME_AFTER_MS", "20000")],
+        "RESUME_AFTER_MS",
+        "from 0 to 10000",
+    );
 }
 
 #[test]

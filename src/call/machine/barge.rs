@@ -131,8 +131,7 @@ impl Machine<'_> {
 
     /// Resumes when the pause has lasted its time.
     pub(super) fn check_resume(&mut self, now: Instant) {
-        if !matches!(self.phase, Phase::Talking) || self.resume_due().is_none_or(|due| now < due)
-        {
+        if !matches!(self.phase, Phase::Talking) || self.resume_due().is_none_or(|due| now < due) {
             return;
         }
         let Some(paused) = self.paused.take() else {

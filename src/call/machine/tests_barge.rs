@@ -54,7 +54,14 @@ fn backchannels_never_interrupt_in_the_call_language_or_from_the_setting() {
         ("STT_LANGUAGE_CODE", "es"),
         ("BACKCHANNEL_WORDS", "Órale, sale"),
     ]);
-    for partial in ["sí, claro", "ajá", "vale vale", "mmm bueno", "órale", "sale pues"] {
+    for partial in [
+        "sí, claro",
+        "ajá",
+        "vale vale",
+        "mmm bueno",
+        "órale",
+        "sale pues",
+    ] {
         assert!(!cleared(&spanish.partial(partial)), "{partial}");
     }
     let actions = spanish.say("Sí, ajá.");
@@ -269,7 +276,10 @@ fn a_cut_greeting_resumes_without_saying_as_i_was_saying() {
     let actions = bench.wait();
     let greeting = texts(&actions);
     assert_eq!(greeting.len(), 1);
-    assert!(greeting[0].contains("Welcome to CoTrack Pro"), "{greeting:?}");
+    assert!(
+        greeting[0].contains("Welcome to CoTrack Pro"),
+        "{greeting:?}"
+    );
 }
 
 #[test]
@@ -280,7 +290,10 @@ fn keys_or_the_end_of_the_call_during_the_pause_drop_it() {
     bench.at(1_000);
     bench.step(Input::Twilio(Inbound::Dtmf { digit: "1".into() }));
     let actions = bench.wait();
-    assert_eq!(bench.now, bench.t0 + KEYPAD_GAP + Duration::from_millis(1_000));
+    assert_eq!(
+        bench.now,
+        bench.t0 + KEYPAD_GAP + Duration::from_millis(1_000)
+    );
     assert!(actions.iter().any(|a| matches!(a, Action::NewTurn(2))));
     assert!(asked(&actions).is_some());
     assert!(!texts(&actions).contains(&"As I was saying,".to_string()));

@@ -841,8 +841,14 @@ mod tests {
             .iter()
             .position(|h| h.starts_with("commit:"))
             .expect("a commit");
-        assert!(heard[..cough_end].contains(&"partial:hey wait".to_string()), "{heard:?}");
+        assert!(
+            heard[..cough_end].contains(&"partial:hey wait".to_string()),
+            "{heard:?}"
+        );
         assert_eq!(heard[cough_end], "commit:");
-        assert_eq!(heard.last().map(String::as_str), Some("commit:after the cough"));
+        assert_eq!(
+            heard.last().map(String::as_str),
+            Some("commit:after the cough")
+        );
     }
 }
