@@ -56,14 +56,18 @@ const BARGE_IN_MIN_CHARS: Whole = Whole {
 };
 /// After a barge-in `clear`, how long the caller may stay silent (no committed words, no new
 /// partial) before the assistant takes it as a false interruption (a cough) and resumes; 0
-/// turns resuming off. Longer than the speech-to-text's end-of-utterance silence
-/// (`STT_VAD_SILENCE_SECS`), so a real interruption commits first.
+/// turns resuming off. It must be longer than the speech-to-text's end-of-utterance silence
+/// (`STT_VAD_SILENCE_SECS`), so that a real interruption commits first: unset, it is this
+/// default or that silence and [`RESUME_MARGIN`], whichever is longer ([`read_resume_after`]).
 const RESUME_AFTER_MS: Whole = Whole {
     name: "RESUME_AFTER_MS",
     default: 1_500,
     min: 0,
     max: 10_000,
 };
+/// What an unset `RESUME_AFTER_MS` leaves after `STT_VAD_SILENCE_SECS`: the last partial can
+/// come a little before the speech ends, and the commit takes the service a moment.
+const RESUME_MARGIN: Duration = Duration::from_millis(700);
 /// Words added to the built-in backchannel list of the call's language (comma-separated).
 const BACKCHANNEL_WORDS: &str = "BACKCHANNEL_WORDS";
 const REPROMPT_AFTER_MS: Whole = Whole {
@@ -296,9 +300,15 @@ impl CallTuning {
             audio_dir: PathBuf::from(r.string(AUDIO_DIR, &default_audio_dir)),
             shutdown_drain: r.secs(&SHUTDOWN_DRAIN_SECS),
             idle_reap: r.secs(&IDLE_REAP_SECS),
-            resume_after: r.millis(&RESUME_AFTER_MS),
+            resume_after: Duration::ZERO,
             backchannel_words: r.parse(BACKCHANNEL_WORDS, Vec::new(), parse_backchannel_words),
         }
+        .with_resume_after(r)
+    }
+
+    fn with_resume_after(mut self, r: &mut Reader<'_>) -> CallTuning {
+        self.resume_after = read_resume_after(r, self.vad_silence_secs);
+        self
     }
 
     fn report(&self, out: &mut Report) {
@@ -321,6 +331,28 @@ impl CallTuning {
         out.millis(RESUME_AFTER_MS.name, self.resume_after);
         out.value(BACKCHANNEL_WORDS, self.backchannel_words.join(","));
     }
+}
+
+/// `RESUME_AFTER_MS`: zero (off), or longer than the speech-to-text's end-of-utterance
+/// silence; unset, the default or that silence and [`RESUME_MARGIN`], whichever is longer.
+fn read_resume_after(r: &mut Reader<'_>, vad_silence_secs: f64) -> Duration {
+    let vad = Duration::from_secs_f64(vad_silence_secs);
+    if !r.is_set(RESUME_AFTER_MS.name) {
+        return Duration::from_millis(RESUME_AFTER_MS.default).max(vad + RESUME_MARGIN);
+    }
+    let resume = r.millis(&RESUME_AFTER_MS);
+    if !resume.is_zero() && resume <= vad {
+        r.error(
+            RESUME_AFTER_MS.name,
+            format!(
+                "must be 0 (off) or longer than {STT_VAD_SILENCE_SECS} ({vad_silence_secs} s): \
+                 a caller who really interrupts must be heard before the answer resumes",
+                STT_VAD_SILENCE_SECS = STT_VAD_SILENCE_SECS.name
+            ),
+        );
+        return Duration::from_millis(RESUME_AFTER_MS.default).max(vad + RESUME_MARGIN);
+    }
+    resume
 }
 
 /// `BACKCHANNEL_WORDS`: comma-separated single words (letters, apostrophes, hyphens), kept in

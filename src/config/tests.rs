@@ -280,6 +280,20 @@ fn backchannel_words_are_single_words_and_resume_after_may_be_off() {
         "RESUME_AFTER_MS",
         "from 0 to 10000",
     );
+    // Longer than the speech-to-text's end-of-utterance silence, so words commit first.
+    fails(
+        &[("RESUME_AFTER_MS", "800")],
+        "RESUME_AFTER_MS",
+        "longer than STT_VAD_SILENCE_SECS",
+    );
+    let tuning = ok(&[("RESUME_AFTER_MS", "900")]).calls.tuning;
+    assert_eq!(tuning.resume_after, Duration::from_millis(900));
+    let tuning = ok(&[("STT_VAD_SILENCE_SECS", "2.0")]).calls.tuning;
+    assert_eq!(
+        tuning.resume_after,
+        Duration::from_millis(2700),
+        "unset: after the silence"
+    );
 }
 
 #[test]
