@@ -25,12 +25,31 @@ fn the_demo_holds_a_whole_conversation_and_writes_it_to_a_wav_file() {
         "attorney › I'm working on that for you right now.",
         "the server cleared Twilio's buffer",
         "attorney › Keep every text message about the exchange, with its date.",
-        "Status completed, 5 turns, 1 barge-in, 1 tool call(s)",
+        // The backchannel: said over the first answer, kept, neither a clear nor a turn.
+        "caller (while the answer plays): Mm-hmm.",
+        "only a backchannel: no clear was sent, and the answer went on",
+        "caller › Mm-hmm.   (a backchannel: not a turn)",
+        // The cough: a clear, then the answer resumes with the sentence not heard.
+        "caller coughs over the answer",
+        "the server cleared Twilio's buffer and paused the answer",
+        "the answer resumed from the sentence the caller had not heard",
+        "attorney › As I was saying,",
+        "attorney › You did well today, and writing things down as they happen will help you.",
+        // Two clears (the interruption and the cough); the cough is not a turn.
+        "Status completed, 5 turns, 2 barge-in(s), 1 tool call(s)",
     ] {
         assert!(stdout.contains(expected), "{expected:?} in:\n{stdout}");
     }
     // What was cut off by the barge-in was never heard, so it is not in the record.
     assert!(!stdout.contains("keep your own notes short"), "{stdout}");
+    // The sentence the cough cut off is in the record once: as heard after the resume.
+    assert_eq!(
+        stdout
+            .matches("› You did well today, and writing things down")
+            .count(),
+        1,
+        "{stdout}"
+    );
     // Five turns, each with its latencies.
     assert_eq!(
         stdout.matches("first frame to Twilio").count(),

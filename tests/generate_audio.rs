@@ -45,7 +45,8 @@ fn renders_every_phrase_per_voice_keeps_what_is_current_and_calls_play_it() {
     );
     let summary: Value = serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("JSON");
     let voices: BTreeSet<&str> = Role::ALL.iter().map(|r| r.default_voice_id()).collect();
-    let expected = voices.len() * 7 + Role::ALL.len();
+    let expected =
+        voices.len() * cotrackpro_voice::personas::prompts::Phrase::ALL.len() + Role::ALL.len();
     assert_eq!(summary["voices"], voices.len());
     assert_eq!(summary["rendered"], expected);
     assert_eq!(summary["kept"], 0);

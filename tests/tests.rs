@@ -5,6 +5,7 @@ mod support;
 mod amd;
 mod anthropic;
 mod api_keys;
+mod barge_in;
 mod call;
 mod call_command;
 mod cli;

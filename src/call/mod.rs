@@ -35,6 +35,7 @@
 //! machine drops any output of an older turn, so no audio of a cancelled turn reaches Twilio
 //! after the `clear`.
 
+pub mod barge_rules;
 pub mod clips;
 pub mod end;
 pub mod machine;

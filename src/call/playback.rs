@@ -1,5 +1,6 @@
-//! What the caller has heard, tracked by the marks Twilio echoes back, and the barge-in rule.
-//! Pure: the call thread feeds it and acts on what it answers.
+//! What the caller has heard, tracked by the marks Twilio echoes back. Pure: the call thread
+//! feeds it and acts on what it answers. (What the caller's words mean while it plays is in
+//! [`super::barge_rules`].)
 //!
 //! Everything the call speaks — the model's sentences, fixed phrases, the greeting — is a
 //! [`Piece`] with a mark sent after its last audio frame. Twilio echoes a mark when the audio
@@ -96,6 +97,12 @@ impl Playback {
         self.queue.front().map(|p| p.text.as_str())
     }
 
+    /// The text of every piece playing or about to, oldest first (to tell our echo from the
+    /// caller's words).
+    pub fn texts(&self) -> impl Iterator<Item = &str> {
+        self.queue.iter().map(|p| p.text.as_str())
+    }
+
     /// `clear` was sent: every piece in flight is cut off. Returns them (none was heard).
     pub fn clear(&mut self) -> Vec<Piece> {
         let cut: Vec<Piece> = self.queue.drain(..).collect();
@@ -108,53 +115,6 @@ impl Playback {
         }
         cut
     }
-}
-
-/// Words that are only sounds of listening: on their own they never interrupt the assistant.
-const FILLERS: &[&str] = &[
-    "um", "umm", "uh", "uhh", "hmm", "hm", "mm", "mmm", "mhm", "uh-huh", "ah", "er", "oh", "okay",
-    "ok", "yeah", "right", "mm-hmm",
-];
-
-/// Whether `text` is only sounds of listening ("mm-hmm", "okay", "yeah"): said while the
-/// assistant speaks, it is the caller following along, not taking the turn.
-pub fn is_backchannel(text: &str) -> bool {
-    let words = normalize(text);
-    !words.is_empty() && words.split(' ').all(|w| FILLERS.contains(&w))
-}
-
-/// Whether a partial transcript heard while the assistant speaks is the caller talking over
-/// it: longer than `min_chars` (the original's rule, more than 3), not only filler words, and
-/// not the assistant's own words coming back through the phone (echo).
-pub fn is_barge_in(partial: &str, min_chars: usize, playing_text: Option<&str>) -> bool {
-    let words = normalize(partial);
-    if words.chars().count() <= min_chars {
-        return false;
-    }
-    if words.split(' ').all(|w| FILLERS.contains(&w)) {
-        return false;
-    }
-    match playing_text {
-        Some(playing) => !normalize(playing).contains(&words),
-        None => true,
-    }
-}
-
-/// Lower case, letters, digits, apostrophes and hyphens, single spaces.
-fn normalize(text: &str) -> String {
-    text.to_lowercase()
-        .chars()
-        .map(|c| {
-            if c.is_alphanumeric() || c == '\'' || c == '-' {
-                c
-            } else {
-                ' '
-            }
-        })
-        .collect::<String>()
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 #[cfg(test)]
@@ -209,27 +169,5 @@ mod tests {
         assert!(playback.is_speaking());
         assert!(playback.piece_mut(3, 0).is_some());
         assert_eq!(playback.end(3, 5), None);
-    }
-
-    #[test]
-    fn barge_in_needs_real_words_that_are_not_an_echo() {
-        assert!(is_barge_in(
-            "wait, stop",
-            3,
-            Some("Let me explain the process.")
-        ));
-        assert!(is_barge_in("hold on please", 3, None));
-        // The original's threshold: more than three characters.
-        assert!(!is_barge_in("no", 3, Some("Anything.")));
-        assert!(!is_barge_in("okay", 3, Some("Anything.")));
-        assert!(!is_barge_in("um, uh, hmm", 3, Some("Anything.")));
-        // The assistant's own words coming back through the line.
-        assert!(!is_barge_in(
-            "explain the process",
-            3,
-            Some("Let me explain the process.")
-        ));
-        assert!(is_barge_in("stop", 0, Some("Anything.")));
-        assert!(!is_barge_in("stop", 4, Some("Anything.")));
     }
 }

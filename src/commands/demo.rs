@@ -1,8 +1,10 @@
 //! `cotrackpro-voice demo`: the whole product on loopback with no keys. It starts the
 //! simulated providers and the real server wired to them, then a simulated caller phones in
-//! and speaks a scripted conversation — a question, a question that needs a CoTrackPro tool,
-//! a question it interrupts mid-answer, and goodbye. It prints the conversation as the record
-//! kept it, with each turn's latencies, and writes both sides of the call to a WAV file.
+//! and speaks a scripted conversation — a question it follows with "mm-hmm" (a backchannel: no
+//! interruption), a question that needs a CoTrackPro tool, a question it interrupts
+//! mid-answer, and goodbye, over whose answer it coughs (a false interruption: the answer
+//! resumes). It prints the conversation as the record kept it, with each turn's latencies, and
+//! writes both sides of the call to a WAV file.
 
 use std::error::Error;
 use std::path::PathBuf;
@@ -10,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+use crate::call::barge_rules::Listening;
 use crate::personas::Role;
 use crate::records::index::sid_key;
 use crate::serve::Server;
@@ -28,8 +31,22 @@ pub struct DemoOptions {
 struct Step {
     says: &'static str,
     replies: Vec<Reply>,
-    /// Said over the answer once its first sentence has been heard.
-    interrupt: Option<(&'static str, Reply)>,
+    /// What the caller does over the answer once its first sentence has been heard.
+    during: During,
+}
+
+enum During {
+    Nothing,
+    /// Sounds of listening: the answer goes on.
+    Backchannel(&'static str),
+    /// A noise the speech-to-text hears as `heard_as` but never commits: the answer is cleared,
+    /// then resumes.
+    Cough {
+        sound: &'static str,
+        heard_as: &'static str,
+    },
+    /// Words that take the turn, and the model's answer to them.
+    Interrupt(&'static str, Reply),
 }
 
 fn script() -> Vec<Step> {
@@ -37,9 +54,9 @@ fn script() -> Vec<Step> {
         Step {
             says: "Hi. I need help writing down what happened at the exchange last Friday.",
             replies: vec![Reply::Text(
-                "I'm glad you called, and I can help with that. Let's start with when the exchange was, and where it happened.".into(),
+                "I'm glad you called, and I can help with that. We will go through it together, one small step at a time, and nothing has to be perfect. Let's start with when the exchange was, and where it happened.".into(),
             )],
-            interrupt: None,
+            during: During::Backchannel("Mm-hmm."),
         },
         Step {
             says: "Is there a template I can use for an exchange log?",
@@ -53,24 +70,27 @@ fn script() -> Vec<Step> {
                     "I've started an exchange log draft for you. It has a place for the date, the time, who was there, and what was said.".into(),
                 ),
             ],
-            interrupt: None,
+            during: During::Nothing,
         },
         Step {
             says: "What else should I keep?",
             replies: vec![Reply::Text(
                 "Keep every text message about the exchange, with its date. Keep notes from the school or the doctor if they mention it. Write down the names of anyone who saw what happened. And keep your own notes short, factual and calm.".into(),
             )],
-            interrupt: Some((
+            during: During::Interrupt(
                 "Sorry, can I stop you there for a second?",
                 Reply::Text("Of course. Take your time, I'm listening.".into()),
-            )),
+            ),
         },
         Step {
             says: "That's all for today. Thank you, goodbye.",
             replies: vec![Reply::Text(
-                "You're welcome. You did well today. Call back any time, and if you are ever in danger, call 911.".into(),
+                "You're welcome. You did well today, and writing things down as they happen will help you. Call back any time, and if you are ever in danger, call 911.".into(),
             )],
-            interrupt: None,
+            during: During::Cough {
+                sound: "ahem ahem ahem",
+                heard_as: "hey wait",
+            },
         },
     ]
 }
@@ -107,14 +127,18 @@ fn converse(
         options.role
     );
     let steps = script();
+    let stt = sims.elevenlabs.stt();
     for step in &steps {
         sims.anthropic.push(step.replies.iter().cloned());
-        sims.elevenlabs
-            .stt()
-            .push_utterances([step.says.to_string()]);
-        if let Some((words, reply)) = &step.interrupt {
-            sims.anthropic.push([reply.clone()]);
-            sims.elevenlabs.stt().push_utterances([words.to_string()]);
+        stt.push_utterances([step.says.to_string()]);
+        match &step.during {
+            During::Nothing => {}
+            During::Backchannel(words) => stt.push_utterances([words.to_string()]),
+            During::Cough { heard_as, .. } => stt.push_cough(heard_as),
+            During::Interrupt(words, reply) => {
+                sims.anthropic.push([reply.clone()]);
+                stt.push_utterances([words.to_string()]);
+            }
         }
     }
     let caller = SimCaller::dial(
@@ -136,33 +160,75 @@ fn converse(
     for step in &steps {
         let from = caller.log().len();
         println!("🗣  caller: {}", step.says);
+        if matches!(step.during, During::Backchannel(_) | During::Cough { .. }) {
+            // In real time while the caller is heard over the answer: the answer must still be
+            // playing when the speech-to-text has understood them.
+            caller.set_playback_speed(1);
+        }
         caller.say(step.says);
-        if let Some((words, _)) = &step.interrupt {
-            let heard_one = caller.wait_for(STEP_TIMEOUT, |log| {
-                log[from.min(log.len())..]
-                    .iter()
-                    .any(|(_, h)| matches!(h, Heard::Echoed(_)))
-            });
-            if !heard_one {
-                return Err("the answer did not start".into());
-            }
-            println!("🗣  caller (talking over the answer): {words}");
-            let from_interrupt = caller.log().len();
-            caller.say(words);
-            let cleared = caller.wait_for(STEP_TIMEOUT, |log| {
-                log[from_interrupt.min(log.len())..]
-                    .iter()
-                    .any(|(_, h)| *h == Heard::Clear)
-            });
-            if !cleared {
-                return Err("the barge-in was not heard".into());
-            }
-            println!(
-                "   ✋ the server cleared Twilio's buffer and dropped the rest of that answer"
-            );
-            await_reply(&caller, caller.log().len())?;
-        } else {
+        if matches!(step.during, During::Nothing) {
             await_reply(&caller, from)?;
+            continue;
+        }
+        let heard_one = caller.wait_for(STEP_TIMEOUT, |log| {
+            log[from.min(log.len())..]
+                .iter()
+                .any(|(_, h)| matches!(h, Heard::Echoed(_)))
+        });
+        if !heard_one {
+            return Err("the answer did not start".into());
+        }
+        let over = caller.log().len();
+        match &step.during {
+            During::Nothing => {}
+            During::Backchannel(words) => {
+                println!("🗣  caller (while the answer plays): {words}");
+                caller.say(words);
+                await_reply(&caller, from)?;
+                caller.set_playback_speed(options.speed);
+                if cleared_since(&caller, over) {
+                    return Err("the backchannel interrupted the answer".into());
+                }
+                println!("   👂 only a backchannel: no clear was sent, and the answer went on");
+            }
+            During::Cough { sound, heard_as } => {
+                println!(
+                    "🗣  caller coughs over the answer ({sound}; the speech-to-text hears \"{heard_as}\", then commits nothing)"
+                );
+                caller.say(sound);
+                if !caller.wait_for(STEP_TIMEOUT, |log| {
+                    log[over.min(log.len())..]
+                        .iter()
+                        .any(|(_, h)| *h == Heard::Clear)
+                }) {
+                    return Err("the cough did not clear the answer".into());
+                }
+                caller.set_playback_speed(options.speed);
+                println!("   ✋ the server cleared Twilio's buffer and paused the answer");
+                let after_clear = caller.log().len();
+                await_reply(&caller, after_clear)?;
+                if !resumed_same_turn(&caller.log(), from, after_clear) {
+                    return Err("the answer did not resume after the cough".into());
+                }
+                println!(
+                    "   ↩ no words followed the cough: the answer resumed from the sentence the caller had not heard"
+                );
+            }
+            During::Interrupt(words, _) => {
+                println!("🗣  caller (talking over the answer): {words}");
+                caller.say(words);
+                if !caller.wait_for(STEP_TIMEOUT, |log| {
+                    log[over.min(log.len())..]
+                        .iter()
+                        .any(|(_, h)| *h == Heard::Clear)
+                }) {
+                    return Err("the barge-in was not heard".into());
+                }
+                println!(
+                    "   ✋ the server cleared Twilio's buffer and dropped the rest of that answer"
+                );
+                await_reply(&caller, caller.log().len())?;
+            }
         }
     }
     let call_sid = caller.call_sid().to_string();
@@ -185,12 +251,18 @@ fn converse(
 
     println!("The conversation, as the record keeps it (what the caller actually heard):");
     let mut turn = 0u64;
+    let listening = Listening::for_language("en", &[]);
     for entry in record.transcript.entries() {
         let who = if entry.role == "user" {
             "caller".to_string()
         } else {
             options.role.as_str().to_string()
         };
+        let backchannel = entry.role == "user" && listening.is_backchannel(&entry.text);
+        if backchannel {
+            println!("  {who:>10} › {}   (a backchannel: not a turn)", entry.text);
+            continue;
+        }
         println!("  {who:>10} › {}", entry.text);
         if entry.role == "user" && !entry.text.starts_with("[keypad") {
             turn += 1;
@@ -210,7 +282,7 @@ fn converse(
     }
     if let Some(cost) = &record.cost_summary {
         println!(
-            "\nStatus {}, {} turns, {} barge-in, {} tool call(s); {}",
+            "\nStatus {}, {} turns, {} barge-in(s), {} tool call(s); {}",
             record.status.as_str(),
             record.turn_count,
             record.barge_ins,
@@ -241,6 +313,32 @@ fn cost_line(cost: &crate::records::event::CostSummary) -> String {
         cost.stt_secs,
         cost.estimated_cost_usd
     )
+}
+
+/// Whether the phone was sent a `clear` since the log's entry `from`.
+fn cleared_since(caller: &SimCaller, from: usize) -> bool {
+    caller
+        .log()
+        .iter()
+        .skip(from)
+        .any(|(_, h)| *h == Heard::Clear)
+}
+
+/// Whether the marks after the log's entry `after` belong to the same turn as those between
+/// `from` and it: the answer resumed (a cut answer's reply is a new turn).
+fn resumed_same_turn(log: &[(Instant, Heard)], from: usize, after: usize) -> bool {
+    let turn_of = |h: &Heard| match h {
+        Heard::Mark(name) => name.split('-').next().map(str::to_string),
+        _ => None,
+    };
+    let before = log[from.min(log.len())..after.min(log.len())]
+        .iter()
+        .filter_map(|(_, h)| turn_of(h))
+        .next_back();
+    let next = log[after.min(log.len())..]
+        .iter()
+        .find_map(|(_, h)| turn_of(h));
+    before.is_some() && before == next
 }
 
 /// Waits for the caller to finish speaking, then for the answer to start and play out.

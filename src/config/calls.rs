@@ -60,6 +60,22 @@ const BARGE_IN_MIN_CHARS: Whole = Whole {
     min: 0,
     max: 200,
 };
+/// After a barge-in `clear`, how long the caller may stay silent (no committed words, no new
+/// partial) before the assistant takes it as a false interruption (a cough) and resumes; 0
+/// turns resuming off. It must be longer than the speech-to-text's end-of-utterance silence
+/// (`STT_VAD_SILENCE_SECS`), so that a real interruption commits first: unset, it is this
+/// default or that silence and [`RESUME_MARGIN`], whichever is longer ([`read_resume_after`]).
+const RESUME_AFTER_MS: Whole = Whole {
+    name: "RESUME_AFTER_MS",
+    default: 1_500,
+    min: 0,
+    max: 10_000,
+};
+/// What an unset `RESUME_AFTER_MS` leaves after `STT_VAD_SILENCE_SECS`: the last partial can
+/// come a little before the speech ends, and the commit takes the service a moment.
+const RESUME_MARGIN: Duration = Duration::from_millis(700);
+/// Words added to the built-in backchannel list of the call's language (comma-separated).
+const BACKCHANNEL_WORDS: &str = "BACKCHANNEL_WORDS";
 const REPROMPT_AFTER_MS: Whole = Whole {
     name: "REPROMPT_AFTER_MS",
     default: 12_000,
@@ -168,8 +184,9 @@ pub struct CallsConfig {
 /// How a live call behaves: barge-in, silence, limits. Every value is validated at start-up.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CallTuning {
-    /// A partial transcript longer than this many characters, while assistant audio plays,
-    /// interrupts it (the original's rule: more than 3).
+    /// Two or more content words of a partial, while assistant audio plays, interrupt it only
+    /// when together longer than this many characters (a stop word interrupts alone; see
+    /// `call::barge_rules`).
     pub barge_in_min_chars: usize,
     /// Caller silence after the assistant finished before "are you still there?".
     pub reprompt_after: Duration,
@@ -208,6 +225,12 @@ pub struct CallTuning {
     /// What an outbound call says to an answering machine after its beep, then hangs up
     /// (`VOICEMAIL_MESSAGE`). Anyone may play a voicemail back: it names no one and no case.
     pub voicemail_message: String,
+    /// Silence after a barge-in's `clear` before the assistant resumes what the caller did not
+    /// hear (`RESUME_AFTER_MS`); zero: a barge-in always cuts the reply.
+    pub resume_after: Duration,
+    /// Words added to the language's built-in backchannel list (`BACKCHANNEL_WORDS`), lower
+    /// case.
+    pub backchannel_words: Vec<String>,
 }
 
 impl CallsConfig {
@@ -287,7 +310,15 @@ impl CallTuning {
             shutdown_drain: r.secs(&SHUTDOWN_DRAIN_SECS),
             idle_reap: r.secs(&IDLE_REAP_SECS),
             voicemail_message: read_voicemail_message(r),
+            resume_after: Duration::ZERO,
+            backchannel_words: r.parse(BACKCHANNEL_WORDS, Vec::new(), parse_backchannel_words),
         }
+        .with_resume_after(r)
+    }
+
+    fn with_resume_after(mut self, r: &mut Reader<'_>) -> CallTuning {
+        self.resume_after = read_resume_after(r, self.vad_silence_secs);
+        self
     }
 
     fn report(&self, out: &mut Report) {
@@ -308,6 +339,8 @@ impl CallTuning {
         out.secs(SHUTDOWN_DRAIN_SECS.name, self.shutdown_drain);
         out.secs(IDLE_REAP_SECS.name, self.idle_reap);
         out.value(VOICEMAIL_MESSAGE, &self.voicemail_message);
+        out.millis(RESUME_AFTER_MS.name, self.resume_after);
+        out.value(BACKCHANNEL_WORDS, self.backchannel_words.join(","));
     }
 }
 
@@ -329,6 +362,50 @@ fn read_voicemail_message(r: &mut Reader<'_>) -> String {
             }
         },
     )
+}
+
+/// `RESUME_AFTER_MS`: zero (off), or longer than the speech-to-text's end-of-utterance
+/// silence; unset, the default or that silence and [`RESUME_MARGIN`], whichever is longer.
+fn read_resume_after(r: &mut Reader<'_>, vad_silence_secs: f64) -> Duration {
+    let vad = Duration::from_secs_f64(vad_silence_secs);
+    if !r.is_set(RESUME_AFTER_MS.name) {
+        return Duration::from_millis(RESUME_AFTER_MS.default).max(vad + RESUME_MARGIN);
+    }
+    let resume = r.millis(&RESUME_AFTER_MS);
+    if !resume.is_zero() && resume <= vad {
+        r.error(
+            RESUME_AFTER_MS.name,
+            format!(
+                "must be 0 (off) or longer than {STT_VAD_SILENCE_SECS} ({vad_silence_secs} s): \
+                 a caller who really interrupts must be heard before the answer resumes",
+                STT_VAD_SILENCE_SECS = STT_VAD_SILENCE_SECS.name
+            ),
+        );
+        return Duration::from_millis(RESUME_AFTER_MS.default).max(vad + RESUME_MARGIN);
+    }
+    resume
+}
+
+/// `BACKCHANNEL_WORDS`: comma-separated single words (letters, apostrophes, hyphens), kept in
+/// lower case; empty entries are skipped.
+fn parse_backchannel_words(raw: &str) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    for word in raw.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+        let ok = word.chars().count() <= 40
+            && word
+                .chars()
+                .all(|c| c.is_alphabetic() || c == '\'' || c == '-');
+        if !ok {
+            return Err(format!(
+                "must be single words separated by commas (letters, ' and -), got {word:?}"
+            ));
+        }
+        out.push(word.to_lowercase());
+    }
+    if out.len() > 200 {
+        return Err(format!("at most 200 words, got {}", out.len()));
+    }
+    Ok(out)
 }
 
 /// `STT_CHUNK_MS`: in range, and whole 20 ms frames (Twilio's unit).

@@ -246,6 +246,57 @@ fn stt_chunks_are_whole_frames_from_20_to_200_ms() {
 }
 
 #[test]
+fn backchannel_words_are_single_words_and_resume_after_may_be_off() {
+    let tuning = ok(&[]).calls.tuning;
+    assert_eq!(
+        tuning.resume_after,
+        Duration::from_millis(1500),
+        "the default"
+    );
+    assert!(tuning.backchannel_words.is_empty());
+    let tuning = ok(&[
+        ("RESUME_AFTER_MS", "0"),
+        ("BACKCHANNEL_WORDS", " Gotcha, ,d'accord,Órale "),
+    ])
+    .calls
+    .tuning;
+    assert_eq!(tuning.resume_after, Duration::ZERO);
+    assert_eq!(
+        tuning.backchannel_words,
+        vec!["gotcha", "d'accord", "órale"]
+    );
+    fails(
+        &[("BACKCHANNEL_WORDS", "okay,got it")],
+        "BACKCHANNEL_WORDS",
+        "single words",
+    );
+    fails(
+        &[("BACKCHANNEL_WORDS", "ok;yes")],
+        "BACKCHANNEL_WORDS",
+        "single words",
+    );
+    fails(
+        &[("RESUME_AFTER_MS", "20000")],
+        "RESUME_AFTER_MS",
+        "from 0 to 10000",
+    );
+    // Longer than the speech-to-text's end-of-utterance silence, so words commit first.
+    fails(
+        &[("RESUME_AFTER_MS", "800")],
+        "RESUME_AFTER_MS",
+        "longer than STT_VAD_SILENCE_SECS",
+    );
+    let tuning = ok(&[("RESUME_AFTER_MS", "900")]).calls.tuning;
+    assert_eq!(tuning.resume_after, Duration::from_millis(900));
+    let tuning = ok(&[("STT_VAD_SILENCE_SECS", "2.0")]).calls.tuning;
+    assert_eq!(
+        tuning.resume_after,
+        Duration::from_millis(2700),
+        "unset: after the silence"
+    );
+}
+
+#[test]
 fn signature_checking_needs_the_auth_token() {
     fails(
         &[("VALIDATE_TWILIO_SIGNATURE", "true")],

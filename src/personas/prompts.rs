@@ -166,10 +166,12 @@ pub enum Phrase {
     GoodbyeTrouble,
     /// The call reached its maximum length.
     GoodbyeTimeUp,
+    /// Before the rest of a reply cut off by a false interruption (a cough).
+    Resume,
 }
 
 impl Phrase {
-    pub const ALL: [Phrase; 7] = [
+    pub const ALL: [Phrase; 8] = [
         Phrase::Hold,
         Phrase::Apology,
         Phrase::ToolApology,
@@ -177,6 +179,7 @@ impl Phrase {
         Phrase::GoodbyeSilence,
         Phrase::GoodbyeTrouble,
         Phrase::GoodbyeTimeUp,
+        Phrase::Resume,
     ];
 
     /// The file-name-safe name (pre-rendered audio, logs).
@@ -189,6 +192,7 @@ impl Phrase {
             Phrase::GoodbyeSilence => "goodbye_silence",
             Phrase::GoodbyeTrouble => "goodbye_trouble",
             Phrase::GoodbyeTimeUp => "goodbye_time_up",
+            Phrase::Resume => "resume",
         }
     }
 
@@ -201,6 +205,7 @@ impl Phrase {
             Phrase::GoodbyeSilence => "I haven't heard from you for a while, so I'll end the call now. You can call back any time. If you're ever in danger, call 911.",
             Phrase::GoodbyeTrouble => "I'm sorry, I'm having trouble hearing you, so I need to end the call. Nothing you told me was lost. Please call back in a moment. If you're in danger, call 911.",
             Phrase::GoodbyeTimeUp => "We've reached the time limit for this call. Thank you for talking with me. You can call back any time, and if you're ever in danger, call 911.",
+            Phrase::Resume => "As I was saying,",
         }
     }
 }

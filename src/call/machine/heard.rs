@@ -273,7 +273,9 @@ pub(super) fn words_heard<'t>(
 impl Machine<'_> {
     /// `clear` cut off `cut` at `now`: the words heard of it go into the transcript and, for
     /// the model's sentences, into what the history keeps of the turn (see the module docs).
-    pub(super) fn keep_words_heard(&mut self, now: Instant, cut: &[Piece]) {
+    /// Returns how many of its first pieces were heard whole (a resume starts after them).
+    pub(super) fn keep_words_heard(&mut self, now: Instant, cut: &[Piece]) -> usize {
+        let mut whole_pieces = 0;
         for piece in cut {
             let (text, whole) = match self.spoken.heard(now, piece) {
                 Heard::Whole => (piece.text.clone(), true),
@@ -287,7 +289,9 @@ impl Machine<'_> {
             if !whole {
                 break;
             }
+            whole_pieces += 1;
         }
         self.spoken.clear();
+        whole_pieces
     }
 }

@@ -14,9 +14,11 @@
 //! - What the caller heard is what Twilio echoed a mark for ([`Playback`]): the transcript,
 //!   the history after a barge-in and the end of a turn all follow the marks. Of a piece cut
 //!   off mid-way, the whole words played so far are kept, marked as cut off (`heard.rs`).
-//! - Barge-in: a partial that is real words (not filler, not our own echo) while we speak
-//!   sends `clear`, cancels the turn and keeps only what was heard in the history. Nothing of a
-//!   cancelled turn is sent to Twilio afterwards.
+//! - Barge-in: a partial that interrupts (two content words or a stop word, not our own echo:
+//!   [`crate::call::barge_rules`]) while we speak sends `clear` and pauses the reply; words
+//!   committed then cut the turn and keep only what was heard in the history, silence resumes
+//!   it from the first piece not heard whole (`barge.rs`). Nothing of a cancelled turn is sent
+//!   to Twilio afterwards.
 //! - Timers are deadlines: the start of the stream, the idle reap, the maximum duration and
 //!   its goodbye, the reply that never ends, the sentence idle flush, reprompts after silence
 //!   and the goodbye after the last one, the closing phrase's grace, a failed write.
@@ -35,6 +37,7 @@
 
 use std::time::{Duration, Instant};
 
+use super::barge_rules::Listening;
 use super::clips::Clips;
 use super::end::End;
 use super::playback::{Kind, Playback};
@@ -293,6 +296,10 @@ pub struct Machine<'a> {
     /// Where each piece's audio is in Twilio's playback, and its alignment: the words heard
     /// of a piece cut off (`heard.rs`).
     spoken: heard::Spoken,
+    /// The call language's backchannel words (`barge_rules`).
+    listening: Listening,
+    /// A reply cleared by a barge-in, until it is resumed or cut (`barge.rs`).
+    paused: Option<barge::Paused>,
 }
 
 #[derive(Default)]
@@ -342,6 +349,11 @@ impl<'a> Machine<'a> {
             actions: Vec::new(),
             early_answer: None,
             spoken: heard::Spoken::default(),
+            listening: Listening::for_language(
+                &rules.calls.tuning.stt_language,
+                &rules.calls.tuning.backchannel_words,
+            ),
+            paused: None,
         }
     }
 
@@ -414,6 +426,9 @@ impl<'a> Machine<'a> {
                 }
                 if let Some(quiet) = self.reprompt_clock() {
                     at(quiet + tuning.reprompt_after);
+                }
+                if let Some(due) = self.resume_due() {
+                    at(due);
                 }
             }
         }
@@ -528,7 +543,7 @@ impl<'a> Machine<'a> {
             return;
         }
         let text = format!("(the caller pressed {} on the keypad)", keys.join(" "));
-        if self.playback.is_speaking() || self.live.is_some() {
+        if self.playback.is_speaking() || self.live.is_some() || self.is_paused() {
             self.interrupt(now);
         }
         self.start_turn(now, &text);
@@ -625,6 +640,7 @@ impl<'a> Machine<'a> {
             return;
         }
         self.take_keys(now);
+        self.check_resume(now);
         let tuning = &self.rules.calls.tuning;
         // A reply that never ends (a worker that died) must not leave the call stuck.
         let reply_deadline = self.rules.reply_deadline;
@@ -666,7 +682,11 @@ impl<'a> Machine<'a> {
     /// answering, nothing is playing. Loud audio holds it (a caller making noise is there).
     fn reprompt_clock(&self) -> Option<Instant> {
         // Keys waiting for their turn are the caller answering.
-        if self.live.is_some() || self.playback.is_speaking() || self.keys_due.is_some() {
+        if self.live.is_some()
+            || self.playback.is_speaking()
+            || self.keys_due.is_some()
+            || self.is_paused()
+        {
             return None;
         }
         let quiet = self.quiet_since?;
@@ -738,7 +758,7 @@ impl<'a> Machine<'a> {
             Phase::Closing { .. } | Phase::Ended(_) => return,
         }
         log::info!(callSid = self.call_sid(), reason:% = end; "call.closing");
-        if self.live.is_some() || self.playback.is_speaking() {
+        if self.live.is_some() || self.playback.is_speaking() || self.is_paused() {
             self.interrupt(now);
         }
         self.say_phrase(phrase);
@@ -767,6 +787,7 @@ fn ms_between(from: Instant, to: Instant) -> u64 {
 }
 
 mod amd;
+mod barge;
 mod heard;
 mod speech;
 mod turns;
@@ -777,3 +798,5 @@ mod tests;
 mod tests_amd;
 #[cfg(test)]
 mod tests_heard;
+#[cfg(test)]
+mod tests_barge;

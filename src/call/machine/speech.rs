@@ -96,6 +96,11 @@ impl Machine<'_> {
             }
             TtsOut::Failed(err) => {
                 log::error!(callSid = self.call_sid(), error:% = err; "tts.piece_failed");
+                if self.playback.piece_mut(turn, seq).is_none() {
+                    // Cut off by a barge-in's pause: nobody waits for it (a resume says its
+                    // text again as a new piece).
+                    return;
+                }
                 // Its mark is sent with no audio before it: it plays as nothing, and the
                 // apology (pre-rendered when it can be) follows — unless what failed was a
                 // fixed phrase itself (the apology included): no apology loop.
@@ -156,7 +161,11 @@ impl Machine<'_> {
     }
 
     /// Queues a piece of speech in the current turn: pre-rendered when a clip is given.
+    /// While paused after a barge-in, it is kept for the resume instead (`barge.rs`).
     pub(super) fn say(&mut self, kind: Kind, text: &str, clip: Option<Arc<Vec<u8>>>) {
+        let Some((kind, clip)) = self.hold_while_paused(kind, text, clip) else {
+            return;
+        };
         let seq = self.next_seq;
         self.next_seq += 1;
         let speech = match clip {

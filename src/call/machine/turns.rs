@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use super::{ms_between, Action, AskError, End, Live, Machine, Phase};
-use crate::call::playback::{self, Kind};
+use crate::call::playback::{Kind, Piece};
 use crate::call::workers::{LlmOut, Speech, SttOut};
 use crate::metrics::TurnLatency;
 use crate::personas::prompts::Phrase;
@@ -26,17 +26,11 @@ impl Machine<'_> {
                 if !matches!(self.phase, Phase::Talking) {
                     return;
                 }
-                if self.playback.is_speaking()
-                    && playback::is_barge_in(
-                        &text,
-                        self.rules.calls.tuning.barge_in_min_chars,
-                        self.playback.current_text(),
-                    )
-                {
-                    log::info!(callSid = self.call_sid(), partialChars = text.chars().count(); "call.barge_in");
-                    self.barge_ins += 1;
-                    self.interrupt(now);
-                }
+                self.on_partial(now, &text);
+            }
+            SttOut::Committed(text) if text.trim().is_empty() => {
+                // A cough or a breath the service committed as nothing: no words, no turn.
+                log::debug!(callSid = self.call_sid(); "stt.commit.empty");
             }
             SttOut::Committed(text) => {
                 self.quiet_since = None;
@@ -46,13 +40,14 @@ impl Machine<'_> {
                 if !matches!(self.phase, Phase::Talking) {
                     return;
                 }
-                if self.playback.is_speaking() && playback::is_backchannel(&text) {
-                    // "Mm-hmm" while the assistant speaks: kept in the transcript, neither an
-                    // interruption nor a turn.
+                let speaking = self.playback.is_speaking() || self.is_paused();
+                if speaking && self.listening.is_backchannel(&text) {
+                    // "Mm-hmm" while the assistant speaks (or is paused by a barge-in): kept in
+                    // the transcript, neither an interruption nor a turn.
                     log::info!(callSid = self.call_sid(); "call.backchannel");
                     return;
                 }
-                if self.playback.is_speaking() || self.live.is_some() {
+                if self.playback.is_speaking() || self.live.is_some() || self.is_paused() {
                     // The caller spoke again before the answer finished: answer both together.
                     if self.playback.is_speaking() {
                         self.barge_ins += 1;
@@ -166,7 +161,7 @@ impl Machine<'_> {
 
     /// A turn is over when its reply is complete and has finished playing.
     pub(super) fn maybe_finish_turn(&mut self, now: Instant) {
-        if self.playback.is_speaking() {
+        if self.playback.is_speaking() || self.is_paused() {
             return;
         }
         match &self.live {
@@ -181,20 +176,32 @@ impl Machine<'_> {
         }
     }
 
-    /// Cuts off whatever is playing and the live turn: `clear` to Twilio, the turn's work
-    /// cancelled, and the history keeps only what the caller heard.
-    pub(super) fn interrupt(&mut self, now: Instant) {
+    /// Sends `clear` when anything plays; keeps what was heard of the pieces it cut off and
+    /// returns the rest, from the first piece not heard whole.
+    pub(super) fn clear_playback(&mut self, now: Instant) -> Vec<Piece> {
+        let mut cut = Vec::new();
         if self.playback.is_speaking() {
             if let Some(sid) = self.stream.as_ref().map(|s| s.stream_sid.clone()) {
                 self.twilio(media_messages::clear(&sid));
             }
-            let cut = self.playback.clear();
-            self.keep_words_heard(now, &cut);
+            cut = self.playback.clear();
+            // What was heard of it goes to the transcript and the turn's heard text; a piece
+            // heard whole needs no resume.
+            let whole = self.keep_words_heard(now, &cut);
+            cut.drain(..whole);
         }
         // Twilio drops what it buffered and echoes the cut marks at once.
         self.marks_due.clear();
         self.played_by = None;
         self.carry.bytes.clear();
+        cut
+    }
+
+    /// Cuts off whatever is playing (or paused) and the live turn: `clear` to Twilio, the
+    /// turn's work cancelled, and the history keeps only what the caller heard.
+    pub(super) fn interrupt(&mut self, now: Instant) {
+        self.paused = None;
+        self.clear_playback(now);
         if let Some(live) = self.live.take() {
             let heard: Vec<&str> = self
                 .heard

@@ -59,13 +59,14 @@ const FRAME_EVERY: Duration = Duration::from_millis(20);
 
 /// What a run's callers say, in turn order.
 /// (The simulated STT hears the same words, in order, across all calls. Each starts with a
-/// word the server's barge-in rule takes as an interruption on its own, and that the simulated
-/// model never says, so the first partial of a barge-in is the one that interrupts.)
+/// word the server's barge-in rule takes as an interruption on its own — a stop word, see
+/// `call::barge_rules` — and that the simulated model never says (it would be echo), so the
+/// first partial of a barge-in is the one that interrupts.)
 pub const UTTERANCES: [&str; 4] = [
     "Listen I need help writing this down",
-    "Actually it happened last Friday",
+    "Wait it happened last Friday",
     "Please read that back to me",
-    "Actually that is all for today",
+    "Wait that is all for today",
 ];
 
 /// One caller's outcome.

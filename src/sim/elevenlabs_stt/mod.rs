@@ -7,7 +7,8 @@
 //! `include_timestamps=true` in the URL (or [`SttSim::always_timestamps`]) every
 //! `committed_transcript` is followed by its `committed_transcript_with_timestamps`, as the
 //! service documents. Errors, dropped connections and a session that goes silent can be
-//! injected.
+//! injected. A scripted cough ([`SttSim::push_cough`]) is heard as words in partials and
+//! committed as empty text, as the service does with a noise it half took for speech.
 
 use std::collections::VecDeque;
 use std::io;
@@ -66,9 +67,16 @@ pub enum Fault {
     Silent,
 }
 
+/// One scripted utterance: its words, and whether the service commits them (a cough's are
+/// only ever partials; its commit is empty).
+struct Utterance {
+    words: String,
+    commits: bool,
+}
+
 #[derive(Default)]
 struct State {
-    utterances: VecDeque<String>,
+    utterances: VecDeque<Utterance>,
     faults: VecDeque<Fault>,
     sessions: u32,
     /// Send `committed_transcript_with_timestamps` after every commit even when the URL did
@@ -112,7 +120,22 @@ impl SttSim {
 
     /// What the caller will say, in order (shared with the simulated caller).
     pub fn push_utterances(&self, utterances: impl IntoIterator<Item = String>) {
-        self.core.lock().utterances.extend(utterances);
+        self.core
+            .lock()
+            .utterances
+            .extend(utterances.into_iter().map(|words| Utterance {
+                words,
+                commits: true,
+            }));
+    }
+
+    /// The next thing the caller "says" is a cough (or any short noise): its partials carry
+    /// `heard_as` (words the service thought it heard), its commit is empty text.
+    pub fn push_cough(&self, heard_as: &str) {
+        self.core.lock().utterances.push_back(Utterance {
+            words: heard_as.to_string(),
+            commits: false,
+        });
     }
 
     /// Faults for the next sessions, one each.
@@ -415,7 +438,7 @@ struct Transcriber {
     speech_secs: f64,
     silence_secs: f64,
     since_partial: f64,
-    utterance: Option<String>,
+    utterance: Option<Utterance>,
     /// The key of the chunk that started the utterance being heard, until its first partial is
     /// sent (the start of `partial_to_clear`).
     first_loud: Option<u64>,
@@ -539,7 +562,10 @@ impl Transcriber {
                     lock(state)
                         .utterances
                         .pop_front()
-                        .unwrap_or_else(|| "(inaudible)".to_string())
+                        .unwrap_or_else(|| Utterance {
+                            words: "(inaudible)".to_string(),
+                            commits: true,
+                        })
                 });
             }
             self.silence_secs = 0.0;
@@ -547,10 +573,11 @@ impl Transcriber {
             self.since_partial += secs;
             if self.since_partial >= PARTIAL_EVERY_SECS {
                 self.since_partial = 0.0;
-                if let Some(words) = &self.utterance {
+                if let Some(utterance) = &self.utterance {
                     // As much of the utterance as has been "heard": about 3 words a second.
                     let heard = ((self.speech_secs * 3.0).ceil() as usize).max(1);
-                    let partial: Vec<&str> = words.split_whitespace().take(heard).collect();
+                    let partial: Vec<&str> =
+                        utterance.words.split_whitespace().take(heard).collect();
                     return Reply::Send(
                         json!({"message_type": "partial_transcript", "text": partial.join(" ")}),
                         self.first_loud.take(),
@@ -561,7 +588,12 @@ impl Transcriber {
             self.silence_secs += secs;
             if self.silence_secs >= self.silence_threshold {
                 self.speaking = false;
-                if let Some(words) = self.utterance.take() {
+                if let Some(utterance) = self.utterance.take() {
+                    let words = if utterance.commits {
+                        utterance.words
+                    } else {
+                        String::new()
+                    };
                     return Reply::Commit(words, self.speech_secs);
                 }
             }
@@ -774,5 +806,49 @@ mod tests {
         let received = sim.received(0);
         assert_eq!(received, vec![json!({"message_type": "session_config"})]);
         (sim, socket)
+    }
+
+    #[test]
+    fn a_cough_is_heard_as_words_in_partials_and_committed_as_nothing() {
+        let sim = SttSim::start(SttSimOptions::default()).expect("starts");
+        sim.push_cough("hey wait");
+        sim.push_utterances(["after the cough".to_string()]);
+        let mut socket = connect(&sim);
+        assert_eq!(next(&mut socket)["message_type"], "session_started");
+        let mut heard = Vec::new();
+        for (text, pitch) in [("ahem ahem ahem", 300.0), ("after the cough", 150.0)] {
+            for frame in utterance(text, pitch) {
+                send(
+                    &mut socket,
+                    json!({"message_type": "input_audio_chunk", "audio_base_64": frame,
+                           "commit": false, "sample_rate": 8000}),
+                );
+            }
+            loop {
+                let message = next(&mut socket);
+                let text = message["text"].as_str().unwrap_or("").to_string();
+                match message["message_type"].as_str() {
+                    Some("partial_transcript") => heard.push(format!("partial:{text}")),
+                    Some("committed_transcript") => {
+                        heard.push(format!("commit:{text}"));
+                        break;
+                    }
+                    other => panic!("unexpected {other:?}: {message}"),
+                }
+            }
+        }
+        let cough_end = heard
+            .iter()
+            .position(|h| h.starts_with("commit:"))
+            .expect("a commit");
+        assert!(
+            heard[..cough_end].contains(&"partial:hey wait".to_string()),
+            "{heard:?}"
+        );
+        assert_eq!(heard[cough_end], "commit:");
+        assert_eq!(
+            heard.last().map(String::as_str),
+            Some("commit:after the cough")
+        );
     }
 }
