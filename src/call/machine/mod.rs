@@ -797,6 +797,6 @@ mod tests;
 #[cfg(test)]
 mod tests_amd;
 #[cfg(test)]
-mod tests_heard;
-#[cfg(test)]
 mod tests_barge;
+#[cfg(test)]
+mod tests_heard;
