@@ -13,10 +13,11 @@ pub const THREADS_PER_CALL: u64 = 5;
 
 /// Descriptors of one call at most: the Twilio socket twice (the reader's and the writer's
 /// halves), the speech-to-text socket, the text-to-speech socket and its worker's wake-up
-/// pair, a handshake's wake-up pair while one runs, and one Anthropic and one MCP connection in
-/// flight. `bench` counts about 7 per call (`server_fds_per_call`: not every call holds a
-/// handshake or a tool call at once).
-pub const FDS_PER_CALL: u64 = 10;
+/// pair, a handshake's wake-up pair while one runs, the reader's wake-up pair for the smart
+/// turn end's commits (`TURN_END=smart`), and one Anthropic and one MCP connection in flight.
+/// `bench` counts about 9 per call (`server_fds_per_call`: not every call holds a handshake
+/// or a tool call at once).
+pub const FDS_PER_CALL: u64 = 12;
 
 /// Threads of the server itself, calls aside: HTTP workers, the acceptor, the records writer,
 /// name lookups (at most 8), connection threads still in their handshake (at most 64), the

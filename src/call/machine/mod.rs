@@ -27,6 +27,8 @@
 //!   [`MAX_DTMF_PER_CALL`] are kept, and the transcript keeps at most
 //!   [`MAX_TRANSCRIPT_BYTES`] of text (each entry at most [`MAX_ENTRY_BYTES`]), its truncation
 //!   marked in it.
+//! - The caller's turn ends when the words of the latest partial and the silence after them
+//!   say so (`turn_end.rs`), or when the service's voice detector commits (`TURN_END=vad`).
 //!
 //! [`CallTuning::mark_timeout`]: crate::config::CallTuning::mark_timeout
 
@@ -158,6 +160,9 @@ pub enum Action {
     Latency(TurnLatency),
     /// The call is over.
     End(End),
+    /// Commit what speech-to-text heard since the last commit: the caller's turn is over
+    /// (the smart turn end, `turn_end.rs`).
+    Commit,
 }
 
 /// Who is on the line, from Twilio's `start` and our own `<Parameter>`s.
@@ -282,6 +287,8 @@ pub struct Machine<'a> {
     write_failed_at: Option<Instant>,
 
     actions: Vec<Action>,
+    /// The smart end of the caller's turn: the words waiting for their commit.
+    turn_end: turn_end::TurnEnd,
 }
 
 #[derive(Default)]
@@ -329,6 +336,7 @@ impl<'a> Machine<'a> {
             last_voice: None,
             write_failed_at: None,
             actions: Vec::new(),
+            turn_end: turn_end::TurnEnd::default(),
         }
     }
 
@@ -400,6 +408,9 @@ impl<'a> Machine<'a> {
                 }
                 if let Some(quiet) = self.reprompt_clock() {
                     at(quiet + tuning.reprompt_after);
+                }
+                if let Some(due) = self.turn_end_due() {
+                    at(due);
                 }
             }
         }
@@ -608,6 +619,7 @@ impl<'a> Machine<'a> {
             return;
         }
         self.take_keys(now);
+        self.check_turn_end(now);
         let tuning = &self.rules.calls.tuning;
         // A reply that never ends (a worker that died) must not leave the call stuck.
         let reply_deadline = self.rules.reply_deadline;
@@ -750,7 +762,12 @@ fn ms_between(from: Instant, to: Instant) -> u64 {
 }
 
 mod speech;
+mod turn_end;
 mod turns;
+
+pub use turn_end::{classify, Ending};
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_turn_end;
