@@ -689,9 +689,16 @@ mod tests {
     type Client = tungstenite::WebSocket<MaybeTlsStream<std::net::TcpStream>>;
 
     fn connect(sim: &SttSim) -> Client {
+        connect_with(
+            sim,
+            "commit_strategy=vad&vad_silence_threshold_secs=0.3",
+        )
+    }
+
+    /// A session whose URL ends with `query` (after the audio format).
+    fn connect_with(sim: &SttSim, query: &str) -> Client {
         let url = format!(
-            "{}/v1/speech-to-text/realtime?audio_format=ulaw_8000&commit_strategy=vad\
-             &vad_silence_threshold_secs=0.3",
+            "{}/v1/speech-to-text/realtime?audio_format=ulaw_8000&{query}",
             sim.base_url()
         );
         let mut request = url.into_client_request().expect("a request");
@@ -763,6 +770,67 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         assert_eq!(loop_threads(), 0, "the loop ended");
+    }
+
+    fn audio(frame: &str, commit: bool) -> Value {
+        json!({"message_type": "input_audio_chunk", "audio_base_64": frame,
+               "commit": commit, "sample_rate": 8000})
+    }
+
+    #[test]
+    fn a_manual_session_commits_when_asked_after_a_partial_with_every_word() {
+        let sim = SttSim::start(SttSimOptions::default()).expect("starts");
+        let said = "one two three four five six";
+        sim.push_utterances([said.to_string()]);
+        let mut socket = connect_with(&sim, "commit_strategy=manual");
+        let started = next(&mut socket);
+        assert_eq!(started["config"]["commit_strategy"], "manual");
+        for frame in utterance(said, 150.0) {
+            send(&mut socket, audio(&frame, false));
+        }
+        // No commit of its own after the silence: partials only, the last with every word.
+        let mut last = Value::Null;
+        send(&mut socket, audio("", true));
+        loop {
+            let message = next(&mut socket);
+            match message["message_type"].as_str() {
+                Some("partial_transcript") => last = message,
+                Some("committed_transcript") => {
+                    assert_eq!(message["text"], said);
+                    break;
+                }
+                other => panic!("unexpected {other:?}: {message}"),
+            }
+        }
+        assert_eq!(last["text"], said, "the partial caught up before the commit");
+        // A commit with nothing heard since commits nothing.
+        send(&mut socket, audio("", true));
+        assert_eq!(next(&mut socket)["text"], "");
+    }
+
+    #[test]
+    fn a_commit_in_a_vad_session_is_refused_and_the_session_closed() {
+        let sim = SttSim::start(SttSimOptions::default()).expect("starts");
+        let mut socket = connect(&sim);
+        assert_eq!(next(&mut socket)["message_type"], "session_started");
+        send(&mut socket, audio("", true));
+        assert_eq!(next(&mut socket)["message_type"], "input_error");
+        let after = socket.read();
+        assert!(
+            matches!(after, Ok(Message::Close(_))),
+            "the session closes: {after:?}"
+        );
+        // An unknown strategy is refused at the handshake.
+        let url = format!(
+            "{}/v1/speech-to-text/realtime?audio_format=ulaw_8000&commit_strategy=sometimes",
+            sim.base_url()
+        );
+        let mut request = url.into_client_request().expect("a request");
+        let key = SttSimOptions::default().api_key;
+        request
+            .headers_mut()
+            .insert("xi-api-key", key.parse().expect("a header value"));
+        assert!(tungstenite::connect(request).is_err());
     }
 
     /// Two utterances through a session: partials, then the commit of each (after
