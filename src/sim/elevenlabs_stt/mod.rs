@@ -689,10 +689,7 @@ mod tests {
     type Client = tungstenite::WebSocket<MaybeTlsStream<std::net::TcpStream>>;
 
     fn connect(sim: &SttSim) -> Client {
-        connect_with(
-            sim,
-            "commit_strategy=vad&vad_silence_threshold_secs=0.3",
-        )
+        connect_with(sim, "commit_strategy=vad&vad_silence_threshold_secs=0.3")
     }
 
     /// A session whose URL ends with `query` (after the audio format).
@@ -802,7 +799,10 @@ mod tests {
                 other => panic!("unexpected {other:?}: {message}"),
             }
         }
-        assert_eq!(last["text"], said, "the partial caught up before the commit");
+        assert_eq!(
+            last["text"], said,
+            "the partial caught up before the commit"
+        );
         // A commit with nothing heard since commits nothing.
         send(&mut socket, audio("", true));
         assert_eq!(next(&mut socket)["text"], "");
