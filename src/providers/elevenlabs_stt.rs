@@ -452,3 +452,43 @@ impl SttStream {
         summary
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(commit: CommitStrategy) -> SttSettings {
+        SttSettings {
+            ws_base: BaseUrl::parse("wss://api.elevenlabs.io", &["wss"]).expect("a URL"),
+            api_key: Secret::new("key"),
+            model_id: "scribe_v2_realtime".into(),
+            language_code: "en".into(),
+            vad_silence_secs: 0.8,
+            connect_timeout: Duration::from_secs(5),
+            silent_service_limit: Duration::from_secs(20),
+            chunk: Duration::from_millis(100),
+            commit,
+        }
+    }
+
+    #[test]
+    fn the_url_asks_for_one_commit_strategy_and_only_its_parameters() {
+        let base = "wss://api.elevenlabs.io/v1/speech-to-text/realtime?model_id=scribe_v2_realtime\
+                    &audio_format=ulaw_8000&language_code=en";
+        assert_eq!(
+            SttStream::url(&settings(CommitStrategy::Vad)),
+            format!("{base}&commit_strategy=vad&vad_silence_threshold_secs=0.8")
+        );
+        assert_eq!(
+            SttStream::url(&settings(CommitStrategy::Manual)),
+            format!("{base}&commit_strategy=manual")
+        );
+        // The commit is the documented message: empty audio, commit and sample rate set.
+        let commit: Value = serde_json::from_str(COMMIT_MESSAGE).expect("JSON");
+        assert_eq!(
+            commit,
+            serde_json::json!({"message_type": "input_audio_chunk", "audio_base_64": "",
+                               "commit": true, "sample_rate": 8000})
+        );
+    }
+}
