@@ -130,6 +130,14 @@ pub(super) fn twilio_reader(mut socket: WebSocket<ReadHalf>, mut reader: Reader<
         if commit_asked {
             // The call thread holds the sender for the whole call: gone, the call is ending.
             if reader.commits.as_ref().is_some_and(WakeReceiver::drain) {
+                // The audio gathered so far goes first: the commit covers everything the
+                // caller said before it (a chunk may be longer than the silence that ended
+                // the turn).
+                let (audio, loud) = state.chunk();
+                if !audio.is_empty() {
+                    reader.stt.send(audio, loud, now, reader.events);
+                    state.clear_chunk();
+                }
                 reader.stt.commit(now, reader.events);
             } else {
                 reader.commits = None;
