@@ -8,9 +8,10 @@
 //! and each documented error type, is an error; an unknown type is logged once per session and
 //! ignored.
 //!
-//! Commits ([`CommitStrategy`]), as far as the service documents them (its API reference and
-//! AsyncAPI description of the realtime endpoint, and the official SDKs, `elevenlabs` for
-//! Python 2.78 `realtime/connection.py` and `scribe.py`, and elevenlabs-js):
+//! Commits ([`CommitStrategy`]), as far as the service documents them (the realtime
+//! endpoint's AsyncAPI description, as summarised in PROTOCOLS.md; the official Python SDK
+//! `elevenlabs` 2.78, `realtime/connection.py` and `realtime/scribe.py`; elevenlabs-js's
+//! typed connect options; ElevenLabs' guide "Transcripts and commit strategies"):
 //! - `commit_strategy` is `manual` (the default) or `vad`. With `vad` the service commits
 //!   after `vad_silence_threshold_secs` (0.3–3.0, default 1.5) of silence; `vad_threshold`
 //!   (0.1–0.9), `min_speech_duration_ms` and `min_silence_duration_ms` (50–2000) tune it.
@@ -21,7 +22,7 @@
 //!   hand, `vad` sessions only by the service. (The simulator refuses a commit in a `vad`
 //!   session, so a client that mixes them fails its tests rather than a live call.)
 //! - A `manual` session that is never committed is committed by the service itself after
-//!   about 90 s of audio (the commit-strategy guide); the smart turn end commits long before.
+//!   about 90 s (that guide); the smart turn end commits long before.
 //! - `commit_throttled` is a documented error type whose rule (how often one may commit) is
 //!   not published; it is handled like the other errors (the session is replaced). The call
 //!   commits at most once per utterance, after at least `TURN_END_SHORT_MS` of silence.
