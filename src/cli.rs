@@ -79,7 +79,8 @@ const COMMANDS: &[(&str, &str)] = &[
     (
         "bench",
         "  bench [--calls N] [--turns K] [--provider-rtt-ms MS] [--plain] [--server-cpus LIST]
-        [--harness-cpus LIST] [--stt-chunk-ms MS] [--json] [--capacity [--max-calls M]]
+        [--harness-cpus LIST] [--stt-chunk-ms MS] [--turn-end smart|vad|both] [--json]
+        [--capacity [--max-calls M]]
                  N simultaneous simulated calls (default 20) of K turns (default 3) against
                  the server run as its own process (`serve`), with the simulated providers
                  (over TLS, --plain: without; each MS away: a network round trip, default 20)
@@ -94,7 +95,8 @@ const COMMANDS: &[(&str, &str)] = &[
                  each step a fresh server, until a call fails, a frame gap, a hop's p99 over
                  10 ms, fewer calls live at once than the step has, or the harness saturating
                  (or its frames going out late), and reports the largest passing count and
-                 what broke
+                 what broke; --turn-end sets the server's TURN_END (both: a run with each,
+                 then the caller waits of both side by side)
 ",
     ),
     (
@@ -230,6 +232,7 @@ impl Args {
             harness_cpus: None,
             capacity: false,
             max_calls: None,
+            turn_end: None,
         }
     }
 }
@@ -269,6 +272,8 @@ pub struct Args {
     /// `bench --capacity`, `--max-calls`.
     pub capacity: bool,
     pub max_calls: Option<usize>,
+    /// `bench --turn-end smart|vad|both`.
+    pub turn_end: Option<crate::commands::bench::TurnEndRuns>,
 }
 
 /// A flag's value: written inline (`--flag=value`) or as the next argument.
@@ -311,6 +316,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
     let mut harness_cpus = None;
     let mut capacity = false;
     let mut max_calls = None;
+    let mut turn_end = None;
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         let arg = arg
@@ -435,6 +441,15 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
                         })?,
                 );
             }
+            "--turn-end" => {
+                let value = value_of(inline_value, &mut args, || {
+                    format!("{flag} needs smart, vad or both")
+                })?;
+                turn_end = Some(
+                    crate::commands::bench::TurnEndRuns::parse(&value)
+                        .ok_or_else(|| format!("{flag} {value:?} is not smart, vad or both"))?,
+                );
+            }
             "--stt-chunk-ms" => {
                 let value = value_of(inline_value, &mut args, || format!("{flag} needs a number"))?;
                 stt_chunk_ms =
@@ -520,6 +535,9 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
     if stt_chunk_ms.is_some() && command != Command::Bench {
         return Err("--stt-chunk-ms goes with the bench command".to_string());
     }
+    if turn_end.is_some() && command != Command::Bench {
+        return Err("--turn-end goes with the bench command".to_string());
+    }
     if (json || plain || server_cpus.is_some() || harness_cpus.is_some())
         && command != Command::Bench
     {
@@ -551,6 +569,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
         harness_cpus,
         capacity,
         max_calls,
+        turn_end,
     })
 }
 
@@ -621,6 +640,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
             let options = crate::commands::bench::BenchOptions {
                 provider_rtt_ms: args.provider_rtt_ms.unwrap_or(20),
                 stt_chunk_ms: args.stt_chunk_ms,
+                turn_end: args.turn_end,
                 json: args.json,
                 tls: !args.plain,
                 server_cpus: args.server_cpus.clone(),
@@ -1008,6 +1028,13 @@ mod tests {
         assert_eq!(parsed.stt_chunk_ms, Some(100));
         assert!(args(&["bench", "--stt-chunk-ms", "soon"]).is_err());
         assert!(args(&["serve", "--stt-chunk-ms", "100"]).is_err());
+        let parsed = args(&["bench", "--turn-end", "both"]).unwrap();
+        assert_eq!(
+            parsed.turn_end,
+            Some(crate::commands::bench::TurnEndRuns::Both)
+        );
+        assert!(args(&["bench", "--turn-end", "sometimes"]).is_err());
+        assert!(args(&["serve", "--turn-end", "vad"]).is_err());
         assert_eq!(args(&["bench"]).unwrap().provider_rtt_ms, None);
         assert!(args(&["bench", "--provider-rtt-ms", "soon"])
             .unwrap_err()

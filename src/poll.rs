@@ -87,11 +87,48 @@ pub fn wait(watches: &mut [Watch<'_>], deadline: Option<Instant>) -> io::Result<
             revents: 0,
         };
     }
+    let ready = poll_fds(fds, deadline)?;
+    for (watch, fd) in watches.iter_mut().zip(fds.iter()) {
+        watch.revents = fd.revents;
+    }
+    Ok(ready)
+}
+
+/// Like [`wait`], for a fixed set of places some of which are empty (`None` is not waited
+/// on): a thread whose descriptors come and go (a provider socket, a wake-up) waits on what
+/// it has, with nothing allocated.
+pub fn wait_optional<const N: usize>(
+    watches: &mut [Option<Watch<'_>>; N],
+    deadline: Option<Instant>,
+) -> io::Result<usize> {
+    // poll(2) skips an entry whose descriptor is negative.
+    let mut fds = [libc::pollfd {
+        fd: -1,
+        events: 0,
+        revents: 0,
+    }; N];
+    for (fd, w) in fds.iter_mut().zip(watches.iter()) {
+        if let Some(w) = w {
+            fd.fd = w.fd.as_raw_fd();
+            fd.events = w.events;
+        }
+    }
+    let ready = poll_fds(&mut fds, deadline)?;
+    for (watch, fd) in watches.iter_mut().zip(fds.iter()) {
+        if let Some(w) = watch {
+            w.revents = fd.revents;
+        }
+    }
+    Ok(ready)
+}
+
+/// `poll(2)` on `fds` until one is ready or `deadline` passes; resumed after a signal.
+fn poll_fds(fds: &mut [libc::pollfd], deadline: Option<Instant>) -> io::Result<usize> {
     loop {
         let timeout_ms = timeout_ms(deadline);
         // SAFETY: `fds` is a live, exclusively borrowed array of `fds.len()` pollfd structs for
-        // the whole call, and every descriptor in it is borrowed from `watches`, so it stays
-        // open until `poll` returns. `poll` writes only the `revents` fields.
+        // the whole call, and every descriptor in it is borrowed by the caller from a `Watch`,
+        // so it stays open until `poll` returns. `poll` writes only the `revents` fields.
         let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
         if ready < 0 {
             let err = io::Error::last_os_error();
@@ -103,9 +140,6 @@ pub fn wait(watches: &mut [Watch<'_>], deadline: Option<Instant>) -> io::Result<
         // A deadline beyond what one poll can wait (about 24 days) is waited for in turns.
         if ready == 0 && deadline.is_some_and(|d| Instant::now() < d) {
             continue;
-        }
-        for (watch, fd) in watches.iter_mut().zip(fds.iter()) {
-            watch.revents = fd.revents;
         }
         return Ok(ready as usize);
     }

@@ -24,6 +24,7 @@ fn settings(base: &str, key: &str) -> SttSettings {
         connect_timeout: Duration::from_secs(5),
         silent_service_limit: Duration::from_secs(20),
         chunk: Duration::from_millis(20),
+        commit: cotrackpro_voice::providers::elevenlabs_stt::CommitStrategy::Vad,
     }
 }
 

@@ -176,6 +176,7 @@ fn inbound_allocations_per_frame(chunk: Duration, tls: bool) -> f64 {
         connect_timeout: Duration::from_secs(5),
         silent_service_limit: Duration::from_secs(20),
         chunk,
+        commit: cotrackpro_voice::providers::elevenlabs_stt::CommitStrategy::Vad,
     };
     let mut stt = SttStream::open(&settings).unwrap();
     let chunk_bytes = chunk.as_millis() as usize / 20 * 160;

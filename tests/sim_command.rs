@@ -105,6 +105,7 @@ fn the_sim_command_serves_every_provider() {
         connect_timeout: Duration::from_secs(5),
         silent_service_limit: Duration::from_secs(20),
         chunk: Duration::from_millis(20),
+        commit: cotrackpro_voice::providers::elevenlabs_stt::CommitStrategy::Vad,
     };
     let mut listening = SttStream::open(&stt).unwrap();
     let started = listening

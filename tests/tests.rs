@@ -13,6 +13,7 @@ mod dashboard;
 mod demo;
 mod elevenlabs_stt;
 mod elevenlabs_tts;
+mod end_of_turn;
 mod fuzz;
 mod generate_audio;
 mod heard_words;

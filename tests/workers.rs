@@ -283,6 +283,7 @@ fn stt_settings(sim: &SttSim, silent_service_limit: Duration) -> SttSettings {
         connect_timeout: Duration::from_secs(5),
         silent_service_limit,
         chunk: Duration::from_millis(100),
+        commit: cotrackpro_voice::providers::elevenlabs_stt::CommitStrategy::Vad,
     }
 }
 

@@ -28,7 +28,11 @@
 //! - jobs to the model (4) and to text-to-speech (64 pieces: a long answer is a dozen sentences,
 //!   and a cut turn's pieces leave the queue at once): the call uses `try_send`; a full
 //!   queue means a stuck worker, and the piece is dropped and logged rather than the call
-//!   stalling (the machine is told, and forgets the piece).
+//!   stalling (the machine is told, and forgets the piece);
+//! - the machine's manual commits to speech-to-text: no channel, a wake-up pair the reader
+//!   waits on (a commit carries nothing, and several asked before the reader wakes are one:
+//!   there is one utterance to commit). Its socket buffer bounds it; a full one drops the
+//!   wake-up, which the reader has yet to read anyway.
 //!
 //! Every turn has a number and a cancel flag. When the machine moves to a new turn (barge-in,
 //! a new utterance), the old flag is set: workers stop between provider events, and the
@@ -61,10 +65,11 @@ use self::machine::{Action, AskError, Machine, Rules, Stream, Summary};
 use self::socket::{TwilioSocket, CALL_STACK};
 use self::workers::{CallLlm, LlmJob, Speech, SttLost, SttOut, TtsHandle, TtsJob};
 use crate::calls::{CallSlot, Listening, Notice};
-use crate::config::Config;
+use crate::config::{Config, TurnEndMode};
 use crate::cost;
 use crate::metrics::Metrics;
 use crate::personas::prompts;
+use crate::poll::WakeSender;
 use crate::providers::cancel::Cancel;
 use crate::records::event::{CallStatus, Event as RecordEvent, EventKind, Transcript};
 use crate::records::ttl_from;
@@ -157,6 +162,8 @@ struct Call<'a> {
     slot: &'a CallSlot,
     /// Notices for this call by its CallSid (who answered it) come while this is held.
     listening: Option<Listening>,
+    /// Wakes the reader to commit what speech-to-text heard (the smart turn end).
+    stt_commits: Option<WakeSender>,
 }
 
 /// Runs one call on the current (`call-N`) thread until it ends, then cleans up after it.
@@ -180,6 +187,19 @@ pub fn run(ctx: &Context<'_>, socket: TwilioSocket, slot: CallSlot, n: u64, star
         log::error!("call: ELEVENLABS_API_KEY is not set; the caller cannot be heard");
         let _ = events_tx.send(Event::Stt(SttOut::Lost(SttLost::NotConfigured)));
     }
+    // The machine's commits reach the reader, which owns the STT socket, by a wake-up.
+    let smart = ctx.config.calls.tuning.turn_end == TurnEndMode::Smart;
+    let (stt_commits, commits) = match smart.then(crate::poll::wake_pair).transpose() {
+        Ok(Some((tx, rx))) => (Some(tx), Some(rx)),
+        Ok(None) => (None, None),
+        Err(err) => {
+            log::error!(error:% = err; "call.stt_commit_pair_failed: the caller's turns cannot end");
+            let _ = events_tx.send(Event::Stt(SttOut::Lost(SttLost::NoResources(
+                err.to_string(),
+            ))));
+            (None, None)
+        }
+    };
     {
         let events = events_tx.clone();
         let voiced = voiced_ms.clone();
@@ -210,6 +230,7 @@ pub fn run(ctx: &Context<'_>, socket: TwilioSocket, slot: CallSlot, n: u64, star
                     started,
                     chunk,
                     read_timeout,
+                    commits,
                 },
             )
         });
@@ -244,6 +265,7 @@ pub fn run(ctx: &Context<'_>, socket: TwilioSocket, slot: CallSlot, n: u64, star
         admitted_sid: None,
         slot: &slot,
         listening: None,
+        stt_commits,
     };
     // A bug must not leave a call half-alive (threads streaming, record active): a panic in
     // the call thread ends the call like any failure.
@@ -575,6 +597,11 @@ impl Call<'_> {
             }
             // The loop sees the machine's end.
             Action::End(_) => {}
+            Action::Commit => {
+                if let Some(commits) = &self.stt_commits {
+                    commits.wake();
+                }
+            }
         }
     }
 

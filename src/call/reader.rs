@@ -10,7 +10,8 @@
 //! frame is late). While frames keep coming, the next chunk starts one chunk later without
 //! waking for its first frame. So a talking caller costs about one wake-up per chunk, not one
 //! per 20 ms frame, the chunk's last frame goes on at once, and Twilio's other messages
-//! (marks, `stop`) wait at most one chunk.
+//! (marks, `stop`) wait at most one chunk. With the smart turn end it also waits on a wake-up
+//! the call thread signals to commit the caller's utterance by hand.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -23,7 +24,7 @@ use super::end::End;
 use super::socket::ReadHalf;
 use super::workers::SttLink;
 use super::Event;
-use crate::poll::{self, Watch};
+use crate::poll::{self, WakeReceiver, Watch};
 use crate::speech::ulaw::{self, FRAME_BYTES};
 use crate::twilio::media_messages::{self as twilio_messages, Inbound, Received};
 
@@ -50,6 +51,9 @@ pub(super) struct Reader<'a> {
     pub chunk: Duration,
     /// No message from Twilio for this long: the connection is dead.
     pub read_timeout: Duration,
+    /// Readable when the call asks for a manual commit (the smart turn end); `None` when the
+    /// service commits by itself.
+    pub commits: Option<WakeReceiver>,
 }
 
 /// What to do after a message.
@@ -94,17 +98,18 @@ pub(super) fn twilio_reader(mut socket: WebSocket<ReadHalf>, mut reader: Reader<
         } else {
             deadline
         };
-        let twilio = Watch::read(socket.get_ref().fd());
-        let (twilio_ready, stt_read, stt_write) =
-            match poll::wait_either(twilio, reader.stt.watch(), deadline) {
-                Ok((twilio, stt)) => (
-                    twilio.readable(),
-                    stt.as_ref().is_some_and(Watch::readable),
-                    stt.as_ref().is_some_and(Watch::writable),
-                ),
-                // Not expected (poll fails only on bad arguments): the call cannot go on.
-                Err(err) => break Some(End::TwilioLost(format!("waiting for the socket: {err}"))),
-            };
+        let mut watches = [
+            Some(Watch::read(socket.get_ref().fd())),
+            reader.stt.watch(),
+            reader.commits.as_ref().map(|c| Watch::read(c.fd())),
+        ];
+        if let Err(err) = poll::wait_optional(&mut watches, deadline) {
+            // Not expected (poll fails only on bad arguments): the call cannot go on.
+            break Some(End::TwilioLost(format!("waiting for the socket: {err}")));
+        }
+        let ready = |n: usize| watches[n].as_ref().is_some_and(Watch::readable);
+        let (twilio_ready, stt_read, commit_asked) = (ready(0), ready(1), ready(2));
+        let stt_write = watches[1].as_ref().is_some_and(Watch::writable);
         let now = Instant::now();
         if twilio_ready || clock.is_late(now) || std::mem::take(&mut buffered) {
             if let Flow::Stop(end) = state.drain(&mut socket, now) {
@@ -121,6 +126,22 @@ pub(super) fn twilio_reader(mut socket: WebSocket<ReadHalf>, mut reader: Reader<
         }
         if stt_read || stt_write {
             reader.stt.on_ready(stt_read, stt_write, now, reader.events);
+        }
+        if commit_asked {
+            // The call thread holds the sender for the whole call: gone, the call is ending.
+            if reader.commits.as_ref().is_some_and(WakeReceiver::drain) {
+                // The audio gathered so far goes first: the commit covers everything the
+                // caller said before it (a chunk may be longer than the silence that ended
+                // the turn).
+                let (audio, loud) = state.chunk();
+                if !audio.is_empty() {
+                    reader.stt.send(audio, loud, now, reader.events);
+                    state.clear_chunk();
+                }
+                reader.stt.commit(now, reader.events);
+            } else {
+                reader.commits = None;
+            }
         }
         reader.stt.on_time(now, reader.events);
         if release_stack_at.is_some_and(|at| at <= now) {

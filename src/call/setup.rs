@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use super::clips::Clips;
 use super::workers::LlmSetup;
-use crate::config::Config;
+use crate::config::{Config, TurnEndMode};
 use crate::providers::anthropic::client::AnthropicClient;
-use crate::providers::elevenlabs_stt::SttSettings;
+use crate::providers::elevenlabs_stt::{CommitStrategy, SttSettings};
 use crate::providers::elevenlabs_tts::{TtsSettings, DEFAULT_INACTIVITY_SECS};
 use crate::providers::mcp::{default_tools, McpClient, ToolCatalog};
 
@@ -42,6 +42,10 @@ impl Setup {
             connect_timeout: el.connect_timeout,
             silent_service_limit: tuning.stt_silent_service,
             chunk: tuning.stt_chunk,
+            commit: match tuning.turn_end {
+                TurnEndMode::Smart => CommitStrategy::Manual,
+                TurnEndMode::Vad => CommitStrategy::Vad,
+            },
         });
         let mcp = config.mcp.url.as_ref().map(|url| {
             Arc::new(McpClient::new(

@@ -14,6 +14,11 @@
 //! waits is measured by the callers; the server's per-stage turn latencies come from its
 //! `GET /metrics`.
 //!
+//! `--turn-end both` runs the calls twice, with the smart end of turn and with the service's
+//! voice detector alone (`TURN_END=smart`, then `vad`), and compares what callers waited, by
+//! how each utterance ended (the callers' script has questions, finished sentences, phrases
+//! that trail off and plain ones).
+//!
 //! Figures, not pass/fail: the machine and the simulated providers' timing weigh on them.
 //! `--json` prints them as one JSON object instead of the human report.
 
@@ -34,7 +39,8 @@ use crate::sim::Simulators;
 
 mod callers;
 mod capacity;
-use callers::{CallerRun, UTTERANCES};
+use crate::call::machine::{classify, Ending};
+use callers::{utterance_text, CallerRun, UTTERANCES};
 use capacity::run_capacity;
 pub use capacity::{DEFAULT_MAX_CALLS, DEFAULT_START_CALLS};
 
@@ -60,6 +66,29 @@ pub struct BenchOptions {
     pub capacity: bool,
     /// `--max-calls`: the capacity search's last step.
     pub max_calls: usize,
+    /// `--turn-end smart|vad|both`: the server's `TURN_END`, or both one after the other
+    /// (`None`: its default).
+    pub turn_end: Option<TurnEndRuns>,
+}
+
+/// Which end of turn the server runs with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TurnEndRuns {
+    Smart,
+    Vad,
+    /// Two runs, smart then vad, compared.
+    Both,
+}
+
+impl TurnEndRuns {
+    pub fn parse(value: &str) -> Option<TurnEndRuns> {
+        match value {
+            "smart" => Some(TurnEndRuns::Smart),
+            "vad" => Some(TurnEndRuns::Vad),
+            "both" => Some(TurnEndRuns::Both),
+            _ => None,
+        }
+    }
 }
 
 impl BenchOptions {
@@ -75,6 +104,7 @@ impl BenchOptions {
             stt_chunk_ms: None,
             capacity: false,
             max_calls: DEFAULT_MAX_CALLS,
+            turn_end: None,
         }
     }
 }
@@ -111,6 +141,9 @@ pub fn run(options: &BenchOptions) -> Result<(), Box<dyn Error>> {
     if options.capacity {
         return run_capacity(options, &pinning);
     }
+    if options.turn_end == Some(TurnEndRuns::Both) {
+        return run_both_turn_ends(options, &pinning);
+    }
     let (report, stopped) = run_step(options, &pinning)?;
     if options.json {
         println!("{}", report.to_json(options));
@@ -132,6 +165,46 @@ pub fn run(options: &BenchOptions) -> Result<(), Box<dyn Error>> {
 
 /// Whether the server stopped cleanly after a step.
 type Stopped = Result<(), Box<dyn Error>>;
+
+/// `--turn-end both`: the same calls with `TURN_END=smart`, then with `vad`, each reported,
+/// then what callers waited under each, side by side.
+fn run_both_turn_ends(
+    options: &BenchOptions,
+    pinning: &(Pinning, Pinning),
+) -> Result<(), Box<dyn Error>> {
+    let mut reports = Vec::new();
+    for mode in [TurnEndRuns::Smart, TurnEndRuns::Vad] {
+        let step = BenchOptions {
+            turn_end: Some(mode),
+            ..options.clone()
+        };
+        let (report, stopped) = run_step(&step, pinning)?;
+        stopped?;
+        if !options.json {
+            report.print(&step);
+            println!();
+        }
+        reports.push((step, report));
+    }
+    if options.json {
+        let runs: serde_json::Map<String, Value> = reports
+            .iter()
+            .map(|(step, report)| (report.turn_end.clone(), report.to_json(step)))
+            .collect();
+        println!("{}", json!({ "turn_end": runs }));
+    } else {
+        println!("caller waits by end of turn (end of speech → first audio heard):");
+        for (_, report) in &reports {
+            println!("  {:<6} {}", report.turn_end, report.waits_line());
+        }
+    }
+    let failed: usize = reports.iter().map(|(_, r)| r.failures.len()).sum();
+    if failed == 0 {
+        Ok(())
+    } else {
+        Err(format!("{failed} calls failed over both runs").into())
+    }
+}
 
 /// One measured run of `options.calls` calls: fresh simulators and a fresh server process,
 /// both stopped before it returns. The harness is already pinned. Besides the report: whether
@@ -163,10 +236,16 @@ fn run_step(
     if let Some(ms) = &stt_chunk_ms {
         settings.push(("STT_CHUNK_MS", ms));
     }
+    match options.turn_end {
+        Some(TurnEndRuns::Smart) => settings.push(("TURN_END", "smart")),
+        Some(TurnEndRuns::Vad) => settings.push(("TURN_END", "vad")),
+        Some(TurnEndRuns::Both) | None => {}
+    }
     let env = super::loopback_env(&sims, &records_dir, &settings);
     // Checked here so a bad setting is reported as such, not as a server that did not start.
     let config = super::config_from_pairs(&env)?;
     let vad_silence_secs = config.calls.tuning.vad_silence_secs;
+    let turn_end = config.calls.tuning.turn_end.to_string();
     let stt_chunk_ms = config.calls.tuning.stt_chunk.as_millis() as u64;
     let mut server = ServerProcess::spawn(&env, server_cpus.as_deref())?;
     let measured = measure(&server, &sims, options);
@@ -174,6 +253,7 @@ fn run_step(
     let _ = std::fs::remove_dir_all(&records_dir);
     let mut report = measured?;
     report.vad_silence_secs = vad_silence_secs;
+    report.turn_end = turn_end;
     report.stt_chunk_ms = stt_chunk_ms;
     report.server_cpus = server_cpus.clone();
     report.harness_cpus = harness_cpus.clone();
@@ -216,7 +296,17 @@ struct Report {
     tts_sockets: u64,
     /// Per-hop times taken at the simulators' sockets and in the callers (`sim::hops`).
     hops: Hops,
+    /// The server's `TURN_END`.
+    turn_end: String,
+    /// Each caller wait with how its utterance ended (the smart turn end's classes).
+    waits_by_ending: Vec<(Ending, u64)>,
 }
+
+const ENDINGS: [(Ending, &str); 3] = [
+    (Ending::Complete, "complete"),
+    (Ending::Trailing, "trailing"),
+    (Ending::Open, "open"),
+];
 
 const STAGES: [(&str, &str); 5] = [
     ("transcript", "commit"),
@@ -337,13 +427,15 @@ impl Report {
         }
         let w = &self.waits;
         println!(
-            "caller waits (end of speech → first audio heard; includes the {:.1} s of silence that ends an utterance): p50 {} · p95 {} · p99 {} · max {}",
+            "caller waits (end of speech → first audio heard; includes the silence that ends an utterance: TURN_END={}, STT_VAD_SILENCE_SECS={:.1}): p50 {} · p95 {} · p99 {} · max {}",
+            self.turn_end,
             self.vad_silence_secs,
             ms(quantile(w, 0.5)),
             ms(quantile(w, 0.95)),
             ms(quantile(w, 0.99)),
             ms(quantile(w, 1.0))
         );
+        println!("  by how the utterance ended: {}", self.waits_line());
         match &self.metrics {
             Ok(_) => {
                 println!("server stages from the end of speech (its /metrics, recent turns):");
@@ -452,6 +544,41 @@ impl Report {
         }
     }
 
+    /// The waits of each kind of ending, sorted, in milliseconds.
+    fn waits_of(&self, ending: Ending) -> Vec<u64> {
+        let mut waits: Vec<u64> = self
+            .waits_by_ending
+            .iter()
+            .filter(|(e, _)| *e == ending)
+            .map(|(_, ms)| *ms)
+            .collect();
+        waits.sort_unstable();
+        waits
+    }
+
+    /// One line: p50 and p95 of the waits of each kind of ending, and of all.
+    fn waits_line(&self) -> String {
+        let ms = |v: Option<u64>| v.map_or("–".into(), |v| format!("{v} ms"));
+        let mut parts: Vec<String> = ENDINGS
+            .iter()
+            .map(|(ending, name)| {
+                let w = self.waits_of(*ending);
+                format!(
+                    "{name} p50 {} / p95 {} ({})",
+                    ms(quantile(&w, 0.5)),
+                    ms(quantile(&w, 0.95)),
+                    w.len()
+                )
+            })
+            .collect();
+        parts.push(format!(
+            "all p50 {} / p95 {}",
+            ms(quantile(&self.waits, 0.5)),
+            ms(quantile(&self.waits, 0.95))
+        ));
+        parts.join(" · ")
+    }
+
     fn to_json(&self, options: &BenchOptions) -> Value {
         let figures = self.window.figures();
         let per_call_second = |f: fn(&WindowFigures) -> f64| {
@@ -539,6 +666,17 @@ impl Report {
         report["tts_sockets"] = json!(self.tts_sockets);
         report["tts_sockets_per_call"] = json!(self.tts_sockets as f64 / self.calls.max(1) as f64);
         report["stt_chunk_ms"] = json!(self.stt_chunk_ms);
+        report["turn_end"] = json!(self.turn_end);
+        let by_ending: serde_json::Map<String, Value> = ENDINGS
+            .iter()
+            .map(|(ending, name)| {
+                let w = self.waits_of(*ending);
+                let figures = json!({"p50": quantile(&w, 0.5), "p95": quantile(&w, 0.95),
+                                     "turns": w.len()});
+                (name.to_string(), figures)
+            })
+            .collect();
+        report["caller_wait_ms_by_ending"] = Value::Object(by_ending);
         report
     }
 }
@@ -560,9 +698,13 @@ fn measure(
     sims.elevenlabs.stt().one_loop(true);
     let hop_clock = sims.hop_clock();
     hop_clock.clear();
-    sims.elevenlabs.stt().push_utterances(
-        (0..utterances).map(|i| format!("{} number {}", UTTERANCES[i % UTTERANCES.len()], i + 1)),
-    );
+    // In the order they are said: every call's first turn, then every call's second… (calls
+    // start 23 ms apart and a turn takes seconds), so each transcript ends as its caller's
+    // utterance does.
+    let calls = options.calls.max(1);
+    sims.elevenlabs
+        .stt()
+        .push_utterances((0..utterances).map(|i| utterance_text(i / calls, i + 1)));
     let (media, http) = (server.media, server.http);
     let live = AtomicUsize::new(0);
     let started = Instant::now();
@@ -640,6 +782,11 @@ fn measure(
         .flat_map(|r| r.waits_ms.iter().copied())
         .collect();
     waits.sort_unstable();
+    let waits_by_ending = runs
+        .iter()
+        .flat_map(|r| r.wait_turns.iter().zip(&r.waits_ms))
+        .map(|(turn, ms)| (classify(UTTERANCES[turn % UTTERANCES.len()]), *ms))
+        .collect();
     let frame_gaps = runs.iter().map(|r| r.frame_gaps).sum();
     let barge_ins = runs.iter().map(|r| r.barge_ins).sum();
     let clears = runs.iter().map(|r| r.clears).sum();
@@ -669,6 +816,8 @@ fn measure(
         late_frames,
         tts_sockets: sims.elevenlabs.tts().session_count() as u64,
         hops: sims.hops(),
+        turn_end: String::new(),
+        waits_by_ending,
     })
 }
 

@@ -121,6 +121,24 @@ const STT_VAD_SILENCE_SECS: Float = Float {
     max: 3.0,
 };
 const STT_LANGUAGE_CODE: &str = "STT_LANGUAGE_CODE";
+/// How the caller's turn ends: `smart` (the call decides from the words, committing by hand)
+/// or `vad` (the service's silence detector alone, as before).
+const TURN_END: &str = "TURN_END";
+/// Silence after words that end a sentence or ask a question before the turn ends.
+const TURN_END_SHORT_MS: Whole = Whole {
+    name: "TURN_END_SHORT_MS",
+    default: 300,
+    min: 100,
+    max: 3_000,
+};
+/// Silence after words that trail off ("and", "so", "um") before the turn ends; also the
+/// longest any turn waits once words were heard.
+const TURN_END_LONG_MS: Whole = Whole {
+    name: "TURN_END_LONG_MS",
+    default: 1_500,
+    min: 300,
+    max: 5_000,
+};
 const STT_MAX_RECONNECTS: Whole = Whole {
     name: "STT_MAX_RECONNECTS",
     default: 3,
@@ -231,6 +249,38 @@ pub struct CallTuning {
     /// Words added to the language's built-in backchannel list (`BACKCHANNEL_WORDS`), lower
     /// case.
     pub backchannel_words: Vec<String>,
+    /// How the caller's turn ends (`TURN_END`), and the silences of the smart rule: after a
+    /// complete sentence or a question (`TURN_END_SHORT_MS`), after words that trail off
+    /// (`TURN_END_LONG_MS`, also the longest wait of all).
+    pub turn_end: TurnEndMode,
+    pub turn_end_short: Duration,
+    pub turn_end_long: Duration,
+}
+
+/// Who decides that the caller finished speaking.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TurnEndMode {
+    /// The call machine, from the words of the latest partial transcript and the silence
+    /// after them; it commits each utterance by hand (`commit_strategy=manual`).
+    Smart,
+    /// The speech-to-text service's voice detector after `STT_VAD_SILENCE_SECS` of silence
+    /// (`commit_strategy=vad`).
+    Vad,
+}
+
+impl TurnEndMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TurnEndMode::Smart => "smart",
+            TurnEndMode::Vad => "vad",
+        }
+    }
+}
+
+impl std::fmt::Display for TurnEndMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl CallsConfig {
@@ -281,6 +331,7 @@ impl CallTuning {
         let default_audio_dir = r
             .state_directory()
             .map_or_else(|| "audio".to_string(), |dir| format!("{dir}/audio"));
+        let turn_end_short = r.millis(&TURN_END_SHORT_MS);
         // The ranges make the casts below lossless.
         CallTuning {
             barge_in_min_chars: r.whole(&BARGE_IN_MIN_CHARS) as usize,
@@ -312,6 +363,13 @@ impl CallTuning {
             voicemail_message: read_voicemail_message(r),
             resume_after: Duration::ZERO,
             backchannel_words: r.parse(BACKCHANNEL_WORDS, Vec::new(), parse_backchannel_words),
+            turn_end: r.parse(TURN_END, TurnEndMode::Smart, |v| match v {
+                "smart" => Ok(TurnEndMode::Smart),
+                "vad" => Ok(TurnEndMode::Vad),
+                other => Err(format!("must be smart or vad, got {other:?}")),
+            }),
+            turn_end_short,
+            turn_end_long: read_turn_end_long(r, turn_end_short),
         }
         .with_resume_after(r)
     }
@@ -341,6 +399,9 @@ impl CallTuning {
         out.value(VOICEMAIL_MESSAGE, &self.voicemail_message);
         out.millis(RESUME_AFTER_MS.name, self.resume_after);
         out.value(BACKCHANNEL_WORDS, self.backchannel_words.join(","));
+        out.value(TURN_END, self.turn_end);
+        out.millis(TURN_END_SHORT_MS.name, self.turn_end_short);
+        out.millis(TURN_END_LONG_MS.name, self.turn_end_long);
     }
 }
 
@@ -406,6 +467,25 @@ fn parse_backchannel_words(raw: &str) -> Result<Vec<String>, String> {
         return Err(format!("at most 200 words, got {}", out.len()));
     }
     Ok(out)
+}
+
+/// `TURN_END_LONG_MS`: in range, and not shorter than `TURN_END_SHORT_MS` (a trailing phrase
+/// must never end a turn sooner than a finished sentence).
+fn read_turn_end_long(r: &mut Reader<'_>, short: Duration) -> Duration {
+    let long = r.millis(&TURN_END_LONG_MS);
+    if long < short {
+        r.error(
+            TURN_END_LONG_MS.name,
+            format!(
+                "must not be shorter than {} ({} ms), got {} ms",
+                TURN_END_SHORT_MS.name,
+                short.as_millis(),
+                long.as_millis()
+            ),
+        );
+        return short;
+    }
+    long
 }
 
 /// `STT_CHUNK_MS`: in range, and whole 20 ms frames (Twilio's unit).

@@ -13,10 +13,11 @@ pub const THREADS_PER_CALL: u64 = 5;
 
 /// Descriptors of one call at most: the Twilio socket twice (the reader's and the writer's
 /// halves), the speech-to-text socket, the text-to-speech socket and its worker's wake-up
-/// pair, a handshake's wake-up pair while one runs, and one Anthropic and one MCP connection in
-/// flight. `bench` counts about 7 per call (`server_fds_per_call`: not every call holds a
-/// handshake or a tool call at once).
-pub const FDS_PER_CALL: u64 = 10;
+/// pair, a handshake's wake-up pair while one runs, the reader's wake-up pair for the smart
+/// turn end's commits (`TURN_END=smart`), and one Anthropic and one MCP connection in flight.
+/// `bench` counts about 9 per call (`server_fds_per_call`: not every call holds a handshake
+/// or a tool call at once).
+pub const FDS_PER_CALL: u64 = 12;
 
 /// Threads of the server itself, calls aside: HTTP workers, the acceptor, the records writer,
 /// name lookups (at most 8), connection threads still in their handshake (at most 64), the
@@ -148,10 +149,10 @@ mod tests {
 
     #[test]
     fn limits_that_hold_the_calls_say_nothing() {
-        // The unit's LimitNOFILE= comment: 1000 x 10 + 256 + 1,025 for webhooks = 11,281.
+        // The unit's LimitNOFILE= comment: 1000 x 12 + 256 + 1,025 for webhooks = 13,281.
         let (fds, tasks) = needed(1000);
-        assert_eq!((fds, tasks), (11_281, 5_128));
-        assert_eq!(needed_with(1000, 16), (10_273, 5_128));
+        assert_eq!((fds, tasks), (13_281, 5_128));
+        assert_eq!(needed_with(1000, 16), (12_273, 5_128));
         let enough = ProcessLimits {
             open_files: Some(fds),
             cgroup_tasks: Some(tasks),
@@ -178,8 +179,8 @@ mod tests {
             "{}",
             warnings[0]
         );
-        // (2048 - 256 - 1025) / 10: the webhook connections' share is not the calls'.
-        assert!(warnings[0].contains("past about 76 "), "{}", warnings[0]);
+        // (2048 - 256 - 1025) / 12: the webhook connections' share is not the calls'.
+        assert!(warnings[0].contains("past about 63 "), "{}", warnings[0]);
         assert!(warnings[1].contains("pids.max is 4915"), "{}", warnings[1]);
         assert!(warnings[1].contains("past about 957 "), "{}", warnings[1]);
         assert!(
@@ -195,11 +196,11 @@ mod tests {
             open_files: Some(1024),
             ..ProcessLimits::default()
         };
-        // 50 calls fit alone (756), not beside 1,024 webhook connections (1,781)...
+        // 50 calls fit alone (856), not beside 1,024 webhook connections (1,881)...
         let crowded = warnings_with(50, 1024, &limits);
         assert_eq!(crowded.len(), 1, "{crowded:?}");
         assert!(
-            crowded[0].contains("needs about 1781 open files")
+            crowded[0].contains("needs about 1881 open files")
                 && crowded[0].contains("HTTP_MAX_CONNECTIONS=1024")
                 && crowded[0].contains("past about 0 "),
             "{}",

@@ -29,7 +29,9 @@ use std::fmt;
 use std::net::IpAddr;
 
 pub use anthropic::AnthropicConfig;
-pub use calls::{default_max_concurrent, CallTuning, CallsConfig, NumberOverride, CALLS_PER_CORE};
+pub use calls::{
+    default_max_concurrent, CallTuning, CallsConfig, NumberOverride, TurnEndMode, CALLS_PER_CORE,
+};
 pub use elevenlabs::ElevenLabsConfig;
 pub use env::Env;
 pub use env_file::EnvFileError;

@@ -967,3 +967,28 @@ fn answering_machine_detection_is_off_unless_asked_and_the_voicemail_is_one_shor
         .iter()
         .any(|(k, v)| *k == "VOICEMAIL_MESSAGE" && v.contains("call us back")));
 }
+
+#[test]
+fn the_turn_end_is_smart_by_default_and_its_silences_are_ordered() {
+    let tuning = ok(&[]).calls.tuning;
+    assert_eq!(tuning.turn_end, TurnEndMode::Smart);
+    assert_eq!(tuning.turn_end_short, Duration::from_millis(300));
+    assert_eq!(tuning.turn_end_long, Duration::from_millis(1_500));
+    let config = ok(&[
+        ("TURN_END", "vad"),
+        ("TURN_END_SHORT_MS", "400"),
+        ("TURN_END_LONG_MS", "400"),
+    ]);
+    assert_eq!(config.calls.tuning.turn_end, TurnEndMode::Vad);
+    let rows = config.effective();
+    let value = |key: &str| rows.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone());
+    assert_eq!(value("TURN_END").as_deref(), Some("vad"));
+    assert_eq!(value("TURN_END_SHORT_MS").as_deref(), Some("400"));
+    fails(&[("TURN_END", "sometimes")], "TURN_END", "smart or vad");
+    fails(
+        &[("TURN_END_SHORT_MS", "800"), ("TURN_END_LONG_MS", "500")],
+        "TURN_END_LONG_MS",
+        "not be shorter than TURN_END_SHORT_MS",
+    );
+    fails(&[("TURN_END_SHORT_MS", "50")], "TURN_END_SHORT_MS", "100");
+}

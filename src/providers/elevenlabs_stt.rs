@@ -1,12 +1,31 @@
 //! ElevenLabs realtime speech-to-text (Scribe v2 realtime) over its WebSocket.
 //!
-//! The session is configured by the URL's query string only — μ-law 8 kHz, the language, VAD
-//! commits and their silence threshold. (The original sent a `session_config` message, which
-//! the service rejects with `input_error`; the session kept its defaults and never transcribed
-//! a word.) The caller's audio goes out in chunks of `STT_CHUNK_MS`, each encoded once into a
-//! message built in a reused buffer ([`AudioMessage`]). Every message
-//! type containing `error`, and each documented error type, is an error; an unknown type is
-//! logged once per session and ignored.
+//! The session is configured by the URL's query string only — μ-law 8 kHz, the language, and
+//! how utterances are committed. (The original sent a `session_config` message, which the
+//! service rejects with `input_error`; the session kept its defaults and never transcribed a
+//! word.) The caller's audio goes out in chunks of `STT_CHUNK_MS`, each encoded once into a
+//! message built in a reused buffer ([`AudioMessage`]). Every message type containing `error`,
+//! and each documented error type, is an error; an unknown type is logged once per session and
+//! ignored.
+//!
+//! Commits ([`CommitStrategy`]), as far as the service documents them (the realtime
+//! endpoint's AsyncAPI description, as summarised in PROTOCOLS.md; the official Python SDK
+//! `elevenlabs` 2.78, `realtime/connection.py` and `realtime/scribe.py`; elevenlabs-js's
+//! typed connect options; ElevenLabs' guide "Transcripts and commit strategies"):
+//! - `commit_strategy` is `manual` (the default) or `vad`. With `vad` the service commits
+//!   after `vad_silence_threshold_secs` (0.3–3.0, default 1.5) of silence; `vad_threshold`
+//!   (0.1–0.9), `min_speech_duration_ms` and `min_silence_duration_ms` (50–2000) tune it.
+//! - A manual commit is an `input_audio_chunk` with empty audio and `"commit": true` (with
+//!   `sample_rate`, which the schema requires). The SDKs say it is "only needed" with
+//!   `manual`; nothing published says whether the service accepts, ignores or refuses it in
+//!   a `vad` session. So this client never mixes them: `manual` sessions are committed only by
+//!   hand, `vad` sessions only by the service. (The simulator refuses a commit in a `vad`
+//!   session, so a client that mixes them fails its tests rather than a live call.)
+//! - A `manual` session that is never committed is committed by the service itself after
+//!   about 90 s (that guide); the smart turn end commits long before.
+//! - `commit_throttled` is a documented error type whose rule (how often one may commit) is
+//!   not published; it is handled like the other errors (the session is replaced). The call
+//!   commits at most once per utterance, after at least `TURN_END_SHORT_MS` of silence.
 //!
 //! The socket is non-blocking after the handshake: its owner waits for it with
 //! [`crate::poll`] ([`SttStream::fd`], [`SttStream::wants_write`]) together with whatever else
@@ -59,7 +78,22 @@ pub struct SttSettings {
     pub silent_service_limit: Duration,
     /// The caller's audio goes in chunks this long, whole 20 ms frames (`STT_CHUNK_MS`).
     pub chunk: Duration,
+    /// Who commits utterances: the service's voice detector, or the client by hand.
+    pub commit: CommitStrategy,
 }
+
+/// How a session's utterances are committed (the URL's `commit_strategy`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CommitStrategy {
+    /// The service commits after `vad_silence_secs` of silence; the client never commits.
+    Vad,
+    /// Only the client commits ([`SttStream::commit`]).
+    Manual,
+}
+
+/// A manual commit: empty audio, `commit` true (the schema requires `sample_rate` too).
+const COMMIT_MESSAGE: &str =
+    r#"{"message_type":"input_audio_chunk","audio_base_64":"","commit":true,"sample_rate":8000}"#;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SttError {
@@ -158,13 +192,17 @@ const COMMITTED_WITH_TIMESTAMPS: &str = "committed_transcript_with_timestamps";
 
 impl SttStream {
     pub fn url(settings: &SttSettings) -> String {
-        format!(
-            "{}/v1/speech-to-text/realtime?model_id={}&audio_format=ulaw_8000&language_code={}&commit_strategy=vad&vad_silence_threshold_secs={:.1}",
-            settings.ws_base,
-            settings.model_id,
-            settings.language_code,
-            settings.vad_silence_secs.clamp(0.3, 3.0)
-        )
+        let base = format!(
+            "{}/v1/speech-to-text/realtime?model_id={}&audio_format=ulaw_8000&language_code={}",
+            settings.ws_base, settings.model_id, settings.language_code,
+        );
+        match settings.commit {
+            CommitStrategy::Vad => format!(
+                "{base}&commit_strategy=vad&vad_silence_threshold_secs={:.1}",
+                settings.vad_silence_secs.clamp(0.3, 3.0)
+            ),
+            CommitStrategy::Manual => format!("{base}&commit_strategy=manual"),
+        }
     }
 
     pub fn open(settings: &SttSettings) -> Result<SttStream, SttError> {
@@ -262,6 +300,15 @@ impl SttStream {
         self.unflushed |= ws::left_queued(self.socket.send(Message::Text(text)))
             .map_err(|err| SttError::Closed(err.to_string()))?;
         self.audio_bytes += ulaw.len() as u64;
+        Ok(())
+    }
+
+    /// Commits what the service heard since the last commit (a `manual` session's end of an
+    /// utterance): its `committed_transcript` follows. Never blocks, like
+    /// [`SttStream::send_audio`].
+    pub fn commit(&mut self) -> Result<(), SttError> {
+        self.unflushed |= ws::left_queued(self.socket.send(Message::text(COMMIT_MESSAGE)))
+            .map_err(|err| SttError::Closed(err.to_string()))?;
         Ok(())
     }
 
@@ -404,5 +451,45 @@ impl SttStream {
             );
         }
         summary
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(commit: CommitStrategy) -> SttSettings {
+        SttSettings {
+            ws_base: BaseUrl::parse("wss://api.elevenlabs.io", &["wss"]).expect("a URL"),
+            api_key: Secret::new("key"),
+            model_id: "scribe_v2_realtime".into(),
+            language_code: "en".into(),
+            vad_silence_secs: 0.8,
+            connect_timeout: Duration::from_secs(5),
+            silent_service_limit: Duration::from_secs(20),
+            chunk: Duration::from_millis(100),
+            commit,
+        }
+    }
+
+    #[test]
+    fn the_url_asks_for_one_commit_strategy_and_only_its_parameters() {
+        let base = "wss://api.elevenlabs.io/v1/speech-to-text/realtime?model_id=scribe_v2_realtime\
+                    &audio_format=ulaw_8000&language_code=en";
+        assert_eq!(
+            SttStream::url(&settings(CommitStrategy::Vad)),
+            format!("{base}&commit_strategy=vad&vad_silence_threshold_secs=0.8")
+        );
+        assert_eq!(
+            SttStream::url(&settings(CommitStrategy::Manual)),
+            format!("{base}&commit_strategy=manual")
+        );
+        // The commit is the documented message: empty audio, commit and sample rate set.
+        let commit: Value = serde_json::from_str(COMMIT_MESSAGE).expect("JSON");
+        assert_eq!(
+            commit,
+            serde_json::json!({"message_type": "input_audio_chunk", "audio_base_64": "",
+                               "commit": true, "sample_rate": 8000})
+        );
     }
 }

@@ -126,7 +126,16 @@ impl Machine<'_> {
         let from = paused
             .last_partial
             .map_or(paused.cleared_at, |p| p.max(paused.cleared_at));
-        Some(from + self.rules.calls.tuning.resume_after)
+        let due = from + self.rules.calls.tuning.resume_after;
+        // With the smart turn end the call itself commits the caller's words: words waiting
+        // for their commit hold the resume until it is asked (its deadline wakes the call),
+        // and a commit asked holds it until its transcript is back (words: the turn is cut;
+        // nothing or a backchannel: the resume comes), or `RESUME_AFTER_MS` after it at most.
+        match self.turn_end_pending() {
+            Some(None) => None,
+            Some(Some(asked)) => Some(due.max(asked + self.rules.calls.tuning.resume_after)),
+            None => Some(due),
+        }
     }
 
     /// Resumes when the pause has lasted its time.

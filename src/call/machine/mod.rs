@@ -32,6 +32,8 @@
 //!   [`MAX_DTMF_PER_CALL`] are kept, and the transcript keeps at most
 //!   [`MAX_TRANSCRIPT_BYTES`] of text (each entry at most [`MAX_ENTRY_BYTES`]), its truncation
 //!   marked in it.
+//! - The caller's turn ends when the words of the latest partial and the silence after them
+//!   say so (`turn_end.rs`), or when the service's voice detector commits (`TURN_END=vad`).
 //!
 //! [`CallTuning::mark_timeout`]: crate::config::CallTuning::mark_timeout
 
@@ -167,6 +169,9 @@ pub enum Action {
     Latency(TurnLatency),
     /// The call is over.
     End(End),
+    /// Commit what speech-to-text heard since the last commit: the caller's turn is over
+    /// (the smart turn end, `turn_end.rs`).
+    Commit,
 }
 
 /// Who is on the line, from Twilio's `start` and our own `<Parameter>`s.
@@ -300,6 +305,8 @@ pub struct Machine<'a> {
     listening: Listening,
     /// A reply cleared by a barge-in, until it is resumed or cut (`barge.rs`).
     paused: Option<barge::Paused>,
+    /// The smart end of the caller's turn: the words waiting for their commit.
+    turn_end: turn_end::TurnEnd,
 }
 
 #[derive(Default)]
@@ -354,6 +361,7 @@ impl<'a> Machine<'a> {
                 &rules.calls.tuning.backchannel_words,
             ),
             paused: None,
+            turn_end: turn_end::TurnEnd::default(),
         }
     }
 
@@ -428,6 +436,9 @@ impl<'a> Machine<'a> {
                     at(quiet + tuning.reprompt_after);
                 }
                 if let Some(due) = self.resume_due() {
+                    at(due);
+                }
+                if let Some(due) = self.turn_end_due() {
                     at(due);
                 }
             }
@@ -641,6 +652,7 @@ impl<'a> Machine<'a> {
         }
         self.take_keys(now);
         self.check_resume(now);
+        self.check_turn_end(now);
         let tuning = &self.rules.calls.tuning;
         // A reply that never ends (a worker that died) must not leave the call stuck.
         let reply_deadline = self.rules.reply_deadline;
@@ -790,7 +802,10 @@ mod amd;
 mod barge;
 mod heard;
 mod speech;
+mod turn_end;
 mod turns;
+
+pub use turn_end::{classify, Ending};
 
 #[cfg(test)]
 mod tests;
@@ -800,3 +815,5 @@ mod tests_amd;
 mod tests_barge;
 #[cfg(test)]
 mod tests_heard;
+#[cfg(test)]
+mod tests_turn_end;

@@ -593,7 +593,9 @@ fn silence_is_reprompted_then_the_call_says_goodbye_and_ends_after_its_mark() {
 
 #[test]
 fn the_caller_speaking_resets_the_reprompts_and_loud_audio_holds_the_clock() {
-    let mut bench = Bench::new();
+    // The service ends turns here: the smart turn end's own deadline after the partial
+    // (`tests_turn_end.rs`) would come before the reprompt's.
+    let mut bench = Bench::with(&[("TURN_END", "vad")]);
     bench.greeted();
     let after = bench.tuning().reprompt_after;
     let quiet = bench.now;

@@ -6,8 +6,12 @@ use super::*;
 
 /// A call greeted, asked a question, and speaking its first sentence ("One.", heard) while the
 /// second ("Two.") is being sent and the third ("Three.") waits. Turn 1, pieces 0, 1, 2.
+/// Commits come from the service's silence detector here (`TURN_END=vad`): the pause's own
+/// timing; with the smart turn end, see the last tests.
 fn speaking(extra: &[(&str, &str)]) -> Bench {
-    let mut bench = Bench::with(extra);
+    let mut settings = vec![("TURN_END", "vad")];
+    settings.extend_from_slice(extra);
+    let mut bench = Bench::with(&settings);
     bench.greeted();
     bench.say("Tell me about the hearing");
     bench.llm(
@@ -268,7 +272,7 @@ fn with_resume_off_a_barge_in_cuts_the_turn_at_once() {
 
 #[test]
 fn a_cut_greeting_resumes_without_saying_as_i_was_saying() {
-    let mut bench = Bench::new();
+    let mut bench = Bench::with(&[("TURN_END", "vad")]);
     bench.start();
     bench.play(0, 0, 320);
     assert!(cleared(&bench.partial("hello hello")));
@@ -305,5 +309,58 @@ fn keys_or_the_end_of_the_call_during_the_pause_drop_it() {
     assert_eq!(
         texts(&actions),
         vec![crate::personas::prompts::Phrase::GoodbyeTimeUp.text()]
+    );
+}
+
+fn commits(actions: &[Action]) -> usize {
+    actions
+        .iter()
+        .filter(|a| matches!(a, Action::Commit))
+        .count()
+}
+
+#[test]
+fn with_the_smart_turn_end_a_pause_waits_for_the_commit_of_the_words_that_made_it() {
+    // A trailing barge-in ("wait and"): its commit is asked after the long silence, as late as
+    // the resume would come; the resume waits for the commit's answer.
+    let mut bench = speaking(&[("TURN_END", "smart"), ("RESUME_AFTER_MS", "1500")]);
+    bench.at(5_000);
+    assert!(cleared(&bench.partial("wait and")));
+    let long = bench.tuning().turn_end_long;
+    assert_eq!(bench.machine.next_deadline(), Some(bench.now + long));
+    let actions = bench.wait();
+    assert_eq!(commits(&actions), 1);
+    assert!(spoken(&actions).is_empty(), "no resume before the answer");
+    let asked_at = bench.now;
+    // The caller's words come back: the turn is cut, the words start the next one.
+    let actions = bench.step(Input::Stt(SttOut::Committed("wait and then what".into())));
+    assert!(asked(&actions).is_some());
+    assert!(!bench.machine.is_paused());
+    assert_eq!(bench.now, asked_at);
+}
+
+#[test]
+fn with_the_smart_turn_end_an_empty_commit_lets_the_resume_come() {
+    let mut bench = speaking(&[("TURN_END", "smart"), ("RESUME_AFTER_MS", "1500")]);
+    bench.at(5_000);
+    let cleared_at = bench.now;
+    assert!(cleared(&bench.partial("hey wait")));
+    // "wait" is open: the commit comes after the detector's silence, before the resume's time.
+    let actions = bench.wait();
+    assert_eq!(commits(&actions), 1);
+    let resume = bench.tuning().resume_after;
+    assert!(bench.now < cleared_at + resume);
+    // While the commit is unanswered the resume waits at most `RESUME_AFTER_MS` after it.
+    assert_eq!(bench.machine.next_deadline(), Some(bench.now + resume));
+    // The cough's commit is empty: the resume is due at its own time again.
+    assert!(bench
+        .step(Input::Stt(SttOut::Committed(String::new())))
+        .is_empty());
+    assert_eq!(bench.machine.next_deadline(), Some(cleared_at + resume));
+    let actions = bench.wait();
+    assert_eq!(bench.now, cleared_at + resume);
+    assert_eq!(
+        texts(&actions).first().map(String::as_str),
+        Some("As I was saying,")
     );
 }

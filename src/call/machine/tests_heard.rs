@@ -20,10 +20,11 @@ struct Call {
 }
 
 impl Call {
-    /// A call whose barge-ins cut at once (no pause for a resume: `barge.rs`), the model asked.
+    /// A call whose barge-ins cut at once (no pause for a resume: `barge.rs`) and whose
+    /// commits are the service's (no commit asked: `turn_end.rs`), the model asked.
     fn asked() -> Call {
         let t0 = Instant::now();
-        let rules = rules_with(&[("RESUME_AFTER_MS", "0")]);
+        let rules = rules_with(&[("RESUME_AFTER_MS", "0"), ("TURN_END", "vad")]);
         let mut call = Call {
             machine: Machine::new(rules, t0, 1_700_000_000_000, "unknown-1".into()),
             t0,

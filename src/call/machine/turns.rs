@@ -17,6 +17,9 @@ use crate::twilio::media_messages;
 
 impl Machine<'_> {
     pub(super) fn on_stt(&mut self, now: Instant, out: SttOut) {
+        if !self.turn_end_heard(now, &out) {
+            return;
+        }
         match out {
             SttOut::Partial(text) => {
                 // Re-armed, not stopped: a partial that never becomes an utterance (a cough)

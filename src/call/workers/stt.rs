@@ -198,6 +198,19 @@ impl SttLink {
         Ok(())
     }
 
+    /// Commits what the session heard since the last commit (the call decided the caller's
+    /// turn is over). Without a live session there is nothing to commit: the audio that waits
+    /// for the next one is heard afresh, and its words are committed when the call next asks.
+    pub fn commit(&mut self, now: Instant, out: &Sender<Event>) {
+        let State::Live { stream, .. } = &mut self.state else {
+            log::warn!("stt.commit.skipped: no session is up");
+            return;
+        };
+        if let Err(err) = stream.commit() {
+            self.session_failed(err, now, out);
+        }
+    }
+
     /// After the watched descriptor was ready: takes the dialler's result, or reads the
     /// session's transcripts (until WouldBlock, which also empties rustls' and tungstenite's
     /// buffers, so readiness stays the whole truth) and writes what waits.

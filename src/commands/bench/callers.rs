@@ -58,16 +58,26 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(60);
 const FRAME_EVERY: Duration = Duration::from_millis(20);
 
 /// What a run's callers say, in turn order.
-/// (The simulated STT hears the same words, in order, across all calls. Each starts with a
-/// word the server's barge-in rule takes as an interruption on its own — a stop word, see
-/// `call::barge_rules` — and that the simulated model never says (it would be echo), so the
-/// first partial of a barge-in is the one that interrupts.)
+/// (The simulated STT hears the same words, in order, across all calls. The barge-in turns
+/// (every second) start with a word the server's barge-in rule takes as an interruption on its
+/// own — a stop word, see `call::barge_rules` — and that the simulated model never says (it
+/// would be echo), so the first partial of a barge-in is the one that interrupts.)
+/// A question, a phrase that trails off, a finished sentence and one without an ending: the
+/// smart turn end answers each after its own silence (`call/machine/turn_end.rs`).
 pub const UTTERANCES: [&str; 4] = [
-    "Listen I need help writing this down",
-    "Wait it happened last Friday",
-    "Please read that back to me",
+    "What happens at the hearing?",
+    "Wait it happened last Friday and then",
+    "Please read that back to me.",
     "Wait that is all for today",
 ];
+
+/// What is said at turn `turn`, numbered `n` (unique words for the hops' keys): the number
+/// goes after the first word, so the utterance's first word and its ending stay its own.
+pub fn utterance_text(turn: usize, n: usize) -> String {
+    let utterance = UTTERANCES[turn % UTTERANCES.len()];
+    let (first, rest) = utterance.split_once(' ').unwrap_or((utterance, ""));
+    format!("{first}, number {n}, {rest}")
+}
 
 /// One caller's outcome.
 #[derive(Debug, Default)]
@@ -82,6 +92,8 @@ pub struct CallerRun {
     pub clears: u64,
     /// Frames sent more than [`LATE`] after their time.
     pub late_frames: u64,
+    /// The turn of each of `waits_ms`, in the same order.
+    pub wait_turns: Vec<usize>,
 }
 
 /// What the callers of one run share with the bench while they run.
@@ -406,11 +418,7 @@ impl Caller {
     }
 
     fn say(&mut self, now: Instant) {
-        let text = format!(
-            "{} number {}",
-            UTTERANCES[self.turn % UTTERANCES.len()],
-            self.turn + 1
-        );
+        let text = utterance_text(self.turn, self.turn + 1);
         self.to_say = voice::speak_cached(&text, self.pitch());
         self.said = 0;
         self.utterance_key = None;
@@ -575,6 +583,7 @@ impl Caller {
                         self.run
                             .waits_ms
                             .push(now.duration_since(done).as_millis() as u64);
+                        self.run.wait_turns.push(self.turn);
                         self.step = Step::Listening { first_audio: now };
                         self.step_deadline = now + STEP_TIMEOUT;
                     }

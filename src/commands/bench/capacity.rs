@@ -335,6 +335,8 @@ mod tests {
             late_frames: 0,
             tts_sockets: 0,
             hops: crate::sim::hops::Hops::default(),
+            turn_end: "smart".into(),
+            waits_by_ending: Vec::new(),
         }
     }
 

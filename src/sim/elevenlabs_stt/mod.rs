@@ -1,8 +1,14 @@
 //! A simulated ElevenLabs realtime speech-to-text WebSocket. Its voice-activity detector works
 //! on the μ-law it receives: while the caller's audio is loud it sends partial transcripts of
-//! the utterance being spoken, and after `vad_silence_threshold_secs` of quiet (audio time, not
-//! wall time) it commits the whole utterance. The words come from a script the simulated caller
-//! shares. Like the service, it is configured by the URL only: any client message other than
+//! the utterance being spoken. With `commit_strategy=vad`, after `vad_silence_threshold_secs`
+//! of quiet (audio time, not wall time) it commits the whole utterance; with
+//! `commit_strategy=manual` (the service's default) it commits when the client sends a commit
+//! (`"commit": true`), and once the caller pauses it sends a last partial with every word of
+//! the utterance, as the service's partials catch up with the audio. The combinations are the
+//! provider module's (`providers::elevenlabs_stt`): a commit in a `vad` session is refused
+//! with an `input_error` and the session closed, since the service documents commits for
+//! `manual` sessions only. The words come from a script the simulated caller shares. Like the
+//! service, it is configured by the URL only: any client message other than
 //! `input_audio_chunk` — the original's `session_config` — is an `input_error`. With
 //! `include_timestamps=true` in the URL (or [`SttSim::always_timestamps`]) every
 //! `committed_transcript` is followed by its `committed_transcript_with_timestamps`, as the
@@ -16,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 use serde_json::{json, Value};
 use tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tungstenite::protocol::WebSocketConfig;
@@ -33,6 +39,9 @@ use crate::speech::audio_message::JsonText;
 pub const SPEECH_RMS: f32 = 500.0;
 /// Audio between two partial transcripts while the caller speaks.
 const PARTIAL_EVERY_SECS: f64 = 0.3;
+/// Quiet after which a `manual` session's partial catches up with the whole utterance (longer
+/// than the gap between two words).
+const CATCH_UP_SECS: f64 = 0.15;
 
 #[derive(Clone, Debug)]
 pub struct SttSimOptions {
@@ -72,6 +81,17 @@ pub enum Fault {
 struct Utterance {
     words: String,
     commits: bool,
+}
+
+impl Utterance {
+    /// What a commit of it says: its words, or nothing for a cough.
+    fn committed(self) -> String {
+        if self.commits {
+            self.words
+        } else {
+            String::new()
+        }
+    }
 }
 
 #[derive(Default)]
@@ -201,6 +221,8 @@ fn refuse(status: u16, message: &str) -> ErrorResponse {
 struct Session {
     silence_secs: f64,
     timestamps: bool,
+    /// `commit_strategy=manual`: only the client commits.
+    manual: bool,
 }
 
 /// A client message as the simulator reads it: the fields it looks at, borrowed from the text
@@ -211,9 +233,9 @@ struct ClientMessage<'a> {
     message_type: Option<JsonText<'a>>,
     #[serde(borrow, default)]
     audio_base_64: Option<JsonText<'a>>,
-    /// Present, whatever its value (the service requires the field).
-    #[serde(default, deserialize_with = "present")]
-    commit: bool,
+    /// Required by the service; `true` commits (a `manual` session's end of an utterance).
+    #[serde(default)]
+    commit: Option<bool>,
     #[serde(default)]
     sample_rate: Option<u64>,
 }
@@ -226,10 +248,6 @@ impl ClientMessage<'_> {
     fn is_audio(&self) -> bool {
         self.kind() == "input_audio_chunk"
     }
-}
-
-fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<bool, D::Error> {
-    serde::de::IgnoredAny::deserialize(deserializer).map(|_| true)
 }
 
 /// Keeps a client message for [`SttSim::received`], unless it is audio and audio is not kept.
@@ -246,6 +264,7 @@ fn serve(stream: SimStream, options: &SttSimOptions, state: &Arc<Mutex<State>>) 
     let mut session = Session {
         silence_secs: 1.5,
         timestamps: false,
+        manual: true,
     };
     // The signature is tungstenite's handshake Callback; its error type is not ours to shrink.
     #[allow(clippy::result_large_err)]
@@ -269,19 +288,21 @@ fn serve(stream: SimStream, options: &SttSimOptions, state: &Arc<Mutex<State>>) 
                 .map(|(_, v)| v.to_string())
         };
         // The service's defaults are pcm_16000 and manual commits: a client that forgets to
-        // ask for μ-law and VAD gets a session that never transcribes Twilio's audio.
+        // ask for μ-law gets a session that never transcribes Twilio's audio, and one that
+        // forgets VAD gets no commit it does not send itself.
         if param("audio_format").as_deref() != Some("ulaw_8000") {
             return Err(refuse(
                 400,
                 "this simulator transcribes audio_format=ulaw_8000 only",
             ));
         }
-        if param("commit_strategy").as_deref() != Some("vad") {
-            return Err(refuse(
-                400,
-                "this simulator commits by VAD only (commit_strategy=vad)",
-            ));
-        }
+        session.manual = match param("commit_strategy").as_deref() {
+            None | Some("manual") => true,
+            Some("vad") => false,
+            Some(_) => {
+                return Err(refuse(400, "commit_strategy must be manual or vad"));
+            }
+        };
         session.timestamps = param("include_timestamps").as_deref() == Some("true");
         if let Some(secs) = param("vad_silence_threshold_secs").and_then(|s| s.parse::<f64>().ok())
         {
@@ -341,7 +362,8 @@ fn serve(stream: SimStream, options: &SttSimOptions, state: &Arc<Mutex<State>>) 
     send(
         &mut socket,
         json!({"message_type": "session_started", "session_id": format!("sim-stt-{index}"),
-               "config": {"audio_format": "ulaw_8000", "commit_strategy": "vad",
+               "config": {"audio_format": "ulaw_8000",
+                          "commit_strategy": if session.manual { "manual" } else { "vad" },
                           "vad_silence_threshold_secs": session.silence_secs}}),
     )?;
 
@@ -358,6 +380,8 @@ fn serve(stream: SimStream, options: &SttSimOptions, state: &Arc<Mutex<State>>) 
         drop_audio,
         silence_threshold: session.silence_secs,
         timestamps: session.timestamps,
+        manual: session.manual,
+        caught_up: true,
         chunks: 0,
         speaking: false,
         speech_secs: 0.0,
@@ -433,6 +457,10 @@ struct Transcriber {
     /// The session's VAD silence (from the URL), and whether commits get timestamps.
     silence_threshold: f64,
     timestamps: bool,
+    /// Only the client commits (`commit_strategy=manual`).
+    manual: bool,
+    /// The last partial had every word of the utterance (a `manual` session's catch-up sent).
+    caught_up: bool,
     chunks: u32,
     speaking: bool,
     speech_secs: f64,
@@ -487,8 +515,17 @@ impl Transcriber {
         };
         let payload = message.audio_base_64.as_ref().map_or("", |t| &t.0);
         let decoded = base64::engine::general_purpose::STANDARD.decode(payload);
-        if !is_audio || !message.commit || message.sample_rate != Some(8000) {
+        let Some(commit) = message.commit.filter(|_| is_audio) else {
             return Reply::Send(refusal(message.kind()), None);
+        };
+        if message.sample_rate != Some(8000) {
+            return Reply::Send(refusal(message.kind()), None);
+        }
+        if commit && !self.manual {
+            // Documented for `manual` sessions only: refused, as the service refuses what it
+            // does not take (see the module docs).
+            return Reply::Fail(json!({"message_type": "input_error",
+                "error": "commit is only accepted with commit_strategy=manual"}));
         }
         let Ok(audio) = decoded else {
             return Reply::Send(
@@ -533,6 +570,9 @@ impl Transcriber {
             vec![whole]
         };
         for piece in pieces {
+            if piece.is_empty() {
+                continue;
+            }
             match self.hear_audio(piece, state) {
                 Reply::Nothing => {}
                 // A commit is the message's answer; the frames after it are still heard (the
@@ -545,6 +585,17 @@ impl Transcriber {
                 }
             }
         }
+        if commit {
+            // The client's commit: what was heard of the utterance, or nothing.
+            self.speaking = false;
+            self.caught_up = true;
+            let words = self
+                .utterance
+                .take()
+                .map(Utterance::committed)
+                .unwrap_or_default();
+            return Reply::Commit(words, self.speech_secs);
+        }
         reply
     }
 
@@ -556,6 +607,7 @@ impl Transcriber {
                 self.speaking = true;
                 self.speech_secs = 0.0;
                 self.since_partial = 0.0;
+                self.caught_up = false;
                 // The utterance's first loud frame, as the caller sent it.
                 self.first_loud = Some(frame_key(audio));
                 self.utterance.get_or_insert_with(|| {
@@ -576,8 +628,9 @@ impl Transcriber {
                 if let Some(utterance) = &self.utterance {
                     // As much of the utterance as has been "heard": about 3 words a second.
                     let heard = ((self.speech_secs * 3.0).ceil() as usize).max(1);
-                    let partial: Vec<&str> =
-                        utterance.words.split_whitespace().take(heard).collect();
+                    let words = &utterance.words;
+                    let partial: Vec<&str> = words.split_whitespace().take(heard).collect();
+                    self.caught_up = partial.len() == words.split_whitespace().count();
                     return Reply::Send(
                         json!({"message_type": "partial_transcript", "text": partial.join(" ")}),
                         self.first_loud.take(),
@@ -586,15 +639,23 @@ impl Transcriber {
             }
         } else if self.speaking {
             self.silence_secs += secs;
+            if self.manual {
+                // No commit of its own: the words so far, once, when the caller pauses.
+                if self.silence_secs >= CATCH_UP_SECS && !self.caught_up {
+                    self.caught_up = true;
+                    if let Some(utterance) = &self.utterance {
+                        return Reply::Send(
+                            json!({"message_type": "partial_transcript", "text": utterance.words}),
+                            self.first_loud.take(),
+                        );
+                    }
+                }
+                return Reply::Nothing;
+            }
             if self.silence_secs >= self.silence_threshold {
                 self.speaking = false;
                 if let Some(utterance) = self.utterance.take() {
-                    let words = if utterance.commits {
-                        utterance.words
-                    } else {
-                        String::new()
-                    };
-                    return Reply::Commit(words, self.speech_secs);
+                    return Reply::Commit(utterance.committed(), self.speech_secs);
                 }
             }
         }
@@ -670,9 +731,13 @@ mod tests {
     type Client = tungstenite::WebSocket<MaybeTlsStream<std::net::TcpStream>>;
 
     fn connect(sim: &SttSim) -> Client {
+        connect_with(sim, "commit_strategy=vad&vad_silence_threshold_secs=0.3")
+    }
+
+    /// A session whose URL ends with `query` (after the audio format).
+    fn connect_with(sim: &SttSim, query: &str) -> Client {
         let url = format!(
-            "{}/v1/speech-to-text/realtime?audio_format=ulaw_8000&commit_strategy=vad\
-             &vad_silence_threshold_secs=0.3",
+            "{}/v1/speech-to-text/realtime?audio_format=ulaw_8000&{query}",
             sim.base_url()
         );
         let mut request = url.into_client_request().expect("a request");
@@ -744,6 +809,70 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         assert_eq!(loop_threads(), 0, "the loop ended");
+    }
+
+    fn audio(frame: &str, commit: bool) -> Value {
+        json!({"message_type": "input_audio_chunk", "audio_base_64": frame,
+               "commit": commit, "sample_rate": 8000})
+    }
+
+    #[test]
+    fn a_manual_session_commits_when_asked_after_a_partial_with_every_word() {
+        let sim = SttSim::start(SttSimOptions::default()).expect("starts");
+        let said = "one two three four five six";
+        sim.push_utterances([said.to_string()]);
+        let mut socket = connect_with(&sim, "commit_strategy=manual");
+        let started = next(&mut socket);
+        assert_eq!(started["config"]["commit_strategy"], "manual");
+        for frame in utterance(said, 150.0) {
+            send(&mut socket, audio(&frame, false));
+        }
+        // No commit of its own after the silence: partials only, the last with every word.
+        let mut last = Value::Null;
+        send(&mut socket, audio("", true));
+        loop {
+            let message = next(&mut socket);
+            match message["message_type"].as_str() {
+                Some("partial_transcript") => last = message,
+                Some("committed_transcript") => {
+                    assert_eq!(message["text"], said);
+                    break;
+                }
+                other => panic!("unexpected {other:?}: {message}"),
+            }
+        }
+        assert_eq!(
+            last["text"], said,
+            "the partial caught up before the commit"
+        );
+        // A commit with nothing heard since commits nothing.
+        send(&mut socket, audio("", true));
+        assert_eq!(next(&mut socket)["text"], "");
+    }
+
+    #[test]
+    fn a_commit_in_a_vad_session_is_refused_and_the_session_closed() {
+        let sim = SttSim::start(SttSimOptions::default()).expect("starts");
+        let mut socket = connect(&sim);
+        assert_eq!(next(&mut socket)["message_type"], "session_started");
+        send(&mut socket, audio("", true));
+        assert_eq!(next(&mut socket)["message_type"], "input_error");
+        let after = socket.read();
+        assert!(
+            matches!(after, Ok(Message::Close(_))),
+            "the session closes: {after:?}"
+        );
+        // An unknown strategy is refused at the handshake.
+        let url = format!(
+            "{}/v1/speech-to-text/realtime?audio_format=ulaw_8000&commit_strategy=sometimes",
+            sim.base_url()
+        );
+        let mut request = url.into_client_request().expect("a request");
+        let key = SttSimOptions::default().api_key;
+        request
+            .headers_mut()
+            .insert("xi-api-key", key.parse().expect("a header value"));
+        assert!(tungstenite::connect(request).is_err());
     }
 
     /// Two utterances through a session: partials, then the commit of each (after
