@@ -43,7 +43,9 @@ use crate::personas::prompts::{self, Phrase};
 use crate::personas::{self, Role};
 use crate::providers::anthropic::request::CALL_CONNECTED;
 use crate::providers::anthropic::Turn;
-use crate::records::event::{Direction, ToolCallRecord, TranscriptEntry, TurnLatencyRecord};
+use crate::records::event::{
+    Direction, ToolCallRecord, TranscriptEntry, TransferRecord, TurnLatencyRecord,
+};
 use crate::speech::sentences::Sentences;
 use crate::timestamp;
 use crate::twilio::media_messages::{Inbound, StreamStart};
@@ -117,6 +119,9 @@ pub enum Input {
         turn: u64,
         why: AskError,
     },
+    /// Twilio answered the request to transfer the call (see [`Action::Transfer`]): the call
+    /// was redirected, or why not.
+    TransferDone(Result<(), String>),
 }
 
 /// Why the model could not be asked for a reply.
@@ -158,6 +163,9 @@ pub enum Action {
     Latency(TurnLatency),
     /// The call is over.
     End(End),
+    /// Ask Twilio to redirect the live call to `<Dial>` this number, off the call thread; the
+    /// answer comes back as [`Input::TransferDone`].
+    Transfer { call_sid: String, number: String },
 }
 
 /// Who is on the line, from Twilio's `start` and our own `<Parameter>`s.
@@ -193,6 +201,8 @@ enum Phase {
         by: Instant,
     },
     Ended(End),
+    /// The call is being handed to a person (see `control.rs`): no new turns meanwhile.
+    Transferring(control::Transfer),
 }
 
 /// A turn being answered.
@@ -228,6 +238,8 @@ pub struct Summary {
     pub marks_overdue: u64,
     /// Each answered turn's latencies, for the record (at most [`MAX_TURN_LATENCIES`]).
     pub turn_latencies: Vec<TurnLatencyRecord>,
+    /// The transfers to a person tried.
+    pub transfers: Vec<TransferRecord>,
 }
 
 pub struct Machine<'a> {
@@ -282,6 +294,8 @@ pub struct Machine<'a> {
     write_failed_at: Option<Instant>,
 
     actions: Vec<Action>,
+    /// The transfers to a person tried, for the record.
+    transfers: Vec<TransferRecord>,
 }
 
 #[derive(Default)]
@@ -329,6 +343,7 @@ impl<'a> Machine<'a> {
             last_voice: None,
             write_failed_at: None,
             actions: Vec::new(),
+            transfers: Vec::new(),
         }
     }
 
@@ -362,6 +377,7 @@ impl<'a> Machine<'a> {
                 self.maybe_finish_turn(now);
             }
             Input::AskFailed { turn, why } => self.on_ask_failed(turn, &why),
+            Input::TransferDone(result) => self.on_transfer_done(now, result),
         }
         self.check_time(now);
         std::mem::take(&mut self.actions)
@@ -385,6 +401,7 @@ impl<'a> Machine<'a> {
         match &self.phase {
             Phase::Ended(_) => {}
             Phase::Closing { by, .. } => at(*by),
+            Phase::Transferring(transfer) => at(transfer.deadline()),
             Phase::Connecting => at(self.started + START_TIMEOUT),
             Phase::Talking => {
                 let tuning = &self.rules.calls.tuning;
@@ -455,6 +472,7 @@ impl<'a> Machine<'a> {
             dtmf_dropped: self.dtmf_dropped,
             marks_overdue: self.marks_overdue,
             turn_latencies: self.turn_latencies.clone(),
+            transfers: self.transfers.clone(),
         }
     }
 
@@ -466,7 +484,7 @@ impl<'a> Machine<'a> {
             Inbound::Start(start) => self.on_start(start),
             Inbound::Mark { name } => self.on_mark(now, &name),
             Inbound::Dtmf { digit } => self.on_dtmf(now, &digit),
-            Inbound::Stop => self.finish(End::CallerHungUp),
+            Inbound::Stop => self.on_stop(),
         }
     }
 
@@ -511,6 +529,10 @@ impl<'a> Machine<'a> {
             .map(String::from)
             .collect();
         if keys.is_empty() {
+            return;
+        }
+        // `0` pressed alone asks for a person where a transfer is configured (`control.rs`).
+        if keys == ["0"] && self.transfer_on_zero(now) {
             return;
         }
         let text = format!("(the caller pressed {} on the keypad)", keys.join(" "));
@@ -594,6 +616,10 @@ impl<'a> Machine<'a> {
                     let end = end.clone();
                     self.finish(end);
                 }
+                return;
+            }
+            Phase::Transferring(_) => {
+                self.transfer_time(now);
                 return;
             }
             Phase::Connecting => {
@@ -718,7 +744,7 @@ impl<'a> Machine<'a> {
         match self.phase {
             Phase::Talking => {}
             Phase::Connecting => return self.finish(end),
-            Phase::Closing { .. } | Phase::Ended(_) => return,
+            Phase::Closing { .. } | Phase::Ended(_) | Phase::Transferring(_) => return,
         }
         log::info!(callSid = self.call_sid(), reason:% = end; "call.closing");
         if self.live.is_some() || self.playback.is_speaking() {
@@ -749,8 +775,11 @@ fn ms_between(from: Instant, to: Instant) -> u64 {
     to.saturating_duration_since(from).as_millis() as u64
 }
 
+mod control;
 mod speech;
 mod turns;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_control;

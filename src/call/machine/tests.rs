@@ -31,21 +31,21 @@ fn rules_with(extra: &[(&str, &str)]) -> Rules<'static> {
 }
 
 /// A machine and a clock the test moves by hand.
-struct Bench {
-    machine: Machine<'static>,
+pub(super) struct Bench {
+    pub(super) machine: Machine<'static>,
     t0: Instant,
-    now: Instant,
+    pub(super) now: Instant,
 }
 
-const SID: &str = "CA0123456789abcdef0123456789abcdef";
+pub(super) const SID: &str = "CA0123456789abcdef0123456789abcdef";
 const STREAM: &str = "MZ0123456789abcdef0123456789abcdef";
 
 impl Bench {
-    fn new() -> Bench {
+    pub(super) fn new() -> Bench {
         Bench::with(&[])
     }
 
-    fn with(extra: &[(&str, &str)]) -> Bench {
+    pub(super) fn with(extra: &[(&str, &str)]) -> Bench {
         let t0 = Instant::now();
         Bench {
             machine: Machine::new(rules_with(extra), t0, 1_700_000_000_000, "unknown-1".into()),
@@ -54,22 +54,22 @@ impl Bench {
         }
     }
 
-    fn tuning(&self) -> &crate::config::CallTuning {
+    pub(super) fn tuning(&self) -> &crate::config::CallTuning {
         &self.machine.rules.calls.tuning
     }
 
     /// Moves the clock to `ms` after the call opened.
-    fn at(&mut self, ms: u64) -> &mut Bench {
+    pub(super) fn at(&mut self, ms: u64) -> &mut Bench {
         self.now = self.t0 + Duration::from_millis(ms);
         self
     }
 
-    fn step(&mut self, input: Input) -> Vec<Action> {
+    pub(super) fn step(&mut self, input: Input) -> Vec<Action> {
         self.machine.step(self.now, input)
     }
 
     /// Moves the clock to the machine's next deadline and lets it act.
-    fn wait(&mut self) -> Vec<Action> {
+    pub(super) fn wait(&mut self) -> Vec<Action> {
         let deadline = self.machine.next_deadline().expect("a deadline");
         assert!(deadline >= self.now, "a deadline in the past");
         self.now = deadline;
@@ -81,11 +81,11 @@ impl Bench {
         actions
     }
 
-    fn start(&mut self) -> Vec<Action> {
+    pub(super) fn start(&mut self) -> Vec<Action> {
         self.start_with(&[("role", "attorney")])
     }
 
-    fn start_with(&mut self, parameters: &[(&str, &str)]) -> Vec<Action> {
+    pub(super) fn start_with(&mut self, parameters: &[(&str, &str)]) -> Vec<Action> {
         self.step(Input::Twilio(Inbound::Start(StreamStart {
             call_sid: SID.into(),
             stream_sid: STREAM.into(),
@@ -99,7 +99,7 @@ impl Bench {
     }
 
     /// The piece's audio arrives in full (`bytes` of it) and its mark goes out.
-    fn play(&mut self, turn: u64, seq: u32, bytes: usize) -> Vec<Action> {
+    pub(super) fn play(&mut self, turn: u64, seq: u32, bytes: usize) -> Vec<Action> {
         let mut actions = self.step(Input::Tts {
             turn,
             seq,
@@ -113,32 +113,32 @@ impl Bench {
         actions
     }
 
-    fn echo(&mut self, turn: u64, seq: u32) -> Vec<Action> {
+    pub(super) fn echo(&mut self, turn: u64, seq: u32) -> Vec<Action> {
         self.step(Input::Twilio(Inbound::Mark {
             name: format!("{turn}-{seq}"),
         }))
     }
 
     /// Starts the call and plays the greeting to its mark.
-    fn greeted(&mut self) {
+    pub(super) fn greeted(&mut self) {
         self.start();
         self.play(0, 0, 320);
         self.echo(0, 0);
     }
 
-    fn say(&mut self, text: &str) -> Vec<Action> {
+    pub(super) fn say(&mut self, text: &str) -> Vec<Action> {
         self.step(Input::Stt(SttOut::Committed(text.into())))
     }
 
-    fn partial(&mut self, text: &str) -> Vec<Action> {
+    pub(super) fn partial(&mut self, text: &str) -> Vec<Action> {
         self.step(Input::Stt(SttOut::Partial(text.into())))
     }
 
-    fn llm(&mut self, turn: u64, out: LlmOut) -> Vec<Action> {
+    pub(super) fn llm(&mut self, turn: u64, out: LlmOut) -> Vec<Action> {
         self.step(Input::Llm { turn, out })
     }
 
-    fn reply_done(&mut self, turn: u64, text: &str) -> Vec<Action> {
+    pub(super) fn reply_done(&mut self, turn: u64, text: &str) -> Vec<Action> {
         self.llm(
             turn,
             LlmOut::Done {
@@ -151,7 +151,7 @@ impl Bench {
 }
 
 /// What went to Twilio, as `media` (one per frame), `mark:NAME`, `clear`, `pong`.
-fn twilio(actions: &[Action]) -> Vec<String> {
+pub(super) fn twilio(actions: &[Action]) -> Vec<String> {
     actions
         .iter()
         .flat_map(|a| match a {
@@ -174,7 +174,7 @@ fn twilio(actions: &[Action]) -> Vec<String> {
 }
 
 /// The speech queued: (turn, seq, text or "clip"), prewarms left out.
-fn spoken(actions: &[Action]) -> Vec<(u64, u32, String)> {
+pub(super) fn spoken(actions: &[Action]) -> Vec<(u64, u32, String)> {
     actions
         .iter()
         .filter_map(|a| match a {
@@ -188,25 +188,25 @@ fn spoken(actions: &[Action]) -> Vec<(u64, u32, String)> {
         .collect()
 }
 
-fn texts(actions: &[Action]) -> Vec<String> {
+pub(super) fn texts(actions: &[Action]) -> Vec<String> {
     spoken(actions).into_iter().map(|(_, _, t)| t).collect()
 }
 
-fn ended(actions: &[Action]) -> Option<&End> {
+pub(super) fn ended(actions: &[Action]) -> Option<&End> {
     actions.iter().find_map(|a| match a {
         Action::End(end) => Some(end),
         _ => None,
     })
 }
 
-fn asked(actions: &[Action]) -> Option<(u64, &[Turn])> {
+pub(super) fn asked(actions: &[Action]) -> Option<(u64, &[Turn])> {
     actions.iter().find_map(|a| match a {
         Action::Ask { turn, history } => Some((*turn, history.as_slice())),
         _ => None,
     })
 }
 
-fn words(turn: &Turn) -> String {
+pub(super) fn words(turn: &Turn) -> String {
     turn.blocks
         .iter()
         .filter_map(|b| match b {
