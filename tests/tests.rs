@@ -6,6 +6,7 @@ mod anthropic;
 mod api_keys;
 mod call;
 mod call_command;
+mod call_control;
 mod cli;
 mod dashboard;
 mod demo;
