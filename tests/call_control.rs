@@ -252,3 +252,57 @@ fn zero_on_the_keypad_transfers_the_call() {
         "the model was not asked"
     );
 }
+
+#[test]
+fn the_simulated_call_update_refuses_what_twilio_refuses() {
+    use cotrackpro_voice::config::Secret;
+    use cotrackpro_voice::sim::twilio::TwilioSim;
+    use cotrackpro_voice::twilio::rest::{CallUpdate, CreateCall, TwilioError, TwilioRest};
+    use cotrackpro_voice::twilio::twiml;
+
+    const ACCOUNT: &str = "AC0123456789abcdef0123456789abcdef";
+    const TOKEN: &str = "twilio-auth-token-for-tests";
+    let sim = TwilioSim::start(ACCOUNT, TOKEN).expect("simulator");
+    let client = TwilioRest::new(&sim.base_url(), ACCOUNT, Secret::new(TOKEN));
+    let refused = |result: Result<(), TwilioError>| match result {
+        Err(TwilioError::Api { status, code, .. }) => (status, code),
+        other => panic!("not refused: {other:?}"),
+    };
+    let dial = CallUpdate::Twiml(twiml::dial("+15551234567"));
+    // A call Twilio does not know: its 404.
+    assert_eq!(
+        refused(client.update_call("CA00000000000000000000000000000000", &dial)),
+        (404, 20404)
+    );
+    let created = client
+        .create_call(&CreateCall {
+            to: "+14165550123".into(),
+            from: "+15551230000".into(),
+            url: "https://voice.example.com/call/incoming".into(),
+            status_callback: None,
+            status_callback_events: Vec::new(),
+            timeout_secs: None,
+            time_limit_secs: None,
+        })
+        .expect("created");
+    let not_twiml = CallUpdate::Twiml("hello".into());
+    assert_eq!(refused(client.update_call(&created.sid, &not_twiml)).0, 400);
+    let too_long = CallUpdate::Twiml(format!("<Response>{}</Response>", " ".repeat(4000)));
+    assert_eq!(refused(client.update_call(&created.sid, &too_long)).0, 400);
+    // A wrong password: Twilio's 401.
+    let stranger = TwilioRest::new(&sim.base_url(), ACCOUNT, Secret::new("wrong"));
+    assert_eq!(
+        refused(stranger.update_call(&created.sid, &dial)),
+        (401, 20003)
+    );
+    assert!(sim.updates().is_empty(), "nothing refused is recorded");
+
+    client.update_call(&created.sid, &dial).expect("accepted");
+    let updates = sim.updates();
+    assert_eq!(updates.len(), 1);
+    assert_eq!(updates[0].0, created.sid);
+    assert!(updates[0]
+        .1
+        .iter()
+        .any(|(k, v)| k == "Twiml" && v.contains("<Dial>+15551234567</Dial>")));
+}

@@ -340,6 +340,10 @@ fn update_call(
             return twilio_error(res, 400, 21205, "Url is not a valid URL");
         }
     }
+    if twiml.is_some() && url.is_some() {
+        // The official SDK's docs: "Twiml and url parameters are mutually exclusive".
+        return twilio_error(res, 400, 20001, "Url and Twiml are mutually exclusive");
+    }
     if twiml.is_none() && url.is_none() && status.is_none() {
         return twilio_error(res, 400, 20001, "Url, Twiml or Status is required");
     }
