@@ -306,3 +306,25 @@ fn the_simulated_call_update_refuses_what_twilio_refuses() {
         .iter()
         .any(|(k, v)| k == "Twiml" && v.contains("<Dial>+15551234567</Dial>")));
 }
+
+#[test]
+fn a_transfer_whose_thread_cannot_start_is_an_apology_and_the_call_goes_on() {
+    let rig = Rig::start(&[("TRANSFER_NUMBERS", NUMBERS)]);
+    rig.server
+        .app()
+        .calls
+        .refuse_threads_named(Some("-transfer"));
+    let caller = rig.greeted();
+    let call_sid = caller.call_sid().to_string();
+    caller.press('0');
+    // The greeting, the phrase, the apology: the call itself is not refused.
+    echoed(&caller, 3);
+    assert!(!caller.is_closed());
+    rig.server.app().calls.refuse_threads_named(None);
+    caller.hang_up();
+    let record = rig.record_after_end(&call_sid);
+    assert_eq!(record.status, CallStatus::Completed);
+    assert_eq!(record.transfers[0].outcome, "failed");
+    assert!(heard(&record).contains(&TRANSFER_FAILED.to_string()));
+    assert!(rig.sims.twilio.updates().is_empty());
+}

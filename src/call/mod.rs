@@ -580,24 +580,29 @@ impl Call<'_> {
         };
         let events = self.events_tx.clone();
         let name = format!("call-{}-transfer", self.n);
-        let spawned = self
-            .threads
-            .spawn(self.slot, name, PROVIDER_STACK, move || {
-                let update = CallUpdate::Twiml(crate::twilio::twiml::dial(&number));
-                let result = rest
-                    .update_call(&call_sid, &update)
-                    .map_err(|err| err.to_string());
-                // The call may be over by now; then nobody is listening, and that is fine.
-                let _ = events.send(Event::TransferDone(result));
-            });
-        if spawned.is_err() {
-            self.ctx
-                .metrics
-                .thread_spawn_failures
-                .fetch_add(1, Ordering::Relaxed);
-            self.feedback.push(Event::TransferDone(Err(
-                "the transfer's thread could not be started".to_string(),
-            )));
+        // One of the call's threads (joined with them), but a refusal fails only the transfer.
+        let done = self.threads.done_tx.clone();
+        let spawned = self.slot.spawn(name, PROVIDER_STACK, move || {
+            let _done = done;
+            let update = CallUpdate::Twiml(crate::twilio::twiml::dial(&number));
+            let result = rest
+                .update_call(&call_sid, &update)
+                .map_err(|err| err.to_string());
+            // The call may be over by now; then nobody is listening, and that is fine.
+            let _ = events.send(Event::TransferDone(result));
+        });
+        match spawned {
+            Ok(handle) => self.threads.handles.push(handle),
+            Err(err) => {
+                log::error!(callSid = self.machine.call_sid(), error:% = err; "call.transfer.spawn_failed");
+                self.ctx
+                    .metrics
+                    .thread_spawn_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                self.feedback.push(Event::TransferDone(Err(
+                    "the transfer's thread could not be started".to_string(),
+                )));
+            }
         }
     }
 
