@@ -138,6 +138,40 @@ mod tests {
         assert_eq!(TransferConfig::default().number_for(Role::Parent), None);
     }
 
+    fn load(
+        extra: &[(&str, &str)],
+    ) -> Result<crate::config::Config, Vec<crate::config::ConfigError>> {
+        let mut env = crate::config::Env::from_pairs([("SERVER_DOMAIN", "voice.example.com")]);
+        for (key, value) in extra {
+            env.set(key, value);
+        }
+        crate::config::Config::from_env(&env)
+    }
+
+    #[test]
+    fn the_settings_are_validated_and_shown_by_check_config() {
+        let errors = load(&[
+            ("TRANSFER_NUMBERS", r#"{"parent":"12"}"#),
+            ("TRANSFER_PHRASE", "two\nlines"),
+        ])
+        .expect_err("refused");
+        assert!(errors.iter().any(|e| e.key == TRANSFER_NUMBERS));
+        assert!(errors.iter().any(|e| e.key == TRANSFER_PHRASE));
+        let config = load(&[("TRANSFER_NUMBERS", r#"{"default":"+15557654321"}"#)]).expect("valid");
+        let rows = config.effective();
+        let shown = |key: &str| rows.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone());
+        assert_eq!(
+            shown(TRANSFER_NUMBERS).as_deref(),
+            Some("default=+15557654321")
+        );
+        assert_eq!(
+            shown(TRANSFER_PHRASE).as_deref(),
+            Some(DEFAULT_TRANSFER_PHRASE)
+        );
+        let none = load(&[]).expect("valid");
+        assert_eq!(none.calls.transfer.number_for(Role::Parent), None);
+    }
+
     #[test]
     fn bad_numbers_and_unknown_roles_are_each_reported() {
         let err =
