@@ -174,7 +174,7 @@ pub fn llm(
             round += 1;
             let mcp_names: Vec<String> = uses
                 .iter()
-                .filter(|(_, name, _)| !call_tools::is_call_tool(name))
+                .filter(|(_, name, _)| !own_tools.iter().any(|t| t.name == *name))
                 .map(|(_, name, _)| name.clone())
                 .collect();
             if !mcp_names.is_empty() {
@@ -184,7 +184,9 @@ pub fn llm(
             // What the call's own tools tell the machine, after every result is in.
             let mut controls = Vec::new();
             for (id, name, input) in uses {
-                if let Some((control, text)) = call_tools::answer(&name, &input) {
+                // Only a tool this call offered is ours (`transfer_call` is not everywhere).
+                let own = own_tools.iter().any(|t| t.name == name);
+                if let Some((control, text)) = call_tools::answer(&name, &input).filter(|_| own) {
                     let _ = send(LlmOut::ToolFinished {
                         name: name.clone(),
                         ok: true,
