@@ -8,6 +8,7 @@ mod api_keys;
 mod barge_in;
 mod call;
 mod call_command;
+mod call_control;
 mod cli;
 mod dashboard;
 mod demo;

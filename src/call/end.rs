@@ -59,6 +59,36 @@ pub enum End {
     Voicemail,
     /// A fax machine took the outbound call: we hung up at once.
     Fax,
+    /// The assistant ended the call (its `end_call` tool) after its last words played; the
+    /// reason is the model's, bounded ([`MAX_REASON_CHARS`]).
+    AssistantEnded(String),
+    /// The call was handed to a person: Twilio redirected it to `<Dial>` this number and ended
+    /// the stream. `by` is who asked: the assistant (`transfer_call`) or the caller (`0`).
+    Transferred { number: String, by: EndedBy },
+}
+
+/// The longest reason the assistant may give for ending a call that the record keeps.
+pub const MAX_REASON_CHARS: usize = 200;
+
+/// Who ended a call, for the record's `endedBy`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndedBy {
+    /// The caller hung up (or the far end did).
+    Caller,
+    /// The assistant decided: its `end_call` tool, or a transfer to a person.
+    Assistant,
+    /// The service: a timer, a failure, a shutdown.
+    System,
+}
+
+impl EndedBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndedBy::Caller => "caller",
+            EndedBy::Assistant => "assistant",
+            EndedBy::System => "system",
+        }
+    }
 }
 
 impl End {
@@ -71,7 +101,9 @@ impl End {
             | End::CallerSilent
             | End::MaxDuration
             | End::Voicemail
-            | End::Fax => CallStatus::Completed,
+            | End::Fax
+            | End::AssistantEnded(_)
+            | End::Transferred { .. } => CallStatus::Completed,
             End::Idle => CallStatus::ForceReaped,
             End::TwilioSilent
             | End::TwilioLost(_)
@@ -89,6 +121,28 @@ impl End {
             | End::Internal
             | End::NoThread(_) => CallStatus::Failed,
         }
+    }
+
+    /// Who ended the call: the caller, the assistant, or the service itself.
+    pub fn ended_by(&self) -> EndedBy {
+        match self {
+            End::CallerHungUp | End::TwilioClosed | End::ClosedByTwilio(_) => EndedBy::Caller,
+            End::AssistantEnded(_) => EndedBy::Assistant,
+            End::Transferred { by, .. } => *by,
+            _ => EndedBy::System,
+        }
+    }
+
+    /// The record's `endReason`: kept for every call that did not end normally, for the
+    /// calls the assistant ended (why it did, where the call went), and for an answering or
+    /// fax machine.
+    pub fn record_reason(&self) -> Option<String> {
+        let kept = self.status() != CallStatus::Completed
+            || matches!(
+                self,
+                End::AssistantEnded(_) | End::Transferred { .. } | End::Voicemail | End::Fax
+            );
+        kept.then(|| self.to_string())
     }
 
     /// Whether our side should still send a close frame: not when the connection is closed
@@ -128,6 +182,14 @@ impl fmt::Display for End {
             End::NoThread(name) => write!(f, "the server could not start thread {name}"),
             End::Voicemail => f.write_str("answering machine: voicemail left"),
             End::Fax => f.write_str("answered by a fax machine"),
+            End::AssistantEnded(reason) => write!(f, "the assistant ended the call: {reason}"),
+            End::Transferred { number, .. } => {
+                write!(
+                    f,
+                    "transferred to a person at {}",
+                    crate::phone::mask(number)
+                )
+            }
         }
     }
 }
@@ -165,6 +227,41 @@ mod tests {
         assert!(End::Idle.may_close_socket());
         assert!(End::Voicemail.may_close_socket());
         assert!(End::Fax.may_close_socket());
+    }
+
+    #[test]
+    fn the_record_says_who_ended_the_call_and_why() {
+        assert_eq!(End::CallerHungUp.ended_by(), EndedBy::Caller);
+        assert_eq!(
+            End::AssistantEnded("bye".into()).ended_by(),
+            EndedBy::Assistant
+        );
+        let transferred = |by| End::Transferred {
+            number: "+15551234567".into(),
+            by,
+        };
+        assert_eq!(transferred(EndedBy::Caller).ended_by(), EndedBy::Caller);
+        assert_eq!(
+            transferred(EndedBy::Assistant).ended_by(),
+            EndedBy::Assistant
+        );
+        assert_eq!(End::MaxDuration.ended_by(), EndedBy::System);
+        assert_eq!(End::CallerHungUp.record_reason(), None);
+        assert_eq!(
+            End::AssistantEnded("the caller said goodbye".into())
+                .record_reason()
+                .as_deref(),
+            Some("the assistant ended the call: the caller said goodbye")
+        );
+        assert_eq!(
+            transferred(EndedBy::Caller).record_reason().as_deref(),
+            Some("transferred to a person at +1***4567")
+        );
+        assert_eq!(
+            End::AssistantEnded("x".into()).status(),
+            CallStatus::Completed
+        );
+        assert!(End::AssistantEnded("x".into()).may_close_socket());
     }
 
     #[test]

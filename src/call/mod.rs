@@ -76,6 +76,7 @@ use crate::records::ttl_from;
 use crate::records::writer::RecordWriter;
 use crate::timestamp;
 use crate::twilio::media_messages::{Inbound, MediaFrames, StreamStart};
+use crate::twilio::rest::CallUpdate;
 use crate::twilio::stream_token::{self, StreamTokens};
 
 /// What the call's threads send the call thread: the machine's inputs.
@@ -602,6 +603,46 @@ impl Call<'_> {
                     commits.wake();
                 }
             }
+            Action::Transfer { call_sid, number } => self.transfer(call_sid, number),
+        }
+    }
+
+    /// Asks Twilio to hand the call to `number` on a short-lived `call-N-transfer` thread (the
+    /// request may take seconds; the call thread keeps carrying audio and marks); its answer
+    /// comes back as an input.
+    fn transfer(&mut self, call_sid: String, number: String) {
+        let Some(rest) = self.ctx.providers.twilio.clone() else {
+            self.feedback.push(Event::TransferDone(Err(
+                "twilio's REST API is not configured (TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN)"
+                    .to_string(),
+            )));
+            return;
+        };
+        let events = self.events_tx.clone();
+        let name = format!("call-{}-transfer", self.n);
+        // One of the call's threads (joined with them), but a refusal fails only the transfer.
+        let done = self.threads.done_tx.clone();
+        let spawned = self.slot.spawn(name, PROVIDER_STACK, move || {
+            let _done = done;
+            let update = CallUpdate::Twiml(crate::twilio::twiml::dial(&number));
+            let result = rest
+                .update_call(&call_sid, &update)
+                .map_err(|err| err.to_string());
+            // The call may be over by now; then nobody is listening, and that is fine.
+            let _ = events.send(Event::TransferDone(result));
+        });
+        match spawned {
+            Ok(handle) => self.threads.handles.push(handle),
+            Err(err) => {
+                log::error!(callSid = self.machine.call_sid(), error:% = err; "call.transfer.spawn_failed");
+                self.ctx
+                    .metrics
+                    .thread_spawn_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                self.feedback.push(Event::TransferDone(Err(
+                    "the transfer's thread could not be started".to_string(),
+                )));
+            }
         }
     }
 
@@ -699,8 +740,15 @@ impl Call<'_> {
             let system = prompts::system_prompt(stream.role);
             let clients = CallLlm::new(&setup);
             self.llm_clients = Some(clients.clone());
+            let transfer = self
+                .ctx
+                .config
+                .calls
+                .transfer
+                .number_for(stream.role)
+                .is_some();
             self.spawn(format!("call-{n}-llm"), move || {
-                workers::llm(&setup, &clients, &system, &rx, &events)
+                workers::llm(&setup, &clients, &system, transfer, &rx, &events)
             });
             self.llm_tx = Some(tx);
         } else {
@@ -829,7 +877,9 @@ fn complete(ctx: &Context<'_>, summary: &mut Summary) {
         turn_latencies: Some(std::mem::take(&mut summary.turn_latencies)),
         cost_summary: Some(cost),
         barge_ins: Some(summary.barge_ins),
-        end_reason: (status != CallStatus::Completed).then(|| summary.end.to_string()),
+        end_reason: summary.end.record_reason(),
+        ended_by: Some(summary.end.ended_by().as_str().to_string()),
+        transfers: (!summary.transfers.is_empty()).then(|| std::mem::take(&mut summary.transfers)),
         ..RecordEvent::new(
             EventKind::Completed,
             &summary.call_sid,

@@ -10,6 +10,7 @@ use crate::providers::anthropic::client::AnthropicClient;
 use crate::providers::elevenlabs_stt::{CommitStrategy, SttSettings};
 use crate::providers::elevenlabs_tts::{TtsSettings, DEFAULT_INACTIVITY_SECS};
 use crate::providers::mcp::{default_tools, McpClient, ToolCatalog};
+use crate::twilio::rest::TwilioRest;
 
 /// The providers a call uses, built once from the configuration and shared by every call.
 pub struct Setup {
@@ -20,6 +21,8 @@ pub struct Setup {
     /// The server's one MCP session, shared by every call (each call uses a
     /// [`McpClient::handle`] of it); ended by [`Setup::end_sessions`].
     pub mcp: Option<Arc<McpClient>>,
+    /// Twilio's REST API, for transfers to a person (needs the account SID and auth token).
+    pub twilio: Option<TwilioRest>,
 }
 
 impl Setup {
@@ -71,12 +74,21 @@ impl Setup {
                 mcp: mcp.clone(),
             })
         });
+        let twilio = match (&config.twilio.account_sid, &config.twilio.auth_token) {
+            (Some(sid), Some(token)) => Some(TwilioRest::new(
+                &config.twilio.api_base.to_string(),
+                sid,
+                token.clone(),
+            )),
+            _ => None,
+        };
         Setup {
             tts,
             stt,
             llm,
             clips: Clips::load(&tuning.audio_dir),
             mcp,
+            twilio,
         }
     }
 

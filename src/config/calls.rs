@@ -197,6 +197,8 @@ pub struct CallsConfig {
     pub voices: BTreeMap<Role, String>,
     pub number_overrides: BTreeMap<String, NumberOverride>,
     pub tuning: CallTuning,
+    /// Where a call may be transferred to a person, and what is said first.
+    pub transfer: super::transfer::TransferConfig,
 }
 
 /// How a live call behaves: barge-in, silence, limits. Every value is validated at start-up.
@@ -303,6 +305,7 @@ impl CallsConfig {
                 parse_number_overrides,
             ),
             tuning: CallTuning::read(r),
+            transfer: super::transfer::TransferConfig::read(r),
         }
     }
 
@@ -321,6 +324,7 @@ impl CallsConfig {
             INBOUND_PHONE_VOICE_MAP,
             format!("{} number(s)", self.number_overrides.len()),
         );
+        self.transfer.report(out);
     }
 }
 

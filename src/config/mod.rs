@@ -22,6 +22,7 @@ mod read;
 mod records;
 mod server;
 mod tls;
+mod transfer;
 mod twilio;
 mod values;
 
@@ -41,6 +42,7 @@ pub use prices::{Prices, DEFAULT_PRICES};
 pub use records::RecordsConfig;
 pub use server::{AppEnv, Domains, HttpLimits, LogConfig, LogFormat, SystemdEnv};
 pub use tls::ProviderTlsConfig;
+pub use transfer::{TransferConfig, DEFAULT_TRANSFER_PHRASE};
 pub use twilio::{is_sid, TwilioConfig, WEBHOOK_SHARED_KEY};
 pub use values::{BaseUrl, Domain, RateLimits, Secret};
 

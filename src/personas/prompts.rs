@@ -86,8 +86,25 @@ Never end abruptly, especially after something difficult was shared. Check how t
 feeling, sum up what you talked about and anything that was written down, and remind them \
 that 911 is there in an emergency and 988 for a crisis. Close warmly. A child or teenager \
 should hear that they did well to call and that they can call again.
+Use the end_call tool only when the caller has said goodbye or asked you to hang up, and \
+only after your own goodbye: say it first, then call end_call with a short reason. Never use \
+it to cut off someone who is upset, crying, or still talking about something hard, and never \
+because a topic is difficult; stay with them instead.
+
+REACHING A PERSON
+If a transfer_call tool is available, use it when the caller asks for a real person, or when \
+their safety needs a person now and they agree. Say one short sentence first that you are \
+connecting them. If the tool is not available, say plainly that you cannot transfer calls, and \
+offer 911 in an emergency and 988 for a crisis. Callers can also press 0 to reach a person \
+where that is offered.
 
 Remember: everything you say is spoken aloud on a phone. No formatting of any kind.";
+
+/// Said when a transfer to a person failed; the call goes on.
+pub const TRANSFER_FAILED: &str = "I'm sorry, I couldn't connect you with a person just now. I'm still here with you, and we can keep talking. If you're in danger, please call 911.";
+
+/// Said when the model ends the call without a goodbye of its own.
+pub const ASSISTANT_GOODBYE: &str = "Thank you for calling. You can call back any time, and if you're ever in danger, call 911. Take care.";
 
 /// The role's addendum; its first line names the role (`CALLER ROLE: <wire name>`).
 pub fn role_addendum(role: Role) -> String {

@@ -206,6 +206,28 @@ pub struct Event {
     /// (`human`, `machine_end_beep`, `fax`, …: [`AnsweredBy`]); on a `status` event.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub answered_by: Option<String>,
+    /// Who ended the call (`caller`, `assistant`, `system`), on a `completed` event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_by: Option<String>,
+    /// The transfers to a person tried during the call, on a `completed` event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfers: Option<Vec<TransferRecord>>,
+}
+
+/// One transfer to a person: where to, who asked, when, and how it went.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TransferRecord {
+    /// The number dialled (ours, from `TRANSFER_NUMBERS`, not the caller's).
+    pub number: String,
+    /// `assistant` (its `transfer_call` tool) or `caller` (the `0` key).
+    pub requested_by: String,
+    /// When Twilio was asked (RFC 3339 UTC).
+    pub timestamp: String,
+    /// `transferred`, or `failed` with why.
+    pub outcome: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 impl Event {
@@ -263,6 +285,8 @@ impl Event {
             end_reason: None,
             turn_latencies: None,
             answered_by: None,
+            ended_by: None,
+            transfers: None,
         }
     }
 }
@@ -298,6 +322,12 @@ pub struct CallRecord {
     /// Each turn's latency (not kept by the index's lists).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub turn_latencies: Vec<TurnLatencyRecord>,
+    /// Who ended the call: `caller`, `assistant` or `system` (not kept by the index's lists).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_by: Option<String>,
+    /// The transfers to a person tried (not kept by the index's lists).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub transfers: Vec<TransferRecord>,
     /// Set by a `deleted` event; such a record is never shown.
     #[serde(skip)]
     pub deleted: bool,
@@ -332,6 +362,8 @@ impl CallRecord {
             cost_summary: None,
             end_reason: None,
             turn_latencies: Vec::new(),
+            ended_by: None,
+            transfers: Vec::new(),
             deleted: false,
             last_sequence: None,
             answered_by: None,
@@ -373,6 +405,8 @@ impl CallRecord {
             end_reason: self.end_reason,
             turn_latencies: (!self.turn_latencies.is_empty()).then_some(self.turn_latencies),
             answered_by: self.answered_by,
+            ended_by: self.ended_by,
+            transfers: (!self.transfers.is_empty()).then_some(self.transfers),
         }
     }
 }
@@ -677,6 +711,12 @@ impl CallState for CallRecord {
         if let Some(answered_by) = event.answered_by.as_deref().and_then(AnsweredBy::parse) {
             self.answered_by
                 .get_or_insert_with(|| answered_by.as_str().to_string());
+        }
+        if let Some(by) = &event.ended_by {
+            self.ended_by = Some(by.clone());
+        }
+        if let Some(transfers) = &event.transfers {
+            self.transfers.clone_from(transfers);
         }
     }
 }

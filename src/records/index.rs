@@ -351,6 +351,8 @@ impl Summary {
             cost_summary: self.cost(),
             end_reason: None,
             turn_latencies: Vec::new(),
+            ended_by: None,
+            transfers: Vec::new(),
             deleted: self.deleted,
             last_sequence: (self.last_sequence != NONE_U32).then_some(self.last_sequence.into()),
             answered_by: self

@@ -371,6 +371,13 @@ impl SimCaller {
         (shared.caller_track.clone(), shared.assistant_track.clone())
     }
 
+    /// A handle that ends this stream from elsewhere (see [`CallerLine`]).
+    pub fn line(&self) -> CallerLine {
+        CallerLine {
+            shared: self.shared.clone(),
+        }
+    }
+
     /// Sends `stop` and closes, as Twilio does when the caller hangs up.
     pub fn hang_up(mut self) -> Vec<(Instant, Heard)> {
         lock(&self.shared).hang_up = true;
@@ -390,6 +397,26 @@ impl SimCaller {
             thread::sleep(Duration::from_millis(10));
         }
         false
+    }
+}
+
+/// Ends a caller's stream the way Twilio does when the call leaves the stream (hung up, or
+/// redirected to new TwiML by a call update): a `stop` message, then the close. The simulated
+/// Twilio REST API holds one per call it may update.
+#[derive(Clone)]
+pub struct CallerLine {
+    shared: Arc<Mutex<Shared>>,
+}
+
+impl CallerLine {
+    /// Asks the phone to send `stop` and close (at its next 20 ms frame).
+    pub fn end_stream(&self) {
+        lock(&self.shared).hang_up = true;
+    }
+
+    /// Whether the stream was ended through [`CallerLine::end_stream`] or a hang-up.
+    pub fn is_ended(&self) -> bool {
+        lock(&self.shared).hang_up
     }
 }
 

@@ -25,6 +25,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use serde_json::json;
 
+use super::caller::CallerLine;
 use super::http::{Responder, SimRequest, SimServer};
 use super::listener::Tls;
 use crate::http::request::decode_form;
@@ -104,6 +105,11 @@ struct State {
     answers: Vec<(String, String)>,
     /// How long detection takes before its result is posted.
     amd_delay: Duration,
+    /// Live Media Streams by CallSid: a call update that moves the call elsewhere ends its
+    /// stream, as Twilio does.
+    lines: Vec<(String, CallerLine)>,
+    /// Answer the next call update with this HTTP status and Twilio code instead.
+    fail_next_update: Option<(u16, u64, String)>,
 }
 
 pub struct TwilioSim {
@@ -189,6 +195,18 @@ impl TwilioSim {
     /// seconds: a machine's greeting and its beep).
     pub fn set_amd_delay(&self, delay: Duration) {
         lock(&self.state).amd_delay = delay;
+    }
+
+    /// Makes `call_sid` a live call of this simulator, its Media Stream played by the caller
+    /// `line` belongs to: a call update may name it, and one that redirects or ends the call
+    /// ends that stream (`stop`, then the close), as Twilio does.
+    pub fn register_stream(&self, call_sid: &str, line: CallerLine) {
+        lock(&self.state).lines.push((call_sid.to_string(), line));
+    }
+
+    /// Makes the next call update fail with `status` and Twilio error `code`.
+    pub fn fail_next_update(&self, status: u16, code: u64, message: &str) {
+        lock(&self.state).fail_next_update = Some((status, code, message.to_string()));
     }
 
     /// Makes the next create fail with `status` and Twilio error `code`.
@@ -322,26 +340,88 @@ fn handle(
             body.to_string().as_bytes(),
         );
     }
+    update_call(rest, &form, res, state)
+}
+
+/// TwiML a call update may carry (Twilio's documented limit for `Twiml`).
+const MAX_TWIML_CHARS: usize = 4000;
+
+/// `POST …/Calls/{sid}.json`: a call this simulator created or holds the stream of, moved to
+/// new TwiML (`Twiml` or `Url`) or ended (`Status`). The update is recorded, answered with the
+/// call's JSON, and the call's stream, if live, ends as Twilio ends it.
+fn update_call(
+    rest: &str,
+    form: &[(String, String)],
+    res: &mut Responder,
+    state: &Arc<Mutex<State>>,
+) -> io::Result<()> {
+    let field = |name: &str| form.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    let known = |sid: &str| {
+        let state = lock(state);
+        state.created.iter().any(|c| c.sid == sid) || state.lines.iter().any(|(s, _)| s == sid)
+    };
     let Some(call_sid) = rest
         .strip_prefix('/')
         .and_then(|r| r.strip_suffix(".json"))
-        .filter(|sid| lock(state).created.iter().any(|c| c.sid == *sid))
+        .filter(|sid| known(sid))
     else {
         return twilio_error(res, 404, 20404, "The requested resource was not found");
     };
-    lock(state)
-        .updates
-        .push((call_sid.to_string(), form.clone()));
-    let status = match field("Status").as_deref() {
+    let (twiml, url, status) = (field("Twiml"), field("Url"), field("Status"));
+    // The validation codes are Twilio's generic "invalid parameter" family; the refusals are
+    // what Twilio refuses (a 400 and nothing done).
+    if let Some(status) = status.as_deref() {
+        if status != "completed" && status != "canceled" {
+            return twilio_error(res, 400, 20001, "Status must be completed or canceled");
+        }
+    }
+    if let Some(twiml) = twiml.as_deref() {
+        if twiml.chars().count() > MAX_TWIML_CHARS {
+            return twilio_error(res, 400, 20001, "Twiml is longer than 4000 characters");
+        }
+        if !twiml.contains("<Response") {
+            return twilio_error(res, 400, 20001, "Twiml is not a TwiML document");
+        }
+    }
+    if let Some(url) = url.as_deref() {
+        if !(url.starts_with("https://") || url.starts_with("http://")) {
+            return twilio_error(res, 400, 21205, "Url is not a valid URL");
+        }
+    }
+    if twiml.is_some() && url.is_some() {
+        // The official SDK's docs: "Twiml and url parameters are mutually exclusive".
+        return twilio_error(res, 400, 20001, "Url and Twiml are mutually exclusive");
+    }
+    if twiml.is_none() && url.is_none() && status.is_none() {
+        return twilio_error(res, 400, 20001, "Url, Twiml or Status is required");
+    }
+    if let Some((code_status, code, message)) = lock(state).fail_next_update.take() {
+        return twilio_error(res, code_status, code, &message);
+    }
+    let line = {
+        let mut state = lock(state);
+        state.updates.push((call_sid.to_string(), form.to_vec()));
+        state
+            .lines
+            .iter()
+            .find(|(sid, _)| sid == call_sid)
+            .map(|(_, line)| line.clone())
+    };
+    let answered = match status.as_deref() {
         Some("completed") | Some("canceled") => "completed",
         _ => "in-progress",
     };
-    let body = json!({ "sid": call_sid, "status": status });
-    res.send(
+    let body = json!({ "sid": call_sid, "status": answered });
+    let sent = res.send(
         200,
         &[("Content-Type", "application/json")],
         body.to_string().as_bytes(),
-    )
+    );
+    // The call leaves `<Connect><Stream>`: Twilio sends `stop` and closes the stream.
+    if let Some(line) = line {
+        line.end_stream();
+    }
+    sent
 }
 
 /// Why Twilio refuses the request's answering-machine parameters (error 21234), if it does:

@@ -105,6 +105,9 @@ pub enum CallUpdate {
     HangUp,
     /// Fetch new TwiML from this URL.
     Redirect(String),
+    /// Run this TwiML now (e.g. `<Dial>` a person): Twilio leaves what the call was doing,
+    /// ending its Media Stream.
+    Twiml(String),
 }
 
 #[derive(Clone)]
@@ -184,6 +187,7 @@ impl TwilioRest {
             CallUpdate::Redirect(url) => {
                 vec![("Url", url.clone()), ("Method", "POST".to_string())]
             }
+            CallUpdate::Twiml(twiml) => vec![("Twiml", twiml.clone())],
         };
         let url = format!(
             "{}/2010-04-01/Accounts/{}/Calls/{call_sid}.json",

@@ -30,6 +30,20 @@ pub fn connect_stream(stream_url: &str, params: &[(&str, &str)]) -> String {
     xml
 }
 
+/// `<Response><Dial>NUMBER</Dial></Response>`: hands the call to a person at `number` (E.164).
+/// A transfer's TwiML, sent with the call update; the number is escaped like any text.
+///
+/// ```
+/// let xml = cotrackpro_voice::twilio::twiml::dial("+15551234567");
+/// assert!(xml.contains("<Dial>+15551234567</Dial>"));
+/// ```
+pub fn dial(number: &str) -> String {
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Dial>{}</Dial></Response>",
+        escape_attr(number)
+    )
+}
+
 /// Escapes text for a double- or single-quoted XML attribute. `&` goes first so the entities
 /// produced for the other characters are not escaped again. Control characters that XML 1.0
 /// forbids are dropped (a parser would reject the whole document over one).
@@ -65,6 +79,15 @@ mod tests {
             "&quot;&gt;&lt;Hangup/&gt;&apos;"
         );
         assert_eq!(escape_attr("a\u{0}b\nc"), "ab&#10;c");
+    }
+
+    #[test]
+    fn a_transfer_dials_the_number_escaped() {
+        assert_eq!(
+            dial("+15551234567"),
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Dial>+15551234567</Dial></Response>"
+        );
+        assert!(dial("<Hangup/>").contains("<Dial>&lt;Hangup/&gt;</Dial>"));
     }
 
     #[test]

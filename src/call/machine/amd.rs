@@ -33,8 +33,8 @@ impl Machine<'_> {
                 return;
             }
             Phase::Talking => {}
-            Phase::Closing { .. } | Phase::Ended(_) => {
-                log::info!(callSid = self.call_sid(), answeredBy = answered_by.as_str(); "call.amd: result while the call is closing; ignored");
+            Phase::Closing { .. } | Phase::Transferring(_) | Phase::Ended(_) => {
+                log::info!(callSid = self.call_sid(), answeredBy = answered_by.as_str(); "call.amd: result while the call is closing or being transferred; ignored");
                 return;
             }
         }

@@ -143,11 +143,18 @@ impl Machine<'_> {
         if !matches!(self.phase, Phase::Talking) || self.resume_due().is_none_or(|due| now < due) {
             return;
         }
+        log::info!(callSid = self.call_sid(); "call.resumed: no words followed the barge-in");
+        self.resume(now, true);
+    }
+
+    /// Ends the pause: what was cut and what was held is said again, after "As I was saying,"
+    /// when `announce` and the first piece is the model's. (Also when the assistant ends or
+    /// hands over the call during a pause: its last words are said, not dropped.)
+    pub(super) fn resume(&mut self, now: Instant, announce: bool) {
         let Some(paused) = self.paused.take() else {
             return;
         };
-        log::info!(callSid = self.call_sid(), pieces = paused.cut.len(); "call.resumed: no words followed the barge-in");
-        if paused.cut.first().is_some_and(|p| p.kind == Kind::Reply) {
+        if announce && paused.cut.first().is_some_and(|p| p.kind == Kind::Reply) {
             self.say_phrase(Phrase::Resume);
         }
         for piece in paused.cut {

@@ -51,7 +51,9 @@ use crate::personas::prompts::{self, Phrase};
 use crate::personas::{self, Role};
 use crate::providers::anthropic::request::CALL_CONNECTED;
 use crate::providers::anthropic::Turn;
-use crate::records::event::{Direction, ToolCallRecord, TranscriptEntry, TurnLatencyRecord};
+use crate::records::event::{
+    Direction, ToolCallRecord, TranscriptEntry, TransferRecord, TurnLatencyRecord,
+};
 use crate::speech::sentences::Sentences;
 use crate::timestamp;
 use crate::twilio::amd::AnsweredBy;
@@ -128,6 +130,9 @@ pub enum Input {
     },
     /// Twilio's answering-machine detection said who took the call (see `amd.rs`).
     AnsweredBy(AnsweredBy),
+    /// Twilio answered the request to transfer the call (see [`Action::Transfer`]): the call
+    /// was redirected, or why not.
+    TransferDone(Result<(), String>),
 }
 
 /// Why the model could not be asked for a reply.
@@ -172,6 +177,9 @@ pub enum Action {
     /// Commit what speech-to-text heard since the last commit: the caller's turn is over
     /// (the smart turn end, `turn_end.rs`).
     Commit,
+    /// Ask Twilio to redirect the live call to `<Dial>` this number, off the call thread; the
+    /// answer comes back as [`Input::TransferDone`].
+    Transfer { call_sid: String, number: String },
 }
 
 /// Who is on the line, from Twilio's `start` and our own `<Parameter>`s.
@@ -207,6 +215,8 @@ enum Phase {
         by: Instant,
     },
     Ended(End),
+    /// The call is being handed to a person (see `control.rs`): no new turns meanwhile.
+    Transferring(control::Transfer),
 }
 
 /// A turn being answered.
@@ -242,6 +252,8 @@ pub struct Summary {
     pub marks_overdue: u64,
     /// Each answered turn's latencies, for the record (at most [`MAX_TURN_LATENCIES`]).
     pub turn_latencies: Vec<TurnLatencyRecord>,
+    /// The transfers to a person tried.
+    pub transfers: Vec<TransferRecord>,
 }
 
 pub struct Machine<'a> {
@@ -307,6 +319,8 @@ pub struct Machine<'a> {
     paused: Option<barge::Paused>,
     /// The smart end of the caller's turn: the words waiting for their commit.
     turn_end: turn_end::TurnEnd,
+    /// The transfers to a person tried, for the record.
+    transfers: Vec<TransferRecord>,
 }
 
 #[derive(Default)]
@@ -362,6 +376,7 @@ impl<'a> Machine<'a> {
             ),
             paused: None,
             turn_end: turn_end::TurnEnd::default(),
+            transfers: Vec::new(),
         }
     }
 
@@ -396,6 +411,7 @@ impl<'a> Machine<'a> {
             }
             Input::AskFailed { turn, why } => self.on_ask_failed(turn, &why),
             Input::AnsweredBy(answered_by) => self.on_answered_by(now, answered_by),
+            Input::TransferDone(result) => self.on_transfer_done(now, result),
         }
         self.check_time(now);
         std::mem::take(&mut self.actions)
@@ -419,6 +435,7 @@ impl<'a> Machine<'a> {
         match &self.phase {
             Phase::Ended(_) => {}
             Phase::Closing { by, .. } => at(*by),
+            Phase::Transferring(transfer) => at(transfer.deadline()),
             Phase::Connecting => at(self.started + START_TIMEOUT),
             Phase::Talking => {
                 let tuning = &self.rules.calls.tuning;
@@ -495,6 +512,7 @@ impl<'a> Machine<'a> {
             dtmf_dropped: self.dtmf_dropped,
             marks_overdue: self.marks_overdue,
             turn_latencies: self.turn_latencies.clone(),
+            transfers: self.transfers.clone(),
         }
     }
 
@@ -506,7 +524,7 @@ impl<'a> Machine<'a> {
             Inbound::Start(start) => self.on_start(now, start),
             Inbound::Mark { name } => self.on_mark(now, &name),
             Inbound::Dtmf { digit } => self.on_dtmf(now, &digit),
-            Inbound::Stop => self.finish(End::CallerHungUp),
+            Inbound::Stop => self.on_stop(),
         }
     }
 
@@ -551,6 +569,10 @@ impl<'a> Machine<'a> {
             .map(String::from)
             .collect();
         if keys.is_empty() {
+            return;
+        }
+        // `0` pressed alone asks for a person where a transfer is configured (`control.rs`).
+        if keys == ["0"] && self.transfer_on_zero(now) {
             return;
         }
         let text = format!("(the caller pressed {} on the keypad)", keys.join(" "));
@@ -637,6 +659,10 @@ impl<'a> Machine<'a> {
                     let end = end.clone();
                     self.finish(end);
                 }
+                return;
+            }
+            Phase::Transferring(_) => {
+                self.transfer_time(now);
                 return;
             }
             Phase::Connecting => {
@@ -767,7 +793,7 @@ impl<'a> Machine<'a> {
         match self.phase {
             Phase::Talking => {}
             Phase::Connecting => return self.finish(end),
-            Phase::Closing { .. } | Phase::Ended(_) => return,
+            Phase::Closing { .. } | Phase::Ended(_) | Phase::Transferring(_) => return,
         }
         log::info!(callSid = self.call_sid(), reason:% = end; "call.closing");
         if self.live.is_some() || self.playback.is_speaking() || self.is_paused() {
@@ -800,6 +826,7 @@ fn ms_between(from: Instant, to: Instant) -> u64 {
 
 mod amd;
 mod barge;
+mod control;
 mod heard;
 mod speech;
 mod turn_end;
@@ -813,6 +840,8 @@ mod tests;
 mod tests_amd;
 #[cfg(test)]
 mod tests_barge;
+#[cfg(test)]
+mod tests_control;
 #[cfg(test)]
 mod tests_heard;
 #[cfg(test)]

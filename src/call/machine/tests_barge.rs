@@ -1,7 +1,7 @@
 //! Barge-in, backchannels, echo, and resuming after a false interruption (`barge.rs`), with
 //! made-up times.
 
-use super::tests::{asked, spoken, texts, twilio, words, Bench};
+use super::tests::{asked, ended, spoken, texts, twilio, words, Bench};
 use super::*;
 
 /// A call greeted, asked a question, and speaking its first sentence ("One.", heard) while the
@@ -363,4 +363,26 @@ fn with_the_smart_turn_end_an_empty_commit_lets_the_resume_come() {
         texts(&actions).first().map(String::as_str),
         Some("As I was saying,")
     );
+}
+
+#[test]
+fn the_assistant_ending_the_call_during_a_pause_says_its_last_words_first() {
+    let mut bench = speaking(&[]);
+    assert!(cleared(&bench.partial("thank you")));
+    assert!(bench.machine.is_paused());
+    let actions = bench.llm(
+        1,
+        LlmOut::EndCall {
+            reason: "the caller said goodbye".into(),
+        },
+    );
+    let said = texts(&actions);
+    assert!(!bench.machine.is_paused());
+    assert!(!said.iter().any(|t| t == "As I was saying,"), "{said:?}");
+    assert!(
+        said.iter().any(|t| t == "The judge reads the file."),
+        "the cut words are said again before the hang-up: {said:?}"
+    );
+    assert!(bench.machine.is_speaking());
+    assert!(ended(&actions).is_none());
 }

@@ -108,6 +108,8 @@ impl Machine<'_> {
                 self.say_phrase(Phrase::Hold);
             }
             LlmOut::ToolFinished { .. } => {}
+            LlmOut::EndCall { reason } => self.on_end_call(now, &reason),
+            LlmOut::Transfer => self.on_transfer_tool(now),
             LlmOut::Done {
                 new_turns, error, ..
             } => {

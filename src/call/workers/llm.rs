@@ -6,7 +6,7 @@ use std::time::Instant;
 use crossbeam_channel::{Receiver, Sender};
 use serde_json::json;
 
-use super::{LlmJob, LlmOut};
+use super::{call_tools, LlmJob, LlmOut};
 use crate::call::Event;
 use crate::providers::anthropic::client::AnthropicClient;
 use crate::providers::anthropic::request::{self, RequestParts};
@@ -52,13 +52,24 @@ impl CallLlm {
 
 /// The model for one call: one response per job, with up to `max_tool_rounds` rounds of tool
 /// calls; text is streamed to the call as it arrives.
+///
+/// Besides the MCP catalog's tools the model is offered the call's own ([`call_tools`]):
+/// `end_call`, and `transfer_call` when `transfer_offered`. Their `tool_use` is answered here
+/// with a `tool_result` (so the history stays valid: every `tool_use` has its result), the
+/// machine is told ([`LlmOut::EndCall`], [`LlmOut::Transfer`]), and no further model round
+/// follows: the model says its goodbye or its one sentence before calling them, and what
+/// comes next is the machine's (the call ends, or the transfer phrase plays). Without another
+/// round the history ends on the user's `tool_result`; the request builder merges it with the
+/// caller's next words should the call go on (a failed transfer).
 pub fn llm(
     setup: &LlmSetup,
     clients: &CallLlm,
     system: &str,
+    transfer_offered: bool,
     jobs: &Receiver<LlmJob>,
     out: &Sender<Event>,
 ) {
+    let own_tools = call_tools::definitions(transfer_offered);
     for job in jobs.iter() {
         let send = |o: LlmOut| {
             out.send(Event::Llm {
@@ -77,7 +88,14 @@ pub fn llm(
             }
             // Only the bytes are kept while the answer streams: the JSON tree goes at once.
             let body = {
-                let tools = setup.tools.current();
+                let catalog = setup.tools.current();
+                // The catalog's tools, less any that would shadow ours, then ours.
+                let tools: Vec<_> = catalog
+                    .iter()
+                    .filter(|t| !call_tools::is_call_tool(&t.name))
+                    .chain(own_tools.iter())
+                    .cloned()
+                    .collect();
                 let mut body = request::build(&RequestParts {
                     model: &setup.anthropic.model,
                     max_tokens: setup.anthropic.max_tokens,
@@ -154,11 +172,36 @@ pub fn llm(
                 break;
             }
             round += 1;
-            let _ = send(LlmOut::ToolsStarted(
-                uses.iter().map(|(_, name, _)| name.clone()).collect(),
-            ));
+            let mcp_names: Vec<String> = uses
+                .iter()
+                .filter(|(_, name, _)| !own_tools.iter().any(|t| t.name == *name))
+                .map(|(_, name, _)| name.clone())
+                .collect();
+            if !mcp_names.is_empty() {
+                let _ = send(LlmOut::ToolsStarted(mcp_names));
+            }
             let mut results = Vec::with_capacity(uses.len());
+            // What the call's own tools tell the machine, after every result is in.
+            let mut controls = Vec::new();
             for (id, name, input) in uses {
+                // Only a tool this call offered is ours (`transfer_call` is not everywhere).
+                let own = own_tools.iter().any(|t| t.name == name);
+                if let Some((control, text)) = call_tools::answer(&name, &input).filter(|_| own) {
+                    let _ = send(LlmOut::ToolFinished {
+                        name: name.clone(),
+                        ok: true,
+                        duration_ms: 0,
+                    });
+                    if !controls.contains(&control) {
+                        controls.push(control);
+                    }
+                    results.push(Block::ToolResult {
+                        tool_use_id: id,
+                        content: text.to_string(),
+                        is_error: false,
+                    });
+                    continue;
+                }
                 let started = Instant::now();
                 let outcome = match &clients.mcp {
                     Some(mcp) if !job.cancel.is_cancelled() => mcp.call_tool(&name, &input),
@@ -193,6 +236,12 @@ pub fn llm(
             };
             conversation.push(answer.clone());
             new_turns.push(answer);
+            if !controls.is_empty() {
+                for control in controls {
+                    let _ = send(control);
+                }
+                break;
+            }
         }
         if send(LlmOut::Done {
             new_turns,

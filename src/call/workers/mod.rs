@@ -12,6 +12,7 @@
 //!   when the call calls [`TtsHandle::shutdown`] or drops the handle;
 //! - the model worker ends when its job channel closes ([`CallLlm::shutdown`] interrupts a
 //!   stream in flight).
+pub mod call_tools;
 mod llm;
 mod stt;
 mod tts;
@@ -84,6 +85,10 @@ pub enum LlmOut {
         /// Set when the model failed; what was streamed before stays valid.
         error: Option<LlmError>,
     },
+    /// The model called `end_call`: the call ends once what it said has played.
+    EndCall { reason: String },
+    /// The model called `transfer_call`: the call is handed to a person.
+    Transfer,
 }
 
 /// What text-to-speech tells the call, for one piece of speech.
