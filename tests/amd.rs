@@ -123,7 +123,12 @@ fn a_machine_hears_the_message_after_the_beep_and_the_server_hangs_up() {
         Some(MESSAGE),
         "the message was heard to its end: {said:?}"
     );
-    assert_eq!(record.end_reason, None, "{record:?}");
+    assert_eq!(
+        record.end_reason.as_deref(),
+        Some("answering machine: voicemail left"),
+        "{record:?}"
+    );
+    assert_eq!(record.ended_by.as_deref(), Some("system"), "{record:?}");
 }
 
 #[test]

@@ -296,24 +296,24 @@ fn check_config_warns_when_the_open_files_limit_cannot_hold_the_calls() {
             ]);
         run(command)
     };
-    // 100 x 10 + 256 + 17 (16 webhook connections and the spare) = 1,273 against 512.
+    // 100 x 12 + 256 + 17 (16 webhook connections and the spare) = 1,473 against 512.
     let (code, stdout, stderr) = with_limit(512, "100", "16");
     assert_eq!(code, 0, "{stderr}");
     assert!(
         stdout.contains(
-            "# warning: MAX_CONCURRENT_CALLS=100 with HTTP_MAX_CONNECTIONS=16 needs about 1273 \
+            "# warning: MAX_CONCURRENT_CALLS=100 with HTTP_MAX_CONNECTIONS=16 needs about 1473 \
              open files"
-        ) && stdout.contains("RLIMIT_NOFILE is 512: calls past about 23 will fail"),
+        ) && stdout.contains("RLIMIT_NOFILE is 512: calls past about 19 will fail"),
         "{stdout}"
     );
-    // 20 calls fit beside 16 webhook connections (473), not beside the default 1,024 (1,481).
-    let (code, stdout, stderr) = with_limit(512, "20", "16");
+    // 18 calls fit beside 16 webhook connections (489), not beside the default 1,024 (1,497).
+    let (code, stdout, stderr) = with_limit(512, "18", "16");
     assert_eq!(code, 0, "{stderr}");
     assert!(!stdout.contains("RLIMIT_NOFILE"), "{stdout}");
-    let (code, stdout, stderr) = with_limit(512, "20", "1024");
+    let (code, stdout, stderr) = with_limit(512, "18", "1024");
     assert_eq!(code, 0, "{stderr}");
     assert!(
-        stdout.contains("needs about 1481 open files")
+        stdout.contains("needs about 1497 open files")
             && stdout.contains("RLIMIT_NOFILE is 512: calls past about 0 will fail"),
         "{stdout}"
     );
@@ -342,7 +342,7 @@ fn serve_warns_at_start_up_when_the_open_files_limit_cannot_hold_the_calls() {
     let line: serde_json::Value = serde_json::from_str(&warning).expect("a JSON log line");
     assert_eq!(line["level"], "WARN", "{line}");
     assert!(
-        warning.contains("calls past about 23 will fail"),
+        warning.contains("calls past about 19 will fail"),
         "{warning}"
     );
     // It still serves: the warning is advice, not a refusal.
