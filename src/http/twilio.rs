@@ -109,19 +109,11 @@ pub fn incoming(app: &App, req: &Incoming) -> Reply {
 /// `POST /call/status`: checks Twilio's status callback and records it (a retried or stale
 /// callback changes nothing), then answers 204.
 pub fn status(app: &App, req: &Incoming) -> Reply {
-    let params = match signed_params(&app.config, req) {
-        Ok(params) => params,
+    let (params, call_sid) = match signed_call(&app.config, req) {
+        Ok(signed) => signed,
         Err(reply) => return reply,
     };
-    let param = |name: &str| {
-        params
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    };
-    let Some(call_sid) = param("CallSid").and_then(CallSid::parse) else {
-        return Reply::error(400, "Missing or malformed CallSid");
-    };
+    let param = |name: &str| form_value(&params, name);
     let Some(call_status) = twilio_status(param("CallStatus"), &call_sid) else {
         return Reply::error_with_details(
             400,
@@ -180,19 +172,11 @@ pub fn status(app: &App, req: &Incoming) -> Reply {
 /// keeps `answeredBy` and the live call is told without waiting (a call whose stream has not
 /// started yet gets it when it starts: `calls::CallRegistry::notify`). Answers 204 at once.
 pub fn amd(app: &App, req: &Incoming) -> Reply {
-    let params = match signed_params(&app.config, req) {
-        Ok(params) => params,
+    let (params, call_sid) = match signed_call(&app.config, req) {
+        Ok(signed) => signed,
         Err(reply) => return reply,
     };
-    let param = |name: &str| {
-        params
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    };
-    let Some(call_sid) = param("CallSid").and_then(CallSid::parse) else {
-        return Reply::error(400, "Missing or malformed CallSid");
-    };
+    let param = |name: &str| form_value(&params, name);
     let Some(answered_by) = param("AnsweredBy").and_then(AnsweredBy::parse) else {
         log::warn!(
             callSid:% = call_sid,
@@ -292,6 +276,24 @@ fn record_placement(app: &App, call_sid: &CallSid, nonce: &str, now_ms: i64) {
             log::error!(callSid:% = call_sid, error:% = err; "records.createCallRecord.failed")
         }
     }
+}
+
+/// A signed Twilio callback about one call: its form fields and its `CallSid` (a missing or
+/// malformed one is a 400).
+fn signed_call(config: &Config, req: &Incoming) -> Result<(Vec<(String, String)>, CallSid), Reply> {
+    let params = signed_params(config, req)?;
+    match form_value(&params, "CallSid").and_then(CallSid::parse) {
+        Some(call_sid) => Ok((params, call_sid)),
+        None => Err(Reply::error(400, "Missing or malformed CallSid")),
+    }
+}
+
+/// The first value of `name` in a form.
+fn form_value<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    params
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
 }
 
 /// The form parameters of a Twilio webhook, after checking its signature when that is on.

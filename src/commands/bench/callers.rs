@@ -58,16 +58,17 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(60);
 const FRAME_EVERY: Duration = Duration::from_millis(20);
 
 /// What a run's callers say, in turn order.
-/// (The simulated STT hears the same words, in order, across all calls. The barge-in turns
-/// (every second) start with a word the server's barge-in rule takes as an interruption on its
-/// own — a stop word, see `call::barge_rules` — and that the simulated model never says (it
-/// would be echo), so the first partial of a barge-in is the one that interrupts.)
+/// (The simulated STT hears the same words, in order, across all calls, so a call may be given
+/// another turn's words. Each starts with a word the server's barge-in rule takes as an
+/// interruption on its own — a stop word, see `call::barge_rules` — and that the simulated
+/// model never says (it would be echo), so the first partial of a barge-in (every second
+/// turn) is the one that interrupts, whichever words it got.)
 /// A question, a phrase that trails off, a finished sentence and one without an ending: the
 /// smart turn end answers each after its own silence (`call/machine/turn_end.rs`).
 pub const UTTERANCES: [&str; 4] = [
-    "What happens at the hearing?",
+    "Sorry what happens at the hearing?",
     "Wait it happened last Friday and then",
-    "Please read that back to me.",
+    "Sorry please read that back to me.",
     "Wait that is all for today",
 ];
 

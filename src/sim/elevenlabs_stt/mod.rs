@@ -734,8 +734,8 @@ mod tests {
         connect_with(sim, "commit_strategy=vad&vad_silence_threshold_secs=0.3")
     }
 
-    /// A session whose URL ends with `query` (after the audio format).
-    fn connect_with(sim: &SttSim, query: &str) -> Client {
+    /// The handshake request of a session whose URL ends with `query` (after the audio format).
+    fn request_with(sim: &SttSim, query: &str) -> tungstenite::handshake::client::Request {
         let url = format!(
             "{}/v1/speech-to-text/realtime?audio_format=ulaw_8000&{query}",
             sim.base_url()
@@ -745,7 +745,12 @@ mod tests {
         request
             .headers_mut()
             .insert("xi-api-key", key.parse().expect("a header value"));
-        let (socket, _) = tungstenite::connect(request).expect("connects");
+        request
+    }
+
+    /// A session whose URL ends with `query` (after the audio format).
+    fn connect_with(sim: &SttSim, query: &str) -> Client {
+        let (socket, _) = tungstenite::connect(request_with(sim, query)).expect("connects");
         if let MaybeTlsStream::Plain(tcp) = socket.get_ref() {
             tcp.set_read_timeout(Some(Duration::from_secs(5)))
                 .expect("timeout set");
@@ -863,15 +868,7 @@ mod tests {
             "the session closes: {after:?}"
         );
         // An unknown strategy is refused at the handshake.
-        let url = format!(
-            "{}/v1/speech-to-text/realtime?audio_format=ulaw_8000&commit_strategy=sometimes",
-            sim.base_url()
-        );
-        let mut request = url.into_client_request().expect("a request");
-        let key = SttSimOptions::default().api_key;
-        request
-            .headers_mut()
-            .insert("xi-api-key", key.parse().expect("a header value"));
+        let request = request_with(&sim, "commit_strategy=sometimes");
         assert!(tungstenite::connect(request).is_err());
     }
 
