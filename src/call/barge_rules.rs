@@ -42,7 +42,10 @@ const STOP_WORDS: &[&str] = &[
 /// The backchannel words of one call: its language's built-in list and the configured extras.
 #[derive(Clone, Debug)]
 pub struct Listening {
-    backchannel: Vec<String>,
+    /// The language's built-in words: shared, nothing allocated per call.
+    built_in: &'static [&'static str],
+    /// `BACKCHANNEL_WORDS` (usually none).
+    extra: Vec<String>,
 }
 
 impl Listening {
@@ -57,13 +60,14 @@ impl Listening {
             "es" => SPANISH,
             _ => ENGLISH,
         };
-        let mut backchannel: Vec<String> = built_in.iter().map(|w| w.to_string()).collect();
-        backchannel.extend(extra.iter().flat_map(|w| words(w)));
-        Listening { backchannel }
+        Listening {
+            built_in,
+            extra: extra.iter().flat_map(|w| words(w)).collect(),
+        }
     }
 
     fn is_backchannel_word(&self, word: &str) -> bool {
-        self.backchannel.iter().any(|w| w == word)
+        self.built_in.contains(&word) || self.extra.iter().any(|w| w == word)
     }
 
     /// Whether `text` is only backchannel words ("mm-hmm", "okay", "sí, claro"): said while
