@@ -307,6 +307,7 @@ mod tests {
             at: Instant::now(),
             cpu_secs: None,
             rss_kib: None,
+            anon_kib: None,
             threads: None,
             fds: None,
         };
