@@ -108,6 +108,38 @@ impl Listening {
     }
 }
 
+/// Words a committed utterance must have before the echo rule may set it aside: a short answer
+/// ("yes", "on Monday") can honestly repeat the assistant's words.
+pub const MIN_COMMITTED_ECHO_WORDS: usize = 3;
+
+/// Whether a committed utterance heard while the assistant speaks is its own voice coming back
+/// (the echo rule, for utterances of at least [`MIN_COMMITTED_ECHO_WORDS`] words).
+pub fn is_committed_echo<'a>(text: &str, spoken: impl IntoIterator<Item = &'a str>) -> bool {
+    let said = words(text);
+    if said.len() < MIN_COMMITTED_ECHO_WORDS {
+        return false;
+    }
+    let spoken: Vec<String> = spoken.into_iter().flat_map(words).collect();
+    is_echo(&said, &spoken)
+}
+
+/// Words of leave-taking: an utterance made only of them, said over the assistant's goodbye,
+/// is the caller saying goodbye too.
+const FAREWELLS: &[&str] = &[
+    "bye", "goodbye", "good", "thanks", "thank", "you", "so", "much", "ok", "okay", "take", "care",
+    "too", "you're", "welcome", "have", "a", "nice", "day", "night", "adiós", "adios", "gracias",
+    "hasta", "luego", "chao",
+];
+
+/// Whether `text` is only leave-taking ("thank you, bye"), or only backchannel words.
+pub fn is_farewell(listening: &Listening, text: &str) -> bool {
+    let said = words(text);
+    !said.is_empty()
+        && said
+            .iter()
+            .all(|w| FAREWELLS.contains(&w.as_str()) || listening.is_backchannel_word(w))
+}
+
 /// Whether `partial` (words) is found in `spoken` (words) by the echo rule of the module docs.
 pub fn is_echo(partial: &[String], spoken: &[String]) -> bool {
     let n = partial.len();

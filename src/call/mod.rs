@@ -420,6 +420,9 @@ impl Threads {
 /// times that. Only the pages a thread touches are resident; the rest is address space (and
 /// commit charge, under strict overcommit), which a thousand calls' 3,000 workers multiply.
 const PROVIDER_STACK: usize = 512 * 1024;
+/// How long a webhook's notice for a call (who answered it) may wait for room in the call's
+/// input channel.
+const NOTICE_WAIT: Duration = Duration::from_millis(250);
 
 impl Call<'_> {
     /// Steps the machine with `first` (the stream's `start`), then waits for inputs until the
@@ -510,14 +513,15 @@ impl Call<'_> {
             }
         }
         self.admitted_sid = Some(start.call_sid.clone());
-        // Notices by CallSid (a webhook's) become inputs; a full channel refuses, never
-        // blocks the webhook (the call thread drains its inputs at once, so it is rare).
+        // Notices by CallSid (a webhook's) become inputs. Twilio posts a result once, so a
+        // full channel is waited on briefly (the call thread drains its inputs at once);
+        // only a call stuck that long refuses it.
         let events = self.events_tx.clone();
         self.listening = Some(self.slot.listen(&start.call_sid, move |notice| {
             let event = match notice {
                 Notice::AnsweredBy(answered_by) => Event::AnsweredBy(answered_by),
             };
-            events.try_send(event).is_ok()
+            events.send_timeout(event, NOTICE_WAIT).is_ok()
         }));
         input
     }

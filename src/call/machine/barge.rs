@@ -20,9 +20,10 @@
 //!   reply, then every piece cut off, from the first the caller did not hear in full, then
 //!   what was kept during the pause, and the reply goes on. Text-to-speech already asked for
 //!   the cut pieces still arrives and is dropped: cancelling it would cancel the model too.
-//! - History and transcript stay true to what was heard: the transcript gets a piece only when
-//!   Twilio echoes its mark (the cut pieces never, their resumed copies when played), and the
-//!   history keeps the whole reply only when it is heard to its end.
+//! - History and transcript stay true to what was heard: the transcript gets a piece when
+//!   Twilio echoes its mark, and of a piece cut by the clear, the whole words played before it
+//!   (`heard.rs`, marked "— [cut off]"); a resumed piece is said, and so written, again in
+//!   full. The history keeps the whole reply only when it is heard to its end.
 
 use std::sync::Arc;
 use std::time::Instant;

@@ -239,6 +239,9 @@ impl Machine<'_> {
             Err(why) => {
                 log::error!(callSid = self.call_sid(), error = why.as_str(); "call.transfer.failed");
                 self.phase = Phase::Talking;
+                // The turn that asked for the transfer is over (its words and the phrase were
+                // said first): a later interruption must not take the note with it.
+                self.live = None;
                 self.history.push(Turn::user(
                     "(the transfer to a person failed; the caller heard an apology and the call goes on)",
                 ));

@@ -83,7 +83,9 @@ impl Machine<'_> {
                     self.media(last);
                     self.note_first_frame(now, turn);
                 }
-                self.spoken.done(turn, seq);
+                if self.playback.piece_mut(turn, seq).is_some() {
+                    self.spoken.done(turn, seq);
+                }
                 if let Some(name) = self.playback.end(turn, seq) {
                     self.twilio(media_messages::mark(&sid, &name));
                     self.await_echo(now, name);

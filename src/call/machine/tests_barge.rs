@@ -386,3 +386,18 @@ fn the_assistant_ending_the_call_during_a_pause_says_its_last_words_first() {
     assert!(bench.machine.is_speaking());
     assert!(ended(&actions).is_none());
 }
+
+#[test]
+fn our_own_words_committed_back_are_not_a_turn_but_a_short_answer_is() {
+    let mut bench = speaking(&[]);
+    // A speakerphone: the sentence playing comes back whole and is committed.
+    let actions = bench.step(Input::Stt(SttOut::Committed(
+        "the judge reads the file".into(),
+    )));
+    assert!(asked(&actions).is_none(), "{actions:?}");
+    assert!(!cleared(&actions));
+    assert!(bench.machine.is_speaking());
+    // A short answer that repeats a word of ours is the caller's.
+    let actions = bench.step(Input::Stt(SttOut::Committed("Then what?".into())));
+    assert!(asked(&actions).is_some(), "{actions:?}");
+}

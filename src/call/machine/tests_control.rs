@@ -86,8 +86,8 @@ fn end_call_lets_the_goodbye_play_then_ends_after_its_mark() {
         ["Take care of yourself.", "Goodbye."],
         "the model's own goodbye, and no fixed one"
     );
-    // Words now start no turn: the call is closing.
-    assert!(asked(&bench.say("wait")).is_none());
+    // A goodbye said back starts no turn: the call is closing.
+    assert!(asked(&bench.say("Thank you, bye!")).is_none());
     bench.play(1, 0, 320);
     assert_eq!(
         ended(&bench.echo(1, 0)),
@@ -353,4 +353,38 @@ fn a_call_tries_at_most_three_transfers() {
     let due = bench.wait();
     assert!(asked(&due).is_some(), "an ordinary key now");
     assert_eq!(bench.machine.summary(bench.now).transfers.len(), 3);
+}
+
+#[test]
+fn a_caller_with_more_to_say_than_goodbye_withdraws_the_hang_up() {
+    let mut bench = Bench::new();
+    bench.greeted();
+    bench.say("I think that is everything");
+    bench.llm(1, LlmOut::Delta("Take care of yourself. Goodbye.".into()));
+    bench.llm(
+        1,
+        LlmOut::EndCall {
+            reason: "the caller was done".into(),
+        },
+    );
+    done(&mut bench, 1);
+    bench.play(1, 0, 320);
+    // Over the goodbye: words that are not leave-taking are answered, and nothing ends.
+    let actions = bench.say("Wait, one more question about Friday");
+    assert!(twilio_clear(&actions), "the goodbye is cut: {actions:?}");
+    let (turn, history) = asked(&actions).expect("the caller is answered");
+    assert!(turn > 1);
+    assert!(history
+        .last()
+        .is_some_and(|t| t.speaker == crate::providers::anthropic::Speaker::User));
+    assert_eq!(ended(&actions), None);
+    // The old goodbye's mark ends nothing now.
+    assert_eq!(ended(&bench.echo(1, 0)), None);
+    assert!(bench.machine.end().is_none());
+}
+
+fn twilio_clear(actions: &[Action]) -> bool {
+    actions
+        .iter()
+        .any(|a| matches!(a, Action::Twilio(text) if text.contains("\"clear\"")))
 }

@@ -139,6 +139,9 @@ fn noise_without_words_commits_nothing_and_one_utterance_is_committed_once() {
     // A late partial of the same words (the caller silent since) asks for no second commit.
     bench.at(5_400);
     bench.partial("I need to move the hearing.");
+    // Its transcript comes back (no second ask for it).
+    bench.at(5_450);
+    assert!(asked(&bench.say("I need to move the hearing.")).is_some());
     bench.at(9_000);
     assert_eq!(commits(&bench.step(Input::Deadline)), 0);
     // The caller speaks again: their new words are committed in their turn.
@@ -170,4 +173,49 @@ fn with_turn_end_vad_the_service_alone_ends_turns() {
     let due = bench.machine.next_deadline().expect("a deadline");
     assert_eq!(ms(&bench, due), 13_000);
     assert_eq!(commits(&bench.wait()), 0);
+}
+
+#[test]
+fn steady_noise_holds_the_end_of_the_turn_only_so_far() {
+    let mut bench = greeted(&[]);
+    // An open utterance, then a noisy line: loud audio every 100 ms and no new words.
+    assert!(bench
+        .partial("I need help with my custody order")
+        .is_empty());
+    let words_at = bench.now;
+    let long = bench.tuning().turn_end_long;
+    let mut asked_at = None;
+    for step in 1..=60u64 {
+        bench.at(1_000 + step * 100);
+        let noise = bench.now;
+        bench.step(Input::Voice(noise));
+        if commits(&bench.step(Input::Deadline)) > 0 {
+            asked_at = Some(bench.now);
+            break;
+        }
+    }
+    let asked_at = asked_at.expect("the commit is asked despite the noise");
+    let open_wait = Duration::from_secs_f64(bench.tuning().vad_silence_secs);
+    assert!(asked_at <= words_at + long + open_wait + Duration::from_millis(100));
+    assert!(
+        asked_at >= words_at + long,
+        "noise held it as long as it may"
+    );
+}
+
+#[test]
+fn a_commit_that_gets_no_transcript_is_asked_once_more() {
+    let mut bench = greeted(&[]);
+    bench.partial("What happens at the hearing?");
+    assert_eq!(commits(&bench.wait()), 1);
+    let first = bench.now;
+    // No transcript comes back (the session was being replaced): asked again, once.
+    let again = bench.wait();
+    assert_eq!(commits(&again), 1);
+    assert_eq!(bench.now, first + bench.tuning().turn_end_long);
+    let later = bench.machine.next_deadline();
+    assert!(
+        later.is_none_or(|at| at > bench.now + bench.tuning().turn_end_long),
+        "not a third time: {later:?}"
+    );
 }

@@ -13,7 +13,8 @@
 //!   (`STT_VAD_SILENCE_SECS`, kept within the two).
 //!
 //! Silence is counted from the later of the last partial and the caller's last loud audio
-//! ([`Input::Voice`](super::Input::Voice)), so a caller still talking is never cut off. When
+//! ([`Input::Voice`](super::Input::Voice)), so a caller still talking is not cut off; loud
+//! audio with no new words (a noisy line) holds it at most `TURN_END_LONG_MS`. When
 //! the silence is long enough the machine asks for a manual commit ([`Action::Commit`]); the
 //! service's `committed_transcript` then starts the turn as any utterance does. Without a
 //! partial since the last commit there is nothing to commit, so a cough or the line's noise
@@ -113,6 +114,9 @@ pub(super) struct TurnEnd {
     heard: Option<(Ending, Instant)>,
     /// When the last manual commit was asked for, until its transcript comes back.
     commit_asked: Option<Instant>,
+    /// The commit was asked again: its first got no transcript within `TURN_END_LONG_MS` (lost
+    /// with a speech-to-text session being replaced). Once only.
+    commit_retried: bool,
 }
 
 impl Machine<'_> {
@@ -179,16 +183,36 @@ impl Machine<'_> {
         if !matches!(self.phase, Phase::Talking) {
             return None;
         }
-        let (ending, at) = self.turn_end.heard?;
-        let silent_since = self.last_voice.map_or(at, |voice| voice.max(at));
+        let Some((ending, at)) = self.turn_end.heard else {
+            // A commit asked and never answered is asked once more.
+            let asked = self
+                .turn_end
+                .commit_asked
+                .filter(|_| !self.turn_end.commit_retried)?;
+            return Some(asked + self.rules.calls.tuning.turn_end_long);
+        };
+        // Loud audio holds the count (a caller still talking), but only so far: on a line
+        // with steady noise (a car, a television) and no new words, the turn still ends at
+        // most `TURN_END_LONG_MS` after the words' last partial plus their own wait.
+        let long = self.rules.calls.tuning.turn_end_long;
+        let silent_since = self
+            .last_voice
+            .map_or(at, |voice| voice.clamp(at, at + long));
         Some(silent_since + self.turn_end_wait(ending))
     }
 
     /// Asks for the commit once the silence after the words is long enough.
     pub(super) fn check_turn_end(&mut self, now: Instant) {
         if self.turn_end_due().is_some_and(|due| now >= due) {
-            if let Some((ending, _)) = self.turn_end.heard.take() {
-                log::debug!(callSid = self.call_sid(), ending:? = ending; "call.turn_end.commit");
+            match self.turn_end.heard.take() {
+                Some((ending, _)) => {
+                    self.turn_end.commit_retried = false;
+                    log::debug!(callSid = self.call_sid(), ending:? = ending; "call.turn_end.commit");
+                }
+                None => {
+                    self.turn_end.commit_retried = true;
+                    log::warn!(callSid = self.call_sid(); "call.turn_end.commit_again: the last commit got no transcript");
+                }
             }
             self.turn_end.commit_asked = Some(now);
             self.actions.push(Action::Commit);

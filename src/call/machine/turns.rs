@@ -5,6 +5,7 @@
 use std::time::Instant;
 
 use super::{ms_between, Action, AskError, End, Live, Machine, Phase};
+use crate::call::barge_rules;
 use crate::call::playback::{Kind, Piece};
 use crate::call::workers::{LlmOut, Speech, SttOut};
 use crate::metrics::TurnLatency;
@@ -40,6 +41,19 @@ impl Machine<'_> {
                 self.caller_active_at = now;
                 self.reprompts = 0;
                 self.note_transcript(now, "user", &text);
+                if matches!(
+                    &self.phase,
+                    Phase::Closing {
+                        end: End::AssistantEnded(_),
+                        ..
+                    }
+                ) && !barge_rules::is_farewell(&self.listening, &text)
+                {
+                    // The caller had more to say than goodbye ("wait, one more thing"): the
+                    // assistant's hang-up is withdrawn and they are answered.
+                    log::info!(callSid = self.call_sid(); "call.end_call.withdrawn: the caller spoke over the goodbye");
+                    self.phase = Phase::Talking;
+                }
                 if !matches!(self.phase, Phase::Talking) {
                     return;
                 }
@@ -48,6 +62,15 @@ impl Machine<'_> {
                     // "Mm-hmm" while the assistant speaks (or is paused by a barge-in): kept in
                     // the transcript, neither an interruption nor a turn.
                     log::info!(callSid = self.call_sid(); "call.backchannel");
+                    return;
+                }
+                let heard = self.heard.iter().map(|(_, text)| text.as_str());
+                if self.playback.is_speaking()
+                    && barge_rules::is_committed_echo(&text, heard.chain(self.playback.texts()))
+                {
+                    // The assistant's own words came back through the line and were committed
+                    // (a speakerphone): kept in the transcript, not a turn.
+                    log::info!(callSid = self.call_sid(); "call.echo.committed");
                     return;
                 }
                 if self.playback.is_speaking() || self.live.is_some() || self.is_paused() {
