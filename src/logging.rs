@@ -214,7 +214,16 @@ pub fn text_line(ts: Option<&str>, record: &log::Record<'_>, extra: &Extra) -> S
     for (key, value) in extra.missing_from(record) {
         push_text_field(&mut line, key, &value);
     }
-    line
+    one_line(line)
+}
+
+/// `line` with its line breaks written as `\n` and `\r`: a message or field that carries a
+/// provider's or a caller's text must not start a line of its own in the log (a forged entry).
+fn one_line(line: String) -> String {
+    if !line.contains(['\n', '\r']) {
+        return line;
+    }
+    line.replace('\n', "\\n").replace('\r', "\\r")
 }
 
 /// A field's value as JSON: its own type for numbers, booleans and `None` (null); its text for
@@ -347,6 +356,20 @@ mod tests {
             line,
             "INFO  cotrackpro_voice::cost: cost.call.summary callSid=CA123 durationSecs=180 estimatedCostUsd=0.0342 note=\"two words\""
         );
+    }
+
+    #[test]
+    fn a_text_line_stays_one_line_whatever_its_message_or_fields_carry() {
+        let kvs: [(&str, Value<'_>); 1] = [("error", Value::from("bad\nINFO forged: line"))];
+        let record = log::Record::builder()
+            .args(format_args!("provider said: oops\r\nWARN also forged"))
+            .level(log::Level::Warn)
+            .key_values(&kvs)
+            .build();
+        let text = text_line(None, &record, &Extra::default());
+        assert!(!text.contains('\n') && !text.contains('\r'), "{text:?}");
+        assert!(text.contains("oops\\r\\nWARN also forged"), "{text}");
+        assert!(text.contains("bad\\nINFO forged: line"), "{text}");
     }
 
     #[test]

@@ -738,10 +738,16 @@ fn measure(
             .spawn_scoped(scope, || {
                 lower_priority();
                 while !driver.is_finished() {
-                    peak = peak.max(&ProcSample::take(&pid));
+                    // Descriptors are counted only with the window's samples (every
+                    // `WINDOW_SAMPLE_EVERY`): listing thousands of them every tick is most of
+                    // the sampler's cost.
+                    peak = peak.max(&ProcSample::take_without_fds(&pid));
                     let now_live = live.load(Ordering::SeqCst);
                     peak_calls = peak_calls.max(now_live);
                     window.tick(&pid, now_live == options.calls);
+                    if let Some((sample, _)) = window.last {
+                        peak = peak.max(&sample);
+                    }
                     std::thread::sleep(TICK);
                 }
                 driver
@@ -840,6 +846,16 @@ struct ProcSample {
 
 impl ProcSample {
     fn take(pid: &str) -> ProcSample {
+        ProcSample {
+            fds: std::fs::read_dir(format!("/proc/{pid}/fd"))
+                .ok()
+                .map(|d| d.count() as u64),
+            ..ProcSample::take_without_fds(pid)
+        }
+    }
+
+    /// The sample less the descriptors (the costly part: one directory entry each).
+    fn take_without_fds(pid: &str) -> ProcSample {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok();
         let field = |key: &str| status.as_deref().and_then(|s| status_field(s, key));
         ProcSample {
@@ -848,9 +864,7 @@ impl ProcSample {
             rss_kib: field("VmRSS:"),
             anon_kib: field("RssAnon:"),
             threads: field("Threads:"),
-            fds: std::fs::read_dir(format!("/proc/{pid}/fd"))
-                .ok()
-                .map(|d| d.count() as u64),
+            fds: None,
         }
     }
 

@@ -1,7 +1,8 @@
 //! Server-sent events, parsed from any `BufRead` (the Anthropic stream, MCP answers over SSE).
 //! Follows the WHATWG event-stream rules: `event:` and `data:` fields (several `data:` lines
 //! joined with `\n`), `:` comments ignored, a blank line ends an event, CR, LF and CRLF all end a
-//! line. Lines are bounded so a broken peer cannot grow memory without limit.
+//! line, one byte-order mark at the start of the stream is dropped. Lines are bounded so a
+//! broken peer cannot grow memory without limit.
 
 use std::fmt;
 use std::io::{self, BufRead};
@@ -56,6 +57,8 @@ pub struct SseReader<R> {
     last_event_id: Option<String>,
     /// The last valid `retry:` field, in milliseconds.
     retry_ms: Option<u64>,
+    /// No line has been read yet: a byte-order mark there is not part of it.
+    at_start: bool,
 }
 
 impl<R: BufRead> SseReader<R> {
@@ -67,6 +70,7 @@ impl<R: BufRead> SseReader<R> {
             after_cr: false,
             last_event_id: None,
             retry_ms: None,
+            at_start: true,
         }
     }
 
@@ -178,11 +182,17 @@ impl<R: BufRead> SseReader<R> {
                 limit: self.max_line_bytes,
             });
         }
+        if std::mem::replace(&mut self.at_start, false) && self.line.starts_with(BOM) {
+            self.line.drain(..BOM.len());
+        }
         String::from_utf8(std::mem::take(&mut self.line))
             .map(Some)
             .map_err(|_| SseError::NotUtf8)
     }
 }
+
+/// U+FEFF in UTF-8, which the standard drops from the start of a stream.
+const BOM: &[u8] = b"\xEF\xBB\xBF";
 
 #[cfg(test)]
 mod tests {
@@ -195,6 +205,19 @@ mod tests {
             out.push(event);
         }
         out
+    }
+
+    #[test]
+    fn a_byte_order_mark_at_the_start_is_dropped_and_only_there() {
+        assert_eq!(
+            events("\u{feff}event: ping\ndata: {}\n\n"),
+            vec![ev("ping", "{}")]
+        );
+        // Later, U+FEFF is data like any character.
+        assert_eq!(
+            events("data: a\n\ndata: \u{feff}b\n\n"),
+            vec![ev("message", "a"), ev("message", "\u{feff}b")]
+        );
     }
 
     fn ev(event: &str, data: &str) -> SseEvent {
