@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use super::{Action, End, Machine, Phase, CLOSING_GRACE};
 use crate::call::end::{EndedBy, MAX_REASON_CHARS};
 use crate::call::playback::Kind;
-use crate::personas::prompts;
+use crate::personas::prompts::{self, Phrase};
 use crate::providers::anthropic::Turn;
 use crate::records::event::TransferRecord;
 use crate::timestamp;
@@ -245,6 +245,11 @@ impl Machine<'_> {
                 self.history.push(Turn::user(
                     "(the transfer to a person failed; the caller heard an apology and the call goes on)",
                 ));
+                if self.stt_lost_in_transfer {
+                    // Without speech-to-text the call cannot go on: a goodbye, not silence.
+                    self.close_with(now, Phrase::GoodbyeTrouble, End::SpeechToTextLost);
+                    return;
+                }
                 self.say(Kind::Phrase, prompts::TRANSFER_FAILED, None);
             }
         }

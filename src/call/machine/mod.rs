@@ -310,6 +310,9 @@ pub struct Machine<'a> {
     actions: Vec<Action>,
     /// Answering-machine detection's result that came before the stream's `start`.
     early_answer: Option<AnsweredBy>,
+    /// Speech-to-text was lost while the call was being transferred: should the transfer
+    /// fail, the call cannot go on.
+    stt_lost_in_transfer: bool,
     /// Where each piece's audio is in Twilio's playback, and its alignment: the words heard
     /// of a piece cut off (`heard.rs`).
     spoken: heard::Spoken,
@@ -369,6 +372,7 @@ impl<'a> Machine<'a> {
             write_failed_at: None,
             actions: Vec::new(),
             early_answer: None,
+            stt_lost_in_transfer: false,
             spoken: heard::Spoken::default(),
             listening: Listening::for_language(
                 &rules.calls.tuning.stt_language,

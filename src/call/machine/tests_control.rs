@@ -388,3 +388,22 @@ fn twilio_clear(actions: &[Action]) -> bool {
         .iter()
         .any(|a| matches!(a, Action::Twilio(text) if text.contains("\"clear\"")))
 }
+
+#[test]
+fn a_failed_transfer_after_speech_to_text_was_lost_says_goodbye_instead_of_going_on_deaf() {
+    let mut bench = with_transfer();
+    transfer_asked(&mut bench);
+    // Lost while handed over: nothing yet (the call may never need it again).
+    let lost = bench.step(Input::Stt(SttOut::Lost(
+        crate::call::workers::SttLost::NoResources("gone".into()),
+    )));
+    assert_eq!(ended(&lost), None);
+    assert!(texts(&lost).is_empty());
+    let failed = bench.step(Input::TransferDone(Err("twilio answered 500".into())));
+    assert_eq!(texts(&failed), [Phrase::GoodbyeTrouble.text()]);
+    assert_ne!(texts(&failed), [prompts::TRANSFER_FAILED]);
+    let play = bench.play(1, 2, 320);
+    assert_eq!(ended(&play), None);
+    let last = bench.echo(1, 2);
+    assert_eq!(ended(&last), Some(&End::SpeechToTextLost));
+}

@@ -86,6 +86,8 @@ impl Machine<'_> {
                 log::error!(callSid = self.call_sid(), reason:% = reason; "stt.lost");
                 match self.phase {
                     Phase::Connecting => self.finish(End::SpeechToTextUnavailable),
+                    // Handed over, the call needs no ears; if the transfer fails, it ends then.
+                    Phase::Transferring(_) => self.stt_lost_in_transfer = true,
                     _ => self.close_with(now, Phrase::GoodbyeTrouble, End::SpeechToTextLost),
                 }
             }
