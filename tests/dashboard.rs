@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use cotrackpro_voice::records::event::{
     CallStatus, CostSummary, Event, EventKind, ToolCallRecord, Transcript, TranscriptEntry,
-    TurnLatencyRecord,
+    TransferRecord, TurnLatencyRecord,
 };
 use cotrackpro_voice::records::ttl_from;
 use cotrackpro_voice::timestamp::{self, MS_PER_DAY};
@@ -329,12 +329,20 @@ fn seed_detail_call(server: &TestServer) {
         turn_count: Some(2),
         barge_ins: Some(1),
         end_reason: Some(format!("reaped: no media for 60 s {SCRIPT_PAYLOAD}")),
+        ended_by: Some("system".into()),
+        transfers: Some(vec![TransferRecord {
+            number: "+15557654321".into(),
+            requested_by: "caller".into(),
+            timestamp: at(60),
+            outcome: "failed".into(),
+            error: Some(format!("twilio answered 500 {SCRIPT_PAYLOAD}")),
+        }]),
         transcript: Some(Transcript::from_entries(&[
             line("assistant", "Hello, how can I help?", 1),
             line("user", &format!("My custody hearing {IMG_PAYLOAD}"), 5),
             line(
                 "assistant",
-                "Custody has two parts. [interrupted by the caller]",
+                "Custody has two parts. The first — [cut off]",
                 8,
             ),
             line("user", "When is the filing deadline?", 10),
@@ -398,6 +406,16 @@ fn a_call_opens_to_its_detail() {
         "{facts}"
     );
     assert!(facts.contains("<dt>Barge-ins</dt><dd>1</dd>"));
+    assert!(
+        facts.contains("<dt>Ended by</dt><dd>system</dd>"),
+        "{facts}"
+    );
+    assert!(
+        facts.contains(
+            "<dt>Transfers</dt><dd class=\"bad\">+15557654321 (failed: twilio answered 500 &lt;script&gt;"
+        ),
+        "{facts}"
+    );
     assert!(facts.contains("<dt>Caller</dt><dd>+1***0123</dd>"));
 
     // The transcript in order, the tool use placed where it happened, the barge-in marked and
@@ -417,11 +435,13 @@ fn a_call_opens_to_its_detail() {
         ]
     );
     assert!(
-        items[2].contains(">Custody has two parts.</span>"),
+        items[2].contains(">Custody has two parts. The first</span>"),
         "{}",
         items[2]
     );
-    assert!(items[2].contains("<span class=\"mark\">barge-in: the caller interrupted here</span>"));
+    assert!(
+        items[2].contains("<span class=\"mark\">cut off: the caller talked over it here</span>")
+    );
     assert!(items[1].contains("My custody hearing &lt;img src=x onerror="));
     assert!(
         items[4].contains("lookup_deadline&lt;script&gt;"),
