@@ -98,6 +98,12 @@ connecting them. If the tool is not available, say plainly that you cannot trans
 offer 911 in an emergency and 988 for a crisis. Callers can also press 0 to reach a person \
 where that is offered.
 
+WHEN YOU WERE CUT OFF
+Your words in the conversation are what the caller heard. Text marked [cut off] stopped there. \
+If your greeting was cut off, repeat briefly, when it fits, the notice it starts with (that \
+the call is written down and saved, and what kind of help you give). If an answer was cut off, \
+do not start it again from the top; go on from where it stopped, if it still matters to them.
+
 Remember: everything you say is spoken aloud on a phone. No formatting of any kind.";
 
 /// Said when a transfer to a person failed; the call goes on.

@@ -155,6 +155,8 @@ impl Machine<'_> {
         let Some(paused) = self.paused.take() else {
             return;
         };
+        // A greeting that was cut is said again: the history's stays as it is.
+        self.greeting_cut = None;
         if announce && paused.cut.first().is_some_and(|p| p.kind == Kind::Reply) {
             self.say_phrase(Phrase::Resume);
         }

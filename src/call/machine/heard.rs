@@ -28,6 +28,8 @@ use crate::providers::elevenlabs_tts::Alignment;
 
 /// What follows the words heard of a piece cut off: they stop mid-sentence on purpose.
 pub const CUT_OFF: &str = " — [cut off]";
+/// What the history says of a greeting the caller cut off before hearing a word of it.
+pub const GREETING_UNHEARD: &str = "[the greeting was cut off before the caller heard it]";
 
 /// Pieces whose audio is followed at once: those sent and not yet heard (a turn's sentences
 /// and phrases). Past this the oldest is forgotten (its words are then not kept if cut).
@@ -280,11 +282,18 @@ impl Machine<'_> {
             let (text, whole) = match self.spoken.heard(now, piece) {
                 Heard::Whole => (piece.text.clone(), true),
                 Heard::Part(words) => (format!("{words}{CUT_OFF}"), false),
-                Heard::Nothing => break,
+                Heard::Nothing => {
+                    if piece.kind == Kind::Greeting {
+                        self.greeting_cut = Some(GREETING_UNHEARD.to_string());
+                    }
+                    break;
+                }
             };
             self.note_transcript(now, "assistant", &text);
-            if piece.kind == Kind::Reply {
-                self.heard.push((piece.turn, text));
+            match piece.kind {
+                Kind::Reply => self.heard.push((piece.turn, text)),
+                Kind::Greeting if !whole => self.greeting_cut = Some(text),
+                _ => {}
             }
             if !whole {
                 break;

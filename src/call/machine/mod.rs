@@ -313,6 +313,9 @@ pub struct Machine<'a> {
     /// Speech-to-text was lost while the call was being transferred: should the transfer
     /// fail, the call cannot go on.
     stt_lost_in_transfer: bool,
+    /// What the caller heard of the greeting, when a clear cut it off: the history's greeting
+    /// becomes this if the cut stands (not if the greeting resumes).
+    greeting_cut: Option<String>,
     /// Where each piece's audio is in Twilio's playback, and its alignment: the words heard
     /// of a piece cut off (`heard.rs`).
     spoken: heard::Spoken,
@@ -373,6 +376,7 @@ impl<'a> Machine<'a> {
             actions: Vec::new(),
             early_answer: None,
             stt_lost_in_transfer: false,
+            greeting_cut: None,
             spoken: heard::Spoken::default(),
             listening: Listening::for_language(
                 &rules.calls.tuning.stt_language,

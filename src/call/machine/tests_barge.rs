@@ -401,3 +401,29 @@ fn our_own_words_committed_back_are_not_a_turn_but_a_short_answer_is() {
     let actions = bench.step(Input::Stt(SttOut::Committed("Then what?".into())));
     assert!(asked(&actions).is_some(), "{actions:?}");
 }
+
+#[test]
+fn a_greeting_cut_for_good_is_in_the_history_as_heard_and_a_resumed_one_whole() {
+    use crate::call::machine::heard::GREETING_UNHEARD;
+    // Cut at once (resume off): the greeting was not heard to its end; with no timings of a
+    // clip, nothing of it counts as heard.
+    let mut bench = Bench::with(&[("TURN_END", "vad"), ("RESUME_AFTER_MS", "0")]);
+    bench.start();
+    bench.play(0, 0, 320);
+    assert!(cleared(&bench.partial("hello, is anyone there")));
+    let history = bench.machine.history();
+    assert_eq!(words(&history[1]), GREETING_UNHEARD);
+
+    // Paused, then resumed: the greeting is said again, and the history keeps it whole.
+    let mut bench = Bench::with(&[("TURN_END", "vad")]);
+    bench.start();
+    bench.play(0, 0, 320);
+    assert!(cleared(&bench.partial("hello hello")));
+    bench.wait();
+    assert!(words(&bench.machine.history()[1]).contains("Welcome to CoTrack Pro"));
+    // A later real interruption of the resumed greeting is a cut again.
+    bench.play(0, 1, 320);
+    let actions = bench.say("I need help with a custody order");
+    assert!(asked(&actions).is_some());
+    assert_eq!(words(&bench.machine.history()[1]), GREETING_UNHEARD);
+}

@@ -9,7 +9,7 @@ use crate::call::barge_rules;
 use crate::call::playback::{Kind, Piece};
 use crate::call::workers::{LlmOut, Speech, SttOut};
 use crate::metrics::TurnLatency;
-use crate::personas::prompts::Phrase;
+use crate::personas::prompts::{self, Phrase};
 use crate::providers::anthropic::{Block, Speaker, Turn};
 use crate::records::event::ToolCallRecord;
 use crate::speech::sentences::Sentences;
@@ -232,6 +232,7 @@ impl Machine<'_> {
     pub(super) fn interrupt(&mut self, now: Instant) {
         self.paused = None;
         self.clear_playback(now);
+        self.note_greeting_cut();
         if let Some(live) = self.live.take() {
             let heard: Vec<&str> = self
                 .heard
@@ -253,6 +254,22 @@ impl Machine<'_> {
         }
         self.next_turn();
         self.quiet_since = Some(now);
+    }
+
+    /// A greeting cut off for good: the history says what the caller heard of it, so the model
+    /// knows the call's notice (it is transcribed) may not have been heard.
+    fn note_greeting_cut(&mut self) {
+        let Some(heard) = self.greeting_cut.take() else {
+            return;
+        };
+        let greeting = self.stream.as_ref().map(|s| prompts::greeting(s.role));
+        let Some(greeting) = greeting else {
+            return;
+        };
+        let said = Turn::assistant(&greeting);
+        if let Some(turn) = self.history.iter_mut().take(2).find(|t| **t == said) {
+            *turn = Turn::assistant(&heard);
+        }
     }
 
     /// Moves to a new turn number: the old turn's work stops, pieces are numbered from 0.
