@@ -6,13 +6,13 @@
 use std::time::{Duration, Instant};
 
 use cotrackpro_voice::personas::Role;
-use cotrackpro_voice::records::event::{CallRecord, CallStatus, Direction, Event};
+use cotrackpro_voice::records::event::{CallStatus, Direction, Event};
 use cotrackpro_voice::records::index::sid_key;
 use cotrackpro_voice::sim::twilio::{AnsweredCall, Callee, CreatedCall};
 use cotrackpro_voice::twilio::signature;
 use serde_json::json;
 
-use crate::call::Rig;
+use crate::call::{heard, Rig};
 use crate::support::{owned, TestServer, AUTH_TOKEN, DOMAIN};
 
 const API_KEY: &str = "outbound-api-key-for-amd-tests";
@@ -81,15 +81,6 @@ fn created(rig: &Rig, sid: &str) -> CreatedCall {
         .into_iter()
         .find(|c| c.sid == sid)
         .expect("the call was created")
-}
-
-fn heard(record: &CallRecord) -> Vec<String> {
-    record
-        .transcript
-        .entries()
-        .into_iter()
-        .map(|e| e.text)
-        .collect()
 }
 
 #[test]

@@ -116,7 +116,7 @@ impl Rig {
 }
 
 /// The lines of a call's transcript, in order.
-fn heard(record: &CallRecord) -> Vec<String> {
+pub(crate) fn heard(record: &CallRecord) -> Vec<String> {
     record
         .transcript
         .entries()

@@ -7,25 +7,15 @@ use std::time::{Duration, Instant};
 
 use cotrackpro_voice::config::DEFAULT_TRANSFER_PHRASE;
 use cotrackpro_voice::personas::prompts::TRANSFER_FAILED;
-use cotrackpro_voice::records::event::{CallRecord, CallStatus};
+use cotrackpro_voice::records::event::CallStatus;
 use cotrackpro_voice::sim::anthropic::Reply;
 use cotrackpro_voice::sim::caller::{Heard, SimCaller};
 use serde_json::json;
 
-use crate::call::Rig;
+use crate::call::{heard, Rig};
 
 const WAIT: Duration = Duration::from_secs(15);
 const NUMBERS: &str = r#"{"parent":"+15551234567","default":"+15557654321"}"#;
-
-/// The lines of a call's transcript, in order.
-fn heard(record: &CallRecord) -> Vec<String> {
-    record
-        .transcript
-        .entries()
-        .into_iter()
-        .map(|e| e.text)
-        .collect()
-}
 
 fn echoed(caller: &SimCaller, n: usize) {
     assert!(
