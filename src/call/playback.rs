@@ -92,11 +92,6 @@ impl Playback {
         !self.queue.is_empty()
     }
 
-    /// The text of what is playing now (the oldest unheard piece), for telling echo from speech.
-    pub fn current_text(&self) -> Option<&str> {
-        self.queue.front().map(|p| p.text.as_str())
-    }
-
     /// The text of every piece playing or about to, oldest first (to tell our echo from the
     /// caller's words).
     pub fn texts(&self) -> impl Iterator<Item = &str> {
@@ -139,7 +134,7 @@ mod tests {
         assert_eq!(playback.end(1, 0).as_deref(), Some("1-0"));
         assert_eq!(playback.end(1, 1).as_deref(), Some("1-1"));
         assert!(playback.is_speaking());
-        assert_eq!(playback.current_text(), Some("One."));
+        assert_eq!(playback.texts().next(), Some("One."));
         let heard = playback.echoed("1-1").map(|p| p.text);
         assert_eq!(heard.as_deref(), Some("Two."));
         assert!(!playback.is_speaking());

@@ -379,29 +379,81 @@ impl TtsSocket {
     }
 }
 
+/// The fields of a service message that mean something to us, each as any JSON (a field of
+/// an unexpected type reads as absent). The rest — `normalizedAlignment` above all, as long
+/// as `alignment` — is skipped without being built.
+#[derive(serde::Deserialize)]
+struct ServerMessage {
+    #[serde(default)]
+    error: Value,
+    #[serde(default)]
+    message: Value,
+    #[serde(default)]
+    audio: Value,
+    #[serde(default, rename = "contextId")]
+    context_id: Value,
+    #[serde(default, rename = "context_id")]
+    context_id_snake: Value,
+    #[serde(default, rename = "isFinal")]
+    is_final: Value,
+    #[serde(default, rename = "is_final")]
+    is_final_snake: Value,
+    #[serde(default)]
+    alignment: Value,
+}
+
+impl ServerMessage {
+    fn from_any(value: Value) -> ServerMessage {
+        let mut object = match value {
+            Value::Object(object) => object,
+            _ => serde_json::Map::new(),
+        };
+        let mut take = |key: &str| object.remove(key).unwrap_or(Value::Null);
+        ServerMessage {
+            error: take("error"),
+            message: take("message"),
+            audio: take("audio"),
+            context_id: take("contextId"),
+            context_id_snake: take("context_id"),
+            is_final: take("isFinal"),
+            is_final_snake: take("is_final"),
+            alignment: take("alignment"),
+        }
+    }
+}
+
 /// What one text message from the service means, added to `events`: audio (after its
 /// alignment, when it has one), the end of a context (after the audio, if a message carries
 /// both), nothing we use (alignment without audio), or an error.
 pub fn events_of(text: &str, events: &mut Vec<TtsEvent>) -> Result<(), TtsError> {
-    let value: Value = serde_json::from_str(text)
-        .map_err(|e| TtsError::Protocol(format!("message is not JSON: {e}")))?;
-    if let Some(error) = value.get("error").filter(|e| !e.is_null()) {
+    let value = match serde_json::from_str::<ServerMessage>(text) {
+        Ok(message) => message,
+        // Not an object, or a key given twice: read as any JSON (the last of a repeated key
+        // wins), meaning nothing where it is not an object.
+        Err(_) => ServerMessage::from_any(
+            serde_json::from_str(text)
+                .map_err(|e| TtsError::Protocol(format!("message is not JSON: {e}")))?,
+        ),
+    };
+    if !value.error.is_null() {
+        let error = &value.error;
         return Err(TtsError::Service {
             error: error
                 .as_str()
                 .map_or_else(|| error.to_string(), str::to_string),
-            message: value["message"].as_str().unwrap_or("").to_string(),
+            message: value.message.as_str().unwrap_or("").to_string(),
         });
     }
     // The AsyncAPI's messages say `contextId` and `isFinal`; its examples and a third-party
     // client say `context_id` and `is_final`: both are accepted.
     let context = || {
-        value["contextId"]
+        value
+            .context_id
             .as_str()
-            .or(value["context_id"].as_str())
+            .or(value.context_id_snake.as_str())
             .map(str::to_string)
     };
-    if let Some(audio) = value["audio"].as_str().filter(|a| !a.is_empty()) {
+    if let Some(audio) = value.audio.as_str().filter(|a| !a.is_empty()) {
         let context =
             context().ok_or_else(|| TtsError::Protocol("audio without a contextId".to_string()))?;
         let audio = base64::engine::general_purpose::STANDARD
@@ -409,7 +461,7 @@ pub fn events_of(text: &str, events: &mut Vec<TtsEvent>) -> Result<(), TtsError>
             .map_err(|e| TtsError::Protocol(format!("audio is not base64: {e}")))?;
         // `alignment`, not `normalizedAlignment`: the words as sent, not as the service
         // spelled out numbers and abbreviations.
-        if let Some(alignment) = value.get("alignment").and_then(Alignment::of) {
+        if let Some(alignment) = Alignment::of(&value.alignment) {
             events.push(TtsEvent::Alignment {
                 context: context.clone(),
                 alignment,
@@ -417,7 +469,7 @@ pub fn events_of(text: &str, events: &mut Vec<TtsEvent>) -> Result<(), TtsError>
         }
         events.push(TtsEvent::Audio { context, audio });
     }
-    let is_final = value["isFinal"].as_bool().or(value["is_final"].as_bool());
+    let is_final = value.is_final.as_bool().or(value.is_final_snake.as_bool());
     if is_final == Some(true) {
         let context = context()
             .ok_or_else(|| TtsError::Protocol("isFinal without a contextId".to_string()))?;
